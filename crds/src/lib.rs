@@ -1,0 +1,58 @@
+//! ferry's CustomResourceDefinitions, group `ferry.dev`, version `v1alpha1`.
+//!
+//! Pure types: no I/O. `crdgen` prints the YAML that `charts/ferry/crds/` installs; start reading at
+//! [`all_crds`], which lists every kind ferry serves.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+pub mod foreign_cluster;
+
+pub use foreign_cluster::{ForeignCluster, ForeignClusterSpec, ForeignClusterStatus, PeeringRole};
+
+/// The API group of every ferry kind.
+pub const GROUP: &str = "ferry.dev";
+
+/// Every CRD ferry installs, in the order the chart applies them.
+pub fn all_crds() -> Vec<CustomResourceDefinition> {
+    vec![ForeignCluster::crd()]
+}
+
+/// The YAML stream (`---`-separated) that `crdgen` prints and the chart ships.
+pub fn crds_yaml() -> String {
+    let mut out = String::new();
+    for crd in all_crds() {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd).expect("a CRD always serialises"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_crd_is_in_the_ferry_group_with_a_status_subresource() {
+        for crd in all_crds() {
+            assert_eq!(crd.spec.group, GROUP);
+            let v = &crd.spec.versions[0];
+            assert_eq!(v.name, "v1alpha1");
+            assert!(
+                v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(),
+                "{} has no status subresource",
+                crd.spec.names.kind
+            );
+        }
+    }
+
+    #[test]
+    fn chart_crds_are_not_stale() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/ferry/crds/ferry.yaml");
+        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            on_disk == crds_yaml(),
+            "charts/ferry/crds/ferry.yaml is stale; fix: cargo run -p ferry-crds --bin crdgen > {path}"
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! `ferry-lab bench pods`: seconds from creating an N-replica Deployment on lab nodes to all N Running,
+//! through the real scheduler and controller-manager. The pods are hollow (an IP and a status, no
+//! namespace) on dedicated bench nodes served in-process, so 10,000 fit on this machine.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::Client;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::kubelet::{HOLLOW_ANNOTATION, KubeletConfig, LabKubelet, LabNode, POOL_LABEL};
+use crate::lab::Lab;
+use crate::layout::{ClusterLayout, NodeCapacity};
+
+/// Pods per bench node (a /24 node subnet holds 253).
+pub const PODS_PER_BENCH_NODE: u32 = 250;
+/// Bench nodes take node subnets from this index on, clear of the lab nodes.
+pub const BENCH_NODE_FIRST_SUBNET: u32 = 128;
+
+/// The result line of `bench pods`.
+#[derive(Debug, Serialize)]
+pub struct PodsBench {
+    /// Always `pods`.
+    pub bench: &'static str,
+    /// Cluster.
+    pub cluster: String,
+    /// Replicas.
+    pub count: u32,
+    /// Bench nodes used.
+    pub nodes: u32,
+    /// Seconds from the Deployment's creation to all replicas Running and Ready.
+    pub seconds: f64,
+    /// count / seconds.
+    pub pods_per_second: f64,
+}
+
+/// The bench nodes for `count` pods.
+pub fn bench_nodes(c: &ClusterLayout, count: u32) -> Result<Vec<LabNode>> {
+    let n = count.div_ceil(PODS_PER_BENCH_NODE).max(1);
+    (0..n)
+        .map(|j| {
+            Ok(LabNode {
+                name: format!("bench-node-{}", j + 1),
+                subnet: c.node_subnet(BENCH_NODE_FIRST_SUBNET + j).with_context(|| {
+                    format!("--count {count} needs {n} bench nodes; the pod CIDR {} has no room; fix: a smaller --count", c.pod_cidr)
+                })?,
+            })
+        })
+        .collect()
+}
+
+/// A Deployment of `replicas` hollow pods pinned to nodes of `pool`.
+pub fn deployment(name: &str, replicas: u32, pool: &str, hollow: bool, echo_port: Option<u16>) -> Deployment {
+    let mut annotations = serde_json::Map::new();
+    if hollow {
+        annotations.insert(HOLLOW_ANNOTATION.into(), json!("true"));
+    }
+    if let Some(p) = echo_port {
+        annotations.insert(crate::kubelet::ECHO_ANNOTATION.into(), json!(p.to_string()));
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": name },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name }, "annotations": annotations },
+                "spec": {
+                    "nodeSelector": { POOL_LABEL: pool },
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [{ "name": "app", "image": "ferry-lab/echo:none (lab pods run no containers)" }],
+                },
+            },
+        },
+    }))
+    .expect("a valid Deployment")
+}
+
+/// Waits until a Deployment has `replicas` ready replicas, printing progress; returns seconds waited.
+pub async fn wait_ready(api: &Api<Deployment>, name: &str, replicas: u32, timeout: Duration) -> Result<f64> {
+    let start = Instant::now();
+    let mut last_print = Instant::now();
+    loop {
+        let d = api.get(name).await?;
+        let ready = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) as u32;
+        if ready >= replicas {
+            return Ok(start.elapsed().as_secs_f64());
+        }
+        if last_print.elapsed() > Duration::from_secs(2) {
+            eprintln!("[bench] {name}: {ready}/{replicas} ready after {:.1}s", start.elapsed().as_secs_f64());
+            last_print = Instant::now();
+        }
+        if start.elapsed() > timeout {
+            bail!("{name}: only {ready}/{replicas} ready after {}s", timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs the benchmark against `cluster` of `lab`.
+pub async fn pods(lab: &Lab, cluster: &str, count: u32, exe: &std::path::Path) -> Result<PodsBench> {
+    let c = lab.cluster(cluster)?.clone();
+    let client = lab.client(&c).await?;
+    let nodes = bench_nodes(&c, count)?;
+    let cfg = KubeletConfig {
+        lab: lab.layout.name.clone(),
+        cluster_id: c.id.clone(),
+        host_netns: lab.layout.host_netns(&c),
+        nodes: nodes.clone(),
+        capacity: NodeCapacity { cpu: "256".into(), memory: "1Ti".into(), pods: PODS_PER_BENCH_NODE },
+        pool: "bench".into(),
+        hollow: true,
+        exe: exe.to_path_buf(),
+    };
+    let kubelet = LabKubelet::new(client.clone(), cfg);
+    kubelet.register_nodes().await?;
+    let task = tokio::spawn(kubelet.clone().run());
+    let ns = format!("bench-{}", chrono::Utc::now().format("%H%M%S"));
+    let result = run_bench(&client, &ns, count).await;
+    cleanup(&client, &ns, &nodes).await;
+    task.abort();
+    let seconds = result?;
+    Ok(PodsBench {
+        bench: "pods",
+        cluster: c.id.clone(),
+        count,
+        nodes: nodes.len() as u32,
+        seconds,
+        pods_per_second: f64::from(count) / seconds,
+    })
+}
+
+async fn run_bench(client: &Client, ns: &str, count: u32) -> Result<f64> {
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.create(&PostParams::default(), &serde_json::from_value(json!({ "metadata": { "name": ns } }))?).await?;
+    // the namespace's default ServiceAccount must exist before pods can be admitted
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sas.get_opt("default").await?.is_none() {
+        if Instant::now() > deadline {
+            bail!("namespace {ns} has no default ServiceAccount after 30s: is kube-controller-manager running?");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    eprintln!("[bench] creating Deployment {ns}/pods with {count} replicas");
+    deps.create(&PostParams::default(), &deployment("pods", count, "bench", true, None)).await?;
+    let timeout = Duration::from_secs(60 + u64::from(count) / 10);
+    wait_ready(&deps, "pods", count, timeout).await
+}
+
+async fn cleanup(client: &Client, ns: &str, nodes: &[LabNode]) {
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let _ = deps.delete("pods", &DeleteParams::background()).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let _ = pods.delete_collection(&DeleteParams { grace_period_seconds: Some(0), ..Default::default() }, &ListParams::default()).await;
+    let _ = Api::<Namespace>::all(client.clone()).delete(ns, &DeleteParams::default()).await;
+    let api: Api<Node> = Api::all(client.clone());
+    for n in nodes {
+        let _ = api.delete(&n.name, &DeleteParams::default()).await;
+    }
+}

@@ -1,0 +1,307 @@
+//! `ferry-lab`: real local Kubernetes clusters for ferry (see `ferry-lab --help`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use ferry_e2e::layout::{LabLayout, LabRequest, NodeCapacity};
+use ferry_e2e::{bench, demo, echo, kubelet, lab, net};
+
+#[derive(Parser)]
+#[command(name = "ferry-lab", version, about = "Real local Kubernetes clusters (1.20.2 control planes + lab nodes with real pod networking)")]
+struct Cli {
+    /// Lab name: prefix of its network namespaces and directory.
+    #[arg(long, global = true, env = "FERRY_LAB_NAME", default_value = "ferry")]
+    name: String,
+    /// Where labs keep their state (kubeconfigs in <root>/<name>/<cluster>/admin.kubeconfig).
+    #[arg(long, global = true, env = "FERRY_LAB_ROOT", default_value_os_t = lab::default_root())]
+    root: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start the clusters, lab nodes and network.
+    Up(UpArgs),
+    /// Stop every process and remove every namespace the lab started.
+    Down,
+    /// Show what runs.
+    Status {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Print a cluster's admin kubeconfig path.
+    Kubeconfig {
+        /// Cluster (c1, c2, ...).
+        #[arg(long, default_value = "c1")]
+        cluster: String,
+    },
+    /// The two-cluster demo on a running lab.
+    Demo,
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+    /// Run a command inside a pod's network namespace: ferry-lab exec --cluster c1 NS/POD -- CMD...
+    Exec {
+        /// Cluster.
+        #[arg(long, default_value = "c1")]
+        cluster: String,
+        /// NAMESPACE/POD.
+        pod: String,
+        /// Command and arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Change the WAN between clusters: MTU, a hidden bottleneck, ICMP filtering, outages.
+    Wan(WanArgs),
+    /// (internal) The lab kubelet of one cluster; `up` starts it.
+    Kubelet {
+        /// Cluster.
+        #[arg(long)]
+        cluster: String,
+    },
+    /// The built-in echo server lab pods run (TCP echo + HTTP JSON on one port).
+    EchoServer {
+        /// Port.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Pod name it reports.
+        #[arg(long, default_value = "")]
+        pod: String,
+    },
+    /// Send N bytes to an echo server and check they come back intact; prints JSON.
+    EchoClient {
+        /// Address, e.g. 10.244.0.3:8080.
+        #[arg(long)]
+        to: SocketAddr,
+        /// Bytes to send.
+        #[arg(long, default_value_t = 1 << 20)]
+        bytes: u64,
+        /// Seconds before the transfer counts as stalled.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Seconds from creating an N-replica Deployment to all N Running; last line JSON.
+    Pods {
+        /// Replicas.
+        #[arg(long, default_value_t = 1000)]
+        count: u32,
+        /// Cluster.
+        #[arg(long, default_value = "c1")]
+        cluster: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    /// Number of clusters.
+    #[arg(long, default_value_t = 2)]
+    clusters: u32,
+    /// Pod CIDR: one for every cluster (default: 10.244.0.0/16 in all, overlapping on purpose) or one per cluster, repeated.
+    #[arg(long = "pod-cidr")]
+    pod_cidr: Vec<String>,
+    /// Service CIDR per cluster, repeated (default 10.96.0.0/16, 10.97.0.0/16, ...).
+    #[arg(long = "service-cidr")]
+    service_cidr: Vec<String>,
+    /// Prefix length of each node's pod subnet (IPv4 pod CIDRs).
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask: u8,
+    /// Prefix length of each node's pod subnet (IPv6 pod CIDRs).
+    #[arg(long, default_value_t = 64)]
+    node_cidr_mask_v6: u8,
+    /// Lab nodes per cluster.
+    #[arg(long, default_value_t = 2)]
+    nodes: u32,
+    /// CPU of each lab node.
+    #[arg(long, default_value = "4")]
+    node_cpu: String,
+    /// Memory of each lab node.
+    #[arg(long, default_value = "8Gi")]
+    node_memory: String,
+    /// Pods per lab node.
+    #[arg(long, default_value_t = 110)]
+    node_pods: u32,
+    /// First port; cluster N uses base+10N (etcd), +1 (etcd peer), +2 (kube-apiserver).
+    #[arg(long, default_value_t = 20000)]
+    base_port: u16,
+    /// MTU of the WAN links.
+    #[arg(long, default_value_t = 1500)]
+    wan_mtu: u32,
+    /// Directory of kube-apiserver, kube-controller-manager, kube-scheduler.
+    #[arg(long, env = "FERRY_K8S_BIN", default_value_os_t = lab::default_k8s_bin())]
+    k8s_bin: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct WanArgs {
+    /// MTU of every WAN link, both ends.
+    #[arg(long)]
+    mtu: Option<u32>,
+    /// MTU of the WAN router's side only: a bottleneck the hosts cannot see.
+    #[arg(long)]
+    bottleneck_mtu: Option<u32>,
+    /// Drop ICMP "fragmentation needed" and ICMPv6 "packet too big" in the WAN (on|off).
+    #[arg(long)]
+    drop_frag_needed: Option<OnOff>,
+    /// Cut every WAN link.
+    #[arg(long, conflicts_with = "restore")]
+    cut: bool,
+    /// Restore the WAN links.
+    #[arg(long)]
+    restore: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,kube_client=off,ferry_e2e=info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(cli)) {
+        eprintln!("ferry-lab: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let exe = std::env::current_exe().context("locating the ferry-lab binary")?;
+    match cli.cmd {
+        Cmd::Up(a) => {
+            lab::require_root("ferry-lab up")?;
+            let req = LabRequest {
+                name: cli.name.clone(),
+                clusters: a.clusters,
+                pod_cidrs: a.pod_cidr,
+                service_cidrs: a.service_cidr,
+                node_cidr_mask: a.node_cidr_mask,
+                node_cidr_mask_v6: a.node_cidr_mask_v6,
+                nodes: a.nodes,
+                base_port: a.base_port,
+                node_capacity: NodeCapacity { cpu: a.node_cpu, memory: a.node_memory, pods: a.node_pods },
+                wan_mtu: a.wan_mtu,
+            };
+            if !(1..=250).contains(&req.node_capacity.pods) {
+                bail!("--node-pods {} is out of range; fix: pass a value from 1 to 250", req.node_capacity.pods);
+            }
+            let layout = LabLayout::plan(&req)?;
+            let opts = lab::UpOptions { root: cli.root.clone(), k8s_bin: a.k8s_bin, exe };
+            let lab = lab::up(layout, opts).await?;
+            for c in &lab.layout.clusters {
+                println!(
+                    "{}  {}  pods {}  services {}  kubeconfig {}",
+                    c.id,
+                    c.apiserver_url(),
+                    c.pod_cidr,
+                    c.service_cidr,
+                    lab.paths.kubeconfig(c).display()
+                );
+            }
+        }
+        Cmd::Down => println!("{}", lab::down(&cli.root, &cli.name)?),
+        Cmd::Status { output } => {
+            let rows = lab::status(&cli.root, &cli.name).await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                Output::Table => {
+                    println!("{:<8} {:<26} {:<15} {:<14} {:<7} {:<6} PROCESSES", "CLUSTER", "APISERVER", "POD CIDR", "SERVICE CIDR", "NODES", "PODS");
+                    for r in rows {
+                        let procs: Vec<String> = r
+                            .processes
+                            .iter()
+                            .map(|(n, up)| format!("{}{}", n.split_once('-').map(|x| x.1).unwrap_or(n), if *up { "" } else { "(DEAD)" }))
+                            .collect();
+                        println!("{:<8} {:<26} {:<15} {:<14} {:<7} {:<6} {}", r.cluster, r.apiserver, r.pod_cidr, r.service_cidr, r.nodes, r.running_pods, procs.join(","));
+                    }
+                }
+            }
+        }
+        Cmd::Kubeconfig { cluster } => {
+            let lab = lab::Lab::load(&cli.root, &cli.name)?;
+            println!("{}", lab.paths.kubeconfig(lab.cluster(&cluster)?).display());
+        }
+        Cmd::Demo => {
+            lab::require_root("ferry-lab demo")?;
+            let lab = lab::Lab::load(&cli.root, &cli.name)?;
+            demo::run(&lab, &exe).await?;
+        }
+        Cmd::Bench { what: BenchCmd::Pods { count, cluster } } => {
+            let lab = lab::Lab::load(&cli.root, &cli.name)?;
+            let r = bench::pods(&lab, &cluster, count, &exe).await?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        Cmd::Exec { cluster, pod, command } => {
+            lab::require_root("ferry-lab exec")?;
+            let lab = lab::Lab::load(&cli.root, &cli.name)?;
+            let (ns, name) = pod.split_once('/').context("pod must be NAMESPACE/NAME")?;
+            let c = lab.cluster(&cluster)?;
+            let api: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(lab.client(c).await?, ns);
+            let p = api.get(name).await.with_context(|| format!("pod {pod} in cluster {cluster}"))?;
+            let netns = ferry_e2e::layout::pod_netns(&lab.layout.name, &c.id, &kube::ResourceExt::uid(&p).unwrap_or_default());
+            if !net::netns_exists(&netns) {
+                bail!("pod {pod} has no network namespace here (hollow, or not running yet)");
+            }
+            let status = std::process::Command::new("ip").args(["netns", "exec", &netns]).args(&command).status()?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Wan(a) => {
+            lab::require_root("ferry-lab wan")?;
+            let lab = lab::Lab::load(&cli.root, &cli.name)?;
+            let s = net::WanSettings {
+                link_mtu: a.mtu,
+                bottleneck_mtu: a.bottleneck_mtu,
+                drop_frag_needed: a.drop_frag_needed.map(|x| matches!(x, OnOff::On)),
+                down: if a.cut { Some(true) } else if a.restore { Some(false) } else { None },
+            };
+            net::set_wan(&lab.layout, &s)?;
+        }
+        Cmd::Kubelet { cluster } => {
+            let lab = lab::Lab::load(&cli.root, &cli.name)?;
+            let c = lab.cluster(&cluster)?.clone();
+            let nodes = (0..c.nodes)
+                .map(|k| Ok(kubelet::LabNode { name: c.node_name(k), subnet: c.node_subnet(k)? }))
+                .collect::<Result<Vec<_>>>()?;
+            let cfg = kubelet::KubeletConfig {
+                lab: lab.layout.name.clone(),
+                cluster_id: c.id.clone(),
+                host_netns: lab.layout.host_netns(&c),
+                nodes,
+                capacity: lab.layout.node_capacity.clone(),
+                pool: "default".into(),
+                hollow: false,
+                exe,
+            };
+            let k = kubelet::LabKubelet::new(lab.client(&c).await?, cfg);
+            k.run().await?;
+        }
+        Cmd::EchoServer { port, pod } => echo::serve(port, pod).await?,
+        Cmd::EchoClient { to, bytes, timeout } => {
+            let r = echo::round_trip(to, bytes, Duration::from_secs(timeout)).await?;
+            println!("{}", serde_json::to_string(&r)?);
+            if !r.ok {
+                std::process::exit(1);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! ferry-lab: real local Kubernetes clusters for ferry's tests, benchmarks and demo.
+//!
+//! Start reading at [`lab::up`], which brings up N control planes (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler, Kubernetes 1.20.2) on 127.0.0.1 and one [`kubelet`] per
+//! cluster whose lab nodes give each pod a real network namespace and IP ([`net`]). [`layout`] is the pure
+//! plan of ports, CIDRs and pod IPs.
+
+pub mod bench;
+pub mod demo;
+pub mod echo;
+pub mod kubelet;
+pub mod lab;
+pub mod layout;
+pub mod net;
+pub mod pki;
+pub mod procs;

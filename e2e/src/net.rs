@@ -1,0 +1,221 @@
+//! The lab's network, made of real network namespaces with iproute2 and nftables:
+//!
+//! ```text
+//!   pod netns ──veth── [host netns cN: bridge pods0, one gateway address per node subnet] ── wanN ──┐
+//!                                                                          [WAN netns: a router] ┘
+//! ```
+//! Each cluster's host namespace holds the pod bridge and a routed link to the WAN namespace, which routes
+//! between clusters. The WAN's link MTU, a hidden bottleneck MTU, ICMP "fragmentation needed" filtering and
+//! an outage switch are set with [`WanSettings`].
+
+use std::net::IpAddr;
+
+use anyhow::{Context, Result};
+use ipnet::IpNet;
+
+use crate::layout::{ClusterLayout, LabLayout};
+use crate::procs::run;
+
+/// Name of the pod bridge in each cluster's host namespace.
+pub const POD_BRIDGE: &str = "pods0";
+/// Name of the host's WAN interface in each cluster's host namespace.
+pub const HOST_WAN_IF: &str = "wan0";
+
+fn ip(args: &[&str]) -> Result<String> {
+    run("ip", args)
+}
+
+/// `ip -n NS ...`
+pub fn ipn(ns: &str, args: &[&str]) -> Result<String> {
+    let mut all = vec!["-n", ns];
+    all.extend_from_slice(args);
+    ip(&all)
+}
+
+fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
+    run("ip", &["netns", "exec", ns, "sysctl", "-qw", &format!("{key}={value}")]).map(|_| ())
+}
+
+/// Every network namespace whose name starts with `prefix`.
+pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
+    ip(&["netns", "list"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Creates a namespace with loopback up.
+pub fn add_netns(ns: &str) -> Result<()> {
+    ip(&["netns", "add", ns]).with_context(|| format!("creating network namespace {ns}"))?;
+    ipn(ns, &["link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+/// Kills every process inside `ns`, then deletes it. Missing namespaces are fine.
+pub fn delete_netns(ns: &str) {
+    if let Ok(pids) = ip(&["netns", "pids", ns]) {
+        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    let _ = ip(&["netns", "del", ns]);
+}
+
+fn wan_if(c: &ClusterLayout) -> String {
+    format!("wan{}", c.index)
+}
+
+/// Builds the WAN namespace and every cluster's host namespace with its bridge and WAN link.
+pub fn create(lab: &LabLayout) -> Result<()> {
+    let wan = lab.wan_netns();
+    add_netns(&wan)?;
+    sysctl(&wan, "net.ipv4.ip_forward", "1")?;
+    sysctl(&wan, "net.ipv6.conf.all.forwarding", "1")?;
+    for c in &lab.clusters {
+        let host = lab.host_netns(c);
+        add_netns(&host)?;
+        sysctl(&host, "net.ipv4.ip_forward", "1")?;
+        sysctl(&host, "net.ipv6.conf.all.forwarding", "1")?;
+        sysctl(&host, "net.ipv6.conf.default.accept_dad", "0")?;
+        ipn(&host, &["link", "add", POD_BRIDGE, "type", "bridge"])?;
+        ipn(&host, &["link", "set", POD_BRIDGE, "up"])?;
+        // the routed link host <-> WAN router
+        let wif = wan_if(c);
+        let mtu = lab.wan_mtu.to_string();
+        ipn(&host, &["link", "add", HOST_WAN_IF, "mtu", &mtu, "type", "veth", "peer", "name", &wif, "netns", &wan])?;
+        ipn(&wan, &["link", "set", &wif, "mtu", &mtu])?;
+        let (gw4, gw6) = c.wan_gateways();
+        ipn(&host, &["addr", "add", &format!("{}/24", c.wan_ip), "dev", HOST_WAN_IF])?;
+        ipn(&host, &["addr", "add", &format!("{}/64", c.wan_ip6), "dev", HOST_WAN_IF, "nodad"])?;
+        ipn(&wan, &["addr", "add", &format!("{gw4}/24"), "dev", &wif])?;
+        ipn(&wan, &["addr", "add", &format!("{gw6}/64"), "dev", &wif, "nodad"])?;
+        ipn(&host, &["link", "set", HOST_WAN_IF, "up"])?;
+        ipn(&wan, &["link", "set", &wif, "up"])?;
+        ipn(&host, &["route", "add", "default", "via", &gw4.to_string()])?;
+        ipn(&host, &["-6", "route", "add", "default", "via", &gw6.to_string()])?;
+    }
+    Ok(())
+}
+
+/// Removes every namespace of the lab (pods, hosts, WAN), killing what runs inside.
+pub fn destroy(lab_name: &str) -> Vec<String> {
+    let all = netns_with_prefix(&format!("{lab_name}-"));
+    for ns in &all {
+        delete_netns(ns);
+    }
+    all
+}
+
+/// Ensures the node gateway address of `subnet` sits on the pod bridge (idempotent).
+pub fn ensure_node_gateway(host: &str, subnet: IpNet, gateway: IpAddr) -> Result<()> {
+    ipn(host, &["addr", "replace", &format!("{gateway}/{}", subnet.prefix_len()), "dev", POD_BRIDGE])?;
+    Ok(())
+}
+
+/// A pod's network: its namespace, a veth on the pod bridge, its address and default route.
+pub fn add_pod(host: &str, pod_ns: &str, veth: &str, ip: IpAddr, subnet: IpNet, gateway: IpAddr) -> Result<()> {
+    let result = (|| -> Result<()> {
+        add_netns(pod_ns)?;
+        ipn(host, &["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", pod_ns])?;
+        ipn(host, &["link", "set", veth, "master", POD_BRIDGE, "up"])?;
+        let cidr = format!("{ip}/{}", subnet.prefix_len());
+        if ip.is_ipv6() {
+            ipn(pod_ns, &["addr", "add", &cidr, "dev", "eth0", "nodad"])?;
+        } else {
+            ipn(pod_ns, &["addr", "add", &cidr, "dev", "eth0"])?;
+        }
+        ipn(pod_ns, &["link", "set", "eth0", "up"])?;
+        let family = if ip.is_ipv6() { "-6" } else { "-4" };
+        ipn(pod_ns, &[family, "route", "add", "default", "via", &gateway.to_string()])?;
+        Ok(())
+    })();
+    if result.is_err() {
+        // nothing half-made stays behind
+        delete_netns(pod_ns);
+        let _ = ipn(host, &["link", "del", veth]);
+    }
+    result.with_context(|| format!("setting up pod network {pod_ns} ({ip})"))
+}
+
+/// Removes a pod's network (its veth goes with its namespace).
+pub fn remove_pod(pod_ns: &str) {
+    delete_netns(pod_ns);
+}
+
+/// Whether a namespace exists.
+pub fn netns_exists(ns: &str) -> bool {
+    std::path::Path::new("/run/netns").join(ns).exists()
+}
+
+/// What tests set on the WAN.
+#[derive(Clone, Debug, Default)]
+pub struct WanSettings {
+    /// MTU of every WAN link, both ends (the underlay MTU the hosts see).
+    pub link_mtu: Option<u32>,
+    /// MTU of the WAN router's side of every link only: a bottleneck the hosts do not see.
+    pub bottleneck_mtu: Option<u32>,
+    /// Drop ICMP "fragmentation needed" / ICMPv6 "packet too big" inside the WAN.
+    pub drop_frag_needed: Option<bool>,
+    /// Take every WAN link down (true) or up (false).
+    pub down: Option<bool>,
+}
+
+const WAN_TABLE: &str = "ferrylab_wan";
+
+/// Applies WAN settings.
+pub fn set_wan(lab: &LabLayout, s: &WanSettings) -> Result<()> {
+    let wan = lab.wan_netns();
+    for c in &lab.clusters {
+        let host = lab.host_netns(c);
+        let wif = wan_if(c);
+        if let Some(mtu) = s.link_mtu {
+            ipn(&host, &["link", "set", HOST_WAN_IF, "mtu", &mtu.to_string()])?;
+            ipn(&wan, &["link", "set", &wif, "mtu", &mtu.to_string()])?;
+        }
+        if let Some(mtu) = s.bottleneck_mtu {
+            ipn(&wan, &["link", "set", &wif, "mtu", &mtu.to_string()])?;
+        }
+        if let Some(down) = s.down {
+            let state = if down { "down" } else { "up" };
+            ipn(&wan, &["link", "set", &wif, state])?;
+        }
+    }
+    if s.down == Some(false) {
+        // links came back: routes via them were flushed when they went down
+        for c in &lab.clusters {
+            let host = lab.host_netns(c);
+            let (gw4, gw6) = c.wan_gateways();
+            let _ = ipn(&host, &["route", "replace", "default", "via", &gw4.to_string()]);
+            let _ = ipn(&host, &["-6", "route", "replace", "default", "via", &gw6.to_string()]);
+        }
+    }
+    if let Some(drop) = s.drop_frag_needed {
+        let _ = run("ip", &["netns", "exec", &wan, "nft", "delete", "table", "inet", WAN_TABLE]);
+        if drop {
+            let rules = format!(
+                "table inet {WAN_TABLE} {{\n  chain out {{ type filter hook output priority 0; policy accept;\n    icmp type destination-unreachable icmp code frag-needed counter drop\n    icmpv6 type packet-too-big counter drop\n  }}\n  chain fwd {{ type filter hook forward priority 0; policy accept;\n    icmp type destination-unreachable icmp code frag-needed counter drop\n    icmpv6 type packet-too-big counter drop\n  }}\n}}\n"
+            );
+            nft_in(&wan, &rules)?;
+        }
+    }
+    Ok(())
+}
+
+/// Loads an nftables ruleset into namespace `ns` atomically (`nft -f -`).
+pub fn nft_in(ns: &str, rules: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running nft; fix: apt-get install nftables (make deps)")?;
+    child.stdin.take().expect("piped").write_all(rules.as_bytes())?;
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(out.status.success(), "nft in {ns} refused the rules: {}", String::from_utf8_lossy(&out.stderr).trim());
+    Ok(())
+}

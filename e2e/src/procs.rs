@@ -1,0 +1,203 @@
+//! Processes the lab starts: each one detached into its own process group, its output in a log file, its
+//! PID and start time in a pid file, so `ferry-lab down` stops exactly what `up` started (a recycled PID is
+//! never killed).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Runs a command to completion; the error names the command line and quotes its stderr.
+pub fn run(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {program}; fix: install it (make deps)"))?;
+    if !out.status.success() {
+        bail!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`).
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // the command name (field 2) may hold spaces and parentheses: split after its closing parenthesis
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// A process the lab started and can stop again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tracked {
+    /// Name (pid file stem), e.g. `c1-etcd`.
+    pub name: String,
+    /// PID.
+    pub pid: u32,
+    /// Start time, to tell it from a later process with the same PID.
+    pub start: u64,
+}
+
+impl Tracked {
+    /// Whether this very process still runs.
+    pub fn alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start) && !is_zombie(self.pid)
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
+        .unwrap_or(true)
+}
+
+/// Where a lab keeps its pid files.
+#[derive(Clone, Debug)]
+pub struct ProcessTable {
+    dir: PathBuf,
+}
+
+impl ProcessTable {
+    /// A table in `dir` (created if missing).
+    pub fn new(dir: impl Into<PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self { dir })
+    }
+
+    /// Starts `cmd` detached (own process group, no stdin, output to `log`) and records it as `name`.
+    pub fn spawn(&self, name: &str, mut cmd: Command, log: &Path) -> Result<Tracked> {
+        use std::os::unix::process::CommandExt;
+        let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
+        let pid = child.id();
+        // Not waited on: `up` exits and init adopts it. Read the start time while it surely exists.
+        let start = start_time(pid).unwrap_or(0);
+        std::fs::write(self.dir.join(format!("{name}.pid")), format!("{pid} {start}\n"))?;
+        std::mem::forget(child);
+        Ok(Tracked { name: name.to_string(), pid, start })
+    }
+
+    /// Every recorded process, running or not.
+    pub fn list(&self) -> Vec<Tracked> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return out };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_string) else { continue };
+            if path.extension().and_then(|s| s.to_str()) != Some("pid") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let mut it = text.split_whitespace().map(|s| s.parse::<u64>().ok());
+            if let (Some(Some(pid)), Some(Some(start))) = (it.next(), it.next()) {
+                out.push(Tracked { name, pid: pid as u32, start });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Stops one process: SIGTERM to its group, then SIGKILL after `grace`. Removes its pid file.
+    pub fn stop(&self, t: &Tracked, grace: Duration) {
+        if t.alive() {
+            let group = Pid::from_raw(-(t.pid as i32));
+            let _ = kill(group, Signal::SIGTERM);
+            let deadline = Instant::now() + grace;
+            while t.alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if t.alive() {
+                let _ = kill(group, Signal::SIGKILL);
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while t.alive() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        let _ = std::fs::remove_file(self.dir.join(format!("{}.pid", t.name)));
+    }
+
+    /// Stops every recorded process, in reverse order of their names' dependency (kubelets and
+    /// schedulers before apiservers before etcd).
+    pub fn stop_all(&self) {
+        let mut all = self.list();
+        all.sort_by_key(|t| stop_rank(&t.name));
+        for t in &all {
+            self.stop(t, Duration::from_secs(5));
+        }
+    }
+}
+
+fn stop_rank(name: &str) -> u8 {
+    match name.rsplit('-').next().unwrap_or("") {
+        "kubelet" => 0,
+        "scheduler" | "controllermanager" => 1,
+        "apiserver" => 2,
+        "etcd" => 3,
+        _ => 0,
+    }
+}
+
+/// Waits until `check` returns true, or fails with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{what} not ready after {}s", timeout.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spawn_list_and_stop_a_real_process_and_never_a_recycled_pid() {
+        let dir = std::env::temp_dir().join(format!("ferry-procs-{}", std::process::id()));
+        let table = ProcessTable::new(&dir).unwrap();
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let t = table.spawn("c1-etcd", cmd, &dir.join("sleep.log")).unwrap();
+        assert!(t.alive());
+        assert_eq!(table.list(), vec![t.clone()]);
+        // a pid file whose start time does not match is not "alive" and is not signalled
+        let impostor = Tracked { name: "other".into(), pid: t.pid, start: t.start + 1 };
+        assert!(!impostor.alive());
+        table.stop_all();
+        assert!(!t.alive());
+        assert!(table.list().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn run_reports_the_failing_command() {
+        let e = run("ip", &["link", "show", "no-such-link-ferry"]).unwrap_err().to_string();
+        assert!(e.contains("`ip link show no-such-link-ferry` failed"), "{e}");
+    }
+
+    #[test]
+    fn stop_order_is_kubelet_then_scheduler_then_apiserver_then_etcd() {
+        let mut v = ["c1-etcd", "c1-apiserver", "c1-kubelet", "c1-scheduler"];
+        v.sort_by_key(|n| stop_rank(n));
+        assert_eq!(v, ["c1-kubelet", "c1-scheduler", "c1-apiserver", "c1-etcd"]);
+    }
+}
