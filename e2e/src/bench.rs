@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde::Serialize;
 use serde_json::json;
 
@@ -92,11 +92,17 @@ pub async fn wait_ready(api: &Api<Deployment>, name: &str, replicas: u32, timeou
             return Ok(start.elapsed().as_secs_f64());
         }
         if last_print.elapsed() > Duration::from_secs(2) {
-            eprintln!("[bench] {name}: {ready}/{replicas} ready after {:.1}s", start.elapsed().as_secs_f64());
+            eprintln!(
+                "[bench] {name}: {ready}/{replicas} ready after {:.1}s",
+                start.elapsed().as_secs_f64()
+            );
             last_print = Instant::now();
         }
         if start.elapsed() > timeout {
-            bail!("{name}: only {ready}/{replicas} ready after {}s", timeout.as_secs());
+            bail!(
+                "{name}: only {ready}/{replicas} ready after {}s",
+                timeout.as_secs()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -112,7 +118,11 @@ pub async fn pods(lab: &Lab, cluster: &str, count: u32, exe: &std::path::Path) -
         cluster_id: c.id.clone(),
         host_netns: lab.layout.host_netns(&c),
         nodes: nodes.clone(),
-        capacity: NodeCapacity { cpu: "256".into(), memory: "1Ti".into(), pods: PODS_PER_BENCH_NODE },
+        capacity: NodeCapacity {
+            cpu: "256".into(),
+            memory: "1Ti".into(),
+            pods: PODS_PER_BENCH_NODE,
+        },
         pool: "bench".into(),
         hollow: true,
         exe: exe.to_path_buf(),
@@ -137,19 +147,29 @@ pub async fn pods(lab: &Lab, cluster: &str, count: u32, exe: &std::path::Path) -
 
 async fn run_bench(client: &Client, ns: &str, count: u32) -> Result<f64> {
     let nss: Api<Namespace> = Api::all(client.clone());
-    nss.create(&PostParams::default(), &serde_json::from_value(json!({ "metadata": { "name": ns } }))?).await?;
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({ "metadata": { "name": ns } }))?,
+    )
+    .await?;
     // the namespace's default ServiceAccount must exist before pods can be admitted
     let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
     let deadline = Instant::now() + Duration::from_secs(30);
     while sas.get_opt("default").await?.is_none() {
         if Instant::now() > deadline {
-            bail!("namespace {ns} has no default ServiceAccount after 30s: is kube-controller-manager running?");
+            bail!(
+                "namespace {ns} has no default ServiceAccount after 30s: is kube-controller-manager running?"
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
     eprintln!("[bench] creating Deployment {ns}/pods with {count} replicas");
-    deps.create(&PostParams::default(), &deployment("pods", count, "bench", true, None)).await?;
+    deps.create(
+        &PostParams::default(),
+        &deployment("pods", count, "bench", true, None),
+    )
+    .await?;
     let timeout = Duration::from_secs(60 + u64::from(count) / 10);
     wait_ready(&deps, "pods", count, timeout).await
 }
@@ -158,8 +178,18 @@ async fn cleanup(client: &Client, ns: &str, nodes: &[LabNode]) {
     let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let _ = deps.delete("pods", &DeleteParams::background()).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let _ = pods.delete_collection(&DeleteParams { grace_period_seconds: Some(0), ..Default::default() }, &ListParams::default()).await;
-    let _ = Api::<Namespace>::all(client.clone()).delete(ns, &DeleteParams::default()).await;
+    let _ = pods
+        .delete_collection(
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+            &ListParams::default(),
+        )
+        .await;
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(ns, &DeleteParams::default())
+        .await;
     let api: Api<Node> = Api::all(client.clone());
     for n in nodes {
         let _ = api.delete(&n.name, &DeleteParams::default()).await;

@@ -36,7 +36,13 @@ pub struct PodView {
 /// waits until all are ready.
 pub async fn ensure_echo_deployment(client: &Client, ns: &str, name: &str, replicas: u32) -> Result<f64> {
     let nss: Api<Namespace> = Api::all(client.clone());
-    match nss.create(&PostParams::default(), &serde_json::from_value(json!({ "metadata": { "name": ns } }))?).await {
+    match nss
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({ "metadata": { "name": ns } }))?,
+        )
+        .await
+    {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 409 => {}
         Err(e) => return Err(e.into()),
@@ -49,11 +55,21 @@ pub async fn ensure_echo_deployment(client: &Client, ns: &str, name: &str, repli
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    match deps.create(&PostParams::default(), &deployment(name, replicas, "default", false, Some(8080))).await {
+    match deps
+        .create(
+            &PostParams::default(),
+            &deployment(name, replicas, "default", false, Some(8080)),
+        )
+        .await
+    {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 409 => {
-            deps.patch(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": { "replicas": replicas } })))
-                .await?;
+            deps.patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "replicas": replicas } })),
+            )
+            .await?;
         }
         Err(e) => return Err(e.into()),
     }
@@ -64,16 +80,30 @@ pub async fn ensure_echo_deployment(client: &Client, ns: &str, name: &str, repli
 pub async fn pods_of(lab: &Lab, cluster: &str, ns: &str, app: &str) -> Result<Vec<PodView>> {
     let c = lab.cluster(cluster)?;
     let api: Api<Pod> = Api::namespaced(lab.client(c).await?, ns);
-    let list = api.list(&ListParams::default().labels(&format!("app={app}"))).await?;
+    let list = api
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await?;
     let mut out: Vec<PodView> = list
         .items
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .map(|p| PodView {
             name: p.name_any(),
-            node: p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default(),
-            ip: p.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default(),
-            phase: p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default(),
+            node: p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+            ip: p
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.clone())
+                .unwrap_or_default(),
+            phase: p
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default(),
             netns: pod_netns(&lab.layout.name, &c.id, &p.uid().unwrap_or_default()),
         })
         .collect();
@@ -82,22 +112,58 @@ pub async fn pods_of(lab: &Lab, cluster: &str, ns: &str, app: &str) -> Result<Ve
 }
 
 /// Runs `ferry-lab echo-client` inside pod `from`'s namespace against `to:port`; returns its JSON.
-pub fn echo_from_pod(exe: &std::path::Path, from: &PodView, to: SocketAddr, bytes: u64) -> Result<serde_json::Value> {
+pub fn echo_from_pod(
+    exe: &std::path::Path,
+    from: &PodView,
+    to: SocketAddr,
+    bytes: u64,
+) -> Result<serde_json::Value> {
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", &from.netns])
         .arg(exe)
-        .args(["echo-client", "--to", &to.to_string(), "--bytes", &bytes.to_string(), "--timeout", "20"])
+        .args([
+            "echo-client",
+            "--to",
+            &to.to_string(),
+            "--bytes",
+            &bytes.to_string(),
+            "--timeout",
+            "20",
+        ])
         .output()?;
     if !out.status.success() {
-        bail!("echo from {} to {to} failed: {}", from.name, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "echo from {} to {to} failed: {}",
+            from.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 /// Pings `to` from pod `from`'s namespace; returns the summary line.
 pub fn ping_from_pod(from: &PodView, to: &str) -> Result<String> {
-    let out = crate::procs::run("ip", &["netns", "exec", &from.netns, "ping", "-c", "3", "-i", "0.2", "-W", "1", to])?;
-    Ok(out.lines().find(|l| l.contains("packets transmitted")).unwrap_or("").to_string())
+    let out = crate::procs::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &from.netns,
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            to,
+        ],
+    )?;
+    Ok(out
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or("")
+        .to_string())
 }
 
 /// `ferry-lab demo`.
@@ -105,34 +171,61 @@ pub async fn run(lab: &Lab, exe: &std::path::Path) -> Result<()> {
     let mut summary = Vec::new();
     for c in &lab.layout.clusters {
         let client = lab.client(c).await?;
-        println!("== cluster {} ({}; pod CIDR {}, service CIDR {})", c.id, c.apiserver_url(), c.pod_cidr, c.service_cidr);
+        println!(
+            "== cluster {} ({}; pod CIDR {}, service CIDR {})",
+            c.id,
+            c.apiserver_url(),
+            c.pod_cidr,
+            c.service_cidr
+        );
         let secs = ensure_echo_deployment(&client, "demo", "echo", 3).await?;
         let pods = pods_of(lab, &c.id, "demo", "echo").await?;
         for p in &pods {
             println!("   {:<28} {:<12} {:<15} {}", p.name, p.node, p.ip, p.phase);
         }
-        summary.push(format!("{}: Deployment demo/echo 3/3 Running after {secs:.1}s", c.id));
+        summary.push(format!(
+            "{}: Deployment demo/echo 3/3 Running after {secs:.1}s",
+            c.id
+        ));
     }
     let c1 = &lab.layout.clusters[0];
     let pods = pods_of(lab, &c1.id, "demo", "echo").await?;
-    let (a, b) = match (pods.first(), pods.iter().find(|p| p.node != pods[0].node).or(pods.get(1))) {
+    let (a, b) = match (
+        pods.first(),
+        pods.iter().find(|p| p.node != pods[0].node).or(pods.get(1)),
+    ) {
         (Some(a), Some(b)) => (a.clone(), b.clone()),
         _ => bail!("cluster {} has fewer than 2 demo pods", c1.id),
     };
-    println!("== pod to pod in {}: {} ({}, {}) -> {} ({}, {})", c1.id, a.name, a.node, a.ip, b.name, b.node, b.ip);
+    println!(
+        "== pod to pod in {}: {} ({}, {}) -> {} ({}, {})",
+        c1.id, a.name, a.node, a.ip, b.name, b.node, b.ip
+    );
     let ping = ping_from_pod(&a, &b.ip)?;
     println!("   ping: {ping}");
     let to: SocketAddr = SocketAddr::new(b.ip.parse().context("pod IP")?, 8080);
     let echo = echo_from_pod(exe, &a, to, 1 << 20)?;
-    println!("   tcp echo: {} bytes, sha256 match: {}", echo["bytes"], echo["ok"]);
+    println!(
+        "   tcp echo: {} bytes, sha256 match: {}",
+        echo["bytes"], echo["ok"]
+    );
     summary.push(format!("{}: ping {} -> {}: {ping}", c1.id, a.ip, b.ip));
-    summary.push(format!("{}: 1 MiB TCP echo {} -> {}:8080 checksummed: {}", c1.id, a.ip, b.ip, echo["ok"]));
+    summary.push(format!(
+        "{}: 1 MiB TCP echo {} -> {}:8080 checksummed: {}",
+        c1.id, a.ip, b.ip, echo["ok"]
+    ));
     println!("\n== summary");
     for s in &summary {
         println!("   {s}");
     }
-    println!("   both clusters use pod CIDR {} (overlapping on purpose, the kubeadm default)", c1.pod_cidr);
-    println!("   kubectl: kubectl --kubeconfig {} get pods -A -o wide", lab.paths.kubeconfig(c1).display());
+    println!(
+        "   both clusters use pod CIDR {} (overlapping on purpose, the kubeadm default)",
+        c1.pod_cidr
+    );
+    println!(
+        "   kubectl: kubectl --kubeconfig {} get pods -A -o wide",
+        lab.paths.kubeconfig(c1).display()
+    );
     println!("   tear down: ferry-lab down --name {}", lab.layout.name);
     if echo["ok"] != json!(true) {
         bail!("the TCP echo did not come back intact");

@@ -20,7 +20,9 @@ const HTTP_METHODS: [&[u8]; 4] = [b"GET ", b"HEAD", b"POST", b"PUT "];
 pub async fn serve(port: u16, pod: String) -> Result<()> {
     let listener = match TcpListener::bind(("::", port)).await {
         Ok(l) => l,
-        Err(_) => TcpListener::bind(("0.0.0.0", port)).await.with_context(|| format!("binding port {port}"))?,
+        Err(_) => TcpListener::bind(("0.0.0.0", port))
+            .await
+            .with_context(|| format!("binding port {port}"))?,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -49,7 +51,11 @@ async fn handle(mut sock: TcpStream, peer: SocketAddr, pod: &str) -> Result<()> 
             req.extend_from_slice(&buf[..n]);
         }
         let local = sock.local_addr()?;
-        let path = String::from_utf8_lossy(&req).split_whitespace().nth(1).unwrap_or("/").to_string();
+        let path = String::from_utf8_lossy(&req)
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("/")
+            .to_string();
         let body = serde_json::json!({
             "pod": pod, "server": unmap(local).ip().to_string(), "client": unmap(peer).ip().to_string(), "path": path
         })
@@ -110,7 +116,9 @@ fn payload_block(block: u64, buf: &mut [u8]) {
 pub async fn round_trip(addr: SocketAddr, bytes: u64, timeout: Duration) -> Result<EchoReport> {
     let start = Instant::now();
     let work = async {
-        let sock = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+        let sock = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
         let (mut r, mut w) = sock.into_split();
         let writer = tokio::spawn(async move {
             let mut h = Sha256::new();
@@ -151,7 +159,10 @@ pub async fn round_trip(addr: SocketAddr, bytes: u64, timeout: Duration) -> Resu
     };
     let mut report = match tokio::time::timeout(timeout, work).await {
         Ok(r) => r?,
-        Err(_) => bail!("echo of {bytes} bytes to {addr} stalled: no completion within {}s", timeout.as_secs()),
+        Err(_) => bail!(
+            "echo of {bytes} bytes to {addr} stalled: no completion within {}s",
+            timeout.as_secs()
+        ),
     };
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
@@ -160,15 +171,24 @@ pub async fn round_trip(addr: SocketAddr, bytes: u64, timeout: Duration) -> Resu
 /// GETs `path` from the echo server at `addr` and returns the JSON body.
 pub async fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<serde_json::Value> {
     let work = async {
-        let mut sock = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
-        sock.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-            .await?;
+        let mut sock = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        sock.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
         let mut resp = String::new();
         sock.read_to_string(&mut resp).await?;
-        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).context("no HTTP body")?;
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .context("no HTTP body")?;
         anyhow::Ok(serde_json::from_str(body.trim())?)
     };
-    tokio::time::timeout(timeout, work).await.with_context(|| format!("GET {addr}{path} timed out"))?
+    tokio::time::timeout(timeout, work)
+        .await
+        .with_context(|| format!("GET {addr}{path} timed out"))?
 }
 
 #[cfg(test)]
@@ -185,7 +205,9 @@ mod tests {
                 tokio::spawn(async move { handle(s, p, "ns/pod").await.unwrap() });
             }
         });
-        let r = round_trip(addr, 3 * 1024 * 1024 + 17, Duration::from_secs(10)).await.unwrap();
+        let r = round_trip(addr, 3 * 1024 * 1024 + 17, Duration::from_secs(10))
+            .await
+            .unwrap();
         assert!(r.ok, "{r:?}");
         assert_eq!(r.bytes, 3 * 1024 * 1024 + 17);
         let j = http_get(addr, "/hello", Duration::from_secs(5)).await.unwrap();
@@ -203,7 +225,9 @@ mod tests {
             let _keep = l.accept().await.unwrap();
             tokio::time::sleep(Duration::from_secs(30)).await;
         });
-        let e = round_trip(addr, 64 * 1024 * 1024, Duration::from_secs(1)).await.unwrap_err();
+        let e = round_trip(addr, 64 * 1024 * 1024, Duration::from_secs(1))
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("stalled"), "{e}");
     }
 

@@ -109,11 +109,23 @@ pub enum Effect {
 /// The pod lifecycle: given what the kubelet knows and what the API shows, what to do next.
 pub fn step(known: Option<&PodRecord>, observed: &Observed) -> Vec<Effect> {
     match (known, observed) {
-        (_, Observed::Bound { terminating: true, .. }) => vec![Effect::Stop, Effect::DeleteFinal],
+        (
+            _,
+            Observed::Bound {
+                terminating: true, ..
+            },
+        ) => vec![Effect::Stop, Effect::DeleteFinal],
         (None, Observed::Bound { status_ip, .. }) => {
             vec![Effect::Start { ip_hint: *status_ip }, Effect::ReportRunning]
         }
-        (Some(rec), Observed::Bound { reported_running, status_ip, .. }) => {
+        (
+            Some(rec),
+            Observed::Bound {
+                reported_running,
+                status_ip,
+                ..
+            },
+        ) => {
             if *reported_running && *status_ip == Some(rec.ip) {
                 vec![]
             } else {
@@ -126,12 +138,18 @@ pub fn step(known: Option<&PodRecord>, observed: &Observed) -> Vec<Effect> {
 }
 
 fn observe(pod: &Pod, ours: &HashSet<String>) -> Observed {
-    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default();
     if !ours.contains(&node) {
         return Observed::Gone;
     }
     let status = pod.status.as_ref();
-    let status_ip = status.and_then(|s| s.pod_ip.as_ref()).and_then(|s| s.parse().ok());
+    let status_ip = status
+        .and_then(|s| s.pod_ip.as_ref())
+        .and_then(|s| s.parse().ok());
     let running = status.and_then(|s| s.phase.as_deref()) == Some("Running");
     Observed::Bound {
         terminating: pod.metadata.deletion_timestamp.is_some(),
@@ -145,7 +163,9 @@ fn wants_hollow(pod: &Pod, node_hollow: bool) -> bool {
 }
 
 fn echo_port(pod: &Pod) -> Option<u16> {
-    pod.annotations().get(ECHO_ANNOTATION).and_then(|p| p.parse().ok())
+    pod.annotations()
+        .get(ECHO_ANNOTATION)
+        .and_then(|p| p.parse().ok())
 }
 
 /// The status a lab node reports for a running pod.
@@ -211,19 +231,31 @@ impl LabKubelet {
     /// A kubelet for `cfg`'s nodes.
     pub fn new(client: Client, cfg: KubeletConfig) -> Arc<Self> {
         let ours = cfg.nodes.iter().map(|n| n.name.clone()).collect();
-        let pools = cfg.nodes.iter().map(|n| (n.name.clone(), SubnetPool::new(n.subnet))).collect();
+        let pools = cfg
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), SubnetPool::new(n.subnet)))
+            .collect();
         Arc::new(Self {
             client,
             cfg,
             ours,
-            state: Mutex::new(State { records: HashMap::new(), pools }),
+            state: Mutex::new(State {
+                records: HashMap::new(),
+                pools,
+            }),
             latest: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
         })
     }
 
     fn gateway(&self, node: &str) -> Option<IpAddr> {
-        self.state.lock().expect("state lock").pools.get(node).map(|p| p.gateway())
+        self.state
+            .lock()
+            .expect("state lock")
+            .pools
+            .get(node)
+            .map(|p| p.gateway())
     }
 
     /// Registers (or refreshes) every node: object, status, gateway address on the pod bridge.
@@ -289,8 +321,12 @@ impl LabKubelet {
         let nodes: Api<Node> = Api::all(self.client.clone());
         for n in &self.cfg.nodes {
             let now = now_micro();
-            let spec = json!({ "spec": { "holderIdentity": n.name, "leaseDurationSeconds": 40, "renewTime": now } });
-            match leases.patch(&n.name, &PatchParams::default(), &Patch::Merge(&spec)).await {
+            let spec =
+                json!({ "spec": { "holderIdentity": n.name, "leaseDurationSeconds": 40, "renewTime": now } });
+            match leases
+                .patch(&n.name, &PatchParams::default(), &Patch::Merge(&spec))
+                .await
+            {
                 Ok(_) => continue,
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e).context("renewing lease"),
@@ -325,7 +361,7 @@ impl LabKubelet {
                 if let Err(e) = me.renew_leases().await {
                     warn!("lease renewal: {e:#}");
                 }
-                if tick % 6 == 0 {
+                if tick.is_multiple_of(6) {
                     let nodes: Api<Node> = Api::all(me.client.clone());
                     for n in &me.cfg.nodes {
                         let gw = me.gateway(&n.name).expect("pool");
@@ -353,7 +389,14 @@ impl LabKubelet {
                 Ok(watcher::Event::Delete(p)) => self.clone().observe_pod(p, true),
                 Ok(watcher::Event::InitDone) => {
                     // pods we run that the fresh list no longer has were deleted while we were not watching
-                    let known: Vec<String> = self.state.lock().expect("state").records.keys().cloned().collect();
+                    let known: Vec<String> = self
+                        .state
+                        .lock()
+                        .expect("state")
+                        .records
+                        .keys()
+                        .cloned()
+                        .collect();
                     for uid in known.into_iter().filter(|u| !listed.contains(u)) {
                         self.latest.lock().expect("latest").insert(uid.clone(), None);
                         self.clone().spawn_worker(uid);
@@ -367,25 +410,43 @@ impl LabKubelet {
 
     fn observe_pod(self: Arc<Self>, pod: Pod, deleted: bool) {
         let Some(uid) = pod.uid() else { return };
-        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
         let known = self.state.lock().expect("state").records.contains_key(&uid);
         if !self.ours.contains(&node) && !known {
             return;
         }
-        self.latest.lock().expect("latest").insert(uid.clone(), if deleted { None } else { Some(pod) });
+        self.latest
+            .lock()
+            .expect("latest")
+            .insert(uid.clone(), if deleted { None } else { Some(pod) });
         self.spawn_worker(uid);
     }
 
     fn spawn_worker(self: Arc<Self>, uid: String) {
-        let lock = self.locks.lock().expect("locks").entry(uid.clone()).or_default().clone();
+        let lock = self
+            .locks
+            .lock()
+            .expect("locks")
+            .entry(uid.clone())
+            .or_default()
+            .clone();
         tokio::spawn(async move {
             let _guard = lock.lock().await;
             let pod = self.latest.lock().expect("latest").get(&uid).cloned().flatten();
-            let observed = pod.as_ref().map(|p| observe(p, &self.ours)).unwrap_or(Observed::Gone);
+            let observed = pod
+                .as_ref()
+                .map(|p| observe(p, &self.ours))
+                .unwrap_or(Observed::Gone);
             let known = self.state.lock().expect("state").records.get(&uid).cloned();
             for effect in step(known.as_ref(), &observed) {
                 if let Err(e) = self.apply(&uid, pod.as_ref(), effect.clone()).await {
-                    let name = pod.as_ref().map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()));
+                    let name = pod
+                        .as_ref()
+                        .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()));
                     warn!(pod = name.unwrap_or(uid.clone()), "{effect:?}: {e:#}");
                     if let (Effect::Start { .. }, Some(p)) = (&effect, pod.as_ref()) {
                         self.report_failure(p, &format!("{e:#}")).await;
@@ -405,17 +466,26 @@ impl LabKubelet {
         let body = json!({ "status": { "phase": "Pending", "conditions": [{
             "type": "Ready", "status": "False", "reason": "LabNetworkSetupFailed", "message": msg,
             "lastTransitionTime": now_rfc3339() }] } });
-        let _ = api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&body)).await;
+        let _ = api
+            .patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&body))
+            .await;
     }
 
     async fn apply(&self, uid: &str, pod: Option<&Pod>, effect: Effect) -> Result<()> {
         match effect {
             Effect::Start { ip_hint } => {
                 let pod = pod.expect("Start comes from a bound pod");
-                let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+                let node = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default();
                 let (ip, subnet, gw) = {
                     let mut st = self.state.lock().expect("state");
-                    let pool = st.pools.get_mut(&node).context("pod bound to a node this kubelet does not serve")?;
+                    let pool = st
+                        .pools
+                        .get_mut(&node)
+                        .context("pod bound to a node this kubelet does not serve")?;
                     let ip = match ip_hint {
                         Some(ip) if pool.claim(ip) => ip,
                         _ => pool.allocate().with_context(|| {
@@ -427,8 +497,12 @@ impl LabKubelet {
                 let hollow = wants_hollow(pod, self.cfg.hollow);
                 let netns = (!hollow).then(|| pod_netns(&self.cfg.lab, &self.cfg.cluster_id, uid));
                 if let Some(ns) = netns.clone() {
-                    let (host, veth, exe, port) =
-                        (self.cfg.host_netns.clone(), pod_veth(uid), self.cfg.exe.clone(), echo_port(pod));
+                    let (host, veth, exe, port) = (
+                        self.cfg.host_netns.clone(),
+                        pod_veth(uid),
+                        self.cfg.exe.clone(),
+                        echo_port(pod),
+                    );
                     let podname = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
                     let res = tokio::task::spawn_blocking(move || -> Result<()> {
                         if !net::netns_exists(&ns) {
@@ -444,21 +518,38 @@ impl LabKubelet {
                     })
                     .await?;
                     if let Err(e) = res {
-                        self.state.lock().expect("state").pools.get_mut(&node).map(|p| p.release(ip));
+                        if let Some(p) = self.state.lock().expect("state").pools.get_mut(&node) {
+                            p.release(ip);
+                        }
                         return Err(e);
                     }
                 }
                 debug!(uid, %ip, hollow, "pod started");
-                self.state.lock().expect("state").records.insert(uid.to_string(), PodRecord { ip, node, netns });
+                self.state
+                    .lock()
+                    .expect("state")
+                    .records
+                    .insert(uid.to_string(), PodRecord { ip, node, netns });
                 Ok(())
             }
             Effect::ReportRunning => {
                 let pod = pod.expect("ReportRunning comes from a bound pod");
-                let rec = self.state.lock().expect("state").records.get(uid).cloned().context("no record")?;
+                let rec = self
+                    .state
+                    .lock()
+                    .expect("state")
+                    .records
+                    .get(uid)
+                    .cloned()
+                    .context("no record")?;
                 let host_ip = self.gateway(&rec.node).expect("pool");
-                let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+                let api: Api<Pod> =
+                    Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
                 let body = running_status(pod, rec.ip, host_ip, &now_rfc3339());
-                match api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&body)).await {
+                match api
+                    .patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&body))
+                    .await
+                {
                     Ok(_) => Ok(()),
                     Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
                     Err(e) => Err(e.into()),
@@ -475,21 +566,26 @@ impl LabKubelet {
                     .and_then(|r| r.netns.clone())
                     .or_else(|| Some(pod_netns(&self.cfg.lab, &self.cfg.cluster_id, uid)));
                 if let Some(ns) = ns {
-                    tokio::task::spawn_blocking(move || stop_pod_processes(&ns, Duration::from_secs(grace))).await?;
+                    tokio::task::spawn_blocking(move || stop_pod_processes(&ns, Duration::from_secs(grace)))
+                        .await?;
                 }
-                if let Some(rec) = rec {
-                    if let Some(pool) = self.state.lock().expect("state").pools.get_mut(&rec.node) {
-                        pool.release(rec.ip);
-                    }
+                if let Some(rec) = rec
+                    && let Some(pool) = self.state.lock().expect("state").pools.get_mut(&rec.node)
+                {
+                    pool.release(rec.ip);
                 }
                 Ok(())
             }
             Effect::DeleteFinal => {
                 let pod = pod.expect("DeleteFinal comes from a bound pod");
-                let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+                let api: Api<Pod> =
+                    Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
                 let dp = DeleteParams {
                     grace_period_seconds: Some(0),
-                    preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }),
+                    preconditions: Some(Preconditions {
+                        uid: pod.uid(),
+                        resource_version: None,
+                    }),
                     ..Default::default()
                 };
                 match api.delete(&pod.name_any(), &dp).await {
@@ -510,10 +606,20 @@ impl LabKubelet {
 fn start_echo(exe: &std::path::Path, ns: &str, port: u16, pod: &str) -> Result<()> {
     let exe = exe.to_string_lossy().to_string();
     let mut cmd = tokio::process::Command::new("ip");
-    cmd.args(["netns", "exec", ns, &exe, "echo-server", "--port", &port.to_string(), "--pod", pod])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+    cmd.args([
+        "netns",
+        "exec",
+        ns,
+        &exe,
+        "echo-server",
+        "--port",
+        &port.to_string(),
+        "--pod",
+        pod,
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
     // Dropped at once: tokio reaps it when it exits; Stop finds it through the namespace's PID list.
     let _child = cmd.spawn().context("starting the echo server")?;
     info!(ns, port, "echo server started");
@@ -549,34 +655,62 @@ mod tests {
     use super::*;
 
     fn rec() -> PodRecord {
-        PodRecord { ip: "10.244.0.5".parse().unwrap(), node: "lab-node-1".into(), netns: None }
+        PodRecord {
+            ip: "10.244.0.5".parse().unwrap(),
+            node: "lab-node-1".into(),
+            netns: None,
+        }
     }
     fn bound(terminating: bool, ip: Option<&str>, running: bool) -> Observed {
-        Observed::Bound { terminating, status_ip: ip.map(|s| s.parse().unwrap()), reported_running: running }
+        Observed::Bound {
+            terminating,
+            status_ip: ip.map(|s| s.parse().unwrap()),
+            reported_running: running,
+        }
     }
 
     #[test]
     fn new_pod_is_started_and_reported() {
-        assert_eq!(step(None, &bound(false, None, false)), vec![Effect::Start { ip_hint: None }, Effect::ReportRunning]);
+        assert_eq!(
+            step(None, &bound(false, None, false)),
+            vec![Effect::Start { ip_hint: None }, Effect::ReportRunning]
+        );
     }
 
     #[test]
     fn pod_with_an_ip_is_adopted_with_that_ip_after_a_restart() {
         let e = step(None, &bound(false, Some("10.244.0.9"), true));
-        assert_eq!(e[0], Effect::Start { ip_hint: Some("10.244.0.9".parse().unwrap()) });
+        assert_eq!(
+            e[0],
+            Effect::Start {
+                ip_hint: Some("10.244.0.9".parse().unwrap())
+            }
+        );
     }
 
     #[test]
     fn running_pod_is_left_alone_until_its_status_drifts() {
         assert!(step(Some(&rec()), &bound(false, Some("10.244.0.5"), true)).is_empty());
-        assert_eq!(step(Some(&rec()), &bound(false, None, false)), vec![Effect::ReportRunning]);
-        assert_eq!(step(Some(&rec()), &bound(false, Some("10.244.0.6"), true)), vec![Effect::ReportRunning]);
+        assert_eq!(
+            step(Some(&rec()), &bound(false, None, false)),
+            vec![Effect::ReportRunning]
+        );
+        assert_eq!(
+            step(Some(&rec()), &bound(false, Some("10.244.0.6"), true)),
+            vec![Effect::ReportRunning]
+        );
     }
 
     #[test]
     fn terminating_pod_is_stopped_then_deleted_and_a_vanished_one_only_stopped() {
-        assert_eq!(step(Some(&rec()), &bound(true, None, true)), vec![Effect::Stop, Effect::DeleteFinal]);
-        assert_eq!(step(None, &bound(true, None, false)), vec![Effect::Stop, Effect::DeleteFinal]);
+        assert_eq!(
+            step(Some(&rec()), &bound(true, None, true)),
+            vec![Effect::Stop, Effect::DeleteFinal]
+        );
+        assert_eq!(
+            step(None, &bound(true, None, false)),
+            vec![Effect::Stop, Effect::DeleteFinal]
+        );
         assert_eq!(step(Some(&rec()), &Observed::Gone), vec![Effect::Stop]);
         assert!(step(None, &Observed::Gone).is_empty());
     }
@@ -588,13 +722,26 @@ mod tests {
             "spec": { "nodeName": "lab-node-1", "containers": [{ "name": "a", "image": "x" }, { "name": "b" }] }
         }))
         .unwrap();
-        let s = running_status(&pod, "10.244.0.7".parse().unwrap(), "10.244.0.1".parse().unwrap(), "T");
+        let s = running_status(
+            &pod,
+            "10.244.0.7".parse().unwrap(),
+            "10.244.0.1".parse().unwrap(),
+            "T",
+        );
         assert_eq!(s["status"]["phase"], "Running");
         assert_eq!(s["status"]["podIP"], "10.244.0.7");
         assert_eq!(s["status"]["hostIP"], "10.244.0.1");
         assert_eq!(s["status"]["containerStatuses"].as_array().unwrap().len(), 2);
-        assert_eq!(s["status"]["containerStatuses"][1]["containerID"], "ferry-lab://u1/b");
-        let ready = s["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+        assert_eq!(
+            s["status"]["containerStatuses"][1]["containerID"],
+            "ferry-lab://u1/b"
+        );
+        let ready = s["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap();
         assert_eq!(ready["status"], "True");
     }
 

@@ -32,7 +32,10 @@ pub struct LabPaths {
 impl LabPaths {
     /// Paths for lab `name` under `root`.
     pub fn new(root: &Path, name: &str, k8s_bin: &Path) -> Self {
-        Self { dir: root.join(name), k8s_bin: k8s_bin.to_path_buf() }
+        Self {
+            dir: root.join(name),
+            k8s_bin: k8s_bin.to_path_buf(),
+        }
     }
     /// A cluster's directory.
     pub fn cluster_dir(&self, c: &ClusterLayout) -> PathBuf {
@@ -76,14 +79,18 @@ pub fn default_root() -> PathBuf {
 
 /// Default directory of the Kubernetes 1.20.2 server binaries (built by `scripts/provision.sh`).
 pub fn default_k8s_bin() -> PathBuf {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
     home.join(".cache/ferry/k8s-1.20.2")
 }
 
 /// Fails unless running as root, with the fix.
 pub fn require_root(what: &str) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        bail!("{what} must run as root: the lab creates network namespaces and bridges; fix: run it as root (sudo {what})");
+        bail!(
+            "{what} must run as root: the lab creates network namespaces and bridges; fix: run it as root (sudo {what})"
+        );
     }
     Ok(())
 }
@@ -92,16 +99,28 @@ impl Lab {
     /// Loads a lab that `up` saved.
     pub fn load(root: &Path, name: &str) -> Result<Self> {
         let file = root.join(name).join("lab.json");
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("lab {name:?} is not up ({} missing); fix: ferry-lab up --name {name}", file.display()))?;
+        let text = std::fs::read_to_string(&file).with_context(|| {
+            format!(
+                "lab {name:?} is not up ({} missing); fix: ferry-lab up --name {name}",
+                file.display()
+            )
+        })?;
         Ok(serde_json::from_str(&text)?)
     }
 
     /// A cluster by `c1`/`1`.
     pub fn cluster(&self, which: &str) -> Result<&ClusterLayout> {
         self.layout.cluster(which).with_context(|| {
-            format!("lab {:?} has no cluster {which:?}; fix: pick one of {}", self.layout.name,
-                self.layout.clusters.iter().map(|c| c.id.as_str()).collect::<Vec<_>>().join(", "))
+            format!(
+                "lab {:?} has no cluster {which:?}; fix: pick one of {}",
+                self.layout.name,
+                self.layout
+                    .clusters
+                    .iter()
+                    .map(|c| c.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         })
     }
 
@@ -155,14 +174,20 @@ pub async fn up(layout: LabLayout, opts: UpOptions) -> Result<Lab> {
     if paths.layout_file().exists() {
         let table = ProcessTable::new(paths.pids())?;
         if table.list().iter().any(Tracked::alive) {
-            bail!("lab {:?} is already up (ferry-lab status); fix: ferry-lab down --name {0} first, or pick another --name", layout.name);
+            bail!(
+                "lab {:?} is already up (ferry-lab status); fix: ferry-lab down --name {0} first, or pick another --name",
+                layout.name
+            );
         }
     }
     // leftovers of a lab that died without `down`
     teardown(&opts.root, &layout.name, &layout);
     for bin in ["kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
         if !opts.k8s_bin.join(bin).is_file() {
-            bail!("{bin} not found in {}; fix: run scripts/provision.sh (or make deps) to build Kubernetes 1.20.2 once", opts.k8s_bin.display());
+            bail!(
+                "{bin} not found in {}; fix: run scripts/provision.sh (or make deps) to build Kubernetes 1.20.2 once",
+                opts.k8s_bin.display()
+            );
         }
     }
     if which("etcd").is_none() {
@@ -180,7 +205,11 @@ pub async fn up(layout: LabLayout, opts: UpOptions) -> Result<Lab> {
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(bin)).find(|p| p.is_file())
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(bin))
+        .find(|p| p.is_file())
 }
 
 fn progress(msg: &str) {
@@ -198,27 +227,55 @@ async fn start(lab: &Lab, opts: &UpOptions) -> Result<()> {
     for c in &layout.clusters {
         let dir = paths.cluster_dir(c);
         std::fs::create_dir_all(dir.join("logs"))?;
-        let first_service_ip = c.service_cidr.hosts().next().context("service CIDR has no hosts")?;
+        let first_service_ip = c
+            .service_cidr
+            .hosts()
+            .next()
+            .context("service CIDR has no hosts")?;
         let pki = ClusterPki::generate(&c.id, first_service_ip)?;
         pki.write(&dir.join("pki"))?;
         let ctx = format!("{}-{}", layout.name, c.id);
-        std::fs::write(paths.kubeconfig(c), pki::kubeconfig(&ctx, &c.apiserver_url(), &pki.ca.cert, &pki.admin))?;
+        std::fs::write(
+            paths.kubeconfig(c),
+            pki::kubeconfig(&ctx, &c.apiserver_url(), &pki.ca.cert, &pki.admin),
+        )?;
         let data = LabPaths::etcd_data(&layout.name, c);
         let _ = std::fs::remove_dir_all(&data);
         let peer = format!("http://127.0.0.1:{}", c.ports.etcd_peer);
         let client = format!("http://127.0.0.1:{}", c.ports.etcd_client);
         let mut cmd = Command::new("etcd");
         cmd.args(["--name", &c.id, "--data-dir"]).arg(&data).args([
-            "--listen-client-urls", &client, "--advertise-client-urls", &client,
-            "--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer,
-            "--initial-cluster", &format!("{}={peer}", c.id), "--log-level", "warn", "--logger", "zap",
-            "--quota-backend-bytes", "8589934592",
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &format!("{}={peer}", c.id),
+            "--log-level",
+            "warn",
+            "--logger",
+            "zap",
+            "--quota-backend-bytes",
+            "8589934592",
         ]);
-        progress(&format!("{}: starting etcd on 127.0.0.1:{}", c.id, c.ports.etcd_client));
+        progress(&format!(
+            "{}: starting etcd on 127.0.0.1:{}",
+            c.id, c.ports.etcd_client
+        ));
         table.spawn(&format!("{}-etcd", c.id), cmd, &paths.log(c, "etcd"))?;
     }
     for c in &layout.clusters {
-        wait_port(c.ports.etcd_client, Duration::from_secs(30), &paths.log(c, "etcd"), "etcd", &c.id)?;
+        wait_port(
+            c.ports.etcd_client,
+            Duration::from_secs(30),
+            &paths.log(c, "etcd"),
+            "etcd",
+            &c.id,
+        )?;
         let pki = paths.cluster_dir(c).join("pki");
         let p = |f: &str| pki.join(f).to_string_lossy().to_string();
         let mut cmd = Command::new(paths.k8s_bin.join("kube-apiserver"));
@@ -239,13 +296,19 @@ async fn start(lab: &Lab, opts: &UpOptions) -> Result<()> {
             "--authorization-mode=RBAC".into(),
             "--allow-privileged=true".into(),
             "--endpoint-reconciler-type=none".into(),
-            format!("--cert-dir={}", paths.cluster_dir(c).join("apiserver-certs").display()),
+            format!(
+                "--cert-dir={}",
+                paths.cluster_dir(c).join("apiserver-certs").display()
+            ),
             "--max-requests-inflight=1000".into(),
             "--max-mutating-requests-inflight=500".into(),
             "--profiling=false".into(),
             "--v=1".into(),
         ]);
-        progress(&format!("{}: starting kube-apiserver 1.20.2 on https://127.0.0.1:{}", c.id, c.ports.apiserver));
+        progress(&format!(
+            "{}: starting kube-apiserver 1.20.2 on https://127.0.0.1:{}",
+            c.id, c.ports.apiserver
+        ));
         table.spawn(&format!("{}-apiserver", c.id), cmd, &paths.log(c, "apiserver"))?;
     }
     for c in &layout.clusters {
@@ -271,7 +334,11 @@ async fn start(lab: &Lab, opts: &UpOptions) -> Result<()> {
             "--concurrent-deployment-syncs=10".into(),
             "--v=1".into(),
         ]);
-        table.spawn(&format!("{}-controllermanager", c.id), cm, &paths.log(c, "controller-manager"))?;
+        table.spawn(
+            &format!("{}-controllermanager", c.id),
+            cm,
+            &paths.log(c, "controller-manager"),
+        )?;
         let mut sched = Command::new(paths.k8s_bin.join("kube-scheduler"));
         sched.args([
             format!("--kubeconfig={kc}"),
@@ -284,14 +351,24 @@ async fn start(lab: &Lab, opts: &UpOptions) -> Result<()> {
         ]);
         table.spawn(&format!("{}-scheduler", c.id), sched, &paths.log(c, "scheduler"))?;
         let mut kubelet = Command::new(&opts.exe);
-        kubelet.args(["kubelet", "--name", &layout.name, "--cluster", &c.id]).arg("--root").arg(&opts.root);
-        progress(&format!("{}: starting kube-controller-manager, kube-scheduler and {} lab nodes", c.id, c.nodes));
+        kubelet
+            .args(["kubelet", "--name", &layout.name, "--cluster", &c.id])
+            .arg("--root")
+            .arg(&opts.root);
+        progress(&format!(
+            "{}: starting kube-controller-manager, kube-scheduler and {} lab nodes",
+            c.id, c.nodes
+        ));
         table.spawn(&format!("{}-kubelet", c.id), kubelet, &paths.log(c, "kubelet"))?;
     }
     for c in &layout.clusters {
         wait_cluster_ready(lab, c, &table).await?;
     }
-    progress(&format!("lab {:?} up in {:.1}s", layout.name, t0.elapsed().as_secs_f64()));
+    progress(&format!(
+        "lab {:?} up in {:.1}s",
+        layout.name,
+        t0.elapsed().as_secs_f64()
+    ));
     Ok(())
 }
 
@@ -302,15 +379,23 @@ fn log_tail(path: &Path) -> String {
 }
 
 fn wait_port(port: u16, timeout: Duration, log: &Path, what: &str, cid: &str) -> Result<()> {
-    crate::procs::wait_until(what, timeout, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
-        .with_context(|| format!("{what} of {cid} did not listen on {port}; its log ({}):\n  {}", log.display(), log_tail(log)))
+    crate::procs::wait_until(what, timeout, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .with_context(|| {
+        format!(
+            "{what} of {cid} did not listen on {port}; its log ({}):\n  {}",
+            log.display(),
+            log_tail(log)
+        )
+    })
 }
 
 fn check_alive(table: &ProcessTable, name: &str, log: &Path) -> Result<()> {
-    if let Some(t) = table.list().into_iter().find(|t| t.name == name) {
-        if !t.alive() {
-            bail!("{name} exited; its log ({}):\n  {}", log.display(), log_tail(log));
-        }
+    if let Some(t) = table.list().into_iter().find(|t| t.name == name)
+        && !t.alive()
+    {
+        bail!("{name} exited; its log ({}):\n  {}", log.display(), log_tail(log));
     }
     Ok(())
 }
@@ -322,13 +407,18 @@ async fn wait_apiserver(lab: &Lab, c: &ClusterLayout, table: &ProcessTable) -> R
     loop {
         check_alive(table, &format!("{}-apiserver", c.id), &log)?;
         let req = http::Request::get("/readyz").body(Vec::new())?;
-        if let Ok(text) = client.request_text(req).await {
-            if text.trim() == "ok" {
-                return Ok(());
-            }
+        if let Ok(text) = client.request_text(req).await
+            && text.trim() == "ok"
+        {
+            return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("kube-apiserver of {} not ready after 90s; its log ({}):\n  {}", c.id, log.display(), log_tail(&log));
+            bail!(
+                "kube-apiserver of {} not ready after 90s; its log ({}):\n  {}",
+                c.id,
+                log.display(),
+                log_tail(&log)
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -340,7 +430,11 @@ async fn wait_cluster_ready(lab: &Lab, c: &ClusterLayout, table: &ProcessTable) 
     let nodes: Api<Node> = Api::all(client);
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        for (name, log) in [("controllermanager", "controller-manager"), ("scheduler", "scheduler"), ("kubelet", "kubelet")] {
+        for (name, log) in [
+            ("controllermanager", "controller-manager"),
+            ("scheduler", "scheduler"),
+            ("kubelet", "kubelet"),
+        ] {
             check_alive(table, &format!("{}-{name}", c.id), &lab.paths.log(c, log))?;
         }
         let sa_ok = sas.get_opt("default").await.ok().flatten().is_some();
@@ -355,7 +449,9 @@ async fn wait_cluster_ready(lab: &Lab, c: &ClusterLayout, table: &ProcessTable) 
         if Instant::now() > deadline {
             bail!(
                 "cluster {} not ready after 90s (default ServiceAccount: {sa_ok}, Ready lab nodes: {ready}/{}); logs in {}",
-                c.id, c.nodes, lab.paths.cluster_dir(c).join("logs").display()
+                c.id,
+                c.nodes,
+                lab.paths.cluster_dir(c).join("logs").display()
             );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -375,8 +471,16 @@ pub fn node_ready(n: &Node) -> bool {
 pub fn teardown(root: &Path, name: &str, layout: &LabLayout) -> (Vec<String>, Vec<String>) {
     let dir = root.join(name);
     let table = ProcessTable::new(dir.join("pids")).ok();
-    let stopped: Vec<String> =
-        table.as_ref().map(|t| t.list().into_iter().filter(Tracked::alive).map(|t| t.name).collect()).unwrap_or_default();
+    let stopped: Vec<String> = table
+        .as_ref()
+        .map(|t| {
+            t.list()
+                .into_iter()
+                .filter(Tracked::alive)
+                .map(|t| t.name)
+                .collect()
+        })
+        .unwrap_or_default();
     if let Some(t) = table {
         t.stop_all();
     }
@@ -393,13 +497,26 @@ pub fn down(root: &Path, name: &str) -> Result<String> {
     require_root("ferry-lab down")?;
     let layout = match Lab::load(root, name) {
         Ok(lab) => lab.layout,
-        Err(_) => LabLayout { name: name.into(), clusters: vec![], node_capacity: crate::layout::NodeCapacity { cpu: "0".into(), memory: "0".into(), pods: 0 }, wan_mtu: 1500 },
+        Err(_) => LabLayout {
+            name: name.into(),
+            clusters: vec![],
+            node_capacity: crate::layout::NodeCapacity {
+                cpu: "0".into(),
+                memory: "0".into(),
+                pods: 0,
+            },
+            wan_mtu: 1500,
+        },
     };
     let (stopped, removed) = teardown(root, name, &layout);
     Ok(if stopped.is_empty() && removed.is_empty() {
         format!("lab {name:?} is not up; nothing to stop")
     } else {
-        format!("lab {name:?} down: stopped {} processes, removed {} network namespaces", stopped.len(), removed.len())
+        format!(
+            "lab {name:?} down: stopped {} processes, removed {} network namespaces",
+            stopped.len(),
+            removed.len()
+        )
     })
 }
 
@@ -439,13 +556,19 @@ pub async fn status(root: &Path, name: &str) -> Result<Vec<ClusterStatus>> {
             .collect();
         let (nodes, running_pods) = match lab.client(c).await {
             Ok(client) => {
-                let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await;
+                let nodes = Api::<Node>::all(client.clone())
+                    .list(&ListParams::default())
+                    .await;
                 let pods = Api::<k8s_openapi::api::core::v1::Pod>::all(client)
                     .list(&ListParams::default().fields("status.phase=Running"))
                     .await;
                 match (nodes, pods) {
                     (Ok(n), Ok(p)) => (
-                        format!("{}/{}", n.items.iter().filter(|n| node_ready(n)).count(), n.items.len()),
+                        format!(
+                            "{}/{}",
+                            n.items.iter().filter(|n| node_ready(n)).count(),
+                            n.items.len()
+                        ),
                         p.items.len(),
                     ),
                     _ => ("apiserver unreachable".into(), 0),

@@ -75,6 +75,18 @@ pub enum LayoutError {
         /// Largest allowed.
         max: u64,
     },
+    /// A repeatable flag given neither once nor once per cluster.
+    #[error(
+        "{flag} given {given} times for {clusters} clusters; fix: pass it once (for every cluster) or once per cluster"
+    )]
+    Count {
+        /// The flag.
+        flag: &'static str,
+        /// How often it was given.
+        given: usize,
+        /// Clusters.
+        clusters: u32,
+    },
     /// A lab name that cannot be used in interface and namespace names.
     #[error(
         "--name {0:?} is not a lab name; fix: use 1 to 10 lowercase letters or digits, starting with a letter"
@@ -84,15 +96,26 @@ pub enum LayoutError {
 
 /// Parses a CIDR flag into a network, refusing host bits.
 pub fn parse_cidr(flag: &'static str, value: &str) -> Result<IpNet, LayoutError> {
-    let example = if value.contains(':') { "fd00:10:244::/56" } else { "10.244.0.0/16" };
-    let net: IpNet = value.trim().parse().map_err(|e: ipnet::AddrParseError| LayoutError::BadCidr {
-        flag,
-        value: value.to_string(),
-        reason: e.to_string(),
-        example,
-    })?;
+    let example = if value.contains(':') {
+        "fd00:10:244::/56"
+    } else {
+        "10.244.0.0/16"
+    };
+    let net: IpNet = value
+        .trim()
+        .parse()
+        .map_err(|e: ipnet::AddrParseError| LayoutError::BadCidr {
+            flag,
+            value: value.to_string(),
+            reason: e.to_string(),
+            example,
+        })?;
     if net.trunc() != net {
-        return Err(LayoutError::HostBits { flag, value: value.to_string(), network: net.trunc().to_string() });
+        return Err(LayoutError::HostBits {
+            flag,
+            value: value.to_string(),
+            network: net.trunc().to_string(),
+        });
     }
     Ok(net)
 }
@@ -147,7 +170,11 @@ pub struct ClusterPorts {
 impl ClusterPorts {
     /// Each port with what uses it, for error messages.
     pub fn named(&self) -> [(u16, &'static str); 3] {
-        [(self.etcd_client, "etcd client"), (self.etcd_peer, "etcd peer"), (self.apiserver, "kube-apiserver")]
+        [
+            (self.etcd_client, "etcd client"),
+            (self.etcd_peer, "etcd peer"),
+            (self.apiserver, "kube-apiserver"),
+        ]
     }
 }
 
@@ -189,7 +216,9 @@ impl ClusterLayout {
     pub fn wan_gateways(&self) -> (IpAddr, IpAddr) {
         (
             IpAddr::from([198, 18, self.index as u8, 1]),
-            format!("fd00:198:18:{:x}::1", self.index).parse().expect("literal address"),
+            format!("fd00:198:18:{:x}::1", self.index)
+                .parse()
+                .expect("literal address"),
         )
     }
 
@@ -228,7 +257,10 @@ pub fn node_subnet(cidr: IpNet, mask: u8, k: u32) -> Result<IpNet, LayoutError> 
     if bits < 32 && u64::from(k) >= (1u64 << bits) {
         return Err(too_small());
     }
-    cidr.subnets(mask).map_err(|_| too_small())?.nth(k as usize).ok_or_else(too_small)
+    cidr.subnets(mask)
+        .map_err(|_| too_small())?
+        .nth(k as usize)
+        .ok_or_else(too_small)
 }
 
 impl LabLayout {
@@ -237,18 +269,36 @@ impl LabLayout {
         let name_ok = !req.name.is_empty()
             && req.name.len() <= 10
             && req.name.starts_with(|c: char| c.is_ascii_lowercase())
-            && req.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+            && req
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
         if !name_ok {
             return Err(LayoutError::Name(req.name.clone()));
         }
         if !(1..=8).contains(&req.clusters) {
-            return Err(LayoutError::Range { flag: "--clusters", value: req.clusters.into(), min: 1, max: 8 });
+            return Err(LayoutError::Range {
+                flag: "--clusters",
+                value: req.clusters.into(),
+                min: 1,
+                max: 8,
+            });
         }
         if !(1..=64).contains(&req.nodes) {
-            return Err(LayoutError::Range { flag: "--nodes", value: req.nodes.into(), min: 1, max: 64 });
+            return Err(LayoutError::Range {
+                flag: "--nodes",
+                value: req.nodes.into(),
+                min: 1,
+                max: 64,
+            });
         }
         if !(1280..=9000).contains(&req.wan_mtu) {
-            return Err(LayoutError::Range { flag: "--wan-mtu", value: req.wan_mtu.into(), min: 1280, max: 9000 });
+            return Err(LayoutError::Range {
+                flag: "--wan-mtu",
+                value: req.wan_mtu.into(),
+                min: 1280,
+                max: 9000,
+            });
         }
         let last_port = u64::from(req.base_port) + u64::from(PORTS_PER_CLUSTER) * u64::from(req.clusters + 1);
         if req.base_port < 1024 || last_port > 65535 {
@@ -260,26 +310,35 @@ impl LabLayout {
             });
         }
         let n = req.clusters as usize;
-        let pick = |list: &[String], i: usize, flag: &'static str, default: String| -> Result<IpNet, LayoutError> {
-            match list.len() {
-                0 => parse_cidr(flag, &default),
-                1 => parse_cidr(flag, &list[0]),
-                _ if i < list.len() => parse_cidr(flag, &list[i]),
-                _ => Err(LayoutError::Range {
+        for (flag, list) in [
+            ("--pod-cidr", &req.pod_cidrs),
+            ("--service-cidr", &req.service_cidrs),
+        ] {
+            if list.len() > 1 && list.len() != n {
+                return Err(LayoutError::Count {
                     flag,
-                    value: list.len() as u64,
-                    min: 1,
-                    max: n as u64,
-                }),
+                    given: list.len(),
+                    clusters: req.clusters,
+                });
             }
+        }
+        let pick = |list: &[String], i: usize, flag: &'static str, default: String| {
+            let value = match list.len() {
+                0 => default,
+                1 => list[0].clone(),
+                _ => list[i].clone(),
+            };
+            parse_cidr(flag, &value)
         };
         let mut clusters = Vec::with_capacity(n);
         for i in 0..n {
             let pod_cidr = pick(&req.pod_cidrs, i, "--pod-cidr", "10.244.0.0/16".into())?;
-            let service_cidr = match req.service_cidrs.len() {
-                0 => parse_cidr("--service-cidr", &format!("10.{}.0.0/16", 96 + i))?,
-                _ => pick(&req.service_cidrs, i, "--service-cidr", String::new())?,
-            };
+            let service_cidr = pick(
+                &req.service_cidrs,
+                i,
+                "--service-cidr",
+                format!("10.{}.0.0/16", 96 + i),
+            )?;
             let index = i as u32 + 1;
             let base = req.base_port + PORTS_PER_CLUSTER * index as u16;
             let cluster = ClusterLayout {
@@ -287,11 +346,21 @@ impl LabLayout {
                 id: format!("c{index}"),
                 pod_cidr,
                 service_cidr,
-                node_cidr_mask: if pod_cidr.addr().is_ipv6() { req.node_cidr_mask_v6 } else { req.node_cidr_mask },
-                ports: ClusterPorts { etcd_client: base, etcd_peer: base + 1, apiserver: base + 2 },
+                node_cidr_mask: if pod_cidr.addr().is_ipv6() {
+                    req.node_cidr_mask_v6
+                } else {
+                    req.node_cidr_mask
+                },
+                ports: ClusterPorts {
+                    etcd_client: base,
+                    etcd_peer: base + 1,
+                    apiserver: base + 2,
+                },
                 nodes: req.nodes,
                 wan_ip: IpAddr::from([198, 18, index as u8, 2]),
-                wan_ip6: format!("fd00:198:18:{index:x}::2").parse().expect("literal address"),
+                wan_ip6: format!("fd00:198:18:{index:x}::2")
+                    .parse()
+                    .expect("literal address"),
             };
             // every lab node (and the bench's hollow nodes, which start at index 100) needs a subnet
             cluster.node_subnet(req.nodes - 1)?;
@@ -308,17 +377,28 @@ impl LabLayout {
         for (i, a) in services.iter().enumerate() {
             for b in &services[i + 1..] {
                 if a.contains(b) || b.contains(a) {
-                    return Err(LayoutError::Overlap { what: "service CIDRs of two clusters".into(), a: *a, b: *b });
+                    return Err(LayoutError::Overlap {
+                        what: "service CIDRs of two clusters".into(),
+                        a: *a,
+                        b: *b,
+                    });
                 }
             }
         }
-        Ok(Self { name: req.name.clone(), clusters, node_capacity: req.node_capacity.clone(), wan_mtu: req.wan_mtu })
+        Ok(Self {
+            name: req.name.clone(),
+            clusters,
+            node_capacity: req.node_capacity.clone(),
+            wan_mtu: req.wan_mtu,
+        })
     }
 
     /// One cluster by 1-based index or `cN` id.
     pub fn cluster(&self, which: &str) -> Option<&ClusterLayout> {
         let idx: Option<u32> = which.trim_start_matches('c').parse().ok();
-        self.clusters.iter().find(|c| Some(c.index) == idx || c.id == which)
+        self.clusters
+            .iter()
+            .find(|c| Some(c.index) == idx || c.id == which)
     }
 
     /// Name of a cluster's host network namespace.
@@ -362,7 +442,10 @@ pub struct SubnetPool {
 impl SubnetPool {
     /// A pool over `subnet`.
     pub fn new(subnet: IpNet) -> Self {
-        Self { subnet, used: BTreeSet::new() }
+        Self {
+            subnet,
+            used: BTreeSet::new(),
+        }
     }
 
     /// The subnet.
@@ -372,7 +455,10 @@ impl SubnetPool {
 
     /// The node's gateway address (first host).
     pub fn gateway(&self) -> IpAddr {
-        self.subnet.hosts().next().expect("a node subnet has at least 2 hosts")
+        self.subnet
+            .hosts()
+            .next()
+            .expect("a node subnet has at least 2 hosts")
     }
 
     /// Marks an address as in use (adopting a pod that already has it). False if outside the subnet.
@@ -387,7 +473,10 @@ impl SubnetPool {
     /// The lowest free address, or `None` when the subnet is full.
     pub fn allocate(&mut self) -> Option<IpAddr> {
         let gw = self.gateway();
-        let ip = self.subnet.hosts().find(|ip| *ip != gw && !self.used.contains(ip))?;
+        let ip = self
+            .subnet
+            .hosts()
+            .find(|ip| *ip != gw && !self.used.contains(ip))?;
         self.used.insert(ip);
         Some(ip)
     }
@@ -418,7 +507,11 @@ mod tests {
             node_cidr_mask_v6: 64,
             nodes: 2,
             base_port: 20000,
-            node_capacity: NodeCapacity { cpu: "4".into(), memory: "8Gi".into(), pods: 110 },
+            node_capacity: NodeCapacity {
+                cpu: "4".into(),
+                memory: "8Gi".into(),
+                pods: 110,
+            },
             wan_mtu: 1500,
         }
     }
@@ -459,10 +552,20 @@ mod tests {
         let lab = LabLayout::plan(&r).unwrap();
         assert_eq!(lab.clusters[1].pod_cidr.to_string(), "fd00:10:244::/56");
         assert_eq!(lab.clusters[1].node_cidr_mask, 64);
-        assert_eq!(lab.clusters[1].node_subnet(1).unwrap().to_string(), "fd00:10:244:1::/64");
-        assert_eq!(lab.clusters[0].node_subnet(1).unwrap().to_string(), "10.244.1.0/24");
+        assert_eq!(
+            lab.clusters[1].node_subnet(1).unwrap().to_string(),
+            "fd00:10:244:1::/64"
+        );
+        assert_eq!(
+            lab.clusters[0].node_subnet(1).unwrap().to_string(),
+            "10.244.1.0/24"
+        );
         r.pod_cidrs = vec!["10.1.0.0/16".into(), "10.2.0.0/16".into(), "10.3.0.0/16".into()];
-        assert!(matches!(LabLayout::plan(&r), Err(LayoutError::Range { flag: "--pod-cidr", .. })));
+        let e = LabLayout::plan(&r).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--pod-cidr given 3 times for 2 clusters; fix:"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -472,7 +575,12 @@ mod tests {
         let e = LabLayout::plan(&r).unwrap_err().to_string();
         assert!(e.contains("service CIDRs of two clusters"), "{e}");
         r.service_cidrs = vec!["10.244.0.0/20".into(), "10.97.0.0/16".into()];
-        assert!(LabLayout::plan(&r).unwrap_err().to_string().contains("service and pod CIDRs"));
+        assert!(
+            LabLayout::plan(&r)
+                .unwrap_err()
+                .to_string()
+                .contains("service and pod CIDRs")
+        );
     }
 
     #[test]
@@ -484,11 +592,19 @@ mod tests {
             } else {
                 r.nodes = v
             }
-            assert!(matches!(LabLayout::plan(&r), Err(LayoutError::Range { .. })), "{f}={v}");
+            assert!(
+                matches!(LabLayout::plan(&r), Err(LayoutError::Range { .. })),
+                "{f}={v}"
+            );
         }
         let mut r = req();
         r.base_port = 65530;
-        assert!(LabLayout::plan(&r).unwrap_err().to_string().starts_with("--base-port 65530"));
+        assert!(
+            LabLayout::plan(&r)
+                .unwrap_err()
+                .to_string()
+                .starts_with("--base-port 65530")
+        );
         for bad in ["", "Lab", "1lab", "a-b", "abcdefghijk"] {
             let mut r = req();
             r.name = bad.into();
@@ -496,7 +612,13 @@ mod tests {
         }
         let mut r = req();
         r.wan_mtu = 1000;
-        assert!(matches!(LabLayout::plan(&r), Err(LayoutError::Range { flag: "--wan-mtu", .. })));
+        assert!(matches!(
+            LabLayout::plan(&r),
+            Err(LayoutError::Range {
+                flag: "--wan-mtu",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -519,8 +641,19 @@ mod tests {
     fn pool_skips_gateway_network_and_broadcast_and_reuses_released() {
         let mut p = SubnetPool::new("10.244.1.0/29".parse().unwrap());
         assert_eq!(p.gateway().to_string(), "10.244.1.1");
-        let got: Vec<String> = std::iter::from_fn(|| p.allocate()).map(|i| i.to_string()).collect();
-        assert_eq!(got, ["10.244.1.2", "10.244.1.3", "10.244.1.4", "10.244.1.5", "10.244.1.6"]);
+        let got: Vec<String> = std::iter::from_fn(|| p.allocate())
+            .map(|i| i.to_string())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "10.244.1.2",
+                "10.244.1.3",
+                "10.244.1.4",
+                "10.244.1.5",
+                "10.244.1.6"
+            ]
+        );
         p.release("10.244.1.4".parse().unwrap());
         assert_eq!(p.allocate().unwrap().to_string(), "10.244.1.4");
         assert!(!p.claim("10.244.2.9".parse().unwrap()));

@@ -33,7 +33,11 @@ pub fn ipn(ns: &str, args: &[&str]) -> Result<String> {
 }
 
 fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
-    run("ip", &["netns", "exec", ns, "sysctl", "-qw", &format!("{key}={value}")]).map(|_| ())
+    run(
+        "ip",
+        &["netns", "exec", ns, "sysctl", "-qw", &format!("{key}={value}")],
+    )
+    .map(|_| ())
 }
 
 /// Every network namespace whose name starts with `prefix`.
@@ -58,7 +62,8 @@ pub fn add_netns(ns: &str) -> Result<()> {
 pub fn delete_netns(ns: &str) {
     if let Ok(pids) = ip(&["netns", "pids", ns]) {
         for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
     let _ = ip(&["netns", "del", ns]);
@@ -85,11 +90,40 @@ pub fn create(lab: &LabLayout) -> Result<()> {
         // the routed link host <-> WAN router
         let wif = wan_if(c);
         let mtu = lab.wan_mtu.to_string();
-        ipn(&host, &["link", "add", HOST_WAN_IF, "mtu", &mtu, "type", "veth", "peer", "name", &wif, "netns", &wan])?;
+        ipn(
+            &host,
+            &[
+                "link",
+                "add",
+                HOST_WAN_IF,
+                "mtu",
+                &mtu,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &wif,
+                "netns",
+                &wan,
+            ],
+        )?;
         ipn(&wan, &["link", "set", &wif, "mtu", &mtu])?;
         let (gw4, gw6) = c.wan_gateways();
-        ipn(&host, &["addr", "add", &format!("{}/24", c.wan_ip), "dev", HOST_WAN_IF])?;
-        ipn(&host, &["addr", "add", &format!("{}/64", c.wan_ip6), "dev", HOST_WAN_IF, "nodad"])?;
+        ipn(
+            &host,
+            &["addr", "add", &format!("{}/24", c.wan_ip), "dev", HOST_WAN_IF],
+        )?;
+        ipn(
+            &host,
+            &[
+                "addr",
+                "add",
+                &format!("{}/64", c.wan_ip6),
+                "dev",
+                HOST_WAN_IF,
+                "nodad",
+            ],
+        )?;
         ipn(&wan, &["addr", "add", &format!("{gw4}/24"), "dev", &wif])?;
         ipn(&wan, &["addr", "add", &format!("{gw6}/64"), "dev", &wif, "nodad"])?;
         ipn(&host, &["link", "set", HOST_WAN_IF, "up"])?;
@@ -111,15 +145,36 @@ pub fn destroy(lab_name: &str) -> Vec<String> {
 
 /// Ensures the node gateway address of `subnet` sits on the pod bridge (idempotent).
 pub fn ensure_node_gateway(host: &str, subnet: IpNet, gateway: IpAddr) -> Result<()> {
-    ipn(host, &["addr", "replace", &format!("{gateway}/{}", subnet.prefix_len()), "dev", POD_BRIDGE])?;
+    ipn(
+        host,
+        &[
+            "addr",
+            "replace",
+            &format!("{gateway}/{}", subnet.prefix_len()),
+            "dev",
+            POD_BRIDGE,
+        ],
+    )?;
     Ok(())
 }
 
 /// A pod's network: its namespace, a veth on the pod bridge, its address and default route.
-pub fn add_pod(host: &str, pod_ns: &str, veth: &str, ip: IpAddr, subnet: IpNet, gateway: IpAddr) -> Result<()> {
+pub fn add_pod(
+    host: &str,
+    pod_ns: &str,
+    veth: &str,
+    ip: IpAddr,
+    subnet: IpNet,
+    gateway: IpAddr,
+) -> Result<()> {
     let result = (|| -> Result<()> {
         add_netns(pod_ns)?;
-        ipn(host, &["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", pod_ns])?;
+        ipn(
+            host,
+            &[
+                "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", pod_ns,
+            ],
+        )?;
         ipn(host, &["link", "set", veth, "master", POD_BRIDGE, "up"])?;
         let cidr = format!("{ip}/{}", subnet.prefix_len());
         if ip.is_ipv6() {
@@ -129,7 +184,10 @@ pub fn add_pod(host: &str, pod_ns: &str, veth: &str, ip: IpAddr, subnet: IpNet, 
         }
         ipn(pod_ns, &["link", "set", "eth0", "up"])?;
         let family = if ip.is_ipv6() { "-6" } else { "-4" };
-        ipn(pod_ns, &[family, "route", "add", "default", "via", &gateway.to_string()])?;
+        ipn(
+            pod_ns,
+            &[family, "route", "add", "default", "via", &gateway.to_string()],
+        )?;
         Ok(())
     })();
     if result.is_err() {
@@ -189,11 +247,17 @@ pub fn set_wan(lab: &LabLayout, s: &WanSettings) -> Result<()> {
             let host = lab.host_netns(c);
             let (gw4, gw6) = c.wan_gateways();
             let _ = ipn(&host, &["route", "replace", "default", "via", &gw4.to_string()]);
-            let _ = ipn(&host, &["-6", "route", "replace", "default", "via", &gw6.to_string()]);
+            let _ = ipn(
+                &host,
+                &["-6", "route", "replace", "default", "via", &gw6.to_string()],
+            );
         }
     }
     if let Some(drop) = s.drop_frag_needed {
-        let _ = run("ip", &["netns", "exec", &wan, "nft", "delete", "table", "inet", WAN_TABLE]);
+        let _ = run(
+            "ip",
+            &["netns", "exec", &wan, "nft", "delete", "table", "inet", WAN_TABLE],
+        );
         if drop {
             let rules = format!(
                 "table inet {WAN_TABLE} {{\n  chain out {{ type filter hook output priority 0; policy accept;\n    icmp type destination-unreachable icmp code frag-needed counter drop\n    icmpv6 type packet-too-big counter drop\n  }}\n  chain fwd {{ type filter hook forward priority 0; policy accept;\n    icmp type destination-unreachable icmp code frag-needed counter drop\n    icmpv6 type packet-too-big counter drop\n  }}\n}}\n"
@@ -216,6 +280,10 @@ pub fn nft_in(ns: &str, rules: &str) -> Result<()> {
         .context("running nft; fix: apt-get install nftables (make deps)")?;
     child.stdin.take().expect("piped").write_all(rules.as_bytes())?;
     let out = child.wait_with_output()?;
-    anyhow::ensure!(out.status.success(), "nft in {ns} refused the rules: {}", String::from_utf8_lossy(&out.stderr).trim());
+    anyhow::ensure!(
+        out.status.success(),
+        "nft in {ns} refused the rules: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     Ok(())
 }

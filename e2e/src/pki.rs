@@ -7,7 +7,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 
 /// PEM text of a certificate and its private key.
@@ -38,10 +39,23 @@ fn ca(cluster: &str) -> Result<(CertPem, CertificateParams, KeyPair)> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, format!("ferry-lab {cluster} CA"));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("ferry-lab {cluster} CA"));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let cert = params.self_signed(&key)?;
-    Ok((CertPem { cert: cert.pem(), key: key.serialize_pem() }, params, key))
+    Ok((
+        CertPem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        },
+        params,
+        key,
+    ))
 }
 
 fn leaf(
@@ -57,10 +71,16 @@ fn leaf(
     for o in orgs {
         params.distinguished_name.push(DnType::OrganizationName, *o);
     }
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![usage];
     let cert = params.signed_by(&key, issuer)?;
-    Ok(CertPem { cert: cert.pem(), key: key.serialize_pem() })
+    Ok(CertPem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
 }
 
 impl ClusterPki {
@@ -80,10 +100,28 @@ impl ClusterPki {
         .map(|s| s.to_string())
         .chain([service_ip.to_string()])
         .collect();
-        let apiserver = leaf(&issuer, "kube-apiserver", &[], &sans, ExtendedKeyUsagePurpose::ServerAuth)?;
-        let admin = leaf(&issuer, "ferry-lab-admin", &["system:masters"], &[], ExtendedKeyUsagePurpose::ClientAuth)?;
+        let apiserver = leaf(
+            &issuer,
+            "kube-apiserver",
+            &[],
+            &sans,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
+        let admin = leaf(
+            &issuer,
+            "ferry-lab-admin",
+            &["system:masters"],
+            &[],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )?;
         let sa = KeyPair::generate()?;
-        Ok(Self { ca, apiserver, admin, service_account_key: sa.serialize_pem(), service_account_pub: sa.public_key_pem() })
+        Ok(Self {
+            ca,
+            apiserver,
+            admin,
+            service_account_key: sa.serialize_pem(),
+            service_account_pub: sa.public_key_pem(),
+        })
     }
 
     /// Writes `ca.crt`, `ca.key`, `apiserver.crt`, `apiserver.key`, `admin.crt`, `admin.key`, `sa.key`, `sa.pub`.
@@ -99,7 +137,8 @@ impl ClusterPki {
             ("sa.key", &self.service_account_key),
             ("sa.pub", &self.service_account_pub),
         ] {
-            std::fs::write(dir.join(name), text).with_context(|| format!("writing {}", dir.join(name).display()))?;
+            std::fs::write(dir.join(name), text)
+                .with_context(|| format!("writing {}", dir.join(name).display()))?;
         }
         Ok(())
     }
@@ -130,6 +169,9 @@ mod tests {
         let text = kubeconfig("ferrylab-c1", "https://127.0.0.1:20012", &pki.ca.cert, &pki.admin);
         let kc = kube::config::Kubeconfig::from_yaml(&text).unwrap();
         assert_eq!(kc.current_context.as_deref(), Some("ferrylab-c1"));
-        assert_eq!(kc.clusters[0].cluster.as_ref().unwrap().server.as_deref(), Some("https://127.0.0.1:20012"));
+        assert_eq!(
+            kc.clusters[0].cluster.as_ref().unwrap().server.as_deref(),
+            Some("https://127.0.0.1:20012")
+        );
     }
 }

@@ -90,23 +90,35 @@ impl ProcessTable {
         let start = start_time(pid).unwrap_or(0);
         std::fs::write(self.dir.join(format!("{name}.pid")), format!("{pid} {start}\n"))?;
         std::mem::forget(child);
-        Ok(Tracked { name: name.to_string(), pid, start })
+        Ok(Tracked {
+            name: name.to_string(),
+            pid,
+            start,
+        })
     }
 
     /// Every recorded process, running or not.
     pub fn list(&self) -> Vec<Tracked> {
         let mut out = Vec::new();
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return out };
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return out;
+        };
         for e in entries.flatten() {
             let path = e.path();
-            let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_string) else { continue };
+            let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_string) else {
+                continue;
+            };
             if path.extension().and_then(|s| s.to_str()) != Some("pid") {
                 continue;
             }
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             let mut it = text.split_whitespace().map(|s| s.parse::<u64>().ok());
             if let (Some(Some(pid)), Some(Some(start))) = (it.next(), it.next()) {
-                out.push(Tracked { name, pid: pid as u32, start });
+                out.push(Tracked {
+                    name,
+                    pid: pid as u32,
+                    start,
+                });
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -180,7 +192,11 @@ mod tests {
         assert!(t.alive());
         assert_eq!(table.list(), vec![t.clone()]);
         // a pid file whose start time does not match is not "alive" and is not signalled
-        let impostor = Tracked { name: "other".into(), pid: t.pid, start: t.start + 1 };
+        let impostor = Tracked {
+            name: "other".into(),
+            pid: t.pid,
+            start: t.start + 1,
+        };
         assert!(!impostor.alive());
         table.stop_all();
         assert!(!t.alive());
@@ -190,7 +206,9 @@ mod tests {
 
     #[test]
     fn run_reports_the_failing_command() {
-        let e = run("ip", &["link", "show", "no-such-link-ferry"]).unwrap_err().to_string();
+        let e = run("ip", &["link", "show", "no-such-link-ferry"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`ip link show no-such-link-ferry` failed"), "{e}");
     }
 

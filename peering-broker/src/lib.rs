@@ -1,1 +1,83 @@
-//! placeholder
+//! ferry's peering API. Start reading at [`ClusterId`], the identity every peering message carries. (The
+//! token format, proof of possession, wire types and the axum + rustls server come with the peering issue.)
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A bad cluster ID, worded for the operator.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "cluster ID {0:?} is not valid; fix: use 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+)]
+pub struct InvalidClusterId(pub String);
+
+/// A cluster's stable ID: a DNS-1123 label, so it can name namespaces (`ferry-tenant-<id>`) and nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ClusterId(String);
+
+impl ClusterId {
+    /// The ID as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for ClusterId {
+    type Err = InvalidClusterId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+        let ok = (1..=63).contains(&s.len())
+            && s.chars().all(|c| alnum(c) || c == '-')
+            && s.starts_with(alnum)
+            && s.ends_with(alnum);
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(InvalidClusterId(s.to_string()))
+        }
+    }
+}
+
+impl TryFrom<String> for ClusterId {
+    type Error = InvalidClusterId;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<ClusterId> for String {
+    fn from(id: ClusterId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for ClusterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_labels_are_cluster_ids_and_nothing_else_is() {
+        for ok in ["a", "c1", "prod-eu-1", &"x".repeat(63)] {
+            assert_eq!(ok.parse::<ClusterId>().unwrap().as_str(), ok);
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"x".repeat(64)] {
+            let e = bad.parse::<ClusterId>().unwrap_err();
+            assert!(e.to_string().contains("fix:"), "{e}");
+        }
+    }
+
+    #[test]
+    fn serde_refuses_an_invalid_id() {
+        assert!(serde_json::from_str::<ClusterId>("\"ok-1\"").is_ok());
+        assert!(serde_json::from_str::<ClusterId>("\"Bad\"").is_err());
+    }
+}

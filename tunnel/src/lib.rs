@@ -1,1 +1,5 @@
-//! placeholder
+//! ferry's datapath. The sans-IO planner lives here as plain functions on plain data; start reading at
+//! [`mtu`], the MTU/MSS calculator for an encapsulation stack. (The IPAM remap, the NAT/route plan and the
+//! thin netlink/nftables/WireGuard apply layer come with the tunnel issue.)
+
+pub mod mtu;

@@ -1,1 +1,48 @@
-//! placeholder
+//! ferry's virtual node: the provider cluster as a `Node` in the consumer. Start reading at
+//! [`VirtualNodeIdentity`], which names the node and says how pods opt in to it. (The node, lease,
+//! reflection and translation come with the virtual-kubelet issue.)
+
+/// Label every virtual node carries.
+pub const VIRTUAL_NODE_LABEL: (&str, &str) = ("type", "virtual-node");
+/// Label with the provider's cluster ID.
+pub const REMOTE_CLUSTER_LABEL: &str = "ferry.dev/remote-cluster-id";
+/// Taint key that keeps DaemonSets and unaware pods off virtual nodes (effect NoExecute).
+pub const VIRTUAL_NODE_TAINT: &str = "virtual-node.ferry.dev/not-allowed";
+
+/// How a provider appears in the consumer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtualNodeIdentity {
+    /// Node name, `ferry-<cluster id>`.
+    pub node_name: String,
+    /// Labels.
+    pub labels: Vec<(String, String)>,
+}
+
+impl VirtualNodeIdentity {
+    /// The identity of the virtual node for provider `cluster_id` (a DNS-1123 label, so the name fits).
+    pub fn for_provider(cluster_id: &str) -> Self {
+        Self {
+            node_name: format!("ferry-{cluster_id}"),
+            labels: vec![
+                (VIRTUAL_NODE_LABEL.0.to_string(), VIRTUAL_NODE_LABEL.1.to_string()),
+                (REMOTE_CLUSTER_LABEL.to_string(), cluster_id.to_string()),
+            ],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_is_named_after_the_provider_and_labelled() {
+        let id = VirtualNodeIdentity::for_provider("prod-eu");
+        assert_eq!(id.node_name, "ferry-prod-eu");
+        assert!(id.labels.contains(&("type".into(), "virtual-node".into())));
+        assert!(
+            id.labels
+                .contains(&(REMOTE_CLUSTER_LABEL.into(), "prod-eu".into()))
+        );
+    }
+}

@@ -10,7 +10,11 @@ use ferry_e2e::layout::{LabLayout, LabRequest, NodeCapacity};
 use ferry_e2e::{bench, demo, echo, kubelet, lab, net};
 
 #[derive(Parser)]
-#[command(name = "ferry-lab", version, about = "Real local Kubernetes clusters (1.20.2 control planes + lab nodes with real pod networking)")]
+#[command(
+    name = "ferry-lab",
+    version,
+    about = "Real local Kubernetes clusters (1.20.2 control planes + lab nodes with real pod networking)"
+)]
 struct Cli {
     /// Lab name: prefix of its network namespaces and directory.
     #[arg(long, global = true, env = "FERRY_LAB_NAME", default_value = "ferry")]
@@ -176,8 +180,14 @@ enum OnOff {
 fn main() {
     let cli = Cli::parse();
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,kube_client=off,ferry_e2e=info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     if let Err(e) = rt.block_on(run(cli)) {
         eprintln!("ferry-lab: {e:#}");
         std::process::exit(1);
@@ -198,14 +208,25 @@ async fn run(cli: Cli) -> Result<()> {
                 node_cidr_mask_v6: a.node_cidr_mask_v6,
                 nodes: a.nodes,
                 base_port: a.base_port,
-                node_capacity: NodeCapacity { cpu: a.node_cpu, memory: a.node_memory, pods: a.node_pods },
+                node_capacity: NodeCapacity {
+                    cpu: a.node_cpu,
+                    memory: a.node_memory,
+                    pods: a.node_pods,
+                },
                 wan_mtu: a.wan_mtu,
             };
             if !(1..=250).contains(&req.node_capacity.pods) {
-                bail!("--node-pods {} is out of range; fix: pass a value from 1 to 250", req.node_capacity.pods);
+                bail!(
+                    "--node-pods {} is out of range; fix: pass a value from 1 to 250",
+                    req.node_capacity.pods
+                );
             }
             let layout = LabLayout::plan(&req)?;
-            let opts = lab::UpOptions { root: cli.root.clone(), k8s_bin: a.k8s_bin, exe };
+            let opts = lab::UpOptions {
+                root: cli.root.clone(),
+                k8s_bin: a.k8s_bin,
+                exe,
+            };
             let lab = lab::up(layout, opts).await?;
             for c in &lab.layout.clusters {
                 println!(
@@ -224,14 +245,32 @@ async fn run(cli: Cli) -> Result<()> {
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
                 Output::Table => {
-                    println!("{:<8} {:<26} {:<15} {:<14} {:<7} {:<6} PROCESSES", "CLUSTER", "APISERVER", "POD CIDR", "SERVICE CIDR", "NODES", "PODS");
+                    println!(
+                        "{:<8} {:<26} {:<15} {:<14} {:<7} {:<6} PROCESSES",
+                        "CLUSTER", "APISERVER", "POD CIDR", "SERVICE CIDR", "NODES", "PODS"
+                    );
                     for r in rows {
                         let procs: Vec<String> = r
                             .processes
                             .iter()
-                            .map(|(n, up)| format!("{}{}", n.split_once('-').map(|x| x.1).unwrap_or(n), if *up { "" } else { "(DEAD)" }))
+                            .map(|(n, up)| {
+                                format!(
+                                    "{}{}",
+                                    n.split_once('-').map(|x| x.1).unwrap_or(n),
+                                    if *up { "" } else { "(DEAD)" }
+                                )
+                            })
                             .collect();
-                        println!("{:<8} {:<26} {:<15} {:<14} {:<7} {:<6} {}", r.cluster, r.apiserver, r.pod_cidr, r.service_cidr, r.nodes, r.running_pods, procs.join(","));
+                        println!(
+                            "{:<8} {:<26} {:<15} {:<14} {:<7} {:<6} {}",
+                            r.cluster,
+                            r.apiserver,
+                            r.pod_cidr,
+                            r.service_cidr,
+                            r.nodes,
+                            r.running_pods,
+                            procs.join(",")
+                        );
                     }
                 }
             }
@@ -245,23 +284,40 @@ async fn run(cli: Cli) -> Result<()> {
             let lab = lab::Lab::load(&cli.root, &cli.name)?;
             demo::run(&lab, &exe).await?;
         }
-        Cmd::Bench { what: BenchCmd::Pods { count, cluster } } => {
+        Cmd::Bench {
+            what: BenchCmd::Pods { count, cluster },
+        } => {
             let lab = lab::Lab::load(&cli.root, &cli.name)?;
             let r = bench::pods(&lab, &cluster, count, &exe).await?;
             println!("{}", serde_json::to_string(&r)?);
         }
-        Cmd::Exec { cluster, pod, command } => {
+        Cmd::Exec {
+            cluster,
+            pod,
+            command,
+        } => {
             lab::require_root("ferry-lab exec")?;
             let lab = lab::Lab::load(&cli.root, &cli.name)?;
             let (ns, name) = pod.split_once('/').context("pod must be NAMESPACE/NAME")?;
             let c = lab.cluster(&cluster)?;
-            let api: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(lab.client(c).await?, ns);
-            let p = api.get(name).await.with_context(|| format!("pod {pod} in cluster {cluster}"))?;
-            let netns = ferry_e2e::layout::pod_netns(&lab.layout.name, &c.id, &kube::ResourceExt::uid(&p).unwrap_or_default());
+            let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+                kube::Api::namespaced(lab.client(c).await?, ns);
+            let p = api
+                .get(name)
+                .await
+                .with_context(|| format!("pod {pod} in cluster {cluster}"))?;
+            let netns = ferry_e2e::layout::pod_netns(
+                &lab.layout.name,
+                &c.id,
+                &kube::ResourceExt::uid(&p).unwrap_or_default(),
+            );
             if !net::netns_exists(&netns) {
                 bail!("pod {pod} has no network namespace here (hollow, or not running yet)");
             }
-            let status = std::process::Command::new("ip").args(["netns", "exec", &netns]).args(&command).status()?;
+            let status = std::process::Command::new("ip")
+                .args(["netns", "exec", &netns])
+                .args(&command)
+                .status()?;
             std::process::exit(status.code().unwrap_or(1));
         }
         Cmd::Wan(a) => {
@@ -271,7 +327,13 @@ async fn run(cli: Cli) -> Result<()> {
                 link_mtu: a.mtu,
                 bottleneck_mtu: a.bottleneck_mtu,
                 drop_frag_needed: a.drop_frag_needed.map(|x| matches!(x, OnOff::On)),
-                down: if a.cut { Some(true) } else if a.restore { Some(false) } else { None },
+                down: if a.cut {
+                    Some(true)
+                } else if a.restore {
+                    Some(false)
+                } else {
+                    None
+                },
             };
             net::set_wan(&lab.layout, &s)?;
         }
@@ -279,7 +341,12 @@ async fn run(cli: Cli) -> Result<()> {
             let lab = lab::Lab::load(&cli.root, &cli.name)?;
             let c = lab.cluster(&cluster)?.clone();
             let nodes = (0..c.nodes)
-                .map(|k| Ok(kubelet::LabNode { name: c.node_name(k), subnet: c.node_subnet(k)? }))
+                .map(|k| {
+                    Ok(kubelet::LabNode {
+                        name: c.node_name(k),
+                        subnet: c.node_subnet(k)?,
+                    })
+                })
                 .collect::<Result<Vec<_>>>()?;
             let cfg = kubelet::KubeletConfig {
                 lab: lab.layout.name.clone(),

@@ -1,0 +1,47 @@
+# ferry: the two commands a newcomer runs on a fresh machine, as root:
+#   make demo   the local two-cluster demo
+#   make test   unit tests + lab e2e tests (what CI runs)
+# Both install what they need (scripts/provision.sh) and cache what is slow to build in ~/.cache/ferry.
+
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/ferry/target
+BIN      := $(CARGO_TARGET_DIR)/debug
+LAB      := $(BIN)/ferry-lab
+DEMO_LAB ?= ferry
+E2E_LAB  ?= e2e
+E2E_PORT ?= 24000
+
+.PHONY: deps build demo test unit lint e2e crds down
+
+deps:
+	@bash scripts/provision.sh
+
+build: deps
+	cargo build --workspace --bins
+
+crds:
+	cargo run -q -p ferry-crds --bin crdgen > charts/ferry/crds/ferry.yaml
+
+demo: build
+	@$(LAB) --name $(DEMO_LAB) down >/dev/null
+	$(LAB) --name $(DEMO_LAB) up
+	$(LAB) --name $(DEMO_LAB) demo
+
+down:
+	$(LAB) --name $(DEMO_LAB) down
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+unit:
+	cargo test --workspace
+
+e2e: build
+	@set -e; \
+	$(LAB) --name $(E2E_LAB) down >/dev/null; \
+	trap '$(LAB) --name $(E2E_LAB) down' EXIT; \
+	$(LAB) --name $(E2E_LAB) up --base-port $(E2E_PORT); \
+	FERRY_LAB_NAME=$(E2E_LAB) cargo test -p ferry-e2e --features lab --test lab
+
+test: deps lint unit e2e

@@ -1,0 +1,499 @@
+//! Lab e2e tests: they run against a lab that is up (`ferry-lab up`, as root; `make test` starts one named
+//! by FERRY_LAB_NAME, default `ferry`) and prove the lab's clusters, nodes and network are real.
+//! Compiled only with `--features lab`.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ferry_crds::{ForeignCluster, ForeignClusterStatus, PeeringRole};
+use ferry_e2e::demo::{echo_from_pod, ensure_echo_deployment, pods_of};
+use ferry_e2e::lab::{Lab, client_from};
+use ferry_e2e::net;
+use futures::StreamExt;
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{CustomResourceExt, ResourceExt};
+use serde_json::json;
+
+fn root() -> PathBuf {
+    std::env::var_os("FERRY_LAB_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(ferry_e2e::lab::default_root)
+}
+fn name() -> String {
+    std::env::var("FERRY_LAB_NAME").unwrap_or_else(|_| "ferry".into())
+}
+fn lab() -> Lab {
+    Lab::load(&root(), &name())
+        .expect("a running lab: run `ferry-lab up` (make test does) before these tests")
+}
+fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ferry-lab"))
+}
+
+async fn fresh_namespace(client: &kube::Client, ns: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    if api.get_opt(ns).await.unwrap().is_some() {
+        api.delete(ns, &DeleteParams::default()).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while api.get_opt(ns).await.unwrap().is_some() {
+            assert!(Instant::now() < deadline, "namespace {ns} not deleted in 60s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_clusters_with_identical_pod_cidrs_run_deployments_and_pods_talk_tcp() {
+    let lab = lab();
+    assert!(lab.layout.clusters.len() >= 2, "the lab has two clusters");
+    let (c1, c2) = (&lab.layout.clusters[0], &lab.layout.clusters[1]);
+    assert_eq!(c1.pod_cidr, c2.pod_cidr, "pod CIDRs overlap on purpose");
+    assert_eq!(c1.pod_cidr.to_string(), "10.244.0.0/16");
+    for c in [c1, c2] {
+        let client = lab.client(c).await.unwrap();
+        fresh_namespace(&client, "t-deploy").await;
+        ensure_echo_deployment(&client, "t-deploy", "web", 3)
+            .await
+            .unwrap();
+        let pods = pods_of(&lab, &c.id, "t-deploy", "web").await.unwrap();
+        assert_eq!(pods.len(), 3, "{pods:?}");
+        for p in &pods {
+            assert_eq!(p.phase, "Running");
+            let ip: std::net::IpAddr = p.ip.parse().unwrap();
+            assert!(c.pod_cidr.contains(&ip), "{ip} in {}", c.pod_cidr);
+            assert!(
+                net::netns_exists(&p.netns),
+                "pod {} has a real network namespace",
+                p.name
+            );
+            // the address really sits on the pod's eth0
+            let addrs = net::ipn(&p.netns, &["-br", "addr", "show", "eth0"]).unwrap();
+            assert!(addrs.contains(&p.ip), "{addrs}");
+        }
+    }
+    // TCP between two pods of c1, across nodes when the scheduler spread them
+    let pods = pods_of(&lab, &c1.id, "t-deploy", "web").await.unwrap();
+    let a = &pods[0];
+    let b = pods.iter().find(|p| p.node != a.node).unwrap_or(&pods[1]);
+    let report = echo_from_pod(&exe(), a, SocketAddr::new(b.ip.parse().unwrap(), 8080), 4 << 20).unwrap();
+    assert_eq!(report["ok"], json!(true), "{report}");
+    assert_eq!(report["bytes"], json!(4 << 20));
+    // and the connection is refused where no echo server listens: the check can fail
+    let refused = echo_from_pod(&exe(), a, SocketAddr::new(b.ip.parse().unwrap(), 9), 1024);
+    assert!(refused.is_err());
+}
+
+#[tokio::test]
+async fn deleted_pod_is_terminated_gracefully_its_namespace_removed_and_replaced() {
+    let lab = lab();
+    let c = &lab.layout.clusters[1];
+    let client = lab.client(c).await.unwrap();
+    fresh_namespace(&client, "t-delete").await;
+    ensure_echo_deployment(&client, "t-delete", "victim", 2)
+        .await
+        .unwrap();
+    let before = pods_of(&lab, &c.id, "t-delete", "victim").await.unwrap();
+    let gone = &before[0];
+    assert!(net::netns_exists(&gone.netns));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "t-delete");
+    pods.delete(&gone.name, &DeleteParams::default()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let still = pods.get_opt(&gone.name).await.unwrap().is_some();
+        if !still && !net::netns_exists(&gone.netns) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod {} or its namespace still there after 30s",
+            gone.name
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deps: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), "t-delete");
+    ferry_e2e::bench::wait_ready(&deps, "victim", 2, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let after = pods_of(&lab, &c.id, "t-delete", "victim").await.unwrap();
+    assert_eq!(after.len(), 2);
+    assert!(after.iter().all(|p| p.name != gone.name));
+}
+
+#[tokio::test]
+async fn approved_client_csr_gets_a_certificate_that_authenticates() {
+    let lab = lab();
+    let c = &lab.layout.clusters[0];
+    let client = lab.client(c).await.unwrap();
+    let user = format!("ferry-csr-test-{}", std::process::id());
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, user.clone());
+    let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    use base64::Engine;
+    let csrs: Api<CertificateSigningRequest> = Api::all(client.clone());
+    let csr: CertificateSigningRequest = serde_json::from_value(json!({
+        "metadata": { "name": user },
+        "spec": {
+            "request": base64::engine::general_purpose::STANDARD.encode(csr_pem),
+            "signerName": "kubernetes.io/kube-apiserver-client",
+            "usages": ["client auth"],
+        }
+    }))
+    .unwrap();
+    csrs.create(&PostParams::default(), &csr).await.unwrap();
+    let approval = json!({ "status": { "conditions": [{
+        "type": "Approved", "status": "True", "reason": "FerryLabTest", "message": "approved by the lab e2e test" }] } });
+    csrs.patch_approval(&user, &PatchParams::default(), &Patch::Merge(&approval))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let cert_pem = loop {
+        let got = csrs.get(&user).await.unwrap();
+        if let Some(cert) = got.status.and_then(|s| s.certificate) {
+            break String::from_utf8(cert.0).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kube-controller-manager did not sign the CSR in 30s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ca = std::fs::read_to_string(lab.paths.cluster_dir(c).join("pki/ca.crt")).unwrap();
+    let kc = ferry_e2e::pki::kubeconfig(
+        "csr",
+        &c.apiserver_url(),
+        &ca,
+        &ferry_e2e::pki::CertPem {
+            cert: cert_pem,
+            key: key.serialize_pem(),
+        },
+    );
+    let path = std::env::temp_dir().join(format!("{user}.kubeconfig"));
+    std::fs::write(&path, kc).unwrap();
+    let as_user = client_from(&path).await.unwrap();
+    // authenticated as the user (403 names it), not anonymous (401)
+    let err = Api::<Pod>::namespaced(as_user.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap_err();
+    match err {
+        kube::Error::Api(e) => {
+            assert_eq!(e.code, 403, "{e:?}");
+            assert!(e.message.contains(&format!("User \"{user}\"")), "{}", e.message);
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    // grant it view in default: now the same identity can list
+    let rbs: Api<k8s_openapi::api::rbac::v1::RoleBinding> = Api::namespaced(client.clone(), "default");
+    let rb = serde_json::from_value(json!({
+        "metadata": { "name": user },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view" },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }],
+    }))
+    .unwrap();
+    rbs.create(&PostParams::default(), &rb).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Api::<Pod>::namespaced(as_user.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "RoleBinding did not take effect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rbs.delete(&user, &DeleteParams::default()).await.unwrap();
+    csrs.delete(&user, &DeleteParams::default()).await.unwrap();
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn lease_crd_with_status_subresource_and_watch_work_from_kube_rs() {
+    let lab = lab();
+    let c = &lab.layout.clusters[0];
+    let client = lab.client(c).await.unwrap();
+    // Lease: create, renew, read back
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let name = format!("t-lease-{}", std::process::id());
+    let lease: Lease = serde_json::from_value(json!({ "metadata": { "name": name },
+        "spec": { "holderIdentity": "t", "leaseDurationSeconds": 10 } }))
+    .unwrap();
+    leases.create(&PostParams::default(), &lease).await.unwrap();
+    let renew =
+        json!({ "spec": { "renewTime": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string() } });
+    leases
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&renew))
+        .await
+        .unwrap();
+    assert!(
+        leases
+            .get(&name)
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .renew_time
+            .is_some()
+    );
+    leases.delete(&name, &DeleteParams::default()).await.unwrap();
+    // lab nodes renew their Leases
+    let node_lease = Api::<Lease>::namespaced(client.clone(), "kube-node-lease")
+        .get("lab-node-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        node_lease.spec.unwrap().holder_identity.as_deref(),
+        Some("lab-node-1")
+    );
+
+    // CRD with status subresource: ferry's own ForeignCluster
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = ForeignCluster::crd();
+    let _ = crds.create(&PostParams::default(), &crd).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = crds.get(&crd.name_any()).await.unwrap();
+        let established = got
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        if established {
+            break;
+        }
+        assert!(Instant::now() < deadline, "CRD not established");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fcs: Api<ForeignCluster> = Api::all(client.clone());
+    let fc_name = format!("t-fc-{}", std::process::id());
+    let mut stream = watcher(fcs.clone(), watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    let fc = ForeignCluster::new(
+        &fc_name,
+        ferry_crds::ForeignClusterSpec {
+            cluster_id: "abc".into(),
+            role: PeeringRole::Provider,
+            broker_url: None,
+        },
+    );
+    fcs.create(&PostParams::default(), &fc).await.unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(ev) = stream.next().await {
+            if ev.unwrap().name_any() == fc_name {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(seen, Ok(true), "the watch delivered the new ForeignCluster");
+    // status goes through the subresource; the main resource ignores it
+    let status = ForeignClusterStatus {
+        conditions: vec![],
+        last_error: Some("broker https://x:1 refused".into()),
+    };
+    fcs.patch_status(
+        &fc_name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .unwrap();
+    fcs.patch(
+        &fc_name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": { "lastError": "overwritten?" } })),
+    )
+    .await
+    .unwrap();
+    let got = fcs.get(&fc_name).await.unwrap();
+    assert_eq!(
+        got.status.unwrap().last_error.as_deref(),
+        Some("broker https://x:1 refused")
+    );
+    fcs.delete(&fc_name, &DeleteParams::default()).await.unwrap();
+}
+
+fn ferry_lab(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(exe())
+        .env("FERRY_LAB_ROOT", root())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn nothing_left(name: &str) {
+    let left = net::netns_with_prefix(&format!("{name}-"));
+    assert!(left.is_empty(), "stray namespaces of lab {name}: {left:?}");
+    assert!(
+        !root().join(name).exists(),
+        "lab {name}'s directory is left behind"
+    );
+}
+
+fn one_line(stderr: &str) -> &str {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("[ferry-lab]")).collect();
+    assert_eq!(lines.len(), 1, "one line expected, got: {stderr}");
+    lines[0]
+}
+
+#[test]
+fn bad_input_gives_one_line_with_the_fix_and_leaves_nothing_behind() {
+    // a port in use
+    let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let base = (port - 12).to_string(); // cluster 1's apiserver = base + 12
+    let (ok, _, err) = ferry_lab(&["--name", "tport", "up", "--clusters", "1", "--base-port", &base]);
+    assert!(!ok);
+    let line = one_line(&err);
+    assert!(
+        line.contains(&format!(
+            "port 127.0.0.1:{port} (kube-apiserver of cluster c1) is already in use"
+        )),
+        "{line}"
+    );
+    assert!(line.contains("fix:"), "{line}");
+    nothing_left("tport");
+    drop(holder);
+
+    // a pod CIDR that does not parse
+    let (ok, _, err) = ferry_lab(&[
+        "--name",
+        "tcidr",
+        "up",
+        "--pod-cidr",
+        "10.244.0.0/33",
+        "--base-port",
+        "25000",
+    ]);
+    assert!(!ok);
+    let line = one_line(&err);
+    assert!(
+        line.contains("--pod-cidr \"10.244.0.0/33\" is not a CIDR") && line.contains("fix:"),
+        "{line}"
+    );
+    nothing_left("tcidr");
+
+    // not root
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(exe())
+        .args(["--name", "troot", "up", "--base-port", "25100"])
+        .env("FERRY_LAB_ROOT", std::env::temp_dir().join("ferry-lab-nonroot"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = one_line(&err);
+    assert!(
+        line.contains("must run as root") && line.contains("fix:"),
+        "{line}"
+    );
+    nothing_left("troot");
+}
+
+#[test]
+fn a_control_plane_that_fails_midway_is_torn_down_completely() {
+    // a kube-apiserver that refuses to start, after the network and etcd are already up
+    let bin = std::env::temp_dir().join(format!("ferry-fake-k8s-{}", std::process::id()));
+    std::fs::create_dir_all(&bin).unwrap();
+    for b in ["kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
+        let p = bin.join(b);
+        std::fs::write(
+            &p,
+            "#!/bin/sh\necho 'fake apiserver: refusing to start' >&2\nexit 1\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let (ok, _, err) = ferry_lab(&[
+        "--name",
+        "tfail",
+        "up",
+        "--clusters",
+        "1",
+        "--base-port",
+        "25200",
+        "--k8s-bin",
+        bin.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("c1-apiserver exited") && err.contains("fake apiserver: refusing to start"),
+        "{err}"
+    );
+    nothing_left("tfail");
+    // etcd of that lab is gone too: its port is free again
+    assert!(
+        TcpListener::bind("127.0.0.1:25210").is_ok(),
+        "etcd of the failed lab still holds its port"
+    );
+    std::fs::remove_dir_all(bin).unwrap();
+}
+
+#[test]
+fn down_stops_exactly_what_up_started() {
+    let (ok, out, err) = ferry_lab(&[
+        "--name",
+        "tdown",
+        "up",
+        "--clusters",
+        "1",
+        "--nodes",
+        "1",
+        "--base-port",
+        "25300",
+    ]);
+    assert!(ok, "{out}{err}");
+    let table = ferry_e2e::procs::ProcessTable::new(root().join("tdown/pids")).unwrap();
+    let procs = table.list();
+    assert_eq!(procs.len(), 5, "{procs:?}");
+    assert!(procs.iter().all(|p| p.alive()));
+    assert!(!net::netns_with_prefix("tdown-").is_empty());
+    let (ok, out, _) = ferry_lab(&["--name", "tdown", "down"]);
+    assert!(ok);
+    assert!(out.contains("stopped 5 processes"), "{out}");
+    assert!(procs.iter().all(|p| !p.alive()), "a process outlived down");
+    nothing_left("tdown");
+    // the main lab is untouched
+    let (ok, out, err) = ferry_lab(&["--name", &name(), "status", "-o", "json"]);
+    assert!(ok, "{err}");
+    assert!(!out.contains("false"), "a process of the main lab died: {out}");
+}
+
+#[test]
+fn bench_pods_prints_json_as_its_last_line() {
+    let count = std::env::var("FERRY_BENCH_PODS").unwrap_or_else(|_| "1000".into());
+    let (ok, out, err) = ferry_lab(&[
+        "--name",
+        &name(),
+        "bench",
+        "pods",
+        "--count",
+        &count,
+        "--cluster",
+        "c2",
+    ]);
+    assert!(ok, "{err}");
+    let last = out.lines().last().unwrap();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(v["count"].to_string(), count);
+    assert!(v["seconds"].as_f64().unwrap() > 0.0);
+    eprintln!("bench pods: {last}");
+}
