@@ -213,7 +213,9 @@ pub fn netns_exists(ns: &str) -> bool {
 pub struct WanSettings {
     /// MTU of every WAN link, both ends (the underlay MTU the hosts see).
     pub link_mtu: Option<u32>,
-    /// MTU of the WAN router's side of every link only: a bottleneck the hosts do not see.
+    /// A bottleneck inside the WAN: MTU of the *last* cluster's WAN link (both ends). Every other host keeps
+    /// its own link MTU, so it cannot see the bottleneck: the WAN router must send ICMP "fragmentation
+    /// needed", which `drop_frag_needed` swallows (the classic MTU blackhole).
     pub bottleneck_mtu: Option<u32>,
     /// Drop ICMP "fragmentation needed" / ICMPv6 "packet too big" inside the WAN.
     pub drop_frag_needed: Option<bool>,
@@ -233,8 +235,9 @@ pub fn set_wan(lab: &LabLayout, s: &WanSettings) -> Result<()> {
             ipn(&host, &["link", "set", HOST_WAN_IF, "mtu", &mtu.to_string()])?;
             ipn(&wan, &["link", "set", &wif, "mtu", &mtu.to_string()])?;
         }
-        if let Some(mtu) = s.bottleneck_mtu {
+        if let (Some(mtu), true) = (s.bottleneck_mtu, Some(c) == lab.clusters.last()) {
             ipn(&wan, &["link", "set", &wif, "mtu", &mtu.to_string()])?;
+            ipn(&host, &["link", "set", HOST_WAN_IF, "mtu", &mtu.to_string()])?;
         }
         if let Some(down) = s.down {
             let state = if down { "down" } else { "up" };
@@ -260,7 +263,7 @@ pub fn set_wan(lab: &LabLayout, s: &WanSettings) -> Result<()> {
         );
         if drop {
             let rules = format!(
-                "table inet {WAN_TABLE} {{\n  chain out {{ type filter hook output priority 0; policy accept;\n    icmp type destination-unreachable icmp code frag-needed counter drop\n    icmpv6 type packet-too-big counter drop\n  }}\n  chain fwd {{ type filter hook forward priority 0; policy accept;\n    icmp type destination-unreachable icmp code frag-needed counter drop\n    icmpv6 type packet-too-big counter drop\n  }}\n}}\n"
+                "table inet {WAN_TABLE} {{\n  chain icmp_out {{ type filter hook output priority 0; policy accept;\n    icmp type destination-unreachable icmp code frag-needed counter drop\n    icmpv6 type packet-too-big counter drop\n  }}\n  chain icmp_forward {{ type filter hook forward priority 0; policy accept;\n    icmp type destination-unreachable icmp code frag-needed counter drop\n    icmpv6 type packet-too-big counter drop\n  }}\n}}\n"
             );
             nft_in(&wan, &rules)?;
         }

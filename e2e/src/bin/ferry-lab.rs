@@ -157,7 +157,7 @@ struct WanArgs {
     /// MTU of every WAN link, both ends.
     #[arg(long)]
     mtu: Option<u32>,
-    /// MTU of the WAN router's side only: a bottleneck the hosts cannot see.
+    /// MTU of the last cluster's WAN link: a bottleneck the other clusters' hosts cannot see.
     #[arg(long)]
     bottleneck_mtu: Option<u32>,
     /// Drop ICMP "fragmentation needed" and ICMPv6 "packet too big" in the WAN (on|off).
