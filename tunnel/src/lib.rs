@@ -2,4 +2,9 @@
 //! [`mtu`], the MTU/MSS calculator for an encapsulation stack. (The IPAM remap, the NAT/route plan and the
 //! thin netlink/nftables/WireGuard apply layer come with the tunnel issue.)
 
+pub mod apply;
+pub mod gateway;
+pub mod ipam;
 pub mod mtu;
+pub mod plan;
+pub mod probe;

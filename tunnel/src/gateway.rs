@@ -1,0 +1,398 @@
+//! `ferry-gateway`: one peering's tunnel end. Reads a [`GatewayConfig`], picks remaps ([`crate::ipam`]),
+//! finds the path MTU ([`crate::probe`]), computes tunnel MTU and MSS ([`crate::mtu`]), plans
+//! ([`crate::plan`]) and applies ([`crate::apply`]); then watches: heartbeats inside the tunnel every
+//! 500 ms (down after 3 misses), rules re-applied when removed, status written as JSON.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::apply::{self, WgSettings};
+use crate::ipam;
+use crate::mtu::{Encap, MtuPlan};
+use crate::plan::GatewaySpec;
+
+/// The gateway's configuration for one peering (what a `PeerNetwork` carries).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Peer cluster ID.
+    pub peer: String,
+    /// Tunnel interface; default `fy` + peer (at most 15 characters).
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// fwmark / routing table of the peering.
+    #[serde(default = "default_mark")]
+    pub mark: u32,
+    /// Local pod and service CIDRs (never used as remaps).
+    pub local_cidrs: Vec<String>,
+    /// Underlay networks (never used as remaps).
+    #[serde(default)]
+    pub underlay_cidrs: Vec<String>,
+    /// The peer's pod and service CIDRs.
+    pub remote_cidrs: Vec<String>,
+    /// Where remaps come from (default: RFC 1918 and ferry's ULA /48).
+    #[serde(default)]
+    pub remap_pool: Vec<String>,
+    /// Private key file (base64).
+    pub private_key_file: String,
+    /// WireGuard UDP port.
+    pub listen_port: u16,
+    /// Peer public key (base64).
+    pub peer_public_key: String,
+    /// Peer's WireGuard endpoint; absent on the side that waits (the provider, by default).
+    #[serde(default)]
+    pub peer_endpoint: Option<SocketAddr>,
+    /// The peer's underlay address for probes (default: the endpoint's address).
+    #[serde(default)]
+    pub peer_underlay: Option<IpAddr>,
+    /// This side's tunnel address with prefix, e.g. `169.254.77.1/30`.
+    pub local_tunnel_addr: String,
+    /// The peer's tunnel address.
+    pub remote_tunnel_addr: IpAddr,
+    /// Underlay path MTU; absent: probed (DF probes to the peer, no reliance on ICMP).
+    #[serde(default)]
+    pub underlay_mtu: Option<u32>,
+    /// Force the tunnel MTU (testing only: e.g. 1500 to reproduce a blackhole).
+    #[serde(default)]
+    pub tunnel_mtu_override: Option<u32>,
+    /// Clamp TCP MSS (default on).
+    #[serde(default = "yes")]
+    pub mss_clamp: bool,
+    /// UDP port of the probe responder (underlay and tunnel); default listen port + 1.
+    #[serde(default)]
+    pub probe_port: Option<u16>,
+    /// Directory for remaps (kept across restarts) and status.
+    pub state_dir: PathBuf,
+}
+
+fn default_mark() -> u32 {
+    0x6601
+}
+fn yes() -> bool {
+    true
+}
+
+/// What the gateway reports (the `PeerNetwork` status).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayStatus {
+    /// Heartbeats answered within the last 3 intervals.
+    pub connected: bool,
+    /// `Connected` / `NotConnected`.
+    pub phase: String,
+    /// Last heartbeat round trip, milliseconds.
+    pub latency_ms: Option<f64>,
+    /// Milliseconds since the last answered heartbeat.
+    pub last_heartbeat_age_ms: Option<u64>,
+    /// Underlay path MTU (probed or configured).
+    pub path_mtu: u32,
+    /// Tunnel MTU.
+    pub tunnel_mtu: u32,
+    /// MSS clamp on.
+    pub mss_clamp: bool,
+    /// Remote CIDR → local view.
+    pub remaps: BTreeMap<String, String>,
+    /// Bytes received / sent through the tunnel.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// WireGuard backend.
+    pub backend: String,
+    /// Times the rules were found missing and re-applied.
+    pub reapplied: u64,
+}
+
+fn parse_cidrs(field: &str, list: &[String]) -> Result<Vec<IpNet>> {
+    list.iter()
+        .map(|s| {
+            let n: IpNet = s.parse().map_err(|e| {
+                anyhow::anyhow!(
+                    "{field}: {s:?} is not a CIDR ({e}); fix: write a prefix such as 10.244.0.0/16"
+                )
+            })?;
+            if n.trunc() != n {
+                bail!("{field}: {s:?} has host bits set; fix: use {}", n.trunc());
+            }
+            Ok(n)
+        })
+        .collect()
+}
+
+/// The validated, planned peering: everything decided before anything is applied.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    /// The spec handed to the planner.
+    pub spec: GatewaySpec,
+    /// Path MTU used.
+    pub path_mtu: u32,
+}
+
+impl GatewayConfig {
+    /// The interface name.
+    pub fn interface(&self) -> String {
+        self.interface
+            .clone()
+            .unwrap_or_else(|| format!("fy{}", self.peer).chars().take(15).collect())
+    }
+
+    fn remaps_file(&self) -> PathBuf {
+        self.state_dir.join(format!("{}.remaps.json", self.peer))
+    }
+
+    /// Where status is written.
+    pub fn status_file(&self) -> PathBuf {
+        self.state_dir.join(format!("{}.status.json", self.peer))
+    }
+
+    fn probe_port(&self) -> u16 {
+        self.probe_port.unwrap_or(self.listen_port + 1)
+    }
+
+    fn peer_underlay(&self) -> Option<IpAddr> {
+        self.peer_underlay.or(self.peer_endpoint.map(|e| e.ip()))
+    }
+
+    /// Validates and decides everything except the path MTU: remaps (stable), spec with a given MTU.
+    pub fn prepare(&self, path_mtu: u32) -> Result<Prepared> {
+        let local = parse_cidrs("localCidrs", &self.local_cidrs)?;
+        let underlay = parse_cidrs("underlayCidrs", &self.underlay_cidrs)?;
+        let remote = parse_cidrs("remoteCidrs", &self.remote_cidrs)?;
+        let mut pool = parse_cidrs("remapPool", &self.remap_pool)?;
+        if pool.is_empty() {
+            pool = ipam::default_pool_v4()
+                .into_iter()
+                .chain(ipam::default_pool_v6())
+                .collect();
+        }
+        let local_tunnel: IpNet = self.local_tunnel_addr.parse().map_err(|e| {
+            anyhow::anyhow!(
+                "localTunnelAddr: {:?} is not an address with prefix ({e}); fix: e.g. 169.254.77.1/30",
+                self.local_tunnel_addr
+            )
+        })?;
+        let stored: BTreeMap<IpNet, IpNet> = std::fs::read_to_string(self.remaps_file())
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let reserved: Vec<IpNet> = local
+            .iter()
+            .chain(&underlay)
+            .copied()
+            .chain([local_tunnel.trunc()])
+            .collect();
+        let remaps = ipam::plan_remaps(&remote, &reserved, &stored, &pool)?;
+        let outer_v6 = self.peer_underlay().is_some_and(|a| a.is_ipv6());
+        let inner_v6 = remote.iter().any(|n| n.addr().is_ipv6());
+        let tunnel_mtu = match self.tunnel_mtu_override {
+            Some(m) => m,
+            None => {
+                MtuPlan::compute(path_mtu, &[Encap::WireGuard], outer_v6, inner_v6)
+                    .map_err(|e| {
+                        anyhow::anyhow!("{e}").context(format!("path MTU {path_mtu} to peer {}", self.peer))
+                    })?
+                    .mtu
+            }
+        };
+        let spec = GatewaySpec {
+            interface: self.interface(),
+            mark: self.mark,
+            tunnel_mtu,
+            mss_clamp: self.mss_clamp,
+            local_tunnel_addr: local_tunnel,
+            remote_tunnel_addr: self.remote_tunnel_addr,
+            remaps,
+        };
+        spec.plan()?;
+        Ok(Prepared { spec, path_mtu })
+    }
+
+    fn save_remaps(&self, spec: &GatewaySpec) -> Result<()> {
+        std::fs::create_dir_all(&self.state_dir)?;
+        std::fs::write(self.remaps_file(), serde_json::to_string_pretty(&spec.remaps)?)?;
+        Ok(())
+    }
+
+    /// The local link MTU towards the peer's underlay address.
+    fn local_mtu(&self) -> u32 {
+        let Some(peer) = self.peer_underlay() else {
+            return 1500;
+        };
+        let out = Command::new("ip")
+            .args(["route", "get", &peer.to_string()])
+            .output();
+        let dev = out
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| {
+                s.split_whitespace()
+                    .skip_while(|w| *w != "dev")
+                    .nth(1)
+                    .map(str::to_string)
+            });
+        dev.and_then(|d| std::fs::read_to_string(format!("/sys/class/net/{d}/mtu")).ok())
+            .and_then(|m| m.trim().parse().ok())
+            .unwrap_or(1500)
+    }
+
+    /// The underlay path MTU: configured, or probed (retrying for up to `wait`), or the local link MTU.
+    pub async fn discover_path_mtu(&self, wait: Duration) -> u32 {
+        if let Some(m) = self.underlay_mtu {
+            return m;
+        }
+        let local = self.local_mtu();
+        let Some(peer) = self.peer_underlay() else {
+            return local;
+        };
+        let lo = if peer.is_ipv6() { 1280 } else { 576 };
+        let target = SocketAddr::new(peer, self.probe_port());
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            match crate::probe::path_mtu(target, lo, local).await {
+                Ok(Some(m)) => return m,
+                Ok(None) => tokio::time::sleep(Duration::from_millis(300)).await,
+                Err(e) => {
+                    warn!("path MTU probe to {target}: {e}");
+                    break;
+                }
+            }
+        }
+        warn!("no answer to path MTU probes from {target}; using the local link MTU {local}");
+        local
+    }
+}
+
+use std::process::Command;
+
+/// Applies a prepared peering: interface, WireGuard, plan. Undoes everything if any step fails.
+pub fn bring_up(cfg: &GatewayConfig, p: &Prepared) -> Result<apply::Backend> {
+    let plan = p.spec.plan()?;
+    let result = (|| {
+        let backend = apply::create_interface(&p.spec.interface)?;
+        let allowed: Vec<String> = p
+            .spec
+            .remaps
+            .keys()
+            .map(|n| n.to_string())
+            .chain([IpNet::from(p.spec.remote_tunnel_addr).to_string()])
+            .collect();
+        apply::configure_wireguard(
+            &p.spec.interface,
+            &WgSettings {
+                private_key_file: cfg.private_key_file.clone(),
+                listen_port: cfg.listen_port,
+                peer_public_key: cfg.peer_public_key.clone(),
+                peer_endpoint: cfg.peer_endpoint,
+                allowed_ips: allowed,
+            },
+        )?;
+        apply::apply(&plan)?;
+        cfg.save_remaps(&p.spec)?;
+        Ok(backend)
+    })();
+    if result.is_err() {
+        apply::undo(&p.spec);
+    }
+    result
+}
+
+/// Runs a peering until SIGTERM/SIGINT, then removes everything it made.
+pub async fn run(cfg: GatewayConfig) -> Result<()> {
+    // everything is validated before the host is touched (a bad CIDR, pool or MTU fails here)
+    cfg.prepare(cfg.underlay_mtu.unwrap_or(1500))?;
+    let probe_port = cfg.probe_port();
+    let underlay_bind = SocketAddr::new("::".parse().expect("literal"), probe_port);
+    let responder = tokio::spawn(crate::probe::respond(underlay_bind));
+    let path_mtu = cfg.discover_path_mtu(Duration::from_secs(10)).await;
+    let prepared = cfg.prepare(path_mtu)?;
+    let backend = bring_up(&cfg, &prepared)?;
+    let spec = prepared.spec.clone();
+    info!(
+        interface = spec.interface,
+        path_mtu,
+        tunnel_mtu = spec.tunnel_mtu,
+        ?backend,
+        "tunnel up"
+    );
+    let mut status = GatewayStatus {
+        path_mtu,
+        tunnel_mtu: spec.tunnel_mtu,
+        mss_clamp: spec.mss_clamp,
+        remaps: spec
+            .remaps
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        backend: format!("{backend:?}").to_lowercase(),
+        phase: "NotConnected".into(),
+        ..Default::default()
+    };
+    let result = watch(&cfg, &spec, &mut status).await;
+    responder.abort();
+    apply::undo(&spec);
+    let _ = std::fs::remove_file(cfg.status_file());
+    info!(interface = spec.interface, "tunnel removed");
+    result
+}
+
+async fn watch(cfg: &GatewayConfig, spec: &GatewaySpec, status: &mut GatewayStatus) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let local_tunnel_ip = spec.local_tunnel_addr.addr();
+    let tunnel_responder = tokio::spawn(crate::probe::respond(SocketAddr::new(
+        local_tunnel_ip,
+        cfg.probe_port(),
+    )));
+    let hb_sock = tokio::net::UdpSocket::bind(SocketAddr::new(local_tunnel_ip, 0)).await?;
+    let peer = SocketAddr::new(spec.remote_tunnel_addr, cfg.probe_port());
+    let mut last_ok: Option<Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = tick.tick() => {
+                let rtt = crate::probe::heartbeat(&hb_sock, peer, Duration::from_millis(450)).await;
+                if let Some(rtt) = rtt {
+                    last_ok = Some(Instant::now());
+                    status.latency_ms = Some(rtt.as_secs_f64() * 1000.0);
+                }
+                let age = last_ok.map(|t| t.elapsed());
+                let connected = age.is_some_and(|a| a < Duration::from_millis(1500));
+                if connected != status.connected {
+                    info!(peer = cfg.peer, connected, "tunnel health changed");
+                }
+                status.connected = connected;
+                status.phase = if connected { "Connected" } else { "NotConnected" }.into();
+                status.last_heartbeat_age_ms = age.map(|a| a.as_millis() as u64);
+                if let Some((_, rx, tx)) = apply::wg_counters(&spec.interface) {
+                    status.rx_bytes = rx;
+                    status.tx_bytes = tx;
+                }
+                if !apply::intact(spec) {
+                    warn!(table = spec.nft_table(), "rules removed by someone else; re-applying");
+                    apply::apply(&spec.plan()?)?;
+                    status.reapplied += 1;
+                }
+                let tmp = cfg.status_file().with_extension("tmp");
+                std::fs::write(&tmp, serde_json::to_string_pretty(status)?)?;
+                std::fs::rename(&tmp, cfg.status_file())?;
+            }
+        }
+    }
+    tunnel_responder.abort();
+    Ok(())
+}
+
+/// Loads a config file; errors name the file and the field.
+pub fn load(path: &std::path::Path) -> Result<GatewayConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a valid gateway config", path.display()))
+}

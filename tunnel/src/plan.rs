@@ -1,0 +1,431 @@
+//! The gateway plan for one peering, from plain data to typed operations (no I/O).
+//!
+//! Translation (the side that chose a remap translates it): with remote CIDR `X` seen locally as `R`,
+//! - a local pod's packet to `R` gets ct mark + fwmark `M`, is prefix-DNATed `R → X`, and the policy rule
+//!   `fwmark M → table M` sends it into the tunnel (a plain route would send `X` to the local bridge when
+//!   `X` overlaps the local pod CIDR);
+//! - a packet arriving from the tunnel with source in `X` gets ct mark `M` and is prefix-SNATed `X → R`, so
+//!   local pods see the remote at `R`; replies carry ct mark `M`, hence fwmark `M`, hence go back into the
+//!   tunnel although their (de-SNATed) destination overlaps the local pod CIDR.
+//! - TCP SYNs in and out of the tunnel are clamped to the tunnel MTU (IPv4 MTU − 40, IPv6 MTU − 60).
+//!
+//! Start at [`GatewaySpec::plan`].
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Everything the planner needs for one peering.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// The tunnel interface (at most 15 characters).
+    pub interface: String,
+    /// fwmark, ct mark and routing table of this peering.
+    pub mark: u32,
+    /// MTU of the tunnel interface.
+    pub tunnel_mtu: u32,
+    /// Clamp TCP MSS to the tunnel MTU.
+    pub mss_clamp: bool,
+    /// This gateway's tunnel address, with prefix (e.g. `169.254.77.1/30`).
+    pub local_tunnel_addr: IpNet,
+    /// The peer gateway's tunnel address.
+    pub remote_tunnel_addr: IpAddr,
+    /// Each remote CIDR (real) and how it is seen locally (equal when not remapped).
+    pub remaps: BTreeMap<IpNet, IpNet>,
+}
+
+/// One change to the host, applied in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Set the interface MTU.
+    SetMtu {
+        /// Interface.
+        dev: String,
+        /// MTU.
+        mtu: u32,
+    },
+    /// Add an address to the interface.
+    AddAddress {
+        /// Interface.
+        dev: String,
+        /// Address with prefix.
+        addr: IpNet,
+    },
+    /// Bring the interface up.
+    LinkUp {
+        /// Interface.
+        dev: String,
+    },
+    /// Route `dst` via the interface, in the main table or in `table`.
+    AddRoute {
+        /// Destination.
+        dst: IpNet,
+        /// Interface.
+        dev: String,
+        /// Table (`None`: main).
+        table: Option<u32>,
+    },
+    /// Policy rule: packets with fwmark `mark` use `table`.
+    AddRule {
+        /// fwmark.
+        mark: u32,
+        /// Table.
+        table: u32,
+        /// IPv6 rule (else IPv4).
+        v6: bool,
+    },
+    /// Load an nftables table atomically (replacing an older version of it).
+    LoadNft {
+        /// Table name (family `inet`).
+        table: String,
+        /// The full `nft -f` text.
+        ruleset: String,
+    },
+}
+
+/// What [`GatewaySpec::plan`] returns: the ops to apply and the ones that undo them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayPlan {
+    /// Apply in order.
+    pub apply: Vec<Op>,
+    /// nftables table name.
+    pub nft_table: String,
+    /// The ruleset (also inside `apply`).
+    pub nft_ruleset: String,
+}
+
+/// A spec that cannot be planned.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    /// Interface name too long or with odd characters.
+    #[error("interface name {0:?} is not valid; fix: 1 to 15 characters of [a-z0-9_-]")]
+    Interface(String),
+    /// A remap changes the prefix size or family.
+    #[error(
+        "remap {remote} -> {local} changes the prefix length or family; fix: remap 1:1 onto a prefix of the same size"
+    )]
+    Remap {
+        /// Remote CIDR.
+        remote: IpNet,
+        /// Local view.
+        local: IpNet,
+    },
+    /// Tunnel MTU below the minimum of a family that crosses the tunnel.
+    #[error(
+        "tunnel MTU {mtu} is below the IPv6 minimum of 1280 while IPv6 CIDRs cross the tunnel; fix: raise the underlay MTU to at least {need}"
+    )]
+    Ipv6Mtu {
+        /// MTU.
+        mtu: u32,
+        /// Underlay needed (assuming WireGuard over IPv6).
+        need: u32,
+    },
+}
+
+fn fam(n: &IpNet) -> &'static str {
+    if n.addr().is_ipv4() { "ip" } else { "ip6" }
+}
+
+impl GatewaySpec {
+    /// Whether any CIDR crossing the tunnel is IPv6.
+    pub fn carries_ipv6(&self) -> bool {
+        self.remaps.keys().any(|n| n.addr().is_ipv6())
+    }
+
+    /// Name of this peering's nftables table.
+    pub fn nft_table(&self) -> String {
+        format!("ferry_{}", self.interface.replace('-', "_"))
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> Result<GatewayPlan, PlanError> {
+        let ok_name = !self.interface.is_empty()
+            && self.interface.len() <= 15
+            && self
+                .interface
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !ok_name {
+            return Err(PlanError::Interface(self.interface.clone()));
+        }
+        for (r, l) in &self.remaps {
+            if r.prefix_len() != l.prefix_len() || r.addr().is_ipv4() != l.addr().is_ipv4() {
+                return Err(PlanError::Remap {
+                    remote: *r,
+                    local: *l,
+                });
+            }
+        }
+        if self.carries_ipv6() && self.tunnel_mtu < 1280 {
+            return Err(PlanError::Ipv6Mtu {
+                mtu: self.tunnel_mtu,
+                need: 1280 + 80,
+            });
+        }
+        let dev = self.interface.clone();
+        let mut apply = vec![
+            Op::SetMtu {
+                dev: dev.clone(),
+                mtu: self.tunnel_mtu,
+            },
+            Op::AddAddress {
+                dev: dev.clone(),
+                addr: self.local_tunnel_addr,
+            },
+            Op::LinkUp { dev: dev.clone() },
+        ];
+        let mut families = std::collections::BTreeSet::new();
+        for (remote, local) in &self.remaps {
+            if remote == local {
+                apply.push(Op::AddRoute {
+                    dst: *remote,
+                    dev: dev.clone(),
+                    table: None,
+                });
+            } else {
+                // the remapped view is routed too, for locally generated traffic before its DNAT
+                apply.push(Op::AddRoute {
+                    dst: *local,
+                    dev: dev.clone(),
+                    table: None,
+                });
+            }
+            apply.push(Op::AddRoute {
+                dst: *remote,
+                dev: dev.clone(),
+                table: Some(self.mark),
+            });
+            families.insert(remote.addr().is_ipv6());
+        }
+        for v6 in families {
+            apply.push(Op::AddRule {
+                mark: self.mark,
+                table: self.mark,
+                v6,
+            });
+        }
+        let table = self.nft_table();
+        let ruleset = self.render_nft(&table);
+        apply.push(Op::LoadNft {
+            table: table.clone(),
+            ruleset: ruleset.clone(),
+        });
+        Ok(GatewayPlan {
+            apply,
+            nft_table: table,
+            nft_ruleset: ruleset,
+        })
+    }
+
+    fn render_nft(&self, table: &str) -> String {
+        let dev = &self.interface;
+        let m = format!("{:#x}", self.mark);
+        let remapped: Vec<(&IpNet, &IpNet)> = self.remaps.iter().filter(|(r, l)| r != l).collect();
+        let mut s = String::new();
+        // `add` + `delete` first makes loading idempotent and atomic: the old table goes in the same transaction
+        let _ = writeln!(
+            s,
+            "add table inet {table}\ndelete table inet {table}\ntable inet {table} {{"
+        );
+        let _ = writeln!(
+            s,
+            "  chain prerouting_mark {{\n    type filter hook prerouting priority mangle; policy accept;"
+        );
+        let _ = writeln!(s, "    iifname \"{dev}\" ct mark set {m} return");
+        for (_, local) in &remapped {
+            let _ = writeln!(s, "    {} daddr {local} ct mark set {m}", fam(local));
+        }
+        let _ = writeln!(s, "    ct mark {m} meta mark set {m}\n  }}");
+        let _ = writeln!(
+            s,
+            "  chain output_mark {{\n    type route hook output priority mangle; policy accept;"
+        );
+        for (_, local) in &remapped {
+            let _ = writeln!(
+                s,
+                "    {} daddr {local} ct mark set {m} meta mark set {m}",
+                fam(local)
+            );
+        }
+        let _ = writeln!(s, "  }}");
+        for (hook, prio, chain) in [
+            ("prerouting", "dstnat", "prerouting_dnat"),
+            ("output", "-100", "output_dnat"),
+        ] {
+            let _ = writeln!(
+                s,
+                "  chain {chain} {{\n    type nat hook {hook} priority {prio}; policy accept;"
+            );
+            for (remote, local) in &remapped {
+                let f = fam(local);
+                let _ = writeln!(
+                    s,
+                    "    {f} daddr {local} dnat {f} prefix to {f} daddr map {{ {local} : {remote} }}"
+                );
+            }
+            let _ = writeln!(s, "  }}");
+        }
+        let _ = writeln!(
+            s,
+            "  chain postrouting_snat {{\n    type nat hook postrouting priority srcnat; policy accept;"
+        );
+        for (remote, local) in &remapped {
+            let f = fam(remote);
+            let _ = writeln!(
+                s,
+                "    iifname \"{dev}\" {f} saddr {remote} snat {f} prefix to {f} saddr map {{ {remote} : {local} }}"
+            );
+        }
+        let _ = writeln!(s, "  }}");
+        if self.mss_clamp {
+            let (mss4, mss6) = (
+                self.tunnel_mtu.saturating_sub(40),
+                self.tunnel_mtu.saturating_sub(60),
+            );
+            for (hook, chain, dirs) in [
+                ("forward", "forward_clamp", &["oifname", "iifname"][..]),
+                ("output", "output_clamp", &["oifname"][..]),
+            ] {
+                let _ = writeln!(
+                    s,
+                    "  chain {chain} {{\n    type filter hook {hook} priority mangle; policy accept;"
+                );
+                for d in dirs {
+                    let _ = writeln!(
+                        s,
+                        "    meta nfproto ipv4 {d} \"{dev}\" tcp flags syn tcp option maxseg size > {mss4} tcp option maxseg size set {mss4}"
+                    );
+                    let _ = writeln!(
+                        s,
+                        "    meta nfproto ipv6 {d} \"{dev}\" tcp flags syn tcp option maxseg size > {mss6} tcp option maxseg size set {mss6}"
+                    );
+                }
+                let _ = writeln!(s, "  }}");
+            }
+        }
+        s.push_str("}\n");
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+    fn spec() -> GatewaySpec {
+        GatewaySpec {
+            interface: "fyc2".into(),
+            mark: 0x6601,
+            tunnel_mtu: 1340,
+            mss_clamp: true,
+            local_tunnel_addr: n("169.254.77.1/30"),
+            remote_tunnel_addr: "169.254.77.2".parse().unwrap(),
+            remaps: BTreeMap::from([
+                (n("10.244.0.0/16"), n("10.0.0.0/16")),
+                (n("10.97.0.0/16"), n("10.97.0.0/16")),
+            ]),
+        }
+    }
+
+    #[test]
+    fn overlapping_cidr_gets_dnat_snat_marks_and_a_policy_route() {
+        let p = spec().plan().unwrap();
+        let r = &p.nft_ruleset;
+        assert!(
+            r.contains("ip daddr 10.0.0.0/16 dnat ip prefix to ip daddr map { 10.0.0.0/16 : 10.244.0.0/16 }"),
+            "{r}"
+        );
+        assert!(r.contains("iifname \"fyc2\" ip saddr 10.244.0.0/16 snat ip prefix to ip saddr map { 10.244.0.0/16 : 10.0.0.0/16 }"), "{r}");
+        assert!(r.contains("iifname \"fyc2\" ct mark set 0x6601 return"), "{r}");
+        assert!(r.contains("ct mark 0x6601 meta mark set 0x6601"), "{r}");
+        // the service CIDR does not overlap: routed as itself, never NATed
+        assert!(!r.contains("10.97.0.0/16 dnat"), "{r}");
+        assert!(p.apply.contains(&Op::AddRoute {
+            dst: n("10.97.0.0/16"),
+            dev: "fyc2".into(),
+            table: None
+        }));
+        assert!(p.apply.contains(&Op::AddRoute {
+            dst: n("10.244.0.0/16"),
+            dev: "fyc2".into(),
+            table: Some(0x6601)
+        }));
+        assert!(p.apply.contains(&Op::AddRule {
+            mark: 0x6601,
+            table: 0x6601,
+            v6: false
+        }));
+        assert_eq!(
+            p.apply[0],
+            Op::SetMtu {
+                dev: "fyc2".into(),
+                mtu: 1340
+            }
+        );
+        assert!(matches!(p.apply.last(), Some(Op::LoadNft { .. })));
+    }
+
+    #[test]
+    fn mss_clamp_follows_the_tunnel_mtu_and_can_be_switched_off() {
+        let r = spec().plan().unwrap().nft_ruleset;
+        assert!(r.contains("meta nfproto ipv4 oifname \"fyc2\" tcp flags syn tcp option maxseg size > 1300 tcp option maxseg size set 1300"));
+        assert!(r.contains("meta nfproto ipv6 iifname \"fyc2\" tcp flags syn tcp option maxseg size > 1280 tcp option maxseg size set 1280"));
+        assert!(r.contains("chain output_clamp"));
+        let mut s = spec();
+        s.mss_clamp = false;
+        assert!(!s.plan().unwrap().nft_ruleset.contains("maxseg"));
+    }
+
+    #[test]
+    fn ipv6_cidrs_use_ip6_rules() {
+        let mut s = spec();
+        s.remaps = BTreeMap::from([(n("fd00:10:244::/56"), n("fd66:6572:7279::/56"))]);
+        let p = s.plan().unwrap();
+        assert!(p.nft_ruleset.contains("ip6 daddr fd66:6572:7279::/56 dnat ip6 prefix to ip6 daddr map { fd66:6572:7279::/56 : fd00:10:244::/56 }"));
+        assert!(p.apply.contains(&Op::AddRule {
+            mark: 0x6601,
+            table: 0x6601,
+            v6: true
+        }));
+        assert!(!p.apply.contains(&Op::AddRule {
+            mark: 0x6601,
+            table: 0x6601,
+            v6: false
+        }));
+    }
+
+    #[test]
+    fn loading_replaces_the_old_table_in_one_transaction() {
+        let r = spec().plan().unwrap().nft_ruleset;
+        assert!(
+            r.starts_with("add table inet ferry_fyc2\ndelete table inet ferry_fyc2\ntable inet ferry_fyc2 {")
+        );
+    }
+
+    #[test]
+    fn bad_specs_are_refused_before_anything_is_applied() {
+        let mut s = spec();
+        s.interface = "a-very-long-interface".into();
+        assert!(matches!(s.plan(), Err(PlanError::Interface(_))));
+        let mut s = spec();
+        s.remaps.insert(n("10.1.0.0/16"), n("10.2.0.0/24"));
+        assert!(s.plan().unwrap_err().to_string().contains("fix: remap 1:1"));
+        let mut s = spec();
+        s.remaps.insert(n("fd00::/64"), n("fd00::/64"));
+        s.tunnel_mtu = 1200;
+        assert_eq!(
+            s.plan().unwrap_err(),
+            PlanError::Ipv6Mtu {
+                mtu: 1200,
+                need: 1360
+            }
+        );
+    }
+}
