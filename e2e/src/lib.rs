@@ -14,3 +14,4 @@ pub mod layout;
 pub mod net;
 pub mod pki;
 pub mod procs;
+pub mod tunnel;

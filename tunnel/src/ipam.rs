@@ -69,13 +69,13 @@ pub fn plan_remaps(
     // every prefix in use: the reserved ranges, plus each remote CIDR that will be reachable as itself
     let mut taken: Vec<IpNet> = reserved.to_vec();
     for r in remote {
-        if let Some(m) = existing.get(r) {
-            if m.prefix_len() != r.prefix_len() || m.addr().is_ipv4() != r.addr().is_ipv4() {
-                return Err(IpamError::SizeMismatch {
-                    remote: *r,
-                    remap: *m,
-                });
-            }
+        if let Some(m) = existing.get(r)
+            && (m.prefix_len() != r.prefix_len() || m.addr().is_ipv4() != r.addr().is_ipv4())
+        {
+            return Err(IpamError::SizeMismatch {
+                remote: *r,
+                remap: *m,
+            });
         }
     }
     let needs_remap = |r: &IpNet, taken: &[IpNet]| taken.iter().any(|t| overlaps(r, t));
@@ -87,11 +87,11 @@ pub fn plan_remaps(
         }
     }
     for r in remote {
-        if let Some(m) = existing.get(r) {
-            if m == r || !taken.iter().any(|t| overlaps(m, t)) {
-                out.insert(*r, *m);
-                taken.push(*m);
-            }
+        if let Some(m) = existing.get(r)
+            && (m == r || !taken.iter().any(|t| overlaps(m, t)))
+        {
+            out.insert(*r, *m);
+            taken.push(*m);
         }
     }
     for r in remote {
