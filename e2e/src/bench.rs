@@ -195,3 +195,201 @@ async fn cleanup(client: &Client, ns: &str, nodes: &[LabNode]) {
         let _ = api.delete(&n.name, &DeleteParams::default()).await;
     }
 }
+
+/// The result line of `bench tunnel`.
+#[derive(Debug, Serialize)]
+pub struct TunnelBench {
+    /// Always `tunnel`.
+    pub bench: &'static str,
+    /// Seconds per iperf3 run.
+    pub seconds: u32,
+    /// Pod → pod through ferry-gateway (WireGuard + prefix NAT + MSS clamp), Gbit/s.
+    pub ferry_gbps: f64,
+    /// Host → host through plain userspace WireGuard (same wireguard-go, same MTU, no NAT, no pod hop).
+    pub plain_wireguard_gbps: f64,
+    /// Host → host over the bare WAN.
+    pub bare_wan_gbps: f64,
+    /// ferry / plain WireGuard.
+    pub ratio: f64,
+}
+
+fn iperf(client_ns: &str, server_ns: &str, bind: &str, target: &str, seconds: u32) -> Result<f64> {
+    let mut server = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", bind, "-p", "5201",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("iperf3; fix: apt-get install iperf3 (make deps)")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            client_ns,
+            "iperf3",
+            "-c",
+            target,
+            "-p",
+            "5201",
+            "-t",
+            &seconds.to_string(),
+            "-J",
+        ])
+        .output()?;
+    let _ = server.kill();
+    let _ = server.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|b| b / 1e9)
+        .with_context(|| format!("iperf3 {client_ns} -> {target}: {}", v["error"]))
+}
+
+/// `ferry-lab bench tunnel`: the three measured side by side, each `seconds` long.
+pub async fn tunnel(lab: &Lab, seconds: u32) -> Result<TunnelBench> {
+    use crate::tunnel::{GatewayPair, PairOptions};
+    let (ca, cb) = match lab.layout.clusters.as_slice() {
+        [a, b, ..] => (a.clone(), b.clone()),
+        _ => bail!("bench tunnel needs a lab with two clusters"),
+    };
+    let (host_a, host_b) = (lab.layout.host_netns(&ca), lab.layout.host_netns(&cb));
+    let mut pods = Vec::new();
+    for c in [&ca, &cb] {
+        let client = lab.client(c).await?;
+        crate::demo::ensure_echo_deployment(&client, "bench-tunnel", "iperf", 1).await?;
+        pods.push(
+            crate::demo::pods_of(lab, &c.id, "bench-tunnel", "iperf")
+                .await?
+                .remove(0),
+        );
+    }
+    let (pa, pb) = (pods[0].clone(), pods[1].clone());
+    eprintln!("[bench] bare WAN: {} -> {}", ca.wan_ip, cb.wan_ip);
+    let bare = iperf(
+        &host_a,
+        &host_b,
+        &cb.wan_ip.to_string(),
+        &cb.wan_ip.to_string(),
+        seconds,
+    )?;
+    // plain userspace WireGuard between the two hosts, same MTU as ferry's tunnel
+    let pair = tokio::task::block_in_place(|| {
+        GatewayPair::start(lab, &PairOptions::default(), Duration::from_secs(30))
+    })?;
+    let mtu = pair
+        .status(0)
+        .and_then(|s| s["tunnelMtu"].as_u64())
+        .unwrap_or(1440) as u32;
+    let b_seen = pair
+        .translate(0, pb.ip.parse()?)
+        .context("remap of the provider pod")?;
+    eprintln!(
+        "[bench] ferry: pod {} -> pod {} (seen as {b_seen}), tunnel MTU {mtu}",
+        pa.ip, pb.ip
+    );
+    let ferry = iperf(&pa.netns, &pb.netns, &pb.ip, &b_seen.to_string(), seconds)?;
+    pair.stop();
+    eprintln!("[bench] plain WireGuard: host -> host, MTU {mtu}, no NAT");
+    let plain = plain_wireguard(&host_a, &host_b, &ca, &cb, mtu, seconds);
+    for (ns, dev) in [(&host_a, "fyplain"), (&host_b, "fyplainb")] {
+        let _ = crate::procs::run("ip", &["-n", ns, "link", "del", dev]);
+    }
+    let plain = plain?;
+    Ok(TunnelBench {
+        bench: "tunnel",
+        seconds,
+        ferry_gbps: ferry,
+        plain_wireguard_gbps: plain,
+        bare_wan_gbps: bare,
+        ratio: ferry / plain,
+    })
+}
+
+fn plain_wireguard(
+    host_a: &str,
+    host_b: &str,
+    ca: &ClusterLayout,
+    cb: &ClusterLayout,
+    mtu: u32,
+    seconds: u32,
+) -> Result<f64> {
+    use crate::procs::run;
+    let dir = std::env::temp_dir().join(format!("ferry-plain-wg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut pubs = Vec::new();
+    for side in ["a", "b"] {
+        let k = dir.join(side);
+        std::fs::write(&k, run("wg", &["genkey"])?.trim())?;
+        let p = std::process::Command::new("wg")
+            .arg("pubkey")
+            .stdin(std::fs::File::open(&k)?)
+            .output()?;
+        pubs.push(String::from_utf8_lossy(&p.stdout).trim().to_string());
+    }
+    let sides = [
+        (
+            host_a,
+            "fyplain",
+            "a",
+            &pubs[1],
+            "169.254.99.1/30",
+            "169.254.99.2/32",
+            Some(format!("{}:51999", cb.wan_ip)),
+        ),
+        (
+            host_b,
+            "fyplainb",
+            "b",
+            &pubs[0],
+            "169.254.99.2/30",
+            "169.254.99.1/32",
+            Some(format!("{}:51999", ca.wan_ip)),
+        ),
+    ];
+    for (ns, dev, key, peer, addr, allowed, endpoint) in sides {
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{dev}.sock"));
+        run("ip", &["netns", "exec", ns, "wireguard-go", dev])?;
+        let key = dir.join(key).to_string_lossy().to_string();
+        let ep = endpoint.unwrap_or_default();
+        let mut ok = false;
+        for _ in 0..50 {
+            if run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    ns,
+                    "wg",
+                    "set",
+                    dev,
+                    "private-key",
+                    &key,
+                    "listen-port",
+                    "51999",
+                    "peer",
+                    peer,
+                    "allowed-ips",
+                    allowed,
+                    "endpoint",
+                    &ep,
+                ],
+            )
+            .is_ok()
+            {
+                ok = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        anyhow::ensure!(ok, "configuring plain WireGuard {dev}");
+        run("ip", &["-n", ns, "addr", "add", addr, "dev", dev])?;
+        run(
+            "ip",
+            &["-n", ns, "link", "set", dev, "mtu", &mtu.to_string(), "up"],
+        )?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    iperf(host_a, host_b, "169.254.99.2", "169.254.99.2", seconds)
+}

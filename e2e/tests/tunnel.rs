@@ -299,3 +299,99 @@ fn bad_gateway_input_is_refused_with_the_field_and_nothing_is_applied() {
         );
     }
 }
+
+#[test]
+fn ipv6_pod_cidrs_over_an_ipv6_underlay() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // a second lab whose clusters both use the same IPv6 pod CIDR
+    let name = "t6";
+    let lab_cmd = |args: &[&str]| {
+        Command::new(exe())
+            .env("FERRY_LAB_ROOT", root())
+            .args(["--name", name])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let _ = lab_cmd(&["down"]);
+    let up = lab_cmd(&[
+        "up",
+        "--clusters",
+        "2",
+        "--nodes",
+        "1",
+        "--pod-cidr",
+        "fd00:10:244::/56",
+        "--base-port",
+        "24500",
+    ]);
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    struct Down(Box<dyn Fn()>);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    let root_c = root();
+    let exe_c = exe();
+    let _down = Down(Box::new(move || {
+        let _ = Command::new(&exe_c)
+            .env("FERRY_LAB_ROOT", &root_c)
+            .args(["--name", "t6", "down"])
+            .output();
+    }));
+    let lab = Lab::load(&root(), name).unwrap();
+    let (a, b) = echo_pods(&lab, "t-v6");
+    assert!(
+        a.ip.contains(':') && b.ip.contains(':'),
+        "IPv6 pods: {} {}",
+        a.ip,
+        b.ip
+    );
+    let opts = PairOptions {
+        underlay_v6: true,
+        if_prefix: "fy6".into(),
+        ..Default::default()
+    };
+    let pair = GatewayPair::start(&lab, &opts, Duration::from_secs(30)).unwrap();
+    let st = pair.status(0).unwrap();
+    assert_eq!(
+        st["tunnelMtu"],
+        json!(1420),
+        "1500 - 80 (WireGuard over IPv6): {st}"
+    );
+    let b_seen: IpAddr = pair.translate(0, b.ip.parse().unwrap()).unwrap();
+    assert!(
+        b_seen.to_string().starts_with("fd66:6572:7279:"),
+        "ULA remap: {b_seen}"
+    );
+    let r = echo_from_pod(&exe(), &a, SocketAddr::new(b_seen, 8080), 10_000_000).unwrap();
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let a_seen_by_b = pair.translate(1, a.ip.parse().unwrap()).unwrap();
+    let r = echo_from_pod(&exe(), &b, SocketAddr::new(a_seen_by_b, 8080), 1_000_000).unwrap();
+    assert_eq!(r["ok"], json!(true), "{r}");
+    pair.stop();
+}
+
+#[test]
+fn bench_tunnel_prints_the_three_throughputs_and_the_ratio_as_json() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let name = std::env::var("FERRY_LAB_NAME").unwrap_or_else(|_| "ferry".into());
+    let out = Command::new(exe())
+        .env("FERRY_LAB_ROOT", root())
+        .args(["--name", &name, "bench", "tunnel", "--seconds", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    for k in ["ferry_gbps", "plain_wireguard_gbps", "bare_wan_gbps"] {
+        assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
+    }
+    let ratio = v["ratio"].as_f64().unwrap();
+    assert!(
+        (ratio - v["ferry_gbps"].as_f64().unwrap() / v["plain_wireguard_gbps"].as_f64().unwrap()).abs()
+            < 1e-9
+    );
+    eprintln!("bench tunnel: {v}");
+}

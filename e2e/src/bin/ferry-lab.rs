@@ -110,6 +110,12 @@ enum BenchCmd {
         #[arg(long, default_value = "c1")]
         cluster: String,
     },
+    /// iperf3 pod -> pod through ferry's tunnel + NAT vs plain userspace WireGuard vs the bare WAN; last line JSON.
+    Tunnel {
+        /// Seconds per run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
 }
 
 #[derive(clap::Args)]
@@ -289,6 +295,14 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let lab = lab::Lab::load(&cli.root, &cli.name)?;
             let r = bench::pods(&lab, &cluster, count, &exe).await?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        Cmd::Bench {
+            what: BenchCmd::Tunnel { seconds },
+        } => {
+            lab::require_root("ferry-lab bench tunnel")?;
+            let lab = lab::Lab::load(&cli.root, &cli.name)?;
+            let r = bench::tunnel(&lab, seconds).await?;
             println!("{}", serde_json::to_string(&r)?);
         }
         Cmd::Exec {
