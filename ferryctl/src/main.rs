@@ -37,6 +37,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmarks on the local lab (they run `ferry-lab bench`, installed next to ferryctl).
+    Bench {
+        /// What to measure: `tunnel` (ferry vs plain WireGuard vs bare WAN) or `pods`.
+        what: String,
+        /// Further arguments for `ferry-lab bench <what>`, e.g. `--seconds 10`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() {
@@ -69,6 +77,21 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", plan.mtu);
                 print!("{}", plan.explain());
             }
+        }
+        Cmd::Bench { what, args } => {
+            let exe = std::env::current_exe()?;
+            let lab = exe.with_file_name("ferry-lab");
+            anyhow::ensure!(
+                lab.exists(),
+                "ferry-lab not found next to ferryctl ({}); fix: cargo build --workspace --bins",
+                lab.display()
+            );
+            let status = std::process::Command::new(lab)
+                .arg("bench")
+                .arg(&what)
+                .args(&args)
+                .status()?;
+            std::process::exit(status.code().unwrap_or(1));
         }
     }
     Ok(())
