@@ -6,16 +6,31 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+pub mod common;
 pub mod foreign_cluster;
+pub mod kinds;
 
 pub use foreign_cluster::{ForeignCluster, ForeignClusterSpec, ForeignClusterStatus, PeeringRole};
+pub use kinds::{
+    NamespaceOffloading, NamespaceOffloadingSpec, PeerNetwork, PeerNetworkSpec, PeerNetworkStatus,
+    ResourceSlice, ResourceSliceSpec, ResourceSliceStatus, ShadowPod, ShadowPodSpec, Tenant, TenantSpec,
+    VirtualNode, VirtualNodeSpec,
+};
 
 /// The API group of every ferry kind.
 pub const GROUP: &str = "ferry.dev";
 
 /// Every CRD ferry installs, in the order the chart applies them.
 pub fn all_crds() -> Vec<CustomResourceDefinition> {
-    vec![ForeignCluster::crd()]
+    vec![
+        ForeignCluster::crd(),
+        Tenant::crd(),
+        ResourceSlice::crd(),
+        VirtualNode::crd(),
+        NamespaceOffloading::crd(),
+        ShadowPod::crd(),
+        PeerNetwork::crd(),
+    ]
 }
 
 /// The YAML stream (`---`-separated) that `crdgen` prints and the chart ships.
@@ -44,6 +59,48 @@ mod tests {
                 crd.spec.names.kind
             );
         }
+    }
+
+    #[test]
+    fn every_kind_is_there_with_printer_columns() {
+        let kinds: Vec<String> = all_crds().iter().map(|c| c.spec.names.kind.clone()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "ForeignCluster",
+                "Tenant",
+                "ResourceSlice",
+                "VirtualNode",
+                "NamespaceOffloading",
+                "ShadowPod",
+                "PeerNetwork"
+            ]
+        );
+        for crd in all_crds() {
+            let cols = crd.spec.versions[0]
+                .additional_printer_columns
+                .clone()
+                .unwrap_or_default();
+            assert!(!cols.is_empty(), "{} has no printer columns", crd.spec.names.kind);
+        }
+    }
+
+    #[test]
+    fn validation_is_in_the_schema() {
+        let tenant = serde_json::to_value(Tenant::crd()).unwrap();
+        let props =
+            &tenant["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        assert_eq!(
+            props["clusterID"]["pattern"],
+            "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+        );
+        assert_eq!(props["publicKeyFingerprint"]["pattern"], "^[0-9a-f]{64}$");
+        let off = serde_json::to_value(NamespaceOffloading::crd()).unwrap();
+        let s = &off["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        let strategies: Vec<String> =
+            serde_json::from_value(s["podOffloadingStrategy"]["enum"].clone()).unwrap();
+        assert_eq!(strategies, ["LocalAndRemote", "Local", "Remote"]);
+        assert_eq!(common::CLUSTER_ID_PATTERN, props["clusterID"]["pattern"]);
     }
 
     #[test]

@@ -497,3 +497,188 @@ fn bench_pods_prints_json_as_its_last_line() {
     assert!(v["seconds"].as_f64().unwrap() > 0.0);
     eprintln!("bench pods: {last}");
 }
+
+#[tokio::test]
+async fn every_ferry_crd_installs_on_the_lab_apiserver_and_serves_objects_and_status() {
+    use ferry_crds::common::{ObjectRef, ResourceAmounts};
+    use ferry_crds::kinds::*;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    let lab = lab();
+    let c = &lab.layout.clusters[1];
+    let client = lab.client(c).await.unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in ferry_crds::all_crds() {
+        match crds.create(&PostParams::default(), &crd).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => panic!("{} refused by the 1.20 apiserver: {e}", crd.name_any()),
+        }
+    }
+    for crd in ferry_crds::all_crds() {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = crds.get(&crd.name_any()).await.unwrap();
+            let conds = got.status.and_then(|s| s.conditions).unwrap_or_default();
+            if conds
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} not established", crd.name_any());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let ns = "t-crds";
+    let _ = Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({ "metadata": { "name": ns } })).unwrap(),
+        )
+        .await;
+    let pp = PostParams::default();
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let t = Tenant::new(
+        "t-consumer",
+        TenantSpec {
+            cluster_id: "consumer-1".into(),
+            public_key_fingerprint: "ab".repeat(32),
+            tenant_namespace: "ferry-tenant-consumer-1".into(),
+            cordoned: false,
+        },
+    );
+    let _ = tenants.delete("t-consumer", &DeleteParams::default()).await;
+    tenants.create(&pp, &t).await.unwrap();
+    // schema validation is enforced by the apiserver: a cluster ID that is not a DNS label is refused
+    let mut bad = t.clone();
+    bad.metadata.name = Some("t-bad".into());
+    bad.spec.cluster_id = "Not_A_Label".into();
+    let err = tenants.create(&pp, &bad).await.unwrap_err();
+    assert!(matches!(err, kube::Error::Api(ref e) if e.code == 422), "{err:?}");
+
+    let slices: Api<ResourceSlice> = Api::namespaced(client.clone(), ns);
+    let s = ResourceSlice::new(
+        "s1",
+        ResourceSliceSpec {
+            provider_cluster_id: "p".into(),
+            consumer_cluster_id: "c".into(),
+            resources: ResourceAmounts {
+                cpu: Some(Quantity("4".into())),
+                memory: Some(Quantity("8Gi".into())),
+                ..Default::default()
+            },
+        },
+    );
+    let _ = slices.delete("s1", &DeleteParams::default()).await;
+    slices.create(&pp, &s).await.unwrap();
+    let status = json!({ "status": { "phase": "Partial", "granted": { "cpu": "2" }, "reason": "quota" } });
+    slices
+        .patch_status("s1", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    let got = slices.get("s1").await.unwrap().status.unwrap();
+    assert_eq!(got.phase, Some(SlicePhase::Partial));
+    assert_eq!(got.granted.unwrap().cpu, Some(Quantity("2".into())));
+
+    let vns: Api<VirtualNode> = Api::namespaced(client.clone(), ns);
+    let _ = vns.delete("v1", &DeleteParams::default()).await;
+    vns.create(
+        &pp,
+        &VirtualNode::new(
+            "v1",
+            VirtualNodeSpec {
+                cluster_id: "p".into(),
+                resource_slice: ObjectRef {
+                    name: "s1".into(),
+                    namespace: Some(ns.into()),
+                },
+                node_name: None,
+                labels: Default::default(),
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    let offs: Api<NamespaceOffloading> = Api::namespaced(client.clone(), ns);
+    let _ = offs.delete("offloading", &DeleteParams::default()).await;
+    offs.create(
+        &pp,
+        &NamespaceOffloading::new(
+            "offloading",
+            NamespaceOffloadingSpec {
+                pod_offloading_strategy: PodOffloadingStrategy::Remote,
+                cluster_selector: Default::default(),
+                namespace_mapping_strategy: Default::default(),
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    // an enum value outside the schema is refused
+    let bad_off = json!({ "apiVersion": "ferry.dev/v1alpha1", "kind": "NamespaceOffloading", "metadata": { "name": "bad" }, "spec": { "podOffloadingStrategy": "Everywhere" } });
+    let dynamic: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &kube::api::ApiResource::erase::<NamespaceOffloading>(&()),
+    );
+    let err = dynamic
+        .create(&pp, &serde_json::from_value(bad_off).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref e) if e.code == 422),
+        "unknown strategy accepted: {err:?}"
+    );
+
+    let shadows: Api<ShadowPod> = Api::namespaced(client.clone(), ns);
+    let _ = shadows.delete("sp1", &DeleteParams::default()).await;
+    let template = json!({ "metadata": { "labels": { "app": "x" } }, "spec": { "containers": [{ "name": "a", "image": "i", "futureField": 1 }] } });
+    shadows
+        .create(
+            &pp,
+            &ShadowPod::new(
+                "sp1",
+                ShadowPodSpec {
+                    consumer_cluster_id: "c".into(),
+                    consumer_pod_uid: "u".into(),
+                    template: template.clone(),
+                },
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        shadows.get("sp1").await.unwrap().spec.template,
+        template,
+        "the embedded pod template is kept whole"
+    );
+
+    let pns: Api<PeerNetwork> = Api::all(client.clone());
+    let _ = pns.delete("p", &DeleteParams::default()).await;
+    pns.create(
+        &pp,
+        &PeerNetwork::new(
+            "p",
+            PeerNetworkSpec {
+                cluster_id: "p".into(),
+                local_cidrs: vec!["10.244.0.0/16".into()],
+                remote_cidrs: vec!["10.244.0.0/16".into()],
+                peer_public_key: "k".into(),
+                peer_endpoint: None,
+                underlay_mtu: None,
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    let st = json!({ "status": { "phase": "Connected", "tunnelMTU": 1440, "remaps": { "10.244.0.0/16": "10.0.0.0/16" } } });
+    pns.patch_status("p", &PatchParams::default(), &Patch::Merge(&st))
+        .await
+        .unwrap();
+    assert_eq!(pns.get("p").await.unwrap().status.unwrap().tunnel_mtu, Some(1440));
+    tenants
+        .delete("t-consumer", &DeleteParams::default())
+        .await
+        .unwrap();
+    pns.delete("p", &DeleteParams::default()).await.unwrap();
+}

@@ -1,0 +1,292 @@
+//! The provider-side and shared kinds: `Tenant`, `ResourceSlice`, `VirtualNode`, `NamespaceOffloading`,
+//! `ShadowPod`, `PeerNetwork`. (`ForeignCluster` has its own module.)
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{ObjectRef, ResourceAmounts, preserve_unknown_object};
+
+/// A consumer admitted by this (provider) cluster.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "ferry.dev",
+    version = "v1alpha1",
+    kind = "Tenant",
+    status = "TenantStatus",
+    printcolumn = r#"{"name":"Consumer","type":"string","jsonPath":".spec.clusterID"}"#,
+    printcolumn = r#"{"name":"Namespace","type":"string","jsonPath":".spec.tenantNamespace"}"#,
+    printcolumn = r#"{"name":"Cordoned","type":"boolean","jsonPath":".spec.cordoned"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSpec {
+    /// The consumer's cluster ID.
+    #[serde(rename = "clusterID")]
+    #[schemars(regex(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+    pub cluster_id: String,
+    /// SHA-256 fingerprint (hex) of the consumer's Ed25519 cluster key.
+    #[schemars(regex(pattern = "^[0-9a-f]{64}$"))]
+    pub public_key_fingerprint: String,
+    /// The namespace the consumer's identity is confined to.
+    pub tenant_namespace: String,
+    /// No new offloading is accepted while true.
+    #[serde(default)]
+    pub cordoned: bool,
+}
+
+/// Tenant status.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantStatus {
+    /// Conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Whether a slice was granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SlicePhase {
+    /// Granted as asked.
+    Accepted,
+    /// Granted in part (see `granted`).
+    Partial,
+    /// Refused (see `reason`).
+    Denied,
+}
+
+/// Resources a consumer asks a provider for.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "ferry.dev",
+    version = "v1alpha1",
+    kind = "ResourceSlice",
+    namespaced,
+    status = "ResourceSliceStatus",
+    printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.providerClusterID"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceSliceSpec {
+    /// The provider asked.
+    #[serde(rename = "providerClusterID")]
+    pub provider_cluster_id: String,
+    /// The consumer asking.
+    #[serde(rename = "consumerClusterID")]
+    pub consumer_cluster_id: String,
+    /// What is asked for.
+    pub resources: ResourceAmounts,
+}
+
+/// What the provider granted.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceSliceStatus {
+    /// Accepted, Partial or Denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<SlicePhase>,
+    /// The granted amounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted: Option<ResourceAmounts>,
+    /// Why not all was granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A virtual node in the consumer, backed by a provider's granted slice.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "ferry.dev",
+    version = "v1alpha1",
+    kind = "VirtualNode",
+    namespaced,
+    status = "VirtualNodeStatus",
+    printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.clusterID"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.nodeName"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualNodeSpec {
+    /// The provider's cluster ID.
+    #[serde(rename = "clusterID")]
+    pub cluster_id: String,
+    /// The granted slice behind it.
+    pub resource_slice: ObjectRef,
+    /// Node name (default `ferry-<clusterID>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// Extra node labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Virtual node status.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualNodeStatus {
+    /// Conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Where an offloaded namespace's pods may run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PodOffloadingStrategy {
+    /// Local nodes and virtual nodes.
+    #[default]
+    LocalAndRemote,
+    /// Local nodes only.
+    Local,
+    /// Virtual nodes only.
+    Remote,
+}
+
+/// How the namespace is named on the provider.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum NamespaceMappingStrategy {
+    /// `<namespace>-<consumer cluster ID>`: never clashes.
+    #[default]
+    DefaultName,
+    /// The same name (fails when it exists on the provider).
+    EnforceSameName,
+}
+
+/// Offloading of the namespace it lives in.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "ferry.dev",
+    version = "v1alpha1",
+    kind = "NamespaceOffloading",
+    namespaced,
+    status = "NamespaceOffloadingStatus",
+    printcolumn = r#"{"name":"Strategy","type":"string","jsonPath":".spec.podOffloadingStrategy"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceOffloadingSpec {
+    /// Where pods may run.
+    #[serde(default)]
+    pub pod_offloading_strategy: PodOffloadingStrategy,
+    /// Which providers (by virtual node labels, as in a node selector term); empty: all.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cluster_selector: BTreeMap<String, String>,
+    /// How the namespace is named on providers.
+    #[serde(default)]
+    pub namespace_mapping_strategy: NamespaceMappingStrategy,
+}
+
+/// Offloading status.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceOffloadingStatus {
+    /// Provider cluster ID → namespace there.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub remote_namespaces: BTreeMap<String, String>,
+    /// Conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A pod the provider's controller owns, so it survives a lost consumer.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "ferry.dev",
+    version = "v1alpha1",
+    kind = "ShadowPod",
+    namespaced,
+    status = "ShadowPodStatus",
+    printcolumn = r#"{"name":"Consumer","type":"string","jsonPath":".spec.consumerClusterID"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowPodSpec {
+    /// The consumer the pod belongs to.
+    #[serde(rename = "consumerClusterID")]
+    pub consumer_cluster_id: String,
+    /// The consumer pod's UID (reflection adopts by it after restarts).
+    #[serde(rename = "consumerPodUID")]
+    pub consumer_pod_uid: String,
+    /// The pod template (metadata and spec), translated for the provider.
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub template: serde_json::Value,
+}
+
+/// ShadowPod status.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowPodStatus {
+    /// The provider pod's phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Times the provider pod was recreated.
+    #[serde(default)]
+    pub recreations: u32,
+}
+
+/// The network of one peering: CIDRs, remaps, WireGuard, MTU, and the tunnel's health.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "ferry.dev",
+    version = "v1alpha1",
+    kind = "PeerNetwork",
+    status = "PeerNetworkStatus",
+    printcolumn = r#"{"name":"Peer","type":"string","jsonPath":".spec.clusterID"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Latency","type":"number","jsonPath":".status.latencyMs"}"#,
+    printcolumn = r#"{"name":"MTU","type":"integer","jsonPath":".status.tunnelMTU"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerNetworkSpec {
+    /// The peer's cluster ID.
+    #[serde(rename = "clusterID")]
+    pub cluster_id: String,
+    /// This cluster's pod and service CIDRs.
+    #[serde(rename = "localCIDRs")]
+    pub local_cidrs: Vec<String>,
+    /// The peer's pod and service CIDRs.
+    #[serde(rename = "remoteCIDRs")]
+    pub remote_cidrs: Vec<String>,
+    /// The peer's WireGuard public key (base64).
+    pub peer_public_key: String,
+    /// The peer's WireGuard endpoint (`host:port`); absent on the side that waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_endpoint: Option<String>,
+    /// Underlay MTU; absent: probed.
+    #[serde(rename = "underlayMTU", default, skip_serializing_if = "Option::is_none")]
+    pub underlay_mtu: Option<u32>,
+}
+
+/// Tunnel health as the gateway sees it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerNetworkStatus {
+    /// `Connected` / `NotConnected`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Remote CIDR → how it is seen here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub remaps: BTreeMap<String, String>,
+    /// Heartbeat round trip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// Probed path MTU.
+    #[serde(rename = "pathMTU", default, skip_serializing_if = "Option::is_none")]
+    pub path_mtu: Option<u32>,
+    /// Tunnel MTU.
+    #[serde(rename = "tunnelMTU", default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_mtu: Option<u32>,
+    /// Bytes received.
+    #[serde(default)]
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    #[serde(default)]
+    pub tx_bytes: u64,
+    /// Conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
