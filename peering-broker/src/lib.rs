@@ -1,5 +1,11 @@
-//! ferry's peering API. Start reading at [`ClusterId`], the identity every peering message carries. (The
-//! token format, proof of possession, wire types and the axum + rustls server come with the peering issue.)
+//! ferry's peering API. The pure core: [`ClusterId`], the cluster key ([`key`]), the signed single-use
+//! token ([`token`]), the request/response bodies and proof of possession ([`wire`]), and every refusal
+//! with its HTTP status ([`error`]). Start reading at [`wire::PeeringRequest`].
+
+pub mod error;
+pub mod key;
+pub mod token;
+pub mod wire;
 
 use std::fmt;
 use std::str::FromStr;
