@@ -1,10 +1,16 @@
 //! `ferryctl`, ferry's command line (also usable as the kubectl plugin `kubectl ferry`).
 //!
-//! Today: `mtu`, the MTU/MSS calculator. Peering, offloading, status and doctor come with their issues.
+//! `token create`, `peer`, `unpeer`, `status`, `mtu`, `bench`.
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use ferry_peering_broker::{consumer, identity, token, wire::Resources};
 use ferry_tunnel::mtu::MtuPlan;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
 
 #[derive(Parser)]
 #[command(
@@ -13,12 +19,42 @@ use ferry_tunnel::mtu::MtuPlan;
     about = "ferry: borrow compute from another Kubernetes cluster"
 )]
 struct Cli {
+    /// Kubeconfig (default: $KUBECONFIG or ~/.kube/config).
+    #[arg(long, global = true, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Context in the kubeconfig.
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// Peering tokens (run against the provider).
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Peer this cluster (the consumer) with the provider that issued the token.
+    Peer(PeerArgs),
+    /// Remove a peering: the provider's tenant, this cluster's identity and ForeignCluster.
+    Unpeer {
+        /// Provider cluster ID.
+        provider: String,
+    },
+    /// Every peer, its role and each module's condition.
+    Status,
     /// Tunnel MTU and TCP MSS for an encapsulation stack, each term explained.
     Mtu {
         /// Underlay MTU.
@@ -37,25 +73,194 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Benchmarks on the local lab (they run `ferry-lab bench`, installed next to ferryctl).
+    /// Benchmarks: `peer` (seconds from peer to Authenticated); `tunnel`, `pods` run `ferry-lab bench` on the lab.
     Bench {
-        /// What to measure: `tunnel` (ferry vs plain WireGuard vs bare WAN) or `pods`.
+        /// What to measure.
         what: String,
-        /// Further arguments for `ferry-lab bench <what>`, e.g. `--seconds 10`.
+        /// Further arguments (for `peer`: --token T; for the lab benches: passed to ferry-lab).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
 }
 
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Print a signed, single-use peering token.
+    Create {
+        /// How long the token is valid, e.g. 30m, 1h, 2d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct PeerArgs {
+    /// The token from `ferryctl token create` on the provider.
+    #[arg(long)]
+    token: String,
+    /// This cluster's ID (default: kept in ferry-system, derived on first use).
+    #[arg(long)]
+    cluster_id: Option<String>,
+    /// This cluster's pod CIDRs.
+    #[arg(long = "pod-cidr")]
+    pod_cidrs: Vec<String>,
+    /// CPU to ask for.
+    #[arg(long)]
+    cpu: Option<String>,
+    /// Memory to ask for.
+    #[arg(long)]
+    memory: Option<String>,
+    /// Pods to ask for.
+    #[arg(long)]
+    pods: Option<String>,
+}
+
 fn main() {
-    if let Err(e) = run(Cli::parse()) {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(cli)) {
         eprintln!("ferryctl: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
-    match cli.cmd {
+async fn client(cli: &Cli) -> Result<kube::Client> {
+    let opts = kube::config::KubeConfigOptions {
+        context: cli.context.clone(),
+        ..Default::default()
+    };
+    let config = match &cli.kubeconfig {
+        Some(p) => {
+            kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(p)?, &opts).await?
+        }
+        None => kube::Config::from_kubeconfig(&opts).await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// `30m`, `1h`, `2d`, `90s` or plain seconds.
+fn parse_ttl(s: &str) -> Result<u64> {
+    let (num, mult) = match s.chars().last() {
+        Some('s') => (&s[..s.len() - 1], 1),
+        Some('m') => (&s[..s.len() - 1], 60),
+        Some('h') => (&s[..s.len() - 1], 3600),
+        Some('d') => (&s[..s.len() - 1], 86400),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .with_context(|| format!("--ttl {s:?} is not a duration; fix: e.g. 30m, 1h, 2d"))?;
+    Ok(n * mult)
+}
+
+fn print<T: serde::Serialize>(out: Output, v: &T, table: impl FnOnce() -> String) -> Result<()> {
+    match out {
+        Output::Json => println!("{}", serde_json::to_string_pretty(v)?),
+        Output::Yaml => print!("{}", serde_yaml::to_string(v)?),
+        Output::Table => print!("{}", table()),
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match &cli.cmd {
+        Cmd::Token {
+            cmd: TokenCmd::Create { ttl },
+        } => {
+            let ttl = parse_ttl(ttl)?;
+            let c = client(&cli).await?;
+            let id = identity::ensure_identity(&c, None).await?;
+            let cm = Api::<ConfigMap>::namespaced(c, ferry_peering_broker::provider::SYSTEM_NAMESPACE)
+                .get_opt(identity::BROKER_CONFIGMAP)
+                .await?
+                .context("no peering broker runs on this cluster (ConfigMap ferry-system/ferry-broker missing); fix: start ferry-agent")?;
+            let data = cm.data.unwrap_or_default();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            let t = token::issue(&id.key, &id.cluster_id, &data["url"], &data["tlsPin"], ttl, now);
+            println!("{t}");
+        }
+        Cmd::Peer(a) => {
+            let c = client(&cli).await?;
+            eprintln!("peering with the provider of this token...");
+            let start = Instant::now();
+            let res = Resources {
+                cpu: a.cpu.clone(),
+                memory: a.memory.clone(),
+                pods: a.pods.clone(),
+            };
+            let p = consumer::peer(&c, &a.token, a.cluster_id.as_deref(), a.pod_cidrs.clone(), res).await?;
+            let secs = start.elapsed().as_secs_f64();
+            print(cli.output, &p, || {
+                format!(
+                    "peered with {} as {} in {secs:.2}s: tenant namespace {}, granted cpu={} memory={} pods={}\n",
+                    p.provider,
+                    p.consumer,
+                    p.tenant_namespace,
+                    p.granted.cpu.as_deref().unwrap_or("-"),
+                    p.granted.memory.as_deref().unwrap_or("-"),
+                    p.granted.pods.as_deref().unwrap_or("-")
+                )
+            })?;
+        }
+        Cmd::Unpeer { provider } => {
+            let c = client(&cli).await?;
+            consumer::unpeer(&c, provider).await?;
+            println!("unpeered from {provider}");
+        }
+        Cmd::Status => {
+            let c = client(&cli).await?;
+            let fcs = Api::<ferry_crds::ForeignCluster>::all(c)
+                .list(&Default::default())
+                .await?;
+            let rows: Vec<serde_json::Value> = fcs
+                .items
+                .iter()
+                .map(|fc| {
+                    let conds: Vec<serde_json::Value> = fc
+                        .status
+                        .as_ref()
+                        .map(|s| s.conditions.iter().map(|c| serde_json::json!({ "type": c.type_, "status": c.status, "reason": c.reason, "message": c.message })).collect())
+                        .unwrap_or_default();
+                    serde_json::json!({ "peer": fc.spec.cluster_id, "role": fc.spec.role, "conditions": conds,
+                        "created": fc.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()) })
+                })
+                .collect();
+            print(cli.output, &rows, || {
+                let mut s = format!(
+                    "{:<20} {:<9} {:<40} {}\n",
+                    "PEER", "ROLE", "CONDITIONS", "CREATED"
+                );
+                for r in &rows {
+                    let conds: Vec<String> = r["conditions"]
+                        .as_array()
+                        .unwrap_or(&vec![])
+                        .iter()
+                        .map(|c| {
+                            format!(
+                                "{}={}",
+                                c["type"].as_str().unwrap_or(""),
+                                c["status"].as_str().unwrap_or("")
+                            )
+                        })
+                        .collect();
+                    s.push_str(&format!(
+                        "{:<20} {:<9} {:<40} {}\n",
+                        r["peer"].as_str().unwrap_or(""),
+                        r["role"].as_str().unwrap_or(""),
+                        conds.join(","),
+                        r["created"].as_str().unwrap_or("")
+                    ));
+                }
+                s
+            })?;
+        }
         Cmd::Mtu {
             underlay,
             stack,
@@ -63,8 +268,8 @@ fn run(cli: Cli) -> Result<()> {
             inner_ipv6,
             json,
         } => {
-            let plan = MtuPlan::compute(underlay, &MtuPlan::parse_stack(&stack)?, ipv6, inner_ipv6)?;
-            if json {
+            let plan = MtuPlan::compute(*underlay, &MtuPlan::parse_stack(stack)?, *ipv6, *inner_ipv6)?;
+            if *json {
                 let terms: Vec<_> = plan
                     .terms
                     .iter()
@@ -78,6 +283,20 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", plan.explain());
             }
         }
+        Cmd::Bench { what, args } if what == "peer" => {
+            let token = args
+                .iter()
+                .skip_while(|a| *a != "--token")
+                .nth(1)
+                .context("bench peer needs --token T")?;
+            let c = client(&cli).await?;
+            let start = Instant::now();
+            let p = consumer::peer(&c, token, None, vec![], Resources::default()).await?;
+            println!(
+                "{}",
+                serde_json::json!({ "bench": "peer", "provider": p.provider, "seconds_to_authenticated": start.elapsed().as_secs_f64() })
+            );
+        }
         Cmd::Bench { what, args } => {
             let exe = std::env::current_exe()?;
             let lab = exe.with_file_name("ferry-lab");
@@ -88,11 +307,28 @@ fn run(cli: Cli) -> Result<()> {
             );
             let status = std::process::Command::new(lab)
                 .arg("bench")
-                .arg(&what)
-                .args(&args)
+                .arg(what)
+                .args(args)
                 .status()?;
             std::process::exit(status.code().unwrap_or(1));
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_parses_units_and_refuses_nonsense() {
+        assert_eq!(parse_ttl("90s").unwrap(), 90);
+        assert_eq!(parse_ttl("30m").unwrap(), 1800);
+        assert_eq!(parse_ttl("1h").unwrap(), 3600);
+        assert_eq!(parse_ttl("2d").unwrap(), 172_800);
+        assert_eq!(parse_ttl("45").unwrap(), 45);
+        for bad in ["", "h", "0h", "-1h", "1w"] {
+            assert!(parse_ttl(bad).unwrap_err().to_string().contains("fix:"), "{bad}");
+        }
+    }
 }

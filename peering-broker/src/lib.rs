@@ -2,8 +2,13 @@
 //! token ([`token`]), the request/response bodies and proof of possession ([`wire`]), and every refusal
 //! with its HTTP status ([`error`]). Start reading at [`wire::PeeringRequest`].
 
+pub mod consumer;
 pub mod error;
+pub mod identity;
 pub mod key;
+pub mod provider;
+pub mod server;
+pub mod tls;
 pub mod token;
 pub mod wire;
 

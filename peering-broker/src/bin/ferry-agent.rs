@@ -1,0 +1,108 @@
+//! `ferry-agent`: ferry's per-cluster agent. Today it serves the peering broker (provider role).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use ferry_peering_broker::{identity, provider, server, wire::Resources};
+
+#[derive(Parser)]
+#[command(name = "ferry-agent", version, about = "ferry's agent: the peering broker")]
+struct Args {
+    /// Kubeconfig of this cluster (in a Pod: its ServiceAccount).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: PathBuf,
+    /// This cluster's ID (default: from the identity Secret, or derived on first start).
+    #[arg(long)]
+    cluster_id: Option<String>,
+    /// Where the broker listens.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: String,
+    /// The broker URL consumers dial (default: https://<listen>).
+    #[arg(long)]
+    broker_url: Option<String>,
+    /// This cluster's pod CIDRs (told to consumers).
+    #[arg(long = "pod-cidr")]
+    pod_cidrs: Vec<String>,
+    /// Most CPU one tenant is granted.
+    #[arg(long, default_value = "8")]
+    quota_cpu: String,
+    /// Most memory one tenant is granted.
+    #[arg(long, default_value = "16Gi")]
+    quota_memory: String,
+    /// Most pods one tenant is granted.
+    #[arg(long, default_value = "110")]
+    quota_pods: String,
+}
+
+#[tokio::main]
+async fn main() {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info,kube_client=off".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Args::parse()).await {
+        eprintln!("ferry-agent: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(a: Args) -> Result<()> {
+    let kc = kube::config::Kubeconfig::read_from(&a.kubeconfig)?;
+    let cluster = kc
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.clone())
+        .context("kubeconfig has no cluster")?;
+    let api_server = cluster
+        .server
+        .clone()
+        .context("kubeconfig cluster has no server")?;
+    let ca_pem = match &cluster.certificate_authority_data {
+        Some(b64) => String::from_utf8(base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            b64,
+        )?)?,
+        None => std::fs::read_to_string(
+            cluster
+                .certificate_authority
+                .clone()
+                .context("kubeconfig has no CA")?,
+        )?,
+    };
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let client = kube::Client::try_from(config)?;
+    let id = identity::ensure_identity(&client, a.cluster_id.as_deref()).await?;
+    let url = a
+        .broker_url
+        .clone()
+        .unwrap_or_else(|| format!("https://{}", a.listen));
+    let host = a
+        .listen
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+        .unwrap_or_default();
+    let (cert, key) = identity::ensure_broker_tls(&client, &url, &[host, "localhost".into()]).await?;
+    let tls = ferry_peering_broker::tls::server_config(&cert, &key, &ca_pem)?;
+    let p = Arc::new(provider::Provider {
+        client,
+        cluster_id: id.cluster_id.clone(),
+        key: id.key,
+        api_server,
+        ca_pem,
+        quota: Resources {
+            cpu: Some(a.quota_cpu),
+            memory: Some(a.quota_memory),
+            pods: Some(a.quota_pods),
+        },
+        pod_cidrs: a.pod_cidrs,
+    });
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("--listen {}", a.listen))?;
+    tracing::info!(cluster = id.cluster_id, %url, "peering broker listening");
+    server::serve(listener, tls, p).await?;
+    Ok(())
+}

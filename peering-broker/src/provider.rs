@@ -1,0 +1,431 @@
+//! The provider's side of a peering: admits a consumer (checks, then tenant namespace, RBAC confined to
+//! it, `Tenant`, granted `ResourceSlice`, a client certificate through the Kubernetes CSR API) and tears a
+//! tenant down. Anything it creates for a request that then fails is removed again.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine;
+use ferry_crds::common::ResourceAmounts;
+use ferry_crds::kinds::{ResourceSlice, ResourceSliceSpec, Tenant, TenantSpec};
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use x509_parser::prelude::FromDer;
+
+use crate::error::BrokerError;
+use crate::key::ClusterKey;
+use crate::wire::{PeeringRequest, PeeringResponse, Resources, consumer_user};
+
+/// ferry's namespace on every cluster.
+pub const SYSTEM_NAMESPACE: &str = "ferry-system";
+/// ConfigMap recording used token IDs (jti → consumer key fingerprint), so a restart cannot replay them.
+pub const USED_TOKENS: &str = "ferry-used-tokens";
+/// Label on everything a tenant owns on the provider.
+pub const TENANT_LABEL: &str = "ferry.dev/tenant";
+
+/// What the broker needs to admit consumers.
+#[derive(Clone)]
+pub struct Provider {
+    /// Admin client of this cluster.
+    pub client: Client,
+    /// This cluster's ID.
+    pub cluster_id: String,
+    /// This cluster's key.
+    pub key: ClusterKey,
+    /// The apiserver URL consumers reach.
+    pub api_server: String,
+    /// The apiserver's CA (PEM).
+    pub ca_pem: String,
+    /// The most one tenant may be granted.
+    pub quota: Resources,
+    /// This cluster's pod CIDRs (told to consumers).
+    pub pod_cidrs: Vec<String>,
+}
+
+fn internal(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Internal(e.to_string())
+}
+
+/// The tenant namespace of a consumer.
+pub fn tenant_namespace(consumer: &str) -> String {
+    format!("ferry-tenant-{consumer}")
+}
+
+/// The CN (and nothing else) of a CSR's subject; refuses CSRs asking for groups (O) or anything else.
+pub fn csr_subject(csr_pem: &str) -> Result<String, BrokerError> {
+    let der = x509_parser::pem::parse_x509_pem(csr_pem.as_bytes())
+        .map_err(|_| BrokerError::invalid("csr", "is not PEM; fix: send a PKCS#10 CSR in PEM"))?
+        .1;
+    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(&der.contents)
+        .map_err(|_| BrokerError::invalid("csr", "does not parse as PKCS#10"))?;
+    csr.verify_signature()
+        .map_err(|_| BrokerError::invalid("csr", "signature does not verify"))?;
+    let subject = &csr.certification_request_info.subject;
+    let mut cn = None;
+    for rdn in subject.iter() {
+        for attr in rdn.iter() {
+            if attr.attr_type() == &x509_parser::oid_registry::OID_X509_COMMON_NAME && cn.is_none() {
+                cn = attr.as_str().ok().map(str::to_string);
+            } else {
+                return Err(BrokerError::CsrSubject {
+                    got: subject.to_string(),
+                    want: "CN only".into(),
+                });
+            }
+        }
+    }
+    cn.ok_or_else(|| BrokerError::invalid("csr", "has no CN"))
+}
+
+/// The lesser of two quantities when both parse as plain numbers or binary suffixes; else the quota.
+fn min_quantity(asked: Option<&String>, quota: Option<&String>) -> Option<String> {
+    fn value(q: &str) -> Option<f64> {
+        let (num, mult) = [
+            ("Ki", 1024f64),
+            ("Mi", 1024f64.powi(2)),
+            ("Gi", 1024f64.powi(3)),
+            ("Ti", 1024f64.powi(4)),
+            ("m", 0.001),
+        ]
+        .iter()
+        .find_map(|(s, m)| q.strip_suffix(s).map(|n| (n, *m)))
+        .unwrap_or((q, 1.0));
+        num.parse::<f64>().ok().map(|n| n * mult)
+    }
+    match (asked, quota) {
+        (Some(a), Some(q)) => match (value(a), value(q)) {
+            (Some(av), Some(qv)) if av <= qv => Some(a.clone()),
+            _ => Some(q.clone()),
+        },
+        (Some(a), None) => Some(a.clone()),
+        (None, q) => q.cloned(),
+    }
+}
+
+/// What the provider grants for a request.
+pub fn grant(asked: &Resources, quota: &Resources) -> Resources {
+    Resources {
+        cpu: min_quantity(asked.cpu.as_ref(), quota.cpu.as_ref()),
+        memory: min_quantity(asked.memory.as_ref(), quota.memory.as_ref()),
+        pods: min_quantity(asked.pods.as_ref(), quota.pods.as_ref()),
+    }
+}
+
+async fn create_or_keep<K>(api: &Api<K>, obj: &K) -> Result<bool, BrokerError>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), obj).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+impl Provider {
+    /// Records `jti` as used by `fingerprint`; Ok(true) if new, Ok(false) if it is a retry by the same key.
+    async fn claim_jti(&self, jti: &str, fingerprint: &str, consumer: &str) -> Result<bool, BrokerError> {
+        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
+        let value = format!("{consumer}/{fingerprint}");
+        for _ in 0..5 {
+            let cm = match cms.get_opt(USED_TOKENS).await.map_err(internal)? {
+                Some(cm) => cm,
+                None => {
+                    let cm: ConfigMap =
+                        serde_json::from_value(json!({ "metadata": { "name": USED_TOKENS } }))
+                            .map_err(internal)?;
+                    create_or_keep(&cms, &cm).await?;
+                    continue;
+                }
+            };
+            let mut data = cm.data.clone().unwrap_or_default();
+            match data.get(jti) {
+                Some(v) if *v == value => return Ok(false),
+                Some(_) => return Err(BrokerError::TokenReused(jti.to_string())),
+                None => {}
+            }
+            data.insert(jti.to_string(), value.clone());
+            let mut updated = cm.clone();
+            updated.data = Some(data);
+            // replace with the read resourceVersion: a concurrent claim of the same jti loses
+            match cms.replace(USED_TOKENS, &PostParams::default(), &updated).await {
+                Ok(_) => return Ok(true),
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) => return Err(internal(e)),
+            }
+        }
+        Err(BrokerError::Internal(
+            "could not record the token as used (conflicts)".into(),
+        ))
+    }
+
+    /// `POST /v1/peerings`: every check first, then the effects; a failure removes what this call made.
+    pub async fn admit(&self, body: &[u8], now: u64) -> Result<PeeringResponse, BrokerError> {
+        let req = PeeringRequest::parse(body)?;
+        let claims = crate::token::verify(&req.token, &self.key, &self.cluster_id, now)?;
+        req.verify_proof(&claims.jti, &self.cluster_id)?;
+        let want = consumer_user(&req.cluster_id);
+        let got = csr_subject(&req.csr)?;
+        if got != want {
+            return Err(BrokerError::CsrSubject { got, want });
+        }
+        let fingerprint = req.key_fingerprint()?;
+        // a tenant of that ID with another key is someone else
+        let tenants: Api<Tenant> = Api::all(self.client.clone());
+        if let Some(t) = tenants.get_opt(&req.cluster_id).await.map_err(internal)?
+            && t.spec.public_key_fingerprint != fingerprint
+        {
+            return Err(BrokerError::Forbidden(format!(
+                "cluster ID {} is taken by another key",
+                req.cluster_id
+            )));
+        }
+        let first = self.claim_jti(&claims.jti, &fingerprint, &req.cluster_id).await?;
+        let mut created = Created::default();
+        match self
+            .create_tenant(&req, &fingerprint, &claims.jti, &mut created)
+            .await
+        {
+            Ok(resp) => Ok(resp),
+            Err(e) => {
+                if first {
+                    self.remove(&req.cluster_id, Some(&created)).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_tenant(
+        &self,
+        req: &PeeringRequest,
+        fingerprint: &str,
+        jti: &str,
+        created: &mut Created,
+    ) -> Result<PeeringResponse, BrokerError> {
+        let id = &req.cluster_id;
+        let ns = tenant_namespace(id);
+        let labels = json!({ TENANT_LABEL: id });
+        let nss: Api<Namespace> = Api::all(self.client.clone());
+        created.namespace = create_or_keep(
+            &nss,
+            &serde_json::from_value(json!({ "metadata": { "name": ns, "labels": labels } }))
+                .map_err(internal)?,
+        )
+        .await?;
+        let user = consumer_user(id);
+        let role: Role = serde_json::from_value(json!({
+            "metadata": { "name": "ferry-consumer", "namespace": ns, "labels": labels },
+            "rules": [
+                { "apiGroups": [""], "resources": ["pods", "pods/status", "pods/log", "services", "endpoints", "configmaps", "secrets", "serviceaccounts", "events"], "verbs": ["*"] },
+                { "apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["*"] },
+                { "apiGroups": ["ferry.dev"], "resources": ["shadowpods", "shadowpods/status", "resourceslices"], "verbs": ["*"] },
+                { "apiGroups": ["ferry.dev"], "resources": ["resourceslices/status"], "verbs": ["get", "list", "watch"] },
+            ],
+        })).map_err(internal)?;
+        create_or_keep(&Api::namespaced(self.client.clone(), &ns), &role).await?;
+        let rb: RoleBinding = serde_json::from_value(json!({
+            "metadata": { "name": "ferry-consumer", "namespace": ns, "labels": labels },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ferry-consumer" },
+            "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }],
+        }))
+        .map_err(internal)?;
+        create_or_keep(&Api::namespaced(self.client.clone(), &ns), &rb).await?;
+        let tenants: Api<Tenant> = Api::all(self.client.clone());
+        let mut tenant = Tenant::new(
+            id,
+            TenantSpec {
+                cluster_id: id.clone(),
+                public_key_fingerprint: fingerprint.into(),
+                tenant_namespace: ns.clone(),
+                cordoned: false,
+            },
+        );
+        tenant.metadata.labels = Some(BTreeMap::from([(TENANT_LABEL.to_string(), id.clone())]));
+        created.tenant = create_or_keep(&tenants, &tenant).await?;
+        let granted = grant(&req.resources, &self.quota);
+        let q = |s: &Option<String>| s.clone().map(Quantity);
+        let slices: Api<ResourceSlice> = Api::namespaced(self.client.clone(), &ns);
+        let slice = ResourceSlice::new(
+            "granted",
+            ResourceSliceSpec {
+                provider_cluster_id: self.cluster_id.clone(),
+                consumer_cluster_id: id.clone(),
+                resources: ResourceAmounts {
+                    cpu: q(&req.resources.cpu),
+                    memory: q(&req.resources.memory),
+                    pods: q(&req.resources.pods),
+                    ..Default::default()
+                },
+            },
+        );
+        create_or_keep(&slices, &slice).await?;
+        let partial = granted != req.resources;
+        let status = json!({ "status": {
+            "phase": if partial { "Partial" } else { "Accepted" },
+            "granted": { "cpu": granted.cpu, "memory": granted.memory, "pods": granted.pods },
+            "reason": if partial { Some("capped by the tenant quota") } else { None },
+        }});
+        slices
+            .patch_status("granted", &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .map_err(internal)?;
+        let certificate = self.sign_csr(id, jti, &req.csr).await?;
+        Ok(PeeringResponse {
+            provider_cluster_id: self.cluster_id.clone(),
+            tenant_namespace: ns,
+            api_server: self.api_server.clone(),
+            ca: self.ca_pem.clone(),
+            certificate,
+            granted,
+            wireguard_public_key: String::new(),
+            pod_cidrs: self.pod_cidrs.clone(),
+        })
+    }
+
+    /// Signs the consumer's CSR through the Kubernetes CSR API (`kubernetes.io/kube-apiserver-client`).
+    async fn sign_csr(&self, consumer: &str, jti: &str, csr_pem: &str) -> Result<String, BrokerError> {
+        let csrs: Api<CertificateSigningRequest> = Api::all(self.client.clone());
+        let name = format!("ferry-{consumer}-{}", &jti[..jti.len().min(12)]);
+        let obj: CertificateSigningRequest = serde_json::from_value(json!({
+            "metadata": { "name": name, "labels": { TENANT_LABEL: consumer } },
+            "spec": {
+                "request": base64::engine::general_purpose::STANDARD.encode(csr_pem),
+                "signerName": "kubernetes.io/kube-apiserver-client",
+                "usages": ["client auth", "digital signature", "key encipherment"],
+            },
+        }))
+        .map_err(internal)?;
+        create_or_keep(&csrs, &obj).await?;
+        let approval = json!({ "status": { "conditions": [{ "type": "Approved", "status": "True", "reason": "FerryPeering", "message": format!("peering token {jti}") }] } });
+        let current = csrs.get(&name).await.map_err(internal)?;
+        let approved = current
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Approved"));
+        if !approved {
+            csrs.patch_approval(&name, &PatchParams::default(), &Patch::Merge(&approval))
+                .await
+                .map_err(internal)?;
+        }
+        for _ in 0..200 {
+            let got = csrs.get(&name).await.map_err(internal)?;
+            if let Some(cert) = got.status.and_then(|s| s.certificate) {
+                return String::from_utf8(cert.0).map_err(internal);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(BrokerError::Internal("the CSR signer did not issue a certificate within 10s (is kube-controller-manager running with csrsigning?)".into()))
+    }
+
+    /// `DELETE /v1/peerings/{id}`: the client certificate's CN must be that consumer's.
+    pub async fn release(&self, consumer: &str, client_cn: Option<&str>) -> Result<(), BrokerError> {
+        let want = consumer_user(consumer);
+        match client_cn {
+            Some(cn) if cn == want => {}
+            Some(cn) => return Err(BrokerError::Forbidden(cn.to_string())),
+            None => return Err(BrokerError::Forbidden("no client certificate".into())),
+        }
+        let tenants: Api<Tenant> = Api::all(self.client.clone());
+        if tenants.get_opt(consumer).await.map_err(internal)?.is_none() {
+            return Err(BrokerError::NotFound(consumer.into()));
+        }
+        self.remove(consumer, None).await;
+        Ok(())
+    }
+
+    /// Removes a tenant's objects (all of them, or only those in `only`).
+    async fn remove(&self, consumer: &str, only: Option<&Created>) {
+        let dp = DeleteParams::background();
+        if only.is_none_or(|c| c.namespace) {
+            let _ = Api::<Namespace>::all(self.client.clone())
+                .delete(&tenant_namespace(consumer), &dp)
+                .await;
+        }
+        if only.is_none_or(|c| c.tenant) {
+            let _ = Api::<Tenant>::all(self.client.clone())
+                .delete(consumer, &dp)
+                .await;
+        }
+        let csrs: Api<CertificateSigningRequest> = Api::all(self.client.clone());
+        let lp = kube::api::ListParams::default().labels(&format!("{TENANT_LABEL}={consumer}"));
+        // (used tokens stay recorded: a token is never good twice)
+        let _ = csrs.delete_collection(&dp, &lp).await;
+    }
+}
+
+/// What one admission created (and so may remove on failure).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Created {
+    /// The tenant namespace (with its Role, RoleBinding, ResourceSlice).
+    pub namespace: bool,
+    /// The `Tenant`.
+    pub tenant: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csr(cn: &str, org: Option<&str>) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        if let Some(o) = org {
+            p.distinguished_name.push(rcgen::DnType::OrganizationName, o);
+        }
+        p.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    #[test]
+    fn csr_subject_is_the_cn_and_groups_are_refused() {
+        assert_eq!(
+            csr_subject(&csr("ferry:consumer:c1", None)).unwrap(),
+            "ferry:consumer:c1"
+        );
+        let e = csr_subject(&csr("ferry:consumer:c1", Some("system:masters"))).unwrap_err();
+        assert!(matches!(e, BrokerError::CsrSubject { .. }), "{e}");
+        assert!(matches!(csr_subject("not pem"), Err(BrokerError::Invalid { .. })));
+    }
+
+    #[test]
+    fn grants_are_capped_by_the_quota() {
+        let quota = Resources {
+            cpu: Some("8".into()),
+            memory: Some("16Gi".into()),
+            pods: Some("110".into()),
+        };
+        let asked = Resources {
+            cpu: Some("4".into()),
+            memory: Some("32Gi".into()),
+            pods: None,
+        };
+        let g = grant(&asked, &quota);
+        assert_eq!(
+            g,
+            Resources {
+                cpu: Some("4".into()),
+                memory: Some("16Gi".into()),
+                pods: Some("110".into())
+            }
+        );
+        assert_eq!(
+            grant(
+                &Resources {
+                    cpu: Some("500m".into()),
+                    ..Default::default()
+                },
+                &quota
+            )
+            .cpu
+            .as_deref(),
+            Some("500m")
+        );
+    }
+}
