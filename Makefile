@@ -42,6 +42,6 @@ e2e: build
 	$(LAB) --name $(E2E_LAB) down >/dev/null; \
 	trap '$(LAB) --name $(E2E_LAB) down' EXIT; \
 	$(LAB) --name $(E2E_LAB) up --base-port $(E2E_PORT); \
-	FERRY_LAB_NAME=$(E2E_LAB) cargo test -p ferry-e2e --features lab --test lab --test tunnel
+	FERRY_LAB_NAME=$(E2E_LAB) cargo test -p ferry-e2e --features lab --test lab --test tunnel --test peering
 
 test: deps lint unit e2e

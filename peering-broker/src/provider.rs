@@ -212,6 +212,15 @@ impl Provider {
         let ns = tenant_namespace(id);
         let labels = json!({ TENANT_LABEL: id });
         let nss: Api<Namespace> = Api::all(self.client.clone());
+        // re-peering right after an unpeer: the old tenant namespace may still be terminating
+        for _ in 0..600 {
+            match nss.get_opt(&ns).await.map_err(internal)? {
+                Some(n) if n.metadata.deletion_timestamp.is_some() => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                _ => break,
+            }
+        }
         created.namespace = create_or_keep(
             &nss,
             &serde_json::from_value(json!({ "metadata": { "name": ns, "labels": labels } }))

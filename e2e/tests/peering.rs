@@ -1,0 +1,489 @@
+//! Peering e2e on two lab clusters: c2 is the provider (its ferry-agent serves the broker), c1 the
+//! consumer (ferryctl). Bad requests are crafted with the library and sent over real TLS to the real
+//! broker; every check goes through the real apiservers. One test at a time (one broker port).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_crds::{ForeignCluster, Tenant};
+use ferry_e2e::lab::{Lab, client_from};
+use ferry_peering_broker::error::ErrorBody;
+use ferry_peering_broker::key::ClusterKey;
+use ferry_peering_broker::token::{self, PeeringClaims};
+use ferry_peering_broker::wire::{PeeringRequest, Resources, consumer_user, sign_proof};
+use ferry_peering_broker::{identity, tls};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn root() -> PathBuf {
+    std::env::var_os("FERRY_LAB_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(ferry_e2e::lab::default_root)
+}
+fn lab() -> Lab {
+    let name = std::env::var("FERRY_LAB_NAME").unwrap_or_else(|_| "ferry".into());
+    Lab::load(&root(), &name).expect("a running lab: run `ferry-lab up` (make test does) before these tests")
+}
+fn bin(name: &str) -> PathBuf {
+    ferry_e2e::tunnel::gateway_bin().with_file_name(name)
+}
+
+struct Agent(Child);
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// ferry-agent for the provider (c2), on a port of the lab's, ready when /livez answers.
+fn start_agent(lab: &Lab) -> (Agent, String) {
+    let c2 = &lab.layout.clusters[1];
+    let listen = format!("127.0.0.1:{}", c2.ports.apiserver + 6);
+    let log = std::fs::File::create(lab.paths.dir.join("agent-c2.log")).unwrap();
+    let child = Command::new(bin("ferry-agent"))
+        .args(["--kubeconfig"])
+        .arg(lab.paths.kubeconfig(c2))
+        .args([
+            "--cluster-id",
+            "provider-c2",
+            "--listen",
+            &listen,
+            "--pod-cidr",
+            &c2.pod_cidr.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut agent = Agent(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&listen).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "ferry-agent did not listen on {listen}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        agent.0.try_wait().unwrap().is_none(),
+        "ferry-agent exited (is {listen} taken by another process?)"
+    );
+    (agent, format!("https://{listen}"))
+}
+
+fn ferryctl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin("ferryctl"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn token_create(lab: &Lab, ttl: &str) -> String {
+    let (ok, out, err) = ferryctl(
+        &lab.paths.kubeconfig(&lab.layout.clusters[1]),
+        &["token", "create", "--ttl", ttl],
+    );
+    assert!(ok, "{err}");
+    out.trim().to_string()
+}
+
+async fn provider_identity(lab: &Lab) -> identity::ClusterIdentity {
+    identity::ensure_identity(&lab.client(&lab.layout.clusters[1]).await.unwrap(), None)
+        .await
+        .unwrap()
+}
+
+fn csr_for(cn: &str, org: Option<&str>) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    if let Some(o) = org {
+        p.distinguished_name.push(rcgen::DnType::OrganizationName, o);
+    }
+    p.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+/// A well-formed request from a fresh consumer `id` for `token`.
+fn request(id: &str, token: &str, key: &ClusterKey) -> PeeringRequest {
+    let claims = token::peek(token).unwrap();
+    PeeringRequest {
+        token: token.into(),
+        cluster_id: id.into(),
+        public_key: key.public_b64(),
+        csr: csr_for(&consumer_user(id), None),
+        proof: sign_proof(key, &claims.jti, &claims.iss, id),
+        wireguard_public_key: String::new(),
+        pod_cidrs: vec!["10.244.0.0/16".into()],
+        service_cidrs: vec![],
+        resources: Resources::default(),
+    }
+}
+
+async fn post(token: &str, body: &[u8]) -> (u16, Option<ErrorBody>) {
+    let c = token::peek(token).unwrap();
+    let (status, resp) = tls::request(
+        &c.broker_url,
+        &c.tls_pin,
+        "POST",
+        "/v1/peerings",
+        Some(body),
+        None,
+    )
+    .await
+    .unwrap();
+    (status, serde_json::from_slice(&resp).ok())
+}
+
+async fn nothing_created_for(lab: &Lab, id: &str) {
+    let client = lab.client(&lab.layout.clusters[1]).await.unwrap();
+    assert!(
+        Api::<Tenant>::all(client.clone())
+            .get_opt(id)
+            .await
+            .unwrap()
+            .is_none(),
+        "Tenant {id} was created"
+    );
+    let ns = Api::<Namespace>::all(client)
+        .get_opt(&format!("ferry-tenant-{id}"))
+        .await
+        .unwrap();
+    assert!(
+        ns.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
+        "namespace of {id} was created"
+    );
+}
+
+fn sign_claims(key: &ClusterKey, claims: &PeeringClaims) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
+        claims,
+        &jsonwebtoken::EncodingKey::from_ed_der(&key.to_der()),
+    )
+    .unwrap()
+}
+
+async fn wait_gone<K>(api: &Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while api.get_opt(name).await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "{name} still there after 60s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn peer_gives_a_least_privilege_identity_and_unpeer_removes_everything_and_repeering_works() {
+    let _g = SERIAL.lock().await;
+    let lab = lab();
+    let (c1, c2) = (&lab.layout.clusters[0], &lab.layout.clusters[1]);
+    let (_agent, _url) = start_agent(&lab);
+    for round in 0..2 {
+        let t = token_create(&lab, "10m");
+        let start = Instant::now();
+        let (ok, out, err) = ferryctl(
+            &lab.paths.kubeconfig(c1),
+            &["peer", "--token", &t, "--cluster-id", "consumer-c1", "-o", "json"],
+        );
+        assert!(ok, "round {round}: {err}");
+        eprintln!("round {round}: peer took {:?}", start.elapsed());
+        let peered: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(peered["tenant_namespace"], "ferry-tenant-consumer-c1");
+        // consumer: ForeignCluster Authenticated
+        let consumer = lab.client(c1).await.unwrap();
+        let fc = Api::<ForeignCluster>::all(consumer.clone())
+            .get("provider-c2")
+            .await
+            .unwrap();
+        let cond = fc
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Authenticated")
+            .unwrap();
+        assert_eq!(cond.status, "True");
+        // provider: Tenant
+        let provider = lab.client(c2).await.unwrap();
+        let tenant = Api::<Tenant>::all(provider.clone())
+            .get("consumer-c1")
+            .await
+            .unwrap();
+        assert_eq!(tenant.spec.tenant_namespace, "ferry-tenant-consumer-c1");
+        // the identity works against the provider, in its namespace only
+        let secret = Api::<Secret>::namespaced(consumer.clone(), "ferry-system")
+            .get("ferry-identity-provider-c2")
+            .await
+            .unwrap();
+        let kc = secret.data.unwrap()["kubeconfig"].0.clone();
+        let path = std::env::temp_dir().join("ferry-peering-identity.kubeconfig");
+        std::fs::write(&path, kc).unwrap();
+        let id = client_from(&path).await.unwrap();
+        Api::<Pod>::namespaced(id.clone(), "ferry-tenant-consumer-c1")
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+        let forbidden = |r: Result<(), kube::Error>, what: &str| match r {
+            Err(kube::Error::Api(e)) => assert_eq!(e.code, 403, "{what}: {e:?}"),
+            other => panic!("{what}: expected 403, got {other:?}"),
+        };
+        for ns in ["default", "kube-system", "ferry-system"] {
+            forbidden(
+                Api::<Pod>::namespaced(id.clone(), ns)
+                    .list(&ListParams::default())
+                    .await
+                    .map(drop),
+                &format!("pods in {ns}"),
+            );
+            forbidden(
+                Api::<Secret>::namespaced(id.clone(), ns)
+                    .list(&ListParams::default())
+                    .await
+                    .map(drop),
+                &format!("secrets in {ns}"),
+            );
+        }
+        let ns_obj: Namespace = serde_json::from_value(json!({ "metadata": { "name": "evil" } })).unwrap();
+        forbidden(
+            Api::<Namespace>::all(id.clone())
+                .create(&PostParams::default(), &ns_obj)
+                .await
+                .map(drop),
+            "create namespace",
+        );
+        forbidden(
+            Api::<k8s_openapi::api::core::v1::Node>::all(id.clone())
+                .list(&ListParams::default())
+                .await
+                .map(drop),
+            "list nodes",
+        );
+        let crb: k8s_openapi::api::rbac::v1::ClusterRoleBinding = serde_json::from_value(json!({
+            "metadata": { "name": "evil" }, "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin" },
+            "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "ferry:consumer:consumer-c1" }] })).unwrap();
+        forbidden(
+            Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(id.clone())
+                .create(&PostParams::default(), &crb)
+                .await
+                .map(drop),
+            "escalate",
+        );
+        // status lists the peer
+        let (ok, out, _) = ferryctl(&lab.paths.kubeconfig(c1), &["status"]);
+        assert!(
+            ok && out.contains("provider-c2") && out.contains("Authenticated=True"),
+            "{out}"
+        );
+
+        // unpeer: gone on both sides
+        let (ok, _, err) = ferryctl(&lab.paths.kubeconfig(c1), &["unpeer", "provider-c2"]);
+        assert!(ok, "{err}");
+        wait_gone(&Api::<Tenant>::all(provider.clone()), "consumer-c1").await;
+        wait_gone(
+            &Api::<Namespace>::all(provider.clone()),
+            "ferry-tenant-consumer-c1",
+        )
+        .await;
+        assert!(
+            Api::<Secret>::namespaced(consumer.clone(), "ferry-system")
+                .get_opt("ferry-identity-provider-c2")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        wait_gone(&Api::<ForeignCluster>::all(consumer.clone()), "provider-c2").await;
+        // the old identity no longer works anywhere that matters: its namespace and RBAC are gone
+        let r = Api::<Pod>::namespaced(id, "ferry-tenant-consumer-c1")
+            .list(&ListParams::default())
+            .await;
+        assert!(
+            matches!(r, Err(kube::Error::Api(ref e)) if e.code == 403),
+            "{r:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_bad_request_is_refused_with_a_json_reason_and_creates_nothing() {
+    let _g = SERIAL.lock().await;
+    let lab = lab();
+    let (mut agent, url) = start_agent(&lab);
+    let prov = provider_identity(&lab).await;
+    let key = ClusterKey::generate();
+
+    // expired
+    let t = token::issue(
+        &prov.key,
+        &prov.cluster_id,
+        &url,
+        &token::peek(&token_create(&lab, "10m")).unwrap().tls_pin,
+        1,
+        1_000,
+    );
+    let (s, e) = post(
+        &t,
+        &serde_json::to_vec(&request("bad-expired", &t, &key)).unwrap(),
+    )
+    .await;
+    assert_eq!((s, e.unwrap().reason.as_str()), (401, "TokenExpired"));
+    nothing_created_for(&lab, "bad-expired").await;
+
+    // wrong audience, properly signed by the provider
+    let good = token_create(&lab, "10m");
+    let mut claims = token::peek(&good).unwrap();
+    claims.aud = "kubernetes".into();
+    let t = sign_claims(&prov.key, &claims);
+    let (s, e) = post(&t, &serde_json::to_vec(&request("bad-aud", &t, &key)).unwrap()).await;
+    assert_eq!((s, e.unwrap().reason.as_str()), (401, "TokenAudience"));
+    nothing_created_for(&lab, "bad-aud").await;
+
+    // signed by another key
+    let t = sign_claims(&ClusterKey::generate(), &token::peek(&good).unwrap());
+    let (s, e) = post(&t, &serde_json::to_vec(&request("bad-key", &t, &key)).unwrap()).await;
+    assert_eq!((s, e.unwrap().reason.as_str()), (401, "TokenSignature"));
+    nothing_created_for(&lab, "bad-key").await;
+
+    // forged proof (signed for another token)
+    let mut r = request("bad-proof", &good, &key);
+    r.proof = sign_proof(&key, "another-jti", &prov.cluster_id, "bad-proof");
+    let (s, e) = post(&good, &serde_json::to_vec(&r).unwrap()).await;
+    assert_eq!((s, e.unwrap().reason.as_str()), (403, "ProofInvalid"));
+    nothing_created_for(&lab, "bad-proof").await;
+
+    // a CSR for another user name, and one asking for system:masters
+    for (csr, what) in [
+        (csr_for("ferry:consumer:someone-else", None), "other user"),
+        (
+            csr_for(&consumer_user("bad-csr"), Some("system:masters")),
+            "group",
+        ),
+    ] {
+        let mut r = request("bad-csr", &good, &key);
+        r.csr = csr;
+        let (s, e) = post(&good, &serde_json::to_vec(&r).unwrap()).await;
+        let e = e.unwrap();
+        assert_eq!(
+            (s, e.reason.as_str()),
+            (403, "CsrSubject"),
+            "{what}: {}",
+            e.message
+        );
+    }
+    nothing_created_for(&lab, "bad-csr").await;
+
+    // malformed JSON and an oversize body
+    let (s, e) = post(&good, b"{\"token\": ").await;
+    assert_eq!((s, e.unwrap().reason.as_str()), (422, "Malformed"));
+    let (s, e) = post(&good, &vec![b'x'; 200 * 1024]).await;
+    assert_eq!((s, e.unwrap().reason.as_str()), (413, "TooLarge"));
+
+    // TLS fingerprint mismatch: the consumer refuses the broker, says so, and names the endpoint
+    let mut claims = token::peek(&good).unwrap();
+    claims.tls_pin = "00".repeat(32);
+    let t = sign_claims(&prov.key, &claims);
+    let (ok, _, err) = ferryctl(
+        &lab.paths.kubeconfig(&lab.layout.clusters[0]),
+        &["peer", "--token", &t],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("TLS fingerprint mismatch") && err.contains(&url),
+        "{err}"
+    );
+    let fc = Api::<ForeignCluster>::all(lab.client(&lab.layout.clusters[0]).await.unwrap())
+        .get("provider-c2")
+        .await
+        .unwrap();
+    let st = fc.status.unwrap();
+    assert!(
+        st.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains(&format!("POST {url}/v1/peerings")),
+        "{:?}",
+        st.last_error
+    );
+    assert_eq!(
+        st.conditions
+            .iter()
+            .find(|c| c.type_ == "Authenticated")
+            .unwrap()
+            .status,
+        "False"
+    );
+    let _ = Api::<ForeignCluster>::all(lab.client(&lab.layout.clusters[0]).await.unwrap())
+        .delete("provider-c2", &Default::default())
+        .await;
+
+    // reuse: the token works once; another consumer with it gets 409, also after a broker restart
+    let r = request("reuse-a", &good, &key);
+    let (s, _) = post(&good, &serde_json::to_vec(&r).unwrap()).await;
+    assert_eq!(s, 200);
+    // the same consumer retrying with the same key is idempotent
+    let (s, _) = post(&good, &serde_json::to_vec(&r).unwrap()).await;
+    assert_eq!(s, 200, "retry by the same key");
+    let other = ClusterKey::generate();
+    let (s, e) = post(
+        &good,
+        &serde_json::to_vec(&request("reuse-b", &good, &other)).unwrap(),
+    )
+    .await;
+    assert_eq!((s, e.unwrap().reason.as_str()), (409, "TokenReused"));
+    drop(agent);
+    let (a2, _) = start_agent(&lab);
+    agent = a2;
+    let (s, e) = post(
+        &good,
+        &serde_json::to_vec(&request("reuse-c", &good, &other)).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, e.unwrap().reason.as_str()),
+        (409, "TokenReused"),
+        "after a broker restart"
+    );
+    nothing_created_for(&lab, "reuse-b").await;
+    nothing_created_for(&lab, "reuse-c").await;
+    // clean up reuse-a
+    let provider = lab.client(&lab.layout.clusters[1]).await.unwrap();
+    let _ = Api::<Tenant>::all(provider.clone())
+        .delete("reuse-a", &Default::default())
+        .await;
+    let _ = Api::<Namespace>::all(provider)
+        .delete("ferry-tenant-reuse-a", &Default::default())
+        .await;
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_peer_prints_seconds_to_authenticated() {
+    let _g = SERIAL.lock().await;
+    let lab = lab();
+    let (_agent, _) = start_agent(&lab);
+    let t = token_create(&lab, "10m");
+    let c1 = lab.paths.kubeconfig(&lab.layout.clusters[0]);
+    let (ok, out, err) = ferryctl(&c1, &["bench", "peer", "--token", &t]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let secs = v["seconds_to_authenticated"].as_f64().unwrap();
+    assert!(secs > 0.0);
+    eprintln!("bench peer: {v}");
+    let (ok, _, err) = ferryctl(&c1, &["unpeer", "provider-c2"]);
+    assert!(ok, "{err}");
+}
