@@ -36,6 +36,13 @@ pub struct ForeignClusterSpec {
     /// The peer's peering-broker URL (`https://host:port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker_url: Option<String>,
+    /// Consumer side: the Secret in `ferry-system` whose key `token` holds the peering token; the agent's
+    /// ForeignCluster reconciler performs the handshake with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret: Option<String>,
+    /// Resources to ask the provider for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::common::ResourceAmounts>,
 }
 
 /// What ferry observed about the peering, one condition per module.

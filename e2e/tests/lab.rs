@@ -284,6 +284,8 @@ async fn lease_crd_with_status_subresource_and_watch_work_from_kube_rs() {
             cluster_id: "abc".into(),
             role: PeeringRole::Provider,
             broker_url: None,
+            token_secret: None,
+            resources: None,
         },
     );
     fcs.create(&PostParams::default(), &fc).await.unwrap();

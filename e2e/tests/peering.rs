@@ -40,21 +40,30 @@ impl Drop for Agent {
     }
 }
 
-/// ferry-agent for the provider (c2), on a port of the lab's, ready when /livez answers.
-fn start_agent(lab: &Lab) -> (Agent, String) {
-    let c2 = &lab.layout.clusters[1];
-    let listen = format!("127.0.0.1:{}", c2.ports.apiserver + 6);
-    let log = std::fs::File::create(lab.paths.dir.join("agent-c2.log")).unwrap();
+/// ferry-agents on both clusters: c1 as consumer (`consumer-c1`, whose ForeignCluster reconciler performs
+/// the handshake) and c2 as provider (`provider-c2`). Returns them (stopped when dropped) and the
+/// provider's broker URL.
+fn start_agent(lab: &Lab) -> (Vec<Agent>, String) {
+    let (consumer, _) = start_one(lab, 0, "consumer-c1");
+    let (provider, url) = start_one(lab, 1, "provider-c2");
+    (vec![consumer, provider], url)
+}
+
+/// One ferry-agent on a port of the lab's, ready when it listens.
+fn start_one(lab: &Lab, idx: usize, id: &str) -> (Agent, String) {
+    let c = &lab.layout.clusters[idx];
+    let listen = format!("127.0.0.1:{}", c.ports.apiserver + 6);
+    let log = std::fs::File::create(lab.paths.dir.join(format!("agent-{}.log", c.id))).unwrap();
     let child = Command::new(bin("ferry-agent"))
         .args(["--kubeconfig"])
-        .arg(lab.paths.kubeconfig(c2))
+        .arg(lab.paths.kubeconfig(c))
         .args([
             "--cluster-id",
-            "provider-c2",
+            id,
             "--listen",
             &listen,
             "--pod-cidr",
-            &c2.pod_cidr.to_string(),
+            &c.pod_cidr.to_string(),
         ])
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -445,9 +454,8 @@ async fn every_bad_request_is_refused_with_a_json_reason_and_creates_nothing() {
     )
     .await;
     assert_eq!((s, e.unwrap().reason.as_str()), (409, "TokenReused"));
-    drop(agent);
-    let (a2, _) = start_agent(&lab);
-    agent = a2;
+    agent.pop(); // the provider's broker goes down...
+    agent.push(start_one(&lab, 1, "provider-c2").0); // ...and comes back
     let (s, e) = post(
         &good,
         &serde_json::to_vec(&request("reuse-c", &good, &other)).unwrap(),
@@ -486,4 +494,54 @@ async fn bench_peer_prints_seconds_to_authenticated() {
     eprintln!("bench peer: {v}");
     let (ok, _, err) = ferryctl(&c1, &["unpeer", "provider-c2"]);
     assert!(ok, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_down_broker_is_retried_with_backoff_reported_by_endpoint_and_peering_completes_when_it_returns() {
+    let _g = SERIAL.lock().await;
+    let lab = lab();
+    let (mut agents, url) = start_agent(&lab);
+    let t = token_create(&lab, "10m");
+    agents.pop(); // the provider's broker is down
+    let consumer = lab.client(&lab.layout.clusters[0]).await.unwrap();
+    let log = lab.paths.dir.join("agent-c1.log");
+    let before = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches("handshake failed")
+        .count();
+    let provider = ferry_peering_broker::consumer::request_peering(&consumer, &t, None, Resources::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let attempts = std::fs::read_to_string(&log)
+        .unwrap()
+        .matches("handshake failed")
+        .count()
+        - before;
+    // backoff 2 s, 4 s, 8 s after the first failures: a handful of attempts in 7 s, not hundreds
+    assert!((2..=5).contains(&attempts), "{attempts} attempts in 7s");
+    let fc = Api::<ForeignCluster>::all(consumer.clone())
+        .get(&provider)
+        .await
+        .unwrap();
+    let st = fc.status.unwrap();
+    let cond = st.conditions.iter().find(|c| c.type_ == "Authenticated").unwrap();
+    assert_eq!(
+        (cond.status.as_str(), cond.reason.as_str()),
+        ("False", "BrokerUnreachable")
+    );
+    assert!(
+        st.last_error
+            .unwrap()
+            .contains(&format!("POST {url}/v1/peerings"))
+    );
+    // the broker comes back: the next retry (at most 8 s away) authenticates, nothing to do by hand
+    agents.push(start_one(&lab, 1, "provider-c2").0);
+    let p = ferry_peering_broker::consumer::wait_authenticated(&consumer, &provider, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(p.tenant_namespace, "ferry-tenant-consumer-c1");
+    ferry_peering_broker::consumer::unpeer(&consumer, &provider)
+        .await
+        .unwrap();
 }

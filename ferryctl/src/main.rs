@@ -101,9 +101,6 @@ struct PeerArgs {
     /// This cluster's ID (default: kept in ferry-system, derived on first use).
     #[arg(long)]
     cluster_id: Option<String>,
-    /// This cluster's pod CIDRs.
-    #[arg(long = "pod-cidr")]
-    pod_cidrs: Vec<String>,
     /// CPU to ask for.
     #[arg(long)]
     cpu: Option<String>,
@@ -195,7 +192,11 @@ async fn run(cli: Cli) -> Result<()> {
                 memory: a.memory.clone(),
                 pods: a.pods.clone(),
             };
-            let p = consumer::peer(&c, &a.token, a.cluster_id.as_deref(), a.pod_cidrs.clone(), res).await?;
+            let provider = consumer::request_peering(&c, &a.token, a.cluster_id.as_deref(), res).await?;
+            eprintln!(
+                "ForeignCluster {provider} created; waiting for this cluster's ferry-agent to authenticate..."
+            );
+            let p = consumer::wait_authenticated(&c, &provider, std::time::Duration::from_secs(60)).await?;
             let secs = start.elapsed().as_secs_f64();
             print(cli.output, &p, || {
                 format!(
@@ -291,7 +292,8 @@ async fn run(cli: Cli) -> Result<()> {
                 .context("bench peer needs --token T")?;
             let c = client(&cli).await?;
             let start = Instant::now();
-            let p = consumer::peer(&c, token, None, vec![], Resources::default()).await?;
+            let provider = consumer::request_peering(&c, token, None, Resources::default()).await?;
+            let p = consumer::wait_authenticated(&c, &provider, std::time::Duration::from_secs(60)).await?;
             println!(
                 "{}",
                 serde_json::json!({ "bench": "peer", "provider": p.provider, "seconds_to_authenticated": start.elapsed().as_secs_f64() })

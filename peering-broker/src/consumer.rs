@@ -23,7 +23,7 @@ pub fn identity_secret(provider: &str) -> String {
 }
 
 /// What `peer` reports.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Peered {
     /// Provider cluster ID.
     pub provider: String,
@@ -56,45 +56,157 @@ async fn set_authenticated(
     Ok(())
 }
 
-/// Peers this cluster (as consumer) with the provider that issued `token`.
-pub async fn peer(
+/// Why a handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The broker (or the pin) refused this request: retrying the same token cannot help.
+    #[error("{0}")]
+    Refused(String),
+    /// Network or provider trouble: worth retrying.
+    #[error("{0}")]
+    Transient(String),
+}
+
+/// Name of the Secret that carries a peering token to the agent.
+pub fn token_secret(provider: &str) -> String {
+    format!("ferry-token-{provider}")
+}
+
+/// `ferryctl peer`: records the token and the `ForeignCluster`; the agent's reconciler does the rest.
+/// Returns the provider's cluster ID.
+pub async fn request_peering(
     client: &Client,
     token: &str,
     wanted_id: Option<&str>,
-    pod_cidrs: Vec<String>,
     resources: Resources,
-) -> Result<Peered> {
+) -> Result<String> {
     let claims = crate::token::peek(token).map_err(|e| anyhow::anyhow!("--token: {e}"))?;
-    let me = ensure_identity(client, wanted_id).await?;
+    ensure_identity(client, wanted_id).await?;
     let provider = claims.iss.clone();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let mut s = Secret::default();
+    s.metadata.name = Some(token_secret(&provider));
+    s.data = Some([("token".to_string(), ByteString(token.trim().as_bytes().to_vec()))].into());
+    let _ = secrets
+        .delete(&token_secret(&provider), &DeleteParams::default())
+        .await;
+    secrets.create(&PostParams::default(), &s).await?;
+    let q = |v: &Option<String>| {
+        v.clone()
+            .map(k8s_openapi::apimachinery::pkg::api::resource::Quantity)
+    };
+    let spec = ForeignClusterSpec {
+        cluster_id: provider.clone(),
+        role: PeeringRole::Provider,
+        broker_url: Some(claims.broker_url.clone()),
+        token_secret: Some(token_secret(&provider)),
+        resources: Some(ferry_crds::common::ResourceAmounts {
+            cpu: q(&resources.cpu),
+            memory: q(&resources.memory),
+            pods: q(&resources.pods),
+            ..Default::default()
+        }),
+    };
     let fcs: Api<ForeignCluster> = Api::all(client.clone());
-    let fc = ForeignCluster::new(
-        &provider,
-        ForeignClusterSpec {
-            cluster_id: provider.clone(),
-            role: PeeringRole::Provider,
-            broker_url: Some(claims.broker_url.clone()),
-        },
-    );
-    match fcs.create(&PostParams::default(), &fc).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => return Err(e.into()),
+    match fcs.get_opt(&provider).await? {
+        Some(mut existing) => {
+            existing.spec = spec;
+            fcs.replace(&provider, &PostParams::default(), &existing).await?;
+            // a new token: start over from a clean condition
+            set_authenticated(
+                &fcs,
+                &provider,
+                false,
+                "Pending",
+                &format!("waiting for the agent to dial {}", claims.broker_url),
+            )
+            .await?;
+        }
+        None => {
+            fcs.create(&PostParams::default(), &ForeignCluster::new(&provider, spec))
+                .await?;
+        }
     }
-    set_authenticated(
-        &fcs,
-        &provider,
-        false,
-        "Peering",
-        &format!("handshake with {}", claims.broker_url),
-    )
-    .await?;
-    let csr_key = rcgen::KeyPair::generate()?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    Ok(provider)
+}
+
+/// Waits until the provider's `ForeignCluster` is Authenticated, printing each new error; fails at once on
+/// a refusal, or after `timeout` with the last error.
+pub async fn wait_authenticated(
+    client: &Client,
+    provider: &str,
+    timeout: std::time::Duration,
+) -> Result<Peered> {
+    let fcs: Api<ForeignCluster> = Api::all(client.clone());
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        let fc = fcs.get(provider).await?;
+        let st = fc.status.clone().unwrap_or_default();
+        if let Some(c) = st.conditions.iter().find(|c| c.type_ == "Authenticated") {
+            if c.status == "True" {
+                let s = Api::<Secret>::namespaced(client.clone(), SYSTEM_NAMESPACE)
+                    .get(&identity_secret(provider))
+                    .await?;
+                let get = |k: &str| {
+                    s.data
+                        .as_ref()
+                        .and_then(|d| d.get(k))
+                        .map(|b| String::from_utf8_lossy(&b.0).to_string())
+                        .unwrap_or_default()
+                };
+                let granted: Resources = serde_json::from_str(&get("granted")).unwrap_or_default();
+                let me = ensure_identity(client, None).await?;
+                return Ok(Peered {
+                    provider: provider.into(),
+                    consumer: me.cluster_id,
+                    tenant_namespace: get("tenantNamespace"),
+                    granted,
+                });
+            }
+            if c.reason == "Refused" {
+                bail!("{}", st.last_error.unwrap_or(c.message.clone()));
+            }
+            if let Some(e) = &st.last_error
+                && *e != last
+            {
+                eprintln!("  {e} (retrying)");
+                last = e.clone();
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "not Authenticated after {}s{}; fix: is ferry-agent running on this cluster?",
+                timeout.as_secs(),
+                if last.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (last error: {last})")
+                }
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The handshake for one `ForeignCluster` (the reconciler's work): POST to the broker pinned by the
+/// token, store the identity, set `Authenticated`.
+pub async fn handshake(client: &Client, fc: &ForeignCluster, token: &str) -> Result<Peered, HandshakeError> {
+    let transient = |e: anyhow::Error| HandshakeError::Transient(format!("{e:#}"));
+    let claims = crate::token::peek(token).map_err(|e| HandshakeError::Refused(format!("token: {e}")))?;
+    let me = ensure_identity(client, None).await.map_err(transient)?;
+    let provider = fc.spec.cluster_id.clone();
+    let fcs: Api<ForeignCluster> = Api::all(client.clone());
+    let csr_key = rcgen::KeyPair::generate().map_err(|e| transient(e.into()))?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| transient(e.into()))?;
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, consumer_user(&me.cluster_id));
-    let csr = params.serialize_request(&csr_key)?.pem()?;
+    let csr = params
+        .serialize_request(&csr_key)
+        .and_then(|c| c.pem())
+        .map_err(|e| transient(e.into()))?;
+    let res = fc.spec.resources.clone().unwrap_or_default();
     let req = PeeringRequest {
         token: token.trim().to_string(),
         cluster_id: me.cluster_id.clone(),
@@ -102,12 +214,28 @@ pub async fn peer(
         csr,
         proof: sign_proof(&me.key, &claims.jti, &provider, &me.cluster_id),
         wireguard_public_key: String::new(),
-        pod_cidrs,
+        pod_cidrs: vec![],
         service_cidrs: vec![],
-        resources,
+        resources: Resources {
+            cpu: res.cpu.map(|q| q.0),
+            memory: res.memory.map(|q| q.0),
+            pods: res.pods.map(|q| q.0),
+        },
     };
-    let body = serde_json::to_vec(&req)?;
+    let body = serde_json::to_vec(&req).map_err(|e| transient(e.into()))?;
     let endpoint = format!("POST {}/v1/peerings", claims.broker_url);
+    let fail = |refused: bool, msg: String| {
+        let (fcs, provider) = (fcs.clone(), provider.clone());
+        async move {
+            let reason = if refused { "Refused" } else { "BrokerUnreachable" };
+            let _ = set_authenticated(&fcs, &provider, false, reason, &msg).await;
+            if refused {
+                HandshakeError::Refused(msg)
+            } else {
+                HandshakeError::Transient(msg)
+            }
+        }
+    };
     let (status, resp) = match crate::tls::request(
         &claims.broker_url,
         &claims.tls_pin,
@@ -121,8 +249,8 @@ pub async fn peer(
         Ok(r) => r,
         Err(e) => {
             let msg = format!("{endpoint}: {e:#}");
-            set_authenticated(&fcs, &provider, false, "BrokerUnreachable", &msg).await?;
-            bail!("{msg}");
+            // a certificate that is not the pinned one will not become it by retrying
+            return Err(fail(msg.contains("fingerprint mismatch"), msg).await);
         }
     };
     if status != 200 {
@@ -131,10 +259,9 @@ pub async fn peer(
             Some(e) => format!("{endpoint} refused ({} {}): {}", e.status, e.reason, e.message),
             None => format!("{endpoint} answered {status}: {}", String::from_utf8_lossy(&resp)),
         };
-        set_authenticated(&fcs, &provider, false, "Refused", &msg).await?;
-        bail!("{msg}");
+        return Err(fail((400..500).contains(&status), msg).await);
     }
-    let ok: PeeringResponse = serde_json::from_slice(&resp).context("broker answer")?;
+    let ok: PeeringResponse = serde_json::from_slice(&resp).map_err(|e| transient(e.into()))?;
     let kubeconfig = kubeconfig(
         &provider,
         &ok.api_server,
@@ -151,6 +278,7 @@ pub async fn peer(
         ("brokerURL", claims.broker_url.clone()),
         ("tlsPin", claims.tls_pin.clone()),
         ("tenantNamespace", ok.tenant_namespace.clone()),
+        ("granted", serde_json::to_string(&ok.granted).unwrap_or_default()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
@@ -161,7 +289,10 @@ pub async fn peer(
     let _ = secrets
         .delete(&identity_secret(&provider), &DeleteParams::default())
         .await;
-    secrets.create(&PostParams::default(), &s).await?;
+    secrets
+        .create(&PostParams::default(), &s)
+        .await
+        .map_err(|e| transient(e.into()))?;
     set_authenticated(
         &fcs,
         &provider,
@@ -173,7 +304,8 @@ pub async fn peer(
             ok.tenant_namespace
         ),
     )
-    .await?;
+    .await
+    .map_err(transient)?;
     Ok(Peered {
         provider,
         consumer: me.cluster_id,

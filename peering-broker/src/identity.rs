@@ -148,3 +148,39 @@ pub async fn ensure_broker_tls(
     }
     Ok((cert, key))
 }
+
+/// Installs ferry's CRDs, or updates them to this version's schema (the chart ships the same YAML; an
+/// agent that starts against an older schema would otherwise see new fields pruned).
+pub async fn ensure_crds(client: &Client) -> anyhow::Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::ResourceExt;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for mut crd in ferry_crds::all_crds() {
+        let name = crd.name_any();
+        match crds.get_opt(&name).await? {
+            None => {
+                crds.create(&PostParams::default(), &crd).await?;
+            }
+            Some(existing) if existing.spec != crd.spec => {
+                crd.metadata.resource_version = existing.metadata.resource_version;
+                crds.replace(&name, &PostParams::default(), &crd).await?;
+            }
+            Some(_) => {}
+        }
+    }
+    // wait until every one is served
+    for crd in ferry_crds::all_crds() {
+        for _ in 0..200 {
+            let got = crds.get(&crd.name_any()).await?;
+            let conds = got.status.and_then(|s| s.conditions).unwrap_or_default();
+            if conds
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}

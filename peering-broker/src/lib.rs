@@ -7,6 +7,7 @@ pub mod error;
 pub mod identity;
 pub mod key;
 pub mod provider;
+pub mod reconciler;
 pub mod server;
 pub mod tls;
 pub mod token;

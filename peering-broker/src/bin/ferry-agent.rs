@@ -1,4 +1,5 @@
-//! `ferry-agent`: ferry's per-cluster agent. Today it serves the peering broker (provider role).
+//! `ferry-agent`: ferry's per-cluster agent: the peering broker (provider role) and the ForeignCluster
+//! reconciler that performs the handshake (consumer role).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -74,6 +75,9 @@ async fn run(a: Args) -> Result<()> {
     };
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
     let client = kube::Client::try_from(config)?;
+    identity::ensure_crds(&client)
+        .await
+        .context("installing ferry's CRDs")?;
     let id = identity::ensure_identity(&client, a.cluster_id.as_deref()).await?;
     let url = a
         .broker_url
@@ -102,7 +106,11 @@ async fn run(a: Args) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .with_context(|| format!("--listen {}", a.listen))?;
-    tracing::info!(cluster = id.cluster_id, %url, "peering broker listening");
-    server::serve(listener, tls, p).await?;
+    tracing::info!(cluster = id.cluster_id, %url, "peering broker listening; ForeignCluster reconciler running");
+    let reconciler = ferry_peering_broker::reconciler::run(p.client.clone());
+    tokio::select! {
+        r = server::serve(listener, tls, p) => r?,
+        _ = reconciler => anyhow::bail!("the ForeignCluster reconciler stopped"),
+    }
     Ok(())
 }

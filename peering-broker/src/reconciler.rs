@@ -1,0 +1,130 @@
+//! The consumer's `ForeignCluster` reconciler (run by `ferry-agent`): a `ForeignCluster` with a
+//! `tokenSecret` and no identity yet gets the handshake ([`crate::consumer::handshake`]). Failures are
+//! reported on the object (`Authenticated=False`, `lastError` naming the endpoint) and retried with
+//! per-object exponential backoff (1 s, 2 s, 4 s … 5 min); a refusal the broker gives for the request
+//! itself (4xx: expired, reused, forged…) is not retried until the object changes. Never spins.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_crds::ForeignCluster;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use tracing::{info, warn};
+
+use crate::consumer::{HandshakeError, handshake, identity_secret};
+use crate::provider::SYSTEM_NAMESPACE;
+
+/// Shared state of the reconciler.
+pub struct Context {
+    /// This cluster's client.
+    pub client: Client,
+    /// Failures in a row per ForeignCluster (for backoff).
+    pub failures: Mutex<HashMap<String, u32>>,
+}
+
+/// Reconcile error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Transient: retried with backoff.
+    #[error("{0}")]
+    Transient(String),
+}
+
+/// Backoff after `n` failures in a row.
+pub fn backoff(n: u32) -> Duration {
+    Duration::from_secs(1u64 << n.min(9)).min(Duration::from_secs(300))
+}
+
+/// One reconcile.
+#[tracing::instrument(skip_all, fields(fc = fc.name_any()))]
+pub async fn reconcile(fc: Arc<ForeignCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = fc.name_any();
+    let Some(token_secret) = fc.spec.token_secret.clone() else {
+        return Ok(Action::await_change());
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), SYSTEM_NAMESPACE);
+    let authenticated = fc.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Authenticated" && c.status == "True")
+    });
+    let have_identity = secrets
+        .get_opt(&identity_secret(&name))
+        .await
+        .map_err(|e| Error::Transient(e.to_string()))?
+        .is_some();
+    if authenticated && have_identity {
+        ctx.failures.lock().expect("failures").remove(&name);
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
+    let token = secrets
+        .get_opt(&token_secret)
+        .await
+        .map_err(|e| Error::Transient(e.to_string()))?
+        .and_then(|s| s.data)
+        .and_then(|d| d.get("token").map(|b| String::from_utf8_lossy(&b.0).to_string()));
+    let Some(token) = token else {
+        warn!(secret = token_secret, "token Secret missing");
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    };
+    match handshake(&ctx.client, &fc, &token).await {
+        Ok(p) => {
+            info!(
+                provider = p.provider,
+                tenant = p.tenant_namespace,
+                "authenticated"
+            );
+            ctx.failures.lock().expect("failures").remove(&name);
+            // the token has done its job
+            let _ = secrets.delete(&token_secret, &Default::default()).await;
+            Ok(Action::requeue(Duration::from_secs(300)))
+        }
+        Err(HandshakeError::Refused(msg)) => {
+            warn!("refused, not retrying until the ForeignCluster changes: {msg}");
+            Ok(Action::await_change())
+        }
+        Err(HandshakeError::Transient(msg)) => Err(Error::Transient(msg)),
+    }
+}
+
+/// Backoff per object on transient errors.
+pub fn error_policy(fc: Arc<ForeignCluster>, err: &Error, ctx: Arc<Context>) -> Action {
+    let mut f = ctx.failures.lock().expect("failures");
+    let n = f.entry(fc.name_any()).or_insert(0);
+    *n += 1;
+    let wait = backoff(*n);
+    warn!(fc = fc.name_any(), attempt = *n, ?wait, "handshake failed: {err}");
+    Action::requeue(wait)
+}
+
+/// Runs the reconciler until the stream ends.
+pub async fn run(client: Client) {
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        failures: Mutex::new(HashMap::new()),
+    });
+    Controller::new(Api::<ForeignCluster>::all(client), watcher::Config::default())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps_at_five_minutes() {
+        assert_eq!(backoff(1), Duration::from_secs(2));
+        assert_eq!(backoff(2), Duration::from_secs(4));
+        assert_eq!(backoff(8), Duration::from_secs(256));
+        assert_eq!(backoff(9), Duration::from_secs(300));
+        assert_eq!(backoff(40), Duration::from_secs(300));
+    }
+}
