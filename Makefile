@@ -18,6 +18,7 @@ deps:
 
 build: deps
 	cargo build --workspace --bins
+	@ln -sf ferryctl $(BIN)/kubectl-ferry   # kubectl plugin: PATH=$(BIN):$$PATH kubectl ferry status
 
 crds:
 	cargo run -q -p ferry-crds --bin crdgen > charts/ferry/crds/ferry.yaml

@@ -684,3 +684,19 @@ async fn every_ferry_crd_installs_on_the_lab_apiserver_and_serves_objects_and_st
         .unwrap();
     pns.delete("p", &DeleteParams::default()).await.unwrap();
 }
+
+#[test]
+fn ferryctl_works_as_the_kubectl_plugin_kubectl_ferry() {
+    // kubectl finds plugins as `kubectl-<name>` on PATH; `make build` links kubectl-ferry to ferryctl
+    let dir = std::env::temp_dir().join(format!("ferry-plugin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ferryctl = ferry_e2e::tunnel::gateway_bin().with_file_name("ferryctl");
+    let link = dir.join("kubectl-ferry");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&ferryctl, &link).unwrap();
+    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
+    let out = Command::new("kubectl").args(["ferry", "mtu", "--underlay", "1500", "--stack", "vxlan,wireguard"]).env("PATH", path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().next(), Some("1390"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
