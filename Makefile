@@ -10,8 +10,9 @@ LAB      := $(BIN)/ferry-lab
 DEMO_LAB ?= ferry
 E2E_LAB  ?= e2e
 E2E_PORT ?= 24000
+FUZZ_SECONDS ?= 20
 
-.PHONY: deps build demo test unit lint e2e crds down
+.PHONY: deps build demo test unit lint e2e crds down fuzz
 
 deps:
 	@bash scripts/provision.sh
@@ -45,4 +46,10 @@ e2e: build
 	$(LAB) --name $(E2E_LAB) up --base-port $(E2E_PORT); \
 	FERRY_LAB_NAME=$(E2E_LAB) cargo test -p ferry-e2e --features lab --test lab --test tunnel --test peering
 
-test: deps lint unit e2e
+# cargo fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the one stable toolchain here accept them. Its
+# sanitizer build gets a target dir of its own, so it never invalidates the main cache.
+fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	set -o pipefail; cd peering-broker && RUSTC_BOOTSTRAP=1 cargo fuzz run --target-dir $(HOME)/.cache/ferry/fuzz-target wire -- -max_total_time=$(FUZZ_SECONDS) 2>&1 | tail -n 3
+
+test: deps lint unit fuzz e2e

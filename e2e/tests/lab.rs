@@ -695,7 +695,11 @@ fn ferryctl_works_as_the_kubectl_plugin_kubectl_ferry() {
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&ferryctl, &link).unwrap();
     let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
-    let out = Command::new("kubectl").args(["ferry", "mtu", "--underlay", "1500", "--stack", "vxlan,wireguard"]).env("PATH", path).output().unwrap();
+    let out = Command::new("kubectl")
+        .args(["ferry", "mtu", "--underlay", "1500", "--stack", "vxlan,wireguard"])
+        .env("PATH", path)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().next(), Some("1390"));
     std::fs::remove_dir_all(dir).unwrap();

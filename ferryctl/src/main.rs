@@ -230,14 +230,11 @@ async fn run(cli: Cli) -> Result<()> {
                         .map(|s| s.conditions.iter().map(|c| serde_json::json!({ "type": c.type_, "status": c.status, "reason": c.reason, "message": c.message })).collect())
                         .unwrap_or_default();
                     serde_json::json!({ "peer": fc.spec.cluster_id, "role": fc.spec.role, "conditions": conds,
-                        "created": fc.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()) })
+                        "age": fc.metadata.creation_timestamp.as_ref().map(|t| age(t.0.as_second())) })
                 })
                 .collect();
             print(cli.output, &rows, || {
-                let mut s = format!(
-                    "{:<20} {:<9} {:<40} {}\n",
-                    "PEER", "ROLE", "CONDITIONS", "CREATED"
-                );
+                let mut s = format!("{:<20} {:<9} {:<40} {}\n", "PEER", "ROLE", "CONDITIONS", "AGE");
                 for r in &rows {
                     let conds: Vec<String> = r["conditions"]
                         .as_array()
@@ -256,7 +253,7 @@ async fn run(cli: Cli) -> Result<()> {
                         r["peer"].as_str().unwrap_or(""),
                         r["role"].as_str().unwrap_or(""),
                         conds.join(","),
-                        r["created"].as_str().unwrap_or("")
+                        r["age"].as_str().unwrap_or("")
                     ));
                 }
                 s
@@ -318,9 +315,37 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// kubectl-style age of a unix timestamp: 42s, 7m, 3h, 5d.
+fn age(created: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    age_between(created, now)
+}
+
+fn age_between(created: i64, now: i64) -> String {
+    let s = (now - created).max(0);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        assert_eq!(age_between(100, 142), "42s");
+        assert_eq!(age_between(0, 7 * 60), "7m");
+        assert_eq!(age_between(0, 3 * 3600), "3h");
+        assert_eq!(age_between(0, 5 * 86400), "5d");
+        assert_eq!(age_between(10, 0), "0s");
+    }
 
     #[test]
     fn ttl_parses_units_and_refuses_nonsense() {
