@@ -72,6 +72,18 @@ pub struct Lab {
     pub paths: LabPaths,
 }
 
+/// `$FERRY_LAB_ROOT` or the default root.
+pub fn env_root() -> PathBuf {
+    std::env::var_os("FERRY_LAB_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(default_root)
+}
+
+/// `$FERRY_LAB_NAME` or `ferry`.
+pub fn env_name() -> String {
+    std::env::var("FERRY_LAB_NAME").unwrap_or_else(|_| "ferry".into())
+}
+
 /// Default root of all labs.
 pub fn default_root() -> PathBuf {
     PathBuf::from("/run/ferry-lab")
@@ -96,6 +108,13 @@ pub fn require_root(what: &str) -> Result<()> {
 }
 
 impl Lab {
+    /// The lab the e2e tests use: `$FERRY_LAB_ROOT` (default `/run/ferry-lab`), `$FERRY_LAB_NAME` (default
+    /// `ferry`). Panics with the fix when it is not up: the tests need it.
+    pub fn from_env() -> Self {
+        Self::load(&env_root(), &env_name())
+            .expect("a running lab: run `ferry-lab up` (make test does) before these tests")
+    }
+
     /// Loads a lab that `up` saved.
     pub fn load(root: &Path, name: &str) -> Result<Self> {
         let file = root.join(name).join("lab.json");

@@ -10,22 +10,7 @@ use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// Runs a command to completion; the error names the command line and quotes its stderr.
-pub fn run(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {program}; fix: install it (make deps)"))?;
-    if !out.status.success() {
-        bail!(
-            "`{program} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+pub use ferry_tunnel::apply::run;
 
 /// The start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`).
 pub fn start_time(pid: u32) -> Option<u64> {

@@ -22,16 +22,13 @@ use kube::{CustomResourceExt, ResourceExt};
 use serde_json::json;
 
 fn root() -> PathBuf {
-    std::env::var_os("FERRY_LAB_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(ferry_e2e::lab::default_root)
+    ferry_e2e::lab::env_root()
 }
 fn name() -> String {
-    std::env::var("FERRY_LAB_NAME").unwrap_or_else(|_| "ferry".into())
+    ferry_e2e::lab::env_name()
 }
 fn lab() -> Lab {
-    Lab::load(&root(), &name())
-        .expect("a running lab: run `ferry-lab up` (make test does) before these tests")
+    Lab::from_env()
 }
 fn exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ferry-lab"))

@@ -19,14 +19,8 @@ use serde_json::json;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn root() -> PathBuf {
-    std::env::var_os("FERRY_LAB_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(ferry_e2e::lab::default_root)
-}
 fn lab() -> Lab {
-    let name = std::env::var("FERRY_LAB_NAME").unwrap_or_else(|_| "ferry".into());
-    Lab::load(&root(), &name).expect("a running lab: run `ferry-lab up` (make test does) before these tests")
+    Lab::from_env()
 }
 fn bin(name: &str) -> PathBuf {
     ferry_e2e::tunnel::gateway_bin().with_file_name(name)

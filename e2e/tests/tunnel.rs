@@ -18,13 +18,10 @@ use serde_json::json;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn root() -> PathBuf {
-    std::env::var_os("FERRY_LAB_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(ferry_e2e::lab::default_root)
+    ferry_e2e::lab::env_root()
 }
 fn lab() -> Lab {
-    let name = std::env::var("FERRY_LAB_NAME").unwrap_or_else(|_| "ferry".into());
-    Lab::load(&root(), &name).expect("a running lab: run `ferry-lab up` (make test does) before these tests")
+    Lab::from_env()
 }
 fn exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ferry-lab"))

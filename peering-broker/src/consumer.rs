@@ -148,13 +148,7 @@ pub async fn wait_authenticated(
                 let s = Api::<Secret>::namespaced(client.clone(), SYSTEM_NAMESPACE)
                     .get(&identity_secret(provider))
                     .await?;
-                let get = |k: &str| {
-                    s.data
-                        .as_ref()
-                        .and_then(|d| d.get(k))
-                        .map(|b| String::from_utf8_lossy(&b.0).to_string())
-                        .unwrap_or_default()
-                };
+                let get = |k: &str| crate::identity::text(&s, k).unwrap_or_default();
                 let granted: Resources = serde_json::from_str(&get("granted")).unwrap_or_default();
                 let me = ensure_identity(client, None).await?;
                 return Ok(Peered {
@@ -340,13 +334,7 @@ pub async fn unpeer(client: &Client, provider: &str) -> Result<()> {
                 identity_secret(provider)
             )
         })?;
-    let get = |k: &str| {
-        s.data
-            .as_ref()
-            .and_then(|d| d.get(k))
-            .map(|b| String::from_utf8_lossy(&b.0).to_string())
-            .unwrap_or_default()
-    };
+    let get = |k: &str| crate::identity::text(&s, k).unwrap_or_default();
     let (url, pin, cert, key) = (get("brokerURL"), get("tlsPin"), get("tls.crt"), get("tls.key"));
     let path = format!("/v1/peerings/{}", me.cluster_id);
     let (status, body) = crate::tls::request(

@@ -26,7 +26,8 @@ pub struct ClusterIdentity {
     pub key: ClusterKey,
 }
 
-fn text(s: &Secret, k: &str) -> Option<String> {
+/// A Secret's value as text.
+pub fn text(s: &Secret, k: &str) -> Option<String> {
     s.data
         .as_ref()?
         .get(k)

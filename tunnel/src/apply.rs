@@ -11,7 +11,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::plan::{GatewayPlan, GatewaySpec, Op};
 
-fn run(program: &str, args: &[&str]) -> Result<String> {
+/// Runs a command to completion; the error names the command line and quotes its stderr.
+pub fn run(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
