@@ -1,6 +1,8 @@
 //! ferry's virtual node: the provider cluster as a `Node` in the consumer. Start reading at
-//! [`VirtualNodeIdentity`], which names the node and says how pods opt in to it. (The node, lease,
-//! reflection and translation come with the virtual-kubelet issue.)
+//! [`translate`], the pure pod and status translation, and [`VirtualNodeIdentity`], which names the node.
+//! (The node, its lease and the reflection controllers come with the virtual-kubelet issue.)
+
+pub mod translate;
 
 /// Label every virtual node carries.
 pub const VIRTUAL_NODE_LABEL: (&str, &str) = ("type", "virtual-node");

@@ -1,0 +1,340 @@
+//! Pod translation between a consumer and a provider, plain data in and out (no I/O).
+//!
+//! [`to_remote`] turns a consumer pod bound to a virtual node into the pod the provider runs (the
+//! `ShadowPod` template): scheduling constraints that only mean something in the consumer are dropped,
+//! the consumer's service-account token volume is not carried over, and origin labels are added. A pod that
+//! would need the provider's host (host namespaces, hostPath, privileged containers, host ports) is refused
+//! with one [`Refusal`] per offending field. [`to_local_status`] brings the provider pod's status back, with
+//! its IPs translated into the consumer's view of the provider's (possibly remapped) pod CIDR.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Pod, PodIP, PodSpec, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+/// Label on provider pods: the consumer cluster they belong to.
+pub const ORIGIN_CLUSTER_LABEL: &str = "ferry.dev/origin-cluster";
+/// Label on provider pods: the consumer pod's UID (adoption after restarts keys on it).
+pub const ORIGIN_UID_LABEL: &str = "ferry.dev/origin-pod-uid";
+/// Annotation kubectl writes that must not travel.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Why a pod cannot run on a virtual node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// `spec.hostNetwork`.
+    #[error(
+        "spec.hostNetwork is true: the pod would share the provider's host network; fix: drop hostNetwork or keep the pod on local nodes"
+    )]
+    HostNetwork,
+    /// `spec.hostPID`.
+    #[error(
+        "spec.hostPID is true: the pod would see the provider's host processes; fix: drop hostPID or keep the pod on local nodes"
+    )]
+    HostPid,
+    /// `spec.hostIPC`.
+    #[error(
+        "spec.hostIPC is true: the pod would share the provider's host IPC; fix: drop hostIPC or keep the pod on local nodes"
+    )]
+    HostIpc,
+    /// A hostPath volume.
+    #[error(
+        "volume {0:?} is a hostPath: it would mount the provider's host filesystem; fix: use a ConfigMap, Secret, emptyDir or PVC"
+    )]
+    HostPath(String),
+    /// A privileged container.
+    #[error(
+        "container {0:?} is privileged; fix: drop securityContext.privileged or keep the pod on local nodes"
+    )]
+    Privileged(String),
+    /// A host port.
+    #[error("container {container:?} asks for hostPort {port}; fix: use a Service instead of a host port")]
+    HostPort {
+        /// Container.
+        container: String,
+        /// Port.
+        port: i32,
+    },
+}
+
+/// Where the pod goes on the provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteTarget {
+    /// The consumer's cluster ID.
+    pub consumer_cluster_id: String,
+    /// The namespace on the provider (from the namespace mapping).
+    pub namespace: String,
+}
+
+/// Every reason a pod cannot be offloaded (empty: it can).
+pub fn refusals(spec: &PodSpec) -> Vec<Refusal> {
+    let mut out = Vec::new();
+    if spec.host_network == Some(true) {
+        out.push(Refusal::HostNetwork);
+    }
+    if spec.host_pid == Some(true) {
+        out.push(Refusal::HostPid);
+    }
+    if spec.host_ipc == Some(true) {
+        out.push(Refusal::HostIpc);
+    }
+    for v in spec.volumes.iter().flatten() {
+        if v.host_path.is_some() {
+            out.push(Refusal::HostPath(v.name.clone()));
+        }
+    }
+    let all = spec.init_containers.iter().flatten().chain(&spec.containers);
+    for c in all {
+        if c.security_context.as_ref().and_then(|s| s.privileged) == Some(true) {
+            out.push(Refusal::Privileged(c.name.clone()));
+        }
+        for p in c.ports.iter().flatten() {
+            if let Some(hp) = p.host_port.filter(|hp| *hp != 0) {
+                out.push(Refusal::HostPort {
+                    container: c.name.clone(),
+                    port: hp,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn is_service_account_volume(name: &str) -> bool {
+    name.starts_with("kube-api-access-")
+}
+
+/// The provider-side pod for a consumer pod, or every reason it cannot be offloaded.
+pub fn to_remote(pod: &Pod, target: &RemoteTarget) -> Result<Pod, Vec<Refusal>> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let refused = refusals(&spec);
+    if !refused.is_empty() {
+        return Err(refused);
+    }
+    let mut labels: BTreeMap<String, String> = pod.metadata.labels.clone().unwrap_or_default();
+    labels.insert(ORIGIN_CLUSTER_LABEL.into(), target.consumer_cluster_id.clone());
+    labels.insert(
+        ORIGIN_UID_LABEL.into(),
+        pod.metadata.uid.clone().unwrap_or_default(),
+    );
+    let mut annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    annotations.remove(LAST_APPLIED);
+    let mut s = spec;
+    // scheduling in the consumer chose the virtual node; the provider's scheduler places the pod itself
+    s.node_name = None;
+    s.node_selector = None;
+    s.affinity = None;
+    s.tolerations = None;
+    s.scheduler_name = None;
+    s.priority_class_name = None;
+    s.priority = None;
+    s.preemption_policy = None;
+    s.topology_spread_constraints = None;
+    // the consumer's service-account token means nothing to the provider's apiserver
+    s.automount_service_account_token = Some(false);
+    s.service_account_name = None;
+    s.service_account = None;
+    if let Some(vols) = s.volumes.as_mut() {
+        vols.retain(|v| !is_service_account_volume(&v.name));
+    }
+    for c in s
+        .init_containers
+        .iter_mut()
+        .flatten()
+        .chain(s.containers.iter_mut())
+    {
+        if let Some(m) = c.volume_mounts.as_mut() {
+            m.retain(|m| !is_service_account_volume(&m.name));
+        }
+    }
+    Ok(Pod {
+        metadata: ObjectMeta {
+            name: pod.metadata.name.clone(),
+            namespace: Some(target.namespace.clone()),
+            labels: Some(labels),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            ..Default::default()
+        },
+        spec: Some(s),
+        status: None,
+    })
+}
+
+/// The consumer-side status for a provider pod's status; `translate` maps a provider pod IP to how the
+/// consumer reaches it (identity when the CIDR is not remapped). `host_ip` is the virtual node's address.
+pub fn to_local_status(
+    remote: &PodStatus,
+    host_ip: Option<&str>,
+    translate: impl Fn(IpAddr) -> IpAddr,
+) -> PodStatus {
+    let tr = |ip: &str| {
+        ip.parse::<IpAddr>()
+            .map(|a| translate(a).to_string())
+            .unwrap_or_else(|_| ip.to_string())
+    };
+    PodStatus {
+        phase: remote.phase.clone(),
+        conditions: remote.conditions.clone(),
+        message: remote.message.clone(),
+        reason: remote.reason.clone(),
+        start_time: remote.start_time.clone(),
+        container_statuses: remote.container_statuses.clone(),
+        init_container_statuses: remote.init_container_statuses.clone(),
+        qos_class: remote.qos_class.clone(),
+        pod_ip: remote.pod_ip.as_deref().map(tr),
+        pod_ips: remote
+            .pod_ips
+            .as_ref()
+            .map(|ips| ips.iter().map(|p| PodIP { ip: tr(&p.ip) }).collect()),
+        host_ip: host_ip.map(str::to_string),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(extra: serde_json::Value) -> Pod {
+        let mut base = json!({
+            "metadata": { "name": "web-1", "namespace": "shop", "uid": "u-1", "labels": { "app": "web" },
+                          "annotations": { LAST_APPLIED: "{}", "team": "a" } },
+            "spec": {
+                "nodeName": "ferry-provider", "nodeSelector": { "type": "virtual-node" }, "schedulerName": "default-scheduler",
+                "priorityClassName": "high", "serviceAccountName": "web",
+                "tolerations": [{ "key": "virtual-node.ferry.dev/not-allowed", "operator": "Exists" }],
+                "affinity": { "nodeAffinity": {} },
+                "volumes": [{ "name": "kube-api-access-x1", "projected": { "sources": [] } }, { "name": "cfg", "configMap": { "name": "c" } }],
+                "containers": [{ "name": "app", "image": "nginx", "ports": [{ "containerPort": 80 }],
+                                 "volumeMounts": [{ "name": "kube-api-access-x1", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount" }, { "name": "cfg", "mountPath": "/etc/cfg" }] }],
+            }
+        });
+        if let (Some(b), Some(e)) = (base["spec"].as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        serde_json::from_value(base).unwrap()
+    }
+    fn target() -> RemoteTarget {
+        RemoteTarget {
+            consumer_cluster_id: "consumer-c1".into(),
+            namespace: "shop-consumer-c1".into(),
+        }
+    }
+
+    #[test]
+    fn scheduling_constraints_and_the_token_volume_stay_behind_origin_labels_go_along() {
+        let r = to_remote(&pod(json!({})), &target()).unwrap();
+        assert_eq!(r.metadata.namespace.as_deref(), Some("shop-consumer-c1"));
+        let labels = r.metadata.labels.unwrap();
+        assert_eq!(labels["app"], "web");
+        assert_eq!(labels[ORIGIN_CLUSTER_LABEL], "consumer-c1");
+        assert_eq!(labels[ORIGIN_UID_LABEL], "u-1");
+        let ann = r.metadata.annotations.unwrap();
+        assert!(!ann.contains_key(LAST_APPLIED));
+        assert_eq!(ann["team"], "a");
+        assert!(r.metadata.uid.is_none() && r.metadata.resource_version.is_none());
+        let s = r.spec.unwrap();
+        assert!(
+            s.node_name.is_none()
+                && s.node_selector.is_none()
+                && s.affinity.is_none()
+                && s.tolerations.is_none()
+        );
+        assert!(
+            s.scheduler_name.is_none() && s.priority_class_name.is_none() && s.service_account_name.is_none()
+        );
+        assert_eq!(s.automount_service_account_token, Some(false));
+        let vols: Vec<String> = s.volumes.unwrap().into_iter().map(|v| v.name).collect();
+        assert_eq!(vols, ["cfg"]);
+        let mounts: Vec<String> = s.containers[0]
+            .volume_mounts
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        assert_eq!(mounts, ["cfg"]);
+        assert_eq!(s.containers[0].image.as_deref(), Some("nginx"));
+    }
+
+    #[test]
+    fn host_access_is_refused_with_every_reason_and_its_fix() {
+        let bad = pod(json!({
+            "hostNetwork": true, "hostPID": true, "hostIPC": true,
+            "volumes": [{ "name": "root", "hostPath": { "path": "/" } }],
+            "initContainers": [{ "name": "setup", "securityContext": { "privileged": true } }],
+            "containers": [{ "name": "app", "ports": [{ "containerPort": 80, "hostPort": 8080 }] }],
+        }));
+        let e = to_remote(&bad, &target()).unwrap_err();
+        assert_eq!(
+            e,
+            vec![
+                Refusal::HostNetwork,
+                Refusal::HostPid,
+                Refusal::HostIpc,
+                Refusal::HostPath("root".into()),
+                Refusal::Privileged("setup".into()),
+                Refusal::HostPort {
+                    container: "app".into(),
+                    port: 8080
+                },
+            ]
+        );
+        for r in &e {
+            assert!(r.to_string().contains("fix:"), "{r}");
+        }
+        assert!(
+            Refusal::HostPath("root".into())
+                .to_string()
+                .starts_with("volume \"root\" is a hostPath")
+        );
+        // a hostPort of 0 is no host port
+        let ok = pod(
+            json!({ "containers": [{ "name": "app", "ports": [{ "containerPort": 80, "hostPort": 0 }] }] }),
+        );
+        assert!(to_remote(&ok, &target()).is_ok());
+    }
+
+    #[test]
+    fn status_comes_back_with_ips_in_the_consumers_view() {
+        let remote: PodStatus = serde_json::from_value(json!({
+            "phase": "Running", "podIP": "10.244.1.7", "podIPs": [{ "ip": "10.244.1.7" }, { "ip": "fd00::7" }],
+            "hostIP": "192.168.5.5", "conditions": [{ "type": "Ready", "status": "True" }],
+            "containerStatuses": [{ "name": "app", "ready": true, "restartCount": 2, "image": "nginx", "imageID": "" }],
+        }))
+        .unwrap();
+        let remap = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                IpAddr::from([10, 0, o[2], o[3]])
+            }
+            v6 => v6,
+        };
+        let local = to_local_status(&remote, Some("10.96.0.10"), remap);
+        assert_eq!(local.phase.as_deref(), Some("Running"));
+        assert_eq!(local.pod_ip.as_deref(), Some("10.0.1.7"));
+        let ips: Vec<String> = local.pod_ips.unwrap().into_iter().map(|p| p.ip).collect();
+        assert_eq!(ips, ["10.0.1.7", "fd00::7"]);
+        assert_eq!(
+            local.host_ip.as_deref(),
+            Some("10.96.0.10"),
+            "the provider's host address does not leak"
+        );
+        assert_eq!(local.container_statuses.unwrap()[0].restart_count, 2);
+        assert_eq!(local.conditions.unwrap()[0].type_, "Ready");
+        // a status without IPs stays without IPs
+        let pending = to_local_status(
+            &PodStatus {
+                phase: Some("Pending".into()),
+                ..Default::default()
+            },
+            None,
+            |i| i,
+        );
+        assert!(pending.pod_ip.is_none() && pending.pod_ips.is_none());
+    }
+}
