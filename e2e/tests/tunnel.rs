@@ -379,7 +379,16 @@ fn bench_tunnel_prints_the_three_throughputs_and_the_ratio_as_json() {
     let name = std::env::var("FERRY_LAB_NAME").unwrap_or_else(|_| "ferry".into());
     let out = Command::new(exe())
         .env("FERRY_LAB_ROOT", root())
-        .args(["--name", &name, "bench", "tunnel", "--seconds", "1"])
+        .args([
+            "--name",
+            &name,
+            "bench",
+            "tunnel",
+            "--seconds",
+            "1",
+            "--runs",
+            "1",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -115,6 +115,9 @@ enum BenchCmd {
         /// Seconds per run.
         #[arg(long, default_value_t = 5)]
         seconds: u32,
+        /// Runs per path (each figure is the median).
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
     },
 }
 
@@ -298,11 +301,11 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&r)?);
         }
         Cmd::Bench {
-            what: BenchCmd::Tunnel { seconds },
+            what: BenchCmd::Tunnel { seconds, runs },
         } => {
             lab::require_root("ferry-lab bench tunnel")?;
             let lab = lab::Lab::load(&cli.root, &cli.name)?;
-            let r = bench::tunnel(&lab, seconds).await?;
+            let r = bench::tunnel(&lab, seconds, runs).await?;
             println!("{}", serde_json::to_string(&r)?);
         }
         Cmd::Exec {
