@@ -93,6 +93,8 @@ pub fn config(
         "peerUnderlay": peer_ip.to_string(),
         "localTunnelAddr": tunnel.0, "remoteTunnelAddr": tunnel.1,
         "mssClamp": opts.mss_clamp, "stateDir": dir,
+        // inside the cluster's host namespace: each gateway has its own loopback
+        "metricsAddr": "127.0.0.1:9470",
     });
     if dial {
         v["peerEndpoint"] = json!(std::net::SocketAddr::new(peer_ip, 51820).to_string());

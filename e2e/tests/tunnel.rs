@@ -93,6 +93,37 @@ fn overlapping_pod_cidrs_talk_through_the_tunnel_with_nat_both_ways() {
     let r = echo_from_pod(&exe(), &b, SocketAddr::new(a_seen_by_b, 8080), 1_000_000).unwrap();
     assert_eq!(r["ok"], json!(true), "{r}");
 
+    // /metrics and /health from inside the gateway's host namespace: connected, and the 10 MB counted
+    let scrape = |path: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &pair.netns[0], "bash", "-c"])
+            .arg(format!(
+                "exec 3<>/dev/tcp/127.0.0.1/9470; printf 'GET {path} HTTP/1.1\\r\\n\\r\\n' >&3; cat <&3"
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = scrape("/metrics");
+        let tx: u64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix("ferry_tunnel_tx_bytes "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if m.contains("ferry_tunnel_connected 1") && tx > 10_000_000 {
+            assert!(m.contains("ferry_tunnel_mtu_bytes 1440"), "{m}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed the tunnel connected with >10 MB sent: {m}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(scrape("/health").starts_with("HTTP/1.1 200"));
+
     // someone deletes the NAT table: the gateway puts it back within a few seconds and traffic flows again
     let table = format!("ferry_{}", pair.interfaces[0]);
     ferry_e2e::procs::run(

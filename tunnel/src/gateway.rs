@@ -70,6 +70,9 @@ pub struct GatewayConfig {
     pub probe_port: Option<u16>,
     /// Directory for remaps (kept across restarts) and status.
     pub state_dir: PathBuf,
+    /// Where `/metrics` and `/health` are served (e.g. `127.0.0.1:9470`); absent: not served.
+    #[serde(default)]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 fn default_mark() -> u32 {
@@ -350,6 +353,16 @@ async fn watch(cfg: &GatewayConfig, spec: &GatewaySpec, status: &mut GatewayStat
         local_tunnel_ip,
         cfg.probe_port(),
     )));
+    let metrics = std::sync::Arc::new(crate::metrics::GatewayMetrics::new());
+    let metrics_server = match cfg.metrics_addr {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metricsAddr {addr}"))?;
+            Some(tokio::spawn(crate::metrics::serve(l, metrics.clone())))
+        }
+        None => None,
+    };
     let hb_sock = tokio::net::UdpSocket::bind(SocketAddr::new(local_tunnel_ip, 0)).await?;
     let peer = SocketAddr::new(spec.remote_tunnel_addr, cfg.probe_port());
     let mut last_ok: Option<Instant> = None;
@@ -386,6 +399,7 @@ async fn watch(cfg: &GatewayConfig, spec: &GatewaySpec, status: &mut GatewayStat
                         status.reapplied += 1;
                     }
                 }
+                metrics.observe(status);
                 let tmp = cfg.status_file().with_extension("tmp");
                 std::fs::write(&tmp, serde_json::to_string_pretty(status)?)?;
                 std::fs::rename(&tmp, cfg.status_file())?;
@@ -393,6 +407,9 @@ async fn watch(cfg: &GatewayConfig, spec: &GatewaySpec, status: &mut GatewayStat
         }
     }
     tunnel_responder.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     Ok(())
 }
 

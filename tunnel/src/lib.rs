@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod gateway;
 pub mod ipam;
+pub mod metrics;
 pub mod mtu;
 pub mod plan;
 pub mod probe;
