@@ -15,10 +15,9 @@ use futures::StreamExt;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{CustomResourceExt, ResourceExt};
 use serde_json::json;
 
 fn root() -> PathBuf {
@@ -251,25 +250,10 @@ async fn lease_crd_with_status_subresource_and_watch_work_from_kube_rs() {
         Some("lab-node-1")
     );
 
-    // CRD with status subresource: ferry's own ForeignCluster
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = ForeignCluster::crd();
-    let _ = crds.create(&PostParams::default(), &crd).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let got = crds.get(&crd.name_any()).await.unwrap();
-        let established = got
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        if established {
-            break;
-        }
-        assert!(Instant::now() < deadline, "CRD not established");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // CRD with status subresource: ferry's own ForeignCluster (installed as ferry-agent installs it)
+    ferry_peering_broker::identity::ensure_crds(&client)
+        .await
+        .unwrap();
     let fcs: Api<ForeignCluster> = Api::all(client.clone());
     let fc_name = format!("t-fc-{}", std::process::id());
     let mut stream = watcher(fcs.clone(), watcher::Config::default())
@@ -505,29 +489,10 @@ async fn every_ferry_crd_installs_on_the_lab_apiserver_and_serves_objects_and_st
     let lab = lab();
     let c = &lab.layout.clusters[1];
     let client = lab.client(c).await.unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in ferry_crds::all_crds() {
-        match crds.create(&PostParams::default(), &crd).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => panic!("{} refused by the 1.20 apiserver: {e}", crd.name_any()),
-        }
-    }
-    for crd in ferry_crds::all_crds() {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let got = crds.get(&crd.name_any()).await.unwrap();
-            let conds = got.status.and_then(|s| s.conditions).unwrap_or_default();
-            if conds
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{} not established", crd.name_any());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    // every CRD is accepted and Established by the 1.20 apiserver (ensure_crds fails naming the CRD otherwise)
+    ferry_peering_broker::identity::ensure_crds(&client)
+        .await
+        .unwrap();
     let ns = "t-crds";
     let _ = Api::<Namespace>::all(client.clone())
         .create(

@@ -48,7 +48,7 @@ async fn set_authenticated(
 ) -> Result<()> {
     let status = json!({ "status": {
         "conditions": [{ "type": "Authenticated", "status": if ok { "True" } else { "False" }, "reason": reason,
-                         "message": message, "lastTransitionTime": rfc3339_now(), "observedGeneration": 1 }],
+                         "message": message, "lastTransitionTime": rfc3339_now() }],
         "lastError": if ok { None } else { Some(message) },
     }});
     fcs.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))

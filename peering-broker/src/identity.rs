@@ -171,17 +171,20 @@ pub async fn ensure_crds(client: &Client) -> anyhow::Result<()> {
     }
     // wait until every one is served
     for crd in ferry_crds::all_crds() {
-        for _ in 0..200 {
+        let mut served = false;
+        for _ in 0..400 {
             let got = crds.get(&crd.name_any()).await?;
             let conds = got.status.and_then(|s| s.conditions).unwrap_or_default();
             if conds
                 .iter()
                 .any(|c| c.type_ == "Established" && c.status == "True")
             {
+                served = true;
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+        anyhow::ensure!(served, "CRD {} is not Established after 20s", crd.name_any());
     }
     Ok(())
 }

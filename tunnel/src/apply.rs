@@ -109,16 +109,9 @@ pub fn configure_wireguard(dev: &str, s: &WgSettings) -> Result<()> {
         args.extend(["endpoint", e]);
     }
     args.extend(["allowed-ips", &allowed, "persistent-keepalive", "1"]);
-    // a userspace device may still be settling: a few quick retries
-    let mut last = None;
-    for _ in 0..10 {
-        match run("wg", &args) {
-            Ok(_) => return Ok(()),
-            Err(e) => last = Some(e),
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    Err(last.expect("at least one attempt"))
+    // create_interface returned only once the device answers `wg show`: one call is enough
+    run("wg", &args)?;
+    Ok(())
 }
 
 /// Applies the plan's ops in order. On error nothing stays behind: the caller calls [`undo`].

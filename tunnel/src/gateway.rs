@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -270,8 +271,6 @@ impl GatewayConfig {
         local
     }
 }
-
-use std::process::Command;
 
 /// Applies a prepared peering: interface, WireGuard, plan. Undoes everything if any step fails.
 pub fn bring_up(cfg: &GatewayConfig, p: &Prepared) -> Result<apply::Backend> {

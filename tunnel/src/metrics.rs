@@ -26,38 +26,45 @@ impl GatewayMetrics {
     /// Registers every metric under `ferry_tunnel_`.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("ferry_tunnel");
-        let m = Self {
-            connected: Gauge::default(),
-            latency: Gauge::default(),
-            rx: Gauge::default(),
-            tx: Gauge::default(),
-            mtu: Gauge::default(),
-            reapplied: Gauge::default(),
-            registry: Registry::default(),
-        };
+        let (connected, latency, rx, tx, mtu, reapplied) = (
+            Gauge::default(),
+            Gauge::<f64, AtomicU64>::default(),
+            Gauge::default(),
+            Gauge::default(),
+            Gauge::default(),
+            Gauge::default(),
+        );
         registry.register(
             "connected",
             "1 while heartbeats inside the tunnel are answered",
-            m.connected.clone(),
+            connected.clone(),
         );
-        registry.register("latency_seconds", "last heartbeat round trip", m.latency.clone());
+        registry.register("latency_seconds", "last heartbeat round trip", latency.clone());
         registry.register(
             "rx_bytes",
             "bytes received through the tunnel (WireGuard counter)",
-            m.rx.clone(),
+            rx.clone(),
         );
         registry.register(
             "tx_bytes",
             "bytes sent through the tunnel (WireGuard counter)",
-            m.tx.clone(),
+            tx.clone(),
         );
-        registry.register("mtu_bytes", "tunnel interface MTU", m.mtu.clone());
+        registry.register("mtu_bytes", "tunnel interface MTU", mtu.clone());
         registry.register(
             "rules_reapplied",
             "times the NAT rules were found missing and re-applied",
-            m.reapplied.clone(),
+            reapplied.clone(),
         );
-        Self { registry, ..m }
+        Self {
+            registry,
+            connected,
+            latency,
+            rx,
+            tx,
+            mtu,
+            reapplied,
+        }
     }
 
     /// Copies a status into the gauges.
