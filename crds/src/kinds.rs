@@ -95,6 +95,10 @@ pub struct ResourceSliceStatus {
     /// Why not all was granted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What the tenant can use now: the grant, capped by what it uses plus what the provider's nodes have
+    /// free (the virtual node's allocatable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available: Option<ResourceAmounts>,
 }
 
 /// A virtual node in the consumer, backed by a provider's granted slice.

@@ -1,8 +1,19 @@
 //! ferry's virtual node: the provider cluster as a `Node` in the consumer. Start reading at
 //! [`translate`], the pure pod and status translation, and [`VirtualNodeIdentity`], which names the node.
-//! (The node, its lease and the reflection controllers come with the virtual-kubelet issue.)
+//! The pure parts: [`node`] (the Node object and its status), [`quantity`] (resource arithmetic),
+//! [`admission`] (the pod webhook's decision). The controllers: [`consumer`] (the virtual kubelet of one
+//! peering: node, lease, pod reflection) and [`provider`] (the `ShadowPod` controller and slice
+//! availability).
 
+pub mod admission;
+pub mod consumer;
+pub mod node;
+pub mod provider;
+pub mod quantity;
 pub mod translate;
+
+/// Name of the `ResourceSlice` the provider grants in a tenant namespace.
+pub const GRANTED_SLICE: &str = "granted";
 
 /// Label every virtual node carries.
 pub const VIRTUAL_NODE_LABEL: (&str, &str) = ("type", "virtual-node");
