@@ -55,6 +55,11 @@ enum Cmd {
     },
     /// Every peer, its role and each module's condition.
     Status,
+    /// Offload resources to providers.
+    Offload {
+        #[command(subcommand)]
+        cmd: OffloadCmd,
+    },
     /// Tunnel MTU and TCP MSS for an encapsulation stack, each term explained.
     Mtu {
         /// Underlay MTU.
@@ -91,6 +96,43 @@ enum TokenCmd {
         #[arg(long, default_value = "1h")]
         ttl: String,
     },
+}
+
+#[derive(Subcommand)]
+enum OffloadCmd {
+    /// Let a namespace's pods run on providers (creates its NamespaceOffloading and waits for the provider
+    /// namespaces).
+    Namespace {
+        /// The namespace (it must exist).
+        namespace: String,
+        /// Where pods may run.
+        #[arg(long, value_enum, default_value_t = Strategy::LocalAndRemote)]
+        strategy: Strategy,
+        /// How the namespace is named on providers.
+        #[arg(long, value_enum, default_value_t = Mapping::DefaultName)]
+        mapping: Mapping,
+        /// Only providers whose virtual node has this label (`key=value`, repeatable).
+        #[arg(long = "selector")]
+        selectors: Vec<String>,
+        /// How long to wait for every provider to answer.
+        #[arg(long, default_value = "30s")]
+        timeout: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+#[value(rename_all = "verbatim")]
+enum Strategy {
+    LocalAndRemote,
+    Local,
+    Remote,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+#[value(rename_all = "verbatim")]
+enum Mapping {
+    DefaultName,
+    EnforceSameName,
 }
 
 #[derive(clap::Args)]
@@ -259,6 +301,46 @@ async fn run(cli: Cli) -> Result<()> {
                 s
             })?;
         }
+        Cmd::Offload {
+            cmd:
+                OffloadCmd::Namespace {
+                    namespace,
+                    strategy,
+                    mapping,
+                    selectors,
+                    timeout,
+                },
+        } => {
+            let c = client(&cli).await?;
+            let mut selector = std::collections::BTreeMap::new();
+            for kv in selectors {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--selector {kv:?} is not key=value; fix: e.g. --selector region=eu"))?;
+                selector.insert(k.to_string(), v.to_string());
+            }
+            let spec = ferry_crds::NamespaceOffloadingSpec {
+                pod_offloading_strategy: match strategy {
+                    Strategy::LocalAndRemote => ferry_crds::kinds::PodOffloadingStrategy::LocalAndRemote,
+                    Strategy::Local => ferry_crds::kinds::PodOffloadingStrategy::Local,
+                    Strategy::Remote => ferry_crds::kinds::PodOffloadingStrategy::Remote,
+                },
+                cluster_selector: selector,
+                namespace_mapping_strategy: match mapping {
+                    Mapping::DefaultName => ferry_crds::kinds::NamespaceMappingStrategy::DefaultName,
+                    Mapping::EnforceSameName => ferry_crds::kinds::NamespaceMappingStrategy::EnforceSameName,
+                },
+            };
+            let timeout = std::time::Duration::from_secs(parse_ttl(timeout)?);
+            let remote = offload_namespace(&c, namespace, spec, timeout).await?;
+            print(cli.output, &remote, || {
+                let mut s = format!("{:<20} {}\n", "PROVIDER", "NAMESPACE");
+                for (p, n) in &remote {
+                    s.push_str(&format!("{p:<20} {n}\n"));
+                }
+                s
+            })?;
+        }
         Cmd::Mtu {
             underlay,
             stack,
@@ -316,6 +398,50 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 /// kubectl-style age of a unix timestamp: 42s, 7m, 3h, 5d.
+/// Creates (or updates) the namespace's `NamespaceOffloading` and waits until every peered provider has
+/// a namespace for it; fails with the provider's refusal, or after `timeout`.
+async fn offload_namespace(
+    c: &kube::Client,
+    ns: &str,
+    spec: ferry_crds::NamespaceOffloadingSpec,
+    timeout: std::time::Duration,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    use kube::api::{Patch, PatchParams};
+    anyhow::ensure!(
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(c.clone())
+            .get_opt(ns)
+            .await?
+            .is_some(),
+        "namespace {ns:?} does not exist; fix: kubectl create namespace {ns}"
+    );
+    let peers = Api::<ferry_crds::ForeignCluster>::all(c.clone())
+        .list(&Default::default())
+        .await?
+        .items
+        .len();
+    anyhow::ensure!(peers > 0, "this cluster has no peers; fix: ferryctl peer --token … first");
+    let api: Api<ferry_crds::NamespaceOffloading> = Api::namespaced(c.clone(), ns);
+    let no = ferry_crds::NamespaceOffloading::new("offloading", spec);
+    api.patch("offloading", &PatchParams::apply("ferryctl").force(), &Patch::Apply(&no))
+        .await
+        .with_context(|| format!("creating NamespaceOffloading {ns}/offloading"))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let no = api.get("offloading").await?;
+        let st = no.status.unwrap_or_default();
+        let ready = st.conditions.iter().find(|c| c.type_ == "Ready");
+        match ready {
+            Some(r) if r.status == "True" && !st.remote_namespaces.is_empty() => return Ok(st.remote_namespaces),
+            Some(r) if r.status == "False" && Instant::now() > deadline => anyhow::bail!("{}", r.message),
+            _ if Instant::now() > deadline => anyhow::bail!(
+                "namespace {ns} not offloaded after {}s; fix: is ferry-agent running on this cluster?",
+                timeout.as_secs()
+            ),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+}
+
 fn age(created: i64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

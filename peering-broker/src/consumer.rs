@@ -273,6 +273,7 @@ pub async fn handshake(client: &Client, fc: &ForeignCluster, token: &str) -> Res
         ("tlsPin", claims.tls_pin.clone()),
         ("tenantNamespace", ok.tenant_namespace.clone()),
         ("granted", serde_json::to_string(&ok.granted).unwrap_or_default()),
+        ("podCIDRs", ok.pod_cidrs.join(",")),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))

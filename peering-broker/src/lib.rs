@@ -6,11 +6,13 @@ pub mod consumer;
 pub mod error;
 pub mod identity;
 pub mod key;
+pub mod offloading;
 pub mod provider;
 pub mod reconciler;
 pub mod server;
 pub mod tls;
 pub mod token;
+pub mod webhook;
 pub mod wire;
 
 use std::fmt;

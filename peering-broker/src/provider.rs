@@ -12,14 +12,16 @@ use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::Client;
+use kube::{Client, ResourceExt};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use x509_parser::prelude::FromDer;
 
 use crate::error::BrokerError;
 use crate::key::ClusterKey;
-use crate::wire::{PeeringRequest, PeeringResponse, Resources, consumer_user};
+use crate::wire::{
+    OffloadRequest, OffloadResponse, PeeringRequest, PeeringResponse, Resources, consumer_user, remote_namespace,
+};
 
 /// ferry's namespace on every cluster.
 pub const SYSTEM_NAMESPACE: &str = "ferry-system";
@@ -27,6 +29,8 @@ pub const SYSTEM_NAMESPACE: &str = "ferry-system";
 pub const USED_TOKENS: &str = "ferry-used-tokens";
 /// Label on everything a tenant owns on the provider.
 pub const TENANT_LABEL: &str = "ferry.dev/tenant";
+/// Label on an offload namespace: the consumer namespace it mirrors.
+pub const ORIGIN_NAMESPACE_LABEL: &str = "ferry.dev/origin-namespace";
 
 /// What the broker needs to admit consumers.
 #[derive(Clone)]
@@ -227,24 +231,7 @@ impl Provider {
                 .map_err(internal)?,
         )
         .await?;
-        let user = consumer_user(id);
-        let role: Role = serde_json::from_value(json!({
-            "metadata": { "name": "ferry-consumer", "namespace": ns, "labels": labels },
-            "rules": [
-                { "apiGroups": [""], "resources": ["pods", "pods/status", "pods/log", "services", "endpoints", "configmaps", "secrets", "serviceaccounts", "events"], "verbs": ["*"] },
-                { "apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["*"] },
-                { "apiGroups": ["ferry.dev"], "resources": ["shadowpods", "shadowpods/status", "resourceslices"], "verbs": ["*"] },
-                { "apiGroups": ["ferry.dev"], "resources": ["resourceslices/status"], "verbs": ["get", "list", "watch"] },
-            ],
-        })).map_err(internal)?;
-        create_or_keep(&Api::namespaced(self.client.clone(), &ns), &role).await?;
-        let rb: RoleBinding = serde_json::from_value(json!({
-            "metadata": { "name": "ferry-consumer", "namespace": ns, "labels": labels },
-            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ferry-consumer" },
-            "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }],
-        }))
-        .map_err(internal)?;
-        create_or_keep(&Api::namespaced(self.client.clone(), &ns), &rb).await?;
+        self.grant_namespace(&ns, id).await?;
         let tenants: Api<Tenant> = Api::all(self.client.clone());
         let mut tenant = Tenant::new(
             id,
@@ -261,7 +248,7 @@ impl Provider {
         let q = |s: &Option<String>| s.clone().map(Quantity);
         let slices: Api<ResourceSlice> = Api::namespaced(self.client.clone(), &ns);
         let slice = ResourceSlice::new(
-            "granted",
+            ferry_virtual_kubelet::GRANTED_SLICE,
             ResourceSliceSpec {
                 provider_cluster_id: self.cluster_id.clone(),
                 consumer_cluster_id: id.clone(),
@@ -281,7 +268,7 @@ impl Provider {
             "reason": if partial { Some("capped by the tenant quota") } else { None },
         }});
         slices
-            .patch_status("granted", &PatchParams::default(), &Patch::Merge(&status))
+            .patch_status(ferry_virtual_kubelet::GRANTED_SLICE, &PatchParams::default(), &Patch::Merge(&status))
             .await
             .map_err(internal)?;
         let certificate = self.sign_csr(id, jti, &req.csr).await?;
@@ -333,6 +320,78 @@ impl Provider {
         Err(BrokerError::Internal("the CSR signer did not issue a certificate within 10s (is kube-controller-manager running with csrsigning?)".into()))
     }
 
+    /// The tenant's Role and RoleBinding in `ns` (its tenant namespace or one it offloads to).
+    async fn grant_namespace(&self, ns: &str, consumer: &str) -> Result<(), BrokerError> {
+        let labels = json!({ TENANT_LABEL: consumer });
+        let user = consumer_user(consumer);
+        let role: Role = serde_json::from_value(json!({
+            "metadata": { "name": "ferry-consumer", "namespace": ns, "labels": labels },
+            "rules": [
+                { "apiGroups": [""], "resources": ["pods", "pods/status", "pods/log", "services", "endpoints", "configmaps", "secrets", "serviceaccounts", "events"], "verbs": ["*"] },
+                { "apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["*"] },
+                { "apiGroups": ["ferry.dev"], "resources": ["shadowpods", "shadowpods/status", "resourceslices"], "verbs": ["*"] },
+                { "apiGroups": ["ferry.dev"], "resources": ["resourceslices/status"], "verbs": ["get", "list", "watch"] },
+            ],
+        })).map_err(internal)?;
+        create_or_keep(&Api::namespaced(self.client.clone(), ns), &role).await?;
+        let rb: RoleBinding = serde_json::from_value(json!({
+            "metadata": { "name": "ferry-consumer", "namespace": ns, "labels": labels },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ferry-consumer" },
+            "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }],
+        }))
+        .map_err(internal)?;
+        create_or_keep(&Api::namespaced(self.client.clone(), ns), &rb).await?;
+        Ok(())
+    }
+
+    /// The consumer a client certificate acts for (`CN=ferry:consumer:<id>` of an admitted tenant).
+    async fn tenant_of(&self, client_cn: Option<&str>) -> Result<Tenant, BrokerError> {
+        let cn = client_cn.ok_or_else(|| BrokerError::Forbidden("no client certificate".into()))?;
+        let id = cn
+            .strip_prefix(&consumer_user(""))
+            .ok_or_else(|| BrokerError::Forbidden(cn.to_string()))?;
+        Api::<Tenant>::all(self.client.clone())
+            .get_opt(id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| BrokerError::NotFound(id.into()))
+    }
+
+    /// `POST /v1/namespaces`: the namespace a consumer namespace is offloaded to, created with the
+    /// tenant's rights in it (idempotent). A namespace of that name that is not this tenant's is refused.
+    pub async fn offload(&self, body: &[u8], client_cn: Option<&str>) -> Result<OffloadResponse, BrokerError> {
+        let tenant = self.tenant_of(client_cn).await?;
+        let req: OffloadRequest = serde_json::from_slice(body).map_err(|e| BrokerError::Malformed(e.to_string()))?;
+        let consumer = &tenant.spec.cluster_id;
+        if tenant.spec.cordoned {
+            return Err(BrokerError::Forbidden(format!("tenant {consumer} is cordoned: no new offloading")));
+        }
+        let valid = !req.namespace.is_empty()
+            && req.namespace.len() <= 63
+            && req.namespace.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !req.namespace.starts_with('-')
+            && !req.namespace.ends_with('-');
+        if !valid {
+            return Err(BrokerError::invalid("namespace", "is not a DNS-1123 label; fix: send the consumer namespace's name"));
+        }
+        let name = remote_namespace(&req.namespace, consumer, req.mapping);
+        let nss: Api<Namespace> = Api::all(self.client.clone());
+        if let Some(existing) = nss.get_opt(&name).await.map_err(internal)?
+            && existing.labels().get(TENANT_LABEL) != Some(consumer)
+        {
+            return Err(BrokerError::invalid(
+                "namespace",
+                &format!("maps to {name:?}, which exists on the provider and is not this tenant's; fix: use namespaceMappingStrategy DefaultName"),
+            ));
+        }
+        let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": name, "labels": {
+            TENANT_LABEL: consumer, ORIGIN_NAMESPACE_LABEL: req.namespace } } }))
+        .map_err(internal)?;
+        create_or_keep(&nss, &ns).await?;
+        self.grant_namespace(&name, consumer).await?;
+        Ok(OffloadResponse { namespace: name })
+    }
+
     /// `DELETE /v1/peerings/{id}`: the client certificate's CN must be that consumer's.
     pub async fn release(&self, consumer: &str, client_cn: Option<&str>) -> Result<(), BrokerError> {
         let want = consumer_user(consumer);
@@ -356,6 +415,16 @@ impl Provider {
             let _ = Api::<Namespace>::all(self.client.clone())
                 .delete(&tenant_namespace(consumer), &dp)
                 .await;
+        }
+        if only.is_none() {
+            // the namespaces it offloaded to
+            let nss = Api::<Namespace>::all(self.client.clone());
+            let lp = kube::api::ListParams::default().labels(&format!("{TENANT_LABEL}={consumer}"));
+            if let Ok(list) = nss.list_metadata(&lp).await {
+                for n in list {
+                    let _ = nss.delete(&n.name_any(), &dp).await;
+                }
+            }
         }
         if only.is_none_or(|c| c.tenant) {
             let _ = Api::<Tenant>::all(self.client.clone())

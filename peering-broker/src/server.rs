@@ -59,11 +59,28 @@ async fn remove(
     Ok(Json(serde_json::json!({ "removed": id })).into_response())
 }
 
+async fn offload(
+    State(p): State<Arc<Provider>>,
+    Extension(cn): Extension<ClientCn>,
+    body: axum::body::Body,
+) -> Result<Response, BrokerError> {
+    let bytes = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| BrokerError::TooLarge(MAX_BODY))?;
+    let resp = p
+        .offload(&bytes, cn.0.as_deref())
+        .await
+        .inspect_err(|e| warn!(reason = e.reason(), "offloading refused: {e}"))?;
+    info!(namespace = resp.namespace, "namespace offloaded");
+    Ok(Json(resp).into_response())
+}
+
 /// The routes.
 pub fn router(p: Arc<Provider>) -> Router {
     Router::new()
         .route("/v1/peerings", post(create))
         .route("/v1/peerings/{id}", delete(remove))
+        .route("/v1/namespaces", post(offload))
         .route(
             "/v1/openapi.json",
             get(|| async { ([("content-type", "application/json")], OPENAPI) }),
@@ -88,8 +105,12 @@ pub async fn serve(
     tls: rustls::ServerConfig,
     p: Arc<Provider>,
 ) -> std::io::Result<()> {
+    serve_router(listener, tls, router(p)).await
+}
+
+/// Serves `app` over TLS until the listener fails; each request knows the client certificate's CN.
+pub async fn serve_router(listener: TcpListener, tls: rustls::ServerConfig, app: Router) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let app = router(p);
     loop {
         let (tcp, peer) = listener.accept().await?;
         let (acceptor, app) = (acceptor.clone(), app.clone());

@@ -52,6 +52,41 @@ pub struct PeeringRequest {
     pub resources: Resources,
 }
 
+/// `POST /v1/namespaces` (mTLS, the tenant's identity): make a namespace on the provider for an
+/// offloaded consumer namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OffloadRequest {
+    /// The consumer's namespace.
+    pub namespace: String,
+    /// `DefaultName` (`<namespace>-<consumer ID>`) or `EnforceSameName`.
+    #[serde(default)]
+    pub mapping: ferry_crds::kinds::NamespaceMappingStrategy,
+}
+
+/// The answer to [`OffloadRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OffloadResponse {
+    /// The namespace on the provider.
+    pub namespace: String,
+}
+
+/// The provider namespace for consumer namespace `ns` of consumer `consumer`: `<ns>-<consumer>` (cut
+/// to 63 characters with a hash suffix when longer) or `ns` itself under `EnforceSameName`.
+pub fn remote_namespace(ns: &str, consumer: &str, mapping: ferry_crds::kinds::NamespaceMappingStrategy) -> String {
+    use sha2::Digest;
+    if mapping == ferry_crds::kinds::NamespaceMappingStrategy::EnforceSameName {
+        return ns.to_string();
+    }
+    let full = format!("{ns}-{consumer}");
+    if full.len() <= 63 {
+        return full;
+    }
+    let h = hex::encode(&sha2::Sha256::digest(full.as_bytes())[..4]);
+    format!("{}-{h}", full[..54].trim_end_matches('-'))
+}
+
 /// The answer to a successful peering.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -160,6 +195,19 @@ mod ipnet_lite {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_namespaces_are_unique_per_consumer_and_fit_a_dns_label() {
+        use ferry_crds::kinds::NamespaceMappingStrategy::{DefaultName, EnforceSameName};
+        assert_eq!(remote_namespace("demo", "c1", DefaultName), "demo-c1");
+        assert_eq!(remote_namespace("demo", "c1", EnforceSameName), "demo");
+        let long = "n".repeat(60);
+        let a = remote_namespace(&long, "consumer-a", DefaultName);
+        let b = remote_namespace(&long, "consumer-b", DefaultName);
+        assert!(a.len() <= 63 && b.len() <= 63, "{a} {b}");
+        assert_ne!(a, b);
+        assert!(!a.ends_with('-'));
+    }
 
     pub(crate) fn request(key: &ClusterKey, jti: &str) -> PeeringRequest {
         PeeringRequest {

@@ -9,7 +9,7 @@ use clap::Parser;
 use ferry_peering_broker::{identity, provider, server, wire::Resources};
 
 #[derive(Parser)]
-#[command(name = "ferry-agent", version, about = "ferry's agent: the peering broker")]
+#[command(name = "ferry-agent", version, about = "ferry's agent: peering broker, virtual kubelets, ShadowPod controller, pod webhook")]
 struct Args {
     /// Kubeconfig of this cluster (in a Pod: its ServiceAccount).
     #[arg(long, env = "KUBECONFIG")]
@@ -32,6 +32,12 @@ struct Args {
     /// Most memory one tenant is granted.
     #[arg(long, default_value = "16Gi")]
     quota_memory: String,
+    /// Where the pod admission webhook listens (consumer role); empty: no webhook.
+    #[arg(long, default_value = "")]
+    webhook_listen: String,
+    /// The URL the apiserver calls the webhook at (default: https://<webhook-listen>).
+    #[arg(long)]
+    webhook_url: Option<String>,
     /// Most pods one tenant is granted.
     #[arg(long, default_value = "110")]
     quota_pods: String,
@@ -101,16 +107,51 @@ async fn run(a: Args) -> Result<()> {
             memory: Some(a.quota_memory),
             pods: Some(a.quota_pods),
         },
-        pod_cidrs: a.pod_cidrs,
+        pod_cidrs: a.pod_cidrs.clone(),
     });
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .with_context(|| format!("--listen {}", a.listen))?;
-    tracing::info!(cluster = id.cluster_id, %url, "peering broker listening; ForeignCluster reconciler running");
-    let reconciler = ferry_peering_broker::reconciler::run(p.client.clone());
+    let local_cidrs: Vec<ipnet::IpNet> = a
+        .pod_cidrs
+        .iter()
+        .map(|c| c.parse().with_context(|| format!("--pod-cidr {c:?} is not a CIDR; fix: e.g. 10.244.0.0/16")))
+        .collect::<Result<_>>()?;
+    let client = p.client.clone();
+    let webhook = async {
+        if a.webhook_listen.is_empty() {
+            return std::future::pending::<Result<()>>().await;
+        }
+        let wl = tokio::net::TcpListener::bind(&a.webhook_listen)
+            .await
+            .with_context(|| format!("--webhook-listen {}", a.webhook_listen))?;
+        let url = a.webhook_url.clone().unwrap_or_else(|| format!("https://{}", a.webhook_listen));
+        let whost = a
+            .webhook_listen
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+            .unwrap_or_default();
+        let (cert, key) = ferry_peering_broker::tls::self_signed(&[whost, "localhost".into()])?;
+        let tls = ferry_peering_broker::tls::server_config(&cert, &key, &p.ca_pem)?;
+        let (app, cache) = ferry_peering_broker::webhook::router(client.clone());
+        ferry_peering_broker::webhook::register(&client, &url, &cert)
+            .await
+            .context("registering the pod webhook")?;
+        tracing::info!(%url, "pod admission webhook registered");
+        tokio::select! {
+            r = server::serve_router(wl, tls, app) => r?,
+            _ = cache => {},
+        }
+        Ok(())
+    };
+    tracing::info!(cluster = id.cluster_id, %url, "peering broker listening; controllers running");
     tokio::select! {
-        r = server::serve(listener, tls, p) => r?,
-        _ = reconciler => anyhow::bail!("the ForeignCluster reconciler stopped"),
+        r = server::serve(listener, tls, p.clone()) => r?,
+        r = webhook => r?,
+        _ = ferry_peering_broker::reconciler::run(client.clone()) => anyhow::bail!("the ForeignCluster reconciler stopped"),
+        _ = ferry_peering_broker::offloading::run(client.clone()) => anyhow::bail!("the NamespaceOffloading reconciler stopped"),
+        _ = ferry_peering_broker::offloading::run_virtual_kubelets(client.clone(), id.cluster_id.clone(), local_cidrs) => {},
+        _ = ferry_virtual_kubelet::provider::run(client.clone()) => anyhow::bail!("the ShadowPod controller stopped"),
     }
     Ok(())
 }

@@ -1,0 +1,272 @@
+//! The consumer's side of offloading (run by `ferry-agent`).
+//!
+//! [`reconcile`] (a kube-runtime `Controller` over `NamespaceOffloading`): for every provider this cluster
+//! is peered with (an identity Secret exists) whose virtual node matches `clusterSelector`, ask the
+//! provider's broker (mTLS, the tenant's identity) for the namespace the pods go to, and record it in
+//! `status.remoteNamespaces`. Looked at again every 30 s, so a new peering picks up offloaded namespaces.
+//!
+//! [`run_virtual_kubelets`]: one [`ferry_virtual_kubelet::consumer::run`] task per authenticated peering,
+//! started when the identity appears and stopped (node removed) when the peering goes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_crds::{ForeignCluster, NamespaceOffloading};
+use futures::StreamExt;
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::consumer::identity_secret;
+use crate::identity::text;
+use crate::provider::SYSTEM_NAMESPACE;
+use crate::wire::{OffloadRequest, OffloadResponse};
+
+/// Reconcile error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Asking a provider or writing status failed; retried.
+    #[error("{0}")]
+    Transient(String),
+}
+
+/// Peerings with an identity: provider ID → its identity Secret.
+async fn identities(client: &Client) -> Result<BTreeMap<String, Secret>, kube::Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let fcs: Api<ForeignCluster> = Api::all(client.clone());
+    let mut out = BTreeMap::new();
+    for fc in fcs.list(&ListParams::default()).await? {
+        let name = fc.name_any();
+        if let Some(s) = secrets.get_opt(&identity_secret(&name)).await? {
+            out.insert(name, s);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the virtual node of `provider` matches a `clusterSelector`.
+pub fn selected(selector: &BTreeMap<String, String>, provider: &str) -> bool {
+    let labels: BTreeMap<String, String> = ferry_virtual_kubelet::VirtualNodeIdentity::for_provider(provider)
+        .labels
+        .into_iter()
+        .collect();
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// One reconcile of one `NamespaceOffloading`.
+#[tracing::instrument(skip_all, fields(ns = no.namespace().unwrap_or_default()))]
+pub async fn reconcile(no: Arc<NamespaceOffloading>, client: Arc<Client>) -> Result<Action, Error> {
+    let ns = no.namespace().unwrap_or_default();
+    let ids = identities(&client)
+        .await
+        .map_err(|e| Error::Transient(format!("listing peerings: {e}")))?;
+    let mut remote = no
+        .status
+        .as_ref()
+        .map(|s| s.remote_namespaces.clone())
+        .unwrap_or_default();
+    let mut errors = Vec::new();
+    for (provider, s) in &ids {
+        if !selected(&no.spec.cluster_selector, provider) {
+            remote.remove(provider);
+            continue;
+        }
+        let get = |k: &str| text(s, k).unwrap_or_default();
+        let body = serde_json::to_vec(&OffloadRequest {
+            namespace: ns.clone(),
+            mapping: no.spec.namespace_mapping_strategy,
+        })
+        .unwrap_or_default();
+        let (url, cert, key) = (get("brokerURL"), get("tls.crt"), get("tls.key"));
+        let r = crate::tls::request(
+            &url,
+            &get("tlsPin"),
+            "POST",
+            "/v1/namespaces",
+            Some(&body),
+            Some(crate::tls::ClientCert {
+                cert: &cert,
+                key: &key,
+            }),
+        )
+        .await;
+        match r {
+            Ok((200, b)) => match serde_json::from_slice::<OffloadResponse>(&b) {
+                Ok(o) => {
+                    remote.insert(provider.clone(), o.namespace);
+                }
+                Err(e) => errors.push(format!("{url}/v1/namespaces: {e}")),
+            },
+            Ok((status, b)) => errors.push(format!(
+                "{url}/v1/namespaces answered {status}: {}",
+                String::from_utf8_lossy(&b)
+            )),
+            Err(e) => errors.push(format!("{url}/v1/namespaces: {e:#}")),
+        }
+    }
+    remote.retain(|p, _| ids.contains_key(p));
+    let ready = errors.is_empty();
+    let message = if ready {
+        format!("offloaded to {} provider(s)", remote.len())
+    } else {
+        errors.join("; ")
+    };
+    let old_ready = no
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+    let changed = no.status.as_ref().map(|s| &s.remote_namespaces) != Some(&remote)
+        || old_ready.map(|c| (c.status.as_str(), c.message.as_str()))
+            != Some((if ready { "True" } else { "False" }, message.as_str()));
+    if changed {
+        let status = json!({"status": {
+            "remoteNamespaces": remote,
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" },
+                "reason": if ready { "Offloaded" } else { "ProviderRefused" }, "message": message,
+                "lastTransitionTime": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()}],
+        }});
+        Api::<NamespaceOffloading>::namespaced((*client).clone(), &ns)
+            .patch_status(&no.name_any(), &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .map_err(|e| Error::Transient(format!("NamespaceOffloading {ns} status: {e}")))?;
+    }
+    if !ready {
+        warn!("{message}");
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
+    Ok(Action::requeue(Duration::from_secs(30)))
+}
+
+/// Runs the `NamespaceOffloading` reconciler.
+pub async fn run(client: Client) {
+    Controller::new(
+        Api::<NamespaceOffloading>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .run(
+        reconcile,
+        |_, e, _| {
+            warn!("{e}");
+            Action::requeue(Duration::from_secs(5))
+        },
+        Arc::new(client),
+    )
+    .for_each(|_| async {})
+    .await;
+}
+
+/// How this cluster sees the provider's pod CIDRs: itself where it does not overlap ours, else a
+/// same-size prefix from ferry's pool (deterministic, so every restart picks the same).
+pub fn remaps_for(provider_cidrs: &[IpNet], local_cidrs: &[IpNet]) -> BTreeMap<IpNet, IpNet> {
+    let pool: Vec<IpNet> = ferry_tunnel::ipam::default_pool_v4()
+        .into_iter()
+        .chain(ferry_tunnel::ipam::default_pool_v6())
+        .collect();
+    ferry_tunnel::ipam::plan_remaps(provider_cidrs, local_cidrs, &BTreeMap::new(), &pool).unwrap_or_default()
+}
+
+/// Starts and stops the virtual kubelets: one per peering with an identity.
+pub async fn run_virtual_kubelets(client: Client, consumer: String, local_cidrs: Vec<IpNet>) {
+    let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    loop {
+        match identities(&client).await {
+            Ok(ids) => {
+                for (provider, task) in running.iter_mut() {
+                    if task.is_finished() && ids.contains_key(provider) {
+                        warn!(provider, "virtual kubelet stopped; restarting it");
+                    }
+                }
+                running.retain(|_, t| !t.is_finished());
+                let gone: Vec<String> = running.keys().filter(|p| !ids.contains_key(*p)).cloned().collect();
+                for p in gone {
+                    if let Some(t) = running.remove(&p) {
+                        t.abort();
+                    }
+                    info!(provider = p, "peering gone; removing its virtual node");
+                    if let Err(e) = ferry_virtual_kubelet::consumer::remove_node(&client, &p).await {
+                        warn!("{e}");
+                    }
+                }
+                for (provider, s) in ids {
+                    if running.contains_key(&provider) {
+                        continue;
+                    }
+                    match start_one(&client, &consumer, &local_cidrs, &provider, &s).await {
+                        Ok(t) => {
+                            running.insert(provider, t);
+                        }
+                        Err(e) => warn!(provider, "virtual kubelet not started: {e:#}"),
+                    }
+                }
+            }
+            Err(e) => warn!("listing peerings: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+async fn start_one(
+    client: &Client,
+    consumer: &str,
+    local_cidrs: &[IpNet],
+    provider: &str,
+    s: &Secret,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let get = |k: &str| text(s, k).unwrap_or_default();
+    let kc = kube::config::Kubeconfig::from_yaml(&get("kubeconfig"))?;
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    cfg.connect_timeout = Some(Duration::from_secs(2));
+    let remote = Client::try_from(cfg)?;
+    let provider_cidrs: Vec<IpNet> = get("podCIDRs")
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
+    let peer = ferry_virtual_kubelet::consumer::Peer {
+        provider: provider.to_string(),
+        consumer: consumer.to_string(),
+        tenant_namespace: get("tenantNamespace"),
+        remaps: remaps_for(&provider_cidrs, local_cidrs),
+        local: client.clone(),
+        remote,
+        version: format!("ferry-{}", env!("CARGO_PKG_VERSION")),
+    };
+    info!(provider, remaps = ?peer.remaps, "starting the virtual kubelet");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = ferry_virtual_kubelet::consumer::run(peer).await {
+            warn!("virtual kubelet: {e}");
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_selectors_match_virtual_node_labels() {
+        let sel = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
+            kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        assert!(selected(&sel(&[]), "p1"));
+        assert!(selected(&sel(&[("ferry.dev/remote-cluster-id", "p1")]), "p1"));
+        assert!(!selected(&sel(&[("ferry.dev/remote-cluster-id", "p2")]), "p1"));
+        assert!(!selected(&sel(&[("region", "eu")]), "p1"));
+    }
+
+    #[test]
+    fn an_overlapping_provider_cidr_is_remapped_the_same_way_every_time() {
+        let kubeadm: IpNet = "10.244.0.0/16".parse().unwrap();
+        let a = remaps_for(&[kubeadm], &[kubeadm]);
+        assert_ne!(a[&kubeadm], kubeadm);
+        assert_eq!(a[&kubeadm].prefix_len(), 16);
+        assert_eq!(a, remaps_for(&[kubeadm], &[kubeadm]));
+        let other: IpNet = "10.245.0.0/16".parse().unwrap();
+        assert_eq!(remaps_for(&[other], &[kubeadm])[&other], other);
+    }
+}
