@@ -5,6 +5,7 @@
 //! cluster whose lab nodes give each pod a real network namespace and IP ([`net`]). [`layout`] is the pure
 //! plan of ports, CIDRs and pod IPs.
 
+pub mod agents;
 pub mod bench;
 pub mod demo;
 pub mod echo;

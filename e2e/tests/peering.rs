@@ -2,8 +2,6 @@
 //! consumer (ferryctl). Bad requests are crafted with the library and sent over real TLS to the real
 //! broker; every check goes through the real apiservers. One test at a time (one broker port).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_crds::{ForeignCluster, Tenant};
@@ -22,77 +20,23 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 fn lab() -> Lab {
     Lab::from_env()
 }
-fn bin(name: &str) -> PathBuf {
-    ferry_e2e::tunnel::gateway_bin().with_file_name(name)
-}
-
-struct Agent(Child);
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use ferry_e2e::agents::{self, Agent, ferryctl};
 
 /// ferry-agents on both clusters: c1 as consumer (`consumer-c1`, whose ForeignCluster reconciler performs
 /// the handshake) and c2 as provider (`provider-c2`). Returns them (stopped when dropped) and the
 /// provider's broker URL.
 fn start_agent(lab: &Lab) -> (Vec<Agent>, String) {
-    let (consumer, _) = start_one(lab, 0, "consumer-c1");
+    let consumer = agents::start(lab, 0, &[]).unwrap();
     let (provider, url) = start_one(lab, 1, "provider-c2");
     (vec![consumer, provider], url)
 }
 
-/// One ferry-agent on a port of the lab's, ready when it listens.
+/// One ferry-agent (`id` must be the one [`agents::cluster_id`] gives) and its broker URL.
 fn start_one(lab: &Lab, idx: usize, id: &str) -> (Agent, String) {
+    assert_eq!(agents::cluster_id(idx), id);
+    let agent = agents::start(lab, idx, &[]).unwrap();
     let c = &lab.layout.clusters[idx];
-    let listen = format!("127.0.0.1:{}", c.ports.apiserver + 6);
-    let log = std::fs::File::create(lab.paths.dir.join(format!("agent-{}.log", c.id))).unwrap();
-    let child = Command::new(bin("ferry-agent"))
-        .args(["--kubeconfig"])
-        .arg(lab.paths.kubeconfig(c))
-        .args([
-            "--cluster-id",
-            id,
-            "--listen",
-            &listen,
-            "--pod-cidr",
-            &c.pod_cidr.to_string(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut agent = Agent(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(&listen).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "ferry-agent did not listen on {listen}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(
-        agent.0.try_wait().unwrap().is_none(),
-        "ferry-agent exited (is {listen} taken by another process?)"
-    );
-    (agent, format!("https://{listen}"))
-}
-
-fn ferryctl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin("ferryctl"))
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    (agent, format!("https://127.0.0.1:{}", c.ports.apiserver + 6))
 }
 
 fn token_create(lab: &Lab, ttl: &str) -> String {

@@ -1,0 +1,108 @@
+//! ferry-agents on lab clusters, for tests and benchmarks: cluster `c1` is the consumer (`consumer-c1`,
+//! with the pod webhook), `c2` the provider (`provider-c2`). Each agent listens at its apiserver port + 6
+//! (broker) and + 7 (webhook). [`Agent`] stops its process when dropped; [`peer`] runs the real `ferryctl`
+//! commands.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::lab::Lab;
+
+/// A running ferry-agent, killed when dropped.
+pub struct Agent {
+    child: Child,
+    /// Its cluster ID.
+    pub id: String,
+}
+
+impl Agent {
+    /// Kills it now (SIGKILL: no graceful shutdown, as a crash or OOM kill would).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A binary built beside the test binaries (`ferry-agent`, `ferryctl`, …).
+pub fn bin(name: &str) -> PathBuf {
+    crate::tunnel::gateway_bin().with_file_name(name)
+}
+
+/// The cluster ID the agents of this module give cluster `idx`.
+pub fn cluster_id(idx: usize) -> String {
+    if idx == 0 { "consumer-c1".into() } else { format!("provider-c{}", idx + 1) }
+}
+
+/// Starts the agent of cluster `idx` (log `agent-<cluster>.log` in the lab directory, appended) and waits
+/// until it listens. `extra`: more flags (e.g. quotas).
+pub fn start(lab: &Lab, idx: usize, extra: &[&str]) -> Result<Agent> {
+    let c = &lab.layout.clusters[idx];
+    let id = cluster_id(idx);
+    let listen = format!("127.0.0.1:{}", c.ports.apiserver + 6);
+    let log_path = lab.paths.dir.join(format!("agent-{}.log", c.id));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
+    let mut cmd = Command::new(bin("ferry-agent"));
+    cmd.arg("--kubeconfig")
+        .arg(lab.paths.kubeconfig(c))
+        .args(["--cluster-id", &id, "--listen", &listen, "--pod-cidr", &c.pod_cidr.to_string()]);
+    if idx == 0 {
+        cmd.args(["--webhook-listen", &format!("127.0.0.1:{}", c.ports.apiserver + 7)]);
+    }
+    let child = cmd
+        .args(extra)
+        .env("RUST_LOG", "info,kube_client=off,kube_runtime=warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting ferry-agent")?;
+    let mut agent = Agent { child, id };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&listen).is_err() {
+        if Instant::now() > deadline {
+            bail!("ferry-agent did not listen on {listen} (log: {})", log_path.display());
+        }
+        if let Some(st) = agent.child.try_wait()? {
+            bail!("ferry-agent exited ({st}); is {listen} taken? (log: {})", log_path.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(agent)
+}
+
+/// Runs `ferryctl --kubeconfig K args…`: (success, stdout, stderr).
+pub fn ferryctl(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
+    match Command::new(bin("ferryctl")).arg("--kubeconfig").arg(kubeconfig).args(args).output() {
+        Ok(out) => (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        ),
+        Err(e) => (false, String::new(), format!("running ferryctl: {e}")),
+    }
+}
+
+/// `ferryctl token create` on the provider (c2) then `ferryctl peer` on the consumer (c1), with `extra`
+/// peer flags (e.g. `--pods 500`). Returns the provider's cluster ID.
+pub fn peer(lab: &Lab, extra: &[&str]) -> Result<String> {
+    let (c1, c2) = (&lab.layout.clusters[0], &lab.layout.clusters[1]);
+    let (ok, token, err) = ferryctl(&lab.paths.kubeconfig(c2), &["token", "create", "--ttl", "10m"]);
+    anyhow::ensure!(ok, "ferryctl token create: {err}");
+    let mut args = vec!["peer", "--token", token.trim()];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = ferryctl(&lab.paths.kubeconfig(c1), &args);
+    anyhow::ensure!(ok, "ferryctl peer: {err}{out}");
+    Ok(cluster_id(1))
+}

@@ -1,0 +1,512 @@
+//! The virtual kubelet on two lab clusters: c1 (consumer) borrows from c2 (provider) through real
+//! ferry-agents, the real `ferryctl` and the real schedulers and controllers of both clusters. Lab nodes
+//! stand in for kubelets (pods get a network namespace and an IP, no containers). One test at a time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use ferry_crds::ShadowPod;
+use ferry_e2e::agents::{self, Agent, ferryctl};
+use ferry_e2e::lab::Lab;
+use ferry_virtual_kubelet::quantity::Amounts;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+const VNODE: &str = "ferry-provider-c2";
+
+struct Setup {
+    lab: Lab,
+    c1: Client,
+    c2: Client,
+    agents: Vec<Agent>,
+}
+
+impl Setup {
+    /// Agents on both clusters (the provider with `provider_flags`), peered with `peer_flags`.
+    async fn new(provider_flags: &[&str], peer_flags: &[&str]) -> Self {
+        let lab = Lab::from_env();
+        let c1 = lab.client(&lab.layout.clusters[0]).await.unwrap();
+        let c2 = lab.client(&lab.layout.clusters[1]).await.unwrap();
+        let consumer = agents::start(&lab, 0, &[]).unwrap();
+        let provider = agents::start(&lab, 1, provider_flags).unwrap();
+        // a peering left by an earlier, failed run would make `peer` fail on the used identity
+        let _ = ferryctl(&lab.paths.kubeconfig(&lab.layout.clusters[0]), &["unpeer", "provider-c2"]);
+        agents::peer(&lab, peer_flags).unwrap();
+        wait("virtual node Ready", 30, || async {
+            Ok(Api::<Node>::all(c1.clone())
+                .get_opt(VNODE)
+                .await?
+                .is_some_and(|n| ferry_virtual_kubelet::node::is_ready(&n)))
+        })
+        .await;
+        Self {
+            lab,
+            c1,
+            c2,
+            agents: vec![consumer, provider],
+        }
+    }
+
+    fn kubeconfig(&self, idx: usize) -> std::path::PathBuf {
+        self.lab.paths.kubeconfig(&self.lab.layout.clusters[idx])
+    }
+
+    /// A fresh namespace on c1, offloaded with `flags`; returns its provider namespace.
+    async fn offloaded(&self, ns: &str, flags: &[&str]) -> String {
+        fresh_namespace(&self.c1, ns).await;
+        let mut args = vec!["offload", "namespace", ns];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["-o", "json"]);
+        let (ok, out, err) = ferryctl(&self.kubeconfig(0), &args);
+        assert!(ok, "ferryctl offload namespace: {err}");
+        let m: BTreeMap<String, String> = serde_json::from_str(&out).unwrap();
+        m["provider-c2"].clone()
+    }
+
+    async fn teardown(self) {
+        let (ok, _, err) = ferryctl(&self.kubeconfig(0), &["unpeer", "provider-c2"]);
+        assert!(ok, "unpeer: {err}");
+        wait("virtual node removed", 20, || async {
+            Ok(Api::<Node>::all(self.c1.clone()).get_opt(VNODE).await?.is_none())
+        })
+        .await;
+        drop(self.agents);
+    }
+}
+
+/// Polls `check` every 200 ms until it is true; panics after `secs` with `what`.
+async fn wait<F, Fut>(what: &str, secs: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut last = String::new();
+    loop {
+        match check().await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => last = format!(" (last error: {e:#})"),
+        }
+        assert!(Instant::now() < deadline, "{what}: not after {secs}s{last}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn fresh_namespace(c: &Client, ns: &str) {
+    let nss: Api<Namespace> = Api::all(c.clone());
+    let _ = nss.delete(ns, &DeleteParams::default()).await;
+    wait(&format!("old namespace {ns} gone"), 90, || async { Ok(nss.get_opt(ns).await?.is_none()) }).await;
+    nss.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap())
+        .await
+        .unwrap();
+    // the namespace's default ServiceAccount (pods are refused until it exists)
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(c.clone(), ns);
+    wait("default ServiceAccount", 30, || async { Ok(sas.get_opt("default").await?.is_some()) }).await;
+}
+
+fn deployment(name: &str, replicas: u32, cpu: Option<&str>, hollow: bool) -> Deployment {
+    let mut annotations = json!({"lab.ferry.dev/echo-port": "8080"});
+    if hollow {
+        annotations = json!({"lab.ferry.dev/hollow": "true"});
+    }
+    let resources = cpu.map_or(json!({}), |c| json!({"requests": {"cpu": c}}));
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}, "annotations": annotations},
+                "spec": {"terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": "c", "image": "echo", "resources": resources}]}}}
+    }))
+    .unwrap()
+}
+
+async fn pods(c: &Client, ns: &str, app: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(c.clone(), ns)
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+fn phase(p: &Pod) -> &str {
+    p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
+}
+fn node_of(p: &Pod) -> &str {
+    p.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or("")
+}
+fn ip_of(p: &Pod) -> &str {
+    p.status.as_ref().and_then(|s| s.pod_ip.as_deref()).unwrap_or("")
+}
+
+async fn all_running(c: &Client, ns: &str, app: &str, n: usize) -> Result<bool> {
+    let ps = pods(c, ns, app).await;
+    Ok(ps.len() == n && ps.iter().all(|p| phase(p) == "Running"))
+}
+
+/// Whole pods of `cpu_request` millicores that still fit on c1's local (non-virtual) nodes.
+async fn local_room(c: &Client, cpu_request: i128) -> usize {
+    let nodes = Api::<Node>::all(c.clone()).list(&ListParams::default()).await.unwrap();
+    let all = Api::<Pod>::all(c.clone()).list(&ListParams::default()).await.unwrap();
+    nodes
+        .items
+        .iter()
+        .filter(|n| !n.labels().contains_key("ferry.dev/remote-cluster-id"))
+        .map(|n| {
+            let used = all
+                .items
+                .iter()
+                .filter(|p| node_of(p) == n.name_any() && !matches!(phase(p), "Succeeded" | "Failed"))
+                .fold(Amounts::default(), |a, p| a.plus(Amounts::of_pod(p)));
+            ((Amounts::of_node(n).cpu - used.cpu) / cpu_request).max(0) as usize
+        })
+        .sum()
+}
+
+async fn events_of(c: &Client, ns: &str, pod: &str) -> Vec<(String, String)> {
+    Api::<Event>::namespaced(c.clone(), ns)
+        .list(&ListParams::default().fields(&format!("involvedObject.name={pod}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect()
+}
+
+async fn shadow_exists(c2: &Client, name: &str) -> bool {
+    Api::<ShadowPod>::all(c2.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .any(|s| s.name_any() == name)
+}
+
+fn forced_pod(name: &str, spec: serde_json::Value) -> Pod {
+    let mut spec = spec;
+    spec["nodeName"] = json!(VNODE);
+    spec["tolerations"] = json!([{"key": "virtual-node.ferry.dev/not-allowed", "operator": "Exists"}]);
+    if spec.get("containers").is_none() {
+        spec["containers"] = json!([{"name": "c", "image": "x"}]);
+    }
+    serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_fill_local_nodes_then_run_on_the_provider_with_status_ips_and_deletes_both_ways() {
+    let _g = SERIAL.lock().await;
+    let s = Setup::new(&[], &["--cpu", "8", "--pods", "110"]).await;
+    let (c1, c2) = (&s.c1, &s.c2);
+    let ns = "burst";
+    let rns = s.offloaded(ns, &[]).await;
+    assert_eq!(rns, "burst-consumer-c1");
+
+    // 10 replicas of 1 CPU: local nodes first, the rest on the provider
+    let room = local_room(c1, 1000).await;
+    assert!(room < 10, "the lab's local nodes must be too small for 10 CPUs (room for {room})");
+    let deploys: Api<Deployment> = Api::namespaced(c1.clone(), ns);
+    deploys.create(&PostParams::default(), &deployment("web", 10, Some("1"), false)).await.unwrap();
+    wait("10 pods Running", 90, || all_running(c1, ns, "web", 10)).await;
+    let local_pods = pods(c1, ns, "web").await;
+    let on_virtual: Vec<&Pod> = local_pods.iter().filter(|p| node_of(p) == VNODE).collect();
+    assert_eq!(
+        on_virtual.len(),
+        10 - room,
+        "local nodes had room for {room}; placement: {:?}",
+        local_pods.iter().map(node_of).collect::<Vec<_>>()
+    );
+
+    // status and IPs on the consumer match the provider's pods (IPs in the consumer's view: c2's
+    // 10.244.0.0/16 overlaps c1's, so it is seen remapped)
+    let remaps = ferry_peering_broker::offloading::remaps_for(
+        &[s.lab.layout.clusters[1].pod_cidr],
+        &[s.lab.layout.clusters[0].pod_cidr],
+    );
+    let remote_pods: BTreeMap<String, Pod> =
+        pods(c2, &rns, "web").await.into_iter().map(|p| (p.name_any(), p)).collect();
+    assert_eq!(remote_pods.len(), on_virtual.len());
+    for p in &on_virtual {
+        let r = &remote_pods[&p.name_any()];
+        assert_eq!(phase(r), "Running");
+        assert!(node_of(r).starts_with("lab-node"), "provider pod on {}", node_of(r));
+        let want = ferry_tunnel::ipam::translate(ip_of(r).parse().unwrap(), &remaps).unwrap();
+        assert_eq!(ip_of(p), want.to_string(), "consumer IP of {}", p.name_any());
+        assert_ne!(ip_of(p), ip_of(r), "overlapping CIDRs must be remapped");
+        assert_eq!(r.labels()["ferry.dev/origin-pod-uid"], p.uid().unwrap());
+    }
+
+    // ConfigMaps follow the namespace
+    let cms: Api<ConfigMap> = Api::namespaced(c1.clone(), ns);
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "settings"}, "data": {"greeting": "hi"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let rcms: Api<ConfigMap> = Api::namespaced(c2.clone(), &rns);
+    wait("ConfigMap on the provider", 10, || async {
+        Ok(rcms
+            .get_opt("settings")
+            .await?
+            .and_then(|c| c.data)
+            .is_some_and(|d| d.get("greeting").map(String::as_str) == Some("hi")))
+    })
+    .await;
+
+    // deleting on the consumer deletes on the provider
+    let victim = on_virtual[0].name_any();
+    Api::<Pod>::namespaced(c1.clone(), ns).delete(&victim, &DeleteParams::default()).await.unwrap();
+    let rpods: Api<Pod> = Api::namespaced(c2.clone(), &rns);
+    wait("provider pod and ShadowPod deleted", 30, || async {
+        Ok(rpods.get_opt(&victim).await?.is_none() && !shadow_exists(c2, &victim).await)
+    })
+    .await;
+    wait("consumer pod gone", 30, || async {
+        Ok(Api::<Pod>::namespaced(c1.clone(), ns).get_opt(&victim).await?.is_none())
+    })
+    .await;
+    wait("replacement Running", 60, || all_running(c1, ns, "web", 10)).await;
+
+    // deleting on the provider is healed by the provider's ShadowPod controller
+    let survivor = pods(c1, ns, "web").await.into_iter().find(|p| node_of(p) == VNODE).unwrap();
+    let name = survivor.name_any();
+    let old_uid = rpods.get(&name).await.unwrap().uid();
+    rpods.delete(&name, &DeleteParams::default()).await.unwrap();
+    wait("provider pod recreated and Running", 30, || async {
+        Ok(rpods.get_opt(&name).await?.is_some_and(|p| p.uid() != old_uid && phase(&p) == "Running"))
+    })
+    .await;
+    let after = Api::<Pod>::namespaced(c1.clone(), ns).get(&name).await.unwrap();
+    assert_eq!(after.uid(), survivor.uid(), "the consumer pod is the same pod");
+    wait("consumer status follows the new provider pod", 20, || async {
+        let p = Api::<Pod>::namespaced(c1.clone(), ns).get(&name).await?;
+        let r = rpods.get(&name).await?;
+        let want = ferry_tunnel::ipam::translate(ip_of(&r).parse()?, &remaps).unwrap();
+        Ok(phase(&p) == "Running" && ip_of(&p) == want.to_string())
+    })
+    .await;
+
+    // a DaemonSet never lands on the virtual node, even in an offloaded namespace
+    let dss: Api<DaemonSet> = Api::namespaced(c1.clone(), ns);
+    let ds: DaemonSet = serde_json::from_value(json!({"metadata": {"name": "agent"}, "spec": {
+        "selector": {"matchLabels": {"app": "agent"}},
+        "template": {"metadata": {"labels": {"app": "agent"}, "annotations": {"lab.ferry.dev/hollow": "true"}},
+            "spec": {"containers": [{"name": "c", "image": "x"}]}}}}))
+    .unwrap();
+    dss.create(&PostParams::default(), &ds).await.unwrap();
+    let local_nodes = s.lab.layout.clusters[0].nodes as usize;
+    wait("DaemonSet pods on every local node", 30, || all_running(c1, ns, "agent", local_nodes)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ds_pods = pods(c1, ns, "agent").await;
+    assert_eq!(ds_pods.len(), local_nodes);
+    assert!(ds_pods.iter().all(|p| node_of(p) != VNODE), "a DaemonSet pod landed on the virtual node");
+
+    // a namespace that is not offloaded: its pods stay local, and one forced onto the node is not sent
+    fresh_namespace(c1, "plain").await;
+    let plain: Api<Deployment> = Api::namespaced(c1.clone(), "plain");
+    plain.create(&PostParams::default(), &deployment("plain", 3, None, true)).await.unwrap();
+    wait("plain pods Running", 60, || all_running(c1, "plain", "plain", 3)).await;
+    assert!(pods(c1, "plain", "plain").await.iter().all(|p| node_of(p) != VNODE));
+    let plain_pods: Api<Pod> = Api::namespaced(c1.clone(), "plain");
+    plain_pods.create(&PostParams::default(), &forced_pod("forced", json!({}))).await.unwrap();
+    wait("NamespaceNotOffloaded event", 15, || async {
+        Ok(events_of(c1, "plain", "forced").await.iter().any(|(r, m)| {
+            r == "NamespaceNotOffloaded" && m.contains("ferryctl offload namespace plain")
+        }))
+    })
+    .await;
+    assert!(!shadow_exists(c2, "forced").await, "a pod of a namespace not offloaded was sent");
+
+    // bad input: host access is refused with the reason, nothing is sent
+    let local: Api<Pod> = Api::namespaced(c1.clone(), ns);
+    for (name, spec, field) in [
+        ("hostnet", json!({"hostNetwork": true}), "hostNetwork"),
+        ("hostpath", json!({"volumes": [{"name": "root", "hostPath": {"path": "/"}}]}), "hostPath"),
+        (
+            "privileged",
+            json!({"containers": [{"name": "c", "image": "x", "securityContext": {"privileged": true}}]}),
+            "privileged",
+        ),
+    ] {
+        local.create(&PostParams::default(), &forced_pod(name, spec)).await.unwrap();
+        wait(&format!("{name}: OffloadingRefused naming {field}"), 15, || async {
+            Ok(events_of(c1, ns, name)
+                .await
+                .iter()
+                .any(|(r, m)| r == "OffloadingRefused" && m.contains(field) && m.contains("fix:")))
+        })
+        .await;
+        let p = local.get(name).await.unwrap();
+        assert_eq!(phase(&p), "Pending");
+        assert!(!shadow_exists(c2, name).await, "{name} was half-reflected");
+        assert!(rpods.get_opt(name).await.unwrap().is_none());
+    }
+
+    // under podOffloadingStrategy Remote the webhook refuses such a pod outright
+    s.offloaded("remote-only", &["--strategy", "Remote"]).await;
+    let err = Api::<Pod>::namespaced(c1.clone(), "remote-only")
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "h"}, "spec": {"hostNetwork": true,
+                "containers": [{"name": "c", "image": "x"}]}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("hostNetwork") && msg.contains("Remote"), "{msg}");
+
+    for n in [ns, "plain", "remote-only"] {
+        let _ = Api::<Namespace>::all(c1.clone()).delete(n, &DeleteParams::default()).await;
+    }
+    s.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_virtual_kubelet_killed_while_creating_200_pods_leaves_every_pod_running_exactly_once() {
+    let _g = SERIAL.lock().await;
+    let mut s = Setup::new(&["--quota-pods", "500"], &["--pods", "300"]).await;
+    let (c1, c2) = (s.c1.clone(), s.c2.clone());
+    let ns = "restart";
+    let rns = s.offloaded(ns, &["--strategy", "Remote"]).await;
+    Api::<Deployment>::namespaced(c1.clone(), ns)
+        .create(&PostParams::default(), &deployment("many", 200, None, true))
+        .await
+        .unwrap();
+    let shadows: Api<ShadowPod> = Api::namespaced(c2.clone(), &rns);
+    wait("first ShadowPods", 60, || async { Ok(shadows.list_metadata(&ListParams::default()).await?.items.len() >= 30) })
+        .await;
+    s.agents[0].kill();
+    let at_kill = shadows.list_metadata(&ListParams::default()).await.unwrap().items.len();
+    assert!(at_kill < 200, "the kill came too late to prove anything ({at_kill} ShadowPods)");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.agents[0] = agents::start(&s.lab, 0, &[]).unwrap();
+    wait("200 consumer pods Running", 180, || all_running(&c1, ns, "many", 200)).await;
+
+    let local = pods(&c1, ns, "many").await;
+    let remote = pods(&c2, &rns, "many").await;
+    assert_eq!(remote.len(), 200, "provider pods");
+    assert!(remote.iter().all(|p| phase(p) == "Running"));
+    let local_uids: BTreeSet<String> = local.iter().filter_map(|p| p.uid()).collect();
+    let origin: Vec<String> = remote.iter().map(|p| p.labels()["ferry.dev/origin-pod-uid"].clone()).collect();
+    let origin_set: BTreeSet<String> = origin.iter().cloned().collect();
+    assert_eq!(origin.len(), origin_set.len(), "a consumer pod runs twice on the provider");
+    assert_eq!(origin_set, local_uids, "every consumer pod, exactly once");
+    assert_eq!(shadows.list_metadata(&ListParams::default()).await.unwrap().items.len(), 200);
+    eprintln!("killed at {at_kill}/200 ShadowPods; after restart 200/200 Running, no duplicates");
+
+    Api::<Deployment>::namespaced(c1.clone(), ns).delete("many", &DeleteParams::default()).await.unwrap();
+    let rp: Api<Pod> = Api::namespaced(c2.clone(), &rns);
+    wait("provider pods deleted with the Deployment", 120, || async {
+        Ok(rp.list_metadata(&ListParams::default()).await?.items.is_empty())
+    })
+    .await;
+    let _ = Api::<Namespace>::all(c1.clone()).delete(ns, &DeleteParams::default()).await;
+    s.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_node_goes_not_ready_while_the_provider_apiserver_is_stopped_and_everything_converges_after() {
+    let _g = SERIAL.lock().await;
+    let s = Setup::new(&[], &[]).await;
+    let (c1, c2) = (s.c1.clone(), s.c2.clone());
+    let ns = "outage";
+    let rns = s.offloaded(ns, &["--strategy", "Remote"]).await;
+    let deploys: Api<Deployment> = Api::namespaced(c1.clone(), ns);
+    deploys.create(&PostParams::default(), &deployment("svc", 3, None, false)).await.unwrap();
+    wait("3 pods Running", 60, || all_running(&c1, ns, "svc", 3)).await;
+    let before = pods(&c2, &rns, "svc").await;
+    let netns: Vec<String> = before
+        .iter()
+        .map(|p| ferry_e2e::layout::pod_netns(&s.lab.layout.name, "c2", &p.uid().unwrap()))
+        .collect();
+
+    // stop (SIGSTOP) the provider's apiserver for 60 s
+    let table = ferry_e2e::procs::ProcessTable::new(s.lab.paths.pids()).unwrap();
+    let apiserver = table.list().into_iter().find(|t| t.name == "c2-apiserver").expect("c2-apiserver");
+    let pid = nix::unistd::Pid::from_raw(apiserver.pid as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let stopped = Instant::now();
+    let nodes: Api<Node> = Api::all(c1.clone());
+    let resumed = std::panic::AssertUnwindSafe(async {
+        wait("virtual node NotReady", 15, || async {
+            Ok(!ferry_virtual_kubelet::node::is_ready(&nodes.get(VNODE).await?))
+        })
+        .await;
+        let not_ready_after = stopped.elapsed();
+        // meanwhile: one pod deleted and two more asked for on the consumer
+        let victim = pods(&c1, ns, "svc").await[0].name_any();
+        Api::<Pod>::namespaced(c1.clone(), ns).delete(&victim, &DeleteParams::default()).await.unwrap();
+        deploys
+            .patch("svc", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 5}})))
+            .await
+            .unwrap();
+        while stopped.elapsed() < Duration::from_secs(60) {
+            let listed = String::from_utf8(std::process::Command::new("ip").args(["netns", "list"]).output().unwrap().stdout)
+                .unwrap();
+            for n in &netns {
+                assert!(listed.contains(n.as_str()), "provider pod netns {n} vanished during the outage");
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        (not_ready_after, victim)
+    });
+    let (not_ready_after, victim) = futures::FutureExt::catch_unwind(resumed).await.unwrap_or_else(|e| {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+        std::panic::resume_unwind(e)
+    });
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let resumed_at = Instant::now();
+    wait("virtual node Ready again", 30, || async {
+        Ok(ferry_virtual_kubelet::node::is_ready(&nodes.get(VNODE).await?))
+    })
+    .await;
+    let ready_after = resumed_at.elapsed();
+    let remaps = ferry_peering_broker::offloading::remaps_for(
+        &[s.lab.layout.clusters[1].pod_cidr],
+        &[s.lab.layout.clusters[0].pod_cidr],
+    );
+    wait("5 pods Running on both sides with matching IPs, the deleted one gone", 90, || async {
+        let local = pods(&c1, ns, "svc").await;
+        let remote: BTreeMap<String, Pod> = pods(&c2, &rns, "svc").await.into_iter().map(|p| (p.name_any(), p)).collect();
+        if local.len() != 5 || remote.len() != 5 || remote.contains_key(&victim) {
+            return Ok(false);
+        }
+        Ok(local.iter().all(|p| {
+            remote.get(&p.name_any()).is_some_and(|r| {
+                phase(p) == "Running"
+                    && phase(r) == "Running"
+                    && ferry_tunnel::ipam::translate(ip_of(r).parse().unwrap(), &remaps).map(|a| a.to_string())
+                        == Some(ip_of(p).to_string())
+            })
+        }))
+    })
+    .await;
+    let survivors = pods(&c2, &rns, "svc").await;
+    for p in &before {
+        if p.name_any() != victim {
+            assert!(
+                survivors.iter().any(|q| q.uid() == p.uid()),
+                "provider pod {} was replaced; it should have kept running",
+                p.name_any()
+            );
+        }
+    }
+    eprintln!(
+        "NotReady {:.1}s after the stop; Ready {:.1}s after the restart",
+        not_ready_after.as_secs_f64(),
+        ready_after.as_secs_f64()
+    );
+    let _ = Api::<Namespace>::all(c1.clone()).delete(ns, &DeleteParams::default()).await;
+    s.teardown().await;
+}
