@@ -394,6 +394,10 @@ async fn a_virtual_kubelet_killed_while_creating_200_pods_leaves_every_pod_runni
     wait("200 consumer pods Running", 180, || all_running(&c1, ns, "many", 200)).await;
 
     let local = pods(&c1, ns, "many").await;
+    assert!(
+        local.iter().all(|p| node_of(p) == VNODE),
+        "a pod of a Remote namespace ran locally (created while the webhook was down?)"
+    );
     let remote = pods(&c2, &rns, "many").await;
     assert_eq!(remote.len(), 200, "provider pods");
     assert!(remote.iter().all(|p| phase(p) == "Running"));

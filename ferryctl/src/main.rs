@@ -425,6 +425,8 @@ async fn offload_namespace(
     api.patch("offloading", &PatchParams::apply("ferryctl").force(), &Patch::Apply(&no))
         .await
         .with_context(|| format!("creating NamespaceOffloading {ns}/offloading"))?;
+    // the webhook then refuses (rather than misses) pods here while the agent is down
+    ferry_peering_broker::offloading::label_namespace(c, ns, true).await?;
     let deadline = Instant::now() + timeout;
     loop {
         let no = api.get("offloading").await?;

@@ -59,10 +59,75 @@ pub fn selected(selector: &BTreeMap<String, String>, provider: &str) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// One reconcile of one `NamespaceOffloading`.
+/// Label on a consumer namespace whose pods the webhook must see (`failurePolicy: Fail` for it).
+pub const OFFLOADED_LABEL: &str = "ferry.dev/offloaded";
+
+/// Finalizer on `NamespaceOffloading`: the provider namespaces go when it goes.
+pub const FINALIZER: &str = "ferry.dev/offloading";
+
+/// Sets or clears [`OFFLOADED_LABEL`] on namespace `ns`.
+pub async fn label_namespace(client: &Client, ns: &str, on: bool) -> Result<(), kube::Error> {
+    let v = if on { json!("true") } else { serde_json::Value::Null };
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .patch(ns, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {OFFLOADED_LABEL: v}}})))
+        .await
+        .map(|_| ())
+}
+
+/// One reconcile of one `NamespaceOffloading` (with its finalizer).
 #[tracing::instrument(skip_all, fields(ns = no.namespace().unwrap_or_default()))]
-pub async fn reconcile(no: Arc<NamespaceOffloading>, client: Arc<Client>) -> Result<Action, Error> {
+pub async fn reconcile(
+    no: Arc<NamespaceOffloading>,
+    client: Arc<Client>,
+) -> Result<Action, kube::runtime::finalizer::Error<Error>> {
+    let api: Api<NamespaceOffloading> = Api::namespaced((*client).clone(), &no.namespace().unwrap_or_default());
+    kube::runtime::finalizer(&api, FINALIZER, no, |ev| async {
+        match ev {
+            kube::runtime::finalizer::Event::Apply(no) => apply(no, client.clone()).await,
+            kube::runtime::finalizer::Event::Cleanup(no) => cleanup(no, client.clone()).await,
+        }
+    })
+    .await
+}
+
+/// The provider namespaces are deleted through each broker (best effort: an unreachable provider must
+/// not keep the consumer namespace from being deleted; unpeering removes them anyway), and the label goes.
+async fn cleanup(no: Arc<NamespaceOffloading>, client: Arc<Client>) -> Result<Action, Error> {
     let ns = no.namespace().unwrap_or_default();
+    let ids = identities(&client).await.unwrap_or_default();
+    let remote = no.status.as_ref().map(|s| s.remote_namespaces.clone()).unwrap_or_default();
+    for (provider, rns) in remote {
+        let Some(s) = ids.get(&provider) else { continue };
+        let get = |k: &str| text(s, k).unwrap_or_default();
+        let (url, cert, key) = (get("brokerURL"), get("tls.crt"), get("tls.key"));
+        let path = format!("/v1/namespaces/{rns}");
+        let r = crate::tls::request(
+            &url,
+            &get("tlsPin"),
+            "DELETE",
+            &path,
+            None,
+            Some(crate::tls::ClientCert { cert: &cert, key: &key }),
+        )
+        .await;
+        match r {
+            Ok((200 | 404, _)) => info!(provider, namespace = rns, "provider namespace deleted"),
+            Ok((status, b)) => warn!(provider, "{url}{path} answered {status}: {}", String::from_utf8_lossy(&b)),
+            Err(e) => warn!(provider, "{url}{path}: {e:#}"),
+        }
+    }
+    if let Err(e) = label_namespace(&client, &ns, false).await {
+        // the namespace itself may be going away
+        tracing::debug!("unlabelling namespace {ns}: {e}");
+    }
+    Ok(Action::await_change())
+}
+
+async fn apply(no: Arc<NamespaceOffloading>, client: Arc<Client>) -> Result<Action, Error> {
+    let ns = no.namespace().unwrap_or_default();
+    label_namespace(&client, &ns, true)
+        .await
+        .map_err(|e| Error::Transient(format!("labelling namespace {ns}: {e}")))?;
     let ids = identities(&client)
         .await
         .map_err(|e| Error::Transient(format!("listing peerings: {e}")))?;

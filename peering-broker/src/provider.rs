@@ -392,6 +392,22 @@ impl Provider {
         Ok(OffloadResponse { namespace: name })
     }
 
+    /// `DELETE /v1/namespaces/{name}`: an offload namespace of this tenant (never its tenant namespace or
+    /// anyone else's).
+    pub async fn unoffload(&self, name: &str, client_cn: Option<&str>) -> Result<(), BrokerError> {
+        let tenant = self.tenant_of(client_cn).await?;
+        let consumer = &tenant.spec.cluster_id;
+        let nss: Api<Namespace> = Api::all(self.client.clone());
+        let Some(ns) = nss.get_opt(name).await.map_err(internal)? else {
+            return Err(BrokerError::NotFound(format!("namespace {name}")));
+        };
+        if ns.labels().get(TENANT_LABEL) != Some(consumer) || name == tenant.spec.tenant_namespace {
+            return Err(BrokerError::Forbidden(format!("namespace {name} is not an offload namespace of {consumer}")));
+        }
+        nss.delete(name, &DeleteParams::background()).await.map_err(internal)?;
+        Ok(())
+    }
+
     /// `DELETE /v1/peerings/{id}`: the client certificate's CN must be that consumer's.
     pub async fn release(&self, consumer: &str, client_cn: Option<&str>) -> Result<(), BrokerError> {
         let want = consumer_user(consumer);

@@ -75,12 +75,23 @@ async fn offload(
     Ok(Json(resp).into_response())
 }
 
+async fn unoffload(
+    State(p): State<Arc<Provider>>,
+    Path(name): Path<String>,
+    Extension(cn): Extension<ClientCn>,
+) -> Result<Response, BrokerError> {
+    p.unoffload(&name, cn.0.as_deref()).await?;
+    info!(namespace = name, "offload namespace removed");
+    Ok(Json(serde_json::json!({ "removed": name })).into_response())
+}
+
 /// The routes.
 pub fn router(p: Arc<Provider>) -> Router {
     Router::new()
         .route("/v1/peerings", post(create))
         .route("/v1/peerings/{id}", delete(remove))
         .route("/v1/namespaces", post(offload))
+        .route("/v1/namespaces/{name}", delete(unoffload))
         .route(
             "/v1/openapi.json",
             get(|| async { ([("content-type", "application/json")], OPENAPI) }),

@@ -15,6 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine;
 use ferry_crds::NamespaceOffloading;
+
+use crate::offloading::OFFLOADED_LABEL;
 use ferry_virtual_kubelet::admission::{Decision, decide};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -114,26 +116,36 @@ pub fn router(client: Client) -> (Router, impl std::future::Future<Output = ()>)
 }
 
 /// Registers the webhook at `url` with the serving certificate as its CA bundle (server-side apply, so a
-/// restart with a new certificate updates it). Pods are admitted even when the webhook is down
-/// (`failurePolicy: Ignore`): they then stay on local nodes, which is safe.
+/// restart with a new certificate updates it). Two entries:
+/// - namespaces labelled [`OFFLOADED_LABEL`]: `failurePolicy: Fail`, so a pod is never created there
+///   without its offloading (while the agent restarts, the ReplicaSet retries);
+/// - every other namespace: `Ignore`, and the webhook looks the offloading up itself; this covers a
+///   `NamespaceOffloading` created a moment before its pods, before the label is set.
 pub async fn register(client: &Client, url: &str, cert_pem: &str) -> kube::Result<()> {
     let api: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
         Api::all(client.clone());
-    let body = json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": WEBHOOK_NAME},
-        "webhooks": [{
-            "name": "pods.offloading.ferry.dev",
+    let hook = |name: &str, op: &str, policy: &str| {
+        json!({
+            "name": name,
             "clientConfig": {
                 "url": format!("{}/mutate-pods", url.trim_end_matches('/')),
                 "caBundle": base64::engine::general_purpose::STANDARD.encode(cert_pem),
             },
+            "namespaceSelector": {"matchExpressions": [{"key": OFFLOADED_LABEL, "operator": op}]},
             "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}],
-            "failurePolicy": "Ignore",
+            "failurePolicy": policy,
             "sideEffects": "None",
             "admissionReviewVersions": ["v1"],
             "timeoutSeconds": 5,
-        }],
+        })
+    };
+    let body = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": WEBHOOK_NAME},
+        "webhooks": [
+            hook("offloaded.pods.ferry.dev", "Exists", "Fail"),
+            hook("pods.ferry.dev", "DoesNotExist", "Ignore"),
+        ],
     });
     api.patch(WEBHOOK_NAME, &PatchParams::apply("ferry-agent").force(), &Patch::Apply(&body))
         .await
