@@ -19,6 +19,11 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Its PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills it now (SIGKILL: no graceful shutdown, as a crash or OOM kill would).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -53,7 +53,7 @@ pub fn bench_nodes(c: &ClusterLayout, count: u32) -> Result<Vec<LabNode>> {
         .collect()
 }
 
-/// A Deployment of `replicas` hollow pods pinned to nodes of `pool`.
+/// A Deployment of `replicas` (hollow) pods pinned to nodes of `pool` (empty: anywhere).
 pub fn deployment(name: &str, replicas: u32, pool: &str, hollow: bool, echo_port: Option<u16>) -> Deployment {
     let mut annotations = serde_json::Map::new();
     if hollow {
@@ -71,7 +71,7 @@ pub fn deployment(name: &str, replicas: u32, pool: &str, hollow: bool, echo_port
             "template": {
                 "metadata": { "labels": { "app": name }, "annotations": annotations },
                 "spec": {
-                    "nodeSelector": { POOL_LABEL: pool },
+                    "nodeSelector": if pool.is_empty() { json!({}) } else { json!({ POOL_LABEL: pool }) },
                     "terminationGracePeriodSeconds": 5,
                     "containers": [{ "name": "app", "image": "ferry-lab/echo:none (lab pods run no containers)" }],
                 },

@@ -13,6 +13,7 @@ pub mod kubelet;
 pub mod lab;
 pub mod layout;
 pub mod net;
+pub mod offload_bench;
 pub mod pki;
 pub mod procs;
 pub mod tunnel;

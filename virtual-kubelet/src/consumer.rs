@@ -31,13 +31,14 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
+use kube::core::PartialObjectMeta;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::node::{Observed, keep_transition_times, node_status, virtual_node};
 use crate::quantity::Amounts;
-use crate::translate::{ORIGIN_CLUSTER_LABEL, RemoteTarget, Refusal, to_local_status, to_remote};
+use crate::translate::{ORIGIN_CLUSTER_LABEL, ORIGIN_UID_LABEL, RemoteTarget, Refusal, to_local_status, to_remote};
 use crate::{GRANTED_SLICE, VirtualNodeIdentity};
 
 /// Errors of the virtual kubelet.
@@ -219,8 +220,8 @@ pub async fn heartbeat(peer: Arc<Peer>) {
 pub struct RemoteNamespace {
     /// The namespace on the provider.
     pub name: String,
-    /// ShadowPods there.
-    pub shadows: Store<ShadowPod>,
+    /// ShadowPods there (metadata only: the consumer pod's UID is a label).
+    pub shadows: Store<PartialObjectMeta<ShadowPod>>,
     /// Pods there (of this consumer).
     pub pods: Store<Pod>,
     task: tokio::task::JoinHandle<()>,
@@ -341,7 +342,7 @@ impl PodReflector {
         let remote_pod = rns.pods.get(&ObjectRef::new(&name).within(&rns_name));
         let shadows: Api<ShadowPod> = Api::namespaced(ctx.peer.remote.clone(), &rns_name);
         let rpods: Api<Pod> = Api::namespaced(ctx.peer.remote.clone(), &rns_name);
-        let ours = |s: &ShadowPod| s.spec.consumer_pod_uid == uid;
+        let ours = |s: &PartialObjectMeta<ShadowPod>| s.labels().get(ORIGIN_UID_LABEL) == Some(&uid);
 
         if pod.metadata.deletion_timestamp.is_some() {
             if let Some(s) = shadow.as_ref().filter(|s| ours(s) && s.meta().deletion_timestamp.is_none()) {
@@ -402,7 +403,13 @@ impl PodReflector {
                 );
                 let mut sp = sp;
                 sp.metadata.namespace = Some(rns_name.clone());
-                sp.metadata.labels = Some([(ORIGIN_CLUSTER_LABEL.to_string(), ctx.peer.consumer.clone())].into());
+                sp.metadata.labels = Some(
+                    [
+                        (ORIGIN_CLUSTER_LABEL.to_string(), ctx.peer.consumer.clone()),
+                        (ORIGIN_UID_LABEL.to_string(), uid.clone()),
+                    ]
+                    .into(),
+                );
                 match shadows.create(&PostParams::default(), &sp).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -452,7 +459,7 @@ fn pending(ready: impl std::future::Future) -> bool {
     futures::FutureExt::now_or_never(ready).is_none()
 }
 
-async fn delete_shadow(shadows: &Api<ShadowPod>, s: &ShadowPod) -> Result<(), Error> {
+async fn delete_shadow(shadows: &Api<ShadowPod>, s: &PartialObjectMeta<ShadowPod>) -> Result<(), Error> {
     let dp = DeleteParams {
         preconditions: Some(Preconditions {
             uid: s.uid(),
@@ -489,7 +496,7 @@ async fn finalize(local: &Api<Pod>, name: &str, uid: &str) -> Result<Action, Err
 fn watch_remote(ctx: &Arc<PodReflector>, local_ns: String, rns: String) -> RemoteNamespace {
     let peer = ctx.peer.clone();
     let sel = format!("{ORIGIN_CLUSTER_LABEL}={}", peer.consumer);
-    let (shadows, sw) = reflector::store::<ShadowPod>();
+    let (shadows, sw) = reflector::store::<PartialObjectMeta<ShadowPod>>();
     let (pods, pw) = reflector::store::<Pod>();
     let cfg = watcher::Config::default().labels(&sel);
     let trigger = |tx: mpsc::UnboundedSender<ObjectRef<Pod>>, local_ns: String| {
@@ -502,7 +509,8 @@ fn watch_remote(ctx: &Arc<PodReflector>, local_ns: String, rns: String) -> Remot
     let ns1 = local_ns.clone();
     let shadow_watch = reflector(
         sw,
-        watcher(Api::<ShadowPod>::namespaced(peer.remote.clone(), &rns), cfg.clone()),
+        watcher(Api::<PartialObjectMeta<ShadowPod>>::namespaced(peer.remote.clone(), &rns), cfg.clone())
+            .modify(|s| s.metadata.managed_fields = None),
     )
     .default_backoff()
     .touched_objects()
@@ -516,7 +524,14 @@ fn watch_remote(ctx: &Arc<PodReflector>, local_ns: String, rns: String) -> Remot
         }
     });
     let t2 = trigger(ctx.triggers.clone(), local_ns.clone());
-    let pod_watch = reflector(pw, watcher(Api::<Pod>::namespaced(peer.remote.clone(), &rns), cfg))
+    // only the status is read back: the spec and managed fields are not kept
+    let pod_watch = reflector(
+        pw,
+        watcher(Api::<Pod>::namespaced(peer.remote.clone(), &rns), cfg).modify(|p| {
+            p.metadata.managed_fields = None;
+            p.spec = None;
+        }),
+    )
         .default_backoff()
         .touched_objects()
         .for_each(move |p| {
@@ -540,7 +555,8 @@ fn watch_remote(ctx: &Arc<PodReflector>, local_ns: String, rns: String) -> Remot
 
 /// A ShadowPod whose local pod is not in the (synced) local store: delete it if a direct GET confirms
 /// that pod is gone (404, or the name now belongs to another pod).
-async fn orphan_check(ctx: &Arc<PodReflector>, local_ns: &str, s: &ShadowPod) {
+async fn orphan_check(ctx: &Arc<PodReflector>, local_ns: &str, s: &PartialObjectMeta<ShadowPod>) {
+    let origin_uid = s.labels().get(ORIGIN_UID_LABEL).cloned().unwrap_or_default();
     if s.meta().deletion_timestamp.is_some() || pending(ctx.local_pods.wait_until_ready()) {
         return;
     }
@@ -548,14 +564,14 @@ async fn orphan_check(ctx: &Arc<PodReflector>, local_ns: &str, s: &ShadowPod) {
     if ctx
         .local_pods
         .get(&key)
-        .is_some_and(|p| p.uid().as_deref() == Some(&s.spec.consumer_pod_uid))
+        .is_some_and(|p| p.uid().as_deref() == Some(&origin_uid))
     {
         return;
     }
     let local: Api<Pod> = Api::namespaced(ctx.peer.local.clone(), local_ns);
     let gone = match local.get_opt(&s.name_any()).await {
         Ok(None) => true,
-        Ok(Some(p)) => p.uid().as_deref() != Some(&s.spec.consumer_pod_uid),
+        Ok(Some(p)) => p.uid().as_deref() != Some(&origin_uid),
         Err(_) => false, // unknown: never delete on doubt
     };
     if gone {
@@ -694,11 +710,20 @@ pub async fn run(peer: Peer) -> Result<(), Error> {
         let _ = change_tx.unbounded_send(());
         async { Ok(()) }
     });
-    let controller = Controller::new(
-        Api::<Pod>::all(peer.local.clone()),
-        watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+    // the controller's own cache of the pods on the node, without managed fields
+    let (local_pods, lw) = reflector::store::<Pod>();
+    let local_watch = reflector(
+        lw,
+        watcher(
+            Api::<Pod>::all(peer.local.clone()),
+            watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+        )
+        .modify(|p| p.metadata.managed_fields = None),
     )
-    .with_config(kube::runtime::controller::Config::default().concurrency(64));
+    .default_backoff()
+    .applied_objects();
+    let controller = Controller::for_stream(local_watch, local_pods)
+        .with_config(kube::runtime::controller::Config::default().concurrency(64));
     let ctx = Arc::new(PodReflector {
         peer: peer.clone(),
         local_pods: controller.store(),

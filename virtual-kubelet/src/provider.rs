@@ -152,12 +152,19 @@ impl ShadowPodReconciler {
     }
 }
 
-/// Runs the `ShadowPod` controller and the availability loop until one stops.
+/// Runs the `ShadowPod` controller and the availability loop until one stops. They start once this cluster
+/// has a `Tenant` (it is a provider), so a consumer-only agent keeps no cache of every pod.
 pub async fn run(client: Client) {
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    while !matches!(tenants.list_metadata(&Default::default()).await, Ok(l) if !l.items.is_empty()) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    info!("this cluster is a provider: ShadowPod controller and slice availability starting");
     let (pods, writer) = reflector::store();
     let pod_events = reflector(
         writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+            .modify(|p| p.metadata.managed_fields = None),
     )
     .default_backoff()
     .touched_objects()

@@ -110,6 +110,13 @@ enum BenchCmd {
         #[arg(long, default_value = "c1")]
         cluster: String,
     },
+    /// The same N-replica Deployment directly on the provider vs offloaded from the consumer; last line JSON
+    /// with both times, ratio = offloaded/direct and the virtual kubelet's peak RSS.
+    Offload {
+        /// Replicas.
+        #[arg(long, default_value_t = 1000)]
+        pods: u32,
+    },
     /// iperf3 pod -> pod through ferry's tunnel + NAT vs plain userspace WireGuard vs the bare WAN; last line JSON.
     Tunnel {
         /// Seconds per run.
@@ -298,6 +305,13 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let lab = lab::Lab::load(&cli.root, &cli.name)?;
             let r = bench::pods(&lab, &cluster, count, &exe).await?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        Cmd::Bench {
+            what: BenchCmd::Offload { pods },
+        } => {
+            let lab = lab::Lab::load(&cli.root, &cli.name)?;
+            let r = ferry_e2e::offload_bench::run(&lab, pods, &exe).await?;
             println!("{}", serde_json::to_string(&r)?);
         }
         Cmd::Bench {
