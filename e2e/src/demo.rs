@@ -272,7 +272,12 @@ async fn peer_and_tunnel(lab: &Lab, exe: &std::path::Path) -> Result<Vec<String>
             id,
             "--listen",
             &format!("127.0.0.1:{}", c.ports.apiserver + 6),
+            "--pod-cidr",
+            &c.pod_cidr.to_string(),
         ]);
+        if c.id == c1.id {
+            cmd.args(["--webhook-listen", &format!("127.0.0.1:{}", c.ports.apiserver + 7)]);
+        }
         table.spawn(&name, cmd, &lab.paths.log(c, "agent"))?;
         let port = c.ports.apiserver + 6;
         crate::procs::wait_until("ferry-agent", Duration::from_secs(20), || {
@@ -310,6 +315,7 @@ async fn peer_and_tunnel(lab: &Lab, exe: &std::path::Path) -> Result<Vec<String>
     for l in status.lines() {
         println!("     {l}");
     }
+    let burst = offload_and_burst(lab, &ferryctl).await?;
     println!(
         "== tunnel: ferry-gateway in each cluster's host namespace (userspace WireGuard, NAT for the overlapping CIDRs)"
     );
@@ -345,9 +351,20 @@ async fn peer_and_tunnel(lab: &Lab, exe: &std::path::Path) -> Result<Vec<String>
         c1.id, a.ip, c2.id, b_seen, b.ip, echo["ok"]
     );
     println!("   HTTP answer from {}: {body}", c2.id);
+    // an offloaded pod, addressed by the IP the consumer shows for it, answers through the same tunnel
+    let offloaded = pods_of(lab, &c1.id, "burst", "web")
+        .await?
+        .into_iter()
+        .find(|p| p.node == "ferry-provider-c2")
+        .context("no offloaded pod")?;
+    let to_offloaded = echo_from_pod(exe, &a, SocketAddr::new(offloaded.ip.parse()?, 8080), 1 << 20)?;
+    println!(
+        "   {} pod {} -> offloaded pod {} at the IP {} shows for it, {} (runs on {}): 1 MiB echo checksummed: {}",
+        c1.id, a.ip, offloaded.name, c1.id, offloaded.ip, c2.id, to_offloaded["ok"]
+    );
     pair.stop();
     println!("   (tunnel stopped; the agents keep running until ferry-lab down)");
-    if echo["ok"] != json!(true) {
+    if echo["ok"] != json!(true) || to_offloaded["ok"] != json!(true) {
         bail!("the cross-cluster echo did not come back intact");
     }
     Ok(vec![
@@ -355,9 +372,78 @@ async fn peer_and_tunnel(lab: &Lab, exe: &std::path::Path) -> Result<Vec<String>
             "peering: {} authenticated with {} (ferryctl status above)",
             c1.id, c2.id
         ),
+        burst,
         format!(
             "tunnel: {} pod {} reached {} pod {} at {b_seen} across identical pod CIDRs, 10 MB checksummed",
             c1.id, a.ip, c2.id, b.ip
         ),
     ])
+}
+
+/// Offloads namespace `burst` from c1 to c2 and scales a Deployment of 1-CPU pods past c1's local capacity:
+/// local nodes fill first, the rest run on c2 through the virtual node. Prints where each pod runs.
+async fn offload_and_burst(lab: &Lab, ferryctl: &std::path::Path) -> Result<String> {
+    let (c1, c2) = (&lab.layout.clusters[0], &lab.layout.clusters[1]);
+    let (k1, client1) = (lab.paths.kubeconfig(c1), lab.client(c1).await?);
+    println!("== virtual node: {} appears in {} as node ferry-provider-c2", c2.id, c1.id);
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client1.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !nodes
+        .get_opt("ferry-provider-c2")
+        .await?
+        .is_some_and(|n| ferry_virtual_kubelet::node::is_ready(&n))
+    {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the virtual node is not Ready after 30s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let nss: Api<Namespace> = Api::all(client1.clone());
+    if nss.get_opt("burst").await?.is_none() {
+        nss.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "burst"}}))?)
+            .await?;
+    }
+    let offloaded = shell(
+        std::process::Command::new(ferryctl)
+            .arg("--kubeconfig")
+            .arg(&k1)
+            .args(["offload", "namespace", "burst"]),
+        "ferryctl offload namespace burst",
+    )?;
+    for l in offloaded.lines() {
+        println!("     {l}");
+    }
+    let deploy: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 4, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}, "annotations": {crate::kubelet::ECHO_ANNOTATION: "8080"}},
+                "spec": {"terminationGracePeriodSeconds": 2, "containers": [{"name": "web", "image": "echo (lab pods run no containers)",
+                    "resources": {"requests": {"cpu": "1"}}}]}}}
+    }))?;
+    let deps: Api<Deployment> = Api::namespaced(client1.clone(), "burst");
+    if deps.get_opt("web").await?.is_none() {
+        deps.create(&PostParams::default(), &deploy).await?;
+    }
+    wait_ready(&deps, "web", 4, Duration::from_secs(60)).await?;
+    println!("   Deployment burst/web: 4 replicas of 1 CPU each; scaling to 12 (local nodes have 4 CPUs each)");
+    deps.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 12}})))
+        .await?;
+    wait_ready(&deps, "web", 12, Duration::from_secs(90)).await?;
+    let here = pods_of(lab, &c1.id, "burst", "web").await?;
+    let there = pods_of(lab, &c2.id, "burst-consumer-c1", "web").await?;
+    println!("   {:<24} {:<18} {:<12} {}", "POD (c1)", "NODE (c1)", "IP (c1)", "RUNS ON");
+    let mut remote = 0;
+    for p in &here {
+        let on = match there.iter().find(|q| q.name == p.name) {
+            Some(q) => {
+                remote += 1;
+                format!("{} {} as {} ({})", c2.id, q.node, q.ip, q.phase)
+            }
+            None => format!("{} {}", c1.id, p.node),
+        };
+        println!("   {:<24} {:<18} {:<12} {on}", p.name, p.node, p.ip);
+    }
+    Ok(format!(
+        "offloading: burst/web scaled to 12 → {} on local nodes, {remote} on {} through the virtual node",
+        here.len() - remote,
+        c2.id
+    ))
 }

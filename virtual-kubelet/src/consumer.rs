@@ -422,7 +422,17 @@ impl PodReflector {
         {
             let want = to_local_status(rs, None, |ip| ctx.peer.translate(ip));
             let have = pod.status.clone().unwrap_or_default();
-            if owned_fields(&want) != owned_fields(&have) {
+            // a provider pod that is merely Pending, with nothing to say yet, is not worth a write
+            let unschedulable = want
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "PodScheduled" && c.status == "False");
+            let news = want.phase.as_deref() != Some("Pending")
+                || want.reason.is_some()
+                || want.message.is_some()
+                || unschedulable;
+            if news && owned_fields(&want) != owned_fields(&have) {
                 let mut patch = json!({"status": want});
                 // fields the provider no longer reports are cleared, not left stale
                 for k in ["reason", "message"] {
