@@ -53,6 +53,9 @@ pub fn start(lab: &Lab, idx: usize, extra: &[&str]) -> Result<Agent> {
     let c = &lab.layout.clusters[idx];
     let id = cluster_id(idx);
     let listen = format!("127.0.0.1:{}", c.ports.apiserver + 6);
+    if std::net::TcpStream::connect(&listen).is_ok() {
+        bail!("{listen} is taken (another ferry-agent of this lab, e.g. the demo's?); fix: ferry-lab down, then up");
+    }
     let log_path = lab.paths.dir.join(format!("agent-{}.log", c.id));
     let log = std::fs::OpenOptions::new()
         .create(true)

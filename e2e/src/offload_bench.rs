@@ -36,6 +36,31 @@ pub struct OffloadBench {
     pub ratio: f64,
     /// Peak resident memory of the consumer's ferry-agent (virtual kubelet included), MiB.
     pub virtual_kubelet_peak_rss_mib: f64,
+    /// CPU seconds the lab's control planes (both clusters: etcd, apiserver, controller-manager, scheduler,
+    /// lab kubelets) spent in (a).
+    pub direct_control_plane_cpu_seconds: f64,
+    /// The same in (b).
+    pub offloaded_control_plane_cpu_seconds: f64,
+    /// CPU seconds both ferry-agents spent in (b).
+    pub offloaded_agents_cpu_seconds: f64,
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    // after the command: state is field 3, utime 14 and stime 15 (1-based over the whole line)
+    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(14) + ticks(15)) / 100.0
+}
+
+/// CPU seconds of every process the lab started (its pid table) so far.
+fn control_plane_cpu(lab: &Lab) -> f64 {
+    crate::procs::ProcessTable::new(lab.paths.pids())
+        .map(|t| t.list().iter().filter(|p| p.alive()).map(|p| cpu_seconds(p.pid)).sum())
+        .unwrap_or(0.0)
 }
 
 fn peak_rss_mib(pid: u32) -> Result<f64> {
@@ -122,8 +147,10 @@ async fn measure(lab: &Lab, c1: &Client, c2: &Client, count: u32, stamp: &str) -
     namespace(c2, &direct_ns).await?;
     let deps: Api<Deployment> = Api::namespaced(c2.clone(), &direct_ns);
     eprintln!("[bench] (a) {count} pods directly on the provider");
+    let cpu0 = control_plane_cpu(lab);
     deps.create(&PostParams::default(), &deployment("pods", count, "", true, None)).await?;
     let direct = wait_ready(&deps, "pods", count, timeout).await;
+    let direct_cpu = control_plane_cpu(lab) - cpu0;
     drain(c2, &direct_ns).await;
     let direct = direct?;
     until_empty(c2, &direct_ns, timeout).await;
@@ -131,7 +158,7 @@ async fn measure(lab: &Lab, c1: &Client, c2: &Client, count: u32, stamp: &str) -
     // (b) in the consumer, offloaded
     let quota = (count * 2).to_string();
     let consumer = agents::start(lab, 0, &[])?;
-    let _provider = agents::start(lab, 1, &["--quota-pods", &quota, "--quota-cpu", "100000", "--quota-memory", "1Pi"])?;
+    let provider = agents::start(lab, 1, &["--quota-pods", &quota, "--quota-cpu", "100000", "--quota-memory", "1Pi"])?;
     let k1 = lab.paths.kubeconfig(&lab.layout.clusters[0]);
     let _ = agents::ferryctl(&k1, &["unpeer", "provider-c2"]);
     agents::peer(lab, &["--pods", &count.to_string(), "--cpu", "100000", "--memory", "1Pi"])?;
@@ -163,8 +190,11 @@ async fn measure(lab: &Lab, c1: &Client, c2: &Client, count: u32, stamp: &str) -
     }
     let deps: Api<Deployment> = Api::namespaced(c1.clone(), &ns);
     eprintln!("[bench] (b) {count} pods in the consumer, offloaded");
+    let (cpu1, agents0) = (control_plane_cpu(lab), cpu_seconds(consumer.pid()) + cpu_seconds(provider.pid()));
     deps.create(&PostParams::default(), &deployment("pods", count, "", true, None)).await?;
     let offloaded = wait_ready(&deps, "pods", count, timeout).await;
+    let offloaded_cpu = control_plane_cpu(lab) - cpu1;
+    let agents_cpu = cpu_seconds(consumer.pid()) + cpu_seconds(provider.pid()) - agents0;
     let rss = peak_rss_mib(consumer.pid());
     drain(c1, &ns).await;
     until_empty(c2, &remote_ns, timeout).await;
@@ -177,5 +207,8 @@ async fn measure(lab: &Lab, c1: &Client, c2: &Client, count: u32, stamp: &str) -
         offloaded_seconds: offloaded,
         ratio: offloaded / direct,
         virtual_kubelet_peak_rss_mib: rss?,
+        direct_control_plane_cpu_seconds: direct_cpu,
+        offloaded_control_plane_cpu_seconds: offloaded_cpu,
+        offloaded_agents_cpu_seconds: agents_cpu,
     })
 }

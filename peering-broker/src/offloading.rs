@@ -297,6 +297,7 @@ async fn start_one(
         consumer: consumer.to_string(),
         tenant_namespace: get("tenantNamespace"),
         remaps: remaps_for(&provider_cidrs, local_cidrs),
+        provider_view: remaps_for(local_cidrs, &provider_cidrs),
         local: client.clone(),
         remote,
         version: format!("ferry-{}", env!("CARGO_PKG_VERSION")),

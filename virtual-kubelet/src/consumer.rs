@@ -73,6 +73,8 @@ pub struct Peer {
     pub tenant_namespace: String,
     /// How this cluster sees the provider's pod CIDRs (identity where not remapped).
     pub remaps: BTreeMap<IpNet, IpNet>,
+    /// How the provider sees this cluster's pod CIDRs (for the endpoints copied there).
+    pub provider_view: BTreeMap<IpNet, IpNet>,
     /// This cluster.
     pub local: Client,
     /// The provider, as the tenant's identity.
@@ -386,7 +388,16 @@ impl PodReflector {
                     consumer_cluster_id: ctx.peer.consumer.clone(),
                     namespace: rns_name.clone(),
                 };
-                let remote = match to_remote(&pod, &target) {
+                // the cache keeps no specs (memory at 10,000 pods): read the whole pod once, to send it
+                let Some(full) = local
+                    .get_opt(&name)
+                    .await
+                    .map_err(api_err(format!("reading pod {ns}/{name}")))?
+                    .filter(|p| p.uid().as_deref() == Some(&uid))
+                else {
+                    return Ok(Action::await_change());
+                };
+                let remote = match to_remote(&full, &target) {
                     Ok(p) => p,
                     Err(refusals) => {
                         let why: Vec<String> = refusals.iter().map(Refusal::to_string).collect();
@@ -539,6 +550,8 @@ fn watch_remote(ctx: &Arc<PodReflector>, local_ns: String, rns: String) -> Remot
         pw,
         watcher(Api::<Pod>::namespaced(peer.remote.clone(), &rns), cfg).modify(|p| {
             p.metadata.managed_fields = None;
+            p.metadata.annotations = None;
+            p.metadata.owner_references = None;
             p.spec = None;
         }),
     )
@@ -551,9 +564,10 @@ fn watch_remote(ctx: &Arc<PodReflector>, local_ns: String, rns: String) -> Remot
             async {}
         });
     let copies = copy_objects(peer.clone(), local_ns.clone(), rns.clone());
+    let services = reflect_services(ctx.clone(), local_ns.clone(), rns.clone());
     let events = reflect_events(ctx.clone(), local_ns.clone(), rns.clone());
     let task = tokio::spawn(async move {
-        tokio::join!(shadow_watch, pod_watch, copies, events);
+        tokio::join!(shadow_watch, pod_watch, copies, events, services);
     });
     RemoteNamespace {
         name: rns,
@@ -638,6 +652,92 @@ async fn copy_objects(peer: Arc<Peer>, local_ns: String, rns: String) {
         copy::<ConfigMap>(peer.clone(), local_ns.clone(), rns.clone(), keep_cm),
         copy::<Secret>(peer, local_ns, rns, keep_secret),
     );
+}
+
+/// The `discovery.k8s.io` EndpointSlice version a cluster serves (v1 on current clusters, v1beta1 on 1.20).
+async fn endpoint_slice_resource(c: &Client) -> Option<kube::discovery::ApiResource> {
+    kube::discovery::group(c, "discovery.k8s.io")
+        .await
+        .ok()?
+        .recommended_kind("EndpointSlice")
+        .map(|(ar, _)| ar)
+}
+
+/// Services of the offloaded namespace are copied to the provider (its copy selects the offloaded pods
+/// there), and their EndpointSlices follow with the endpoints of the pods that run here, addresses in the
+/// provider's view. Deleted with the originals.
+async fn reflect_services(ctx: Arc<PodReflector>, local_ns: String, rns: String) {
+    use k8s_openapi::api::core::v1::Service;
+    use kube::core::DynamicObject;
+    let peer = ctx.peer.clone();
+    let pp = PatchParams::apply("ferry-virtual-kubelet").force();
+    let services = async {
+        let remote: Api<Service> = Api::namespaced(peer.remote.clone(), &rns);
+        let stream = watcher(Api::<Service>::namespaced(peer.local.clone(), &local_ns), watcher::Config::default())
+            .default_backoff();
+        futures::pin_mut!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
+                    let body = crate::translate::service_to_remote(&s, &rns, &peer.consumer);
+                    if let Err(e) = remote.patch(&s.name_any(), &pp, &Patch::Apply(&body)).await {
+                        warn!(ns = rns, service = s.name_any(), "copying the Service to the provider: {e}");
+                    }
+                }
+                Ok(watcher::Event::Delete(s)) => {
+                    let _ = remote.delete(&s.name_any(), &DeleteParams::default()).await;
+                }
+                _ => {}
+            }
+        }
+    };
+    let slices = async {
+        let (Some(local_ar), Some(remote_ar)) =
+            (endpoint_slice_resource(&peer.local).await, endpoint_slice_resource(&peer.remote).await)
+        else {
+            warn!("discovery.k8s.io EndpointSlice is not served on both clusters; endpoints are not copied");
+            return;
+        };
+        let remote: Api<DynamicObject> = Api::namespaced_with(peer.remote.clone(), &rns, &remote_ar);
+        let local: Api<DynamicObject> = Api::namespaced_with(peer.local.clone(), &local_ns, &local_ar);
+        let stream = watcher(local, watcher::Config::default()).default_backoff();
+        futures::pin_mut!(stream);
+        let translate = |ip: IpAddr| ferry_tunnel::ipam::translate(ip, &peer.provider_view).unwrap_or(ip);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                    if o.labels().get(crate::translate::MANAGED_BY.0).map(String::as_str) == Some(crate::translate::MANAGED_BY.1) {
+                        continue;
+                    }
+                    let offloaded: std::collections::HashSet<String> = ctx
+                        .local_pods
+                        .state()
+                        .iter()
+                        .filter(|p| p.namespace().as_deref() == Some(&local_ns))
+                        .map(|p| p.name_any())
+                        .collect();
+                    let v = serde_json::to_value(&o).unwrap_or_default();
+                    let name = format!("ferry-{}", o.name_any());
+                    match crate::translate::endpoint_slice_to_remote(&v, &offloaded, translate, &rns, &peer.consumer) {
+                        Some(mut body) => {
+                            body["apiVersion"] = remote_ar.api_version.clone().into();
+                            if let Err(e) = remote.patch(&name, &pp, &Patch::Apply(&body)).await {
+                                warn!(ns = rns, slice = name, "copying the EndpointSlice to the provider: {e}");
+                            }
+                        }
+                        None => {
+                            let _ = remote.delete(&name, &DeleteParams::default()).await;
+                        }
+                    }
+                }
+                Ok(watcher::Event::Delete(o)) => {
+                    let _ = remote.delete(&format!("ferry-{}", o.name_any()), &DeleteParams::default()).await;
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::join!(services, slices);
 }
 
 /// Events about provider pods, published on the local pod ("Scheduled" stays behind: here the pod was
@@ -728,7 +828,12 @@ pub async fn run(peer: Peer) -> Result<(), Error> {
             Api::<Pod>::all(peer.local.clone()),
             watcher::Config::default().fields(&format!("spec.nodeName={node}")),
         )
-        .modify(|p| p.metadata.managed_fields = None),
+        .modify(|p| {
+            // what reconciles read: metadata (owners, deletion) and status; the spec is fetched on creation
+            p.metadata.managed_fields = None;
+            p.metadata.annotations = None;
+            p.spec = None;
+        }),
     )
     .default_backoff()
     .applied_objects();

@@ -192,9 +192,135 @@ pub fn to_local_status(
     }
 }
 
+/// Label of EndpointSlices ferry writes on the provider (so the provider's EndpointSlice controller leaves
+/// them alone).
+pub const MANAGED_BY: (&str, &str) = ("endpointslice.kubernetes.io/managed-by", "ferry.dev");
+
+/// The provider-side copy of a consumer Service: same ports and selector (which then picks the offloaded
+/// pods on the provider); addresses, node ports and load balancers are the provider's own to choose.
+pub fn service_to_remote(svc: &k8s_openapi::api::core::v1::Service, namespace: &str, consumer: &str) -> serde_json::Value {
+    let spec = svc.spec.clone().unwrap_or_default();
+    let headless = spec.cluster_ip.as_deref() == Some("None");
+    let ports: Vec<serde_json::Value> = spec
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| {
+            serde_json::json!({"name": p.name, "port": p.port, "protocol": p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                "targetPort": p.target_port})
+        })
+        .collect();
+    let mut out = serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": svc.metadata.name, "namespace": namespace, "labels": {ORIGIN_CLUSTER_LABEL: consumer}},
+        "spec": {"type": "ClusterIP", "ports": ports, "selector": spec.selector.unwrap_or_default()},
+    });
+    if headless {
+        out["spec"]["clusterIP"] = "None".into();
+    }
+    out
+}
+
+/// The provider-side copy of a consumer EndpointSlice (any `discovery.k8s.io` version, as JSON): only the
+/// endpoints of pods that run in the consumer (pods in `offloaded` are on the provider already, where the
+/// copied Service selects them), addresses translated to how the provider reaches the consumer, node and
+/// zone fields dropped. `None` when no endpoint is left.
+pub fn endpoint_slice_to_remote(
+    slice: &serde_json::Value,
+    offloaded: &std::collections::HashSet<String>,
+    translate: impl Fn(IpAddr) -> IpAddr,
+    namespace: &str,
+    consumer: &str,
+) -> Option<serde_json::Value> {
+    let service = slice.pointer("/metadata/labels/kubernetes.io~1service-name")?.as_str()?;
+    let endpoints: Vec<serde_json::Value> = slice["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            let pod = e.pointer("/targetRef/name").and_then(|n| n.as_str());
+            !pod.is_some_and(|p| offloaded.contains(p))
+        })
+        .map(|e| {
+            let addresses: Vec<String> = e["addresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str())
+                .map(|a| a.parse::<IpAddr>().map(|ip| translate(ip).to_string()).unwrap_or_else(|_| a.to_string()))
+                .collect();
+            let mut out = serde_json::json!({"addresses": addresses, "conditions": e["conditions"]});
+            if let Some(h) = e.get("hostname") {
+                out["hostname"] = h.clone();
+            }
+            out
+        })
+        .collect();
+    if endpoints.is_empty() {
+        return None;
+    }
+    let name = slice.pointer("/metadata/name")?.as_str()?;
+    Some(serde_json::json!({
+        "apiVersion": slice["apiVersion"], "kind": "EndpointSlice",
+        "metadata": {"name": format!("ferry-{name}"), "namespace": namespace, "labels": {
+            "kubernetes.io/service-name": service, MANAGED_BY.0: MANAGED_BY.1, ORIGIN_CLUSTER_LABEL: consumer}},
+        "addressType": slice["addressType"],
+        "ports": slice["ports"],
+        "endpoints": endpoints,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_service_copy_keeps_ports_and_selector_and_lets_the_provider_pick_addresses() {
+        let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "demo"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "selector": {"app": "web"},
+                "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}]}}))
+        .unwrap();
+        let r = service_to_remote(&svc, "demo-c1", "c1");
+        assert_eq!(r["metadata"]["namespace"], "demo-c1");
+        assert_eq!(r["spec"]["type"], "ClusterIP");
+        assert!(r["spec"].get("clusterIP").is_none());
+        assert_eq!(r["spec"]["selector"]["app"], "web");
+        assert_eq!(r["spec"]["ports"][0]["targetPort"], 8080);
+        assert!(r["spec"]["ports"][0].get("nodePort").is_none());
+        let mut headless = svc.clone();
+        headless.spec.as_mut().unwrap().cluster_ip = Some("None".into());
+        assert_eq!(service_to_remote(&headless, "x", "c1")["spec"]["clusterIP"], "None");
+    }
+
+    #[test]
+    fn endpoint_slices_carry_only_consumer_pods_with_translated_addresses() {
+        let slice = json!({
+            "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": {"name": "web-abc", "labels": {"kubernetes.io/service-name": "web"}},
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.244.0.5"], "conditions": {"ready": true}, "targetRef": {"kind": "Pod", "name": "local-1"},
+                 "topology": {"kubernetes.io/hostname": "lab-node-1"}},
+                {"addresses": ["10.0.0.7"], "conditions": {"ready": true}, "targetRef": {"kind": "Pod", "name": "offloaded-1"}},
+            ]});
+        let offloaded: std::collections::HashSet<String> = ["offloaded-1".to_string()].into();
+        let remap = |ip: IpAddr| match ip {
+            IpAddr::V4(v) => IpAddr::V4(std::net::Ipv4Addr::new(10, 1, v.octets()[2], v.octets()[3])),
+            v => v,
+        };
+        let r = endpoint_slice_to_remote(&slice, &offloaded, remap, "demo-c1", "c1").unwrap();
+        assert_eq!(r["metadata"]["name"], "ferry-web-abc");
+        assert_eq!(r["metadata"]["labels"]["kubernetes.io/service-name"], "web");
+        assert_eq!(r["metadata"]["labels"][MANAGED_BY.0], MANAGED_BY.1);
+        let eps = r["endpoints"].as_array().unwrap();
+        assert_eq!(eps.len(), 1);
+        assert_eq!(eps[0]["addresses"][0], "10.1.0.5");
+        assert!(eps[0].get("topology").is_none(), "consumer node names mean nothing on the provider");
+        assert_eq!(r["apiVersion"], "discovery.k8s.io/v1beta1");
+        let only_offloaded: std::collections::HashSet<String> = ["local-1".to_string(), "offloaded-1".to_string()].into();
+        assert!(endpoint_slice_to_remote(&slice, &only_offloaded, remap, "x", "c1").is_none());
+    }
     use serde_json::json;
 
     fn pod(extra: serde_json::Value) -> Pod {
