@@ -44,7 +44,11 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// The cluster ID the agents of this module give cluster `idx`.
 pub fn cluster_id(idx: usize) -> String {
-    if idx == 0 { "consumer-c1".into() } else { format!("provider-c{}", idx + 1) }
+    if idx == 0 {
+        "consumer-c1".into()
+    } else {
+        format!("provider-c{}", idx + 1)
+    }
 }
 
 /// Starts the agent of cluster `idx` (log `agent-<cluster>.log` in the lab directory, appended) and waits
@@ -54,7 +58,9 @@ pub fn start(lab: &Lab, idx: usize, extra: &[&str]) -> Result<Agent> {
     let id = cluster_id(idx);
     let listen = format!("127.0.0.1:{}", c.ports.apiserver + 6);
     if std::net::TcpStream::connect(&listen).is_ok() {
-        bail!("{listen} is taken (another ferry-agent of this lab, e.g. the demo's?); fix: ferry-lab down, then up");
+        bail!(
+            "{listen} is taken (another ferry-agent of this lab, e.g. the demo's?); fix: ferry-lab down, then up"
+        );
     }
     let log_path = lab.paths.dir.join(format!("agent-{}.log", c.id));
     let log = std::fs::OpenOptions::new()
@@ -62,11 +68,19 @@ pub fn start(lab: &Lab, idx: usize, extra: &[&str]) -> Result<Agent> {
         .append(true)
         .open(&log_path)?;
     let mut cmd = Command::new(bin("ferry-agent"));
-    cmd.arg("--kubeconfig")
-        .arg(lab.paths.kubeconfig(c))
-        .args(["--cluster-id", &id, "--listen", &listen, "--pod-cidr", &c.pod_cidr.to_string()]);
+    cmd.arg("--kubeconfig").arg(lab.paths.kubeconfig(c)).args([
+        "--cluster-id",
+        &id,
+        "--listen",
+        &listen,
+        "--pod-cidr",
+        &c.pod_cidr.to_string(),
+    ]);
     if idx == 0 {
-        cmd.args(["--webhook-listen", &format!("127.0.0.1:{}", c.ports.apiserver + 7)]);
+        cmd.args([
+            "--webhook-listen",
+            &format!("127.0.0.1:{}", c.ports.apiserver + 7),
+        ]);
     }
     let child = cmd
         .args(extra)
@@ -80,10 +94,16 @@ pub fn start(lab: &Lab, idx: usize, extra: &[&str]) -> Result<Agent> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(&listen).is_err() {
         if Instant::now() > deadline {
-            bail!("ferry-agent did not listen on {listen} (log: {})", log_path.display());
+            bail!(
+                "ferry-agent did not listen on {listen} (log: {})",
+                log_path.display()
+            );
         }
         if let Some(st) = agent.child.try_wait()? {
-            bail!("ferry-agent exited ({st}); is {listen} taken? (log: {})", log_path.display());
+            bail!(
+                "ferry-agent exited ({st}); is {listen} taken? (log: {})",
+                log_path.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -92,7 +112,12 @@ pub fn start(lab: &Lab, idx: usize, extra: &[&str]) -> Result<Agent> {
 
 /// Runs `ferryctl --kubeconfig K args…`: (success, stdout, stderr).
 pub fn ferryctl(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
-    match Command::new(bin("ferryctl")).arg("--kubeconfig").arg(kubeconfig).args(args).output() {
+    match Command::new(bin("ferryctl"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+    {
         Ok(out) => (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into(),

@@ -276,7 +276,10 @@ async fn peer_and_tunnel(lab: &Lab, exe: &std::path::Path) -> Result<Vec<String>
             &c.pod_cidr.to_string(),
         ]);
         if c.id == c1.id {
-            cmd.args(["--webhook-listen", &format!("127.0.0.1:{}", c.ports.apiserver + 7)]);
+            cmd.args([
+                "--webhook-listen",
+                &format!("127.0.0.1:{}", c.ports.apiserver + 7),
+            ]);
         }
         table.spawn(&name, cmd, &lab.paths.log(c, "agent"))?;
         let port = c.ports.apiserver + 6;
@@ -385,7 +388,10 @@ async fn peer_and_tunnel(lab: &Lab, exe: &std::path::Path) -> Result<Vec<String>
 async fn offload_and_burst(lab: &Lab, ferryctl: &std::path::Path) -> Result<String> {
     let (c1, c2) = (&lab.layout.clusters[0], &lab.layout.clusters[1]);
     let (k1, client1) = (lab.paths.kubeconfig(c1), lab.client(c1).await?);
-    println!("== virtual node: {} appears in {} as node ferry-provider-c2", c2.id, c1.id);
+    println!(
+        "== virtual node: {} appears in {} as node ferry-provider-c2",
+        c2.id, c1.id
+    );
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client1.clone());
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !nodes
@@ -393,13 +399,19 @@ async fn offload_and_burst(lab: &Lab, ferryctl: &std::path::Path) -> Result<Stri
         .await?
         .is_some_and(|n| ferry_virtual_kubelet::node::is_ready(&n))
     {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "the virtual node is not Ready after 30s");
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the virtual node is not Ready after 30s"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let nss: Api<Namespace> = Api::all(client1.clone());
     if nss.get_opt("burst").await?.is_none() {
-        nss.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "burst"}}))?)
-            .await?;
+        nss.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "burst"}}))?,
+        )
+        .await?;
     }
     let offloaded = shell(
         std::process::Command::new(ferryctl)
@@ -423,13 +435,22 @@ async fn offload_and_burst(lab: &Lab, ferryctl: &std::path::Path) -> Result<Stri
         deps.create(&PostParams::default(), &deploy).await?;
     }
     wait_ready(&deps, "web", 4, Duration::from_secs(60)).await?;
-    println!("   Deployment burst/web: 4 replicas of 1 CPU each; scaling to 12 (local nodes have 4 CPUs each)");
-    deps.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 12}})))
-        .await?;
+    println!(
+        "   Deployment burst/web: 4 replicas of 1 CPU each; scaling to 12 (local nodes have 4 CPUs each)"
+    );
+    deps.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 12}})),
+    )
+    .await?;
     wait_ready(&deps, "web", 12, Duration::from_secs(90)).await?;
     let here = pods_of(lab, &c1.id, "burst", "web").await?;
     let there = pods_of(lab, &c2.id, "burst-consumer-c1", "web").await?;
-    println!("   {:<24} {:<18} {:<12} {}", "POD (c1)", "NODE (c1)", "IP (c1)", "RUNS ON");
+    println!(
+        "   {:<24} {:<18} {:<12} RUNS ON",
+        "POD (c1)", "NODE (c1)", "IP (c1)"
+    );
     let mut remote = 0;
     for p in &here {
         let on = match there.iter().find(|q| q.name == p.name) {

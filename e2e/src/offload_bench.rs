@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde::Serialize;
 use serde_json::json;
 
@@ -50,16 +50,30 @@ fn cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
     // after the command: state is field 3, utime 14 and stime 15 (1-based over the whole line)
-    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(14) + ticks(15)) / 100.0
 }
 
 /// CPU seconds of every process the lab started (its pid table) so far.
 fn control_plane_cpu(lab: &Lab) -> f64 {
     crate::procs::ProcessTable::new(lab.paths.pids())
-        .map(|t| t.list().iter().filter(|p| p.alive()).map(|p| cpu_seconds(p.pid)).sum())
+        .map(|t| {
+            t.list()
+                .iter()
+                .filter(|p| p.alive())
+                .map(|p| cpu_seconds(p.pid))
+                .sum()
+        })
         .unwrap_or(0.0)
 }
 
@@ -76,12 +90,18 @@ fn peak_rss_mib(pid: u32) -> Result<f64> {
 
 async fn namespace(client: &Client, ns: &str) -> Result<()> {
     Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}}))?)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
+        )
         .await?;
     let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !matches!(sas.get_opt("default").await, Ok(Some(_))) {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "namespace {ns}: no default ServiceAccount after 30s");
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "namespace {ns}: no default ServiceAccount after 30s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
@@ -93,9 +113,17 @@ async fn drain(client: &Client, ns: &str) {
         .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let _ = pods
-        .delete_collection(&DeleteParams { grace_period_seconds: Some(0), ..Default::default() }, &ListParams::default())
+        .delete_collection(
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+            &ListParams::default(),
+        )
         .await;
-    let _ = Api::<Namespace>::all(client.clone()).delete(ns, &DeleteParams::default()).await;
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(ns, &DeleteParams::default())
+        .await;
 }
 
 /// Waits until namespace `ns` has no pods left.
@@ -122,7 +150,11 @@ pub async fn run(lab: &Lab, count: u32, exe: &std::path::Path) -> Result<Offload
             cluster_id: c2l.id.clone(),
             host_netns: lab.layout.host_netns(&c2l),
             nodes: nodes.clone(),
-            capacity: NodeCapacity { cpu: "256".into(), memory: "1Ti".into(), pods: PODS_PER_BENCH_NODE },
+            capacity: NodeCapacity {
+                cpu: "256".into(),
+                memory: "1Ti".into(),
+                pods: PODS_PER_BENCH_NODE,
+            },
             pool: "bench".into(),
             hollow: true,
             exe: exe.to_path_buf(),
@@ -148,7 +180,8 @@ async fn measure(lab: &Lab, c1: &Client, c2: &Client, count: u32, stamp: &str) -
     let deps: Api<Deployment> = Api::namespaced(c2.clone(), &direct_ns);
     eprintln!("[bench] (a) {count} pods directly on the provider");
     let cpu0 = control_plane_cpu(lab);
-    deps.create(&PostParams::default(), &deployment("pods", count, "", true, None)).await?;
+    deps.create(&PostParams::default(), &deployment("pods", count, "", true, None))
+        .await?;
     let direct = wait_ready(&deps, "pods", count, timeout).await;
     let direct_cpu = control_plane_cpu(lab) - cpu0;
     drain(c2, &direct_ns).await;
@@ -158,14 +191,30 @@ async fn measure(lab: &Lab, c1: &Client, c2: &Client, count: u32, stamp: &str) -
     // (b) in the consumer, offloaded
     let quota = (count * 2).to_string();
     let consumer = agents::start(lab, 0, &[])?;
-    let provider = agents::start(lab, 1, &["--quota-pods", &quota, "--quota-cpu", "100000", "--quota-memory", "1Pi"])?;
+    let provider = agents::start(
+        lab,
+        1,
+        &[
+            "--quota-pods",
+            &quota,
+            "--quota-cpu",
+            "100000",
+            "--quota-memory",
+            "1Pi",
+        ],
+    )?;
     let k1 = lab.paths.kubeconfig(&lab.layout.clusters[0]);
     let _ = agents::ferryctl(&k1, &["unpeer", "provider-c2"]);
-    agents::peer(lab, &["--pods", &count.to_string(), "--cpu", "100000", "--memory", "1Pi"])?;
+    agents::peer(
+        lab,
+        &["--pods", &count.to_string(), "--cpu", "100000", "--memory", "1Pi"],
+    )?;
     let ns = format!("bench-offload-{stamp}");
     namespace(c1, &ns).await?;
-    let (ok, out, err) =
-        agents::ferryctl(&k1, &["offload", "namespace", &ns, "--strategy", "Remote", "-o", "json"]);
+    let (ok, out, err) = agents::ferryctl(
+        &k1,
+        &["offload", "namespace", &ns, "--strategy", "Remote", "-o", "json"],
+    );
     anyhow::ensure!(ok, "ferryctl offload namespace: {err}");
     let remote_ns = serde_json::from_str::<std::collections::BTreeMap<String, String>>(&out)?
         .remove("provider-c2")
@@ -175,10 +224,12 @@ async fn measure(lab: &Lab, c1: &Client, c2: &Client, count: u32, stamp: &str) -
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c1.clone());
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let pods = nodes
-            .get_opt("ferry-provider-c2")
-            .await?
-            .and_then(|n| n.status?.allocatable?.get("pods").map(|q| ferry_virtual_kubelet::quantity::parse(&q.0).unwrap_or(0) / 1000));
+        let pods = nodes.get_opt("ferry-provider-c2").await?.and_then(|n| {
+            n.status?
+                .allocatable?
+                .get("pods")
+                .map(|q| ferry_virtual_kubelet::quantity::parse(&q.0).unwrap_or(0) / 1000)
+        });
         if pods.is_some_and(|p| p >= i128::from(count)) {
             break;
         }
@@ -190,8 +241,12 @@ async fn measure(lab: &Lab, c1: &Client, c2: &Client, count: u32, stamp: &str) -
     }
     let deps: Api<Deployment> = Api::namespaced(c1.clone(), &ns);
     eprintln!("[bench] (b) {count} pods in the consumer, offloaded");
-    let (cpu1, agents0) = (control_plane_cpu(lab), cpu_seconds(consumer.pid()) + cpu_seconds(provider.pid()));
-    deps.create(&PostParams::default(), &deployment("pods", count, "", true, None)).await?;
+    let (cpu1, agents0) = (
+        control_plane_cpu(lab),
+        cpu_seconds(consumer.pid()) + cpu_seconds(provider.pid()),
+    );
+    deps.create(&PostParams::default(), &deployment("pods", count, "", true, None))
+        .await?;
     let offloaded = wait_ready(&deps, "pods", count, timeout).await;
     let offloaded_cpu = control_plane_cpu(lab) - cpu1;
     let agents_cpu = cpu_seconds(consumer.pid()) + cpu_seconds(provider.pid()) - agents0;

@@ -35,7 +35,10 @@ impl Setup {
         let consumer = agents::start(&lab, 0, &[]).unwrap();
         let provider = agents::start(&lab, 1, provider_flags).unwrap();
         // a peering left by an earlier, failed run would make `peer` fail on the used identity
-        let _ = ferryctl(&lab.paths.kubeconfig(&lab.layout.clusters[0]), &["unpeer", "provider-c2"]);
+        let _ = ferryctl(
+            &lab.paths.kubeconfig(&lab.layout.clusters[0]),
+            &["unpeer", "provider-c2"],
+        );
         agents::peer(&lab, peer_flags).unwrap();
         wait("virtual node Ready", 30, || async {
             Ok(Api::<Node>::all(c1.clone())
@@ -101,13 +104,22 @@ where
 async fn fresh_namespace(c: &Client, ns: &str) {
     let nss: Api<Namespace> = Api::all(c.clone());
     let _ = nss.delete(ns, &DeleteParams::default()).await;
-    wait(&format!("old namespace {ns} gone"), 90, || async { Ok(nss.get_opt(ns).await?.is_none()) }).await;
-    nss.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap())
-        .await
-        .unwrap();
+    wait(&format!("old namespace {ns} gone"), 90, || async {
+        Ok(nss.get_opt(ns).await?.is_none())
+    })
+    .await;
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+    )
+    .await
+    .unwrap();
     // the namespace's default ServiceAccount (pods are refused until it exists)
     let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(c.clone(), ns);
-    wait("default ServiceAccount", 30, || async { Ok(sas.get_opt("default").await?.is_some()) }).await;
+    wait("default ServiceAccount", 30, || async {
+        Ok(sas.get_opt("default").await?.is_some())
+    })
+    .await;
 }
 
 fn deployment(name: &str, replicas: u32, cpu: Option<&str>, hollow: bool) -> Deployment {
@@ -154,8 +166,14 @@ async fn all_running(c: &Client, ns: &str, app: &str, n: usize) -> Result<bool> 
 
 /// Whole pods of `cpu_request` millicores that still fit on c1's local (non-virtual) nodes.
 async fn local_room(c: &Client, cpu_request: i128) -> usize {
-    let nodes = Api::<Node>::all(c.clone()).list(&ListParams::default()).await.unwrap();
-    let all = Api::<Pod>::all(c.clone()).list(&ListParams::default()).await.unwrap();
+    let nodes = Api::<Node>::all(c.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let all = Api::<Pod>::all(c.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
     nodes
         .items
         .iter()
@@ -213,9 +231,15 @@ async fn pods_fill_local_nodes_then_run_on_the_provider_with_status_ips_and_dele
 
     // 10 replicas of 1 CPU: local nodes first, the rest on the provider
     let room = local_room(c1, 1000).await;
-    assert!(room < 10, "the lab's local nodes must be too small for 10 CPUs (room for {room})");
+    assert!(
+        room < 10,
+        "the lab's local nodes must be too small for 10 CPUs (room for {room})"
+    );
     let deploys: Api<Deployment> = Api::namespaced(c1.clone(), ns);
-    deploys.create(&PostParams::default(), &deployment("web", 10, Some("1"), false)).await.unwrap();
+    deploys
+        .create(&PostParams::default(), &deployment("web", 10, Some("1"), false))
+        .await
+        .unwrap();
     wait("10 pods Running", 90, || all_running(c1, ns, "web", 10)).await;
     let local_pods = pods(c1, ns, "web").await;
     let on_virtual: Vec<&Pod> = local_pods.iter().filter(|p| node_of(p) == VNODE).collect();
@@ -232,13 +256,20 @@ async fn pods_fill_local_nodes_then_run_on_the_provider_with_status_ips_and_dele
         &[s.lab.layout.clusters[1].pod_cidr],
         &[s.lab.layout.clusters[0].pod_cidr],
     );
-    let remote_pods: BTreeMap<String, Pod> =
-        pods(c2, &rns, "web").await.into_iter().map(|p| (p.name_any(), p)).collect();
+    let remote_pods: BTreeMap<String, Pod> = pods(c2, &rns, "web")
+        .await
+        .into_iter()
+        .map(|p| (p.name_any(), p))
+        .collect();
     assert_eq!(remote_pods.len(), on_virtual.len());
     for p in &on_virtual {
         let r = &remote_pods[&p.name_any()];
         assert_eq!(phase(r), "Running");
-        assert!(node_of(r).starts_with("lab-node"), "provider pod on {}", node_of(r));
+        assert!(
+            node_of(r).starts_with("lab-node"),
+            "provider pod on {}",
+            node_of(r)
+        );
         let want = ferry_tunnel::ipam::translate(ip_of(r).parse().unwrap(), &remaps).unwrap();
         assert_eq!(ip_of(p), want.to_string(), "consumer IP of {}", p.name_any());
         assert_ne!(ip_of(p), ip_of(r), "overlapping CIDRs must be remapped");
@@ -249,7 +280,8 @@ async fn pods_fill_local_nodes_then_run_on_the_provider_with_status_ips_and_dele
     let cms: Api<ConfigMap> = Api::namespaced(c1.clone(), ns);
     cms.create(
         &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": "settings"}, "data": {"greeting": "hi"}})).unwrap(),
+        &serde_json::from_value(json!({"metadata": {"name": "settings"}, "data": {"greeting": "hi"}}))
+            .unwrap(),
     )
     .await
     .unwrap();
@@ -263,27 +295,103 @@ async fn pods_fill_local_nodes_then_run_on_the_provider_with_status_ips_and_dele
     })
     .await;
 
+    // Services follow the namespace; their EndpointSlices carry the pods that run here, in the provider's
+    // view of this cluster's (overlapping) pod CIDR
+    let svcs: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(c1.clone(), ns);
+    svcs.create(
+        &PostParams::default(),
+        &serde_json::from_value(
+            json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"},
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let rsvcs: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(c2.clone(), &rns);
+    wait("Service on the provider", 15, || async {
+        Ok(rsvcs.get_opt("web").await?.is_some_and(|s| {
+            s.spec
+                .and_then(|s| s.selector)
+                .and_then(|m| m.get("app").cloned())
+                .as_deref()
+                == Some("web")
+        }))
+    })
+    .await;
+    let provider_view = ferry_peering_broker::offloading::remaps_for(
+        &[s.lab.layout.clusters[0].pod_cidr],
+        &[s.lab.layout.clusters[1].pod_cidr],
+    );
+    let want: BTreeSet<String> = local_pods
+        .iter()
+        .filter(|p| node_of(p) != VNODE)
+        .map(|p| {
+            ferry_tunnel::ipam::translate(ip_of(p).parse().unwrap(), &provider_view)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let slices_api = kube::discovery::group(c2, "discovery.k8s.io")
+        .await
+        .unwrap()
+        .recommended_kind("EndpointSlice")
+        .unwrap()
+        .0;
+    let rslices: Api<kube::core::DynamicObject> = Api::namespaced_with(c2.clone(), &rns, &slices_api);
+    wait(
+        "EndpointSlice on the provider with the consumer's pods, translated",
+        30,
+        || async {
+            let list = rslices
+                .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+                .await?;
+            let got: BTreeSet<String> = list
+                .items
+                .iter()
+                .flat_map(|o| o.data["endpoints"].as_array().cloned().unwrap_or_default())
+                .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect();
+            Ok(got == want)
+        },
+    )
+    .await;
+
     // deleting on the consumer deletes on the provider
     let victim = on_virtual[0].name_any();
-    Api::<Pod>::namespaced(c1.clone(), ns).delete(&victim, &DeleteParams::default()).await.unwrap();
+    Api::<Pod>::namespaced(c1.clone(), ns)
+        .delete(&victim, &DeleteParams::default())
+        .await
+        .unwrap();
     let rpods: Api<Pod> = Api::namespaced(c2.clone(), &rns);
     wait("provider pod and ShadowPod deleted", 30, || async {
         Ok(rpods.get_opt(&victim).await?.is_none() && !shadow_exists(c2, &victim).await)
     })
     .await;
     wait("consumer pod gone", 30, || async {
-        Ok(Api::<Pod>::namespaced(c1.clone(), ns).get_opt(&victim).await?.is_none())
+        Ok(Api::<Pod>::namespaced(c1.clone(), ns)
+            .get_opt(&victim)
+            .await?
+            .is_none())
     })
     .await;
     wait("replacement Running", 60, || all_running(c1, ns, "web", 10)).await;
 
     // deleting on the provider is healed by the provider's ShadowPod controller
-    let survivor = pods(c1, ns, "web").await.into_iter().find(|p| node_of(p) == VNODE).unwrap();
+    let survivor = pods(c1, ns, "web")
+        .await
+        .into_iter()
+        .find(|p| node_of(p) == VNODE)
+        .unwrap();
     let name = survivor.name_any();
     let old_uid = rpods.get(&name).await.unwrap().uid();
     rpods.delete(&name, &DeleteParams::default()).await.unwrap();
     wait("provider pod recreated and Running", 30, || async {
-        Ok(rpods.get_opt(&name).await?.is_some_and(|p| p.uid() != old_uid && phase(&p) == "Running"))
+        Ok(rpods
+            .get_opt(&name)
+            .await?
+            .is_some_and(|p| p.uid() != old_uid && phase(&p) == "Running"))
     })
     .await;
     let after = Api::<Pod>::namespaced(c1.clone(), ns).get(&name).await.unwrap();
@@ -305,46 +413,78 @@ async fn pods_fill_local_nodes_then_run_on_the_provider_with_status_ips_and_dele
     .unwrap();
     dss.create(&PostParams::default(), &ds).await.unwrap();
     let local_nodes = s.lab.layout.clusters[0].nodes as usize;
-    wait("DaemonSet pods on every local node", 30, || all_running(c1, ns, "agent", local_nodes)).await;
+    wait("DaemonSet pods on every local node", 30, || {
+        all_running(c1, ns, "agent", local_nodes)
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let ds_pods = pods(c1, ns, "agent").await;
     assert_eq!(ds_pods.len(), local_nodes);
-    assert!(ds_pods.iter().all(|p| node_of(p) != VNODE), "a DaemonSet pod landed on the virtual node");
+    assert!(
+        ds_pods.iter().all(|p| node_of(p) != VNODE),
+        "a DaemonSet pod landed on the virtual node"
+    );
 
     // a namespace that is not offloaded: its pods stay local, and one forced onto the node is not sent
     fresh_namespace(c1, "plain").await;
     let plain: Api<Deployment> = Api::namespaced(c1.clone(), "plain");
-    plain.create(&PostParams::default(), &deployment("plain", 3, None, true)).await.unwrap();
+    plain
+        .create(&PostParams::default(), &deployment("plain", 3, None, true))
+        .await
+        .unwrap();
     wait("plain pods Running", 60, || all_running(c1, "plain", "plain", 3)).await;
-    assert!(pods(c1, "plain", "plain").await.iter().all(|p| node_of(p) != VNODE));
+    assert!(
+        pods(c1, "plain", "plain")
+            .await
+            .iter()
+            .all(|p| node_of(p) != VNODE)
+    );
     let plain_pods: Api<Pod> = Api::namespaced(c1.clone(), "plain");
-    plain_pods.create(&PostParams::default(), &forced_pod("forced", json!({}))).await.unwrap();
+    plain_pods
+        .create(&PostParams::default(), &forced_pod("forced", json!({})))
+        .await
+        .unwrap();
     wait("NamespaceNotOffloaded event", 15, || async {
-        Ok(events_of(c1, "plain", "forced").await.iter().any(|(r, m)| {
-            r == "NamespaceNotOffloaded" && m.contains("ferryctl offload namespace plain")
-        }))
+        Ok(events_of(c1, "plain", "forced")
+            .await
+            .iter()
+            .any(|(r, m)| r == "NamespaceNotOffloaded" && m.contains("ferryctl offload namespace plain")))
     })
     .await;
-    assert!(!shadow_exists(c2, "forced").await, "a pod of a namespace not offloaded was sent");
+    assert!(
+        !shadow_exists(c2, "forced").await,
+        "a pod of a namespace not offloaded was sent"
+    );
 
     // bad input: host access is refused with the reason, nothing is sent
     let local: Api<Pod> = Api::namespaced(c1.clone(), ns);
     for (name, spec, field) in [
         ("hostnet", json!({"hostNetwork": true}), "hostNetwork"),
-        ("hostpath", json!({"volumes": [{"name": "root", "hostPath": {"path": "/"}}]}), "hostPath"),
+        (
+            "hostpath",
+            json!({"volumes": [{"name": "root", "hostPath": {"path": "/"}}]}),
+            "hostPath",
+        ),
         (
             "privileged",
             json!({"containers": [{"name": "c", "image": "x", "securityContext": {"privileged": true}}]}),
             "privileged",
         ),
     ] {
-        local.create(&PostParams::default(), &forced_pod(name, spec)).await.unwrap();
-        wait(&format!("{name}: OffloadingRefused naming {field}"), 15, || async {
-            Ok(events_of(c1, ns, name)
-                .await
-                .iter()
-                .any(|(r, m)| r == "OffloadingRefused" && m.contains(field) && m.contains("fix:")))
-        })
+        local
+            .create(&PostParams::default(), &forced_pod(name, spec))
+            .await
+            .unwrap();
+        wait(
+            &format!("{name}: OffloadingRefused naming {field}"),
+            15,
+            || async {
+                Ok(events_of(c1, ns, name)
+                    .await
+                    .iter()
+                    .any(|(r, m)| r == "OffloadingRefused" && m.contains(field) && m.contains("fix:")))
+            },
+        )
         .await;
         let p = local.get(name).await.unwrap();
         assert_eq!(phase(&p), "Pending");
@@ -367,7 +507,9 @@ async fn pods_fill_local_nodes_then_run_on_the_provider_with_status_ips_and_dele
     assert!(msg.contains("hostNetwork") && msg.contains("Remote"), "{msg}");
 
     for n in [ns, "plain", "remote-only"] {
-        let _ = Api::<Namespace>::all(c1.clone()).delete(n, &DeleteParams::default()).await;
+        let _ = Api::<Namespace>::all(c1.clone())
+            .delete(n, &DeleteParams::default())
+            .await;
     }
     s.teardown().await;
 }
@@ -384,14 +526,27 @@ async fn a_virtual_kubelet_killed_while_creating_200_pods_leaves_every_pod_runni
         .await
         .unwrap();
     let shadows: Api<ShadowPod> = Api::namespaced(c2.clone(), &rns);
-    wait("first ShadowPods", 60, || async { Ok(shadows.list_metadata(&ListParams::default()).await?.items.len() >= 30) })
-        .await;
+    wait("first ShadowPods", 60, || async {
+        Ok(shadows.list_metadata(&ListParams::default()).await?.items.len() >= 30)
+    })
+    .await;
     s.agents[0].kill();
-    let at_kill = shadows.list_metadata(&ListParams::default()).await.unwrap().items.len();
-    assert!(at_kill < 200, "the kill came too late to prove anything ({at_kill} ShadowPods)");
+    let at_kill = shadows
+        .list_metadata(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .len();
+    assert!(
+        at_kill < 200,
+        "the kill came too late to prove anything ({at_kill} ShadowPods)"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     s.agents[0] = agents::start(&s.lab, 0, &[]).unwrap();
-    wait("200 consumer pods Running", 180, || all_running(&c1, ns, "many", 200)).await;
+    wait("200 consumer pods Running", 180, || {
+        all_running(&c1, ns, "many", 200)
+    })
+    .await;
 
     let local = pods(&c1, ns, "many").await;
     assert!(
@@ -402,20 +557,40 @@ async fn a_virtual_kubelet_killed_while_creating_200_pods_leaves_every_pod_runni
     assert_eq!(remote.len(), 200, "provider pods");
     assert!(remote.iter().all(|p| phase(p) == "Running"));
     let local_uids: BTreeSet<String> = local.iter().filter_map(|p| p.uid()).collect();
-    let origin: Vec<String> = remote.iter().map(|p| p.labels()["ferry.dev/origin-pod-uid"].clone()).collect();
+    let origin: Vec<String> = remote
+        .iter()
+        .map(|p| p.labels()["ferry.dev/origin-pod-uid"].clone())
+        .collect();
     let origin_set: BTreeSet<String> = origin.iter().cloned().collect();
-    assert_eq!(origin.len(), origin_set.len(), "a consumer pod runs twice on the provider");
+    assert_eq!(
+        origin.len(),
+        origin_set.len(),
+        "a consumer pod runs twice on the provider"
+    );
     assert_eq!(origin_set, local_uids, "every consumer pod, exactly once");
-    assert_eq!(shadows.list_metadata(&ListParams::default()).await.unwrap().items.len(), 200);
+    assert_eq!(
+        shadows
+            .list_metadata(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        200
+    );
     eprintln!("killed at {at_kill}/200 ShadowPods; after restart 200/200 Running, no duplicates");
 
-    Api::<Deployment>::namespaced(c1.clone(), ns).delete("many", &DeleteParams::default()).await.unwrap();
+    Api::<Deployment>::namespaced(c1.clone(), ns)
+        .delete("many", &DeleteParams::default())
+        .await
+        .unwrap();
     let rp: Api<Pod> = Api::namespaced(c2.clone(), &rns);
     wait("provider pods deleted with the Deployment", 120, || async {
         Ok(rp.list_metadata(&ListParams::default()).await?.items.is_empty())
     })
     .await;
-    let _ = Api::<Namespace>::all(c1.clone()).delete(ns, &DeleteParams::default()).await;
+    let _ = Api::<Namespace>::all(c1.clone())
+        .delete(ns, &DeleteParams::default())
+        .await;
     s.teardown().await;
 }
 
@@ -427,7 +602,10 @@ async fn the_node_goes_not_ready_while_the_provider_apiserver_is_stopped_and_eve
     let ns = "outage";
     let rns = s.offloaded(ns, &["--strategy", "Remote"]).await;
     let deploys: Api<Deployment> = Api::namespaced(c1.clone(), ns);
-    deploys.create(&PostParams::default(), &deployment("svc", 3, None, false)).await.unwrap();
+    deploys
+        .create(&PostParams::default(), &deployment("svc", 3, None, false))
+        .await
+        .unwrap();
     wait("3 pods Running", 60, || all_running(&c1, ns, "svc", 3)).await;
     let before = pods(&c2, &rns, "svc").await;
     let netns: Vec<String> = before
@@ -437,7 +615,11 @@ async fn the_node_goes_not_ready_while_the_provider_apiserver_is_stopped_and_eve
 
     // stop (SIGSTOP) the provider's apiserver for 60 s
     let table = ferry_e2e::procs::ProcessTable::new(s.lab.paths.pids()).unwrap();
-    let apiserver = table.list().into_iter().find(|t| t.name == "c2-apiserver").expect("c2-apiserver");
+    let apiserver = table
+        .list()
+        .into_iter()
+        .find(|t| t.name == "c2-apiserver")
+        .expect("c2-apiserver");
     let pid = nix::unistd::Pid::from_raw(apiserver.pid as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let stopped = Instant::now();
@@ -450,25 +632,43 @@ async fn the_node_goes_not_ready_while_the_provider_apiserver_is_stopped_and_eve
         let not_ready_after = stopped.elapsed();
         // meanwhile: one pod deleted and two more asked for on the consumer
         let victim = pods(&c1, ns, "svc").await[0].name_any();
-        Api::<Pod>::namespaced(c1.clone(), ns).delete(&victim, &DeleteParams::default()).await.unwrap();
+        Api::<Pod>::namespaced(c1.clone(), ns)
+            .delete(&victim, &DeleteParams::default())
+            .await
+            .unwrap();
         deploys
-            .patch("svc", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 5}})))
+            .patch(
+                "svc",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": 5}})),
+            )
             .await
             .unwrap();
         while stopped.elapsed() < Duration::from_secs(60) {
-            let listed = String::from_utf8(std::process::Command::new("ip").args(["netns", "list"]).output().unwrap().stdout)
-                .unwrap();
+            let listed = String::from_utf8(
+                std::process::Command::new("ip")
+                    .args(["netns", "list"])
+                    .output()
+                    .unwrap()
+                    .stdout,
+            )
+            .unwrap();
             for n in &netns {
-                assert!(listed.contains(n.as_str()), "provider pod netns {n} vanished during the outage");
+                assert!(
+                    listed.contains(n.as_str()),
+                    "provider pod netns {n} vanished during the outage"
+                );
             }
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
         (not_ready_after, victim)
     });
-    let (not_ready_after, victim) = futures::FutureExt::catch_unwind(resumed).await.unwrap_or_else(|e| {
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
-        std::panic::resume_unwind(e)
-    });
+    let (not_ready_after, victim) = futures::FutureExt::catch_unwind(resumed)
+        .await
+        .unwrap_or_else(|e| {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+            std::panic::resume_unwind(e)
+        });
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     let resumed_at = Instant::now();
     wait("virtual node Ready again", 30, || async {
@@ -480,21 +680,30 @@ async fn the_node_goes_not_ready_while_the_provider_apiserver_is_stopped_and_eve
         &[s.lab.layout.clusters[1].pod_cidr],
         &[s.lab.layout.clusters[0].pod_cidr],
     );
-    wait("5 pods Running on both sides with matching IPs, the deleted one gone", 90, || async {
-        let local = pods(&c1, ns, "svc").await;
-        let remote: BTreeMap<String, Pod> = pods(&c2, &rns, "svc").await.into_iter().map(|p| (p.name_any(), p)).collect();
-        if local.len() != 5 || remote.len() != 5 || remote.contains_key(&victim) {
-            return Ok(false);
-        }
-        Ok(local.iter().all(|p| {
-            remote.get(&p.name_any()).is_some_and(|r| {
-                phase(p) == "Running"
-                    && phase(r) == "Running"
-                    && ferry_tunnel::ipam::translate(ip_of(r).parse().unwrap(), &remaps).map(|a| a.to_string())
-                        == Some(ip_of(p).to_string())
-            })
-        }))
-    })
+    wait(
+        "5 pods Running on both sides with matching IPs, the deleted one gone",
+        90,
+        || async {
+            let local = pods(&c1, ns, "svc").await;
+            let remote: BTreeMap<String, Pod> = pods(&c2, &rns, "svc")
+                .await
+                .into_iter()
+                .map(|p| (p.name_any(), p))
+                .collect();
+            if local.len() != 5 || remote.len() != 5 || remote.contains_key(&victim) {
+                return Ok(false);
+            }
+            Ok(local.iter().all(|p| {
+                remote.get(&p.name_any()).is_some_and(|r| {
+                    phase(p) == "Running"
+                        && phase(r) == "Running"
+                        && ferry_tunnel::ipam::translate(ip_of(r).parse().unwrap(), &remaps)
+                            .map(|a| a.to_string())
+                            == Some(ip_of(p).to_string())
+                })
+            }))
+        },
+    )
     .await;
     let survivors = pods(&c2, &rns, "svc").await;
     for p in &before {
@@ -511,6 +720,8 @@ async fn the_node_goes_not_ready_while_the_provider_apiserver_is_stopped_and_eve
         not_ready_after.as_secs_f64(),
         ready_after.as_secs_f64()
     );
-    let _ = Api::<Namespace>::all(c1.clone()).delete(ns, &DeleteParams::default()).await;
+    let _ = Api::<Namespace>::all(c1.clone())
+        .delete(ns, &DeleteParams::default())
+        .await;
     s.teardown().await;
 }

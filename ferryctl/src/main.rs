@@ -314,9 +314,9 @@ async fn run(cli: Cli) -> Result<()> {
             let c = client(&cli).await?;
             let mut selector = std::collections::BTreeMap::new();
             for kv in selectors {
-                let (k, v) = kv
-                    .split_once('=')
-                    .with_context(|| format!("--selector {kv:?} is not key=value; fix: e.g. --selector region=eu"))?;
+                let (k, v) = kv.split_once('=').with_context(|| {
+                    format!("--selector {kv:?} is not key=value; fix: e.g. --selector region=eu")
+                })?;
                 selector.insert(k.to_string(), v.to_string());
             }
             let spec = ferry_crds::NamespaceOffloadingSpec {
@@ -419,12 +419,19 @@ async fn offload_namespace(
         .await?
         .items
         .len();
-    anyhow::ensure!(peers > 0, "this cluster has no peers; fix: ferryctl peer --token … first");
+    anyhow::ensure!(
+        peers > 0,
+        "this cluster has no peers; fix: ferryctl peer --token … first"
+    );
     let api: Api<ferry_crds::NamespaceOffloading> = Api::namespaced(c.clone(), ns);
     let no = ferry_crds::NamespaceOffloading::new("offloading", spec);
-    api.patch("offloading", &PatchParams::apply("ferryctl").force(), &Patch::Apply(&no))
-        .await
-        .with_context(|| format!("creating NamespaceOffloading {ns}/offloading"))?;
+    api.patch(
+        "offloading",
+        &PatchParams::apply("ferryctl").force(),
+        &Patch::Apply(&no),
+    )
+    .await
+    .with_context(|| format!("creating NamespaceOffloading {ns}/offloading"))?;
     // the webhook then refuses (rather than misses) pods here while the agent is down
     ferry_peering_broker::offloading::label_namespace(c, ns, true).await?;
     let deadline = Instant::now() + timeout;
@@ -433,7 +440,9 @@ async fn offload_namespace(
         let st = no.status.unwrap_or_default();
         let ready = st.conditions.iter().find(|c| c.type_ == "Ready");
         match ready {
-            Some(r) if r.status == "True" && !st.remote_namespaces.is_empty() => return Ok(st.remote_namespaces),
+            Some(r) if r.status == "True" && !st.remote_namespaces.is_empty() => {
+                return Ok(st.remote_namespaces);
+            }
             Some(r) if r.status == "False" && Instant::now() > deadline => anyhow::bail!("{}", r.message),
             _ if Instant::now() > deadline => anyhow::bail!(
                 "namespace {ns} not offloaded after {}s; fix: is ferry-agent running on this cluster?",

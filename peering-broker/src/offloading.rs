@@ -67,9 +67,17 @@ pub const FINALIZER: &str = "ferry.dev/offloading";
 
 /// Sets or clears [`OFFLOADED_LABEL`] on namespace `ns`.
 pub async fn label_namespace(client: &Client, ns: &str, on: bool) -> Result<(), kube::Error> {
-    let v = if on { json!("true") } else { serde_json::Value::Null };
+    let v = if on {
+        json!("true")
+    } else {
+        serde_json::Value::Null
+    };
     Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-        .patch(ns, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {OFFLOADED_LABEL: v}}})))
+        .patch(
+            ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {OFFLOADED_LABEL: v}}})),
+        )
         .await
         .map(|_| ())
 }
@@ -80,7 +88,8 @@ pub async fn reconcile(
     no: Arc<NamespaceOffloading>,
     client: Arc<Client>,
 ) -> Result<Action, kube::runtime::finalizer::Error<Error>> {
-    let api: Api<NamespaceOffloading> = Api::namespaced((*client).clone(), &no.namespace().unwrap_or_default());
+    let api: Api<NamespaceOffloading> =
+        Api::namespaced((*client).clone(), &no.namespace().unwrap_or_default());
     kube::runtime::finalizer(&api, FINALIZER, no, |ev| async {
         match ev {
             kube::runtime::finalizer::Event::Apply(no) => apply(no, client.clone()).await,
@@ -95,7 +104,11 @@ pub async fn reconcile(
 async fn cleanup(no: Arc<NamespaceOffloading>, client: Arc<Client>) -> Result<Action, Error> {
     let ns = no.namespace().unwrap_or_default();
     let ids = identities(&client).await.unwrap_or_default();
-    let remote = no.status.as_ref().map(|s| s.remote_namespaces.clone()).unwrap_or_default();
+    let remote = no
+        .status
+        .as_ref()
+        .map(|s| s.remote_namespaces.clone())
+        .unwrap_or_default();
     for (provider, rns) in remote {
         let Some(s) = ids.get(&provider) else { continue };
         let get = |k: &str| text(s, k).unwrap_or_default();
@@ -107,12 +120,19 @@ async fn cleanup(no: Arc<NamespaceOffloading>, client: Arc<Client>) -> Result<Ac
             "DELETE",
             &path,
             None,
-            Some(crate::tls::ClientCert { cert: &cert, key: &key }),
+            Some(crate::tls::ClientCert {
+                cert: &cert,
+                key: &key,
+            }),
         )
         .await;
         match r {
             Ok((200 | 404, _)) => info!(provider, namespace = rns, "provider namespace deleted"),
-            Ok((status, b)) => warn!(provider, "{url}{path} answered {status}: {}", String::from_utf8_lossy(&b)),
+            Ok((status, b)) => warn!(
+                provider,
+                "{url}{path} answered {status}: {}",
+                String::from_utf8_lossy(&b)
+            ),
             Err(e) => warn!(provider, "{url}{path}: {e:#}"),
         }
     }
@@ -248,7 +268,11 @@ pub async fn run_virtual_kubelets(client: Client, consumer: String, local_cidrs:
                     }
                 }
                 running.retain(|_, t| !t.is_finished());
-                let gone: Vec<String> = running.keys().filter(|p| !ids.contains_key(*p)).cloned().collect();
+                let gone: Vec<String> = running
+                    .keys()
+                    .filter(|p| !ids.contains_key(*p))
+                    .cloned()
+                    .collect();
                 for p in gone {
                     if let Some(t) = running.remove(&p) {
                         t.abort();

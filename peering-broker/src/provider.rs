@@ -12,15 +12,16 @@ use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::{Client, ResourceExt};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
 use serde_json::json;
 use x509_parser::prelude::FromDer;
 
 use crate::error::BrokerError;
 use crate::key::ClusterKey;
 use crate::wire::{
-    OffloadRequest, OffloadResponse, PeeringRequest, PeeringResponse, Resources, consumer_user, remote_namespace,
+    OffloadRequest, OffloadResponse, PeeringRequest, PeeringResponse, Resources, consumer_user,
+    remote_namespace,
 };
 
 /// ferry's namespace on every cluster.
@@ -268,7 +269,11 @@ impl Provider {
             "reason": if partial { Some("capped by the tenant quota") } else { None },
         }});
         slices
-            .patch_status(ferry_virtual_kubelet::GRANTED_SLICE, &PatchParams::default(), &Patch::Merge(&status))
+            .patch_status(
+                ferry_virtual_kubelet::GRANTED_SLICE,
+                &PatchParams::default(),
+                &Patch::Merge(&status),
+            )
             .await
             .map_err(internal)?;
         let certificate = self.sign_csr(id, jti, &req.csr).await?;
@@ -359,20 +364,33 @@ impl Provider {
 
     /// `POST /v1/namespaces`: the namespace a consumer namespace is offloaded to, created with the
     /// tenant's rights in it (idempotent). A namespace of that name that is not this tenant's is refused.
-    pub async fn offload(&self, body: &[u8], client_cn: Option<&str>) -> Result<OffloadResponse, BrokerError> {
+    pub async fn offload(
+        &self,
+        body: &[u8],
+        client_cn: Option<&str>,
+    ) -> Result<OffloadResponse, BrokerError> {
         let tenant = self.tenant_of(client_cn).await?;
-        let req: OffloadRequest = serde_json::from_slice(body).map_err(|e| BrokerError::Malformed(e.to_string()))?;
+        let req: OffloadRequest =
+            serde_json::from_slice(body).map_err(|e| BrokerError::Malformed(e.to_string()))?;
         let consumer = &tenant.spec.cluster_id;
         if tenant.spec.cordoned {
-            return Err(BrokerError::Forbidden(format!("tenant {consumer} is cordoned: no new offloading")));
+            return Err(BrokerError::Forbidden(format!(
+                "tenant {consumer} is cordoned: no new offloading"
+            )));
         }
         let valid = !req.namespace.is_empty()
             && req.namespace.len() <= 63
-            && req.namespace.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && req
+                .namespace
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             && !req.namespace.starts_with('-')
             && !req.namespace.ends_with('-');
         if !valid {
-            return Err(BrokerError::invalid("namespace", "is not a DNS-1123 label; fix: send the consumer namespace's name"));
+            return Err(BrokerError::invalid(
+                "namespace",
+                "is not a DNS-1123 label; fix: send the consumer namespace's name",
+            ));
         }
         let name = remote_namespace(&req.namespace, consumer, req.mapping);
         let nss: Api<Namespace> = Api::all(self.client.clone());
@@ -381,7 +399,9 @@ impl Provider {
         {
             return Err(BrokerError::invalid(
                 "namespace",
-                &format!("maps to {name:?}, which exists on the provider and is not this tenant's; fix: use namespaceMappingStrategy DefaultName"),
+                &format!(
+                    "maps to {name:?}, which exists on the provider and is not this tenant's; fix: use namespaceMappingStrategy DefaultName"
+                ),
             ));
         }
         let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": name, "labels": {
@@ -402,9 +422,13 @@ impl Provider {
             return Err(BrokerError::NotFound(format!("namespace {name}")));
         };
         if ns.labels().get(TENANT_LABEL) != Some(consumer) || name == tenant.spec.tenant_namespace {
-            return Err(BrokerError::Forbidden(format!("namespace {name} is not an offload namespace of {consumer}")));
+            return Err(BrokerError::Forbidden(format!(
+                "namespace {name} is not an offload namespace of {consumer}"
+            )));
         }
-        nss.delete(name, &DeleteParams::background()).await.map_err(internal)?;
+        nss.delete(name, &DeleteParams::background())
+            .await
+            .map_err(internal)?;
         Ok(())
     }
 

@@ -120,7 +120,11 @@ pub async fn serve(
 }
 
 /// Serves `app` over TLS until the listener fails; each request knows the client certificate's CN.
-pub async fn serve_router(listener: TcpListener, tls: rustls::ServerConfig, app: Router) -> std::io::Result<()> {
+pub async fn serve_router(
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    app: Router,
+) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     loop {
         let (tcp, peer) = listener.accept().await?;
@@ -150,10 +154,15 @@ pub async fn serve_router(listener: TcpListener, tls: rustls::ServerConfig, app:
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_served_openapi_document_is_valid_json_and_names_both_paths() {
+    fn the_served_openapi_document_is_valid_json_and_names_every_path() {
         let v: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
         assert!(v["paths"]["/v1/peerings"]["post"].is_object());
         assert!(v["paths"]["/v1/peerings/{clusterID}"]["delete"].is_object());
+        assert!(v["paths"]["/v1/namespaces"]["post"].is_object());
+        assert!(v["paths"]["/v1/namespaces/{name}"]["delete"].is_object());
+        let off: Vec<String> =
+            serde_json::from_value(v["components"]["schemas"]["OffloadRequest"]["required"].clone()).unwrap();
+        assert_eq!(off, ["namespace"]);
         // the wire type's required fields are the document's
         let req: Vec<String> =
             serde_json::from_value(v["components"]["schemas"]["PeeringRequest"]["required"].clone()).unwrap();

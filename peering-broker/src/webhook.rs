@@ -21,8 +21,8 @@ use ferry_virtual_kubelet::admission::{Decision, decide};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -64,7 +64,11 @@ async fn mutate(State(w): State<Arc<Webhook>>, body: axum::body::Bytes) -> Respo
     let review: AdmissionReview<Pod> = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return (axum::http::StatusCode::BAD_REQUEST, format!("not an AdmissionReview: {e}")).into_response();
+            return (
+                axum::http::StatusCode::BAD_REQUEST,
+                format!("not an AdmissionReview: {e}"),
+            )
+                .into_response();
         }
     };
     let req: AdmissionRequest<Pod> = match review.try_into() {
@@ -107,12 +111,18 @@ pub fn router(client: Client) -> (Router, impl std::future::Future<Output = ()>)
     let (offloadings, writer) = reflector::store();
     let watch = reflector(
         writer,
-        watcher(Api::<NamespaceOffloading>::all(client.clone()), watcher::Config::default()),
+        watcher(
+            Api::<NamespaceOffloading>::all(client.clone()),
+            watcher::Config::default(),
+        ),
     )
     .default_backoff()
     .for_each(|_| async {});
     let w = Arc::new(Webhook { client, offloadings });
-    (Router::new().route("/mutate-pods", post(mutate)).with_state(w), watch)
+    (
+        Router::new().route("/mutate-pods", post(mutate)).with_state(w),
+        watch,
+    )
 }
 
 /// Registers the webhook at `url` with the serving certificate as its CA bundle (server-side apply, so a
@@ -147,7 +157,11 @@ pub async fn register(client: &Client, url: &str, cert_pem: &str) -> kube::Resul
             hook("pods.ferry.dev", "DoesNotExist", "Ignore"),
         ],
     });
-    api.patch(WEBHOOK_NAME, &PatchParams::apply("ferry-agent").force(), &Patch::Apply(&body))
-        .await
-        .map(|_| ())
+    api.patch(
+        WEBHOOK_NAME,
+        &PatchParams::apply("ferry-agent").force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map(|_| ())
 }

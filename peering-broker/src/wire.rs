@@ -74,7 +74,11 @@ pub struct OffloadResponse {
 
 /// The provider namespace for consumer namespace `ns` of consumer `consumer`: `<ns>-<consumer>` (cut
 /// to 63 characters with a hash suffix when longer) or `ns` itself under `EnforceSameName`.
-pub fn remote_namespace(ns: &str, consumer: &str, mapping: ferry_crds::kinds::NamespaceMappingStrategy) -> String {
+pub fn remote_namespace(
+    ns: &str,
+    consumer: &str,
+    mapping: ferry_crds::kinds::NamespaceMappingStrategy,
+) -> String {
     use sha2::Digest;
     if mapping == ferry_crds::kinds::NamespaceMappingStrategy::EnforceSameName {
         return ns.to_string();

@@ -50,7 +50,10 @@ fn req(key: &str, op: &str, values: &[&str]) -> NodeSelectorRequirement {
 
 /// The pod's required node-selector terms, each extended by `extra` (one copy per alternative), so
 /// `existing AND (alt1 OR alt2)` stays in the disjunctive form Kubernetes wants.
-fn and_terms(existing: &[NodeSelectorTerm], alternatives: &[Vec<NodeSelectorRequirement>]) -> Vec<NodeSelectorTerm> {
+fn and_terms(
+    existing: &[NodeSelectorTerm],
+    alternatives: &[Vec<NodeSelectorRequirement>],
+) -> Vec<NodeSelectorTerm> {
     let base = if existing.is_empty() {
         vec![NodeSelectorTerm::default()]
     } else {
@@ -156,10 +159,7 @@ mod tests {
     fn off(strategy: PodOffloadingStrategy, sel: &[(&str, &str)]) -> NamespaceOffloadingSpec {
         NamespaceOffloadingSpec {
             pod_offloading_strategy: strategy,
-            cluster_selector: sel
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            cluster_selector: sel.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             namespace_mapping_strategy: Default::default(),
         }
     }
@@ -210,15 +210,20 @@ mod tests {
         assert!(na.required_during_scheduling_ignored_during_execution.is_none());
         let pref = &na.preferred_during_scheduling_ignored_during_execution.unwrap()[0];
         assert_eq!(pref.weight, 100);
-        assert_eq!(pref.preference.match_expressions.as_ref().unwrap()[0].operator, "NotIn");
+        assert_eq!(
+            pref.preference.match_expressions.as_ref().unwrap()[0].operator,
+            "NotIn"
+        );
     }
 
     #[test]
     fn remote_requires_a_virtual_node_and_keeps_the_pods_own_terms() {
-        let p = pod(json!({"containers": [{"name": "c"}], "affinity": {"nodeAffinity": {
+        let p = pod(
+            json!({"containers": [{"name": "c"}], "affinity": {"nodeAffinity": {
             "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
                 {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
-                {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}]}}}}));
+                {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}]}}}}),
+        );
         let out = apply(
             &p,
             &decide(&p, Some(&off(PodOffloadingStrategy::Remote, &[("region", "eu")]))),
@@ -250,7 +255,10 @@ mod tests {
     fn a_cluster_selector_under_local_and_remote_keeps_local_nodes_eligible() {
         let out = apply(
             &plain(),
-            &decide(&plain(), Some(&off(PodOffloadingStrategy::LocalAndRemote, &[("region", "eu")]))),
+            &decide(
+                &plain(),
+                Some(&off(PodOffloadingStrategy::LocalAndRemote, &[("region", "eu")])),
+            ),
         );
         let na = out.spec.unwrap().affinity.unwrap().node_affinity.unwrap();
         let terms = na

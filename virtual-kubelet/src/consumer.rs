@@ -27,18 +27,20 @@ use ipnet::IpNet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, Node, Pod, PodStatus, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::core::PartialObjectMeta;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::node::{Observed, keep_transition_times, node_status, virtual_node};
 use crate::quantity::Amounts;
-use crate::translate::{ORIGIN_CLUSTER_LABEL, ORIGIN_UID_LABEL, RemoteTarget, Refusal, to_local_status, to_remote};
+use crate::translate::{
+    ORIGIN_CLUSTER_LABEL, ORIGIN_UID_LABEL, Refusal, RemoteTarget, to_local_status, to_remote,
+};
 use crate::{GRANTED_SLICE, VirtualNodeIdentity};
 
 /// Errors of the virtual kubelet.
@@ -142,7 +144,11 @@ async fn renew_lease(peer: &Peer) -> Result<(), kube::Error> {
         "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now()},
     });
     leases
-        .patch(&name, &PatchParams::apply("ferry-virtual-kubelet").force(), &Patch::Apply(&body))
+        .patch(
+            &name,
+            &PatchParams::apply("ferry-virtual-kubelet").force(),
+            &Patch::Apply(&body),
+        )
         .await
         .map(|_| ())
 }
@@ -154,15 +160,15 @@ pub async fn heartbeat(peer: Arc<Peer>) {
     let slices: Api<ResourceSlice> = Api::namespaced(peer.remote.clone(), &peer.tenant_namespace);
     let networks: Api<PeerNetwork> = Api::all(peer.local.clone());
     let name = peer.node_name();
-    let mut last: Option<(Result<(), String>, Option<bool>, Amounts, Amounts)> = None;
+    let mut last: Option<Observed> = None;
     let mut granted = Amounts::default();
     let mut available = Amounts::default();
     let mut tick = 0u64;
     loop {
-        if tick.is_multiple_of(5) {
-            if let Err(e) = renew_lease(&peer).await {
-                warn!(node = name, "renewing the Lease: {e}");
-            }
+        if tick.is_multiple_of(5)
+            && let Err(e) = renew_lease(&peer).await
+        {
+            warn!(node = name, "renewing the Lease: {e}");
         }
         let live = livez(&peer.remote).await;
         if live.is_ok()
@@ -176,24 +182,17 @@ pub async fn heartbeat(peer: Arc<Peer>) {
             }
         }
         let network = match networks.get_opt(&peer.provider).await {
-            Ok(Some(n)) => n
-                .status
-                .and_then(|s| s.phase)
-                .map(|p| p == "Connected"),
+            Ok(Some(n)) => n.status.and_then(|s| s.phase).map(|p| p == "Connected"),
             _ => None,
         };
-        let state = (live.clone(), network, granted, available);
+        let state = Observed {
+            livez: live,
+            network,
+            granted,
+            available,
+        };
         if last.as_ref() != Some(&state) || tick.is_multiple_of(5) {
-            let mut patch = node_status(
-                &Observed {
-                    livez: live,
-                    network,
-                    granted,
-                    available,
-                },
-                &now(),
-                &peer.version,
-            );
+            let mut patch = node_status(&state, &now(), &peer.version);
             match nodes.get_opt(&name).await {
                 Ok(Some(old)) => {
                     keep_transition_times(&mut patch, &old);
@@ -301,7 +300,11 @@ impl PodReflector {
         ]}});
         pods.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&status))
             .await
-            .map_err(api_err(format!("pod {}/{} status", pod.namespace().unwrap_or_default(), pod.name_any())))?;
+            .map_err(api_err(format!(
+                "pod {}/{} status",
+                pod.namespace().unwrap_or_default(),
+                pod.name_any()
+            )))?;
         Ok(Action::await_change())
     }
 
@@ -334,10 +337,14 @@ impl PodReflector {
                 .await;
         };
         let Some(rns) = ctx.remote_ns(&ns).filter(|r| r.name == rns_name) else {
-            return Err(Error::NotYet(format!("provider namespace {rns_name} not watched yet")));
+            return Err(Error::NotYet(format!(
+                "provider namespace {rns_name} not watched yet"
+            )));
         };
         if pending(rns.shadows.wait_until_ready()) || pending(rns.pods.wait_until_ready()) {
-            return Err(Error::NotYet(format!("provider namespace {rns_name} not synced yet")));
+            return Err(Error::NotYet(format!(
+                "provider namespace {rns_name} not synced yet"
+            )));
         }
         let key = ObjectRef::new(&name).within(&rns_name);
         let shadow = rns.shadows.get(&key);
@@ -347,10 +354,16 @@ impl PodReflector {
         let ours = |s: &PartialObjectMeta<ShadowPod>| s.labels().get(ORIGIN_UID_LABEL) == Some(&uid);
 
         if pod.metadata.deletion_timestamp.is_some() {
-            if let Some(s) = shadow.as_ref().filter(|s| ours(s) && s.meta().deletion_timestamp.is_none()) {
+            if let Some(s) = shadow
+                .as_ref()
+                .filter(|s| ours(s) && s.meta().deletion_timestamp.is_none())
+            {
                 delete_shadow(&shadows, s).await?;
                 let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(30).max(0) as u32;
-                match rpods.delete(&name, &DeleteParams::default().grace_period(grace)).await {
+                match rpods
+                    .delete(&name, &DeleteParams::default().grace_period(grace))
+                    .await
+                {
                     Ok(_) => {}
                     Err(kube::Error::Api(e)) if e.code == 404 => {}
                     Err(e) => return Err(api_err(format!("deleting provider pod {rns_name}/{name}"))(e)),
@@ -363,16 +376,13 @@ impl PodReflector {
             return finalize(&local, &name, &uid).await;
         }
 
-        if pod
-            .owner_references()
-            .iter()
-            .any(|o| o.kind == "DaemonSet")
-        {
+        if pod.owner_references().iter().any(|o| o.kind == "DaemonSet") {
             return ctx
                 .refuse(
                     &pod,
                     "DaemonSetPod",
-                    "a DaemonSet's pod belongs on local nodes; the virtual node is not a host to run it on".into(),
+                    "a DaemonSet's pod belongs on local nodes; the virtual node is not a host to run it on"
+                        .into(),
                 )
                 .await;
         }
@@ -424,7 +434,11 @@ impl PodReflector {
                 match shadows.create(&PostParams::default(), &sp).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(e)) if e.code == 409 => {}
-                    Err(e) => return Err(api_err(format!("creating ShadowPod {rns_name}/{name} on the provider"))(e)),
+                    Err(e) => {
+                        return Err(api_err(format!(
+                            "creating ShadowPod {rns_name}/{name} on the provider"
+                        ))(e));
+                    }
                 }
             }
         }
@@ -530,8 +544,11 @@ fn watch_remote(ctx: &Arc<PodReflector>, local_ns: String, rns: String) -> Remot
     let ns1 = local_ns.clone();
     let shadow_watch = reflector(
         sw,
-        watcher(Api::<PartialObjectMeta<ShadowPod>>::namespaced(peer.remote.clone(), &rns), cfg.clone())
-            .modify(|s| s.metadata.managed_fields = None),
+        watcher(
+            Api::<PartialObjectMeta<ShadowPod>>::namespaced(peer.remote.clone(), &rns),
+            cfg.clone(),
+        )
+        .modify(|s| s.metadata.managed_fields = None),
     )
     .default_backoff()
     .touched_objects()
@@ -555,14 +572,14 @@ fn watch_remote(ctx: &Arc<PodReflector>, local_ns: String, rns: String) -> Remot
             p.spec = None;
         }),
     )
-        .default_backoff()
-        .touched_objects()
-        .for_each(move |p| {
-            if let Ok(p) = p {
-                t2(p.name_any());
-            }
-            async {}
-        });
+    .default_backoff()
+    .touched_objects()
+    .for_each(move |p| {
+        if let Ok(p) = p {
+            t2(p.name_any());
+        }
+        async {}
+    });
     let copies = copy_objects(peer.clone(), local_ns.clone(), rns.clone());
     let services = reflect_services(ctx.clone(), local_ns.clone(), rns.clone());
     let events = reflect_events(ctx.clone(), local_ns.clone(), rns.clone());
@@ -599,8 +616,13 @@ async fn orphan_check(ctx: &Arc<PodReflector>, local_ns: &str, s: &PartialObject
         Err(_) => false, // unknown: never delete on doubt
     };
     if gone {
-        info!(pod = s.name_any(), ns = local_ns, "local pod is gone; deleting its ShadowPod");
-        let shadows: Api<ShadowPod> = Api::namespaced(ctx.peer.remote.clone(), &s.namespace().unwrap_or_default());
+        info!(
+            pod = s.name_any(),
+            ns = local_ns,
+            "local pod is gone; deleting its ShadowPod"
+        );
+        let shadows: Api<ShadowPod> =
+            Api::namespaced(ctx.peer.remote.clone(), &s.namespace().unwrap_or_default());
         if let Err(e) = delete_shadow(&shadows, s).await {
             warn!("{e}");
         }
@@ -612,12 +634,19 @@ async fn orphan_check(ctx: &Arc<PodReflector>, local_ns: &str, s: &PartialObject
 async fn copy_objects(peer: Arc<Peer>, local_ns: String, rns: String) {
     async fn copy<K>(peer: Arc<Peer>, local_ns: String, rns: String, keep: fn(&K) -> bool)
     where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + serde::Serialize,
         K: Send + Sync + 'static,
     {
         let remote: Api<K> = Api::namespaced(peer.remote.clone(), &rns);
-        let stream = watcher(Api::<K>::namespaced(peer.local.clone(), &local_ns), watcher::Config::default())
-            .default_backoff();
+        let stream = watcher(
+            Api::<K>::namespaced(peer.local.clone(), &local_ns),
+            watcher::Config::default(),
+        )
+        .default_backoff();
         futures::pin_mut!(stream);
         while let Some(ev) = stream.next().await {
             let Ok(ev) = ev else { continue };
@@ -629,10 +658,19 @@ async fn copy_objects(peer: Arc<Peer>, local_ns: String, rns: String) {
                         "labels": {ORIGIN_CLUSTER_LABEL: peer.consumer},
                     });
                     if let Err(e) = remote
-                        .patch(&o.name_any(), &PatchParams::apply("ferry-virtual-kubelet").force(), &Patch::Apply(&v))
+                        .patch(
+                            &o.name_any(),
+                            &PatchParams::apply("ferry-virtual-kubelet").force(),
+                            &Patch::Apply(&v),
+                        )
                         .await
                     {
-                        warn!(ns = rns, name = o.name_any(), "copying {} to the provider: {e}", K::kind(&()));
+                        warn!(
+                            ns = rns,
+                            name = o.name_any(),
+                            "copying {} to the provider: {e}",
+                            K::kind(&())
+                        );
                     }
                 }
                 watcher::Event::Delete(o) if keep(&o) => {
@@ -673,15 +711,22 @@ async fn reflect_services(ctx: Arc<PodReflector>, local_ns: String, rns: String)
     let pp = PatchParams::apply("ferry-virtual-kubelet").force();
     let services = async {
         let remote: Api<Service> = Api::namespaced(peer.remote.clone(), &rns);
-        let stream = watcher(Api::<Service>::namespaced(peer.local.clone(), &local_ns), watcher::Config::default())
-            .default_backoff();
+        let stream = watcher(
+            Api::<Service>::namespaced(peer.local.clone(), &local_ns),
+            watcher::Config::default(),
+        )
+        .default_backoff();
         futures::pin_mut!(stream);
         while let Some(ev) = stream.next().await {
             match ev {
                 Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
                     let body = crate::translate::service_to_remote(&s, &rns, &peer.consumer);
                     if let Err(e) = remote.patch(&s.name_any(), &pp, &Patch::Apply(&body)).await {
-                        warn!(ns = rns, service = s.name_any(), "copying the Service to the provider: {e}");
+                        warn!(
+                            ns = rns,
+                            service = s.name_any(),
+                            "copying the Service to the provider: {e}"
+                        );
                     }
                 }
                 Ok(watcher::Event::Delete(s)) => {
@@ -692,9 +737,10 @@ async fn reflect_services(ctx: Arc<PodReflector>, local_ns: String, rns: String)
         }
     };
     let slices = async {
-        let (Some(local_ar), Some(remote_ar)) =
-            (endpoint_slice_resource(&peer.local).await, endpoint_slice_resource(&peer.remote).await)
-        else {
+        let (Some(local_ar), Some(remote_ar)) = (
+            endpoint_slice_resource(&peer.local).await,
+            endpoint_slice_resource(&peer.remote).await,
+        ) else {
             warn!("discovery.k8s.io EndpointSlice is not served on both clusters; endpoints are not copied");
             return;
         };
@@ -706,7 +752,9 @@ async fn reflect_services(ctx: Arc<PodReflector>, local_ns: String, rns: String)
         while let Some(ev) = stream.next().await {
             match ev {
                 Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
-                    if o.labels().get(crate::translate::MANAGED_BY.0).map(String::as_str) == Some(crate::translate::MANAGED_BY.1) {
+                    if o.labels().get(crate::translate::MANAGED_BY.0).map(String::as_str)
+                        == Some(crate::translate::MANAGED_BY.1)
+                    {
                         continue;
                     }
                     let offloaded: std::collections::HashSet<String> = ctx
@@ -718,11 +766,21 @@ async fn reflect_services(ctx: Arc<PodReflector>, local_ns: String, rns: String)
                         .collect();
                     let v = serde_json::to_value(&o).unwrap_or_default();
                     let name = format!("ferry-{}", o.name_any());
-                    match crate::translate::endpoint_slice_to_remote(&v, &offloaded, translate, &rns, &peer.consumer) {
+                    match crate::translate::endpoint_slice_to_remote(
+                        &v,
+                        &offloaded,
+                        translate,
+                        &rns,
+                        &peer.consumer,
+                    ) {
                         Some(mut body) => {
                             body["apiVersion"] = remote_ar.api_version.clone().into();
                             if let Err(e) = remote.patch(&name, &pp, &Patch::Apply(&body)).await {
-                                warn!(ns = rns, slice = name, "copying the EndpointSlice to the provider: {e}");
+                                warn!(
+                                    ns = rns,
+                                    slice = name,
+                                    "copying the EndpointSlice to the provider: {e}"
+                                );
                             }
                         }
                         None => {
@@ -731,7 +789,9 @@ async fn reflect_services(ctx: Arc<PodReflector>, local_ns: String, rns: String)
                     }
                 }
                 Ok(watcher::Event::Delete(o)) => {
-                    let _ = remote.delete(&format!("ferry-{}", o.name_any()), &DeleteParams::default()).await;
+                    let _ = remote
+                        .delete(&format!("ferry-{}", o.name_any()), &DeleteParams::default())
+                        .await;
                 }
                 _ => {}
             }
@@ -747,7 +807,9 @@ async fn reflect_events(ctx: Arc<PodReflector>, local_ns: String, rns: String) {
     let stream = watcher(api, watcher::Config::default().fields("involvedObject.kind=Pod")).default_backoff();
     futures::pin_mut!(stream);
     while let Some(ev) = stream.next().await {
-        let Ok(watcher::Event::Apply(e)) = ev else { continue };
+        let Ok(watcher::Event::Apply(e)) = ev else {
+            continue;
+        };
         if e.reason.as_deref() == Some("Scheduled") {
             continue;
         }
@@ -760,8 +822,13 @@ async fn reflect_events(ctx: Arc<PodReflector>, local_ns: String, rns: String) {
         } else {
             EventType::Normal
         };
-        let note = format!("on provider {}: {}", ctx.peer.provider, e.message.unwrap_or_default());
-        ctx.event(&pod, kind, e.reason.as_deref().unwrap_or("Provider"), note).await;
+        let note = format!(
+            "on provider {}: {}",
+            ctx.peer.provider,
+            e.message.unwrap_or_default()
+        );
+        ctx.event(&pod, kind, e.reason.as_deref().unwrap_or("Provider"), note)
+            .await;
     }
 }
 
@@ -774,7 +841,12 @@ async fn track_namespaces(ctx: Arc<PodReflector>, changes: impl futures::Stream<
             .state()
             .iter()
             .filter_map(|o| {
-                let rns = o.status.as_ref()?.remote_namespaces.get(&ctx.peer.provider)?.clone();
+                let rns = o
+                    .status
+                    .as_ref()?
+                    .remote_namespaces
+                    .get(&ctx.peer.provider)?
+                    .clone();
                 Some((o.namespace()?, rns))
             })
             .collect();
@@ -813,7 +885,10 @@ pub async fn run(peer: Peer) -> Result<(), Error> {
     let (change_tx, change_rx) = mpsc::unbounded::<()>();
     let offloading_watch = reflector(
         ow,
-        watcher(Api::<NamespaceOffloading>::all(peer.local.clone()), watcher::Config::default()),
+        watcher(
+            Api::<NamespaceOffloading>::all(peer.local.clone()),
+            watcher::Config::default(),
+        ),
     )
     .default_backoff()
     .try_for_each(move |_| {
@@ -871,7 +946,10 @@ pub async fn run(peer: Peer) -> Result<(), Error> {
 pub async fn remove_node(local: &Client, provider: &str) -> Result<(), Error> {
     let name = VirtualNodeIdentity::for_provider(provider).node_name;
     for r in [
-        Api::<Node>::all(local.clone()).delete(&name, &DeleteParams::default()).await.map(|_| ()),
+        Api::<Node>::all(local.clone())
+            .delete(&name, &DeleteParams::default())
+            .await
+            .map(|_| ()),
         Api::<Lease>::namespaced(local.clone(), "kube-node-lease")
             .delete(&name, &DeleteParams::default())
             .await

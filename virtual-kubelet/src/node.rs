@@ -88,9 +88,27 @@ pub fn node_status(o: &Observed, now: &str, version: &str) -> Value {
             ),
             Err(e) => condition("Ready", false, "ProviderUnreachable", e, now),
         },
-        condition("MemoryPressure", false, "ProviderManaged", "the provider evicts", now),
-        condition("DiskPressure", false, "ProviderManaged", "the provider evicts", now),
-        condition("PIDPressure", false, "ProviderManaged", "the provider evicts", now),
+        condition(
+            "MemoryPressure",
+            false,
+            "ProviderManaged",
+            "the provider evicts",
+            now,
+        ),
+        condition(
+            "DiskPressure",
+            false,
+            "ProviderManaged",
+            "the provider evicts",
+            now,
+        ),
+        condition(
+            "PIDPressure",
+            false,
+            "ProviderManaged",
+            "the provider evicts",
+            now,
+        ),
     ];
     if let Some(up) = o.network {
         conditions.push(if up {
@@ -230,7 +248,10 @@ mod tests {
                 .contains("timed out")
         );
         let net = &s["status"]["conditions"][4];
-        assert_eq!((net["type"].as_str(), net["status"].as_str()), (Some("NetworkUnavailable"), Some("True")));
+        assert_eq!(
+            (net["type"].as_str(), net["status"].as_str()),
+            (Some("NetworkUnavailable"), Some("True"))
+        );
     }
 
     #[test]
@@ -240,12 +261,21 @@ mod tests {
         let mut o = observed();
         let mut same = node_status(&o, "2026-01-01T00:01:00Z", "v");
         keep_transition_times(&mut same, &old);
-        assert_eq!(same["status"]["conditions"][0]["lastTransitionTime"], "2026-01-01T00:00:00Z");
-        assert_eq!(same["status"]["conditions"][0]["lastHeartbeatTime"], "2026-01-01T00:01:00Z");
+        assert_eq!(
+            same["status"]["conditions"][0]["lastTransitionTime"],
+            "2026-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            same["status"]["conditions"][0]["lastHeartbeatTime"],
+            "2026-01-01T00:01:00Z"
+        );
         o.livez = Err("down".into());
         let mut changed = node_status(&o, "2026-01-01T00:02:00Z", "v");
         keep_transition_times(&mut changed, &old);
-        assert_eq!(changed["status"]["conditions"][0]["lastTransitionTime"], "2026-01-01T00:02:00Z");
+        assert_eq!(
+            changed["status"]["conditions"][0]["lastTransitionTime"],
+            "2026-01-01T00:02:00Z"
+        );
         assert!(is_ready(&old));
     }
 }

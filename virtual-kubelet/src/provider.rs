@@ -103,7 +103,10 @@ impl ShadowPodReconciler {
                 Ok(Action::await_change())
             }
             Some(_) => {
-                warn!(pod = name, "a pod of this name exists and is not the ShadowPod's; leaving it");
+                warn!(
+                    pod = name,
+                    "a pod of this name exists and is not the ShadowPod's; leaving it"
+                );
                 Ok(Action::requeue(Duration::from_secs(30)))
             }
             None => {
@@ -183,7 +186,11 @@ pub async fn run(client: Client) {
     let controller = Controller::new(Api::<ShadowPod>::all(client.clone()), watcher::Config::default())
         .owns_stream(pod_events)
         .with_config(kube::runtime::controller::Config::default().concurrency(32))
-        .run(ShadowPodReconciler::reconcile, ShadowPodReconciler::error_policy, ctx)
+        .run(
+            ShadowPodReconciler::reconcile,
+            ShadowPodReconciler::error_policy,
+            ctx,
+        )
         .for_each(|_| async {});
     tokio::select! {
         _ = controller => warn!("the ShadowPod controller stopped"),
@@ -193,31 +200,39 @@ pub async fn run(client: Client) {
 
 fn running_on_a_node(p: &Pod) -> bool {
     let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-    p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() && !matches!(phase, Some("Succeeded" | "Failed"))
+    p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
+        && !matches!(phase, Some("Succeeded" | "Failed"))
 }
 
 fn schedulable(n: &Node) -> bool {
-    let virtual_node = n.labels().get(crate::VIRTUAL_NODE_LABEL.0).map(String::as_str) == Some(crate::VIRTUAL_NODE_LABEL.1);
-    !virtual_node && !n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false) && crate::node::is_ready(n)
+    let virtual_node =
+        n.labels().get(crate::VIRTUAL_NODE_LABEL.0).map(String::as_str) == Some(crate::VIRTUAL_NODE_LABEL.1);
+    !virtual_node
+        && !n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
+        && crate::node::is_ready(n)
 }
 
 fn amounts_of(r: Option<&ResourceAmounts>) -> Amounts {
     let Some(r) = r else {
         return Amounts::default();
     };
-    let m: std::collections::BTreeMap<String, _> = [("cpu", &r.cpu), ("memory", &r.memory), ("pods", &r.pods)]
-        .into_iter()
-        .filter_map(|(k, v)| v.clone().map(|v| (k.to_string(), v)))
-        .collect();
+    let m: std::collections::BTreeMap<String, _> =
+        [("cpu", &r.cpu), ("memory", &r.memory), ("pods", &r.pods)]
+            .into_iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (k.to_string(), v)))
+            .collect();
     Amounts::from_map(Some(&m))
 }
 
 /// Keeps each tenant's `ResourceSlice` `status.available` current (every 3 s, written only on change).
 pub async fn run_availability(client: Client, pods: Store<Pod>) {
     let (nodes, writer) = reflector::store::<Node>();
-    let node_watch = reflector(writer, watcher(Api::<Node>::all(client.clone()), watcher::Config::default()))
-        .default_backoff()
-        .for_each(|_| async {});
+    let node_watch = reflector(
+        writer,
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .for_each(|_| async {});
     let lp = async {
         let tenants: Api<Tenant> = Api::all(client.clone());
         loop {
@@ -243,7 +258,9 @@ pub async fn run_availability(client: Client, pods: Store<Pod>) {
                 let consumer = &t.spec.cluster_id;
                 let tenant_used = all
                     .iter()
-                    .filter(|p| running_on_a_node(p) && p.labels().get(ORIGIN_CLUSTER_LABEL) == Some(consumer))
+                    .filter(|p| {
+                        running_on_a_node(p) && p.labels().get(ORIGIN_CLUSTER_LABEL) == Some(consumer)
+                    })
                     .fold(Amounts::default(), |a, p| a.plus(Amounts::of_pod(p)));
                 let slices: Api<ResourceSlice> = Api::namespaced(client.clone(), &t.spec.tenant_namespace);
                 let Ok(Some(slice)) = slices.get_opt(crate::GRANTED_SLICE).await else {
@@ -288,9 +305,11 @@ mod tests {
 
     #[test]
     fn only_failed_pods_that_should_run_forever_are_replaced() {
-        let failed = pod(json!({"spec": {"containers": []}, "status": {"phase": "Failed", "reason": "Evicted"}}));
+        let failed =
+            pod(json!({"spec": {"containers": []}, "status": {"phase": "Failed", "reason": "Evicted"}}));
         assert!(needs_replacement(&failed));
-        let job = pod(json!({"spec": {"containers": [], "restartPolicy": "Never"}, "status": {"phase": "Failed"}}));
+        let job =
+            pod(json!({"spec": {"containers": [], "restartPolicy": "Never"}, "status": {"phase": "Failed"}}));
         assert!(!needs_replacement(&job));
         let running = pod(json!({"spec": {"containers": []}, "status": {"phase": "Running"}}));
         assert!(!needs_replacement(&running));
@@ -300,7 +319,8 @@ mod tests {
     fn virtual_and_not_ready_nodes_add_no_capacity() {
         let ready = json!({"conditions": [{"type": "Ready", "status": "True"}]});
         let n = |labels: serde_json::Value, status: serde_json::Value| -> Node {
-            serde_json::from_value(json!({"metadata": {"name": "n", "labels": labels}, "status": status})).unwrap()
+            serde_json::from_value(json!({"metadata": {"name": "n", "labels": labels}, "status": status}))
+                .unwrap()
         };
         assert!(schedulable(&n(json!({}), ready.clone())));
         assert!(!schedulable(&n(json!({"type": "virtual-node"}), ready)));

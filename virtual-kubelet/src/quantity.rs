@@ -200,12 +200,12 @@ mod tests {
     #[test]
     fn a_pod_takes_its_requests_and_its_largest_init_container() {
         let p: Pod = serde_json::from_value(json!({"spec": {
-            "initContainers": [{"name": "i", "resources": {"requests": {"cpu": "3", "memory": "1Mi"}}}],
-            "containers": [
-                {"name": "a", "resources": {"requests": {"cpu": "500m", "memory": "64Mi"}}},
-                {"name": "b", "resources": {"requests": {"cpu": "1", "memory": "64Mi"}}},
-                {"name": "c"}
-            ]}}))
+        "initContainers": [{"name": "i", "resources": {"requests": {"cpu": "3", "memory": "1Mi"}}}],
+        "containers": [
+            {"name": "a", "resources": {"requests": {"cpu": "500m", "memory": "64Mi"}}},
+            {"name": "b", "resources": {"requests": {"cpu": "1", "memory": "64Mi"}}},
+            {"name": "c"}
+        ]}}))
         .unwrap();
         let a = Amounts::of_pod(&p);
         assert_eq!(a.cpu, 3000);

@@ -198,7 +198,11 @@ pub const MANAGED_BY: (&str, &str) = ("endpointslice.kubernetes.io/managed-by", 
 
 /// The provider-side copy of a consumer Service: same ports and selector (which then picks the offloaded
 /// pods on the provider); addresses, node ports and load balancers are the provider's own to choose.
-pub fn service_to_remote(svc: &k8s_openapi::api::core::v1::Service, namespace: &str, consumer: &str) -> serde_json::Value {
+pub fn service_to_remote(
+    svc: &k8s_openapi::api::core::v1::Service,
+    namespace: &str,
+    consumer: &str,
+) -> serde_json::Value {
     let spec = svc.spec.clone().unwrap_or_default();
     let headless = spec.cluster_ip.as_deref() == Some("None");
     let ports: Vec<serde_json::Value> = spec
@@ -232,7 +236,9 @@ pub fn endpoint_slice_to_remote(
     namespace: &str,
     consumer: &str,
 ) -> Option<serde_json::Value> {
-    let service = slice.pointer("/metadata/labels/kubernetes.io~1service-name")?.as_str()?;
+    let service = slice
+        .pointer("/metadata/labels/kubernetes.io~1service-name")?
+        .as_str()?;
     let endpoints: Vec<serde_json::Value> = slice["endpoints"]
         .as_array()
         .into_iter()
@@ -247,7 +253,11 @@ pub fn endpoint_slice_to_remote(
                 .into_iter()
                 .flatten()
                 .filter_map(|a| a.as_str())
-                .map(|a| a.parse::<IpAddr>().map(|ip| translate(ip).to_string()).unwrap_or_else(|_| a.to_string()))
+                .map(|a| {
+                    a.parse::<IpAddr>()
+                        .map(|ip| translate(ip).to_string())
+                        .unwrap_or_else(|_| a.to_string())
+                })
                 .collect();
             let mut out = serde_json::json!({"addresses": addresses, "conditions": e["conditions"]});
             if let Some(h) = e.get("hostname") {
@@ -290,20 +300,23 @@ mod tests {
         assert!(r["spec"]["ports"][0].get("nodePort").is_none());
         let mut headless = svc.clone();
         headless.spec.as_mut().unwrap().cluster_ip = Some("None".into());
-        assert_eq!(service_to_remote(&headless, "x", "c1")["spec"]["clusterIP"], "None");
+        assert_eq!(
+            service_to_remote(&headless, "x", "c1")["spec"]["clusterIP"],
+            "None"
+        );
     }
 
     #[test]
     fn endpoint_slices_carry_only_consumer_pods_with_translated_addresses() {
         let slice = json!({
-            "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice", "addressType": "IPv4",
-            "metadata": {"name": "web-abc", "labels": {"kubernetes.io/service-name": "web"}},
-            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-            "endpoints": [
-                {"addresses": ["10.244.0.5"], "conditions": {"ready": true}, "targetRef": {"kind": "Pod", "name": "local-1"},
-                 "topology": {"kubernetes.io/hostname": "lab-node-1"}},
-                {"addresses": ["10.0.0.7"], "conditions": {"ready": true}, "targetRef": {"kind": "Pod", "name": "offloaded-1"}},
-            ]});
+        "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice", "addressType": "IPv4",
+        "metadata": {"name": "web-abc", "labels": {"kubernetes.io/service-name": "web"}},
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [
+            {"addresses": ["10.244.0.5"], "conditions": {"ready": true}, "targetRef": {"kind": "Pod", "name": "local-1"},
+             "topology": {"kubernetes.io/hostname": "lab-node-1"}},
+            {"addresses": ["10.0.0.7"], "conditions": {"ready": true}, "targetRef": {"kind": "Pod", "name": "offloaded-1"}},
+        ]});
         let offloaded: std::collections::HashSet<String> = ["offloaded-1".to_string()].into();
         let remap = |ip: IpAddr| match ip {
             IpAddr::V4(v) => IpAddr::V4(std::net::Ipv4Addr::new(10, 1, v.octets()[2], v.octets()[3])),
@@ -316,9 +329,13 @@ mod tests {
         let eps = r["endpoints"].as_array().unwrap();
         assert_eq!(eps.len(), 1);
         assert_eq!(eps[0]["addresses"][0], "10.1.0.5");
-        assert!(eps[0].get("topology").is_none(), "consumer node names mean nothing on the provider");
+        assert!(
+            eps[0].get("topology").is_none(),
+            "consumer node names mean nothing on the provider"
+        );
         assert_eq!(r["apiVersion"], "discovery.k8s.io/v1beta1");
-        let only_offloaded: std::collections::HashSet<String> = ["local-1".to_string(), "offloaded-1".to_string()].into();
+        let only_offloaded: std::collections::HashSet<String> =
+            ["local-1".to_string(), "offloaded-1".to_string()].into();
         assert!(endpoint_slice_to_remote(&slice, &only_offloaded, remap, "x", "c1").is_none());
     }
     use serde_json::json;

@@ -9,7 +9,11 @@ use clap::Parser;
 use ferry_peering_broker::{identity, provider, server, wire::Resources};
 
 #[derive(Parser)]
-#[command(name = "ferry-agent", version, about = "ferry's agent: peering broker, virtual kubelets, ShadowPod controller, pod webhook")]
+#[command(
+    name = "ferry-agent",
+    version,
+    about = "ferry's agent: peering broker, virtual kubelets, ShadowPod controller, pod webhook"
+)]
 struct Args {
     /// Kubeconfig of this cluster (in a Pod: its ServiceAccount).
     #[arg(long, env = "KUBECONFIG")]
@@ -115,7 +119,10 @@ async fn run(a: Args) -> Result<()> {
     let local_cidrs: Vec<ipnet::IpNet> = a
         .pod_cidrs
         .iter()
-        .map(|c| c.parse().with_context(|| format!("--pod-cidr {c:?} is not a CIDR; fix: e.g. 10.244.0.0/16")))
+        .map(|c| {
+            c.parse()
+                .with_context(|| format!("--pod-cidr {c:?} is not a CIDR; fix: e.g. 10.244.0.0/16"))
+        })
         .collect::<Result<_>>()?;
     let client = p.client.clone();
     let webhook = async {
@@ -125,7 +132,10 @@ async fn run(a: Args) -> Result<()> {
         let wl = tokio::net::TcpListener::bind(&a.webhook_listen)
             .await
             .with_context(|| format!("--webhook-listen {}", a.webhook_listen))?;
-        let url = a.webhook_url.clone().unwrap_or_else(|| format!("https://{}", a.webhook_listen));
+        let url = a
+            .webhook_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", a.webhook_listen));
         let whost = a
             .webhook_listen
             .rsplit_once(':')
