@@ -339,23 +339,38 @@ async fn pods_fill_local_nodes_then_run_on_the_provider_with_status_ips_and_dele
         .unwrap()
         .0;
     let rslices: Api<kube::core::DynamicObject> = Api::namespaced_with(c2.clone(), &rns, &slices_api);
+    let addresses = |selector: &'static str| {
+        let rslices = rslices.clone();
+        async move {
+            let list = rslices.list(&ListParams::default().labels(selector)).await?;
+            Ok::<BTreeSet<String>, anyhow::Error>(
+                list.items
+                    .iter()
+                    .flat_map(|o| o.data["endpoints"].as_array().cloned().unwrap_or_default())
+                    .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                    .filter_map(|a| a.as_str().map(str::to_string))
+                    .collect(),
+            )
+        }
+    };
     wait(
         "EndpointSlice on the provider with the consumer's pods, translated",
         30,
         || async {
-            let list = rslices
-                .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
-                .await?;
-            let got: BTreeSet<String> = list
-                .items
-                .iter()
-                .flat_map(|o| o.data["endpoints"].as_array().cloned().unwrap_or_default())
-                .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
-                .filter_map(|a| a.as_str().map(str::to_string))
-                .collect();
-            Ok(got == want)
+            Ok(
+                addresses("kubernetes.io/service-name=web,endpointslice.kubernetes.io/managed-by=ferry.dev")
+                    .await?
+                    == want,
+            )
         },
     )
+    .await;
+    // ...and the provider's own slice for the copied Service: the offloaded pods, as the provider sees them
+    let offloaded_ips: BTreeSet<String> = remote_pods.values().map(|p| ip_of(p).to_string()).collect();
+    wait("the provider's Service selects the offloaded pods", 30, || async {
+        let theirs = "kubernetes.io/service-name=web,endpointslice.kubernetes.io/managed-by=endpointslice-controller.k8s.io";
+        Ok(addresses(theirs).await? == offloaded_ips)
+    })
     .await;
 
     // deleting on the consumer deletes on the provider

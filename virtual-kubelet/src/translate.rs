@@ -101,8 +101,27 @@ pub fn refusals(spec: &PodSpec) -> Vec<Refusal> {
     out
 }
 
-fn is_service_account_volume(name: &str) -> bool {
-    name.starts_with("kube-api-access-")
+/// Where Kubernetes mounts a pod's service-account token.
+const TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The consumer's token volumes: the projected `kube-api-access-*` (1.21+) or the `<sa>-token-*` Secret
+/// (1.20 and older), found by where they are mounted.
+fn token_volumes(spec: &PodSpec) -> std::collections::BTreeSet<String> {
+    let mut out: std::collections::BTreeSet<String> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| v.name.starts_with("kube-api-access-"))
+        .map(|v| v.name.clone())
+        .collect();
+    for c in spec.init_containers.iter().flatten().chain(&spec.containers) {
+        for m in c.volume_mounts.iter().flatten() {
+            if m.mount_path.trim_end_matches('/') == TOKEN_PATH {
+                out.insert(m.name.clone());
+            }
+        }
+    }
+    out
 }
 
 /// The provider-side pod for a consumer pod, or every reason it cannot be offloaded.
@@ -131,12 +150,14 @@ pub fn to_remote(pod: &Pod, target: &RemoteTarget) -> Result<Pod, Vec<Refusal>> 
     s.priority = None;
     s.preemption_policy = None;
     s.topology_spread_constraints = None;
-    // the consumer's service-account token means nothing to the provider's apiserver
-    s.automount_service_account_token = Some(false);
+    // the consumer's service-account token means nothing to the provider's apiserver: it is rewritten, i.e.
+    // dropped here so the provider mounts a token of the offload namespace's `default` ServiceAccount
+    // (unless the pod opted out of automounting)
+    let tokens = token_volumes(&s);
     s.service_account_name = None;
     s.service_account = None;
     if let Some(vols) = s.volumes.as_mut() {
-        vols.retain(|v| !is_service_account_volume(&v.name));
+        vols.retain(|v| !tokens.contains(&v.name));
     }
     for c in s
         .init_containers
@@ -145,7 +166,7 @@ pub fn to_remote(pod: &Pod, target: &RemoteTarget) -> Result<Pod, Vec<Refusal>> 
         .chain(s.containers.iter_mut())
     {
         if let Some(m) = c.volume_mounts.as_mut() {
-            m.retain(|m| !is_service_account_volume(&m.name));
+            m.retain(|m| !tokens.contains(&m.name));
         }
     }
     Ok(Pod {
@@ -285,6 +306,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_secret_token_volume_of_older_clusters_is_dropped_by_where_it_is_mounted() {
+        let p = pod(json!({
+            "volumes": [{ "name": "default-token-abcde", "secret": { "secretName": "default-token-abcde" } },
+                        { "name": "data", "emptyDir": {} }],
+            "containers": [{ "name": "c", "image": "x", "volumeMounts": [
+                { "name": "default-token-abcde", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount/" },
+                { "name": "data", "mountPath": "/data" }] }]
+        }));
+        let s = to_remote(&p, &target()).unwrap().spec.unwrap();
+        let vols: Vec<String> = s.volumes.unwrap().into_iter().map(|v| v.name).collect();
+        assert_eq!(vols, ["data"]);
+        assert_eq!(s.containers[0].volume_mounts.as_ref().unwrap().len(), 1);
+    }
+
+    #[test]
     fn a_service_copy_keeps_ports_and_selector_and_lets_the_provider_pick_addresses() {
         let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
             "metadata": {"name": "web", "namespace": "demo"},
@@ -390,7 +426,10 @@ mod tests {
         assert!(
             s.scheduler_name.is_none() && s.priority_class_name.is_none() && s.service_account_name.is_none()
         );
-        assert_eq!(s.automount_service_account_token, Some(false));
+        assert_eq!(
+            s.automount_service_account_token, None,
+            "the provider mounts its own token"
+        );
         let vols: Vec<String> = s.volumes.unwrap().into_iter().map(|v| v.name).collect();
         assert_eq!(vols, ["cfg"]);
         let mounts: Vec<String> = s.containers[0]
