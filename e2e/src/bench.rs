@@ -108,16 +108,20 @@ pub async fn wait_ready(api: &Api<Deployment>, name: &str, replicas: u32, timeou
     }
 }
 
-/// Runs the benchmark against `cluster` of `lab`.
-pub async fn pods(lab: &Lab, cluster: &str, count: u32, exe: &std::path::Path) -> Result<PodsBench> {
-    let c = lab.cluster(cluster)?.clone();
-    let client = lab.client(&c).await?;
-    let nodes = bench_nodes(&c, count)?;
+/// Registers hollow bench `nodes` (pool `bench`) in cluster `c` and serves them in-process until the
+/// returned task is aborted.
+pub async fn start_bench_nodes(
+    lab: &Lab,
+    c: &ClusterLayout,
+    client: &Client,
+    nodes: &[LabNode],
+    exe: &std::path::Path,
+) -> Result<tokio::task::JoinHandle<Result<()>>> {
     let cfg = KubeletConfig {
         lab: lab.layout.name.clone(),
         cluster_id: c.id.clone(),
-        host_netns: lab.layout.host_netns(&c),
-        nodes: nodes.clone(),
+        host_netns: lab.layout.host_netns(c),
+        nodes: nodes.to_vec(),
         capacity: NodeCapacity {
             cpu: "256".into(),
             memory: "1Ti".into(),
@@ -129,7 +133,15 @@ pub async fn pods(lab: &Lab, cluster: &str, count: u32, exe: &std::path::Path) -
     };
     let kubelet = LabKubelet::new(client.clone(), cfg);
     kubelet.register_nodes().await?;
-    let task = tokio::spawn(kubelet.clone().run());
+    Ok(tokio::spawn(kubelet.clone().run()))
+}
+
+/// Runs the benchmark against `cluster` of `lab`.
+pub async fn pods(lab: &Lab, cluster: &str, count: u32, exe: &std::path::Path) -> Result<PodsBench> {
+    let c = lab.cluster(cluster)?.clone();
+    let client = lab.client(&c).await?;
+    let nodes = bench_nodes(&c, count)?;
+    let task = start_bench_nodes(lab, &c, &client, &nodes, exe).await?;
     let ns = format!("bench-{}", chrono::Utc::now().format("%H%M%S"));
     let result = run_bench(&client, &ns, count).await;
     cleanup(&client, &ns, &nodes).await;
@@ -175,6 +187,15 @@ async fn run_bench(client: &Client, ns: &str, count: u32) -> Result<f64> {
 }
 
 async fn cleanup(client: &Client, ns: &str, nodes: &[LabNode]) {
+    drain(client, ns).await;
+    let api: Api<Node> = Api::all(client.clone());
+    for n in nodes {
+        let _ = api.delete(&n.name, &DeleteParams::default()).await;
+    }
+}
+
+/// Deletes the bench Deployment `pods` of `ns`, its pods at once (grace 0), then the namespace.
+pub async fn drain(client: &Client, ns: &str) {
     let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let _ = deps.delete("pods", &DeleteParams::background()).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -190,10 +211,6 @@ async fn cleanup(client: &Client, ns: &str, nodes: &[LabNode]) {
     let _ = Api::<Namespace>::all(client.clone())
         .delete(ns, &DeleteParams::default())
         .await;
-    let api: Api<Node> = Api::all(client.clone());
-    for n in nodes {
-        let _ = api.delete(&n.name, &DeleteParams::default()).await;
-    }
 }
 
 /// The result line of `bench tunnel`.

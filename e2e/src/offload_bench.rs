@@ -16,10 +16,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::agents;
-use crate::bench::{PODS_PER_BENCH_NODE, bench_nodes, deployment, wait_ready};
-use crate::kubelet::{KubeletConfig, LabKubelet};
+use crate::bench::{bench_nodes, deployment, drain, start_bench_nodes, wait_ready};
 use crate::lab::Lab;
-use crate::layout::NodeCapacity;
 
 /// The result line.
 #[derive(Debug, Serialize)]
@@ -36,6 +34,8 @@ pub struct OffloadBench {
     pub ratio: f64,
     /// Peak resident memory of the consumer's ferry-agent (virtual kubelet included), MiB.
     pub virtual_kubelet_peak_rss_mib: f64,
+    /// Its resident memory once all N are Ready, MiB.
+    pub virtual_kubelet_rss_mib: f64,
     /// CPU seconds the lab's control planes (both clusters: etcd, apiserver, controller-manager, scheduler,
     /// lab kubelets) spent in (a).
     pub direct_control_plane_cpu_seconds: f64,
@@ -77,11 +77,12 @@ fn control_plane_cpu(lab: &Lab) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn peak_rss_mib(pid: u32) -> Result<f64> {
+/// `VmHWM` (peak) or `VmRSS` (now) of a process, MiB.
+fn rss_mib(pid: u32, field: &str) -> Result<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: f64 = s
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .context("no VmHWM in /proc/PID/status")?;
@@ -107,25 +108,6 @@ async fn namespace(client: &Client, ns: &str) -> Result<()> {
     Ok(())
 }
 
-async fn drain(client: &Client, ns: &str) {
-    let _ = Api::<Deployment>::namespaced(client.clone(), ns)
-        .delete("pods", &DeleteParams::background())
-        .await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let _ = pods
-        .delete_collection(
-            &DeleteParams {
-                grace_period_seconds: Some(0),
-                ..Default::default()
-            },
-            &ListParams::default(),
-        )
-        .await;
-    let _ = Api::<Namespace>::all(client.clone())
-        .delete(ns, &DeleteParams::default())
-        .await;
-}
-
 /// Waits until namespace `ns` has no pods left.
 async fn until_empty(client: &Client, ns: &str, timeout: Duration) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -143,25 +125,7 @@ pub async fn run(lab: &Lab, count: u32, exe: &std::path::Path) -> Result<Offload
     let (c1l, c2l) = (lab.layout.clusters[0].clone(), lab.layout.clusters[1].clone());
     let (c1, c2) = (lab.client(&c1l).await?, lab.client(&c2l).await?);
     let nodes = bench_nodes(&c2l, count)?;
-    let kubelet = LabKubelet::new(
-        c2.clone(),
-        KubeletConfig {
-            lab: lab.layout.name.clone(),
-            cluster_id: c2l.id.clone(),
-            host_netns: lab.layout.host_netns(&c2l),
-            nodes: nodes.clone(),
-            capacity: NodeCapacity {
-                cpu: "256".into(),
-                memory: "1Ti".into(),
-                pods: PODS_PER_BENCH_NODE,
-            },
-            pool: "bench".into(),
-            hollow: true,
-            exe: exe.to_path_buf(),
-        },
-    );
-    kubelet.register_nodes().await?;
-    let task = tokio::spawn(kubelet.clone().run());
+    let task = start_bench_nodes(lab, &c2l, &c2, &nodes, exe).await?;
     let stamp = chrono::Utc::now().format("%H%M%S").to_string();
     let result = measure(lab, &c1, &c2, count, &stamp).await;
     let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(c2.clone());
@@ -250,7 +214,8 @@ async fn measure(lab: &Lab, c1: &Client, c2: &Client, count: u32, stamp: &str) -
     let offloaded = wait_ready(&deps, "pods", count, timeout).await;
     let offloaded_cpu = control_plane_cpu(lab) - cpu1;
     let agents_cpu = cpu_seconds(consumer.pid()) + cpu_seconds(provider.pid()) - agents0;
-    let rss = peak_rss_mib(consumer.pid());
+    let rss = rss_mib(consumer.pid(), "VmHWM:");
+    let rss_now = rss_mib(consumer.pid(), "VmRSS:");
     drain(c1, &ns).await;
     until_empty(c2, &remote_ns, timeout).await;
     let _ = agents::ferryctl(&k1, &["unpeer", "provider-c2"]);
@@ -262,6 +227,7 @@ async fn measure(lab: &Lab, c1: &Client, c2: &Client, count: u32, stamp: &str) -
         offloaded_seconds: offloaded,
         ratio: offloaded / direct,
         virtual_kubelet_peak_rss_mib: rss?,
+        virtual_kubelet_rss_mib: rss_now?,
         direct_control_plane_cpu_seconds: direct_cpu,
         offloaded_control_plane_cpu_seconds: offloaded_cpu,
         offloaded_agents_cpu_seconds: agents_cpu,

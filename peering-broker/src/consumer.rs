@@ -321,6 +321,30 @@ pub fn kubeconfig(provider: &str, server: &str, ca: &str, cert: &str, key: &str,
     )
 }
 
+/// A call to the provider's broker as the tenant: TLS pinned to the broker's certificate, client
+/// certificate from the identity Secret `identity`. Returns the status and the body.
+pub async fn call_broker(
+    identity: &Secret,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<(u16, Vec<u8>)> {
+    let get = |k: &str| crate::identity::text(identity, k).unwrap_or_default();
+    let (url, pin, cert, key) = (get("brokerURL"), get("tlsPin"), get("tls.crt"), get("tls.key"));
+    crate::tls::request(
+        &url,
+        &pin,
+        method,
+        path,
+        body,
+        Some(crate::tls::ClientCert {
+            cert: &cert,
+            key: &key,
+        }),
+    )
+    .await
+}
+
 /// Unpeers from `provider`: the broker removes the tenant (mTLS with the identity), then the local
 /// Secret and `ForeignCluster` go.
 pub async fn unpeer(client: &Client, provider: &str) -> Result<()> {
@@ -335,22 +359,11 @@ pub async fn unpeer(client: &Client, provider: &str) -> Result<()> {
                 identity_secret(provider)
             )
         })?;
-    let get = |k: &str| crate::identity::text(&s, k).unwrap_or_default();
-    let (url, pin, cert, key) = (get("brokerURL"), get("tlsPin"), get("tls.crt"), get("tls.key"));
+    let url = crate::identity::text(&s, "brokerURL").unwrap_or_default();
     let path = format!("/v1/peerings/{}", me.cluster_id);
-    let (status, body) = crate::tls::request(
-        &url,
-        &pin,
-        "DELETE",
-        &path,
-        None,
-        Some(crate::tls::ClientCert {
-            cert: &cert,
-            key: &key,
-        }),
-    )
-    .await
-    .with_context(|| format!("DELETE {url}{path}"))?;
+    let (status, body) = call_broker(&s, "DELETE", &path, None)
+        .await
+        .with_context(|| format!("DELETE {url}{path}"))?;
     if status != 200 && status != 404 {
         bail!(
             "DELETE {url}{path} answered {status}: {}",

@@ -111,21 +111,9 @@ async fn cleanup(no: Arc<NamespaceOffloading>, client: Arc<Client>) -> Result<Ac
         .unwrap_or_default();
     for (provider, rns) in remote {
         let Some(s) = ids.get(&provider) else { continue };
-        let get = |k: &str| text(s, k).unwrap_or_default();
-        let (url, cert, key) = (get("brokerURL"), get("tls.crt"), get("tls.key"));
+        let url = text(s, "brokerURL").unwrap_or_default();
         let path = format!("/v1/namespaces/{rns}");
-        let r = crate::tls::request(
-            &url,
-            &get("tlsPin"),
-            "DELETE",
-            &path,
-            None,
-            Some(crate::tls::ClientCert {
-                cert: &cert,
-                key: &key,
-            }),
-        )
-        .await;
+        let r = crate::consumer::call_broker(s, "DELETE", &path, None).await;
         match r {
             Ok((200 | 404, _)) => info!(provider, namespace = rns, "provider namespace deleted"),
             Ok((status, b)) => warn!(
@@ -162,25 +150,13 @@ async fn apply(no: Arc<NamespaceOffloading>, client: Arc<Client>) -> Result<Acti
             remote.remove(provider);
             continue;
         }
-        let get = |k: &str| text(s, k).unwrap_or_default();
         let body = serde_json::to_vec(&OffloadRequest {
             namespace: ns.clone(),
             mapping: no.spec.namespace_mapping_strategy,
         })
         .unwrap_or_default();
-        let (url, cert, key) = (get("brokerURL"), get("tls.crt"), get("tls.key"));
-        let r = crate::tls::request(
-            &url,
-            &get("tlsPin"),
-            "POST",
-            "/v1/namespaces",
-            Some(&body),
-            Some(crate::tls::ClientCert {
-                cert: &cert,
-                key: &key,
-            }),
-        )
-        .await;
+        let url = text(s, "brokerURL").unwrap_or_default();
+        let r = crate::consumer::call_broker(s, "POST", "/v1/namespaces", Some(&body)).await;
         match r {
             Ok((200, b)) => match serde_json::from_slice::<OffloadResponse>(&b) {
                 Ok(o) => {

@@ -41,29 +41,7 @@ use crate::quantity::Amounts;
 use crate::translate::{
     ORIGIN_CLUSTER_LABEL, ORIGIN_UID_LABEL, Refusal, RemoteTarget, to_local_status, to_remote,
 };
-use crate::{GRANTED_SLICE, VirtualNodeIdentity};
-
-/// Errors of the virtual kubelet.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// An apiserver said no (or could not be reached).
-    #[error("{what}: {source}")]
-    Api {
-        /// What was being done, naming the object and the cluster.
-        what: String,
-        /// Why it failed.
-        #[source]
-        source: kube::Error,
-    },
-    /// Waiting for something to appear (a remote store to sync, a namespace mapping).
-    #[error("{0}")]
-    NotYet(String),
-}
-
-fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Api { what, source }
-}
+use crate::{Error, GRANTED_SLICE, VirtualNodeIdentity, api_err};
 
 /// What one virtual kubelet needs to know.
 pub struct Peer {
@@ -481,7 +459,7 @@ impl PodReflector {
                 debug!("{m}");
                 Action::requeue(Duration::from_millis(500))
             }
-            Error::Api { .. } => {
+            Error::Api { .. } | Error::Template(..) => {
                 warn!("{e}");
                 Action::requeue(Duration::from_secs(2))
             }

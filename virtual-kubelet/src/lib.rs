@@ -12,6 +12,32 @@ pub mod provider;
 pub mod quantity;
 pub mod translate;
 
+/// Errors of the virtual kubelet and the provider-side controllers.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An apiserver said no (or could not be reached).
+    #[error("{what}: {source}")]
+    Api {
+        /// What was being done, naming the object and the cluster.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: kube::Error,
+    },
+    /// Waiting for something to appear (a remote store to sync, a namespace mapping).
+    #[error("{0}")]
+    NotYet(String),
+    /// A `ShadowPod` template that is not a pod this provider runs.
+    #[error("ShadowPod {0}: {1}")]
+    Template(String, String),
+}
+
+/// `map_err` helper: an apiserver error while doing `what`.
+pub(crate) fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Api { what, source }
+}
+
 /// Name of the `ResourceSlice` the provider grants in a tenant namespace.
 pub const GRANTED_SLICE: &str = "granted";
 

@@ -28,28 +28,7 @@ use tracing::{info, warn};
 
 use crate::quantity::{Amounts, available};
 use crate::translate::{ORIGIN_CLUSTER_LABEL, refusals};
-
-/// Errors of the provider-side controllers.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The apiserver said no.
-    #[error("{what}: {source}")]
-    Api {
-        /// What was being done.
-        what: String,
-        /// Why it failed.
-        #[source]
-        source: kube::Error,
-    },
-    /// The template is not a pod this provider runs.
-    #[error("ShadowPod {0}: {1}")]
-    Template(String, String),
-}
-
-fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Api { what, source }
-}
+use crate::{Error, api_err};
 
 /// What the reconciler shares.
 pub struct ShadowPodReconciler {
@@ -150,7 +129,7 @@ impl ShadowPodReconciler {
         warn!("{e}");
         match e {
             Error::Template(..) => Action::requeue(Duration::from_secs(300)),
-            Error::Api { .. } => Action::requeue(Duration::from_secs(2)),
+            Error::Api { .. } | Error::NotYet(_) => Action::requeue(Duration::from_secs(2)),
         }
     }
 }

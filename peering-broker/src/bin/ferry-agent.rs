@@ -60,6 +60,14 @@ async fn main() {
     }
 }
 
+/// The host of a `host:port` listen address (brackets of an IPv6 address removed).
+fn host_of(listen: &str) -> String {
+    listen
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+        .unwrap_or_default()
+}
+
 async fn run(a: Args) -> Result<()> {
     let kc = kube::config::Kubeconfig::read_from(&a.kubeconfig)?;
     let cluster = kc
@@ -93,11 +101,7 @@ async fn run(a: Args) -> Result<()> {
         .broker_url
         .clone()
         .unwrap_or_else(|| format!("https://{}", a.listen));
-    let host = a
-        .listen
-        .rsplit_once(':')
-        .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
-        .unwrap_or_default();
+    let host = host_of(&a.listen);
     let (cert, key) = identity::ensure_broker_tls(&client, &url, &[host, "localhost".into()]).await?;
     let tls = ferry_peering_broker::tls::server_config(&cert, &key, &ca_pem)?;
     let p = Arc::new(provider::Provider {
@@ -136,12 +140,8 @@ async fn run(a: Args) -> Result<()> {
             .webhook_url
             .clone()
             .unwrap_or_else(|| format!("https://{}", a.webhook_listen));
-        let whost = a
-            .webhook_listen
-            .rsplit_once(':')
-            .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
-            .unwrap_or_default();
-        let (cert, key) = ferry_peering_broker::tls::self_signed(&[whost, "localhost".into()])?;
+        let (cert, key) =
+            ferry_peering_broker::tls::self_signed(&[host_of(&a.webhook_listen), "localhost".into()])?;
         let tls = ferry_peering_broker::tls::server_config(&cert, &key, &p.ca_pem)?;
         let (app, cache) = ferry_peering_broker::webhook::router(client.clone());
         ferry_peering_broker::webhook::register(&client, &url, &cert)
