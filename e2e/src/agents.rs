@@ -75,6 +75,8 @@ pub fn start(lab: &Lab, idx: usize, extra: &[&str]) -> Result<Agent> {
         &listen,
         "--pod-cidr",
         &c.pod_cidr.to_string(),
+        "--service-cidr",
+        &c.service_cidr.to_string(),
     ]);
     if idx == 0 {
         cmd.args([

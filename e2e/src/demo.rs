@@ -274,6 +274,8 @@ async fn peer_and_tunnel(lab: &Lab, exe: &std::path::Path) -> Result<Vec<String>
             &format!("127.0.0.1:{}", c.ports.apiserver + 6),
             "--pod-cidr",
             &c.pod_cidr.to_string(),
+            "--service-cidr",
+            &c.service_cidr.to_string(),
         ]);
         if c.id == c1.id {
             cmd.args([

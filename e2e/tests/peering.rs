@@ -231,6 +231,55 @@ async fn peer_gives_a_least_privilege_identity_and_unpeer_removes_everything_and
                 .map(drop),
             "escalate",
         );
+        // the tunnel's halves: each side has a PeerNetwork with the other's WireGuard key and CIDRs
+        let wg_public = |c: kube::Client| async move {
+            let s = Api::<Secret>::namespaced(c, "ferry-system")
+                .get("ferry-wireguard")
+                .await
+                .unwrap();
+            identity::text(&s, "publicKey").unwrap()
+        };
+        let (k1, k2) = (
+            wg_public(consumer.clone()).await,
+            wg_public(provider.clone()).await,
+        );
+        assert_ne!(k1, k2);
+        let pn1 = Api::<ferry_crds::PeerNetwork>::all(consumer.clone())
+            .get("provider-c2")
+            .await
+            .unwrap();
+        let pn2 = Api::<ferry_crds::PeerNetwork>::all(provider.clone())
+            .get("consumer-c1")
+            .await
+            .unwrap();
+        assert_eq!(
+            pn1.spec.peer_public_key, k2,
+            "the consumer's PeerNetwork has the provider's key"
+        );
+        assert_eq!(
+            pn2.spec.peer_public_key, k1,
+            "the provider's PeerNetwork has the consumer's key"
+        );
+        assert!(
+            pn1.spec.remote_cidrs.contains(&c2.pod_cidr.to_string()),
+            "{:?}",
+            pn1.spec
+        );
+        assert!(
+            pn2.spec.remote_cidrs.contains(&c1.pod_cidr.to_string()),
+            "{:?}",
+            pn2.spec
+        );
+        assert!(
+            pn2.spec.remote_cidrs.contains(&c1.service_cidr.to_string()),
+            "{:?}",
+            pn2.spec
+        );
+        assert!(
+            pn2.spec.peer_endpoint.is_none(),
+            "the provider waits for the consumer to dial"
+        );
+
         // status lists the peer
         let (ok, out, _) = ferryctl(&lab.paths.kubeconfig(c1), &["status"]);
         assert!(
@@ -255,6 +304,16 @@ async fn peer_gives_a_least_privilege_identity_and_unpeer_removes_everything_and
                 .is_none()
         );
         wait_gone(&Api::<ForeignCluster>::all(consumer.clone()), "provider-c2").await;
+        wait_gone(
+            &Api::<ferry_crds::PeerNetwork>::all(consumer.clone()),
+            "provider-c2",
+        )
+        .await;
+        wait_gone(
+            &Api::<ferry_crds::PeerNetwork>::all(provider.clone()),
+            "consumer-c1",
+        )
+        .await;
         // the old identity no longer works anywhere that matters: its namespace and RBAC are gone
         let r = Api::<Pod>::namespaced(id, "ferry-tenant-consumer-c1")
             .list(&ListParams::default())

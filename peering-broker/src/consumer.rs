@@ -185,7 +185,12 @@ pub async fn wait_authenticated(
 
 /// The handshake for one `ForeignCluster` (the reconciler's work): POST to the broker pinned by the
 /// token, store the identity, set `Authenticated`.
-pub async fn handshake(client: &Client, fc: &ForeignCluster, token: &str) -> Result<Peered, HandshakeError> {
+pub async fn handshake(
+    client: &Client,
+    fc: &ForeignCluster,
+    token: &str,
+    net: &crate::wire::LocalNetwork,
+) -> Result<Peered, HandshakeError> {
     let transient = |e: anyhow::Error| HandshakeError::Transient(format!("{e:#}"));
     let claims = crate::token::peek(token).map_err(|e| HandshakeError::Refused(format!("token: {e}")))?;
     let me = ensure_identity(client, None).await.map_err(transient)?;
@@ -207,9 +212,9 @@ pub async fn handshake(client: &Client, fc: &ForeignCluster, token: &str) -> Res
         public_key: me.key.public_b64(),
         csr,
         proof: sign_proof(&me.key, &claims.jti, &provider, &me.cluster_id),
-        wireguard_public_key: String::new(),
-        pod_cidrs: vec![],
-        service_cidrs: vec![],
+        wireguard_public_key: net.wireguard_public_key.clone(),
+        pod_cidrs: net.pod_cidrs.clone(),
+        service_cidrs: net.service_cidrs.clone(),
         resources: Resources {
             cpu: res.cpu.map(|q| q.0),
             memory: res.memory.map(|q| q.0),
@@ -286,6 +291,18 @@ pub async fn handshake(client: &Client, fc: &ForeignCluster, token: &str) -> Res
         .await;
     secrets
         .create(&PostParams::default(), &s)
+        .await
+        .map_err(|e| transient(e.into()))?;
+    // the tunnel's half on this side: the provider's CIDRs, key and endpoint
+    let remote: Vec<String> = ok.pod_cidrs.iter().chain(&ok.service_cidrs).cloned().collect();
+    let pn = crate::wireguard::peer_network(
+        &provider,
+        &net.cidrs(),
+        &remote,
+        &ok.wireguard_public_key,
+        ok.gateway_endpoint.as_deref(),
+    );
+    crate::wireguard::apply_peer_network(client, &pn)
         .await
         .map_err(|e| transient(e.into()))?;
     set_authenticated(
@@ -373,6 +390,9 @@ pub async fn unpeer(client: &Client, provider: &str) -> Result<()> {
     secrets
         .delete(&identity_secret(provider), &DeleteParams::default())
         .await?;
+    let _ = Api::<ferry_crds::PeerNetwork>::all(client.clone())
+        .delete(provider, &DeleteParams::default())
+        .await;
     let _ = Api::<ForeignCluster>::all(client.clone())
         .delete(provider, &DeleteParams::default())
         .await;

@@ -14,6 +14,7 @@ pub mod tls;
 pub mod token;
 pub mod webhook;
 pub mod wire;
+pub mod wireguard;
 
 use std::fmt;
 use std::str::FromStr;

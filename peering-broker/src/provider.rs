@@ -50,6 +50,8 @@ pub struct Provider {
     pub quota: Resources,
     /// This cluster's pod CIDRs (told to consumers).
     pub pod_cidrs: Vec<String>,
+    /// This cluster's network as told to consumers (CIDRs, WireGuard key, gateway endpoint).
+    pub network: crate::wire::LocalNetwork,
 }
 
 fn internal(e: impl std::fmt::Display) -> BrokerError {
@@ -276,6 +278,14 @@ impl Provider {
             )
             .await
             .map_err(internal)?;
+        // the tunnel's half on this side: the consumer's CIDRs and key; it dials us, so no endpoint
+        let mut local = self.pod_cidrs.clone();
+        local.extend(self.network.service_cidrs.iter().cloned());
+        let remote: Vec<String> = req.pod_cidrs.iter().chain(&req.service_cidrs).cloned().collect();
+        let pn = crate::wireguard::peer_network(id, &local, &remote, &req.wireguard_public_key, None);
+        crate::wireguard::apply_peer_network(&self.client, &pn)
+            .await
+            .map_err(internal)?;
         let certificate = self.sign_csr(id, jti, &req.csr).await?;
         Ok(PeeringResponse {
             provider_cluster_id: self.cluster_id.clone(),
@@ -284,8 +294,10 @@ impl Provider {
             ca: self.ca_pem.clone(),
             certificate,
             granted,
-            wireguard_public_key: String::new(),
+            wireguard_public_key: self.network.wireguard_public_key.clone(),
             pod_cidrs: self.pod_cidrs.clone(),
+            service_cidrs: self.network.service_cidrs.clone(),
+            gateway_endpoint: self.network.gateway_endpoint.clone(),
         })
     }
 
@@ -465,6 +477,11 @@ impl Provider {
                     let _ = nss.delete(&n.name_any(), &dp).await;
                 }
             }
+        }
+        if only.is_none() {
+            let _ = Api::<ferry_crds::PeerNetwork>::all(self.client.clone())
+                .delete(consumer, &dp)
+                .await;
         }
         if only.is_none_or(|c| c.tenant) {
             let _ = Api::<Tenant>::all(self.client.clone())

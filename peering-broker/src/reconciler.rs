@@ -26,6 +26,8 @@ pub struct Context {
     pub client: Client,
     /// Failures in a row per ForeignCluster (for backoff).
     pub failures: Mutex<HashMap<String, u32>>,
+    /// This cluster's network, told to providers in the handshake.
+    pub network: crate::wire::LocalNetwork,
 }
 
 /// Reconcile error.
@@ -73,7 +75,7 @@ pub async fn reconcile(fc: Arc<ForeignCluster>, ctx: Arc<Context>) -> Result<Act
         warn!(secret = token_secret, "token Secret missing");
         return Ok(Action::requeue(Duration::from_secs(30)));
     };
-    match handshake(&ctx.client, &fc, &token).await {
+    match handshake(&ctx.client, &fc, &token, &ctx.network).await {
         Ok(p) => {
             info!(
                 provider = p.provider,
@@ -104,10 +106,11 @@ pub fn error_policy(fc: Arc<ForeignCluster>, err: &Error, ctx: Arc<Context>) -> 
 }
 
 /// Runs the reconciler until the stream ends.
-pub async fn run(client: Client) {
+pub async fn run(client: Client, network: crate::wire::LocalNetwork) {
     let ctx = Arc::new(Context {
         client: client.clone(),
         failures: Mutex::new(HashMap::new()),
+        network,
     });
     Controller::new(Api::<ForeignCluster>::all(client), watcher::Config::default())
         .run(reconcile, error_policy, ctx)

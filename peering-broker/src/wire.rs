@@ -114,6 +114,36 @@ pub struct PeeringResponse {
     /// The provider's pod CIDRs.
     #[serde(rename = "podCIDRs", default)]
     pub pod_cidrs: Vec<String>,
+    /// The provider's service CIDRs.
+    #[serde(rename = "serviceCIDRs", default)]
+    pub service_cidrs: Vec<String>,
+    /// Where the provider's gateway listens (`host:port`), if it is reachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_endpoint: Option<String>,
+}
+
+/// What a cluster tells its peer about its network in the handshake.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalNetwork {
+    /// Pod CIDRs.
+    pub pod_cidrs: Vec<String>,
+    /// Service CIDRs.
+    pub service_cidrs: Vec<String>,
+    /// The WireGuard public key (base64).
+    pub wireguard_public_key: String,
+    /// The gateway's endpoint, when peers can reach it (`host:port`).
+    pub gateway_endpoint: Option<String>,
+}
+
+impl LocalNetwork {
+    /// Pod then service CIDRs.
+    pub fn cidrs(&self) -> Vec<String> {
+        self.pod_cidrs
+            .iter()
+            .chain(&self.service_cidrs)
+            .cloned()
+            .collect()
+    }
 }
 
 /// The user name a consumer's identity has on the provider.

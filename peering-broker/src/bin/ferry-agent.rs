@@ -30,6 +30,12 @@ struct Args {
     /// This cluster's pod CIDRs (told to consumers).
     #[arg(long = "pod-cidr")]
     pod_cidrs: Vec<String>,
+    /// This cluster's service CIDRs (told to peers).
+    #[arg(long = "service-cidr")]
+    service_cidrs: Vec<String>,
+    /// Where this cluster's gateway listens for peers (`host:port`), told to consumers.
+    #[arg(long)]
+    gateway_endpoint: Option<String>,
     /// Most CPU one tenant is granted.
     #[arg(long, default_value = "8")]
     quota_cpu: String,
@@ -104,6 +110,15 @@ async fn run(a: Args) -> Result<()> {
     let host = host_of(&a.listen);
     let (cert, key) = identity::ensure_broker_tls(&client, &url, &[host, "localhost".into()]).await?;
     let tls = ferry_peering_broker::tls::server_config(&cert, &key, &ca_pem)?;
+    let wg = ferry_peering_broker::wireguard::ensure_key(&client)
+        .await
+        .context("the WireGuard key")?;
+    let network = ferry_peering_broker::wire::LocalNetwork {
+        pod_cidrs: a.pod_cidrs.clone(),
+        service_cidrs: a.service_cidrs.clone(),
+        wireguard_public_key: wg.public_b64(),
+        gateway_endpoint: a.gateway_endpoint.clone(),
+    };
     let p = Arc::new(provider::Provider {
         client,
         cluster_id: id.cluster_id.clone(),
@@ -116,6 +131,7 @@ async fn run(a: Args) -> Result<()> {
             pods: Some(a.quota_pods),
         },
         pod_cidrs: a.pod_cidrs.clone(),
+        network: network.clone(),
     });
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
@@ -158,7 +174,7 @@ async fn run(a: Args) -> Result<()> {
     tokio::select! {
         r = server::serve(listener, tls, p.clone()) => r?,
         r = webhook => r?,
-        _ = ferry_peering_broker::reconciler::run(client.clone()) => anyhow::bail!("the ForeignCluster reconciler stopped"),
+        _ = ferry_peering_broker::reconciler::run(client.clone(), network.clone()) => anyhow::bail!("the ForeignCluster reconciler stopped"),
         _ = ferry_peering_broker::offloading::run(client.clone()) => anyhow::bail!("the NamespaceOffloading reconciler stopped"),
         _ = ferry_peering_broker::offloading::run_virtual_kubelets(client.clone(), id.cluster_id.clone(), local_cidrs) => {},
         _ = ferry_virtual_kubelet::provider::run(client.clone()) => anyhow::bail!("the ShadowPod controller stopped"),

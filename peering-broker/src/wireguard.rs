@@ -1,0 +1,180 @@
+//! This cluster's WireGuard key (X25519) and the `PeerNetwork` each side of a peering gets.
+//!
+//! The key is created on first use and kept in the Secret `ferry-system/ferry-wireguard` (`privateKey`,
+//! `publicKey`, base64 as `wg` prints them); its public half travels in the peering handshake both ways.
+//! [`peer_network`] is the object both agents write: this cluster's CIDRs, the peer's CIDRs, key and
+//! endpoint, for the gateway to build the tunnel from.
+
+use base64::Engine;
+use curve25519_dalek::montgomery::MontgomeryPoint;
+use ferry_crds::{PeerNetwork, PeerNetworkSpec};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::{Api, PostParams};
+
+use crate::provider::SYSTEM_NAMESPACE;
+
+/// The Secret that holds this cluster's WireGuard key.
+pub const WIREGUARD_SECRET: &str = "ferry-wireguard";
+
+/// An X25519 key pair, as WireGuard uses it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WireGuardKey {
+    /// Private key (32 bytes, clamped when used).
+    pub private: [u8; 32],
+}
+
+impl std::fmt::Debug for WireGuardKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WireGuardKey {{ public: {} }}", self.public_b64())
+    }
+}
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+impl WireGuardKey {
+    /// A fresh random key.
+    pub fn generate() -> Self {
+        let mut private = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut private);
+        // the clamping WireGuard applies (and `wg genkey` stores)
+        private[0] &= 248;
+        private[31] = (private[31] & 127) | 64;
+        Self { private }
+    }
+
+    /// From the base64 text `wg genkey` prints.
+    pub fn from_b64(s: &str) -> Option<Self> {
+        let v = base64::engine::general_purpose::STANDARD.decode(s.trim()).ok()?;
+        Some(Self {
+            private: v.try_into().ok()?,
+        })
+    }
+
+    /// The private key in base64.
+    pub fn private_b64(&self) -> String {
+        b64(&self.private)
+    }
+
+    /// The public key in base64 (what `wg pubkey` prints).
+    pub fn public_b64(&self) -> String {
+        b64(&MontgomeryPoint::mul_base_clamped(self.private).to_bytes())
+    }
+}
+
+/// This cluster's WireGuard key: read from its Secret, or created there on first use.
+pub async fn ensure_key(client: &Client) -> anyhow::Result<WireGuardKey> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    if let Some(s) = secrets.get_opt(WIREGUARD_SECRET).await? {
+        let text = crate::identity::text(&s, "privateKey").unwrap_or_default();
+        return WireGuardKey::from_b64(&text).ok_or_else(|| {
+            anyhow::anyhow!(
+                "Secret {SYSTEM_NAMESPACE}/{WIREGUARD_SECRET} has no valid privateKey; fix: delete it and restart ferry-agent (a new key is made)"
+            )
+        });
+    }
+    let key = WireGuardKey::generate();
+    let mut s = Secret::default();
+    s.metadata.name = Some(WIREGUARD_SECRET.into());
+    s.data = Some(
+        [
+            (
+                "privateKey".to_string(),
+                ByteString(key.private_b64().into_bytes()),
+            ),
+            ("publicKey".to_string(), ByteString(key.public_b64().into_bytes())),
+        ]
+        .into(),
+    );
+    match secrets.create(&PostParams::default(), &s).await {
+        Ok(_) => Ok(key),
+        // another agent made one a moment ago: use that one
+        Err(kube::Error::Api(e)) if e.code == 409 => Box::pin(ensure_key(client)).await,
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The `PeerNetwork` for peer `peer`.
+pub fn peer_network(
+    peer: &str,
+    local_cidrs: &[String],
+    remote_cidrs: &[String],
+    peer_public_key: &str,
+    peer_endpoint: Option<&str>,
+) -> PeerNetwork {
+    PeerNetwork::new(
+        peer,
+        PeerNetworkSpec {
+            cluster_id: peer.to_string(),
+            local_cidrs: local_cidrs.to_vec(),
+            remote_cidrs: remote_cidrs.to_vec(),
+            peer_public_key: peer_public_key.to_string(),
+            peer_endpoint: peer_endpoint.map(str::to_string),
+            underlay_mtu: None,
+        },
+    )
+}
+
+/// Creates or replaces the `PeerNetwork` of `peer` (server-side apply: a re-peering updates keys and CIDRs).
+pub async fn apply_peer_network(client: &Client, pn: &PeerNetwork) -> kube::Result<()> {
+    let api: Api<PeerNetwork> = Api::all(client.clone());
+    let name = pn.spec.cluster_id.clone();
+    api.patch(
+        &name,
+        &kube::api::PatchParams::apply("ferry-agent").force(),
+        &kube::api::Patch::Apply(pn),
+    )
+    .await
+    .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_public_key_is_x25519_of_the_private_one() {
+        // RFC 7748, section 6.1 (Alice)
+        let private =
+            hex::decode("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a").unwrap();
+        let k = WireGuardKey::from_b64(&b64(&private)).unwrap();
+        let public = base64::engine::general_purpose::STANDARD
+            .decode(k.public_b64())
+            .unwrap();
+        assert_eq!(
+            hex::encode(public),
+            "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+        );
+    }
+
+    #[test]
+    fn generated_keys_are_clamped_distinct_and_round_trip() {
+        let (a, b) = (WireGuardKey::generate(), WireGuardKey::generate());
+        assert_ne!(a, b);
+        assert_eq!(a.private[0] & 7, 0);
+        assert_eq!(a.private[31] & 0xc0, 0x40);
+        assert_eq!(WireGuardKey::from_b64(&a.private_b64()), Some(a.clone()));
+        assert!(WireGuardKey::from_b64("too short").is_none());
+        assert!(
+            !format!("{a:?}").contains(&a.private_b64()),
+            "Debug must not print the private key"
+        );
+    }
+
+    #[test]
+    fn a_peer_network_names_the_peer_and_both_sides_cidrs() {
+        let pn = peer_network(
+            "p1",
+            &["10.244.0.0/16".into()],
+            &["10.245.0.0/16".into()],
+            "KEY",
+            Some("192.0.2.1:51820"),
+        );
+        assert_eq!(pn.metadata.name.as_deref(), Some("p1"));
+        assert_eq!(pn.spec.remote_cidrs, ["10.245.0.0/16"]);
+        assert_eq!(pn.spec.peer_endpoint.as_deref(), Some("192.0.2.1:51820"));
+    }
+}
