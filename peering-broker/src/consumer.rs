@@ -302,9 +302,11 @@ pub async fn handshake(
         &ok.wireguard_public_key,
         ok.gateway_endpoint.as_deref(),
     );
-    crate::wireguard::apply_peer_network(client, &pn)
-        .await
-        .map_err(|e| transient(e.into()))?;
+    if !ok.wireguard_public_key.is_empty() {
+        crate::wireguard::apply_peer_network(client, &pn)
+            .await
+            .map_err(|e| transient(e.into()))?;
+    }
     set_authenticated(
         &fcs,
         &provider,

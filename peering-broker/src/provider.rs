@@ -282,10 +282,13 @@ impl Provider {
         let mut local = self.pod_cidrs.clone();
         local.extend(self.network.service_cidrs.iter().cloned());
         let remote: Vec<String> = req.pod_cidrs.iter().chain(&req.service_cidrs).cloned().collect();
-        let pn = crate::wireguard::peer_network(id, &local, &remote, &req.wireguard_public_key, None);
-        crate::wireguard::apply_peer_network(&self.client, &pn)
-            .await
-            .map_err(internal)?;
+        // (a consumer that sent no WireGuard key gets no tunnel)
+        if !req.wireguard_public_key.is_empty() {
+            let pn = crate::wireguard::peer_network(id, &local, &remote, &req.wireguard_public_key, None);
+            crate::wireguard::apply_peer_network(&self.client, &pn)
+                .await
+                .map_err(internal)?;
+        }
         let certificate = self.sign_csr(id, jti, &req.csr).await?;
         Ok(PeeringResponse {
             provider_cluster_id: self.cluster_id.clone(),

@@ -177,6 +177,14 @@ impl PeeringRequest {
                 "is not a PEM certificate request; fix: send a PKCS#10 CSR in PEM",
             ));
         }
+        if !req.wireguard_public_key.is_empty()
+            && crate::wireguard::parse_public(&req.wireguard_public_key).is_none()
+        {
+            return Err(BrokerError::invalid(
+                "wireguardPublicKey",
+                "is not a WireGuard public key (32 bytes, base64); fix: send what `wg pubkey` prints, or leave it out",
+            ));
+        }
         for (field, list) in [("podCIDRs", &req.pod_cidrs), ("serviceCIDRs", &req.service_cidrs)] {
             for c in list {
                 if c.parse::<ipnet_lite::Cidr>().is_err() {
@@ -229,6 +237,17 @@ mod ipnet_lite {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wireguard_key_that_is_not_32_bytes_is_refused_naming_the_field() {
+        let key = ClusterKey::generate();
+        let mut r = request(&key, "j");
+        r.wireguard_public_key = "bm90IGEga2V5".into();
+        let e = PeeringRequest::parse(&serde_json::to_vec(&r).unwrap()).unwrap_err();
+        assert!(e.to_string().starts_with("wireguardPublicKey is not"), "{e}");
+        r.wireguard_public_key = crate::wireguard::WireGuardKey::generate().public_b64();
+        assert!(PeeringRequest::parse(&serde_json::to_vec(&r).unwrap()).is_ok());
+    }
 
     #[test]
     fn remote_namespaces_are_unique_per_consumer_and_fit_a_dns_label() {

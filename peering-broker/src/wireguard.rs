@@ -65,6 +65,15 @@ impl WireGuardKey {
     }
 }
 
+/// A WireGuard public key in base64, if it is one (32 bytes).
+pub fn parse_public(s: &str) -> Option<[u8; 32]> {
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .ok()?
+        .try_into()
+        .ok()
+}
+
 /// This cluster's WireGuard key: read from its Secret, or created there on first use.
 pub async fn ensure_key(client: &Client) -> anyhow::Result<WireGuardKey> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
