@@ -740,3 +740,38 @@ async fn the_node_goes_not_ready_while_the_provider_apiserver_is_stopped_and_eve
         .await;
     s.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_offload_prints_both_times_the_ratio_and_the_rss_as_its_last_line() {
+    let _g = SERIAL.lock().await;
+    let lab = Lab::from_env();
+    let pods = std::env::var("FERRY_BENCH_OFFLOAD_PODS").unwrap_or_else(|_| "200".into());
+    // through ferryctl, as an operator runs it (it hands over to ferry-lab; the lab name comes from the env)
+    let out = std::process::Command::new(agents::bin("ferryctl"))
+        .args(["bench", "offload", "--pods", &pods])
+        .env("FERRY_LAB_NAME", &lab.layout.name)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    let last = stdout.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last:?}"));
+    assert_eq!(v["pods"].to_string(), pods);
+    let (direct, offloaded) = (
+        v["direct_seconds"].as_f64().unwrap(),
+        v["offloaded_seconds"].as_f64().unwrap(),
+    );
+    assert!(direct > 0.0 && offloaded > 0.0, "{last}");
+    assert!(
+        (v["ratio"].as_f64().unwrap() - offloaded / direct).abs() < 1e-9,
+        "{last}"
+    );
+    assert!(
+        v["virtual_kubelet_peak_rss_mib"].as_f64().unwrap() > 1.0,
+        "{last}"
+    );
+    eprintln!("bench offload: {last}");
+}
