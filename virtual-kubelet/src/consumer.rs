@@ -251,6 +251,37 @@ fn owned_fields(s: &PodStatus) -> serde_json::Value {
     })
 }
 
+/// Keeps only what [`owned_fields`] compares (a local pod's cached status is never written back).
+fn slim_status(s: &mut PodStatus) {
+    s.host_ip = None;
+    s.host_ips = None;
+    s.start_time = None;
+    s.qos_class = None;
+    s.nominated_node_name = None;
+    s.init_container_statuses = None;
+    s.ephemeral_container_statuses = None;
+    for c in s.conditions.iter_mut().flatten() {
+        c.message = None;
+        c.last_probe_time = None;
+        c.last_transition_time = None;
+    }
+    for c in s.container_statuses.iter_mut().flatten() {
+        c.image = String::new();
+        c.image_id = String::new();
+        c.container_id = None;
+        c.last_state = None;
+        c.allocated_resources = None;
+        c.resources = None;
+        c.volume_mounts = None;
+        if let Some(st) = c.state.as_mut() {
+            st.waiting = None;
+            if let Some(r) = st.running.as_mut() {
+                r.started_at = None;
+            }
+        }
+    }
+}
+
 impl PodReflector {
     async fn event(&self, pod: &Pod, kind: EventType, reason: &str, note: String) {
         let ev = Event {
@@ -882,10 +913,14 @@ pub async fn run(peer: Peer) -> Result<(), Error> {
             watcher::Config::default().fields(&format!("spec.nodeName={node}")),
         )
         .modify(|p| {
-            // what reconciles read: metadata (owners, deletion) and status; the spec is fetched on creation
+            // what reconciles read: metadata (owners, deletion) and the status fields the reflection owns;
+            // the spec is fetched on creation
             p.metadata.managed_fields = None;
             p.metadata.annotations = None;
             p.spec = None;
+            if let Some(s) = p.status.as_mut() {
+                slim_status(s);
+            }
         }),
     )
     .default_backoff()
@@ -951,4 +986,34 @@ pub async fn pods_on_node(local: &Client, provider: &str) -> Result<usize, Error
         .await
         .map_err(api_err("listing pods"))?;
     Ok(l.items.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slimming_a_cached_status_keeps_every_field_the_comparison_reads() {
+        let st: PodStatus = serde_json::from_value(json!({
+            "phase": "Running", "podIP": "10.0.0.7", "podIPs": [{"ip": "10.0.0.7"}], "hostIP": "10.0.0.1",
+            "startTime": "2026-01-01T00:00:00Z", "qosClass": "BestEffort",
+            "conditions": [{"type": "Ready", "status": "True", "reason": "R", "message": "m",
+                            "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            "containerStatuses": [{"name": "c", "ready": true, "restartCount": 2, "image": "nginx", "imageID": "sha",
+                                   "containerID": "x://1", "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]
+        }))
+        .unwrap();
+        let mut slim = st.clone();
+        slim_status(&mut slim);
+        assert_eq!(owned_fields(&slim), owned_fields(&st));
+        assert!(slim.host_ip.is_none() && slim.start_time.is_none());
+        assert_eq!(slim.container_statuses.as_ref().unwrap()[0].image, "");
+        let mut changed = st.clone();
+        changed.container_statuses.as_mut().unwrap()[0].restart_count = 3;
+        assert_ne!(
+            owned_fields(&slim),
+            owned_fields(&changed),
+            "a restart is still seen"
+        );
+    }
 }
