@@ -18,6 +18,8 @@ use serde_json::json;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const VNODE: &str = "ferry-provider-c2";
+/// Every namespace these tests make on the consumer.
+const TEST_NAMESPACES: [&str; 5] = ["burst", "plain", "remote-only", "restart", "outage"];
 
 struct Setup {
     lab: Lab,
@@ -34,11 +36,25 @@ impl Setup {
         let c2 = lab.client(&lab.layout.clusters[1]).await.unwrap();
         let consumer = agents::start(&lab, 0, &[]).unwrap();
         let provider = agents::start(&lab, 1, provider_flags).unwrap();
-        // a peering left by an earlier, failed run would make `peer` fail on the used identity
+        // a peering left by an earlier, failed test would make `peer` fail on the used identity
         let _ = ferryctl(
             &lab.paths.kubeconfig(&lab.layout.clusters[0]),
             &["unpeer", "provider-c2"],
         );
+        // ...and its namespaces would come back onto the new virtual node and take the provider's room
+        let nss: Api<Namespace> = Api::all(c1.clone());
+        for ns in TEST_NAMESPACES {
+            let _ = nss.delete(ns, &DeleteParams::default()).await;
+        }
+        wait("namespaces of earlier tests gone", 120, || async {
+            for ns in TEST_NAMESPACES {
+                if nss.get_opt(ns).await?.is_some() {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+        .await;
         agents::peer(&lab, peer_flags).unwrap();
         wait("virtual node Ready", 30, || async {
             Ok(Api::<Node>::all(c1.clone())
@@ -541,10 +557,20 @@ async fn a_virtual_kubelet_killed_while_creating_200_pods_leaves_every_pod_runni
         .await
         .unwrap();
     let shadows: Api<ShadowPod> = Api::namespaced(c2.clone(), &rns);
-    wait("first ShadowPods", 60, || async {
-        Ok(shadows.list_metadata(&ListParams::default()).await?.items.len() >= 30)
-    })
-    .await;
+    // kill as soon as the first ShadowPods exist (polled every 10 ms: the ReplicaSet's slow start spreads
+    // the 200 creations over a second or more)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while shadows
+        .list_metadata(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .len()
+        < 10
+    {
+        assert!(Instant::now() < deadline, "no ShadowPods after 60s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     s.agents[0].kill();
     let at_kill = shadows
         .list_metadata(&ListParams::default())
