@@ -266,6 +266,23 @@ async fn pods_fill_local_nodes_then_run_on_the_provider_with_status_ips_and_dele
         local_pods.iter().map(node_of).collect::<Vec<_>>()
     );
 
+    // ferryctl status shows the virtual node Ready with the pods on it
+    let (ok, out, err) = ferryctl(&s.kubeconfig(0), &["status", "-o", "json"]);
+    assert!(ok, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let row = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["peer"] == "provider-c2")
+        .unwrap();
+    assert_eq!(row["node"]["ready"], true, "{row}");
+    assert_eq!(
+        row["node"]["pods"].as_u64(),
+        Some(on_virtual.len() as u64),
+        "{row}"
+    );
+
     // status and IPs on the consumer match the provider's pods (IPs in the consumer's view: c2's
     // 10.244.0.0/16 overlaps c1's, so it is seen remapped)
     let remaps = ferry_peering_broker::offloading::remaps_for(

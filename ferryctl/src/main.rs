@@ -259,24 +259,35 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Status => {
             let c = client(&cli).await?;
-            let fcs = Api::<ferry_crds::ForeignCluster>::all(c)
+            let fcs = Api::<ferry_crds::ForeignCluster>::all(c.clone())
                 .list(&Default::default())
                 .await?;
-            let rows: Vec<serde_json::Value> = fcs
-                .items
-                .iter()
-                .map(|fc| {
-                    let conds: Vec<serde_json::Value> = fc
-                        .status
-                        .as_ref()
-                        .map(|s| s.conditions.iter().map(|c| serde_json::json!({ "type": c.type_, "status": c.status, "reason": c.reason, "message": c.message })).collect())
-                        .unwrap_or_default();
-                    serde_json::json!({ "peer": fc.spec.cluster_id, "role": fc.spec.role, "conditions": conds,
-                        "age": fc.metadata.creation_timestamp.as_ref().map(|t| age(t.0.as_second())) })
-                })
-                .collect();
+            let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.clone());
+            let mut rows: Vec<serde_json::Value> = Vec::new();
+            for fc in &fcs.items {
+                let conds: Vec<serde_json::Value> = fc
+                    .status
+                    .as_ref()
+                    .map(|s| s.conditions.iter().map(|c| serde_json::json!({ "type": c.type_, "status": c.status, "reason": c.reason, "message": c.message })).collect())
+                    .unwrap_or_default();
+                // the peer's virtual node here, if this cluster consumes from it
+                let name =
+                    ferry_virtual_kubelet::VirtualNodeIdentity::for_provider(&fc.spec.cluster_id).node_name;
+                let node = match nodes.get_opt(&name).await? {
+                    Some(n) => {
+                        serde_json::json!({ "name": name, "ready": ferry_virtual_kubelet::node::is_ready(&n),
+                        "pods": ferry_virtual_kubelet::consumer::pods_on_node(&c, &fc.spec.cluster_id).await? })
+                    }
+                    None => serde_json::Value::Null,
+                };
+                rows.push(serde_json::json!({ "peer": fc.spec.cluster_id, "role": fc.spec.role, "conditions": conds,
+                    "node": node, "age": fc.metadata.creation_timestamp.as_ref().map(|t| age(t.0.as_second())) }));
+            }
             print(cli.output, &rows, || {
-                let mut s = format!("{:<20} {:<9} {:<40} {}\n", "PEER", "ROLE", "CONDITIONS", "AGE");
+                let mut s = format!(
+                    "{:<20} {:<9} {:<40} {:<10} {:<6} {}\n",
+                    "PEER", "ROLE", "CONDITIONS", "NODE", "PODS", "AGE"
+                );
                 for r in &rows {
                     let conds: Vec<String> = r["conditions"]
                         .as_array()
@@ -290,11 +301,20 @@ async fn run(cli: Cli) -> Result<()> {
                             )
                         })
                         .collect();
+                    let (node, pods) = match r["node"]["ready"].as_bool() {
+                        Some(ready) => (
+                            if ready { "Ready" } else { "NotReady" }.to_string(),
+                            r["node"]["pods"].to_string(),
+                        ),
+                        None => ("-".to_string(), "-".to_string()),
+                    };
                     s.push_str(&format!(
-                        "{:<20} {:<9} {:<40} {}\n",
+                        "{:<20} {:<9} {:<40} {:<10} {:<6} {}\n",
                         r["peer"].as_str().unwrap_or(""),
                         r["role"].as_str().unwrap_or(""),
                         conds.join(","),
+                        node,
+                        pods,
                         r["age"].as_str().unwrap_or("")
                     ));
                 }
