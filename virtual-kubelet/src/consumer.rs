@@ -90,15 +90,6 @@ pub async fn livez(remote: &Client) -> Result<(), String> {
     }
 }
 
-fn amounts(r: Option<&ferry_crds::common::ResourceAmounts>) -> Option<Amounts> {
-    let r = r?;
-    let m: BTreeMap<String, _> = [("cpu", &r.cpu), ("memory", &r.memory), ("pods", &r.pods)]
-        .into_iter()
-        .filter_map(|(k, v)| v.clone().map(|v| (k.to_string(), v)))
-        .collect();
-    Some(Amounts::from_map(Some(&m)))
-}
-
 /// Creates the node if it is missing (an existing one is adopted as it is).
 async fn ensure_node(peer: &Peer) -> Result<(), Error> {
     let nodes: Api<Node> = Api::all(peer.local.clone());
@@ -154,9 +145,16 @@ pub async fn heartbeat(peer: Arc<Peer>) {
                 tokio::time::timeout(Duration::from_secs(2), slices.get_opt(GRANTED_SLICE)).await
         {
             let st = s.status.as_ref();
-            if let Some(g) = amounts(st.and_then(|s| s.granted.as_ref())) {
+            if let Some(g) = st
+                .and_then(|s| s.granted.as_ref())
+                .map(Amounts::from_resource_amounts)
+            {
                 granted = g;
-                available = amounts(st.and_then(|s| s.available.as_ref())).unwrap_or(g).min(g);
+                available = st
+                    .and_then(|s| s.available.as_ref())
+                    .map(Amounts::from_resource_amounts)
+                    .unwrap_or(g)
+                    .min(g);
             }
         }
         let network = match networks.get_opt(&peer.provider).await {

@@ -191,18 +191,6 @@ fn schedulable(n: &Node) -> bool {
         && crate::node::is_ready(n)
 }
 
-fn amounts_of(r: Option<&ResourceAmounts>) -> Amounts {
-    let Some(r) = r else {
-        return Amounts::default();
-    };
-    let m: std::collections::BTreeMap<String, _> =
-        [("cpu", &r.cpu), ("memory", &r.memory), ("pods", &r.pods)]
-            .into_iter()
-            .filter_map(|(k, v)| v.clone().map(|v| (k.to_string(), v)))
-            .collect();
-    Amounts::from_map(Some(&m))
-}
-
 /// Keeps each tenant's `ResourceSlice` `status.available` current (every 3 s, written only on change).
 pub async fn run_availability(client: Client, pods: Store<Pod>) {
     let (nodes, writer) = reflector::store::<Node>();
@@ -245,7 +233,12 @@ pub async fn run_availability(client: Client, pods: Store<Pod>) {
                 let Ok(Some(slice)) = slices.get_opt(crate::GRANTED_SLICE).await else {
                     continue;
                 };
-                let granted = amounts_of(slice.status.as_ref().and_then(|s| s.granted.as_ref()));
+                let granted = slice
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.granted.as_ref())
+                    .map(Amounts::from_resource_amounts)
+                    .unwrap_or_default();
                 let (cpu, memory, pods_q) = available(granted, tenant_used, free).to_quantities();
                 let avail = ResourceAmounts {
                     cpu: Some(cpu),

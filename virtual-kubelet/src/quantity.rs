@@ -90,6 +90,16 @@ impl Amounts {
         }
     }
 
+    /// From a ferry `ResourceAmounts` (a grant or what is available); extended resources are not counted.
+    pub fn from_resource_amounts(r: &ferry_crds::common::ResourceAmounts) -> Self {
+        let q = |v: &Option<Quantity>| v.as_ref().and_then(|q| parse(&q.0).ok()).unwrap_or(0);
+        Self {
+            cpu: q(&r.cpu),
+            memory: q(&r.memory),
+            pods: q(&r.pods),
+        }
+    }
+
     /// What a pod takes on a node: the sum of its containers' requests (or the largest init container
     /// request, whichever is more), and one pod.
     pub fn of_pod(p: &Pod) -> Self {
@@ -240,6 +250,19 @@ mod tests {
         );
         let (c, m, p) = available(g, used, free).to_quantities();
         assert_eq!((c.0.as_str(), m.0.as_str(), p.0.as_str()), ("3000m", "0", "110"));
+        let ra = ferry_crds::common::ResourceAmounts {
+            cpu: Some(Quantity("8".into())),
+            pods: Some(Quantity("110".into())),
+            ..Default::default()
+        };
+        assert_eq!(
+            Amounts::from_resource_amounts(&ra),
+            Amounts {
+                cpu: 8000,
+                memory: 0,
+                pods: 110_000
+            }
+        );
         assert_eq!(
             Amounts::default().minus(g),
             Amounts::default(),
