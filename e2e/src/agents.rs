@@ -51,6 +51,30 @@ pub fn cluster_id(idx: usize) -> String {
     }
 }
 
+/// The ferry-agent command line for cluster `idx` of `lab` (`exe`: the binary): its kubeconfig, cluster
+/// ID, broker at the apiserver port + 6, CIDRs, and for the consumer (`c1`) the pod webhook at + 7.
+pub fn command(lab: &Lab, idx: usize, exe: &Path) -> Command {
+    let c = &lab.layout.clusters[idx];
+    let mut cmd = Command::new(exe);
+    cmd.arg("--kubeconfig").arg(lab.paths.kubeconfig(c)).args([
+        "--cluster-id",
+        &cluster_id(idx),
+        "--listen",
+        &format!("127.0.0.1:{}", c.ports.apiserver + 6),
+        "--pod-cidr",
+        &c.pod_cidr.to_string(),
+        "--service-cidr",
+        &c.service_cidr.to_string(),
+    ]);
+    if idx == 0 {
+        cmd.args([
+            "--webhook-listen",
+            &format!("127.0.0.1:{}", c.ports.apiserver + 7),
+        ]);
+    }
+    cmd
+}
+
 /// Starts the agent of cluster `idx` (log `agent-<cluster>.log` in the lab directory, appended) and waits
 /// until it listens. `extra`: more flags (e.g. quotas).
 pub fn start(lab: &Lab, idx: usize, extra: &[&str]) -> Result<Agent> {
@@ -67,23 +91,7 @@ pub fn start(lab: &Lab, idx: usize, extra: &[&str]) -> Result<Agent> {
         .create(true)
         .append(true)
         .open(&log_path)?;
-    let mut cmd = Command::new(bin("ferry-agent"));
-    cmd.arg("--kubeconfig").arg(lab.paths.kubeconfig(c)).args([
-        "--cluster-id",
-        &id,
-        "--listen",
-        &listen,
-        "--pod-cidr",
-        &c.pod_cidr.to_string(),
-        "--service-cidr",
-        &c.service_cidr.to_string(),
-    ]);
-    if idx == 0 {
-        cmd.args([
-            "--webhook-listen",
-            &format!("127.0.0.1:{}", c.ports.apiserver + 7),
-        ]);
-    }
+    let mut cmd = command(lab, idx, &bin("ferry-agent"));
     let child = cmd
         .args(extra)
         .env("RUST_LOG", "info,kube_client=off,kube_runtime=warn")

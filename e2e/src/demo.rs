@@ -260,29 +260,12 @@ async fn peer_and_tunnel(lab: &Lab, exe: &std::path::Path) -> Result<Vec<String>
         "== peering: {} (consumer) borrows from {} (provider)",
         c1.id, c2.id
     );
-    for (c, id) in [(c1, "consumer-c1"), (c2, "provider-c2")] {
+    for (idx, c) in [(0, c1), (1, c2)] {
         let name = format!("{}-agent", c.id);
         if table.list().iter().any(|t| t.name == name && t.alive()) {
             continue;
         }
-        let mut cmd = std::process::Command::new(&agent);
-        cmd.arg("--kubeconfig").arg(lab.paths.kubeconfig(c));
-        cmd.args([
-            "--cluster-id",
-            id,
-            "--listen",
-            &format!("127.0.0.1:{}", c.ports.apiserver + 6),
-            "--pod-cidr",
-            &c.pod_cidr.to_string(),
-            "--service-cidr",
-            &c.service_cidr.to_string(),
-        ]);
-        if c.id == c1.id {
-            cmd.args([
-                "--webhook-listen",
-                &format!("127.0.0.1:{}", c.ports.apiserver + 7),
-            ]);
-        }
+        let cmd = crate::agents::command(lab, idx, &agent);
         table.spawn(&name, cmd, &lab.paths.log(c, "agent"))?;
         let port = c.ports.apiserver + 6;
         crate::procs::wait_until("ferry-agent", Duration::from_secs(20), || {
