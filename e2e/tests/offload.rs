@@ -541,7 +541,24 @@ async fn pods_fill_local_nodes_then_run_on_the_provider_with_status_ips_and_dele
     }
 
     // under podOffloadingStrategy Remote the webhook refuses such a pod outright
-    s.offloaded("remote-only", &["--strategy", "Remote"]).await;
+    // (also the same-name mapping, and a cluster selector that matches this provider's virtual node)
+    let same = s
+        .offloaded(
+            "remote-only",
+            &[
+                "--strategy",
+                "Remote",
+                "--mapping",
+                "EnforceSameName",
+                "--selector",
+                "ferry.dev/remote-cluster-id=provider-c2",
+            ],
+        )
+        .await;
+    assert_eq!(
+        same, "remote-only",
+        "EnforceSameName keeps the name on the provider"
+    );
     let err = Api::<Pod>::namespaced(c1.clone(), "remote-only")
         .create(
             &PostParams::default(),
@@ -553,6 +570,32 @@ async fn pods_fill_local_nodes_then_run_on_the_provider_with_status_ips_and_dele
         .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("hostNetwork") && msg.contains("Remote"), "{msg}");
+
+    // the virtual node's NetworkUnavailable follows the PeerNetwork the peering made (its phase is set by
+    // hand here: the gateway does not write PeerNetwork status yet)
+    let pns: Api<ferry_crds::PeerNetwork> = Api::all(c1.clone());
+    for (phase, unavailable) in [("NotConnected", "True"), ("Connected", "False")] {
+        pns.patch_status(
+            "provider-c2",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": phase}})),
+        )
+        .await
+        .unwrap();
+        wait(
+            &format!("NetworkUnavailable={unavailable} after {phase}"),
+            15,
+            || async {
+                let n = Api::<Node>::all(c1.clone()).get(VNODE).await?;
+                Ok(n.status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "NetworkUnavailable" && c.status == unavailable))
+            },
+        )
+        .await;
+    }
 
     for n in [ns, "plain", "remote-only"] {
         let _ = Api::<Namespace>::all(c1.clone())
