@@ -263,6 +263,16 @@ pub struct PeerNetworkSpec {
     /// Underlay MTU; absent: probed.
     #[serde(rename = "underlayMTU", default, skip_serializing_if = "Option::is_none")]
     pub underlay_mtu: Option<u32>,
+    /// This side's address on the tunnel link, with prefix (e.g. `169.254.64.1/30`; the provider
+    /// picks the link in the handshake).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_address: Option<String>,
+    /// The peer's address on the tunnel link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_tunnel_address: Option<String>,
+    /// This side's WireGuard UDP port (the probe responder listens on the next port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_port: Option<u16>,
 }
 
 /// Tunnel health as the gateway sees it.

@@ -66,6 +66,10 @@ pub fn command(lab: &Lab, idx: usize, exe: &Path) -> Command {
         "--service-cidr",
         &c.service_cidr.to_string(),
     ]);
+    if idx > 0 {
+        // providers wait for the consumer's gateway on the WAN (link n: port 51820 + 2n)
+        cmd.args(["--gateway-endpoint", &format!("{}:51820", c.wan_ip)]);
+    }
     if idx == 0 {
         cmd.args([
             "--webhook-listen",
@@ -148,4 +152,75 @@ pub fn peer(lab: &Lab, extra: &[&str]) -> Result<String> {
     let (ok, out, err) = ferryctl(&lab.paths.kubeconfig(c1), &args);
     anyhow::ensure!(ok, "ferryctl peer: {err}{out}");
     Ok(cluster_id(1))
+}
+
+/// The `ferry-gateway serve` command line for cluster `idx`: run in the cluster's host namespace (the
+/// gateway's hostNetwork) through `ip netns exec`, with the cluster's kubeconfig (the lab kubelet relays
+/// the host namespace's 127.0.0.1:<apiserver port> to the apiserver), the WAN subnet as underlay, state in
+/// the lab directory and `/metrics` on the namespace's 127.0.0.1:9470 + link.
+pub fn gateway_command(lab: &Lab, idx: usize, exe: &Path) -> Command {
+    let c = &lab.layout.clusters[idx];
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &lab.layout.host_netns(c)])
+        .arg(exe)
+        .arg("serve")
+        .arg("--kubeconfig")
+        .arg(lab.paths.kubeconfig(c))
+        .arg("--state-dir")
+        .arg(lab.paths.dir.join(format!("gateway-{}", c.id)))
+        .args([
+            "--underlay-cidr",
+            &format!("198.18.{}.0/24", c.index),
+            "--underlay-cidr",
+            &format!("fd00:198:18:{:x}::/64", c.index),
+            "--metrics-addr",
+            "127.0.0.1:9470",
+        ]);
+    cmd
+}
+
+/// A running `ferry-gateway serve`, stopped with SIGTERM (so it removes its tunnels) when dropped.
+pub struct Gateway {
+    child: Child,
+}
+
+impl Gateway {
+    /// SIGTERM, then wait up to 15 s for it to remove its tunnels.
+    pub fn stop(&mut self) {
+        // `ip netns exec` execs the gateway, so the child's PID is the gateway's
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts `ferry-gateway serve` for cluster `idx` (log `gateway-<cluster>.log` in the lab directory).
+pub fn start_gateway(lab: &Lab, idx: usize) -> Result<Gateway> {
+    let c = &lab.layout.clusters[idx];
+    let log_path = lab.paths.dir.join(format!("gateway-{}.log", c.id));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
+    let child = gateway_command(lab, idx, &bin("ferry-gateway"))
+        .env("RUST_LOG", "info,kube_client=off,kube_runtime=warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting ferry-gateway")?;
+    Ok(Gateway { child })
 }

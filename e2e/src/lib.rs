@@ -16,4 +16,5 @@ pub mod net;
 pub mod offload_bench;
 pub mod pki;
 pub mod procs;
+pub mod relay;
 pub mod tunnel;

@@ -630,6 +630,9 @@ async fn every_ferry_crd_installs_on_the_lab_apiserver_and_serves_objects_and_st
                 peer_public_key: "k".into(),
                 peer_endpoint: None,
                 underlay_mtu: None,
+                tunnel_address: Some("169.254.64.1/30".into()),
+                peer_tunnel_address: Some("169.254.64.2".into()),
+                listen_port: Some(51820),
             },
         ),
     )

@@ -435,3 +435,178 @@ fn bench_tunnel_prints_the_three_throughputs_and_the_ratio_as_json() {
     );
     eprintln!("bench tunnel: {v}");
 }
+
+/// `PeerNetwork` `name` on cluster `idx`, as JSON (`None` when absent).
+fn peer_network(lab: &Lab, idx: usize, name: &str) -> Option<serde_json::Value> {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(lab.paths.kubeconfig(&lab.layout.clusters[idx]))
+        .args(["get", "peernetwork", name, "-o", "json"])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+fn phase(pn: &Option<serde_json::Value>) -> String {
+    pn.as_ref()
+        .and_then(|p| p["status"]["phase"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !ok() {
+        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t0.elapsed()
+}
+
+/// The virtual node's NetworkUnavailable condition status ("True"/"False"/"").
+fn network_unavailable(lab: &Lab) -> String {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(lab.paths.kubeconfig(&lab.layout.clusters[0]))
+        .args([
+            "get",
+            "node",
+            "ferry-provider-c2",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"NetworkUnavailable\")].status}",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn peering_builds_the_tunnel_from_peer_networks_reports_health_and_unpeer_removes_it() {
+    use ferry_e2e::agents;
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab();
+    let _reset = WanReset(lab.clone());
+    let (a, b) = echo_pods(&lab, "t-peered");
+    let _agents = [
+        agents::start(&lab, 0, &[]).unwrap(),
+        agents::start(&lab, 1, &[]).unwrap(),
+    ];
+    let _ = agents::ferryctl(
+        &lab.paths.kubeconfig(&lab.layout.clusters[0]),
+        &["unpeer", "provider-c2"],
+    );
+    let mut gateways = [
+        agents::start_gateway(&lab, 0).unwrap(),
+        agents::start_gateway(&lab, 1).unwrap(),
+    ];
+    let t0 = Instant::now();
+    agents::peer(&lab, &[]).unwrap();
+    // the handshake wrote both PeerNetworks (keys, CIDRs, the tunnel link); both gateways built the tunnel
+    wait_for("both PeerNetworks Connected", Duration::from_secs(30), || {
+        phase(&peer_network(&lab, 0, "provider-c2")) == "Connected"
+            && phase(&peer_network(&lab, 1, "consumer-c1")) == "Connected"
+    });
+    eprintln!("peer → tunnel Connected on both sides in {:?}", t0.elapsed());
+    let (pn1, pn2) = (
+        peer_network(&lab, 0, "provider-c2").unwrap(),
+        peer_network(&lab, 1, "consumer-c1").unwrap(),
+    );
+    assert_eq!(pn1["spec"]["tunnelAddress"], json!("169.254.64.2/30"), "{pn1}");
+    assert_eq!(pn2["spec"]["tunnelAddress"], json!("169.254.64.1/30"), "{pn2}");
+    assert_eq!(pn1["spec"]["peerEndpoint"], json!("198.18.2.2:51820"), "{pn1}");
+    assert_eq!(pn1["status"]["tunnelMTU"], json!(1440), "{pn1}");
+    let remap = |pn: &serde_json::Value, ip: &str| -> IpAddr {
+        let remaps: std::collections::BTreeMap<ipnet::IpNet, ipnet::IpNet> = pn["status"]["remaps"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.parse().unwrap(), v.as_str().unwrap().parse().unwrap()))
+            .collect();
+        ferry_tunnel::ipam::translate(ip.parse().unwrap(), &remaps).unwrap()
+    };
+    let b_seen = remap(&pn1, &b.ip);
+    let a_seen = remap(&pn2, &a.ip);
+    assert_ne!(
+        b_seen.to_string(),
+        b.ip,
+        "overlapping CIDRs must be remapped: {pn1}"
+    );
+
+    // 10 MB both ways, checksummed, and the provider pod sees the consumer at the provider's remap
+    let r = echo_from_pod(&exe(), &a, SocketAddr::new(b_seen, 8080), 10_000_000).unwrap();
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &a.netns, "bash", "-c"])
+        .arg(format!(
+            "exec 3<>/dev/tcp/{b_seen}/8080; printf 'GET /who HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' >&3; cat <&3"
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let body: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or("")).unwrap();
+    assert_eq!(body["client"], json!(a_seen.to_string()), "{text}");
+    // the counters reach the status (written every 5 s)
+    wait_for("txBytes > 10 MB in the status", Duration::from_secs(8), || {
+        peer_network(&lab, 0, "provider-c2").unwrap()["status"]["txBytes"]
+            .as_u64()
+            .unwrap_or(0)
+            > 10_000_000
+    });
+    wait_for("NetworkUnavailable False", Duration::from_secs(10), || {
+        network_unavailable(&lab) == "False"
+    });
+
+    // cut the WAN for 5 s: the status says NotConnected within 3 s, and the virtual node NetworkUnavailable
+    net::set_wan(
+        &lab.layout,
+        &WanSettings {
+            down: Some(true),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let cut = Instant::now();
+    let detected = wait_for("PeerNetwork NotConnected", Duration::from_secs(3), || {
+        phase(&peer_network(&lab, 0, "provider-c2")) == "NotConnected"
+    });
+    wait_for("NetworkUnavailable True", Duration::from_secs(5), || {
+        network_unavailable(&lab) == "True"
+    });
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(cut.elapsed()));
+    net::set_wan(
+        &lab.layout,
+        &WanSettings {
+            down: Some(false),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let back = wait_for("PeerNetwork Connected again", Duration::from_secs(3), || {
+        phase(&peer_network(&lab, 0, "provider-c2")) == "Connected"
+    });
+    let r = echo_from_pod(&exe(), &a, SocketAddr::new(b_seen, 8080), 100_000).unwrap();
+    assert_eq!(r["ok"], json!(true), "{r}");
+    eprintln!("WAN cut: NotConnected in the status after {detected:?}; Connected {back:?} after restore");
+
+    // unpeer: both PeerNetworks go, and each gateway removes its tunnel (interface, table, rules) while it runs on
+    let (ok, _, err) = agents::ferryctl(
+        &lab.paths.kubeconfig(&lab.layout.clusters[0]),
+        &["unpeer", "provider-c2"],
+    );
+    assert!(ok, "{err}");
+    let ns = [
+        lab.layout.host_netns(&lab.layout.clusters[0]),
+        lab.layout.host_netns(&lab.layout.clusters[1]),
+    ];
+    let ifs = ["fyprovider-c2", "fyconsumer-c1"];
+    wait_for("tunnels removed on unpeer", Duration::from_secs(15), || {
+        (0..2).all(|i| leftovers(&ns[i], ifs[i], 0x6601).is_empty())
+    });
+    assert!(peer_network(&lab, 0, "provider-c2").is_none());
+    assert!(peer_network(&lab, 1, "consumer-c1").is_none());
+    for g in &mut gateways {
+        g.stop();
+    }
+}

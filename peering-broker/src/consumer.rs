@@ -220,6 +220,9 @@ pub async fn handshake(
             memory: res.memory.map(|q| q.0),
             pods: res.pods.map(|q| q.0),
         },
+        tunnel_addresses_in_use: crate::wireguard::tunnel_addresses_in_use(client, &provider)
+            .await
+            .map_err(|e| transient(e.into()))?,
     };
     let body = serde_json::to_vec(&req).map_err(|e| transient(e.into()))?;
     let endpoint = format!("POST {}/v1/peerings", claims.broker_url);
@@ -295,13 +298,16 @@ pub async fn handshake(
         .map_err(|e| transient(e.into()))?;
     // the tunnel's half on this side: the provider's CIDRs, key and endpoint
     let remote: Vec<String> = ok.pod_cidrs.iter().chain(&ok.service_cidrs).cloned().collect();
-    let pn = crate::wireguard::peer_network(
+    let mut pn = crate::wireguard::peer_network(
         &provider,
         &net.cidrs(),
         &remote,
         &ok.wireguard_public_key,
         ok.gateway_endpoint.as_deref(),
     );
+    if let Some(slot) = ok.tunnel_slot {
+        crate::wireguard::set_link(&mut pn, slot, false, crate::wireguard::WIREGUARD_BASE_PORT);
+    }
     if !ok.wireguard_public_key.is_empty() {
         crate::wireguard::apply_peer_network(client, &pn)
             .await

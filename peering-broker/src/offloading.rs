@@ -232,25 +232,52 @@ pub fn remaps_for(provider_cidrs: &[IpNet], local_cidrs: &[IpNet]) -> BTreeMap<I
     ferry_tunnel::ipam::plan_remaps(provider_cidrs, local_cidrs, &BTreeMap::new(), &pool).unwrap_or_default()
 }
 
-/// Starts and stops the virtual kubelets: one per peering with an identity.
+/// The remaps the gateway applied for `provider` (its `PeerNetwork` status), if it has reported them.
+pub async fn gateway_remaps(client: &Client, provider: &str) -> Option<BTreeMap<IpNet, IpNet>> {
+    let pn = Api::<ferry_crds::PeerNetwork>::all(client.clone())
+        .get_opt(provider)
+        .await
+        .ok()??;
+    let remaps: BTreeMap<IpNet, IpNet> = pn
+        .status?
+        .remaps
+        .iter()
+        .filter_map(|(k, v)| Some((k.parse().ok()?, v.parse().ok()?)))
+        .collect();
+    (!remaps.is_empty()).then_some(remaps)
+}
+
+/// Starts and stops the virtual kubelets: one per peering with an identity. A virtual kubelet translates
+/// addresses with the remaps the gateway reports in the `PeerNetwork` status (restarted when they change),
+/// or, until the gateway has reported, with the same deterministic choice the gateway makes.
 pub async fn run_virtual_kubelets(client: Client, consumer: String, local_cidrs: Vec<IpNet>) {
-    let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut running: HashMap<String, (tokio::task::JoinHandle<()>, BTreeMap<IpNet, IpNet>)> = HashMap::new();
     loop {
         match identities(&client).await {
             Ok(ids) => {
-                for (provider, task) in running.iter_mut() {
+                for (provider, (task, remaps)) in running.iter_mut() {
                     if task.is_finished() && ids.contains_key(provider) {
                         warn!(provider, "virtual kubelet stopped; restarting it");
                     }
+                    if let Some(applied) = gateway_remaps(&client, provider).await
+                        && &applied != remaps
+                    {
+                        info!(
+                            provider,
+                            ?applied,
+                            "the gateway's remaps differ; restarting the virtual kubelet with them"
+                        );
+                        task.abort();
+                    }
                 }
-                running.retain(|_, t| !t.is_finished());
+                running.retain(|_, (t, _)| !t.is_finished());
                 let gone: Vec<String> = running
                     .keys()
                     .filter(|p| !ids.contains_key(*p))
                     .cloned()
                     .collect();
                 for p in gone {
-                    if let Some(t) = running.remove(&p) {
+                    if let Some((t, _)) = running.remove(&p) {
                         t.abort();
                     }
                     info!(provider = p, "peering gone; removing its virtual node");
@@ -282,7 +309,7 @@ async fn start_one(
     local_cidrs: &[IpNet],
     provider: &str,
     s: &Secret,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, BTreeMap<IpNet, IpNet>)> {
     let get = |k: &str| text(s, k).unwrap_or_default();
     let kc = kube::config::Kubeconfig::from_yaml(&get("kubeconfig"))?;
     let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
@@ -296,18 +323,23 @@ async fn start_one(
         provider: provider.to_string(),
         consumer: consumer.to_string(),
         tenant_namespace: get("tenantNamespace"),
-        remaps: remaps_for(&provider_cidrs, local_cidrs),
+        remaps: match gateway_remaps(client, provider).await {
+            Some(r) => r,
+            None => remaps_for(&provider_cidrs, local_cidrs),
+        },
         provider_view: remaps_for(local_cidrs, &provider_cidrs),
         local: client.clone(),
         remote,
         version: format!("ferry-{}", env!("CARGO_PKG_VERSION")),
     };
     info!(provider, remaps = ?peer.remaps, "starting the virtual kubelet");
-    Ok(tokio::spawn(async move {
+    let remaps = peer.remaps.clone();
+    let task = tokio::spawn(async move {
         if let Err(e) = ferry_virtual_kubelet::consumer::run(peer).await {
             warn!("virtual kubelet: {e}");
         }
-    }))
+    });
+    Ok((task, remaps))
 }
 
 #[cfg(test)]

@@ -283,11 +283,24 @@ impl Provider {
         local.extend(self.network.service_cidrs.iter().cloned());
         let remote: Vec<String> = req.pod_cidrs.iter().chain(&req.service_cidrs).cloned().collect();
         // (a consumer that sent no WireGuard key gets no tunnel)
+        let mut slot = None;
         if !req.wireguard_public_key.is_empty() {
-            let pn = crate::wireguard::peer_network(id, &local, &remote, &req.wireguard_public_key, None);
+            let s = crate::wireguard::choose_slot(&self.client, id, &req.tunnel_addresses_in_use)
+                .await
+                .map_err(internal)?
+                .ok_or_else(|| internal("all 4096 tunnel links of 169.254.64.0/18 are in use"))?;
+            let mut pn = crate::wireguard::peer_network(id, &local, &remote, &req.wireguard_public_key, None);
+            let base = self
+                .network
+                .gateway_endpoint
+                .as_deref()
+                .and_then(|e| e.rsplit_once(':')?.1.parse().ok())
+                .unwrap_or(crate::wireguard::WIREGUARD_BASE_PORT);
+            crate::wireguard::set_link(&mut pn, s, true, base);
             crate::wireguard::apply_peer_network(&self.client, &pn)
                 .await
                 .map_err(internal)?;
+            slot = Some(s);
         }
         let certificate = self.sign_csr(id, jti, &req.csr).await?;
         Ok(PeeringResponse {
@@ -300,7 +313,11 @@ impl Provider {
             wireguard_public_key: self.network.wireguard_public_key.clone(),
             pod_cidrs: self.pod_cidrs.clone(),
             service_cidrs: self.network.service_cidrs.clone(),
-            gateway_endpoint: self.network.gateway_endpoint.clone(),
+            gateway_endpoint: match (&self.network.gateway_endpoint, slot) {
+                (Some(e), Some(s)) => crate::wireguard::link_endpoint(e, s),
+                (e, _) => e.clone(),
+            },
+            tunnel_slot: slot,
         })
     }
 

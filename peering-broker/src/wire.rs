@@ -50,6 +50,10 @@ pub struct PeeringRequest {
     /// What the consumer asks for.
     #[serde(default)]
     pub resources: Resources,
+    /// Tunnel-link addresses the consumer already uses with other providers (the provider picks a free
+    /// link for both sides).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tunnel_addresses_in_use: Vec<String>,
 }
 
 /// `POST /v1/namespaces` (mTLS, the tenant's identity): make a namespace on the provider for an
@@ -117,9 +121,12 @@ pub struct PeeringResponse {
     /// The provider's service CIDRs.
     #[serde(rename = "serviceCIDRs", default)]
     pub service_cidrs: Vec<String>,
-    /// Where the provider's gateway listens (`host:port`), if it is reachable.
+    /// Where the provider's gateway listens for this peering (`host:port`), if it is reachable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_endpoint: Option<String>,
+    /// The tunnel link of this peering (slot of `169.254.64.0/18`): provider `.1`, consumer `.2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_slot: Option<u32>,
 }
 
 /// What a cluster tells its peer about its network in the handshake.
@@ -273,6 +280,7 @@ mod tests {
             pod_cidrs: vec!["10.244.0.0/16".into()],
             service_cidrs: vec![],
             resources: Resources::default(),
+            tunnel_addresses_in_use: vec![],
         }
     }
 

@@ -123,8 +123,80 @@ pub fn peer_network(
             peer_public_key: peer_public_key.to_string(),
             peer_endpoint: peer_endpoint.map(str::to_string),
             underlay_mtu: None,
+            tunnel_address: None,
+            peer_tunnel_address: None,
+            listen_port: None,
         },
     )
+}
+
+/// The first WireGuard port; link `n` uses `base + 2n` (and the probe responder `base + 2n + 1`).
+pub const WIREGUARD_BASE_PORT: u16 = 51820;
+
+/// The WireGuard port of tunnel link `slot` from base port `base`.
+pub fn link_port(base: u16, slot: u32) -> Option<u16> {
+    u16::try_from(u32::from(base) + 2 * slot).ok()
+}
+
+/// `host:port` moved to link `slot`'s port (`host:base` → `host:base+2·slot`).
+pub fn link_endpoint(endpoint: &str, slot: u32) -> Option<String> {
+    let (host, port) = endpoint.rsplit_once(':')?;
+    Some(format!("{host}:{}", link_port(port.parse().ok()?, slot)?))
+}
+
+/// Sets the tunnel link of a `PeerNetwork`: this side's address/30, the peer's address, the UDP port.
+pub fn set_link(pn: &mut PeerNetwork, slot: u32, provider_side: bool, base_port: u16) {
+    if let Some((p, c)) = ferry_tunnel::ipam::tunnel_link(slot) {
+        let (me, peer) = if provider_side { (p, c) } else { (c, p) };
+        pn.spec.tunnel_address = Some(me.to_string());
+        pn.spec.peer_tunnel_address = Some(peer.addr().to_string());
+        pn.spec.listen_port = link_port(base_port, slot);
+    }
+}
+
+/// Tunnel-link addresses (both ends) of this cluster's `PeerNetwork`s, except the one of `except`.
+pub async fn tunnel_addresses_in_use(client: &Client, except: &str) -> kube::Result<Vec<String>> {
+    let api: Api<PeerNetwork> = Api::all(client.clone());
+    Ok(api
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|pn| pn.spec.cluster_id != except)
+        .flat_map(|pn| [pn.spec.tunnel_address, pn.spec.peer_tunnel_address])
+        .flatten()
+        .collect())
+}
+
+/// The slot the `PeerNetwork` of `peer` already has, if any (a re-peering keeps its link).
+pub async fn existing_slot(client: &Client, peer: &str) -> kube::Result<Option<u32>> {
+    let api: Api<PeerNetwork> = Api::all(client.clone());
+    Ok(api.get_opt(peer).await?.and_then(|pn| {
+        let a = pn.spec.tunnel_address?;
+        let ip: std::net::IpAddr = a.split('/').next()?.parse().ok()?;
+        ferry_tunnel::ipam::tunnel_slot(ip)
+    }))
+}
+
+/// A free tunnel link for a peering with `peer`: its old one, or the lowest that neither this cluster nor
+/// the peer (`peer_in_use`) uses.
+pub async fn choose_slot(client: &Client, peer: &str, peer_in_use: &[String]) -> kube::Result<Option<u32>> {
+    if let Some(s) = existing_slot(client, peer).await?
+        && !peer_in_use.iter().any(|a| addr_slot(a) == Some(s))
+    {
+        return Ok(Some(s));
+    }
+    let used: Vec<std::net::IpAddr> = tunnel_addresses_in_use(client, peer)
+        .await?
+        .iter()
+        .chain(peer_in_use)
+        .filter_map(|a| a.split('/').next()?.parse().ok())
+        .collect();
+    Ok(ferry_tunnel::ipam::free_tunnel_slot(&used))
+}
+
+fn addr_slot(a: &str) -> Option<u32> {
+    ferry_tunnel::ipam::tunnel_slot(a.split('/').next()?.parse().ok()?)
 }
 
 /// Creates or replaces the `PeerNetwork` of `peer` (server-side apply: a re-peering updates keys and CIDRs).
@@ -185,5 +257,32 @@ mod tests {
         assert_eq!(pn.metadata.name.as_deref(), Some("p1"));
         assert_eq!(pn.spec.remote_cidrs, ["10.245.0.0/16"]);
         assert_eq!(pn.spec.peer_endpoint.as_deref(), Some("192.0.2.1:51820"));
+    }
+
+    #[test]
+    fn each_link_has_its_own_port_and_both_sides_agree_on_the_addresses() {
+        assert_eq!(
+            link_endpoint("198.18.2.2:51820", 3).as_deref(),
+            Some("198.18.2.2:51826")
+        );
+        assert_eq!(
+            link_endpoint("[fd00::2]:51820", 1).as_deref(),
+            Some("[fd00::2]:51822")
+        );
+        assert_eq!(link_endpoint("no-port", 1), None);
+        assert_eq!(link_port(65535, 1), None);
+        let mut p = peer_network("c1", &[], &[], "K", None);
+        let mut c = peer_network("p1", &[], &[], "K", Some("198.18.2.2:51822"));
+        set_link(&mut p, 1, true, 51820);
+        set_link(&mut c, 1, false, 51820);
+        assert_eq!(p.spec.tunnel_address.as_deref(), Some("169.254.64.5/30"));
+        assert_eq!(c.spec.tunnel_address.as_deref(), Some("169.254.64.6/30"));
+        assert_eq!(p.spec.peer_tunnel_address.as_deref(), Some("169.254.64.6"));
+        assert_eq!(c.spec.peer_tunnel_address.as_deref(), Some("169.254.64.5"));
+        assert_eq!(
+            (p.spec.listen_port, c.spec.listen_port),
+            (Some(51822), Some(51822))
+        );
+        assert_eq!(addr_slot("169.254.64.6/30"), Some(1));
     }
 }

@@ -306,6 +306,30 @@ pub fn bring_up(cfg: &GatewayConfig, p: &Prepared) -> Result<apply::Backend> {
 
 /// Runs a peering until SIGTERM/SIGINT, then removes everything it made.
 pub async fn run(cfg: GatewayConfig) -> Result<()> {
+    run_until(cfg, shutdown_signal(), None).await
+}
+
+/// Resolves at SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+/// Runs a peering until `stop` resolves, then removes everything it made. Each status (every 500 ms) is
+/// written to the status file and, if given, sent on `report`.
+pub async fn run_until(
+    cfg: GatewayConfig,
+    stop: impl std::future::Future<Output = ()>,
+    report: Option<tokio::sync::watch::Sender<GatewayStatus>>,
+) -> Result<()> {
     // everything is validated before the host is touched (a bad CIDR, pool or MTU fails here)
     cfg.prepare(cfg.underlay_mtu.unwrap_or(1500))?;
     let probe_port = cfg.probe_port();
@@ -335,7 +359,7 @@ pub async fn run(cfg: GatewayConfig) -> Result<()> {
         phase: "NotConnected".into(),
         ..Default::default()
     };
-    let result = watch(&cfg, &spec, &mut status).await;
+    let result = watch(&cfg, &spec, &mut status, stop, report).await;
     responder.abort();
     apply::undo(&spec);
     let _ = std::fs::remove_file(cfg.status_file());
@@ -343,10 +367,14 @@ pub async fn run(cfg: GatewayConfig) -> Result<()> {
     result
 }
 
-async fn watch(cfg: &GatewayConfig, spec: &GatewaySpec, status: &mut GatewayStatus) -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+async fn watch(
+    cfg: &GatewayConfig,
+    spec: &GatewaySpec,
+    status: &mut GatewayStatus,
+    stop: impl std::future::Future<Output = ()>,
+    report: Option<tokio::sync::watch::Sender<GatewayStatus>>,
+) -> Result<()> {
+    let mut stop = std::pin::pin!(stop);
     let local_tunnel_ip = spec.local_tunnel_addr.addr();
     let tunnel_responder = tokio::spawn(crate::probe::respond(SocketAddr::new(
         local_tunnel_ip,
@@ -369,8 +397,7 @@ async fn watch(cfg: &GatewayConfig, spec: &GatewaySpec, status: &mut GatewayStat
     let mut ticks: u64 = 0;
     loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = &mut stop => break,
             _ = tick.tick() => {
                 let rtt = crate::probe::heartbeat(&hb_sock, peer, Duration::from_millis(450)).await;
                 if let Some(rtt) = rtt {
@@ -399,6 +426,9 @@ async fn watch(cfg: &GatewayConfig, spec: &GatewaySpec, status: &mut GatewayStat
                     }
                 }
                 metrics.observe(status);
+                if let Some(r) = &report {
+                    r.send_replace(status.clone());
+                }
                 let tmp = cfg.status_file().with_extension("tmp");
                 std::fs::write(&tmp, serde_json::to_string_pretty(status)?)?;
                 std::fs::rename(&tmp, cfg.status_file())?;

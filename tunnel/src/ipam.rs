@@ -201,6 +201,42 @@ pub fn translate(addr: std::net::IpAddr, remaps: &BTreeMap<IpNet, IpNet>) -> Opt
     )
 }
 
+/// Where the per-peering tunnel links come from: `169.254.64.0/18`, cut into /30s (4096 links). Link `n` is
+/// `169.254.64.0 + 4n`; the provider takes `.1`, the consumer `.2`.
+pub const TUNNEL_LINKS: &str = "169.254.64.0/18";
+
+/// Number of tunnel links in [`TUNNEL_LINKS`].
+pub const TUNNEL_SLOTS: u32 = 1 << (30 - 18);
+
+fn links_base() -> u32 {
+    u32::from(std::net::Ipv4Addr::new(169, 254, 64, 0))
+}
+
+/// Tunnel link `slot`: `(provider address/30, consumer address/30)`.
+pub fn tunnel_link(slot: u32) -> Option<(IpNet, IpNet)> {
+    if slot >= TUNNEL_SLOTS {
+        return None;
+    }
+    let net = links_base() + 4 * slot;
+    let at = |host: u32| IpNet::new(std::net::Ipv4Addr::from(net + host).into(), 30).ok();
+    Some((at(1)?, at(2)?))
+}
+
+/// The slot of a tunnel address (either end, any prefix length), if it lies in [`TUNNEL_LINKS`].
+pub fn tunnel_slot(addr: std::net::IpAddr) -> Option<u32> {
+    let std::net::IpAddr::V4(a) = addr else {
+        return None;
+    };
+    let off = u32::from(a).checked_sub(links_base())?;
+    (off / 4 < TUNNEL_SLOTS).then_some(off / 4)
+}
+
+/// The lowest slot no address in `in_use` occupies (addresses outside [`TUNNEL_LINKS`] are ignored).
+pub fn free_tunnel_slot(in_use: &[std::net::IpAddr]) -> Option<u32> {
+    let used: std::collections::BTreeSet<u32> = in_use.iter().filter_map(|a| tunnel_slot(*a)).collect();
+    (0..TUNNEL_SLOTS).find(|s| !used.contains(s))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,5 +363,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn tunnel_links_are_30s_from_the_link_local_block_and_slots_round_trip() {
+        let (p, c) = tunnel_link(0).unwrap();
+        assert_eq!(
+            (p.to_string(), c.to_string()),
+            ("169.254.64.1/30".into(), "169.254.64.2/30".into())
+        );
+        let (p, c) = tunnel_link(5).unwrap();
+        assert_eq!(p.to_string(), "169.254.64.21/30");
+        assert_eq!(tunnel_slot(p.addr()), Some(5));
+        assert_eq!(tunnel_slot(c.addr()), Some(5));
+        let last = tunnel_link(TUNNEL_SLOTS - 1).unwrap().1;
+        assert_eq!(last.to_string(), "169.254.127.254/30");
+        assert!(tunnel_link(TUNNEL_SLOTS).is_none());
+        assert_eq!(tunnel_slot("169.254.128.1".parse().unwrap()), None);
+        assert_eq!(tunnel_slot("169.254.63.255".parse().unwrap()), None);
+        assert_eq!(tunnel_slot("fd00::1".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn the_free_slot_skips_what_either_side_uses() {
+        assert_eq!(free_tunnel_slot(&[]), Some(0));
+        let used: Vec<std::net::IpAddr> = ["169.254.64.1", "169.254.64.6", "10.0.0.1", "169.254.64.14"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(free_tunnel_slot(&used), Some(2));
+        let all: Vec<std::net::IpAddr> = (0..TUNNEL_SLOTS)
+            .map(|s| tunnel_link(s).unwrap().0.addr())
+            .collect();
+        assert_eq!(free_tunnel_slot(&all), None);
     }
 }

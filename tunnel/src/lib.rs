@@ -3,6 +3,7 @@
 //! thin netlink/nftables/WireGuard apply layer come with the tunnel issue.)
 
 pub mod apply;
+pub mod controller;
 pub mod gateway;
 pub mod ipam;
 pub mod metrics;

@@ -389,6 +389,14 @@ async fn run(cli: Cli) -> Result<()> {
                 hollow: false,
                 exe,
             };
+            // the node's path to its apiserver (see `relay`): the gateway in the host namespace uses it
+            let api = std::net::SocketAddr::from(([127, 0, 0, 1], c.ports.apiserver));
+            let l = ferry_e2e::relay::listen_in_netns(&lab.layout.host_netns(&c), api)?;
+            tokio::spawn(async move {
+                if let Err(e) = ferry_e2e::relay::relay(l, api).await {
+                    tracing::warn!("apiserver relay: {e:#}");
+                }
+            });
             let k = kubelet::LabKubelet::new(lab.client(&c).await?, cfg);
             k.run().await?;
         }

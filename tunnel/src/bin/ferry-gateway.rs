@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use ferry_tunnel::gateway;
 
@@ -33,6 +33,26 @@ enum Cmd {
         /// Path MTU to plan for.
         #[arg(long, default_value_t = 1500)]
         path_mtu: u32,
+    },
+    /// The in-cluster mode: one tunnel per `PeerNetwork` (the peering writes them), the WireGuard key
+    /// from the Secret `ferry-system/ferry-wireguard`, health into each `PeerNetwork`'s status; a deleted
+    /// `PeerNetwork` (unpeer) removes its tunnel. Run it with the host's network (hostNetwork), as root.
+    Serve {
+        /// Kubeconfig (default: in-cluster or $KUBECONFIG).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Directory for the key file, remaps (kept across restarts) and status files.
+        #[arg(long, default_value = "/var/lib/ferry-gateway")]
+        state_dir: PathBuf,
+        /// Underlay network(s) of this host, never used as remaps (repeatable).
+        #[arg(long = "underlay-cidr")]
+        underlay_cidrs: Vec<String>,
+        /// Where remaps come from (repeatable; default RFC 1918 and ferry's ULA /48).
+        #[arg(long = "remap-pool")]
+        remap_pool: Vec<String>,
+        /// `/metrics` of the tunnel on link n at this address, port + n.
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Remove what a crashed `up` may have left.
     Down {
@@ -72,6 +92,30 @@ async fn run(cli: Cli) -> Result<()> {
             }
             print!("{}", plan.nft_ruleset);
             Ok(())
+        }
+        Cmd::Serve {
+            kubeconfig,
+            state_dir,
+            underlay_cidrs,
+            remap_pool,
+            metrics_addr,
+        } => {
+            let config = match kubeconfig {
+                Some(p) => {
+                    let kc = kube::config::Kubeconfig::read_from(&p)
+                        .with_context(|| format!("--kubeconfig {}", p.display()))?;
+                    kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+                }
+                None => kube::Config::infer().await?,
+            };
+            let client = kube::Client::try_from(config)?;
+            let opts = ferry_tunnel::controller::ServeOptions {
+                state_dir,
+                underlay_cidrs,
+                remap_pool,
+                metrics_addr,
+            };
+            ferry_tunnel::controller::serve(client, opts).await
         }
         Cmd::Down { config } => {
             let cfg = gateway::load(&config)?;

@@ -1,0 +1,450 @@
+//! The in-cluster mode (`ferry-gateway serve`): one tunnel per `PeerNetwork` the peering wrote.
+//!
+//! The WireGuard private key comes from the Secret `ferry-system/ferry-wireguard` (made by ferry-agent); each
+//! `PeerNetwork`'s spec becomes a [`GatewayConfig`] ([`config_for`], pure); a tunnel starts when its
+//! `PeerNetwork` appears, restarts when its spec changes, and is removed (interface, routes, rules, nft
+//! table) when the `PeerNetwork` is deleted, i.e. on unpeer. The tunnel's health goes to the
+//! `PeerNetwork` status: phase `Connected`/`NotConnected` at once when it changes, counters every 5 s; a spec
+//! the gateway cannot use gets phase `Invalid` and a condition naming the field and the fix.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use ferry_crds::{PeerNetwork, PeerNetworkSpec};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::gateway::{GatewayConfig, GatewayStatus};
+
+/// Where ferry-agent keeps the cluster's WireGuard key.
+pub const KEY_SECRET: (&str, &str) = ("ferry-system", "ferry-wireguard");
+
+/// What `serve` needs besides the `PeerNetwork`s.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Directory for the key file, remaps and status files.
+    pub state_dir: PathBuf,
+    /// Underlay networks (never used as remaps).
+    pub underlay_cidrs: Vec<String>,
+    /// Where remaps come from (empty: RFC 1918 and ferry's ULA /48).
+    pub remap_pool: Vec<String>,
+    /// `/metrics` of the tunnel on link `n` at this address with port + n; absent: not served.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// The gateway config for one `PeerNetwork`. Errors name the `PeerNetwork` field and the fix.
+pub fn config_for(spec: &PeerNetworkSpec, opts: &ServeOptions, key_file: &str) -> Result<GatewayConfig> {
+    let missing = |field: &str| {
+        anyhow::anyhow!(
+            "spec.{field} is missing; fix: peer again with this version of ferry (the handshake assigns the tunnel link)"
+        )
+    };
+    let tunnel = spec
+        .tunnel_address
+        .clone()
+        .ok_or_else(|| missing("tunnelAddress"))?;
+    let tunnel_ip: IpAddr = tunnel
+        .split('/')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "spec.tunnelAddress {tunnel:?} is not an address/prefix; fix: e.g. 169.254.64.1/30"
+            )
+        })?;
+    let slot = crate::ipam::tunnel_slot(tunnel_ip).ok_or_else(|| {
+        anyhow::anyhow!(
+            "spec.tunnelAddress {tunnel:?} is outside {}; fix: peer again",
+            crate::ipam::TUNNEL_LINKS
+        )
+    })?;
+    let peer_tunnel = spec
+        .peer_tunnel_address
+        .as_deref()
+        .ok_or_else(|| missing("peerTunnelAddress"))?;
+    let remote_tunnel_addr: IpAddr = peer_tunnel.parse().map_err(|_| {
+        anyhow::anyhow!("spec.peerTunnelAddress {peer_tunnel:?} is not an IP address; fix: peer again")
+    })?;
+    let listen_port = spec.listen_port.ok_or_else(|| missing("listenPort"))?;
+    let peer_endpoint = match spec.peer_endpoint.as_deref() {
+        None => None,
+        Some(e) => Some(e.parse::<SocketAddr>().map_err(|_| {
+            anyhow::anyhow!("spec.peerEndpoint {e:?} is not IP:port; fix: start the provider's agent with --gateway-endpoint <IP>:<port> and peer again")
+        })?),
+    };
+    Ok(GatewayConfig {
+        peer: spec.cluster_id.clone(),
+        interface: None,
+        mark: 0x6601 + slot,
+        local_cidrs: spec.local_cidrs.clone(),
+        underlay_cidrs: opts.underlay_cidrs.clone(),
+        remote_cidrs: spec.remote_cidrs.clone(),
+        remap_pool: opts.remap_pool.clone(),
+        private_key_file: key_file.to_string(),
+        listen_port,
+        peer_public_key: spec.peer_public_key.clone(),
+        peer_endpoint,
+        peer_underlay: None,
+        local_tunnel_addr: tunnel,
+        remote_tunnel_addr,
+        underlay_mtu: spec.underlay_mtu,
+        tunnel_mtu_override: None,
+        mss_clamp: true,
+        probe_port: None,
+        state_dir: opts.state_dir.clone(),
+        metrics_addr: opts
+            .metrics_addr
+            .map(|a| SocketAddr::new(a.ip(), a.port().saturating_add(slot as u16))),
+    })
+}
+
+/// The `PeerNetwork` status for a gateway status.
+pub fn status_patch(s: &GatewayStatus) -> serde_json::Value {
+    let now = chrono_now();
+    json!({ "status": {
+        "phase": s.phase,
+        "remaps": s.remaps,
+        "latencyMs": s.latency_ms.map(|l| (l * 100.0).round() / 100.0),
+        "pathMTU": s.path_mtu,
+        "tunnelMTU": s.tunnel_mtu,
+        "rxBytes": s.rx_bytes,
+        "txBytes": s.tx_bytes,
+        "conditions": [{
+            "type": "TunnelConnected",
+            "status": if s.connected { "True" } else { "False" },
+            "reason": if s.connected { "HeartbeatsAnswered" } else { "HeartbeatsMissed" },
+            "message": format!("backend {}, tunnel MTU {}, path MTU {}", s.backend, s.tunnel_mtu, s.path_mtu),
+            "lastTransitionTime": now,
+        }],
+    }})
+}
+
+fn invalid_patch(msg: &str) -> serde_json::Value {
+    json!({ "status": {
+        "phase": "Invalid",
+        "conditions": [{
+            "type": "TunnelConnected", "status": "False", "reason": "InvalidSpec",
+            "message": msg, "lastTransitionTime": chrono_now(),
+        }],
+    }})
+}
+
+fn chrono_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+struct Running {
+    spec: PeerNetworkSpec,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn patch_status(api: &Api<PeerNetwork>, name: &str, body: &serde_json::Value) {
+    if let Err(e) = api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(body))
+        .await
+    {
+        // gone (unpeered) is fine; anything else is worth a line
+        if !matches!(&e, kube::Error::Api(a) if a.code == 404) {
+            warn!(peer = name, "writing PeerNetwork status: {e}");
+        }
+    }
+}
+
+/// Reads the WireGuard key from its Secret (waiting for ferry-agent to make it) into `state_dir/wireguard.key`.
+async fn key_file(client: &Client, state_dir: &std::path::Path) -> Result<String> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), KEY_SECRET.0);
+    let mut said = false;
+    let key = loop {
+        match secrets.get_opt(KEY_SECRET.1).await {
+            Ok(Some(s)) => {
+                let k = s
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("privateKey"))
+                    .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
+                    .filter(|k| !k.is_empty())
+                    .with_context(|| {
+                        format!(
+                            "Secret {}/{} has no privateKey; fix: delete it and restart ferry-agent",
+                            KEY_SECRET.0, KEY_SECRET.1
+                        )
+                    })?;
+                break k;
+            }
+            Ok(None) if !said => {
+                info!(
+                    "waiting for Secret {}/{} (ferry-agent makes it)",
+                    KEY_SECRET.0, KEY_SECRET.1
+                );
+                said = true;
+            }
+            Ok(None) => {}
+            Err(e) => warn!("reading the WireGuard key: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    std::fs::create_dir_all(state_dir)?;
+    let path = state_dir.join("wireguard.key");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        f.write_all(key.as_bytes())?;
+    }
+    Ok(path.to_string_lossy().into_owned())
+}
+
+fn start(api: Api<PeerNetwork>, name: String, cfg: GatewayConfig, spec: PeerNetworkSpec) -> Running {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (tx, mut rx) = tokio::sync::watch::channel(GatewayStatus::default());
+    let task = tokio::spawn(async move {
+        let writer_api = api.clone();
+        let writer_name = name.clone();
+        let writer = tokio::spawn(async move {
+            let mut last: Option<(String, usize, u32)> = None;
+            let mut last_write = Instant::now();
+            while rx.changed().await.is_ok() {
+                let s = rx.borrow_and_update().clone();
+                let key = (s.phase.clone(), s.remaps.len(), s.tunnel_mtu);
+                if last.as_ref() != Some(&key) || last_write.elapsed() >= Duration::from_secs(5) {
+                    patch_status(&writer_api, &writer_name, &status_patch(&s)).await;
+                    last = Some(key);
+                    last_write = Instant::now();
+                }
+            }
+        });
+        info!(peer = name, "starting the tunnel");
+        let result = crate::gateway::run_until(
+            cfg,
+            async {
+                let _ = stopped.await;
+            },
+            Some(tx),
+        )
+        .await;
+        writer.abort();
+        match result {
+            Ok(()) => info!(peer = name, "tunnel removed"),
+            Err(e) => {
+                warn!(peer = name, "tunnel failed: {e:#}");
+                patch_status(&api, &name, &invalid_patch(&format!("{e:#}"))).await;
+            }
+        }
+    });
+    Running { spec, stop, task }
+}
+
+async fn stop(r: Running) {
+    let _ = r.stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(15), r.task).await;
+}
+
+/// Runs every tunnel the cluster's `PeerNetwork`s ask for until SIGTERM/SIGINT; then removes them all.
+pub async fn serve(client: Client, opts: ServeOptions) -> Result<()> {
+    let key = key_file(&client, &opts.state_dir).await?;
+    let api: Api<PeerNetwork> = Api::all(client.clone());
+    let (reader, writer) = reflector::store();
+    let mut events =
+        std::pin::pin!(reflector(writer, watcher(api.clone(), watcher::Config::default())).default_backoff());
+    let mut synced = false;
+    let mut shutdown = std::pin::pin!(crate::gateway::shutdown_signal());
+    let mut running: HashMap<String, Running> = HashMap::new();
+    let mut failed: HashMap<String, (PeerNetworkSpec, Instant)> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            ev = events.next() => {
+                match ev {
+                    Some(Ok(watcher::Event::InitDone)) => synced = true,
+                    Some(Err(e)) => warn!("watching PeerNetworks: {e}"),
+                    _ => {}
+                }
+            }
+            _ = tick.tick() => {}
+        }
+        if !synced {
+            continue;
+        }
+        let desired: HashMap<String, PeerNetworkSpec> = reader
+            .state()
+            .iter()
+            .filter(|pn| pn.metadata.deletion_timestamp.is_none())
+            .map(|pn| (pn.name_any(), pn.spec.clone()))
+            .collect();
+        // stop what is gone, changed, or ended by itself (it is restarted below, at most every 10 s)
+        let stale: Vec<String> = running
+            .iter()
+            .filter(|(n, r)| desired.get(*n) != Some(&r.spec) || r.task.is_finished())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in stale {
+            if let Some(r) = running.remove(&n) {
+                if r.task.is_finished() {
+                    failed.insert(n.clone(), (r.spec.clone(), Instant::now()));
+                } else {
+                    info!(peer = n, "PeerNetwork deleted or changed: removing its tunnel");
+                }
+                stop(r).await;
+            }
+        }
+        for (n, spec) in desired {
+            if running.contains_key(&n) {
+                continue;
+            }
+            if let Some((s, at)) = failed.get(&n)
+                && *s == spec
+                && at.elapsed() < Duration::from_secs(10)
+            {
+                continue;
+            }
+            match config_for(&spec, &opts, &key) {
+                Ok(cfg) => {
+                    failed.remove(&n);
+                    running.insert(n.clone(), start(api.clone(), n, cfg, spec));
+                }
+                Err(e) => {
+                    if failed.get(&n).map(|(s, _)| s) != Some(&spec) {
+                        warn!(peer = n, "{e:#}");
+                        patch_status(&api, &n, &invalid_patch(&format!("{e:#}"))).await;
+                    }
+                    failed.insert(n, (spec, Instant::now()));
+                }
+            }
+        }
+    }
+    info!("shutting down: removing {} tunnel(s)", running.len());
+    for (_, r) in running.drain() {
+        stop(r).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> PeerNetworkSpec {
+        PeerNetworkSpec {
+            cluster_id: "provider-c2".into(),
+            local_cidrs: vec!["10.244.0.0/16".into(), "10.96.0.0/16".into()],
+            remote_cidrs: vec!["10.244.0.0/16".into(), "10.97.0.0/16".into()],
+            peer_public_key: "KEY".into(),
+            peer_endpoint: Some("198.18.2.2:51822".into()),
+            underlay_mtu: None,
+            tunnel_address: Some("169.254.64.6/30".into()),
+            peer_tunnel_address: Some("169.254.64.5".into()),
+            listen_port: Some(51822),
+        }
+    }
+
+    fn opts() -> ServeOptions {
+        ServeOptions {
+            state_dir: "/var/lib/ferry".into(),
+            underlay_cidrs: vec!["198.18.1.0/24".into()],
+            remap_pool: vec![],
+            metrics_addr: Some("127.0.0.1:9470".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn a_peer_network_becomes_a_gateway_config_with_a_mark_and_metrics_port_per_link() {
+        let c = config_for(&spec(), &opts(), "/k").unwrap();
+        assert_eq!(c.peer, "provider-c2");
+        assert_eq!(c.mark, 0x6602);
+        assert_eq!(c.listen_port, 51822);
+        assert_eq!(c.peer_endpoint, Some("198.18.2.2:51822".parse().unwrap()));
+        assert_eq!(c.local_tunnel_addr, "169.254.64.6/30");
+        assert_eq!(c.remote_tunnel_addr, "169.254.64.5".parse::<IpAddr>().unwrap());
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:9471".parse().unwrap()));
+        assert_eq!(c.interface(), "fyprovider-c2");
+        // and it plans: the overlapping 10.244/16 is remapped
+        let p = c.prepare(1500).unwrap();
+        assert_ne!(
+            p.spec.remaps[&"10.244.0.0/16".parse().unwrap()].to_string(),
+            "10.244.0.0/16"
+        );
+    }
+
+    #[test]
+    fn unusable_specs_name_the_field_and_the_fix() {
+        let mut s = spec();
+        s.tunnel_address = None;
+        let e = config_for(&s, &opts(), "/k").unwrap_err().to_string();
+        assert!(
+            e.contains("spec.tunnelAddress is missing") && e.contains("fix: peer again"),
+            "{e}"
+        );
+        let mut s = spec();
+        s.tunnel_address = Some("10.0.0.1/30".into());
+        let e = config_for(&s, &opts(), "/k").unwrap_err().to_string();
+        assert!(e.contains("outside 169.254.64.0/18"), "{e}");
+        let mut s = spec();
+        s.peer_endpoint = Some("gw.example:51820".into());
+        let e = config_for(&s, &opts(), "/k").unwrap_err().to_string();
+        assert!(
+            e.contains("spec.peerEndpoint") && e.contains("--gateway-endpoint"),
+            "{e}"
+        );
+        let mut s = spec();
+        s.listen_port = None;
+        assert!(
+            config_for(&s, &opts(), "/k")
+                .unwrap_err()
+                .to_string()
+                .contains("spec.listenPort")
+        );
+        let mut s = spec();
+        s.peer_endpoint = None;
+        assert_eq!(config_for(&s, &opts(), "/k").unwrap().peer_endpoint, None);
+    }
+
+    #[test]
+    fn the_status_patch_carries_phase_remaps_and_counters() {
+        let s = GatewayStatus {
+            connected: true,
+            phase: "Connected".into(),
+            latency_ms: Some(1.23456),
+            path_mtu: 1500,
+            tunnel_mtu: 1440,
+            remaps: [("10.244.0.0/16".to_string(), "10.0.0.0/16".to_string())].into(),
+            rx_bytes: 7,
+            tx_bytes: 9,
+            backend: "userspace".into(),
+            ..Default::default()
+        };
+        let p = status_patch(&s);
+        assert_eq!(p["status"]["phase"], "Connected");
+        assert_eq!(p["status"]["remaps"]["10.244.0.0/16"], "10.0.0.0/16");
+        assert_eq!(p["status"]["latencyMs"], 1.23);
+        assert_eq!(p["status"]["tunnelMTU"], 1440);
+        assert_eq!(p["status"]["conditions"][0]["status"], "True");
+        let st: ferry_crds::PeerNetworkStatus = serde_json::from_value(p["status"].clone()).unwrap();
+        assert_eq!(st.tx_bytes, 9);
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        let t = chrono_now();
+        assert_eq!(t.len(), 20, "{t}");
+        assert!(
+            t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[10] == b'T',
+            "{t}"
+        );
+    }
+}
