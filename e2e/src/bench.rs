@@ -220,7 +220,7 @@ pub struct TunnelBench {
     pub bench: &'static str,
     /// Seconds per iperf3 run.
     pub seconds: u32,
-    /// Runs per path; each figure is the median.
+    /// Runs per path, ferry and plain WireGuard alternating; each figure is the median.
     pub runs: u32,
     /// Pod → pod through ferry-gateway (WireGuard + prefix NAT + MSS clamp), Gbit/s.
     pub ferry_gbps: f64,
@@ -229,7 +229,7 @@ pub struct TunnelBench {
     pub plain_wireguard_gbps: f64,
     /// Host → host over the bare WAN.
     pub bare_wan_gbps: f64,
-    /// ferry / plain WireGuard.
+    /// ferry / plain WireGuard: the median of each run's ratio (neighbouring measurements).
     pub ratio: f64,
 }
 
@@ -311,37 +311,69 @@ pub async fn tunnel(lab: &Lab, seconds: u32, runs: u32) -> Result<TunnelBench> {
         &cb.wan_ip.to_string(),
         seconds,
     )?;
-    // plain userspace WireGuard between the two hosts, same MTU as ferry's tunnel
-    let pair = tokio::task::block_in_place(|| {
-        GatewayPair::start(lab, &PairOptions::default(), Duration::from_secs(30))
-    })?;
-    let mtu = pair
-        .status(0)
-        .and_then(|s| s["tunnelMtu"].as_u64())
-        .unwrap_or(1440) as u32;
-    let b_seen = pair
-        .translate(0, pb.ip.parse()?)
-        .context("remap of the provider pod")?;
-    eprintln!(
-        "[bench] ferry: pod {} -> pod {} (seen as {b_seen}), tunnel MTU {mtu}",
-        pa.ip, pb.ip
-    );
-    let ferry = median(
-        (0..runs)
-            .map(|_| iperf(&pa.netns, &pb.netns, &pb.ip, &b_seen.to_string(), seconds))
-            .collect::<Result<_>>()?,
-    );
-    pair.stop();
-    eprintln!(
-        "[bench] plain WireGuard: the same two pods, extra addresses 172.31.1.2 -> 172.31.2.2, MTU {mtu}, no NAT"
-    );
-    let plain = plain_wireguard(&host_a, &host_b, &ca, &cb, &pa, &pb, mtu, seconds, runs);
-    for (ns, dev) in [(&host_a, "fyplain"), (&host_b, "fyplainb")] {
+    // ferry and plain WireGuard alternate, run by run, so that both see the same machine load; each
+    // run's ratio compares two neighbouring measurements, and the figures are medians
+    let (mut ferry_runs, mut plain_runs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for run_no in 1..=runs {
+        let pair = tokio::task::block_in_place(|| {
+            GatewayPair::start(lab, &PairOptions::default(), Duration::from_secs(30))
+        })?;
+        let mtu = pair
+            .status(0)
+            .and_then(|s| s["tunnelMtu"].as_u64())
+            .unwrap_or(1440) as u32;
+        let b_seen = pair
+            .translate(0, pb.ip.parse()?)
+            .context("remap of the provider pod")?;
+        eprintln!(
+            "[bench] run {run_no}/{runs} ferry: pod {} -> pod {} (seen as {b_seen}), tunnel MTU {mtu}",
+            pa.ip, pb.ip
+        );
+        let f = iperf(&pa.netns, &pb.netns, &pb.ip, &b_seen.to_string(), seconds);
+        pair.stop();
+        let f = f?;
+        eprintln!(
+            "[bench] run {run_no}/{runs} plain WireGuard: the same two pods, extra addresses 172.31.1.2 -> 172.31.2.2, MTU {mtu}, no NAT"
+        );
+        let up = plain_wireguard_up(&host_a, &host_b, &ca, &cb, &pa, &pb, mtu);
+        let p = up.and_then(|()| {
+            iperf_from(
+                &pa.netns,
+                &pb.netns,
+                "172.31.2.2",
+                "172.31.2.2",
+                Some("172.31.1.2"),
+                seconds,
+            )
+        });
+        plain_wireguard_down(&host_a, &host_b, &pa, &pb);
+        let p = p?;
+        eprintln!(
+            "[bench] run {run_no}/{runs}: ferry {f:.3} / plain {p:.3} Gbit/s = {:.3}",
+            f / p
+        );
+        ferry_runs.push(f);
+        plain_runs.push(p);
+        ratios.push(f / p);
+    }
+    Ok(TunnelBench {
+        bench: "tunnel",
+        seconds,
+        runs,
+        ferry_gbps: median(ferry_runs),
+        plain_wireguard_gbps: median(plain_runs),
+        bare_wan_gbps: bare,
+        ratio: median(ratios),
+    })
+}
+
+fn plain_wireguard_down(host_a: &str, host_b: &str, pa: &crate::demo::PodView, pb: &crate::demo::PodView) {
+    for (ns, dev) in [(host_a, "fyplain"), (host_b, "fyplainb")] {
         let _ = crate::procs::run("ip", &["-n", ns, "link", "del", dev]);
     }
     for (ns, host, ip) in [
-        (&pa.netns, &host_a, "172.31.1.2"),
-        (&pb.netns, &host_b, "172.31.2.2"),
+        (&pa.netns, host_a, "172.31.1.2"),
+        (&pb.netns, host_b, "172.31.2.2"),
     ] {
         let _ = crate::procs::run(
             "ip",
@@ -349,22 +381,11 @@ pub async fn tunnel(lab: &Lab, seconds: u32, runs: u32) -> Result<TunnelBench> {
         );
         let _ = crate::procs::run("ip", &["-n", host, "route", "del", ip]);
     }
-    let plain = plain?;
-    Ok(TunnelBench {
-        bench: "tunnel",
-        seconds,
-        runs,
-        ferry_gbps: ferry,
-        plain_wireguard_gbps: plain,
-        bare_wan_gbps: bare,
-        ratio: ferry / plain,
-    })
 }
 
 /// Plain userspace WireGuard between the two hosts, carrying the same two pods' traffic on extra,
 /// non-overlapping addresses: the same hops as ferry's path, minus ferry (no NAT, no marks, no clamp).
-#[allow(clippy::too_many_arguments)]
-fn plain_wireguard(
+fn plain_wireguard_up(
     host_a: &str,
     host_b: &str,
     ca: &ClusterLayout,
@@ -372,9 +393,7 @@ fn plain_wireguard(
     pa: &crate::demo::PodView,
     pb: &crate::demo::PodView,
     mtu: u32,
-    seconds: u32,
-    runs: u32,
-) -> Result<f64> {
+) -> Result<()> {
     use crate::procs::run;
     let dir = std::env::temp_dir().join(format!("ferry-plain-wg-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -474,20 +493,7 @@ fn plain_wireguard(
         )?;
     }
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(median(
-        (0..runs)
-            .map(|_| {
-                iperf_from(
-                    &pa.netns,
-                    &pb.netns,
-                    "172.31.2.2",
-                    "172.31.2.2",
-                    Some("172.31.1.2"),
-                    seconds,
-                )
-            })
-            .collect::<Result<_>>()?,
-    ))
+    Ok(())
 }
 
 /// The median (the upper one of an even count).

@@ -252,7 +252,6 @@ fn shell(cmd: &mut std::process::Command, shown: &str) -> Result<String> {
 
 /// Peering (agents as lab processes, the real ferryctl commands) and pod-to-pod traffic through the tunnel.
 async fn peer_and_tunnel(lab: &Lab, exe: &std::path::Path) -> Result<Vec<String>> {
-    use crate::tunnel::{GatewayPair, PairOptions};
     let (c1, c2) = (&lab.layout.clusters[0], &lab.layout.clusters[1]);
     let table = crate::procs::ProcessTable::new(lab.paths.pids())?;
     let (agent, ferryctl) = (exe.with_file_name("ferry-agent"), exe.with_file_name("ferryctl"));
@@ -271,6 +270,12 @@ async fn peer_and_tunnel(lab: &Lab, exe: &std::path::Path) -> Result<Vec<String>
         crate::procs::wait_until("ferry-agent", Duration::from_secs(20), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         })?;
+        // the cluster's gateway (hostNetwork: the cluster's host namespace) builds a tunnel per PeerNetwork
+        let name = format!("{}-gateway", c.id);
+        if !table.list().iter().any(|t| t.name == name && t.alive()) {
+            let cmd = crate::agents::gateway_command(lab, idx, &exe.with_file_name("ferry-gateway"));
+            table.spawn(&name, cmd, &lab.paths.log(c, "gateway"))?;
+        }
     }
     let (k1, k2) = (lab.paths.kubeconfig(c1), lab.paths.kubeconfig(c2));
     let token = shell(
@@ -305,23 +310,44 @@ async fn peer_and_tunnel(lab: &Lab, exe: &std::path::Path) -> Result<Vec<String>
     }
     let burst = offload_and_burst(lab, &ferryctl).await?;
     println!(
-        "== tunnel: ferry-gateway in each cluster's host namespace (userspace WireGuard, NAT for the overlapping CIDRs)"
+        "== tunnel: the peering wrote a PeerNetwork on each side; ferry-gateway (userspace WireGuard, NAT for the overlapping CIDRs) built the tunnel from it"
     );
-    let pair = tokio::task::block_in_place(|| {
-        GatewayPair::start(lab, &PairOptions::default(), Duration::from_secs(30))
-    })?;
-    let st = pair.status(0).context("gateway status")?;
+    let networks: Api<ferry_crds::PeerNetwork> = Api::all(lab.client(c1).await?);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let pn = loop {
+        let pn = networks.get_opt("provider-c2").await?;
+        if let Some(pn) =
+            pn.filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Connected"))
+        {
+            break pn;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "PeerNetwork provider-c2 not Connected after 30s (logs: {})",
+            lab.paths.log(c1, "gateway").display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let st = pn.status.clone().unwrap_or_default();
+    let remaps: std::collections::BTreeMap<ipnet::IpNet, ipnet::IpNet> = st
+        .remaps
+        .iter()
+        .filter_map(|(k, v)| Some((k.parse().ok()?, v.parse().ok()?)))
+        .collect();
     println!(
-        "   {} sees {}'s pods at {} (path MTU {}, tunnel MTU {}, TCP MSS clamped)",
+        "   $ kubectl get peernetwork provider-c2: Connected, {} sees {}'s pods at {} (path MTU {}, tunnel MTU {}, TCP MSS clamped, link {})",
         c1.id,
         c2.id,
-        st["remaps"][c2.pod_cidr.to_string()].as_str().unwrap_or("?"),
-        st["pathMtu"],
-        st["tunnelMtu"]
+        st.remaps
+            .get(&c2.pod_cidr.to_string())
+            .map_or("?", String::as_str),
+        st.path_mtu.unwrap_or(0),
+        st.tunnel_mtu.unwrap_or(0),
+        pn.spec.tunnel_address.as_deref().unwrap_or("?")
     );
     let a = pods_of(lab, &c1.id, "demo", "echo").await?.remove(0);
     let b = pods_of(lab, &c2.id, "demo", "echo").await?.remove(0);
-    let b_seen = pair.translate(0, b.ip.parse()?).context("remap")?;
+    let b_seen = ferry_tunnel::ipam::translate(b.ip.parse()?, &remaps).context("remap")?;
     let echo = echo_from_pod(exe, &a, SocketAddr::new(b_seen, 8080), 10_000_000)?;
     let http = std::process::Command::new("ip")
         .args(["netns", "exec", &a.netns, "bash", "-c"])
@@ -350,8 +376,7 @@ async fn peer_and_tunnel(lab: &Lab, exe: &std::path::Path) -> Result<Vec<String>
         "   {} pod {} -> offloaded pod {} at the IP {} shows for it, {} (runs on {}): 1 MiB echo checksummed: {}",
         c1.id, a.ip, offloaded.name, c1.id, offloaded.ip, c2.id, to_offloaded["ok"]
     );
-    pair.stop();
-    println!("   (tunnel stopped; the agents keep running until ferry-lab down)");
+    println!("   (agents and gateways keep running until ferry-lab down)");
     if echo["ok"] != json!(true) || to_offloaded["ok"] != json!(true) {
         bail!("the cross-cluster echo did not come back intact");
     }

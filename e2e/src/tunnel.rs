@@ -112,6 +112,23 @@ impl GatewayPair {
             [a, b, ..] => (a, b),
             _ => bail!("the tunnel needs a lab with two clusters"),
         };
+        // a peering's tunnel (ferry-gateway serve, e.g. left by `make demo`) routes the same remote CIDRs
+        // between the same hosts: two tunnels would steal each other's routes
+        for c in [a, b] {
+            let ns = lab.layout.host_netns(c);
+            let links = run("ip", &["-n", &ns, "-o", "link", "show"]).unwrap_or_default();
+            let taken: Vec<&str> = links
+                .lines()
+                .filter_map(|l| l.split(": ").nth(1))
+                .map(|n| n.split('@').next().unwrap_or(n))
+                .filter(|n| n.starts_with("fy"))
+                .collect();
+            if !taken.is_empty() {
+                bail!(
+                    "{ns} already has ferry tunnel(s) {taken:?} (a peering's ferry-gateway, e.g. from `make demo`); fix: `ferryctl unpeer` first, or `ferry-lab down` and `up` again"
+                );
+            }
+        }
         let root = lab.paths.dir.join(format!("tunnel-{}", opts.if_prefix));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root)?;

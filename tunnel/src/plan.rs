@@ -231,53 +231,44 @@ impl GatewaySpec {
             s,
             "add table inet {table}\ndelete table inet {table}\ntable inet {table} {{"
         );
+        // 1:1 same-size remaps are bijections, so the translation is stateless: addresses are rewritten
+        // before routing (raw priority), no conntrack entry per flow, replies translated by the same rules
         let _ = writeln!(
             s,
-            "  chain prerouting_mark {{\n    type filter hook prerouting priority mangle; policy accept;"
-        );
-        let _ = writeln!(s, "    iifname \"{dev}\" ct mark set {m} return");
-        for (_, local) in &remapped {
-            let _ = writeln!(s, "    {} daddr {local} ct mark set {m}", fam(local));
-        }
-        let _ = writeln!(s, "    ct mark {m} meta mark set {m}\n  }}");
-        let _ = writeln!(
-            s,
-            "  chain output_mark {{\n    type route hook output priority mangle; policy accept;"
-        );
-        for (_, local) in &remapped {
-            let _ = writeln!(
-                s,
-                "    {} daddr {local} ct mark set {m} meta mark set {m}",
-                fam(local)
-            );
-        }
-        let _ = writeln!(s, "  }}");
-        for (hook, prio, chain) in [
-            ("prerouting", "dstnat", "prerouting_dnat"),
-            ("output", "-100", "output_dnat"),
-        ] {
-            let _ = writeln!(
-                s,
-                "  chain {chain} {{\n    type nat hook {hook} priority {prio}; policy accept;"
-            );
-            for (remote, local) in &remapped {
-                let f = fam(local);
-                let _ = writeln!(
-                    s,
-                    "    {f} daddr {local} dnat {f} prefix to {f} daddr map {{ {local} : {remote} }}"
-                );
-            }
-            let _ = writeln!(s, "  }}");
-        }
-        let _ = writeln!(
-            s,
-            "  chain postrouting_snat {{\n    type nat hook postrouting priority srcnat; policy accept;"
+            "  chain prerouting_nat {{\n    type filter hook prerouting priority raw; policy accept;"
         );
         for (remote, local) in &remapped {
             let f = fam(remote);
+            // remote sources arriving from the tunnel become how this cluster sees them
             let _ = writeln!(
                 s,
-                "    iifname \"{dev}\" {f} saddr {remote} snat {f} prefix to {f} saddr map {{ {remote} : {local} }}"
+                "    iifname \"{dev}\" {f} saddr {remote} {f} saddr set {f} saddr & {} | {}",
+                remote.hostmask(),
+                local.network()
+            );
+        }
+        for (remote, local) in &remapped {
+            let f = fam(local);
+            // the remapped view becomes the real remote address, routed by mark into the tunnel
+            let _ = writeln!(
+                s,
+                "    {f} daddr {local} {f} daddr set {f} daddr & {} | {} meta mark set {m}",
+                local.hostmask(),
+                remote.network()
+            );
+        }
+        let _ = writeln!(s, "  }}");
+        let _ = writeln!(
+            s,
+            "  chain output_nat {{\n    type route hook output priority raw; policy accept;"
+        );
+        for (remote, local) in &remapped {
+            let f = fam(local);
+            let _ = writeln!(
+                s,
+                "    {f} daddr {local} {f} daddr set {f} daddr & {} | {} meta mark set {m}",
+                local.hostmask(),
+                remote.network()
             );
         }
         let _ = writeln!(s, "  }}");
@@ -335,18 +326,27 @@ mod tests {
     }
 
     #[test]
-    fn overlapping_cidr_gets_dnat_snat_marks_and_a_policy_route() {
+    fn overlapping_cidr_gets_stateless_prefix_nat_both_ways_a_mark_and_a_policy_route() {
         let p = spec().plan().unwrap();
         let r = &p.nft_ruleset;
         assert!(
-            r.contains("ip daddr 10.0.0.0/16 dnat ip prefix to ip daddr map { 10.0.0.0/16 : 10.244.0.0/16 }"),
+            r.contains(
+                "ip daddr 10.0.0.0/16 ip daddr set ip daddr & 0.0.255.255 | 10.244.0.0 meta mark set 0x6601"
+            ),
             "{r}"
         );
-        assert!(r.contains("iifname \"fyc2\" ip saddr 10.244.0.0/16 snat ip prefix to ip saddr map { 10.244.0.0/16 : 10.0.0.0/16 }"), "{r}");
-        assert!(r.contains("iifname \"fyc2\" ct mark set 0x6601 return"), "{r}");
-        assert!(r.contains("ct mark 0x6601 meta mark set 0x6601"), "{r}");
+        assert!(
+            r.contains(
+                "iifname \"fyc2\" ip saddr 10.244.0.0/16 ip saddr set ip saddr & 0.0.255.255 | 10.0.0.0"
+            ),
+            "{r}"
+        );
+        // before routing, and without conntrack (no nat chain, no ct expression)
+        assert!(r.contains("type filter hook prerouting priority raw"), "{r}");
+        assert!(r.contains("type route hook output priority raw"), "{r}");
+        assert!(!r.contains("type nat") && !r.contains(" ct "), "{r}");
         // the service CIDR does not overlap: routed as itself, never NATed
-        assert!(!r.contains("10.97.0.0/16 dnat"), "{r}");
+        assert!(!r.contains("10.97.0.0/16 ip"), "{r}");
         assert!(p.apply.contains(&Op::AddRoute {
             dst: n("10.97.0.0/16"),
             dev: "fyc2".into(),
@@ -388,7 +388,12 @@ mod tests {
         let mut s = spec();
         s.remaps = BTreeMap::from([(n("fd00:10:244::/56"), n("fd66:6572:7279::/56"))]);
         let p = s.plan().unwrap();
-        assert!(p.nft_ruleset.contains("ip6 daddr fd66:6572:7279::/56 dnat ip6 prefix to ip6 daddr map { fd66:6572:7279::/56 : fd00:10:244::/56 }"));
+        assert!(p.nft_ruleset.contains(
+            "ip6 daddr fd66:6572:7279::/56 ip6 daddr set ip6 daddr & ::ff:ffff:ffff:ffff:ffff | fd00:10:244:: meta mark set 0x6601"
+        ), "{}", p.nft_ruleset);
+        assert!(p.nft_ruleset.contains(
+            "ip6 saddr fd00:10:244::/56 ip6 saddr set ip6 saddr & ::ff:ffff:ffff:ffff:ffff | fd66:6572:7279::"
+        ), "{}", p.nft_ruleset);
         assert!(p.apply.contains(&Op::AddRule {
             mark: 0x6601,
             table: 0x6601,
@@ -427,5 +432,32 @@ mod tests {
                 need: 1360
             }
         );
+    }
+
+    proptest::proptest! {
+        /// What the rules compute (address & hostmask | prefix) is the remap, and the two rules invert each
+        /// other: a reply is translated back to the address the flow started with.
+        #[test]
+        fn the_mask_and_or_rewrite_is_the_remap_and_its_inverse(host in 0u32..65536, v6host in proptest::num::u128::ANY) {
+            let (remote, local) = (n("10.244.0.0/16"), n("10.0.0.0/16"));
+            let real = std::net::IpAddr::V4(std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 244, 0, 0)) | host));
+            let rewrite = |a: std::net::IpAddr, mask: std::net::IpAddr, to: std::net::IpAddr| match (a, mask, to) {
+                (std::net::IpAddr::V4(a), std::net::IpAddr::V4(m), std::net::IpAddr::V4(t)) =>
+                    std::net::IpAddr::V4((u32::from(a) & u32::from(m) | u32::from(t)).into()),
+                (std::net::IpAddr::V6(a), std::net::IpAddr::V6(m), std::net::IpAddr::V6(t)) =>
+                    std::net::IpAddr::V6((u128::from(a) & u128::from(m) | u128::from(t)).into()),
+                _ => unreachable!(),
+            };
+            let seen = rewrite(real, remote.hostmask(), local.network());
+            let remaps = BTreeMap::from([(remote, local)]);
+            proptest::prop_assert_eq!(Some(seen), crate::ipam::translate(real, &remaps));
+            proptest::prop_assert_eq!(rewrite(seen, local.hostmask(), remote.network()), real);
+            let (r6, l6) = (n("fd00:10:244::/56"), n("fd66:6572:7279::/56"));
+            let real6 = std::net::IpAddr::V6((u128::from(std::net::Ipv6Addr::from([0xfd00, 0x10, 0x244, 0, 0, 0, 0, 0])) | (v6host & ((1u128 << 72) - 1))).into());
+            let seen6 = rewrite(real6, r6.hostmask(), l6.network());
+            proptest::prop_assert!(l6.contains(&seen6));
+            proptest::prop_assert_eq!(Some(seen6), crate::ipam::translate(real6, &BTreeMap::from([(r6, l6)])));
+            proptest::prop_assert_eq!(rewrite(seen6, l6.hostmask(), r6.network()), real6);
+        }
     }
 }
