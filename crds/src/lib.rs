@@ -1,7 +1,8 @@
 //! ferry's CustomResourceDefinitions, group `ferry.dev`, version `v1alpha1`.
 //!
 //! Pure types: no I/O. `crdgen` prints the YAML that `charts/ferry/crds/` installs; start reading at
-//! [`all_crds`], which lists every kind ferry serves.
+//! [`all_crds`], which lists every kind ferry serves. [`mcs`] has the upstream Multi-Cluster Services kinds.
+#![recursion_limit = "256"]
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -9,6 +10,7 @@ use kube::CustomResourceExt;
 pub mod common;
 pub mod foreign_cluster;
 pub mod kinds;
+pub mod mcs;
 
 pub use foreign_cluster::{ForeignCluster, ForeignClusterSpec, ForeignClusterStatus, PeeringRole};
 pub use kinds::{
@@ -30,6 +32,8 @@ pub fn all_crds() -> Vec<CustomResourceDefinition> {
         NamespaceOffloading::crd(),
         ShadowPod::crd(),
         PeerNetwork::crd(),
+        mcs::ServiceExport::crd(),
+        mcs::ServiceImport::crd(),
     ]
 }
 
@@ -48,9 +52,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_crd_is_in_the_ferry_group_with_a_status_subresource() {
+    fn every_crd_is_in_the_ferry_or_mcs_group_with_a_status_subresource() {
         for crd in all_crds() {
-            assert_eq!(crd.spec.group, GROUP);
+            let want = if crd.spec.names.kind.starts_with("Service") {
+                mcs::MCS_GROUP
+            } else {
+                GROUP
+            };
+            assert_eq!(crd.spec.group, want);
             let v = &crd.spec.versions[0];
             assert_eq!(v.name, "v1alpha1");
             assert!(
@@ -73,7 +82,9 @@ mod tests {
                 "VirtualNode",
                 "NamespaceOffloading",
                 "ShadowPod",
-                "PeerNetwork"
+                "PeerNetwork",
+                "ServiceExport",
+                "ServiceImport"
             ]
         );
         for crd in all_crds() {
@@ -101,6 +112,25 @@ mod tests {
             serde_json::from_value(s["podOffloadingStrategy"]["enum"].clone()).unwrap();
         assert_eq!(strategies, ["LocalAndRemote", "Local", "Remote"]);
         assert_eq!(common::CLUSTER_ID_PATTERN, props["clusterID"]["pattern"]);
+    }
+
+    #[test]
+    fn mcs_kinds_have_the_upstream_shape() {
+        let imp = serde_json::to_value(mcs::ServiceImport::crd()).unwrap();
+        let v = &imp["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"];
+        let spec = &v["spec"]["properties"];
+        assert_eq!(spec["type"]["enum"], serde_json::json!(["ClusterSetIP", "Headless"]));
+        assert_eq!(spec["ips"]["maxItems"], 1);
+        assert!(spec["ports"]["items"]["properties"]["port"].is_object());
+        assert_eq!(imp["spec"]["scope"], "Namespaced");
+        assert!(v["status"]["properties"]["clusters"].is_object());
+        let exp = serde_json::to_value(mcs::ServiceExport::crd()).unwrap();
+        let v = &exp["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"];
+        assert!(v.get("spec").is_none(), "upstream ServiceExport has no spec");
+        assert_eq!(v["status"]["properties"]["conditions"]["x-kubernetes-list-type"], "map");
+        // a ServiceExport round-trips through the kube Resource impl's paths
+        use kube::Resource;
+        assert_eq!(mcs::ServiceExport::url_path(&(), Some("default")), "/apis/multicluster.x-k8s.io/v1alpha1/namespaces/default/serviceexports");
     }
 
     #[test]
