@@ -6,6 +6,7 @@ pub mod consumer;
 pub mod error;
 pub mod identity;
 pub mod key;
+pub mod mcs;
 pub mod offloading;
 pub mod provider;
 pub mod reconciler;

@@ -37,7 +37,7 @@ pub enum Error {
 }
 
 /// Peerings with an identity: provider ID → its identity Secret.
-async fn identities(client: &Client) -> Result<BTreeMap<String, Secret>, kube::Error> {
+pub async fn identities(client: &Client) -> Result<BTreeMap<String, Secret>, kube::Error> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
     let fcs: Api<ForeignCluster> = Api::all(client.clone());
     let mut out = BTreeMap::new();

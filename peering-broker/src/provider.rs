@@ -52,6 +52,8 @@ pub struct Provider {
     pub pod_cidrs: Vec<String>,
     /// This cluster's network as told to consumers (CIDRs, WireGuard key, gateway endpoint).
     pub network: crate::wire::LocalNetwork,
+    /// Multi-cluster services: what this cluster and its peers export.
+    pub mcs: std::sync::Arc<crate::mcs::Exchange>,
 }
 
 fn internal(e: impl std::fmt::Display) -> BrokerError {
@@ -392,6 +394,23 @@ impl Provider {
             .await
             .map_err(internal)?
             .ok_or_else(|| BrokerError::NotFound(id.into()))
+    }
+
+    /// `POST /v1/exports`: a tenant's exports in, this cluster's out.
+    pub async fn exports(
+        &self,
+        body: &[u8],
+        client_cn: Option<&str>,
+    ) -> Result<crate::mcs::ExportList, BrokerError> {
+        let tenant = self.tenant_of(client_cn).await?;
+        let list: crate::mcs::ExportList =
+            serde_json::from_slice(body).map_err(|e| BrokerError::Malformed(e.to_string()))?;
+        let consumer = tenant.spec.cluster_id.clone();
+        let remaps = crate::mcs::remaps_for_peer(&self.client, &consumer).await;
+        self.mcs
+            .receive(&consumer, list, &remaps)
+            .map_err(|e| BrokerError::invalid("exports", &e))?;
+        Ok(self.mcs.local())
     }
 
     /// `POST /v1/namespaces`: the namespace a consumer namespace is offloaded to, created with the

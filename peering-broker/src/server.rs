@@ -85,6 +85,21 @@ async fn unoffload(
     Ok(Json(serde_json::json!({ "removed": name })).into_response())
 }
 
+async fn exports(
+    State(p): State<Arc<Provider>>,
+    Extension(cn): Extension<ClientCn>,
+    body: axum::body::Body,
+) -> Result<Response, BrokerError> {
+    let bytes = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| BrokerError::TooLarge(MAX_BODY))?;
+    let resp = p
+        .exports(&bytes, cn.0.as_deref())
+        .await
+        .inspect_err(|e| warn!(reason = e.reason(), "exports refused: {e}"))?;
+    Ok(Json(resp).into_response())
+}
+
 /// The routes.
 pub fn router(p: Arc<Provider>) -> Router {
     Router::new()
@@ -92,6 +107,7 @@ pub fn router(p: Arc<Provider>) -> Router {
         .route("/v1/peerings/{id}", delete(remove))
         .route("/v1/namespaces", post(offload))
         .route("/v1/namespaces/{name}", delete(unoffload))
+        .route("/v1/exports", post(exports))
         .route(
             "/v1/openapi.json",
             get(|| async { ([("content-type", "application/json")], OPENAPI) }),

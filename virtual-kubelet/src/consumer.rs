@@ -700,7 +700,7 @@ async fn copy_objects(peer: Arc<Peer>, local_ns: String, rns: String) {
 }
 
 /// The `discovery.k8s.io` EndpointSlice version a cluster serves (v1 on current clusters, v1beta1 on 1.20).
-async fn endpoint_slice_resource(c: &Client) -> Option<kube::discovery::ApiResource> {
+pub async fn endpoint_slice_resource(c: &Client) -> Option<kube::discovery::ApiResource> {
     kube::discovery::group(c, "discovery.k8s.io")
         .await
         .ok()?

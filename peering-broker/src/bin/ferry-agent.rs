@@ -132,6 +132,7 @@ async fn run(a: Args) -> Result<()> {
         },
         pod_cidrs: a.pod_cidrs.clone(),
         network: network.clone(),
+        mcs: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
@@ -178,6 +179,7 @@ async fn run(a: Args) -> Result<()> {
         _ = ferry_peering_broker::offloading::run(client.clone()) => anyhow::bail!("the NamespaceOffloading reconciler stopped"),
         _ = ferry_peering_broker::offloading::run_virtual_kubelets(client.clone(), id.cluster_id.clone(), local_cidrs) => {},
         _ = ferry_virtual_kubelet::provider::run(client.clone()) => anyhow::bail!("the ShadowPod controller stopped"),
+        _ = ferry_peering_broker::mcs::run(client.clone(), id.cluster_id.clone(), p.mcs.clone()) => anyhow::bail!("the multi-cluster services loop stopped"),
     }
     Ok(())
 }

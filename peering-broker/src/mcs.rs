@@ -1,0 +1,717 @@
+//! Multi-Cluster Services (KEP-1645) across peerings.
+//!
+//! Each agent turns its cluster's `ServiceExport`s (with their Services and EndpointSlices) into
+//! [`ExportedService`]s. The consumer's agent sends its exports to each provider's broker
+//! (`POST /v1/exports`, mTLS) every 2 s and gets the provider's back, so both sides know both sides' exports.
+//! Addresses are translated into the receiving cluster's view with the tunnel's remaps.
+//!
+//! [`merge`] (pure) makes one import per exported name: the oldest export defines ports and type; an export
+//! whose ports or type differ is left out and gets `Conflict=True`, as the KEP says. Every cluster in the
+//! clusterset then has a `ServiceImport`. Its endpoints are EndpointSlices labelled
+//! `multicluster.kubernetes.io/service-name` and `.../source-cluster`, one per exporting cluster. A
+//! `ClusterSetIP` import gets its IP from a selector-less Service `ferry-mcs-<name>` in the importing cluster,
+//! whose EndpointSlices they also are (so kube-proxy load-balances the clusterset IP). An import no cluster
+//! exports any more is deleted, with its Service and slices (owner references).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_crds::mcs::{
+    CONDITION_CONFLICT, CONDITION_VALID, ClusterStatus, LABEL_SERVICE_NAME, LABEL_SOURCE_CLUSTER, ServiceExport,
+    ServiceImport, ServiceImportSpec, ServiceImportStatus, ServiceImportType, ServicePort,
+};
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tracing::{info, warn};
+
+/// Label on everything ferry creates for an import.
+pub const MANAGED_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Its value.
+pub const MANAGED_VALUE: &str = "ferry-mcs";
+/// Prefix of the Service that holds a `ClusterSetIP` import's IP.
+pub const DERIVED_PREFIX: &str = "ferry-mcs-";
+
+/// One endpoint of an exported service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportedEndpoint {
+    /// Addresses (as the receiving side sees them once translated).
+    pub addresses: Vec<String>,
+    /// The pod's hostname, when it has one (headless per-pod DNS names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+/// One cluster's export of one service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportedService {
+    /// The exporting cluster.
+    pub cluster: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// When the `ServiceExport` was created (RFC 3339): the oldest export wins a conflict.
+    pub created: String,
+    /// `ClusterSetIP`, or `Headless` for a Service with `clusterIP: None`.
+    #[serde(rename = "type")]
+    pub type_: ServiceImportType,
+    /// Ports.
+    pub ports: Vec<ServicePort>,
+    /// Ready endpoints.
+    pub endpoints: Vec<ExportedEndpoint>,
+}
+
+/// `POST /v1/exports` both ways: the sender's exports.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExportList {
+    /// Exports.
+    pub exports: Vec<ExportedService>,
+}
+
+/// One merged import.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Import {
+    /// Type and ports (of the oldest export).
+    pub type_: ServiceImportType,
+    /// Ports.
+    pub ports: Vec<ServicePort>,
+    /// Endpoints per exporting cluster (conflicting clusters left out).
+    pub endpoints: BTreeMap<String, Vec<ExportedEndpoint>>,
+    /// Clusters whose export conflicts with the winner.
+    pub conflicts: BTreeSet<String>,
+}
+
+/// Merges every cluster's exports into one import per `(namespace, name)`.
+pub fn merge(all: &[ExportedService]) -> BTreeMap<(String, String), Import> {
+    let mut by_name: BTreeMap<(String, String), Vec<&ExportedService>> = BTreeMap::new();
+    for e in all {
+        by_name
+            .entry((e.namespace.clone(), e.name.clone()))
+            .or_default()
+            .push(e);
+    }
+    by_name
+        .into_iter()
+        .map(|(key, mut exports)| {
+            exports.sort_by(|a, b| (&a.created, &a.cluster).cmp(&(&b.created, &b.cluster)));
+            let winner = exports[0];
+            let mut ports = winner.ports.clone();
+            ports.sort();
+            let mut imp = Import {
+                type_: winner.type_,
+                ports: ports.clone(),
+                ..Default::default()
+            };
+            for e in exports {
+                let mut p = e.ports.clone();
+                p.sort();
+                if p != ports || e.type_ != winner.type_ {
+                    imp.conflicts.insert(e.cluster.clone());
+                } else {
+                    imp.endpoints
+                        .entry(e.cluster.clone())
+                        .or_default()
+                        .extend(e.endpoints.iter().cloned());
+                }
+            }
+            (key, imp)
+        })
+        .collect()
+}
+
+/// An export as the receiving cluster sees it: every address translated with that side's remaps.
+pub fn translate(e: &ExportedService, remaps: &BTreeMap<IpNet, IpNet>) -> ExportedService {
+    let mut out = e.clone();
+    for ep in &mut out.endpoints {
+        ep.addresses = ep
+            .addresses
+            .iter()
+            .map(|a| match a.parse() {
+                Ok(ip) => ferry_tunnel::ipam::translate(ip, remaps)
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| a.clone()),
+                Err(_) => a.clone(),
+            })
+            .collect();
+    }
+    out
+}
+
+/// The export of Service `svc` by cluster `cluster`, with the ready endpoints of its EndpointSlices (as
+/// JSON, any version: v1 and v1beta1 share the fields used here).
+pub fn export_of(
+    cluster: &str,
+    created: &str,
+    svc: &Service,
+    slices: &[serde_json::Value],
+) -> ExportedService {
+    let spec = svc.spec.clone().unwrap_or_default();
+    let headless = spec.cluster_ip.as_deref() == Some("None");
+    let mut ports: Vec<ServicePort> = spec
+        .ports
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| ServicePort {
+            name: p.name,
+            protocol: Some(p.protocol.unwrap_or_else(|| "TCP".into())),
+            app_protocol: p.app_protocol,
+            port: p.port,
+        })
+        .collect();
+    ports.sort();
+    let mut endpoints: Vec<ExportedEndpoint> = slices
+        .iter()
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+        .filter(|ep| ep["conditions"]["ready"].as_bool().unwrap_or(true))
+        .map(|ep| ExportedEndpoint {
+            addresses: ep["addresses"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+                .unwrap_or_default(),
+            hostname: ep["hostname"].as_str().map(str::to_string),
+        })
+        .collect();
+    endpoints.sort();
+    endpoints.dedup();
+    ExportedService {
+        cluster: cluster.into(),
+        namespace: svc.namespace().unwrap_or_default(),
+        name: svc.name_any(),
+        created: created.into(),
+        type_: if headless {
+            ServiceImportType::Headless
+        } else {
+            ServiceImportType::ClusterSetIP
+        },
+        ports,
+        endpoints,
+    }
+}
+
+/// What the two sides of peerings have told each other, shared by the broker and the sync loop.
+#[derive(Default)]
+pub struct Exchange {
+    /// This cluster's exports, as last computed.
+    pub local: Mutex<Vec<ExportedService>>,
+    /// Each peer's exports (already translated), with when they were received.
+    pub remote: Mutex<HashMap<String, (Vec<ExportedService>, Instant)>>,
+}
+
+impl Exchange {
+    /// Stores what peer `cluster` exports (translated with `remaps`); exports naming another cluster are
+    /// refused, so one tenant cannot speak for another.
+    pub fn receive(
+        &self,
+        cluster: &str,
+        list: ExportList,
+        remaps: &BTreeMap<IpNet, IpNet>,
+    ) -> Result<(), String> {
+        if let Some(e) = list.exports.iter().find(|e| e.cluster != cluster) {
+            return Err(format!(
+                "exports[].cluster {:?} is not the caller ({cluster}); fix: send only this cluster's exports",
+                e.cluster
+            ));
+        }
+        let translated = list.exports.iter().map(|e| translate(e, remaps)).collect();
+        self.remote
+            .lock()
+            .expect("lock")
+            .insert(cluster.to_string(), (translated, Instant::now()));
+        Ok(())
+    }
+
+    /// This cluster's exports.
+    pub fn local(&self) -> ExportList {
+        ExportList {
+            exports: self.local.lock().expect("lock").clone(),
+        }
+    }
+}
+
+/// The remaps this cluster uses for `peer`: the gateway's (the `PeerNetwork` status), else the same
+/// deterministic choice the gateway makes from the CIDRs in the spec.
+pub async fn remaps_for_peer(client: &Client, peer: &str) -> BTreeMap<IpNet, IpNet> {
+    if let Some(r) = crate::offloading::gateway_remaps(client, peer).await {
+        return r;
+    }
+    let Ok(Some(pn)) = Api::<ferry_crds::PeerNetwork>::all(client.clone()).get_opt(peer).await else {
+        return BTreeMap::new();
+    };
+    let parse = |v: &[String]| -> Vec<IpNet> { v.iter().filter_map(|c| c.parse().ok()).collect() };
+    crate::offloading::remaps_for(&parse(&pn.spec.remote_cidrs), &parse(&pn.spec.local_cidrs))
+}
+
+type SliceResource = Option<kube::discovery::ApiResource>;
+
+async fn slice_resource(client: &Client) -> SliceResource {
+    ferry_virtual_kubelet::consumer::endpoint_slice_resource(client).await
+}
+
+fn slice_api(client: &Client, ar: &SliceResource, ns: &str) -> Option<Api<kube::core::DynamicObject>> {
+    ar.as_ref()
+        .map(|ar| Api::namespaced_with(client.clone(), ns, ar))
+}
+
+async fn list_slices(
+    client: &Client,
+    ar: &SliceResource,
+    ns: &str,
+    selector: &str,
+) -> kube::Result<Vec<serde_json::Value>> {
+    let Some(api) = slice_api(client, ar, ns) else {
+        return Ok(Vec::new());
+    };
+    Ok(api
+        .list(&ListParams::default().labels(selector))
+        .await?
+        .items
+        .into_iter()
+        .map(|o| serde_json::to_value(o).unwrap_or_default())
+        .collect())
+}
+
+/// This cluster's exports, and the validity of each `ServiceExport` (`None`: valid; `Some(reason, message)`).
+async fn collect_local(
+    client: &Client,
+    cluster: &str,
+) -> kube::Result<(Vec<ExportedService>, Vec<(ServiceExport, Option<(String, String)>)>)> {
+    let exports: Api<ServiceExport> = Api::all(client.clone());
+    let mut out = Vec::new();
+    let mut validity = Vec::new();
+    let ar = slice_resource(client).await;
+    for se in exports.list(&ListParams::default()).await? {
+        let ns = se.namespace().unwrap_or_default();
+        let name = se.name_any();
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        let Some(svc) = services.get_opt(&name).await? else {
+            validity.push((
+                se,
+                Some((
+                    "ServiceMissing".into(),
+                    format!("no Service {ns}/{name}; fix: create the Service, or delete this ServiceExport"),
+                )),
+            ));
+            continue;
+        };
+        if svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+            validity.push((
+                se,
+                Some((
+                    "UnsupportedServiceType".into(),
+                    "an ExternalName Service cannot be exported; fix: export a ClusterIP or headless Service".into(),
+                )),
+            ));
+            continue;
+        }
+        let slices = list_slices(client, &ar, &ns, &format!("kubernetes.io/service-name={name}")).await?;
+        let created = se
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default();
+        out.push(export_of(cluster, &created, &svc, &slices));
+        validity.push((se, None));
+    }
+    Ok((out, validity))
+}
+
+fn condition(type_: &str, ok: bool, reason: &str, message: &str) -> serde_json::Value {
+    json!({
+        "type": type_, "status": if ok { "True" } else { "False" }, "reason": reason, "message": message,
+        "lastTransitionTime": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    })
+}
+
+async fn set_export_status(
+    client: &Client,
+    se: &ServiceExport,
+    invalid: &Option<(String, String)>,
+    conflict: Option<&BTreeSet<String>>,
+) {
+    let api: Api<ServiceExport> = Api::namespaced(client.clone(), &se.namespace().unwrap_or_default());
+    let valid = match invalid {
+        None => condition(CONDITION_VALID, true, "Exported", "the Service is exported to the clusterset"),
+        Some((reason, msg)) => condition(CONDITION_VALID, false, reason, msg),
+    };
+    let conflict = match conflict {
+        Some(c) if !c.is_empty() => condition(
+            CONDITION_CONFLICT,
+            true,
+            "PortConflict",
+            &format!(
+                "the export of {} differs in ports or type from the oldest export of this name; this cluster's endpoints are left out of the import; fix: export the same ports and type from every cluster",
+                c.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ),
+        _ => condition(CONDITION_CONFLICT, false, "NoConflict", "no conflicting export"),
+    };
+    // keep lastTransitionTime when the status does not change
+    let old = se.status.clone().unwrap_or_default().conditions;
+    let mut conds = vec![valid, conflict];
+    for c in &mut conds {
+        if let Some(o) = old.iter().find(|o| o.type_ == c["type"].as_str().unwrap_or_default()) {
+            if o.status == c["status"].as_str().unwrap_or_default() && o.message == c["message"].as_str().unwrap_or_default() {
+                c["lastTransitionTime"] = json!(o.last_transition_time);
+            }
+        }
+    }
+    if old.len() == 2
+        && conds.iter().all(|c| {
+            old.iter().any(|o| {
+                o.type_ == c["type"].as_str().unwrap_or_default()
+                    && o.status == c["status"].as_str().unwrap_or_default()
+                    && o.message == c["message"].as_str().unwrap_or_default()
+            })
+        })
+    {
+        return;
+    }
+    let patch = json!({ "status": { "conditions": conds } });
+    if let Err(e) = api
+        .patch_status(&se.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        warn!("ServiceExport {}/{} status: {e}", se.namespace().unwrap_or_default(), se.name_any());
+    }
+}
+
+fn slice_name(name: &str, cluster: &str) -> String {
+    let full = format!("{DERIVED_PREFIX}{name}-{cluster}");
+    if full.len() <= 63 {
+        return full;
+    }
+    use sha2::Digest;
+    let h = hex::encode(&sha2::Sha256::digest(full.as_bytes())[..4]);
+    format!("{}-{h}", full[..54].trim_end_matches('-'))
+}
+
+/// The EndpointSlice (as JSON, in `version`) of `cluster`'s endpoints of import `name`.
+pub fn import_slice(
+    version: &str,
+    ns: &str,
+    name: &str,
+    cluster: &str,
+    imp: &Import,
+    endpoints: &[ExportedEndpoint],
+    owner: &serde_json::Value,
+) -> serde_json::Value {
+    let v6 = endpoints
+        .iter()
+        .flat_map(|e| e.addresses.first())
+        .any(|a| a.contains(':'));
+    let mut labels = json!({
+        LABEL_SERVICE_NAME: name, LABEL_SOURCE_CLUSTER: cluster,
+        MANAGED_LABEL: MANAGED_VALUE,
+        "endpointslice.kubernetes.io/managed-by": "ferry.dev",
+    });
+    if imp.type_ == ServiceImportType::ClusterSetIP {
+        labels["kubernetes.io/service-name"] = json!(format!("{DERIVED_PREFIX}{name}"));
+    }
+    json!({
+        "apiVersion": version, "kind": "EndpointSlice",
+        "metadata": { "name": slice_name(name, cluster), "namespace": ns, "labels": labels,
+                      "ownerReferences": [owner] },
+        "addressType": if v6 { "IPv6" } else { "IPv4" },
+        "endpoints": endpoints.iter().map(|e| {
+            let mut ep = json!({ "addresses": e.addresses, "conditions": { "ready": true } });
+            if let Some(h) = &e.hostname { ep["hostname"] = json!(h); }
+            ep
+        }).collect::<Vec<_>>(),
+        "ports": imp.ports.iter().map(|p| json!({ "name": p.name.clone().unwrap_or_default(), "protocol": p.protocol, "port": p.port })).collect::<Vec<_>>(),
+    })
+}
+
+/// Writes the imports of `merged` into this cluster and removes imports, slices and derived Services that
+/// no export backs any more.
+async fn apply_imports(client: &Client, merged: &BTreeMap<(String, String), Import>) -> anyhow::Result<()> {
+    let pp = PatchParams::apply("ferry-mcs").force();
+    let ar = slice_resource(client).await;
+    let version = ar.as_ref().map(|a| a.api_version.clone()).unwrap_or_default();
+    for ((ns, name), imp) in merged {
+        if imp.endpoints.is_empty() && !imp.conflicts.is_empty() && imp.ports.is_empty() {
+            continue;
+        }
+        let imports: Api<ServiceImport> = Api::namespaced(client.clone(), ns);
+        let mut ips = Vec::new();
+        if imp.type_ == ServiceImportType::ClusterSetIP {
+            let services: Api<Service> = Api::namespaced(client.clone(), ns);
+            let derived = json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": { "name": format!("{DERIVED_PREFIX}{name}"), "namespace": ns,
+                              "labels": { MANAGED_LABEL: MANAGED_VALUE, LABEL_SERVICE_NAME: name } },
+                "spec": { "type": "ClusterIP", "ports": imp.ports.iter().map(|p| json!({
+                    "name": p.name.clone().unwrap_or_default(), "protocol": p.protocol, "port": p.port })).collect::<Vec<_>>() },
+            });
+            let svc = services
+                .patch(&format!("{DERIVED_PREFIX}{name}"), &pp, &Patch::Apply(&derived))
+                .await?;
+            if let Some(ip) = svc.spec.and_then(|s| s.cluster_ip).filter(|ip| ip != "None") {
+                ips.push(ip);
+            }
+        }
+        let si = ServiceImport {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(ns.clone()),
+                labels: Some([(MANAGED_LABEL.to_string(), MANAGED_VALUE.to_string())].into()),
+                ..Default::default()
+            },
+            spec: ServiceImportSpec {
+                ports: imp.ports.clone(),
+                ips,
+                type_: imp.type_,
+                session_affinity: None,
+                session_affinity_config: None,
+            },
+            status: None,
+        };
+        let si = imports.patch(name, &pp, &Patch::Apply(&si)).await?;
+        let status = ServiceImportStatus {
+            clusters: imp
+                .endpoints
+                .keys()
+                .map(|c| ClusterStatus { cluster: c.clone() })
+                .collect(),
+        };
+        if si.status.as_ref() != Some(&status) {
+            imports
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({ "status": status })))
+                .await?;
+        }
+        let owner = json!({
+            "apiVersion": ServiceImport::api_version(&()), "kind": "ServiceImport",
+            "name": name, "uid": si.uid().unwrap_or_default(),
+        });
+        let want: BTreeSet<String> = imp.endpoints.keys().map(|c| slice_name(name, c)).collect();
+        if let Some(api) = slice_api(client, &ar, ns) {
+            for (cluster, eps) in &imp.endpoints {
+                let body = import_slice(&version, ns, name, cluster, imp, eps, &owner);
+                let sname = slice_name(name, cluster);
+                api.patch(&sname, &pp, &Patch::Apply(&body)).await?;
+            }
+            let selector = format!("{LABEL_SERVICE_NAME}={name},{MANAGED_LABEL}={MANAGED_VALUE}");
+            for s in list_slices(client, &ar, ns, &selector).await? {
+                let sname = s["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                if !want.contains(&sname) {
+                    let _ = api.delete(&sname, &DeleteParams::background()).await;
+                }
+            }
+        }
+    }
+    // imports nobody exports any more (their derived Service and slices go with them: owner references,
+    // and the derived Service explicitly)
+    let all: Api<ServiceImport> = Api::all(client.clone());
+    let lp = ListParams::default().labels(&format!("{MANAGED_LABEL}={MANAGED_VALUE}"));
+    for si in all.list(&lp).await? {
+        let key = (si.namespace().unwrap_or_default(), si.name_any());
+        if !merged.contains_key(&key) {
+            info!(namespace = key.0, name = key.1, "no cluster exports it any more: removing the import");
+            let api: Api<ServiceImport> = Api::namespaced(client.clone(), &key.0);
+            let _ = api.delete(&key.1, &DeleteParams::background()).await;
+            let services: Api<Service> = Api::namespaced(client.clone(), &key.0);
+            let _ = services
+                .delete(&format!("{DERIVED_PREFIX}{}", key.1), &DeleteParams::background())
+                .await;
+            let selector = format!("{LABEL_SERVICE_NAME}={},{MANAGED_LABEL}={MANAGED_VALUE}", key.1);
+            if let Some(api) = slice_api(client, &ar, &key.0) {
+                for s in list_slices(client, &ar, &key.0, &selector).await? {
+                    let sname = s["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                    let _ = api.delete(&sname, &DeleteParams::background()).await;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The peers this cluster exchanges exports with as a consumer (providers it holds an identity for) and
+/// as a provider (its tenants).
+async fn peers(client: &Client) -> (BTreeMap<String, k8s_openapi::api::core::v1::Secret>, BTreeSet<String>) {
+    let providers = crate::offloading::identities(client).await.unwrap_or_default();
+    let tenants: BTreeSet<String> = Api::<ferry_crds::Tenant>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items.into_iter().map(|t| t.spec.cluster_id).collect())
+        .unwrap_or_default();
+    (providers, tenants)
+}
+
+/// The MCS loop of one agent, every 2 s: collect local exports, exchange them with each provider, merge
+/// with what tenants sent to the broker, write imports and `ServiceExport` conditions.
+pub async fn run(client: Client, cluster: String, exchange: Arc<Exchange>) {
+    loop {
+        if let Err(e) = sync_once(&client, &cluster, &exchange).await {
+            warn!("multi-cluster services: {e:#}");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+async fn sync_once(client: &Client, cluster: &str, exchange: &Exchange) -> anyhow::Result<()> {
+    let (local, validity) = collect_local(client, cluster).await?;
+    *exchange.local.lock().expect("lock") = local.clone();
+    let (providers, tenants) = peers(client).await;
+    let body = serde_json::to_vec(&ExportList { exports: local.clone() })?;
+    for (provider, identity) in &providers {
+        match crate::consumer::call_broker(identity, "POST", "/v1/exports", Some(&body)).await {
+            Ok((200, resp)) => match serde_json::from_slice::<ExportList>(&resp) {
+                Ok(list) => {
+                    let remaps = remaps_for_peer(client, provider).await;
+                    if let Err(e) = exchange.receive(provider, list, &remaps) {
+                        warn!(provider, "exports refused: {e}");
+                    }
+                }
+                Err(e) => warn!(provider, "exports from the broker: {e}"),
+            },
+            Ok((code, resp)) => warn!(provider, code, "POST /v1/exports: {}", String::from_utf8_lossy(&resp)),
+            Err(e) => warn!(provider, "POST /v1/exports: {e:#}"),
+        }
+    }
+    let all: Vec<ExportedService> = {
+        let mut remote = exchange.remote.lock().expect("lock");
+        // peers gone (unpeered) take their exports with them; a tenant that stopped calling for 30 s too
+        remote.retain(|peer, (_, at)| {
+            providers.contains_key(peer) || (tenants.contains(peer) && at.elapsed() < Duration::from_secs(30))
+        });
+        local
+            .iter()
+            .cloned()
+            .chain(remote.values().flat_map(|(v, _)| v.iter().cloned()))
+            .collect()
+    };
+    let merged = merge(&all);
+    apply_imports(client, &merged).await?;
+    for (se, invalid) in &validity {
+        let key = (se.namespace().unwrap_or_default(), se.name_any());
+        let conflict = merged
+            .get(&key)
+            .filter(|m| m.conflicts.contains(cluster))
+            .map(|m| &m.conflicts);
+        set_export_status(client, se, invalid, conflict).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(name: &str, p: i32) -> ServicePort {
+        ServicePort {
+            name: Some(name.into()),
+            protocol: Some("TCP".into()),
+            app_protocol: None,
+            port: p,
+        }
+    }
+
+    fn export(cluster: &str, created: &str, ports: Vec<ServicePort>, ips: &[&str]) -> ExportedService {
+        ExportedService {
+            cluster: cluster.into(),
+            namespace: "default".into(),
+            name: "echo".into(),
+            created: created.into(),
+            type_: ServiceImportType::Headless,
+            ports,
+            endpoints: ips
+                .iter()
+                .map(|ip| ExportedEndpoint {
+                    addresses: vec![ip.to_string()],
+                    hostname: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn two_clusters_exporting_the_same_ports_give_one_import_with_both_endpoint_sets() {
+        let m = merge(&[
+            export("b", "2026-01-02T00:00:00Z", vec![port("http", 8080)], &["10.0.0.5"]),
+            export("a", "2026-01-01T00:00:00Z", vec![port("http", 8080)], &["10.244.0.5"]),
+        ]);
+        let imp = &m[&("default".to_string(), "echo".to_string())];
+        assert_eq!(imp.endpoints.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert!(imp.conflicts.is_empty());
+        assert_eq!(imp.ports, [port("http", 8080)]);
+    }
+
+    #[test]
+    fn different_ports_conflict_and_the_oldest_export_wins() {
+        let m = merge(&[
+            export("b", "2026-01-01T00:00:00Z", vec![port("http", 8080)], &["10.0.0.5"]),
+            export("a", "2026-01-02T00:00:00Z", vec![port("http", 9090)], &["10.244.0.5"]),
+        ]);
+        let imp = &m[&("default".to_string(), "echo".to_string())];
+        assert_eq!(imp.ports, [port("http", 8080)], "the oldest (b) defines the ports");
+        assert_eq!(imp.conflicts, BTreeSet::from(["a".to_string()]));
+        assert_eq!(imp.endpoints.keys().collect::<Vec<_>>(), ["b"], "no broken import: a's endpoints are left out");
+        // a type mismatch is a conflict too
+        let mut c = export("c", "2026-01-03T00:00:00Z", vec![port("http", 8080)], &[]);
+        c.type_ = ServiceImportType::ClusterSetIP;
+        let m = merge(&[export("b", "2026-01-01T00:00:00Z", vec![port("http", 8080)], &[]), c]);
+        assert!(m[&("default".to_string(), "echo".to_string())].conflicts.contains("c"));
+    }
+
+    #[test]
+    fn received_exports_are_translated_and_may_not_speak_for_another_cluster() {
+        let x = Exchange::default();
+        let remaps = BTreeMap::from([("10.244.0.0/16".parse().unwrap(), "10.0.0.0/16".parse().unwrap())]);
+        let list = ExportList {
+            exports: vec![export("b", "t", vec![port("http", 8080)], &["10.244.1.7"])],
+        };
+        x.receive("b", list.clone(), &remaps).unwrap();
+        let got = x.remote.lock().unwrap()["b"].0.clone();
+        assert_eq!(got[0].endpoints[0].addresses, ["10.0.1.7"]);
+        let e = x.receive("c", list, &remaps).unwrap_err();
+        assert!(e.contains("exports[].cluster \"b\" is not the caller (c)"), "{e}");
+    }
+
+    #[test]
+    fn an_export_reads_ports_type_and_ready_endpoints() {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": { "name": "echo", "namespace": "default" },
+            "spec": { "clusterIP": "None", "ports": [{ "name": "http", "port": 8080 }] }
+        }))
+        .unwrap();
+        let slices = vec![json!({ "endpoints": [
+            { "addresses": ["10.244.0.5"], "conditions": { "ready": true }, "hostname": "echo-0" },
+            { "addresses": ["10.244.0.6"], "conditions": { "ready": false } },
+        ]})];
+        let e = export_of("b", "t", &svc, &slices);
+        assert_eq!(e.type_, ServiceImportType::Headless);
+        assert_eq!(e.ports, [port("http", 8080)]);
+        assert_eq!(e.endpoints.len(), 1);
+        assert_eq!(e.endpoints[0].hostname.as_deref(), Some("echo-0"));
+    }
+
+    #[test]
+    fn import_slices_carry_the_mcs_labels_and_the_derived_service_for_clusterset_ips() {
+        let mut imp = Import {
+            type_: ServiceImportType::ClusterSetIP,
+            ports: vec![port("http", 8080)],
+            ..Default::default()
+        };
+        let eps = vec![ExportedEndpoint {
+            addresses: vec!["10.0.0.5".into()],
+            hostname: None,
+        }];
+        let s = import_slice("discovery.k8s.io/v1", "default", "echo", "b", &imp, &eps, &json!({}));
+        assert_eq!(s["metadata"]["labels"][LABEL_SERVICE_NAME], "echo");
+        assert_eq!(s["metadata"]["labels"][LABEL_SOURCE_CLUSTER], "b");
+        assert_eq!(s["metadata"]["labels"]["kubernetes.io/service-name"], "ferry-mcs-echo");
+        assert_eq!(s["addressType"], "IPv4");
+        imp.type_ = ServiceImportType::Headless;
+        let s = import_slice("discovery.k8s.io/v1", "default", "echo", "b", &imp, &eps, &json!({}));
+        assert!(s["metadata"]["labels"].get("kubernetes.io/service-name").is_none());
+        assert!(slice_name(&"x".repeat(80), "b").len() <= 63);
+    }
+}
