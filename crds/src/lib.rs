@@ -119,7 +119,10 @@ mod tests {
         let imp = serde_json::to_value(mcs::ServiceImport::crd()).unwrap();
         let v = &imp["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"];
         let spec = &v["spec"]["properties"];
-        assert_eq!(spec["type"]["enum"], serde_json::json!(["ClusterSetIP", "Headless"]));
+        assert_eq!(
+            spec["type"]["enum"],
+            serde_json::json!(["ClusterSetIP", "Headless"])
+        );
         assert_eq!(spec["ips"]["maxItems"], 1);
         assert!(spec["ports"]["items"]["properties"]["port"].is_object());
         assert_eq!(imp["spec"]["scope"], "Namespaced");
@@ -127,10 +130,19 @@ mod tests {
         let exp = serde_json::to_value(mcs::ServiceExport::crd()).unwrap();
         let v = &exp["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"];
         assert!(v.get("spec").is_none(), "upstream ServiceExport has no spec");
-        assert_eq!(v["status"]["properties"]["conditions"]["x-kubernetes-list-type"], "map");
+        assert_eq!(
+            v["status"]["properties"]["conditions"]["x-kubernetes-list-type"],
+            "map"
+        );
         // a ServiceExport round-trips through the kube Resource impl's paths
         use kube::Resource;
-        assert_eq!(mcs::ServiceExport::url_path(&(), Some("default")), "/apis/multicluster.x-k8s.io/v1alpha1/namespaces/default/serviceexports");
+        assert_eq!(
+            mcs::ServiceExport::url_path(&(), Some("default")),
+            "/apis/multicluster.x-k8s.io/v1alpha1/namespaces/default/serviceexports"
+        );
+        let v = serde_json::to_value(mcs::ServiceExport::new("default", "echo")).unwrap();
+        assert_eq!(v["apiVersion"], "multicluster.x-k8s.io/v1alpha1");
+        assert_eq!(v["kind"], "ServiceExport");
     }
 
     #[test]

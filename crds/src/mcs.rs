@@ -24,8 +24,14 @@ pub const CONDITION_CONFLICT: &str = "Conflict";
 
 /// `ServiceExport`: the Service of the same name and namespace is exported to the clusterset. It has no
 /// spec, as upstream.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceExport {
+    /// `multicluster.x-k8s.io/v1alpha1`.
+    #[serde(rename = "apiVersion", default = "export_api_version")]
+    pub api_version: String,
+    /// `ServiceExport`.
+    #[serde(default = "export_kind")]
+    pub kind: String,
     /// Metadata.
     pub metadata: ObjectMeta,
     /// Status.
@@ -41,10 +47,31 @@ pub struct ServiceExportStatus {
     pub conditions: Vec<Condition>,
 }
 
+fn export_api_version() -> String {
+    format!("{MCS_GROUP}/v1alpha1")
+}
+
+fn export_kind() -> String {
+    "ServiceExport".into()
+}
+
+impl Default for ServiceExport {
+    fn default() -> Self {
+        Self {
+            api_version: export_api_version(),
+            kind: export_kind(),
+            metadata: ObjectMeta::default(),
+            status: None,
+        }
+    }
+}
+
 impl ServiceExport {
     /// A `ServiceExport` for Service `name` in `namespace`.
     pub fn new(namespace: &str, name: &str) -> Self {
         Self {
+            api_version: export_api_version(),
+            kind: export_kind(),
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some(namespace.into()),

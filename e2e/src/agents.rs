@@ -179,12 +179,13 @@ pub fn gateway_command(lab: &Lab, idx: usize, exe: &Path) -> Command {
     cmd
 }
 
-/// A running `ferry-gateway serve`, stopped with SIGTERM (so it removes its tunnels) when dropped.
-pub struct Gateway {
+/// A process in a cluster's host namespace (`ferry-gateway serve`, `ferry-dns`), stopped with SIGTERM (so
+/// the gateway removes its tunnels) when dropped.
+pub struct HostProcess {
     child: Child,
 }
 
-impl Gateway {
+impl HostProcess {
     /// SIGTERM, then wait up to 15 s for it to remove its tunnels.
     pub fn stop(&mut self) {
         // `ip netns exec` execs the gateway, so the child's PID is the gateway's
@@ -201,26 +202,69 @@ impl Gateway {
     }
 }
 
-impl Drop for Gateway {
+impl Drop for HostProcess {
     fn drop(&mut self) {
         self.stop();
     }
 }
 
 /// Starts `ferry-gateway serve` for cluster `idx` (log `gateway-<cluster>.log` in the lab directory).
-pub fn start_gateway(lab: &Lab, idx: usize) -> Result<Gateway> {
+pub fn start_gateway(lab: &Lab, idx: usize) -> Result<HostProcess> {
+    let cmd = gateway_command(lab, idx, &bin("ferry-gateway"));
+    spawn_logged(lab, idx, "gateway", cmd)
+}
+
+/// The `ferry-dns` command line for cluster `idx`: in the cluster's host namespace (where CoreDNS would
+/// forward `clusterset.local` to it), answering on port 53 of every address there, so each pod reaches it
+/// at its default gateway.
+pub fn dns_command(lab: &Lab, idx: usize, exe: &Path) -> Command {
     let c = &lab.layout.clusters[idx];
-    let log_path = lab.paths.dir.join(format!("gateway-{}.log", c.id));
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &lab.layout.host_netns(c)])
+        .arg(exe)
+        .arg("--kubeconfig")
+        .arg(lab.paths.kubeconfig(c))
+        .args(["--listen", "0.0.0.0:53"]);
+    cmd
+}
+
+/// Starts `ferry-dns` for cluster `idx` (log `dns-<cluster>.log`) and waits until it answers.
+pub fn start_dns(lab: &Lab, idx: usize) -> Result<HostProcess> {
+    let cmd = dns_command(lab, idx, &bin("ferry-dns"));
+    let p = spawn_logged(lab, idx, "dns", cmd)?;
+    let ns = lab.layout.host_netns(&lab.layout.clusters[idx]);
+    crate::procs::wait_until("ferry-dns", Duration::from_secs(10), || {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "dig",
+                "+time=1",
+                "+tries=1",
+                "@127.0.0.1",
+                "clusterset.local.",
+                "SOA",
+            ])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("status: NOERROR"))
+    })?;
+    Ok(p)
+}
+
+fn spawn_logged(lab: &Lab, idx: usize, what: &str, mut cmd: Command) -> Result<HostProcess> {
+    let c = &lab.layout.clusters[idx];
+    let log_path = lab.paths.dir.join(format!("{what}-{}.log", c.id));
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)?;
-    let child = gateway_command(lab, idx, &bin("ferry-gateway"))
+    let child = cmd
         .env("RUST_LOG", "info,kube_client=off,kube_runtime=warn")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
-        .context("starting ferry-gateway")?;
-    Ok(Gateway { child })
+        .with_context(|| format!("starting {what}"))?;
+    Ok(HostProcess { child })
 }

@@ -8,6 +8,7 @@
 pub mod agents;
 pub mod bench;
 pub mod demo;
+pub mod dns_bench;
 pub mod echo;
 pub mod kubelet;
 pub mod lab;

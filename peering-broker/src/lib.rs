@@ -3,6 +3,7 @@
 //! with its HTTP status ([`error`]). Start reading at [`wire::PeeringRequest`].
 
 pub mod consumer;
+pub mod dns;
 pub mod error;
 pub mod identity;
 pub mod key;

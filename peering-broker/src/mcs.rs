@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_crds::mcs::{
-    CONDITION_CONFLICT, CONDITION_VALID, ClusterStatus, LABEL_SERVICE_NAME, LABEL_SOURCE_CLUSTER, ServiceExport,
-    ServiceImport, ServiceImportSpec, ServiceImportStatus, ServiceImportType, ServicePort,
+    CONDITION_CONFLICT, CONDITION_VALID, ClusterStatus, LABEL_SERVICE_NAME, LABEL_SOURCE_CLUSTER,
+    ServiceExport, ServiceImport, ServiceImportSpec, ServiceImportStatus, ServiceImportType, ServicePort,
 };
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
@@ -242,7 +242,10 @@ pub async fn remaps_for_peer(client: &Client, peer: &str) -> BTreeMap<IpNet, IpN
     if let Some(r) = crate::offloading::gateway_remaps(client, peer).await {
         return r;
     }
-    let Ok(Some(pn)) = Api::<ferry_crds::PeerNetwork>::all(client.clone()).get_opt(peer).await else {
+    let Ok(Some(pn)) = Api::<ferry_crds::PeerNetwork>::all(client.clone())
+        .get_opt(peer)
+        .await
+    else {
         return BTreeMap::new();
     };
     let parse = |v: &[String]| -> Vec<IpNet> { v.iter().filter_map(|c| c.parse().ok()).collect() };
@@ -256,8 +259,7 @@ async fn slice_resource(client: &Client) -> SliceResource {
 }
 
 fn slice_api(client: &Client, ar: &SliceResource, ns: &str) -> Option<Api<kube::core::DynamicObject>> {
-    ar.as_ref()
-        .map(|ar| Api::namespaced_with(client.clone(), ns, ar))
+    ar.as_ref().map(|ar| Api::namespaced_with(client.clone(), ns, ar))
 }
 
 async fn list_slices(
@@ -282,7 +284,10 @@ async fn list_slices(
 async fn collect_local(
     client: &Client,
     cluster: &str,
-) -> kube::Result<(Vec<ExportedService>, Vec<(ServiceExport, Option<(String, String)>)>)> {
+) -> kube::Result<(
+    Vec<ExportedService>,
+    Vec<(ServiceExport, Option<(String, String)>)>,
+)> {
     let exports: Api<ServiceExport> = Api::all(client.clone());
     let mut out = Vec::new();
     let mut validity = Vec::new();
@@ -306,7 +311,8 @@ async fn collect_local(
                 se,
                 Some((
                     "UnsupportedServiceType".into(),
-                    "an ExternalName Service cannot be exported; fix: export a ClusterIP or headless Service".into(),
+                    "an ExternalName Service cannot be exported; fix: export a ClusterIP or headless Service"
+                        .into(),
                 )),
             ));
             continue;
@@ -339,7 +345,12 @@ async fn set_export_status(
 ) {
     let api: Api<ServiceExport> = Api::namespaced(client.clone(), &se.namespace().unwrap_or_default());
     let valid = match invalid {
-        None => condition(CONDITION_VALID, true, "Exported", "the Service is exported to the clusterset"),
+        None => condition(
+            CONDITION_VALID,
+            true,
+            "Exported",
+            "the Service is exported to the clusterset",
+        ),
         Some((reason, msg)) => condition(CONDITION_VALID, false, reason, msg),
     };
     let conflict = match conflict {
@@ -358,10 +369,13 @@ async fn set_export_status(
     let old = se.status.clone().unwrap_or_default().conditions;
     let mut conds = vec![valid, conflict];
     for c in &mut conds {
-        if let Some(o) = old.iter().find(|o| o.type_ == c["type"].as_str().unwrap_or_default()) {
-            if o.status == c["status"].as_str().unwrap_or_default() && o.message == c["message"].as_str().unwrap_or_default() {
-                c["lastTransitionTime"] = json!(o.last_transition_time);
-            }
+        if let Some(o) = old
+            .iter()
+            .find(|o| o.type_ == c["type"].as_str().unwrap_or_default())
+            && o.status == c["status"].as_str().unwrap_or_default()
+            && o.message == c["message"].as_str().unwrap_or_default()
+        {
+            c["lastTransitionTime"] = json!(o.last_transition_time);
         }
     }
     if old.len() == 2
@@ -380,7 +394,11 @@ async fn set_export_status(
         .patch_status(&se.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
-        warn!("ServiceExport {}/{} status: {e}", se.namespace().unwrap_or_default(), se.name_any());
+        warn!(
+            "ServiceExport {}/{} status: {e}",
+            se.namespace().unwrap_or_default(),
+            se.name_any()
+        );
     }
 }
 
@@ -484,7 +502,11 @@ async fn apply_imports(client: &Client, merged: &BTreeMap<(String, String), Impo
         };
         if si.status.as_ref() != Some(&status) {
             imports
-                .patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({ "status": status })))
+                .patch_status(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({ "status": status })),
+                )
                 .await?;
         }
         let owner = json!({
@@ -514,7 +536,11 @@ async fn apply_imports(client: &Client, merged: &BTreeMap<(String, String), Impo
     for si in all.list(&lp).await? {
         let key = (si.namespace().unwrap_or_default(), si.name_any());
         if !merged.contains_key(&key) {
-            info!(namespace = key.0, name = key.1, "no cluster exports it any more: removing the import");
+            info!(
+                namespace = key.0,
+                name = key.1,
+                "no cluster exports it any more: removing the import"
+            );
             let api: Api<ServiceImport> = Api::namespaced(client.clone(), &key.0);
             let _ = api.delete(&key.1, &DeleteParams::background()).await;
             let services: Api<Service> = Api::namespaced(client.clone(), &key.0);
@@ -535,7 +561,12 @@ async fn apply_imports(client: &Client, merged: &BTreeMap<(String, String), Impo
 
 /// The peers this cluster exchanges exports with as a consumer (providers it holds an identity for) and
 /// as a provider (its tenants).
-async fn peers(client: &Client) -> (BTreeMap<String, k8s_openapi::api::core::v1::Secret>, BTreeSet<String>) {
+async fn peers(
+    client: &Client,
+) -> (
+    BTreeMap<String, k8s_openapi::api::core::v1::Secret>,
+    BTreeSet<String>,
+) {
     let providers = crate::offloading::identities(client).await.unwrap_or_default();
     let tenants: BTreeSet<String> = Api::<ferry_crds::Tenant>::all(client.clone())
         .list(&ListParams::default())
@@ -560,7 +591,9 @@ async fn sync_once(client: &Client, cluster: &str, exchange: &Exchange) -> anyho
     let (local, validity) = collect_local(client, cluster).await?;
     *exchange.local.lock().expect("lock") = local.clone();
     let (providers, tenants) = peers(client).await;
-    let body = serde_json::to_vec(&ExportList { exports: local.clone() })?;
+    let body = serde_json::to_vec(&ExportList {
+        exports: local.clone(),
+    })?;
     for (provider, identity) in &providers {
         match crate::consumer::call_broker(identity, "POST", "/v1/exports", Some(&body)).await {
             Ok((200, resp)) => match serde_json::from_slice::<ExportList>(&resp) {
@@ -572,7 +605,12 @@ async fn sync_once(client: &Client, cluster: &str, exchange: &Exchange) -> anyho
                 }
                 Err(e) => warn!(provider, "exports from the broker: {e}"),
             },
-            Ok((code, resp)) => warn!(provider, code, "POST /v1/exports: {}", String::from_utf8_lossy(&resp)),
+            Ok((code, resp)) => warn!(
+                provider,
+                code,
+                "POST /v1/exports: {}",
+                String::from_utf8_lossy(&resp)
+            ),
             Err(e) => warn!(provider, "POST /v1/exports: {e:#}"),
         }
     }
@@ -635,8 +673,18 @@ mod tests {
     #[test]
     fn two_clusters_exporting_the_same_ports_give_one_import_with_both_endpoint_sets() {
         let m = merge(&[
-            export("b", "2026-01-02T00:00:00Z", vec![port("http", 8080)], &["10.0.0.5"]),
-            export("a", "2026-01-01T00:00:00Z", vec![port("http", 8080)], &["10.244.0.5"]),
+            export(
+                "b",
+                "2026-01-02T00:00:00Z",
+                vec![port("http", 8080)],
+                &["10.0.0.5"],
+            ),
+            export(
+                "a",
+                "2026-01-01T00:00:00Z",
+                vec![port("http", 8080)],
+                &["10.244.0.5"],
+            ),
         ]);
         let imp = &m[&("default".to_string(), "echo".to_string())];
         assert_eq!(imp.endpoints.keys().collect::<Vec<_>>(), ["a", "b"]);
@@ -647,18 +695,43 @@ mod tests {
     #[test]
     fn different_ports_conflict_and_the_oldest_export_wins() {
         let m = merge(&[
-            export("b", "2026-01-01T00:00:00Z", vec![port("http", 8080)], &["10.0.0.5"]),
-            export("a", "2026-01-02T00:00:00Z", vec![port("http", 9090)], &["10.244.0.5"]),
+            export(
+                "b",
+                "2026-01-01T00:00:00Z",
+                vec![port("http", 8080)],
+                &["10.0.0.5"],
+            ),
+            export(
+                "a",
+                "2026-01-02T00:00:00Z",
+                vec![port("http", 9090)],
+                &["10.244.0.5"],
+            ),
         ]);
         let imp = &m[&("default".to_string(), "echo".to_string())];
-        assert_eq!(imp.ports, [port("http", 8080)], "the oldest (b) defines the ports");
+        assert_eq!(
+            imp.ports,
+            [port("http", 8080)],
+            "the oldest (b) defines the ports"
+        );
         assert_eq!(imp.conflicts, BTreeSet::from(["a".to_string()]));
-        assert_eq!(imp.endpoints.keys().collect::<Vec<_>>(), ["b"], "no broken import: a's endpoints are left out");
+        assert_eq!(
+            imp.endpoints.keys().collect::<Vec<_>>(),
+            ["b"],
+            "no broken import: a's endpoints are left out"
+        );
         // a type mismatch is a conflict too
         let mut c = export("c", "2026-01-03T00:00:00Z", vec![port("http", 8080)], &[]);
         c.type_ = ServiceImportType::ClusterSetIP;
-        let m = merge(&[export("b", "2026-01-01T00:00:00Z", vec![port("http", 8080)], &[]), c]);
-        assert!(m[&("default".to_string(), "echo".to_string())].conflicts.contains("c"));
+        let m = merge(&[
+            export("b", "2026-01-01T00:00:00Z", vec![port("http", 8080)], &[]),
+            c,
+        ]);
+        assert!(
+            m[&("default".to_string(), "echo".to_string())]
+                .conflicts
+                .contains("c")
+        );
     }
 
     #[test]
@@ -704,14 +777,37 @@ mod tests {
             addresses: vec!["10.0.0.5".into()],
             hostname: None,
         }];
-        let s = import_slice("discovery.k8s.io/v1", "default", "echo", "b", &imp, &eps, &json!({}));
+        let s = import_slice(
+            "discovery.k8s.io/v1",
+            "default",
+            "echo",
+            "b",
+            &imp,
+            &eps,
+            &json!({}),
+        );
         assert_eq!(s["metadata"]["labels"][LABEL_SERVICE_NAME], "echo");
         assert_eq!(s["metadata"]["labels"][LABEL_SOURCE_CLUSTER], "b");
-        assert_eq!(s["metadata"]["labels"]["kubernetes.io/service-name"], "ferry-mcs-echo");
+        assert_eq!(
+            s["metadata"]["labels"]["kubernetes.io/service-name"],
+            "ferry-mcs-echo"
+        );
         assert_eq!(s["addressType"], "IPv4");
         imp.type_ = ServiceImportType::Headless;
-        let s = import_slice("discovery.k8s.io/v1", "default", "echo", "b", &imp, &eps, &json!({}));
-        assert!(s["metadata"]["labels"].get("kubernetes.io/service-name").is_none());
+        let s = import_slice(
+            "discovery.k8s.io/v1",
+            "default",
+            "echo",
+            "b",
+            &imp,
+            &eps,
+            &json!({}),
+        );
+        assert!(
+            s["metadata"]["labels"]
+                .get("kubernetes.io/service-name")
+                .is_none()
+        );
         assert!(slice_name(&"x".repeat(80), "b").len() <= 63);
     }
 }

@@ -117,6 +117,24 @@ enum BenchCmd {
         #[arg(long, default_value_t = 1000)]
         pods: u32,
     },
+    /// ferry-dns queries per second and latency on loopback, answered and refused; last line JSON.
+    Dns {
+        /// Measure this server instead of starting ferry-dns against c1.
+        #[arg(long)]
+        server: Option<SocketAddr>,
+        /// Queries per measurement.
+        #[arg(long, default_value_t = 20000)]
+        queries: u32,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 8)]
+        concurrency: u32,
+        /// With --server: ask for other zones (example.com., cluster.local.), which must be refused.
+        #[arg(long)]
+        refused: bool,
+        /// With --server: the name to ask for.
+        #[arg(long, default_value = "clusterset.local.")]
+        name: String,
+    },
     /// iperf3 pod -> pod through ferry's tunnel + NAT vs plain userspace WireGuard vs the bare WAN; last line JSON.
     Tunnel {
         /// Seconds per run.
@@ -314,6 +332,31 @@ async fn run(cli: Cli) -> Result<()> {
             let r = ferry_e2e::offload_bench::run(&lab, pods, &exe).await?;
             println!("{}", serde_json::to_string(&r)?);
         }
+        Cmd::Bench {
+            what:
+                BenchCmd::Dns {
+                    server,
+                    queries,
+                    concurrency,
+                    refused,
+                    name,
+                },
+        } => match server {
+            Some(server) => {
+                let names: Vec<&str> = if refused {
+                    ferry_e2e::dns_bench::OTHER_ZONES.to_vec()
+                } else {
+                    vec![name.as_str()]
+                };
+                let r = ferry_e2e::dns_bench::measure(server, &names, queries, concurrency).await?;
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            None => {
+                let lab = lab::Lab::load(&cli.root, &cli.name)?;
+                let r = ferry_e2e::dns_bench::run_on_lab(&lab, &exe, queries, concurrency).await?;
+                println!("{}", serde_json::to_string(&r)?);
+            }
+        },
         Cmd::Bench {
             what: BenchCmd::Tunnel { seconds, runs },
         } => {

@@ -1,0 +1,396 @@
+//! Multi-cluster services e2e on the lab: ferry-agents peered (c1 consumer, c2 provider, both pod CIDRs
+//! 10.244.0.0/16), ferry-gateway building the tunnel from the peering, and ferry-dns in each cluster's host
+//! namespace, which every pod reaches at its default gateway (where a cluster's CoreDNS would forward
+//! `clusterset.local`). Pods resolve names with `dig` and fetch with `curl` from their own network
+//! namespace. Compiled only with `--features lab`; needs a running lab (`make test` starts one).
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ferry_crds::mcs::{ServiceExport, ServiceImport};
+use ferry_e2e::agents;
+use ferry_e2e::demo::{PodView, ensure_echo_deployment, pods_of};
+use ferry_e2e::lab::Lab;
+use k8s_openapi::api::core::v1::Service;
+use kube::Client;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+const NS: &str = "t-mcs";
+
+/// The pod's default gateway: the host namespace address where ferry-dns answers.
+fn gateway_of(p: &PodView) -> String {
+    let out = Command::new("ip")
+        .args(["-n", &p.netns, "-4", "route", "show", "default"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "via")
+        .nth(1)
+        .expect("a default route")
+        .to_string()
+}
+
+/// `dig +short` from inside pod `p` at ferry-dns: the sorted A records.
+fn resolve(p: &PodView, name: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &p.netns, "dig", "+short", "+time=1", "+tries=1"])
+        .arg(format!("@{}", gateway_of(p)))
+        .args([name, "A"])
+        .output()
+        .unwrap();
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| l.parse::<std::net::IpAddr>().is_ok())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `curl` by name from inside pod `p`, with the pod's resolver pointed at ferry-dns (`ip netns exec`
+/// bind-mounts `/etc/netns/<ns>/resolv.conf` over `/etc/resolv.conf`).
+fn curl(p: &PodView, url: &str) -> Option<serde_json::Value> {
+    let dir = format!("/etc/netns/{}", p.netns);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        format!("{dir}/resolv.conf"),
+        format!("nameserver {}\n", gateway_of(p)),
+    )
+    .unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &p.netns, "curl", "-s", "--max-time", "5", url])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !ok() {
+        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t0.elapsed()
+}
+
+async fn service(c: &Client, name: &str, port: i32, port_name: &str) {
+    let api: Api<Service> = Api::namespaced(c.clone(), NS);
+    let _ = api.delete(name, &DeleteParams::default()).await;
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": { "name": name, "namespace": NS },
+        "spec": { "clusterIP": "None", "selector": { "app": "echo" },
+                  "ports": [{ "name": port_name, "port": port, "targetPort": 8080 }] }
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &svc).await.unwrap();
+}
+
+async fn export(c: &Client, name: &str) {
+    let api: Api<ServiceExport> = Api::namespaced(c.clone(), NS);
+    match api
+        .create(&PostParams::default(), &ServiceExport::new(NS, name))
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("creating ServiceExport {NS}/{name}: {e}"),
+    }
+}
+
+async fn unexport(c: &Client, name: &str) {
+    let api: Api<ServiceExport> = Api::namespaced(c.clone(), NS);
+    let _ = api.delete(name, &DeleteParams::default()).await;
+}
+
+async fn condition(c: &Client, name: &str, t: &str) -> Option<String> {
+    let api: Api<ServiceExport> = Api::namespaced(c.clone(), NS);
+    let se = api.get_opt(name).await.ok()??;
+    se.status?
+        .conditions
+        .into_iter()
+        .find(|x| x.type_ == t)
+        .map(|x| x.status)
+}
+
+struct Peered {
+    _procs: Vec<agents::HostProcess>,
+    _agents: Vec<agents::Agent>,
+    lab: Lab,
+}
+
+impl Drop for Peered {
+    fn drop(&mut self) {
+        let _ = agents::ferryctl(
+            &self.lab.paths.kubeconfig(&self.lab.layout.clusters[0]),
+            &["unpeer", "provider-c2"],
+        );
+    }
+}
+
+fn peered(lab: &Lab) -> Peered {
+    let ags = vec![
+        agents::start(lab, 0, &[]).unwrap(),
+        agents::start(lab, 1, &[]).unwrap(),
+    ];
+    let _ = agents::ferryctl(
+        &lab.paths.kubeconfig(&lab.layout.clusters[0]),
+        &["unpeer", "provider-c2"],
+    );
+    let procs = vec![
+        agents::start_gateway(lab, 0).unwrap(),
+        agents::start_gateway(lab, 1).unwrap(),
+        agents::start_dns(lab, 0).unwrap(),
+        agents::start_dns(lab, 1).unwrap(),
+    ];
+    agents::peer(lab, &[]).unwrap();
+    Peered {
+        _procs: procs,
+        _agents: ags,
+        lab: lab.clone(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exported_service_answers_by_its_clusterset_name_across_overlapping_cidrs_and_follows_its_exports()
+{
+    let _g = SERIAL.lock().await;
+    let lab = Lab::from_env();
+    let (c1, c2) = (
+        lab.client(&lab.layout.clusters[0]).await.unwrap(),
+        lab.client(&lab.layout.clusters[1]).await.unwrap(),
+    );
+    for (c, id) in [(&c1, "c1"), (&c2, "c2")] {
+        ensure_echo_deployment(c, NS, "echo", 2).await.unwrap();
+        service(c, "echo", 8080, "http").await;
+        unexport(c, "echo").await;
+        unexport(c, "conf").await;
+        let _ = id;
+    }
+    let _p = tokio::task::block_in_place(|| peered(&lab));
+    let a = pods_of(&lab, "c1", NS, "echo").await.unwrap();
+    let b = pods_of(&lab, "c2", NS, "echo").await.unwrap();
+    let client = a[0].clone();
+    let b_names: BTreeSet<String> = b.iter().map(|p| format!("{NS}/{}", p.name)).collect();
+    let a_names: BTreeSet<String> = a.iter().map(|p| format!("{NS}/{}", p.name)).collect();
+    let name = format!("echo.{NS}.svc.clusterset.local");
+
+    // export from c2 only: c1 gets a ServiceImport and its pods resolve c2's pods at their remapped IPs
+    export(&c2, "echo").await;
+    let imports: Api<ServiceImport> = Api::namespaced(c1.clone(), NS);
+    let t0 = Instant::now();
+    let b_ips = tokio::task::block_in_place(|| {
+        let mut got;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            got = resolve(&client, &name);
+            if got.len() == 2 {
+                break;
+            }
+            if Instant::now() > deadline {
+                let state = |k: &std::path::Path, what: &str| {
+                    let o = Command::new("kubectl")
+                        .arg("--kubeconfig")
+                        .arg(k)
+                        .args(["-n", NS, "get", what, "-o", "yaml"])
+                        .output()
+                        .unwrap();
+                    String::from_utf8_lossy(&o.stdout).to_string()
+                };
+                panic!(
+                    "c1 does not resolve c2's two echo pods after 30s (got {got:?}); c2 exports:\n{}\nc1 imports:\n{}",
+                    state(&lab.paths.kubeconfig(&lab.layout.clusters[1]), "serviceexports"),
+                    state(&lab.paths.kubeconfig(&lab.layout.clusters[0]), "serviceimports"),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        got
+    });
+    eprintln!(
+        "export in c2 -> name resolves in c1 after {:?}: {b_ips:?}",
+        t0.elapsed()
+    );
+    for ip in &b_ips {
+        assert!(
+            ip.starts_with("10.0."),
+            "c2's 10.244/16 pods are seen at the remap 10.0/16: {ip}"
+        );
+    }
+    let si = imports.get("echo").await.unwrap();
+    assert_eq!(si.spec.type_, ferry_crds::mcs::ServiceImportType::Headless);
+    assert_eq!(si.spec.ports[0].port, 8080);
+    let clusters: Vec<String> = si
+        .status
+        .unwrap()
+        .clusters
+        .into_iter()
+        .map(|c| c.cluster)
+        .collect();
+    assert_eq!(clusters, ["provider-c2"]);
+    assert_eq!(condition(&c2, "echo", "Valid").await.as_deref(), Some("True"));
+    // an HTTP answer by name, from a c2 pod, through the tunnel
+    let body =
+        tokio::task::block_in_place(|| curl(&client, &format!("http://{name}:8080/"))).expect("HTTP answer");
+    assert!(
+        b_names.contains(body["pod"].as_str().unwrap()),
+        "answered by a c2 pod: {body}"
+    );
+
+    // export the same service from c1 too: both sets of endpoints answer
+    export(&c1, "echo").await;
+    let a_ips: BTreeSet<String> = a.iter().map(|p| p.ip.clone()).collect();
+    tokio::task::block_in_place(|| {
+        wait_for("both clusters' endpoints", Duration::from_secs(15), || {
+            resolve(&client, &name).len() == 4
+        })
+    });
+    let all = tokio::task::block_in_place(|| resolve(&client, &name));
+    assert!(
+        a_ips.iter().all(|ip| all.contains(ip)),
+        "{all:?} has c1's {a_ips:?}"
+    );
+    let mut answered = BTreeSet::new();
+    for ip in &all {
+        let body =
+            tokio::task::block_in_place(|| curl(&client, &format!("http://{ip}:8080/"))).expect("HTTP");
+        let pod = body["pod"].as_str().unwrap().to_string();
+        answered.insert(if a_names.contains(&pod) {
+            "c1"
+        } else if b_names.contains(&pod) {
+            "c2"
+        } else {
+            "?"
+        });
+    }
+    assert_eq!(answered, BTreeSet::from(["c1", "c2"]));
+
+    // remove c2's export: its endpoints disappear within 5 s
+    unexport(&c2, "echo").await;
+    let gone = tokio::task::block_in_place(|| {
+        wait_for("c2's endpoints gone", Duration::from_secs(5), || {
+            let now = resolve(&client, &name);
+            now.len() == 2 && now.iter().all(|ip| a_ips.contains(ip))
+        })
+    });
+    eprintln!("unexport in c2 -> its endpoints gone from c1's answers after {gone:?}");
+
+    // conflicting ports: c2 exports `conf` first on 8080, c1 later on 9090 -> Conflict on c1, c2's import kept
+    service(&c2, "conf", 8080, "http").await;
+    service(&c1, "conf", 9090, "http").await;
+    export(&c2, "conf").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    export(&c1, "conf").await;
+    let t0 = Instant::now();
+    loop {
+        if condition(&c1, "conf", "Conflict").await.as_deref() == Some("True") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no Conflict condition on c1's export"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(condition(&c2, "conf", "Conflict").await.as_deref(), Some("False"));
+    let si = imports.get("conf").await.unwrap();
+    assert_eq!(
+        si.spec.ports[0].port, 8080,
+        "the oldest export (c2) defines the ports"
+    );
+    let clusters: Vec<String> = si
+        .status
+        .unwrap()
+        .clusters
+        .into_iter()
+        .map(|c| c.cluster)
+        .collect();
+    assert_eq!(clusters, ["provider-c2"], "no broken import: only c2's endpoints");
+    let conf = tokio::task::block_in_place(|| resolve(&client, &format!("conf.{NS}.svc.clusterset.local")));
+    assert_eq!(conf.len(), 2);
+    assert!(conf.iter().all(|ip| ip.starts_with("10.0.")), "{conf:?}");
+
+    // unexport everything: the imports go
+    for c in [&c1, &c2] {
+        unexport(c, "echo").await;
+        unexport(c, "conf").await;
+    }
+    let t0 = Instant::now();
+    while imports.get_opt("echo").await.unwrap().is_some() || imports.get_opt("conf").await.unwrap().is_some()
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "imports not removed after unexport"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(tokio::task::block_in_place(|| resolve(&client, &name)).is_empty());
+}
+
+#[test]
+fn other_zones_are_refused_at_once_1000_queries_none_forwarded_none_hanging() {
+    let _g = SERIAL.blocking_lock();
+    let lab = Lab::from_env();
+    let ns = lab.layout.host_netns(&lab.layout.clusters[0]);
+    let _dns = agents::start_dns(&lab, 0).unwrap();
+    // count every DNS packet that leaves the host namespace other than on loopback: a forward would show
+    let table = "ferry_test_dnsfwd";
+    let rules = format!(
+        "table inet {table} {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  oifname != \"lo\" udp dport 53 counter\n  oifname != \"lo\" tcp dport 53 counter\n }}\n}}\n"
+    );
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", &ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(nft.stdin.as_mut().unwrap(), rules.as_bytes()).unwrap();
+    drop(nft.stdin.take());
+    assert!(nft.wait().unwrap().success());
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_ferry-lab"));
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .arg(&exe)
+        .args([
+            "bench",
+            "dns",
+            "--server",
+            "127.0.0.1:53",
+            "--queries",
+            "1000",
+            "--refused",
+        ])
+        .output()
+        .unwrap();
+    let counters = Command::new("ip")
+        .args(["netns", "exec", &ns, "nft", "list", "table", "inet", table])
+        .output()
+        .unwrap();
+    let _ = Command::new("ip")
+        .args(["netns", "exec", &ns, "nft", "delete", "table", "inet", table])
+        .status();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    eprintln!("{r}");
+    assert_eq!(r["queries"], 1000);
+    assert_eq!(
+        r["refused"], 1000,
+        "every query for example.com. / cluster.local. refused: {r}"
+    );
+    assert_eq!(r["timeouts"], 0, "none hangs: {r}");
+    assert!(r["max_ms"].as_f64().unwrap() < 1000.0, "answered at once: {r}");
+    let c = String::from_utf8_lossy(&counters.stdout);
+    assert_eq!(
+        c.matches("counter packets 0 bytes 0").count(),
+        2,
+        "nothing forwarded: {c}"
+    );
+}

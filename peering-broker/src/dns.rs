@@ -1,0 +1,482 @@
+//! ferry's DNS for `clusterset.local` (MCS, KEP-1645), built on hickory-proto's wire format.
+//!
+//! [`Zone::build`] (pure) turns `ServiceImport`s and their EndpointSlices into records:
+//! - `<svc>.<ns>.svc.clusterset.local` A/AAAA: the clusterset IP of a `ClusterSetIP` import, or every
+//!   ready endpoint of a `Headless` one (dual stack: both families);
+//! - `_<port>._<proto>.<svc>.<ns>.svc.clusterset.local` SRV for each named port;
+//! - `<hostname>.<cluster>.<svc>.<ns>.svc.clusterset.local` A/AAAA for headless endpoints with a hostname.
+//!
+//! [`answer`] (pure) is authoritative for `clusterset.local` only. Every other name is `REFUSED` at once,
+//! without recursion: the server has no upstream, so a CoreDNS stub domain that points here can never
+//! form a forwarding loop. Unknown names in the zone get `NXDOMAIN`, names without the asked type `NOERROR`
+//! with the SOA (negative TTL = the record TTL, so removed endpoints vanish within it).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use ferry_crds::mcs::{LABEL_SERVICE_NAME, LABEL_SOURCE_CLUSTER, ServiceImport, ServiceImportType};
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use kube::ResourceExt;
+
+/// The zone ferry answers for.
+pub const ZONE: &str = "clusterset.local.";
+
+/// Records by lowercase absolute name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Zone {
+    /// Name → records.
+    pub names: BTreeMap<String, Vec<RData>>,
+    /// TTL of every record, seconds.
+    pub ttl: u32,
+}
+
+fn addr_rdata(ip: IpAddr) -> RData {
+    match ip {
+        IpAddr::V4(a) => RData::A(A(a)),
+        IpAddr::V6(a) => RData::AAAA(AAAA(a)),
+    }
+}
+
+fn label_ok(l: &str) -> bool {
+    !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+impl Zone {
+    /// The records for `imports` and their EndpointSlices (JSON, any `discovery.k8s.io` version).
+    pub fn build(imports: &[ServiceImport], slices: &[serde_json::Value], ttl: u32) -> Self {
+        let mut z = Zone {
+            names: BTreeMap::new(),
+            ttl,
+        };
+        for si in imports {
+            let (ns, svc) = (si.namespace().unwrap_or_default(), si.name_any());
+            if !label_ok(&ns) || !label_ok(&svc) {
+                continue;
+            }
+            let base = format!("{svc}.{ns}.svc.{ZONE}");
+            let mut addrs: Vec<IpAddr> = Vec::new();
+            let mut per_pod: Vec<(String, IpAddr)> = Vec::new();
+            match si.spec.type_ {
+                ServiceImportType::ClusterSetIP => {
+                    addrs.extend(si.spec.ips.iter().filter_map(|i| IpAddr::from_str(i).ok()));
+                }
+                ServiceImportType::Headless => {
+                    for s in slices.iter().filter(|s| {
+                        s["metadata"]["namespace"].as_str() == Some(ns.as_str())
+                            && s["metadata"]["labels"][LABEL_SERVICE_NAME].as_str() == Some(svc.as_str())
+                    }) {
+                        let cluster = s["metadata"]["labels"][LABEL_SOURCE_CLUSTER]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string();
+                        for ep in s["endpoints"].as_array().into_iter().flatten() {
+                            if !ep["conditions"]["ready"].as_bool().unwrap_or(true) {
+                                continue;
+                            }
+                            let ips: Vec<IpAddr> = ep["addresses"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|a| a.as_str()?.parse().ok())
+                                .collect();
+                            if let Some(h) = ep["hostname"].as_str().filter(|h| label_ok(h))
+                                && label_ok(&cluster)
+                            {
+                                for ip in &ips {
+                                    per_pod.push((format!("{h}.{cluster}.{base}"), *ip));
+                                }
+                            }
+                            addrs.extend(ips);
+                        }
+                    }
+                }
+            }
+            addrs.sort();
+            addrs.dedup();
+            z.names
+                .entry(base.clone())
+                .or_default()
+                .extend(addrs.into_iter().map(addr_rdata));
+            for (name, ip) in per_pod {
+                z.names.entry(name).or_default().push(addr_rdata(ip));
+            }
+            for p in &si.spec.ports {
+                let Some(pname) = p.name.as_deref().filter(|n| label_ok(n)) else {
+                    continue;
+                };
+                let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
+                let Ok(target) = Name::from_str(&base) else {
+                    continue;
+                };
+                z.names
+                    .entry(format!("_{pname}._{proto}.{base}"))
+                    .or_default()
+                    .push(RData::SRV(SRV::new(0, 100, p.port as u16, target)));
+            }
+        }
+        z
+    }
+
+    fn soa(&self) -> Record {
+        let apex = Name::from_str(ZONE).expect("literal");
+        let mname = Name::from_str("ns.dns.clusterset.local.").expect("literal");
+        let rname = Name::from_str("hostmaster.clusterset.local.").expect("literal");
+        Record::from_rdata(
+            apex,
+            self.ttl,
+            RData::SOA(SOA::new(mname, rname, 1, 3600, 600, 86400, self.ttl)),
+        )
+    }
+
+    /// Whether `name` is in the zone: the apex, a name with records, or an empty non-terminal above one.
+    fn exists(&self, name: &str) -> bool {
+        name == ZONE
+            || self.names.contains_key(name)
+            || self.names.keys().any(|k| {
+                k.len() > name.len() && k.ends_with(name) && k.as_bytes()[k.len() - name.len() - 1] == b'.'
+            })
+    }
+}
+
+/// Whether `name` (lowercase, absolute) is `clusterset.local.` or below it.
+pub fn in_zone(name: &str) -> bool {
+    name == ZONE || name.ends_with(&format!(".{ZONE}"))
+}
+
+/// The answer to one DNS message (`max`: the UDP size limit; `None` over TCP). `None` when the request is
+/// not even a DNS header (dropped, as servers do).
+pub fn answer(request: &[u8], zone: &Zone, max: Option<usize>) -> Option<Vec<u8>> {
+    let req = match Message::from_vec(request) {
+        Ok(m) => m,
+        Err(_) if request.len() >= 12 => {
+            let mut m = Message::new();
+            m.set_id(u16::from_be_bytes([request[0], request[1]]))
+                .set_message_type(MessageType::Response)
+                .set_response_code(ResponseCode::FormErr);
+            return m.to_vec().ok();
+        }
+        Err(_) => return None,
+    };
+    if req.message_type() != MessageType::Query {
+        return None;
+    }
+    let mut resp = Message::new();
+    resp.set_id(req.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(req.op_code())
+        .set_recursion_desired(req.recursion_desired())
+        .set_recursion_available(false);
+    resp.add_queries(req.queries().to_vec());
+    if req.op_code() != OpCode::Query || req.queries().len() != 1 {
+        resp.set_response_code(if req.op_code() != OpCode::Query {
+            ResponseCode::NotImp
+        } else {
+            ResponseCode::FormErr
+        });
+        return resp.to_vec().ok();
+    }
+    let q = &req.queries()[0];
+    let name = q.name().to_ascii().to_ascii_lowercase();
+    let name = if name.ends_with('.') {
+        name
+    } else {
+        format!("{name}.")
+    };
+    if !in_zone(&name) {
+        // not ours, never forwarded: a loop through this server is impossible
+        resp.set_response_code(ResponseCode::Refused);
+        return resp.to_vec().ok();
+    }
+    resp.set_authoritative(true);
+    let qtype = q.query_type();
+    let mut answers: Vec<Record> = Vec::new();
+    if qtype == RecordType::SOA && name == ZONE {
+        answers.push(zone.soa());
+    }
+    for rd in zone.names.get(&name).into_iter().flatten() {
+        if qtype == RecordType::ANY || rd.record_type() == qtype {
+            answers.push(Record::from_rdata(q.name().clone(), zone.ttl, rd.clone()));
+        }
+    }
+    if answers.is_empty() {
+        resp.set_response_code(if zone.exists(&name) {
+            ResponseCode::NoError
+        } else {
+            ResponseCode::NXDomain
+        });
+        resp.add_name_server(zone.soa());
+    } else {
+        resp.set_response_code(ResponseCode::NoError);
+        resp.add_answers(answers);
+    }
+    let limit = max.map(|m| m.max(usize::from(req.max_payload())).max(512));
+    let bytes = resp.to_vec().ok()?;
+    match limit {
+        Some(l) if bytes.len() > l => {
+            resp.answers_mut().clear();
+            resp.name_servers_mut().clear();
+            resp.set_truncated(true);
+            resp.to_vec().ok()
+        }
+        _ => Some(bytes),
+    }
+}
+
+/// The zone as the server holds it: swapped whole when imports or endpoints change.
+pub type SharedZone = std::sync::Arc<std::sync::RwLock<std::sync::Arc<Zone>>>;
+
+/// Serves UDP until the socket fails.
+pub async fn serve_udp(sock: tokio::net::UdpSocket, zone: SharedZone) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, from) = sock.recv_from(&mut buf).await?;
+        let z = zone.read().expect("lock").clone();
+        if let Some(out) = answer(&buf[..n], &z, Some(512)) {
+            let _ = sock.send_to(&out, from).await;
+        }
+    }
+}
+
+/// Serves DNS over TCP (2-byte length prefix, several queries per connection) until the listener fails.
+pub async fn serve_tcp(listener: tokio::net::TcpListener, zone: SharedZone) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let (mut conn, _) = listener.accept().await?;
+        let zone = zone.clone();
+        tokio::spawn(async move {
+            loop {
+                let len =
+                    match tokio::time::timeout(std::time::Duration::from_secs(10), conn.read_u16()).await {
+                        Ok(Ok(l)) => usize::from(l),
+                        _ => return,
+                    };
+                let mut msg = vec![0u8; len];
+                if conn.read_exact(&mut msg).await.is_err() {
+                    return;
+                }
+                let z = zone.read().expect("lock").clone();
+                let Some(out) = answer(&msg, &z, None) else {
+                    return;
+                };
+                if conn.write_u16(out.len() as u16).await.is_err() || conn.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Keeps `zone` equal to the cluster's `ServiceImport`s and MCS EndpointSlices (rebuilt within 200 ms of a
+/// change).
+pub async fn watch(client: kube::Client, zone: SharedZone, ttl: u32) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    let ar = ferry_virtual_kubelet::consumer::endpoint_slice_resource(&client)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("discovery.k8s.io EndpointSlice is not served"))?;
+    let (imports, iw) = reflector::store::<ServiceImport>();
+    let sw = reflector::store::Writer::<kube::core::DynamicObject>::new(ar.clone());
+    let slices = sw.as_reader();
+    let si_stream = reflector(
+        iw,
+        watcher(
+            kube::Api::<ServiceImport>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .map(|_| ());
+    let sl_stream = reflector(
+        sw,
+        watcher(
+            kube::Api::<kube::core::DynamicObject>::all_with(client.clone(), &ar),
+            watcher::Config::default().labels(LABEL_SERVICE_NAME),
+        ),
+    )
+    .default_backoff()
+    .map(|_| ());
+    let mut events = futures::stream::select(Box::pin(si_stream), Box::pin(sl_stream));
+    loop {
+        if events.next().await.is_none() {
+            anyhow::bail!("watch ended");
+        }
+        // let a burst of events settle, then rebuild once
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        while let Some(Some(())) = futures::FutureExt::now_or_never(events.next()) {}
+        let imps: Vec<ServiceImport> = imports.state().iter().map(|s| (**s).clone()).collect();
+        let sls: Vec<serde_json::Value> = slices
+            .state()
+            .iter()
+            .map(|s| serde_json::to_value(&**s).unwrap_or_default())
+            .collect();
+        let z = Zone::build(&imps, &sls, ttl);
+        *zone.write().expect("lock") = std::sync::Arc::new(z);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_crds::mcs::{ServiceImportSpec, ServicePort};
+    use hickory_proto::op::Query;
+    use serde_json::json;
+
+    fn import(name: &str, t: ServiceImportType, ips: &[&str]) -> ServiceImport {
+        let mut si = ServiceImport::new(
+            name,
+            ServiceImportSpec {
+                ports: vec![ServicePort {
+                    name: Some("http".into()),
+                    protocol: Some("TCP".into()),
+                    app_protocol: None,
+                    port: 8080,
+                }],
+                ips: ips.iter().map(|s| s.to_string()).collect(),
+                type_: t,
+                ..Default::default()
+            },
+        );
+        si.metadata.namespace = Some("default".into());
+        si
+    }
+
+    fn slice(svc: &str, cluster: &str, eps: serde_json::Value) -> serde_json::Value {
+        json!({ "metadata": { "namespace": "default", "labels": {
+            LABEL_SERVICE_NAME: svc, LABEL_SOURCE_CLUSTER: cluster } }, "endpoints": eps })
+    }
+
+    fn zone() -> Zone {
+        Zone::build(
+            &[
+                import("echo", ServiceImportType::Headless, &[]),
+                import("web", ServiceImportType::ClusterSetIP, &["10.96.0.50"]),
+            ],
+            &[
+                slice(
+                    "echo",
+                    "provider-c2",
+                    json!([
+                        { "addresses": ["10.0.0.5"], "conditions": { "ready": true }, "hostname": "echo-0" },
+                        { "addresses": ["10.0.1.5"], "conditions": { "ready": false } },
+                    ]),
+                ),
+                slice(
+                    "echo",
+                    "consumer-c1",
+                    json!([{ "addresses": ["10.244.0.7"] }, { "addresses": ["fd00::7"] }]),
+                ),
+            ],
+            5,
+        )
+    }
+
+    fn ask(name: &str, t: RecordType) -> Message {
+        let mut m = Message::new();
+        m.set_id(4242).set_recursion_desired(true);
+        m.add_query(Query::query(Name::from_str(name).unwrap(), t));
+        Message::from_vec(&answer(&m.to_vec().unwrap(), &zone(), Some(512)).unwrap()).unwrap()
+    }
+
+    fn addrs(m: &Message) -> Vec<String> {
+        let mut v: Vec<String> = m.answers().iter().map(|r| r.data().to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn headless_imports_answer_every_ready_endpoint_of_every_cluster_in_both_families() {
+        let m = ask("echo.default.svc.clusterset.local.", RecordType::A);
+        assert_eq!(m.response_code(), ResponseCode::NoError);
+        assert!(m.authoritative() && !m.recursion_available());
+        assert_eq!(m.id(), 4242);
+        assert_eq!(addrs(&m), ["10.0.0.5", "10.244.0.7"]);
+        assert_eq!(m.answers()[0].ttl(), 5);
+        assert_eq!(
+            addrs(&ask("echo.default.svc.clusterset.local.", RecordType::AAAA)),
+            ["fd00::7"]
+        );
+        // a name without a trailing dot and in capitals is the same name
+        assert_eq!(
+            addrs(&ask("ECHO.default.svc.clusterset.local", RecordType::A)).len(),
+            2
+        );
+    }
+
+    #[test]
+    fn clusterset_ip_srv_and_per_pod_names() {
+        assert_eq!(
+            addrs(&ask("web.default.svc.clusterset.local.", RecordType::A)),
+            ["10.96.0.50"]
+        );
+        let srv = ask("_http._tcp.web.default.svc.clusterset.local.", RecordType::SRV);
+        assert_eq!(srv.answers().len(), 1);
+        assert_eq!(
+            srv.answers()[0].data().to_string(),
+            "0 100 8080 web.default.svc.clusterset.local."
+        );
+        assert_eq!(
+            addrs(&ask(
+                "echo-0.provider-c2.echo.default.svc.clusterset.local.",
+                RecordType::A
+            )),
+            ["10.0.0.5"]
+        );
+    }
+
+    #[test]
+    fn other_zones_are_refused_without_recursion_and_unknown_names_are_nxdomain() {
+        for n in [
+            "example.com.",
+            "cluster.local.",
+            "kubernetes.default.svc.cluster.local.",
+            "local.",
+            "xclusterset.local.",
+        ] {
+            let m = ask(n, RecordType::A);
+            assert_eq!(m.response_code(), ResponseCode::Refused, "{n}");
+            assert!(m.answers().is_empty() && !m.recursion_available(), "{n}");
+        }
+        let m = ask("nope.default.svc.clusterset.local.", RecordType::A);
+        assert_eq!(m.response_code(), ResponseCode::NXDomain);
+        assert_eq!(m.name_servers()[0].record_type(), RecordType::SOA);
+        // an existing name without the type, and an empty non-terminal: NODATA
+        assert_eq!(
+            ask("web.default.svc.clusterset.local.", RecordType::AAAA).response_code(),
+            ResponseCode::NoError
+        );
+        let m = ask("default.svc.clusterset.local.", RecordType::A);
+        assert_eq!(m.response_code(), ResponseCode::NoError);
+        assert!(m.answers().is_empty());
+        assert_eq!(ask("clusterset.local.", RecordType::SOA).answers().len(), 1);
+    }
+
+    #[test]
+    fn garbage_gets_formerr_or_nothing_and_big_answers_are_truncated_over_udp() {
+        assert!(answer(b"xy", &zone(), Some(512)).is_none());
+        let r = Message::from_vec(
+            &answer(&[0x12, 0x34, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 1], &zone(), Some(512)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!((r.id(), r.response_code()), (0x1234, ResponseCode::FormErr));
+        let eps: Vec<serde_json::Value> = (0..200)
+            .map(|i| json!({ "addresses": [format!("10.1.{}.{}", i / 250, i % 250)] }))
+            .collect();
+        let z = Zone::build(
+            &[import("big", ServiceImportType::Headless, &[])],
+            &[slice("big", "c", json!(eps))],
+            5,
+        );
+        let mut m = Message::new();
+        m.add_query(Query::query(
+            Name::from_str("big.default.svc.clusterset.local.").unwrap(),
+            RecordType::A,
+        ));
+        let udp = Message::from_vec(&answer(&m.to_vec().unwrap(), &z, Some(512)).unwrap()).unwrap();
+        assert!(udp.truncated() && udp.answers().is_empty());
+        let tcp = Message::from_vec(&answer(&m.to_vec().unwrap(), &z, None).unwrap()).unwrap();
+        assert_eq!(tcp.answers().len(), 200);
+    }
+}
