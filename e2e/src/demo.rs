@@ -376,10 +376,11 @@ async fn peer_and_tunnel(lab: &Lab, exe: &std::path::Path) -> Result<Vec<String>
         "   {} pod {} -> offloaded pod {} at the IP {} shows for it, {} (runs on {}): 1 MiB echo checksummed: {}",
         c1.id, a.ip, offloaded.name, c1.id, offloaded.ip, c2.id, to_offloaded["ok"]
     );
-    println!("   (agents and gateways keep running until ferry-lab down)");
     if echo["ok"] != json!(true) || to_offloaded["ok"] != json!(true) {
         bail!("the cross-cluster echo did not come back intact");
     }
+    let discovery = export_and_resolve(lab, exe, &a).await?;
+    println!("   (agents, gateways and ferry-dns keep running until ferry-lab down)");
     Ok(vec![
         format!(
             "peering: {} authenticated with {} (ferryctl status above)",
@@ -390,7 +391,100 @@ async fn peer_and_tunnel(lab: &Lab, exe: &std::path::Path) -> Result<Vec<String>
             "tunnel: {} pod {} reached {} pod {} at {b_seen} across identical pod CIDRs, 10 MB checksummed",
             c1.id, a.ip, c2.id, b.ip
         ),
+        discovery,
     ])
+}
+
+/// Exports `demo/echo` from the provider (c2) and, from consumer pod `client`, resolves
+/// `echo.demo.svc.clusterset.local` through ferry-dns and fetches it by that name over the tunnel.
+async fn export_and_resolve(lab: &Lab, exe: &std::path::Path, client: &PodView) -> Result<String> {
+    let (c1, c2) = (&lab.layout.clusters[0], &lab.layout.clusters[1]);
+    println!(
+        "== discovery: {} exports demo/echo (ServiceExport, MCS API); ferry-dns answers clusterset.local in each cluster",
+        c2.id
+    );
+    let table = crate::procs::ProcessTable::new(lab.paths.pids())?;
+    for (idx, c) in [(0, c1), (1, c2)] {
+        let name = format!("{}-dns", c.id);
+        if !table.list().iter().any(|t| t.name == name && t.alive()) {
+            let cmd = crate::agents::dns_command(lab, idx, &exe.with_file_name("ferry-dns"));
+            table.spawn(&name, cmd, &lab.paths.log(c, "dns"))?;
+        }
+    }
+    let k2 = lab.client(c2).await?;
+    let pp = PatchParams::apply("ferry-demo").force();
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(k2.clone(), "demo")
+        .patch(
+            "echo",
+            &pp,
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": { "name": "echo", "namespace": "demo" },
+                "spec": { "clusterIP": "None", "selector": { "app": "echo" },
+                          "ports": [{ "name": "http", "protocol": "TCP", "port": 8080, "targetPort": 8080 }] },
+            })),
+        )
+        .await?;
+    Api::<ferry_crds::mcs::ServiceExport>::namespaced(k2.clone(), "demo")
+        .patch(
+            "echo",
+            &pp,
+            &Patch::Apply(ferry_crds::mcs::ServiceExport::new("demo", "echo")),
+        )
+        .await?;
+    println!(
+        "   $ kubectl --context {} -n demo apply -f serviceexport-echo.yaml   (headless Service echo, port http/8080)",
+        c2.id
+    );
+    let name = "echo.demo.svc.clusterset.local";
+    let gw = crate::mcs::gateway_of(client).context("the pod's gateway")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let ips = loop {
+        let ips = tokio::task::block_in_place(|| crate::mcs::resolve(client, name));
+        if !ips.is_empty() {
+            break ips;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{name} does not resolve after 30s (logs: {}, {})",
+            lab.paths.log(c1, "dns").display(),
+            lab.paths.log(c1, "agent").display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "   {} pod {}: dig @{gw} {name} -> {} (c2's pods at their remapped addresses)",
+        c1.id,
+        client.ip,
+        ips.join(", ")
+    );
+    let url = format!("http://{name}:8080/");
+    let body = tokio::task::block_in_place(|| crate::mcs::curl(client, &url))
+        .context("no HTTP answer by the clusterset name")?;
+    println!("   {} pod {}: curl {url} -> {body}", c1.id, client.ip);
+    let refused = std::process::Command::new("ip")
+        .args(["netns", "exec", &client.netns, "dig", "+time=1", "+tries=1"])
+        .arg(format!("@{gw}"))
+        .args(["example.com", "A"])
+        .output()?;
+    let status = String::from_utf8_lossy(&refused.stdout)
+        .lines()
+        .find_map(|l| {
+            l.split("status: ")
+                .nth(1)
+                .map(|s| s.split(',').next().unwrap_or("").to_string())
+        })
+        .unwrap_or_default();
+    println!(
+        "   dig @{gw} example.com -> {status} (ferry-dns answers clusterset.local only, never forwards)"
+    );
+    Ok(format!(
+        "discovery: {} pod resolved {name} to {} and got an HTTP answer from {} pod {}",
+        c1.id,
+        ips.join(","),
+        c2.id,
+        body["pod"].as_str().unwrap_or("?")
+    ))
 }
 
 /// Offloads namespace `burst` from c1 to c2 and scales a Deployment of 1-CPU pods past c1's local capacity:

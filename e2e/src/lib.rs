@@ -13,6 +13,7 @@ pub mod echo;
 pub mod kubelet;
 pub mod lab;
 pub mod layout;
+pub mod mcs;
 pub mod net;
 pub mod offload_bench;
 pub mod pki;

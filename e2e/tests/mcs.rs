@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use ferry_crds::mcs::{ServiceExport, ServiceImport};
 use ferry_e2e::agents;
-use ferry_e2e::demo::{PodView, ensure_echo_deployment, pods_of};
+use ferry_e2e::demo::{ensure_echo_deployment, pods_of};
 use ferry_e2e::lab::Lab;
+use ferry_e2e::mcs::{curl, resolve};
 use k8s_openapi::api::core::v1::Service;
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -19,55 +20,6 @@ use serde_json::json;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const NS: &str = "t-mcs";
-
-/// The pod's default gateway: the host namespace address where ferry-dns answers.
-fn gateway_of(p: &PodView) -> String {
-    let out = Command::new("ip")
-        .args(["-n", &p.netns, "-4", "route", "show", "default"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .skip_while(|w| *w != "via")
-        .nth(1)
-        .expect("a default route")
-        .to_string()
-}
-
-/// `dig +short` from inside pod `p` at ferry-dns: the sorted A records.
-fn resolve(p: &PodView, name: &str) -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &p.netns, "dig", "+short", "+time=1", "+tries=1"])
-        .arg(format!("@{}", gateway_of(p)))
-        .args([name, "A"])
-        .output()
-        .unwrap();
-    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| l.parse::<std::net::IpAddr>().is_ok())
-        .collect();
-    v.sort();
-    v
-}
-
-/// `curl` by name from inside pod `p`, with the pod's resolver pointed at ferry-dns (`ip netns exec`
-/// bind-mounts `/etc/netns/<ns>/resolv.conf` over `/etc/resolv.conf`).
-fn curl(p: &PodView, url: &str) -> Option<serde_json::Value> {
-    let dir = format!("/etc/netns/{}", p.netns);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        format!("{dir}/resolv.conf"),
-        format!("nameserver {}\n", gateway_of(p)),
-    )
-    .unwrap();
-    let out = Command::new("ip")
-        .args(["netns", "exec", &p.netns, "curl", "-s", "--max-time", "5", url])
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    serde_json::from_slice(&out.stdout).ok()
-}
 
 fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
     let t0 = Instant::now();

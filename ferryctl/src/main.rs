@@ -78,7 +78,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Benchmarks: `peer` (seconds from peer to Authenticated); `tunnel`, `pods` run `ferry-lab bench` on the lab.
+    /// Benchmarks: `peer` (seconds from peer to Authenticated); `tunnel`, `pods`, `offload`, `dns` run `ferry-lab bench` on the lab.
     Bench {
         /// What to measure.
         what: String,
