@@ -20,7 +20,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # --- Debian packages -------------------------------------------------------------------------------
-PKGS=(etcd-server iproute2 iputils-ping nftables iperf3 wireguard-tools wireguard-go openssl procps psmisc ethtool conntrack bind9-dnsutils curl)
+PKGS=(etcd-server iproute2 iputils-ping nftables iperf3 wireguard-tools openssl procps psmisc ethtool conntrack bind9-dnsutils curl)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

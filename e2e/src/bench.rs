@@ -224,7 +224,7 @@ pub struct TunnelBench {
     pub runs: u32,
     /// Pod → pod through ferry-gateway (WireGuard + prefix NAT + MSS clamp), Gbit/s.
     pub ferry_gbps: f64,
-    /// The same two pods through plain userspace WireGuard (same wireguard-go, same MTU, same hops; no NAT,
+    /// The same two pods through plain userspace WireGuard (the same embedded boringtun, same MTU, same hops; no NAT,
     /// no marks, no clamp): the ceiling.
     pub plain_wireguard_gbps: f64,
     /// Host → host over the bare WAN.
@@ -367,7 +367,18 @@ pub async fn tunnel(lab: &Lab, seconds: u32, runs: u32) -> Result<TunnelBench> {
     })
 }
 
+/// The bare devices of the plain-WireGuard baseline (processes of `ferry-gateway device`).
+static PLAIN_DEVICES: std::sync::Mutex<Vec<std::process::Child>> = std::sync::Mutex::new(Vec::new());
+
 fn plain_wireguard_down(host_a: &str, host_b: &str, pa: &crate::demo::PodView, pb: &crate::demo::PodView) {
+    for mut c in PLAIN_DEVICES.lock().expect("lock").drain(..) {
+        // `ip netns exec` execs the gateway, so the child's PID is the device's
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = c.wait();
+    }
     for (ns, dev) in [(host_a, "fyplain"), (host_b, "fyplainb")] {
         let _ = crate::procs::run("ip", &["-n", ns, "link", "del", dev]);
     }
@@ -434,8 +445,17 @@ fn plain_wireguard_up(
         ),
     ];
     for (ns, dev, key, peer, addr, allowed, ep, pod_ns, pod_ip, remote_net) in sides {
-        let _ = std::fs::remove_file(format!("/var/run/wireguard/{dev}.sock"));
-        run("ip", &["netns", "exec", ns, "wireguard-go", dev])?;
+        // the same userspace WireGuard as ferry's tunnel (embedded boringtun), as a bare device
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(crate::tunnel::gateway_bin())
+            .args(["device", dev])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting ferry-gateway device")?;
+        PLAIN_DEVICES.lock().expect("lock").push(child);
         let key = dir.join(key).to_string_lossy().to_string();
         let mut ok = false;
         for _ in 0..50 {

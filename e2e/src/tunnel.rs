@@ -24,7 +24,7 @@ pub struct PairOptions {
     pub mss_clamp: bool,
     /// Force the tunnel MTU (to reproduce a blackhole).
     pub tunnel_mtu_override: Option<u32>,
-    /// Interface name prefix (unique per machine: wireguard-go's UAPI socket path is global).
+    /// Interface name prefix (unique per machine: the userspace device's UAPI socket path is global).
     pub if_prefix: String,
 }
 

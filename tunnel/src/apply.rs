@@ -1,11 +1,16 @@
-//! The thin apply layer: carries out a [`GatewayPlan`](crate::plan::GatewayPlan) with `ip`, `nft` and `wg`
-//! in the current network namespace, and undoes it. It decides nothing.
+//! The thin apply layer: carries out a [`GatewayPlan`](crate::plan::GatewayPlan) with `ip` and `nft` in the
+//! current network namespace, and undoes it. It decides nothing.
 //!
-//! WireGuard: kernel WireGuard when `ip link add … type wireguard` works, else Debian's userspace
-//! `wireguard-go` (this machine's kernel has no module). Both are configured with `wg set`.
+//! WireGuard: kernel WireGuard when `ip link add … type wireguard` works, else a userspace device
+//! embedded in this process (boringtun; this machine's kernel has no module). Both are configured through
+//! wireguard-control (netlink for the kernel, the UAPI socket `/var/run/wireguard/<dev>.sock` for
+//! boringtun). The embedded device lives as long as this process: a crashed gateway leaves no tunnel
+//! device behind.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, Result, bail};
 
@@ -33,41 +38,147 @@ pub fn run(program: &str, args: &[&str]) -> Result<String> {
 pub enum Backend {
     /// The kernel module.
     Kernel,
-    /// `wireguard-go`, in userspace.
+    /// boringtun, embedded in this process (userspace).
     Userspace,
 }
 
-/// Creates the WireGuard interface.
+/// An embedded userspace device and the thread that serves its UAPI socket.
+struct Embedded {
+    _handle: boringtun::device::DeviceHandle,
+    socket: std::path::PathBuf,
+    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        // wake the UAPI thread so it sees `closed` and ends (dropping its end of the pair stops the device)
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::os::unix::net::UnixStream::connect(&self.socket);
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// The embedded userspace devices of this process, by interface name.
+fn devices() -> &'static Mutex<HashMap<String, Embedded>> {
+    static DEVICES: OnceLock<Mutex<HashMap<String, Embedded>>> = OnceLock::new();
+    DEVICES.get_or_init(Default::default)
+}
+
+fn backend_of(dev: &str) -> wireguard_control::Backend {
+    if devices().lock().expect("lock").contains_key(dev) {
+        wireguard_control::Backend::Userspace
+    } else {
+        wireguard_control::Backend::Kernel
+    }
+}
+
+/// Creates the WireGuard interface: kernel WireGuard if the kernel has it, else an embedded boringtun
+/// device.
 pub fn create_interface(dev: &str) -> Result<Backend> {
+    create_interface_with(dev, 2)
+}
+
+/// One UAPI exchange (a `get=1` or `set=1` request, ended by an empty line) relayed to the device over
+/// `device`, its answer (ended by `errno=N` and an empty line) relayed back.
+fn relay_uapi(
+    client: std::os::unix::net::UnixStream,
+    device: &Mutex<std::io::BufReader<std::os::unix::net::UnixStream>>,
+) -> std::io::Result<()> {
+    use std::io::BufRead;
+    let mut req = String::new();
+    let mut r = std::io::BufReader::new(client.try_clone()?);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 || line == "\n" {
+            break;
+        }
+        req.push_str(&line);
+    }
+    if req.is_empty() {
+        return Ok(());
+    }
+    req.push('\n');
+    let mut dev = device.lock().expect("lock");
+    dev.get_mut().write_all(req.as_bytes())?;
+    let mut out = String::new();
+    loop {
+        let mut line = String::new();
+        if dev.read_line(&mut line)? == 0 {
+            break;
+        }
+        let end = line.starts_with("errno=");
+        out.push_str(&line);
+        if end {
+            let mut blank = String::new();
+            dev.read_line(&mut blank)?;
+            out.push('\n');
+            break;
+        }
+    }
+    drop(dev);
+    let mut client = client;
+    client.write_all(out.as_bytes())
+}
+
+/// [`create_interface`] with a given number of boringtun worker threads.
+///
+/// The device gets its UAPI over a socket pair, and ferry serves `/var/run/wireguard/<dev>.sock` itself,
+/// relaying to it: that is where wireguard-control (and `wg`) look for a userspace device. (boringtun's own
+/// socket listener would also take SIGTERM/SIGINT from a signalfd and exit on them, racing the gateway,
+/// which must remove its rules first.)
+pub fn create_interface_with(dev: &str, threads: usize) -> Result<Backend> {
+    use std::os::fd::IntoRawFd;
     if run("ip", &["link", "add", dev, "type", "wireguard"]).is_ok() {
         return Ok(Backend::Kernel);
     }
-    // wireguard-go daemonises itself; its UAPI socket is /var/run/wireguard/<dev>.sock. A socket left by a
-    // killed device would make it refuse to start: no live device of that name exists here, so it is stale.
-    let _ = std::fs::remove_file(format!("/var/run/wireguard/{dev}.sock"));
-    let out = Command::new("wireguard-go")
-        .arg(dev)
-        .stdin(Stdio::null())
-        .output()
-        .context("running wireguard-go; fix: apt-get install wireguard-go (make deps)")?;
-    if !out.status.success() || !link_exists(dev) {
-        let log = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .chain(String::from_utf8_lossy(&out.stderr).lines())
-            .filter(|l| l.contains("ERROR") || l.contains("rror"))
-            .collect::<Vec<_>>()
-            .join("; ");
-        bail!("wireguard-go could not create {dev}: {log}");
-    }
-    // wireguard-go forks into the background: its UAPI answers a moment after the link exists
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while run("wg", &["show", dev]).is_err() {
-        if std::time::Instant::now() > deadline {
-            bail!("wireguard-go created {dev} but its UAPI socket never answered");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let socket = std::path::PathBuf::from(format!("/var/run/wireguard/{dev}.sock"));
+    // a socket left by a killed process: no live device of that name exists here (the link add above
+    // would have said so), so it is stale
+    let _ = std::fs::remove_file(&socket);
+    std::fs::create_dir_all("/var/run/wireguard")?;
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let cfg = boringtun::device::DeviceConfig {
+        n_threads: threads.max(1),
+        uapi_fd: theirs.into_raw_fd(),
+        ..Default::default()
+    };
+    let handle = boringtun::device::DeviceHandle::new(dev, cfg).map_err(|e| {
+        anyhow::anyhow!(
+            "boringtun could not create {dev}: {e:?}; fix: run as root with /dev/net/tun available"
+        )
+    })?;
+    let listener = std::os::unix::net::UnixListener::bind(&socket)
+        .with_context(|| format!("serving the UAPI socket {}", socket.display()))?;
+    let device = Mutex::new(std::io::BufReader::new(ours));
+    let closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = closed.clone();
+    std::thread::Builder::new()
+        .name(format!("uapi-{dev}"))
+        .spawn(move || {
+            for conn in listener.incoming() {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(c) = conn {
+                    let _ = relay_uapi(c, &device);
+                }
+            }
+        })?;
+    devices().lock().expect("lock").insert(
+        dev.to_string(),
+        Embedded {
+            _handle: handle,
+            socket,
+            closed,
+        },
+    );
     Ok(Backend::Userspace)
+}
+
+/// Stops the embedded device `dev` if this process runs one (its TUN interface goes with it).
+pub fn remove_device(dev: &str) {
+    let handle = devices().lock().expect("lock").remove(dev);
+    drop(handle);
 }
 
 /// Whether a link exists in this namespace.
@@ -90,27 +201,45 @@ pub struct WgSettings {
     pub allowed_ips: Vec<String>,
 }
 
-/// Configures the interface's key, port and single peer.
+/// Configures the interface's key, port and single peer (wireguard-control: netlink or UAPI).
 pub fn configure_wireguard(dev: &str, s: &WgSettings) -> Result<()> {
-    let port = s.listen_port.to_string();
-    let allowed = s.allowed_ips.join(",");
-    let mut args = vec![
-        "set",
-        dev,
-        "private-key",
-        &s.private_key_file,
-        "listen-port",
-        &port,
-        "peer",
-        &s.peer_public_key,
-    ];
-    let endpoint = s.peer_endpoint.map(|e| e.to_string());
-    if let Some(e) = &endpoint {
-        args.extend(["endpoint", e]);
+    use wireguard_control::{DeviceUpdate, InterfaceName, Key, PeerConfigBuilder};
+    let name: InterfaceName = dev
+        .parse()
+        .map_err(|e| anyhow::anyhow!("interface name {dev:?}: {e}"))?;
+    let text = std::fs::read_to_string(&s.private_key_file)
+        .with_context(|| format!("reading the private key {}", s.private_key_file))?;
+    let key = Key::from_base64(text.trim()).map_err(|_| {
+        anyhow::anyhow!(
+            "{}: not a WireGuard private key (base64 of 32 bytes); fix: write one with `wg genkey`",
+            s.private_key_file
+        )
+    })?;
+    let peer_key = Key::from_base64(s.peer_public_key.trim()).map_err(|_| {
+        anyhow::anyhow!(
+            "peerPublicKey {:?} is not a WireGuard key (base64 of 32 bytes)",
+            s.peer_public_key
+        )
+    })?;
+    let mut peer = PeerConfigBuilder::new(&peer_key)
+        .replace_allowed_ips()
+        .set_persistent_keepalive_interval(1);
+    for a in &s.allowed_ips {
+        let n: ipnet::IpNet = a
+            .parse()
+            .with_context(|| format!("allowed IP {a:?} is not a CIDR"))?;
+        peer = peer.add_allowed_ip(n.addr(), n.prefix_len());
     }
-    args.extend(["allowed-ips", &allowed, "persistent-keepalive", "1"]);
-    // create_interface returned only once the device answers `wg show`: one call is enough
-    run("wg", &args)?;
+    if let Some(e) = s.peer_endpoint {
+        peer = peer.set_endpoint(e);
+    }
+    DeviceUpdate::new()
+        .set_private_key(key)
+        .set_listen_port(s.listen_port)
+        .replace_peers()
+        .add_peer(peer)
+        .apply(&name, backend_of(dev))
+        .with_context(|| format!("configuring WireGuard on {dev}"))?;
     Ok(())
 }
 
@@ -211,19 +340,21 @@ pub fn undo(spec: &GatewaySpec) {
         {}
         let _ = run("ip", &[fam, "route", "flush", "table", &spec.mark.to_string()]);
     }
+    remove_device(&spec.interface);
     let _ = run("ip", &["link", "del", "dev", &spec.interface]);
     let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", spec.interface));
 }
 
-/// Transfer counters and handshake age of the interface's peer (`wg show DEV dump`).
+/// The interface's peer: (seconds since the last handshake, bytes received, bytes sent), through
+/// wireguard-control.
 pub fn wg_counters(dev: &str) -> Option<(u64, u64, u64)> {
-    let dump = run("wg", &["show", dev, "dump"]).ok()?;
-    let peer = dump.lines().nth(1)?;
-    let f: Vec<&str> = peer.split('\t').collect();
-    // public-key preshared endpoint allowed-ips latest-handshake rx tx keepalive
-    Some((
-        f.get(4)?.parse().ok()?,
-        f.get(5)?.parse().ok()?,
-        f.get(6)?.parse().ok()?,
-    ))
+    let name: wireguard_control::InterfaceName = dev.parse().ok()?;
+    let d = wireguard_control::Device::get(&name, backend_of(dev)).ok()?;
+    let p = d.peers.first()?;
+    let age = p
+        .stats
+        .last_handshake_time
+        .and_then(|t| t.elapsed().ok())
+        .map_or(u64::MAX, |e| e.as_secs());
+    Some((age, p.stats.rx_bytes, p.stats.tx_bytes))
 }

@@ -415,11 +415,23 @@ async fn watch(
                 // counters and the rule check spawn processes: every 4th tick (2 s), not on the hot 500 ms path
                 ticks += 1;
                 if ticks % 4 == 1 {
-                    if let Some((_, rx, tx)) = apply::wg_counters(&spec.interface) {
+                    // off the async threads and bounded: a WireGuard device that does not answer its UAPI
+                    // must not stall the heartbeats or SIGTERM handling
+                    let (dev, s2) = (spec.interface.clone(), spec.clone());
+                    let checked = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        tokio::task::spawn_blocking(move || (apply::wg_counters(&dev), apply::intact(&s2))),
+                    )
+                    .await;
+                    let Ok(Ok((counters, intact))) = checked else {
+                        warn!(interface = spec.interface, "WireGuard counters / rule check did not answer within 1 s");
+                        continue;
+                    };
+                    if let Some((_, rx, tx)) = counters {
                         status.rx_bytes = rx;
                         status.tx_bytes = tx;
                     }
-                    if !apply::intact(spec) {
+                    if !intact {
                         warn!(table = spec.nft_table(), "rules removed by someone else; re-applying");
                         apply::apply(&spec.plan()?)?;
                         status.reapplied += 1;

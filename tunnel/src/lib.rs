@@ -1,12 +1,20 @@
-//! ferry's datapath. The sans-IO planner lives here as plain functions on plain data; start reading at
-//! [`mtu`], the MTU/MSS calculator for an encapsulation stack. (The IPAM remap, the NAT/route plan and the
-//! thin netlink/nftables/WireGuard apply layer come with the tunnel issue.)
+//! ferry's datapath. The sans-IO planner lives here as plain functions on plain data: [`ipam`] (1:1
+//! remaps of overlapping CIDRs, tunnel links), [`plan`] (typed ops and the nftables ruleset) and [`mtu`]
+//! (the MTU/MSS calculator for an encapsulation stack). With the default feature `gateway`: the thin apply
+//! layer ([`apply`]: `ip`, `nft`, WireGuard through wireguard-control, boringtun embedded), the gateway
+//! runtime ([`gateway`], [`probe`], [`metrics`]) and its in-cluster mode ([`controller`]). Crates that
+//! need only the planner depend on it with `default-features = false`.
 
+#[cfg(feature = "gateway")]
 pub mod apply;
+#[cfg(feature = "gateway")]
 pub mod controller;
+#[cfg(feature = "gateway")]
 pub mod gateway;
 pub mod ipam;
+#[cfg(feature = "gateway")]
 pub mod metrics;
 pub mod mtu;
 pub mod plan;
+#[cfg(feature = "gateway")]
 pub mod probe;

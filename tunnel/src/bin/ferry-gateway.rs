@@ -54,6 +54,16 @@ enum Cmd {
         #[arg(long)]
         metrics_addr: Option<std::net::SocketAddr>,
     },
+    /// A bare userspace WireGuard device (embedded boringtun, as `up` uses) and nothing else: no NAT, no
+    /// routes, no clamp, configured from outside with `wg`. Runs until SIGTERM. `bench tunnel` uses it as
+    /// the plain-WireGuard ceiling.
+    Device {
+        /// Interface name.
+        name: String,
+        /// boringtun worker threads (as `up` uses).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
     /// Remove what a crashed `up` may have left.
     Down {
         /// Config file (JSON).
@@ -116,6 +126,14 @@ async fn run(cli: Cli) -> Result<()> {
                 metrics_addr,
             };
             ferry_tunnel::controller::serve(client, opts).await
+        }
+        Cmd::Device { name, threads } => {
+            let backend = ferry_tunnel::apply::create_interface_with(&name, threads)?;
+            tracing::info!(name, ?backend, "device up; configure it with `wg set`");
+            ferry_tunnel::gateway::shutdown_signal().await;
+            ferry_tunnel::apply::remove_device(&name);
+            let _ = ferry_tunnel::apply::run("ip", &["link", "del", "dev", &name]);
+            Ok(())
         }
         Cmd::Down { config } => {
             let cfg = gateway::load(&config)?;
