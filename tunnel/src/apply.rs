@@ -358,3 +358,50 @@ pub fn wg_counters(dev: &str) -> Option<(u64, u64, u64)> {
         .map_or(u64::MAX, |e| e.as_secs());
     Some((age, p.stats.rx_bytes, p.stats.tx_bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, Read};
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn a_uapi_exchange_is_relayed_whole_request_to_errno_line() {
+        // the device end answers one request the way boringtun does
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let fake = std::thread::spawn(move || {
+            let mut r = std::io::BufReader::new(theirs.try_clone().unwrap());
+            let mut req = String::new();
+            loop {
+                let mut l = String::new();
+                r.read_line(&mut l).unwrap();
+                if l == "\n" {
+                    break;
+                }
+                req.push_str(&l);
+            }
+            theirs
+                .write_all(b"own_public_key=ab\nlisten_port=51820\nerrno=0\n\n")
+                .unwrap();
+            req
+        });
+        let device = Mutex::new(std::io::BufReader::new(ours));
+        let (mut client, server_side) = UnixStream::pair().unwrap();
+        client.write_all(b"get=1\n\n").unwrap();
+        relay_uapi(server_side, &device).unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).unwrap();
+        assert_eq!(answer, "own_public_key=ab\nlisten_port=51820\nerrno=0\n\n");
+        assert_eq!(fake.join().unwrap(), "get=1\n");
+    }
+
+    #[test]
+    fn an_empty_connection_is_not_sent_to_the_device() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let device = Mutex::new(std::io::BufReader::new(ours));
+        let (client, server_side) = UnixStream::pair().unwrap();
+        drop(client);
+        // returns at once instead of waiting for an answer the device was never asked for
+        relay_uapi(server_side, &device).unwrap();
+    }
+}
