@@ -27,6 +27,18 @@ fn exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ferry-lab"))
 }
 
+/// Cuts (`true`) or restores (`false`) the WAN between the clusters.
+fn cut_wan(lab: &Lab, down: bool) {
+    net::set_wan(
+        &lab.layout,
+        &WanSettings {
+            down: Some(down),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+}
+
 /// One echo pod in each of the lab's first two clusters.
 fn echo_pods(lab: &Lab, ns: &str) -> (PodView, PodView) {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -220,14 +232,7 @@ fn wan_cut_is_detected_within_3s_and_new_flows_work_within_3s_of_restore() {
     let (a, b) = echo_pods(&lab, "t-cut");
     let pair = GatewayPair::start(&lab, &PairOptions::default(), Duration::from_secs(30)).unwrap();
     let to = SocketAddr::new(pair.translate(0, b.ip.parse().unwrap()).unwrap(), 8080);
-    net::set_wan(
-        &lab.layout,
-        &WanSettings {
-            down: Some(true),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    cut_wan(&lab, true);
     let cut = Instant::now();
     while pair.status(0).unwrap()["connected"] == json!(true) {
         assert!(
@@ -239,14 +244,7 @@ fn wan_cut_is_detected_within_3s_and_new_flows_work_within_3s_of_restore() {
     let detected = cut.elapsed();
     assert_eq!(pair.status(0).unwrap()["phase"], json!("NotConnected"));
     std::thread::sleep(Duration::from_secs(5).saturating_sub(cut.elapsed()));
-    net::set_wan(
-        &lab.layout,
-        &WanSettings {
-            down: Some(false),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    cut_wan(&lab, false);
     let restored = Instant::now();
     loop {
         if let Ok(r) = echo_from_pod(&exe(), &a, to, 100_000) {
@@ -559,14 +557,7 @@ fn peering_builds_the_tunnel_from_peer_networks_reports_health_and_unpeer_remove
     });
 
     // cut the WAN for 5 s: the status says NotConnected within 3 s, and the virtual node NetworkUnavailable
-    net::set_wan(
-        &lab.layout,
-        &WanSettings {
-            down: Some(true),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    cut_wan(&lab, true);
     let cut = Instant::now();
     let detected = wait_for("PeerNetwork NotConnected", Duration::from_secs(3), || {
         phase(&peer_network(&lab, 0, "provider-c2")) == "NotConnected"
@@ -575,14 +566,7 @@ fn peering_builds_the_tunnel_from_peer_networks_reports_health_and_unpeer_remove
         network_unavailable(&lab) == "True"
     });
     std::thread::sleep(Duration::from_secs(5).saturating_sub(cut.elapsed()));
-    net::set_wan(
-        &lab.layout,
-        &WanSettings {
-            down: Some(false),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    cut_wan(&lab, false);
     let back = wait_for("PeerNetwork Connected again", Duration::from_secs(3), || {
         phase(&peer_network(&lab, 0, "provider-c2")) == "Connected"
     });

@@ -37,10 +37,15 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-async fn create(State(p): State<Arc<Provider>>, body: axum::body::Body) -> Result<Response, BrokerError> {
-    let bytes = axum::body::to_bytes(body, MAX_BODY)
+/// The request body, refused with 413 above `MAX_BODY`.
+async fn read_body(body: axum::body::Body) -> Result<axum::body::Bytes, BrokerError> {
+    axum::body::to_bytes(body, MAX_BODY)
         .await
-        .map_err(|_| BrokerError::TooLarge(MAX_BODY))?;
+        .map_err(|_| BrokerError::TooLarge(MAX_BODY))
+}
+
+async fn create(State(p): State<Arc<Provider>>, body: axum::body::Body) -> Result<Response, BrokerError> {
+    let bytes = read_body(body).await?;
     let resp = p
         .admit(&bytes, now())
         .await
@@ -64,9 +69,7 @@ async fn offload(
     Extension(cn): Extension<ClientCn>,
     body: axum::body::Body,
 ) -> Result<Response, BrokerError> {
-    let bytes = axum::body::to_bytes(body, MAX_BODY)
-        .await
-        .map_err(|_| BrokerError::TooLarge(MAX_BODY))?;
+    let bytes = read_body(body).await?;
     let resp = p
         .offload(&bytes, cn.0.as_deref())
         .await
@@ -90,9 +93,7 @@ async fn exports(
     Extension(cn): Extension<ClientCn>,
     body: axum::body::Body,
 ) -> Result<Response, BrokerError> {
-    let bytes = axum::body::to_bytes(body, MAX_BODY)
-        .await
-        .map_err(|_| BrokerError::TooLarge(MAX_BODY))?;
+    let bytes = read_body(body).await?;
     let resp = p
         .exports(&bytes, cn.0.as_deref())
         .await
