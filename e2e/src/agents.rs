@@ -54,6 +54,17 @@ pub fn cluster_id(idx: usize) -> String {
 /// The ferry-agent command line for cluster `idx` of `lab` (`exe`: the binary): its kubeconfig, cluster
 /// ID, broker at the apiserver port + 6, CIDRs, and for the consumer (`c1`) the pod webhook at + 7.
 pub fn command(lab: &Lab, idx: usize, exe: &Path) -> Command {
+    command_with(lab, idx, exe, default_endpoint(lab, idx).as_deref())
+}
+
+/// The gateway endpoint the agents of this module announce: providers at their WAN address, port 51820;
+/// the consumer none (it dials).
+pub fn default_endpoint(lab: &Lab, idx: usize) -> Option<String> {
+    (idx > 0).then(|| format!("{}:51820", lab.layout.clusters[idx].wan_ip))
+}
+
+/// [`command`] announcing `endpoint` as the cluster's gateway endpoint (`None`: none).
+pub fn command_with(lab: &Lab, idx: usize, exe: &Path, endpoint: Option<&str>) -> Command {
     let c = &lab.layout.clusters[idx];
     let mut cmd = Command::new(exe);
     cmd.arg("--kubeconfig").arg(lab.paths.kubeconfig(c)).args([
@@ -66,9 +77,9 @@ pub fn command(lab: &Lab, idx: usize, exe: &Path) -> Command {
         "--service-cidr",
         &c.service_cidr.to_string(),
     ]);
-    if idx > 0 {
-        // providers wait for the consumer's gateway on the WAN (link n: port 51820 + 2n)
-        cmd.args(["--gateway-endpoint", &format!("{}:51820", c.wan_ip)]);
+    if let Some(e) = endpoint {
+        // link n: port + 2n
+        cmd.args(["--gateway-endpoint", e]);
     }
     if idx == 0 {
         cmd.args([
@@ -82,6 +93,11 @@ pub fn command(lab: &Lab, idx: usize, exe: &Path) -> Command {
 /// Starts the agent of cluster `idx` (log `agent-<cluster>.log` in the lab directory, appended) and waits
 /// until it listens. `extra`: more flags (e.g. quotas).
 pub fn start(lab: &Lab, idx: usize, extra: &[&str]) -> Result<Agent> {
+    start_with(lab, idx, extra, default_endpoint(lab, idx).as_deref())
+}
+
+/// [`start`] announcing `endpoint` as the cluster's gateway endpoint (`None`: none).
+pub fn start_with(lab: &Lab, idx: usize, extra: &[&str], endpoint: Option<&str>) -> Result<Agent> {
     let c = &lab.layout.clusters[idx];
     let id = cluster_id(idx);
     let listen = format!("127.0.0.1:{}", c.ports.apiserver + 6);
@@ -95,7 +111,7 @@ pub fn start(lab: &Lab, idx: usize, extra: &[&str]) -> Result<Agent> {
         .create(true)
         .append(true)
         .open(&log_path)?;
-    let mut cmd = command(lab, idx, &bin("ferry-agent"));
+    let mut cmd = command_with(lab, idx, &bin("ferry-agent"), endpoint);
     let child = cmd
         .args(extra)
         .env("RUST_LOG", "info,kube_client=off,kube_runtime=warn")

@@ -77,6 +77,7 @@ fn request(id: &str, token: &str, key: &ClusterKey) -> PeeringRequest {
         pod_cidrs: vec!["10.244.0.0/16".into()],
         service_cidrs: vec![],
         resources: Resources::default(),
+        gateway_endpoint: None,
         tunnel_addresses_in_use: vec![],
     }
 }

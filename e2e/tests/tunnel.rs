@@ -594,3 +594,68 @@ fn peering_builds_the_tunnel_from_peer_networks_reports_health_and_unpeer_remove
         g.stop();
     }
 }
+
+#[test]
+fn roles_swap_when_only_the_consumer_is_reachable_the_provider_dials() {
+    use ferry_e2e::agents;
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab();
+    let (a, b) = echo_pods(&lab, "t-swapped");
+    // the provider announces no endpoint (as behind NAT); the consumer announces its WAN address
+    let consumer_ep = format!("{}:51820", lab.layout.clusters[0].wan_ip);
+    let _agents = [
+        agents::start_with(&lab, 0, &[], Some(&consumer_ep)).unwrap(),
+        agents::start_with(&lab, 1, &[], None).unwrap(),
+    ];
+    let _ = agents::ferryctl(
+        &lab.paths.kubeconfig(&lab.layout.clusters[0]),
+        &["unpeer", "provider-c2"],
+    );
+    let mut gateways = [
+        agents::start_gateway(&lab, 0).unwrap(),
+        agents::start_gateway(&lab, 1).unwrap(),
+    ];
+    agents::peer(&lab, &[]).unwrap();
+    wait_for("both PeerNetworks Connected", Duration::from_secs(30), || {
+        phase(&peer_network(&lab, 0, "provider-c2")) == "Connected"
+            && phase(&peer_network(&lab, 1, "consumer-c1")) == "Connected"
+    });
+    let (pn1, pn2) = (
+        peer_network(&lab, 0, "provider-c2").unwrap(),
+        peer_network(&lab, 1, "consumer-c1").unwrap(),
+    );
+    assert!(
+        pn1["spec"].get("peerEndpoint").is_none(),
+        "the consumer has nothing to dial: {pn1}"
+    );
+    assert_eq!(
+        pn2["spec"]["peerEndpoint"],
+        json!(consumer_ep),
+        "the provider dials the consumer: {pn2}"
+    );
+    let remaps: std::collections::BTreeMap<ipnet::IpNet, ipnet::IpNet> = pn1["status"]["remaps"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.parse().unwrap(), v.as_str().unwrap().parse().unwrap()))
+        .collect();
+    let b_seen = ferry_tunnel::ipam::translate(b.ip.parse().unwrap(), &remaps).unwrap();
+    let r = echo_from_pod(&exe(), &a, SocketAddr::new(b_seen, 8080), 1_000_000).unwrap();
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let (ok, _, err) = agents::ferryctl(
+        &lab.paths.kubeconfig(&lab.layout.clusters[0]),
+        &["unpeer", "provider-c2"],
+    );
+    assert!(ok, "{err}");
+    let ns = [
+        lab.layout.host_netns(&lab.layout.clusters[0]),
+        lab.layout.host_netns(&lab.layout.clusters[1]),
+    ];
+    wait_for("tunnels removed on unpeer", Duration::from_secs(15), || {
+        leftovers(&ns[0], "fyprovider-c2", 0x6601).is_empty()
+            && leftovers(&ns[1], "fyconsumer-c1", 0x6601).is_empty()
+    });
+    for g in &mut gateways {
+        g.stop();
+    }
+}

@@ -220,6 +220,7 @@ pub async fn handshake(
             memory: res.memory.map(|q| q.0),
             pods: res.pods.map(|q| q.0),
         },
+        gateway_endpoint: net.gateway_endpoint.clone(),
         tunnel_addresses_in_use: crate::wireguard::tunnel_addresses_in_use(client, &provider)
             .await
             .map_err(|e| transient(e.into()))?,
@@ -306,7 +307,8 @@ pub async fn handshake(
         ok.gateway_endpoint.as_deref(),
     );
     if let Some(slot) = ok.tunnel_slot {
-        crate::wireguard::set_link(&mut pn, slot, false, crate::wireguard::WIREGUARD_BASE_PORT);
+        let base = crate::wireguard::base_port(net.gateway_endpoint.as_deref());
+        crate::wireguard::set_link(&mut pn, slot, false, base);
     }
     if !ok.wireguard_public_key.is_empty() {
         crate::wireguard::apply_peer_network(client, &pn)

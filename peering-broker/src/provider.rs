@@ -291,13 +291,20 @@ impl Provider {
                 .await
                 .map_err(internal)?
                 .ok_or_else(|| internal("all 4096 tunnel links of 169.254.64.0/18 are in use"))?;
-            let mut pn = crate::wireguard::peer_network(id, &local, &remote, &req.wireguard_public_key, None);
-            let base = self
-                .network
+            // a consumer that is reachable told us where: then this side dials too (and alone, when
+            // this provider is behind NAT and announces no endpoint of its own)
+            let consumer_endpoint = req
                 .gateway_endpoint
                 .as_deref()
-                .and_then(|e| e.rsplit_once(':')?.1.parse().ok())
-                .unwrap_or(crate::wireguard::WIREGUARD_BASE_PORT);
+                .and_then(|e| crate::wireguard::link_endpoint(e, s));
+            let mut pn = crate::wireguard::peer_network(
+                id,
+                &local,
+                &remote,
+                &req.wireguard_public_key,
+                consumer_endpoint.as_deref(),
+            );
+            let base = crate::wireguard::base_port(self.network.gateway_endpoint.as_deref());
             crate::wireguard::set_link(&mut pn, s, true, base);
             crate::wireguard::apply_peer_network(&self.client, &pn)
                 .await

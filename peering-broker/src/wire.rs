@@ -50,6 +50,10 @@ pub struct PeeringRequest {
     /// What the consumer asks for.
     #[serde(default)]
     pub resources: Resources,
+    /// Where the consumer's gateway can be reached (`host:base-port`), if it can: then the provider's
+    /// gateway dials it as well, which is what a provider behind NAT needs (roles swapped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_endpoint: Option<String>,
     /// Tunnel-link addresses the consumer already uses with other providers (the provider picks a free
     /// link for both sides).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -280,6 +284,7 @@ mod tests {
             pod_cidrs: vec!["10.244.0.0/16".into()],
             service_cidrs: vec![],
             resources: Resources::default(),
+            gateway_endpoint: None,
             tunnel_addresses_in_use: vec![],
         }
     }

@@ -138,6 +138,13 @@ pub fn link_port(base: u16, slot: u32) -> Option<u16> {
     u16::try_from(u32::from(base) + 2 * slot).ok()
 }
 
+/// The base port of an endpoint `host:port` (its port), else [`WIREGUARD_BASE_PORT`].
+pub fn base_port(endpoint: Option<&str>) -> u16 {
+    endpoint
+        .and_then(|e| e.rsplit_once(':')?.1.parse().ok())
+        .unwrap_or(WIREGUARD_BASE_PORT)
+}
+
 /// `host:port` moved to link `slot`'s port (`host:base` → `host:base+2·slot`).
 pub fn link_endpoint(endpoint: &str, slot: u32) -> Option<String> {
     let (host, port) = endpoint.rsplit_once(':')?;
@@ -271,6 +278,8 @@ mod tests {
         );
         assert_eq!(link_endpoint("no-port", 1), None);
         assert_eq!(link_port(65535, 1), None);
+        assert_eq!(base_port(Some("198.18.1.2:40000")), 40000);
+        assert_eq!(base_port(None), WIREGUARD_BASE_PORT);
         let mut p = peer_network("c1", &[], &[], "K", None);
         let mut c = peer_network("p1", &[], &[], "K", Some("198.18.2.2:51822"));
         set_link(&mut p, 1, true, 51820);

@@ -33,7 +33,9 @@ struct Args {
     /// This cluster's service CIDRs (told to peers).
     #[arg(long = "service-cidr")]
     service_cidrs: Vec<String>,
-    /// Where this cluster's gateway listens for peers (`host:port`), told to consumers.
+    /// Where this cluster's gateway can be reached (`host:port`; peering link n uses port + 2n). A provider
+    /// tells consumers, which dial it; a consumer tells providers, which then dial it too (a provider
+    /// behind NAT announces none, and only the consumer is dialled).
     #[arg(long)]
     gateway_endpoint: Option<String>,
     /// Most CPU one tenant is granted.
