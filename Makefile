@@ -5,6 +5,8 @@
 
 SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/ferry/target
+# incremental state grows to tens of GB in the shared cache over many runs; clean builds cost little here
+export CARGO_INCREMENTAL ?= 0
 BIN      := $(CARGO_TARGET_DIR)/debug
 LAB      := $(BIN)/ferry-lab
 DEMO_LAB ?= ferry

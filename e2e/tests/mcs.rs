@@ -185,6 +185,29 @@ async fn an_exported_service_answers_by_its_clusterset_name_across_overlapping_c
         .collect();
     assert_eq!(clusters, ["provider-c2"]);
     assert_eq!(condition(&c2, "echo", "Valid").await.as_deref(), Some("True"));
+    // SRV for the named port, from the pod too
+    let srv = tokio::task::block_in_place(|| {
+        let gw = ferry_e2e::mcs::gateway_of(&client).unwrap();
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &client.netns,
+                "dig",
+                "+short",
+                "+time=1",
+                "+tries=1",
+            ])
+            .arg(format!("@{gw}"))
+            .args([&format!("_http._tcp.{name}"), "SRV"])
+            .output()
+            .unwrap()
+    });
+    assert_eq!(
+        String::from_utf8_lossy(&srv.stdout).trim(),
+        format!("0 100 8080 {name}."),
+        "SRV of the named port"
+    );
     // an HTTP answer by name, from a c2 pod, through the tunnel
     let body =
         tokio::task::block_in_place(|| curl(&client, &format!("http://{name}:8080/"))).expect("HTTP answer");
@@ -280,7 +303,12 @@ async fn an_exported_service_answers_by_its_clusterset_name_across_overlapping_c
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(tokio::task::block_in_place(|| resolve(&client, &name)).is_empty());
+    // ferry-dns follows within its watch (and the 5 s TTL bounds any cache in front of it)
+    tokio::task::block_in_place(|| {
+        wait_for("the name no longer resolves", Duration::from_secs(5), || {
+            resolve(&client, &name).is_empty()
+        })
+    });
 }
 
 #[test]

@@ -555,6 +555,23 @@ fn peering_builds_the_tunnel_from_peer_networks_reports_health_and_unpeer_remove
     wait_for("NetworkUnavailable False", Duration::from_secs(10), || {
         network_unavailable(&lab) == "False"
     });
+    // the link-0 tunnel's /metrics in the consumer's host namespace (metrics address port 9470 + link 0)
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.layout.host_netns(&lab.layout.clusters[0]),
+            "bash",
+            "-c",
+        ])
+        .arg("exec 3<>/dev/tcp/127.0.0.1/9470; printf 'GET /metrics HTTP/1.1\r\n\r\n' >&3; cat <&3")
+        .output()
+        .unwrap();
+    let m = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        m.contains("ferry_tunnel_connected 1") && m.contains("ferry_tunnel_mtu_bytes 1440"),
+        "{m}"
+    );
 
     // cut the WAN for 5 s: the status says NotConnected within 3 s, and the virtual node NetworkUnavailable
     cut_wan(&lab, true);
