@@ -480,6 +480,34 @@ fn network_unavailable(lab: &Lab) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// `ferryctl unpeer`; then both gateways, still running, must remove their tunnels (interface, nft table,
+/// policy rules) within 15 s.
+fn unpeer_and_expect_no_tunnel(lab: &Lab) {
+    let (ok, _, err) = ferry_e2e::agents::ferryctl(
+        &lab.paths.kubeconfig(&lab.layout.clusters[0]),
+        &["unpeer", "provider-c2"],
+    );
+    assert!(ok, "{err}");
+    let ns = [
+        lab.layout.host_netns(&lab.layout.clusters[0]),
+        lab.layout.host_netns(&lab.layout.clusters[1]),
+    ];
+    wait_for("tunnels removed on unpeer", Duration::from_secs(15), || {
+        leftovers(&ns[0], "fyprovider-c2", 0x6601).is_empty()
+            && leftovers(&ns[1], "fyconsumer-c1", 0x6601).is_empty()
+    });
+}
+
+/// The remaps a `PeerNetwork`'s status reports.
+fn status_remaps(pn: &serde_json::Value) -> std::collections::BTreeMap<ipnet::IpNet, ipnet::IpNet> {
+    pn["status"]["remaps"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.parse().unwrap(), v.as_str().unwrap().parse().unwrap()))
+        .collect()
+}
+
 #[test]
 fn peering_builds_the_tunnel_from_peer_networks_reports_health_and_unpeer_removes_it() {
     use ferry_e2e::agents;
@@ -516,13 +544,7 @@ fn peering_builds_the_tunnel_from_peer_networks_reports_health_and_unpeer_remove
     assert_eq!(pn1["spec"]["peerEndpoint"], json!("198.18.2.2:51820"), "{pn1}");
     assert_eq!(pn1["status"]["tunnelMTU"], json!(1440), "{pn1}");
     let remap = |pn: &serde_json::Value, ip: &str| -> IpAddr {
-        let remaps: std::collections::BTreeMap<ipnet::IpNet, ipnet::IpNet> = pn["status"]["remaps"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.parse().unwrap(), v.as_str().unwrap().parse().unwrap()))
-            .collect();
-        ferry_tunnel::ipam::translate(ip.parse().unwrap(), &remaps).unwrap()
+        ferry_tunnel::ipam::translate(ip.parse().unwrap(), &status_remaps(pn)).unwrap()
     };
     let b_seen = remap(&pn1, &b.ip);
     let a_seen = remap(&pn2, &a.ip);
@@ -592,19 +614,7 @@ fn peering_builds_the_tunnel_from_peer_networks_reports_health_and_unpeer_remove
     eprintln!("WAN cut: NotConnected in the status after {detected:?}; Connected {back:?} after restore");
 
     // unpeer: both PeerNetworks go, and each gateway removes its tunnel (interface, table, rules) while it runs on
-    let (ok, _, err) = agents::ferryctl(
-        &lab.paths.kubeconfig(&lab.layout.clusters[0]),
-        &["unpeer", "provider-c2"],
-    );
-    assert!(ok, "{err}");
-    let ns = [
-        lab.layout.host_netns(&lab.layout.clusters[0]),
-        lab.layout.host_netns(&lab.layout.clusters[1]),
-    ];
-    let ifs = ["fyprovider-c2", "fyconsumer-c1"];
-    wait_for("tunnels removed on unpeer", Duration::from_secs(15), || {
-        (0..2).all(|i| leftovers(&ns[i], ifs[i], 0x6601).is_empty())
-    });
+    unpeer_and_expect_no_tunnel(&lab);
     assert!(peer_network(&lab, 0, "provider-c2").is_none());
     assert!(peer_network(&lab, 1, "consumer-c1").is_none());
     for g in &mut gateways {
@@ -650,28 +660,10 @@ fn roles_swap_when_only_the_consumer_is_reachable_the_provider_dials() {
         json!(consumer_ep),
         "the provider dials the consumer: {pn2}"
     );
-    let remaps: std::collections::BTreeMap<ipnet::IpNet, ipnet::IpNet> = pn1["status"]["remaps"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.parse().unwrap(), v.as_str().unwrap().parse().unwrap()))
-        .collect();
-    let b_seen = ferry_tunnel::ipam::translate(b.ip.parse().unwrap(), &remaps).unwrap();
+    let b_seen = ferry_tunnel::ipam::translate(b.ip.parse().unwrap(), &status_remaps(&pn1)).unwrap();
     let r = echo_from_pod(&exe(), &a, SocketAddr::new(b_seen, 8080), 1_000_000).unwrap();
     assert_eq!(r["ok"], json!(true), "{r}");
-    let (ok, _, err) = agents::ferryctl(
-        &lab.paths.kubeconfig(&lab.layout.clusters[0]),
-        &["unpeer", "provider-c2"],
-    );
-    assert!(ok, "{err}");
-    let ns = [
-        lab.layout.host_netns(&lab.layout.clusters[0]),
-        lab.layout.host_netns(&lab.layout.clusters[1]),
-    ];
-    wait_for("tunnels removed on unpeer", Duration::from_secs(15), || {
-        leftovers(&ns[0], "fyprovider-c2", 0x6601).is_empty()
-            && leftovers(&ns[1], "fyconsumer-c1", 0x6601).is_empty()
-    });
+    unpeer_and_expect_no_tunnel(&lab);
     for g in &mut gateways {
         g.stop();
     }
