@@ -236,22 +236,6 @@ impl Exchange {
     }
 }
 
-/// The remaps this cluster uses for `peer`: the gateway's (the `PeerNetwork` status), else the same
-/// deterministic choice the gateway makes from the CIDRs in the spec.
-pub async fn remaps_for_peer(client: &Client, peer: &str) -> BTreeMap<IpNet, IpNet> {
-    if let Some(r) = crate::offloading::gateway_remaps(client, peer).await {
-        return r;
-    }
-    let Ok(Some(pn)) = Api::<ferry_crds::PeerNetwork>::all(client.clone())
-        .get_opt(peer)
-        .await
-    else {
-        return BTreeMap::new();
-    };
-    let parse = |v: &[String]| -> Vec<IpNet> { v.iter().filter_map(|c| c.parse().ok()).collect() };
-    crate::offloading::remaps_for(&parse(&pn.spec.remote_cidrs), &parse(&pn.spec.local_cidrs))
-}
-
 type SliceResource = Option<kube::discovery::ApiResource>;
 
 async fn slice_resource(client: &Client) -> SliceResource {
@@ -598,7 +582,7 @@ async fn sync_once(client: &Client, cluster: &str, exchange: &Exchange) -> anyho
         match crate::consumer::call_broker(identity, "POST", "/v1/exports", Some(&body)).await {
             Ok((200, resp)) => match serde_json::from_slice::<ExportList>(&resp) {
                 Ok(list) => {
-                    let remaps = remaps_for_peer(client, provider).await;
+                    let remaps = crate::offloading::peer_remaps(client, provider, (&[], &[])).await;
                     if let Err(e) = exchange.receive(provider, list, &remaps) {
                         warn!(provider, "exports refused: {e}");
                     }

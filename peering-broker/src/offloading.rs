@@ -232,19 +232,49 @@ pub fn remaps_for(provider_cidrs: &[IpNet], local_cidrs: &[IpNet]) -> BTreeMap<I
     ferry_tunnel::ipam::plan_remaps(provider_cidrs, local_cidrs, &BTreeMap::new(), &pool).unwrap_or_default()
 }
 
-/// The remaps the gateway applied for `provider` (its `PeerNetwork` status), if it has reported them.
-pub async fn gateway_remaps(client: &Client, provider: &str) -> Option<BTreeMap<IpNet, IpNet>> {
-    let pn = Api::<ferry_crds::PeerNetwork>::all(client.clone())
-        .get_opt(provider)
-        .await
-        .ok()??;
+/// The remaps the gateway applied for `peer` (its `PeerNetwork` status), if it has reported them.
+fn applied_remaps(pn: &ferry_crds::PeerNetwork) -> Option<BTreeMap<IpNet, IpNet>> {
     let remaps: BTreeMap<IpNet, IpNet> = pn
-        .status?
+        .status
+        .as_ref()?
         .remaps
         .iter()
         .filter_map(|(k, v)| Some((k.parse().ok()?, v.parse().ok()?)))
         .collect();
     (!remaps.is_empty()).then_some(remaps)
+}
+
+/// How this cluster sees `peer`'s addresses: the remaps its gateway applied (the `PeerNetwork` status);
+/// before the gateway has reported, the same deterministic choice the gateway makes from the
+/// `PeerNetwork`'s CIDRs; without a `PeerNetwork`, that choice for `fallback` (remote, local CIDRs).
+/// One GET of the `PeerNetwork`.
+pub async fn peer_remaps(
+    client: &Client,
+    peer: &str,
+    fallback: (&[IpNet], &[IpNet]),
+) -> BTreeMap<IpNet, IpNet> {
+    let pn = Api::<ferry_crds::PeerNetwork>::all(client.clone())
+        .get_opt(peer)
+        .await
+        .ok()
+        .flatten();
+    let Some(pn) = pn else {
+        return remaps_for(fallback.0, fallback.1);
+    };
+    if let Some(r) = applied_remaps(&pn) {
+        return r;
+    }
+    let parse = |v: &[String]| -> Vec<IpNet> { v.iter().filter_map(|c| c.parse().ok()).collect() };
+    remaps_for(&parse(&pn.spec.remote_cidrs), &parse(&pn.spec.local_cidrs))
+}
+
+/// The remaps the gateway reported for `peer`, if it has (`None` also when the `PeerNetwork` is absent).
+pub async fn gateway_remaps(client: &Client, peer: &str) -> Option<BTreeMap<IpNet, IpNet>> {
+    let pn = Api::<ferry_crds::PeerNetwork>::all(client.clone())
+        .get_opt(peer)
+        .await
+        .ok()??;
+    applied_remaps(&pn)
 }
 
 /// Starts and stops the virtual kubelets: one per peering with an identity. A virtual kubelet translates
@@ -323,10 +353,7 @@ async fn start_one(
         provider: provider.to_string(),
         consumer: consumer.to_string(),
         tenant_namespace: get("tenantNamespace"),
-        remaps: match gateway_remaps(client, provider).await {
-            Some(r) => r,
-            None => remaps_for(&provider_cidrs, local_cidrs),
-        },
+        remaps: peer_remaps(client, provider, (&provider_cidrs, local_cidrs)).await,
         provider_view: remaps_for(local_cidrs, &provider_cidrs),
         local: client.clone(),
         remote,

@@ -413,7 +413,7 @@ impl Provider {
         let list: crate::mcs::ExportList =
             serde_json::from_slice(body).map_err(|e| BrokerError::Malformed(e.to_string()))?;
         let consumer = tenant.spec.cluster_id.clone();
-        let remaps = crate::mcs::remaps_for_peer(&self.client, &consumer).await;
+        let remaps = crate::offloading::peer_remaps(&self.client, &consumer, (&[], &[])).await;
         self.mcs
             .receive(&consumer, list, &remaps)
             .map_err(|e| BrokerError::invalid("exports", &e))?;
