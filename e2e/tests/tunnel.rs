@@ -574,6 +574,13 @@ fn peering_builds_the_tunnel_from_peer_networks_reports_health_and_unpeer_remove
             .unwrap_or(0)
             > 10_000_000
     });
+    // that later write kept the condition's transition time: the tunnel has stayed connected since
+    let since = &pn1["status"]["conditions"][0]["lastTransitionTime"];
+    assert!(since.is_string(), "{pn1}");
+    assert_eq!(
+        &peer_network(&lab, 0, "provider-c2").unwrap()["status"]["conditions"][0]["lastTransitionTime"],
+        since
+    );
     wait_for("NetworkUnavailable False", Duration::from_secs(10), || {
         network_unavailable(&lab) == "False"
     });

@@ -107,8 +107,8 @@ pub fn config_for(spec: &PeerNetworkSpec, opts: &ServeOptions, key_file: &str) -
 }
 
 /// The `PeerNetwork` status for a gateway status.
-pub fn status_patch(s: &GatewayStatus) -> serde_json::Value {
-    let now = chrono_now();
+/// `since`: when the tunnel last changed between connected and not (the condition's lastTransitionTime).
+pub fn status_patch(s: &GatewayStatus, since: &str) -> serde_json::Value {
     json!({ "status": {
         "phase": s.phase,
         "remaps": s.remaps,
@@ -122,7 +122,7 @@ pub fn status_patch(s: &GatewayStatus) -> serde_json::Value {
             "status": if s.connected { "True" } else { "False" },
             "reason": if s.connected { "HeartbeatsAnswered" } else { "HeartbeatsMissed" },
             "message": format!("backend {}, tunnel MTU {}, path MTU {}", s.backend, s.tunnel_mtu, s.path_mtu),
-            "lastTransitionTime": now,
+            "lastTransitionTime": since,
         }],
     }})
 }
@@ -216,13 +216,17 @@ fn start(api: Api<PeerNetwork>, name: String, cfg: GatewayConfig, spec: PeerNetw
         let writer_api = api.clone();
         let writer_name = name.clone();
         let writer = tokio::spawn(async move {
-            let mut last: Option<(String, usize, u32)> = None;
+            let mut last: Option<(String, std::collections::BTreeMap<String, String>, u32)> = None;
             let mut last_write = Instant::now();
+            let mut since = chrono_now();
             while rx.changed().await.is_ok() {
                 let s = rx.borrow_and_update().clone();
-                let key = (s.phase.clone(), s.remaps.len(), s.tunnel_mtu);
+                let key = (s.phase.clone(), s.remaps.clone(), s.tunnel_mtu);
+                if last.as_ref().is_some_and(|l| l.0 != key.0) {
+                    since = chrono_now();
+                }
                 if last.as_ref() != Some(&key) || last_write.elapsed() >= Duration::from_secs(5) {
-                    patch_status(&writer_api, &writer_name, &status_patch(&s)).await;
+                    patch_status(&writer_api, &writer_name, &status_patch(&s, &since)).await;
                     last = Some(key);
                     last_write = Instant::now();
                 }
@@ -428,12 +432,14 @@ mod tests {
             backend: "userspace".into(),
             ..Default::default()
         };
-        let p = status_patch(&s);
+        let p = status_patch(&s, "2026-11-28T04:00:00Z");
         assert_eq!(p["status"]["phase"], "Connected");
         assert_eq!(p["status"]["remaps"]["10.244.0.0/16"], "10.0.0.0/16");
         assert_eq!(p["status"]["latencyMs"], 1.23);
         assert_eq!(p["status"]["tunnelMTU"], 1440);
         assert_eq!(p["status"]["conditions"][0]["status"], "True");
+        // the transition time is the last change of phase, not the time of this write
+        assert_eq!(p["status"]["conditions"][0]["lastTransitionTime"], "2026-11-28T04:00:00Z");
         let st: ferry_crds::PeerNetworkStatus = serde_json::from_value(p["status"].clone()).unwrap();
         assert_eq!(st.tx_bytes, 9);
     }
