@@ -267,6 +267,7 @@ async fn list_slices(
 /// This cluster's exports, and the validity of each `ServiceExport` (`None`: valid; `Some(reason, message)`).
 async fn collect_local(
     client: &Client,
+    ar: &SliceResource,
     cluster: &str,
 ) -> kube::Result<(
     Vec<ExportedService>,
@@ -275,7 +276,6 @@ async fn collect_local(
     let exports: Api<ServiceExport> = Api::all(client.clone());
     let mut out = Vec::new();
     let mut validity = Vec::new();
-    let ar = slice_resource(client).await;
     for se in exports.list(&ListParams::default()).await? {
         let ns = se.namespace().unwrap_or_default();
         let name = se.name_any();
@@ -301,7 +301,7 @@ async fn collect_local(
             ));
             continue;
         }
-        let slices = list_slices(client, &ar, &ns, &format!("kubernetes.io/service-name={name}")).await?;
+        let slices = list_slices(client, ar, &ns, &format!("kubernetes.io/service-name={name}")).await?;
         let created = se
             .metadata
             .creation_timestamp
@@ -434,9 +434,12 @@ pub fn import_slice(
 
 /// Writes the imports of `merged` into this cluster and removes imports, slices and derived Services that
 /// no export backs any more.
-async fn apply_imports(client: &Client, merged: &BTreeMap<(String, String), Import>) -> anyhow::Result<()> {
+async fn apply_imports(
+    client: &Client,
+    ar: &SliceResource,
+    merged: &BTreeMap<(String, String), Import>,
+) -> anyhow::Result<()> {
     let pp = PatchParams::apply("ferry-mcs").force();
-    let ar = slice_resource(client).await;
     let version = ar.as_ref().map(|a| a.api_version.clone()).unwrap_or_default();
     for ((ns, name), imp) in merged {
         if imp.endpoints.is_empty() && !imp.conflicts.is_empty() && imp.ports.is_empty() {
@@ -498,14 +501,14 @@ async fn apply_imports(client: &Client, merged: &BTreeMap<(String, String), Impo
             "name": name, "uid": si.uid().unwrap_or_default(),
         });
         let want: BTreeSet<String> = imp.endpoints.keys().map(|c| slice_name(name, c)).collect();
-        if let Some(api) = slice_api(client, &ar, ns) {
+        if let Some(api) = slice_api(client, ar, ns) {
             for (cluster, eps) in &imp.endpoints {
                 let body = import_slice(&version, ns, name, cluster, imp, eps, &owner);
                 let sname = slice_name(name, cluster);
                 api.patch(&sname, &pp, &Patch::Apply(&body)).await?;
             }
             let selector = format!("{LABEL_SERVICE_NAME}={name},{MANAGED_LABEL}={MANAGED_VALUE}");
-            for s in list_slices(client, &ar, ns, &selector).await? {
+            for s in list_slices(client, ar, ns, &selector).await? {
                 let sname = s["metadata"]["name"].as_str().unwrap_or_default().to_string();
                 if !want.contains(&sname) {
                     let _ = api.delete(&sname, &DeleteParams::background()).await;
@@ -532,8 +535,8 @@ async fn apply_imports(client: &Client, merged: &BTreeMap<(String, String), Impo
                 .delete(&format!("{DERIVED_PREFIX}{}", key.1), &DeleteParams::background())
                 .await;
             let selector = format!("{LABEL_SERVICE_NAME}={},{MANAGED_LABEL}={MANAGED_VALUE}", key.1);
-            if let Some(api) = slice_api(client, &ar, &key.0) {
-                for s in list_slices(client, &ar, &key.0, &selector).await? {
+            if let Some(api) = slice_api(client, ar, &key.0) {
+                for s in list_slices(client, ar, &key.0, &selector).await? {
                     let sname = s["metadata"]["name"].as_str().unwrap_or_default().to_string();
                     let _ = api.delete(&sname, &DeleteParams::background()).await;
                 }
@@ -563,16 +566,38 @@ async fn peers(
 /// The MCS loop of one agent, every 2 s: collect local exports, exchange them with each provider, merge
 /// with what tenants sent to the broker, write imports and `ServiceExport` conditions.
 pub async fn run(client: Client, cluster: String, exchange: Arc<Exchange>) {
+    let mut state = SyncState::default();
     loop {
-        if let Err(e) = sync_once(&client, &cluster, &exchange).await {
+        if let Err(e) = sync_once(&client, &cluster, &exchange, &mut state).await {
+            // write everything again next time
+            state.applied = None;
             warn!("multi-cluster services: {e:#}");
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 
-async fn sync_once(client: &Client, cluster: &str, exchange: &Exchange) -> anyhow::Result<()> {
-    let (local, validity) = collect_local(client, cluster).await?;
+/// What the loop keeps between rounds.
+#[derive(Default)]
+struct SyncState {
+    /// The EndpointSlice version the cluster serves (discovered once).
+    slices: SliceResource,
+    /// The imports last written, and when: unchanged imports are written again only every 30 s (to heal
+    /// what someone else changed), not every 2 s.
+    applied: Option<(BTreeMap<(String, String), Import>, Instant)>,
+}
+
+async fn sync_once(
+    client: &Client,
+    cluster: &str,
+    exchange: &Exchange,
+    state: &mut SyncState,
+) -> anyhow::Result<()> {
+    if state.slices.is_none() {
+        state.slices = slice_resource(client).await;
+    }
+    let ar = &state.slices;
+    let (local, validity) = collect_local(client, ar, cluster).await?;
     *exchange.local.lock().expect("lock") = local.clone();
     let (providers, tenants) = peers(client).await;
     let body = serde_json::to_vec(&ExportList {
@@ -611,7 +636,14 @@ async fn sync_once(client: &Client, cluster: &str, exchange: &Exchange) -> anyho
             .collect()
     };
     let merged = merge(&all);
-    apply_imports(client, &merged).await?;
+    let fresh = state
+        .applied
+        .as_ref()
+        .is_some_and(|(m, at)| *m == merged && at.elapsed() < Duration::from_secs(30));
+    if !fresh {
+        apply_imports(client, ar, &merged).await?;
+        state.applied = Some((merged.clone(), Instant::now()));
+    }
     for (se, invalid) in &validity {
         let key = (se.namespace().unwrap_or_default(), se.name_any());
         let conflict = merged
