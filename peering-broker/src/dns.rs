@@ -31,6 +31,9 @@ pub struct Zone {
     pub names: BTreeMap<String, Vec<RData>>,
     /// TTL of every record, seconds.
     pub ttl: u32,
+    /// Every name that exists: those with records and the empty non-terminals above them, down to the apex
+    /// (computed once per build, so a query costs one lookup).
+    pub nodes: std::collections::BTreeSet<String>,
 }
 
 fn addr_rdata(ip: IpAddr) -> RData {
@@ -50,6 +53,7 @@ impl Zone {
         let mut z = Zone {
             names: BTreeMap::new(),
             ttl,
+            nodes: Default::default(),
         };
         for si in imports {
             let (ns, svc) = (si.namespace().unwrap_or_default(), si.name_any());
@@ -117,6 +121,14 @@ impl Zone {
                     .push(RData::SRV(SRV::new(0, 100, p.port as u16, target)));
             }
         }
+        for name in z.names.keys() {
+            let mut n = name.as_str();
+            while n.len() > ZONE.len() {
+                z.nodes.insert(n.to_string());
+                n = n.split_once('.').map_or(ZONE, |(_, rest)| rest);
+            }
+        }
+        z.nodes.insert(ZONE.to_string());
         z
     }
 
@@ -133,17 +145,14 @@ impl Zone {
 
     /// Whether `name` is in the zone: the apex, a name with records, or an empty non-terminal above one.
     fn exists(&self, name: &str) -> bool {
-        name == ZONE
-            || self.names.contains_key(name)
-            || self.names.keys().any(|k| {
-                k.len() > name.len() && k.ends_with(name) && k.as_bytes()[k.len() - name.len() - 1] == b'.'
-            })
+        self.nodes.contains(name)
     }
 }
 
 /// Whether `name` (lowercase, absolute) is `clusterset.local.` or below it.
 pub fn in_zone(name: &str) -> bool {
-    name == ZONE || name.ends_with(&format!(".{ZONE}"))
+    name.strip_suffix(ZONE)
+        .is_some_and(|above| above.is_empty() || above.ends_with('.'))
 }
 
 /// The answer to one DNS message (`max`: the UDP size limit; `None` over TCP). `None` when the request is
