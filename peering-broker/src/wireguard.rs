@@ -175,31 +175,38 @@ pub async fn tunnel_addresses_in_use(client: &Client, except: &str) -> kube::Res
         .collect())
 }
 
-/// The slot the `PeerNetwork` of `peer` already has, if any (a re-peering keeps its link).
-pub async fn existing_slot(client: &Client, peer: &str) -> kube::Result<Option<u32>> {
+/// A free tunnel link for a peering with `peer` (one LIST of this cluster's `PeerNetwork`s): see
+/// [`pick_slot`].
+pub async fn choose_slot(client: &Client, peer: &str, peer_in_use: &[String]) -> kube::Result<Option<u32>> {
     let api: Api<PeerNetwork> = Api::all(client.clone());
-    Ok(api.get_opt(peer).await?.and_then(|pn| {
-        let a = pn.spec.tunnel_address?;
-        let ip: std::net::IpAddr = a.split('/').next()?.parse().ok()?;
-        ferry_tunnel::ipam::tunnel_slot(ip)
-    }))
+    let all = api.list(&Default::default()).await?.items;
+    let existing = all
+        .iter()
+        .find(|pn| pn.spec.cluster_id == peer)
+        .and_then(|pn| addr_slot(pn.spec.tunnel_address.as_deref()?));
+    let ours: Vec<String> = all
+        .into_iter()
+        .filter(|pn| pn.spec.cluster_id != peer)
+        .flat_map(|pn| [pn.spec.tunnel_address, pn.spec.peer_tunnel_address])
+        .flatten()
+        .collect();
+    Ok(pick_slot(existing, &ours, peer_in_use))
 }
 
-/// A free tunnel link for a peering with `peer`: its old one, or the lowest that neither this cluster nor
-/// the peer (`peer_in_use`) uses.
-pub async fn choose_slot(client: &Client, peer: &str, peer_in_use: &[String]) -> kube::Result<Option<u32>> {
-    if let Some(s) = existing_slot(client, peer).await?
-        && !peer_in_use.iter().any(|a| addr_slot(a) == Some(s))
+/// The link for a peering: the one it already had (a re-peering keeps its link) unless the peer now
+/// uses it elsewhere, else the lowest that neither this cluster (`ours`) nor the peer (`theirs`) uses.
+pub fn pick_slot(existing: Option<u32>, ours: &[String], theirs: &[String]) -> Option<u32> {
+    if let Some(s) = existing
+        && !theirs.iter().any(|a| addr_slot(a) == Some(s))
     {
-        return Ok(Some(s));
+        return Some(s);
     }
-    let used: Vec<std::net::IpAddr> = tunnel_addresses_in_use(client, peer)
-        .await?
+    let used: Vec<std::net::IpAddr> = ours
         .iter()
-        .chain(peer_in_use)
+        .chain(theirs)
         .filter_map(|a| a.split('/').next()?.parse().ok())
         .collect();
-    Ok(ferry_tunnel::ipam::free_tunnel_slot(&used))
+    ferry_tunnel::ipam::free_tunnel_slot(&used)
 }
 
 fn addr_slot(a: &str) -> Option<u32> {
@@ -293,5 +300,21 @@ mod tests {
             (Some(51822), Some(51822))
         );
         assert_eq!(addr_slot("169.254.64.6/30"), Some(1));
+    }
+
+    #[test]
+    fn a_repeering_keeps_its_link_unless_the_peer_took_it_and_new_links_avoid_both_sides() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(pick_slot(Some(3), &s(&[]), &s(&[])), Some(3));
+        // the peer uses link 3 with another cluster now: a fresh one, free on both sides
+        assert_eq!(
+            pick_slot(
+                Some(3),
+                &s(&["169.254.64.1/30", "169.254.64.2"]),
+                &s(&["169.254.64.14/30", "169.254.64.6"])
+            ),
+            Some(2)
+        );
+        assert_eq!(pick_slot(None, &s(&[]), &s(&[])), Some(0));
     }
 }

@@ -439,7 +439,10 @@ mod tests {
         assert_eq!(p["status"]["tunnelMTU"], 1440);
         assert_eq!(p["status"]["conditions"][0]["status"], "True");
         // the transition time is the last change of phase, not the time of this write
-        assert_eq!(p["status"]["conditions"][0]["lastTransitionTime"], "2026-11-28T04:00:00Z");
+        assert_eq!(
+            p["status"]["conditions"][0]["lastTransitionTime"],
+            "2026-11-28T04:00:00Z"
+        );
         let st: ferry_crds::PeerNetworkStatus = serde_json::from_value(p["status"].clone()).unwrap();
         assert_eq!(st.tx_bytes, 9);
     }
