@@ -289,6 +289,49 @@ async fn an_exported_service_answers_by_its_clusterset_name_across_overlapping_c
     assert_eq!(conf.len(), 2);
     assert!(conf.iter().all(|ip| ip.starts_with("10.0.")), "{conf:?}");
 
+    // a headless endpoint with a hostname has its own name: <hostname>.<cluster>.<svc>.<ns>.svc.clusterset.local
+    service(&c2, "named", 8080, "http").await;
+    let svcs: Api<Service> = Api::namespaced(c2.clone(), NS);
+    svcs.patch(
+        "named",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({ "spec": { "selector": { "app": "named" } } })),
+    )
+    .await
+    .unwrap();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(c2.clone(), NS);
+    let _ = pods.delete("web-0", &DeleteParams::default()).await;
+    let t0 = Instant::now();
+    while pods.get_opt("web-0").await.unwrap().is_some() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "old web-0 not gone");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": { "name": "web-0", "namespace": NS, "labels": { "app": "named" } },
+        "spec": { "hostname": "web-0", "subdomain": "named",
+                  "containers": [{ "name": "web", "image": "lab/echo" }] }
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    export(&c2, "named").await;
+    let per_pod = format!("web-0.provider-c2.named.{NS}.svc.clusterset.local");
+    let got = tokio::task::block_in_place(|| {
+        let mut got = Vec::new();
+        wait_for("the per-pod name resolves", Duration::from_secs(30), || {
+            got = resolve(&client, &per_pod);
+            got.len() == 1
+        });
+        got
+    });
+    let real = pods.get("web-0").await.unwrap().status.unwrap().pod_ip.unwrap();
+    assert_ne!(got[0], real, "the name gives the remapped address, not c2's own");
+    assert!(
+        got[0].starts_with("10.0.") && got[0].ends_with(real.trim_start_matches("10.244")),
+        "{got:?} vs {real}"
+    );
+    unexport(&c2, "named").await;
+    let _ = pods.delete("web-0", &DeleteParams::default()).await;
+
     // unexport everything: the imports go
     for c in [&c1, &c2] {
         unexport(c, "echo").await;

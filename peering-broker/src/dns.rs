@@ -145,7 +145,7 @@ impl Zone {
 
     /// Whether `name` is in the zone: the apex, a name with records, or an empty non-terminal above one.
     fn exists(&self, name: &str) -> bool {
-        self.nodes.contains(name)
+        name == ZONE || self.nodes.contains(name)
     }
 }
 
@@ -460,6 +460,15 @@ mod tests {
         assert_eq!(m.response_code(), ResponseCode::NoError);
         assert!(m.answers().is_empty());
         assert_eq!(ask("clusterset.local.", RecordType::SOA).answers().len(), 1);
+        // the apex exists even in an empty zone (before the first build): NODATA, not NXDOMAIN
+        let mut m = Message::new();
+        m.add_query(Query::query(
+            Name::from_str("clusterset.local.").unwrap(),
+            RecordType::A,
+        ));
+        let r =
+            Message::from_vec(&answer(&m.to_vec().unwrap(), &Zone::default(), Some(512)).unwrap()).unwrap();
+        assert_eq!(r.response_code(), ResponseCode::NoError);
     }
 
     #[test]

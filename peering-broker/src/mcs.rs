@@ -2,7 +2,7 @@
 //!
 //! Each agent turns its cluster's `ServiceExport`s (with their Services and EndpointSlices) into
 //! [`ExportedService`]s. The consumer's agent sends its exports to each provider's broker
-//! (`POST /v1/exports`, mTLS) every 2 s and gets the provider's back, so both sides know both sides' exports.
+//! (`POST /v1/exports`, mTLS) every second and gets the provider's back, so both sides know both sides' exports.
 //! Addresses are translated into the receiving cluster's view with the tunnel's remaps.
 //!
 //! [`merge`] (pure) makes one import per exported name: the oldest export defines ports and type; an export
@@ -89,8 +89,11 @@ pub struct Import {
     pub conflicts: BTreeSet<String>,
 }
 
+/// Imports by `(namespace, name)`.
+pub type Imports = BTreeMap<(String, String), Import>;
+
 /// Merges every cluster's exports into one import per `(namespace, name)`.
-pub fn merge(all: &[ExportedService]) -> BTreeMap<(String, String), Import> {
+pub fn merge(all: &[ExportedService]) -> Imports {
     let mut by_name: BTreeMap<(String, String), Vec<&ExportedService>> = BTreeMap::new();
     for e in all {
         by_name
@@ -434,11 +437,7 @@ pub fn import_slice(
 
 /// Writes the imports of `merged` into this cluster and removes imports, slices and derived Services that
 /// no export backs any more.
-async fn apply_imports(
-    client: &Client,
-    ar: &SliceResource,
-    merged: &BTreeMap<(String, String), Import>,
-) -> anyhow::Result<()> {
+async fn apply_imports(client: &Client, ar: &SliceResource, merged: &Imports) -> anyhow::Result<()> {
     let pp = PatchParams::apply("ferry-mcs").force();
     let version = ar.as_ref().map(|a| a.api_version.clone()).unwrap_or_default();
     for ((ns, name), imp) in merged {
@@ -563,7 +562,8 @@ async fn peers(
     (providers, tenants)
 }
 
-/// The MCS loop of one agent, every 2 s: collect local exports, exchange them with each provider, merge
+/// The MCS loop of one agent, every second (an unexport reaches the other cluster's answers within about
+/// two rounds): collect local exports, exchange them with each provider, merge
 /// with what tenants sent to the broker, write imports and `ServiceExport` conditions.
 pub async fn run(client: Client, cluster: String, exchange: Arc<Exchange>) {
     let mut state = SyncState::default();
@@ -573,7 +573,7 @@ pub async fn run(client: Client, cluster: String, exchange: Arc<Exchange>) {
             state.applied = None;
             warn!("multi-cluster services: {e:#}");
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -583,8 +583,8 @@ struct SyncState {
     /// The EndpointSlice version the cluster serves (discovered once).
     slices: SliceResource,
     /// The imports last written, and when: unchanged imports are written again only every 30 s (to heal
-    /// what someone else changed), not every 2 s.
-    applied: Option<(BTreeMap<(String, String), Import>, Instant)>,
+    /// what someone else changed), not every round.
+    applied: Option<(Imports, Instant)>,
 }
 
 async fn sync_once(
