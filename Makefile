@@ -12,7 +12,7 @@ LAB      := $(BIN)/ferry-lab
 DEMO_LAB ?= ferry
 E2E_LAB  ?= e2e
 E2E_PORT ?= 24000
-FUZZ_SECONDS ?= 20
+FUZZ_SECONDS ?= 8
 
 .PHONY: deps build demo test unit lint e2e crds down fuzz
 
@@ -46,12 +46,17 @@ e2e: build
 	$(LAB) --name $(E2E_LAB) down >/dev/null; \
 	trap '$(LAB) --name $(E2E_LAB) down' EXIT; \
 	$(LAB) --name $(E2E_LAB) up --base-port $(E2E_PORT); \
-	FERRY_LAB_NAME=$(E2E_LAB) cargo test -p ferry-e2e --features lab --test lab --test tunnel --test peering --test offload --test mcs
+	FERRY_LAB_NAME=$(E2E_LAB) cargo test -p ferry-e2e --features lab --test lab --test tunnel --test peering --test offload --test mcs --test trust
 
 # cargo fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the one stable toolchain here accept them. Its
-# sanitizer build gets a target dir of its own, so it never invalidates the main cache.
+# sanitizer build gets a target dir of its own, so it never invalidates the main cache. One target per
+# thing a peer sends (peering-broker/fuzz/fuzz_targets), each for FUZZ_SECONDS.
+FUZZ_TARGETS := wire response offload exports dns admission shadowpod quantity
 fuzz:
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-	set -o pipefail; cd peering-broker && RUSTC_BOOTSTRAP=1 cargo fuzz run --target-dir $(HOME)/.cache/ferry/fuzz-target wire -- -max_total_time=$(FUZZ_SECONDS) 2>&1 | tail -n 3
+	set -eo pipefail; cd peering-broker && for t in $(FUZZ_TARGETS); do \
+	  printf 'fuzz %s: ' $$t; \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run --target-dir $(HOME)/.cache/ferry/fuzz-target $$t -- -max_total_time=$(FUZZ_SECONDS) 2>&1 | grep -E '^Done|ERROR|panicked' | tail -n 3; \
+	done
 
 test: deps lint unit fuzz e2e

@@ -36,6 +36,31 @@ pub struct TenantSpec {
     /// No new offloading is accepted while true.
     #[serde(default)]
     pub cordoned: bool,
+    /// What this tenant's pods may do here. The defaults are safe (like Pod Security "baseline" with
+    /// "restricted"-style volumes); the provider's operator widens them per tenant.
+    #[serde(default)]
+    pub policy: TenantPolicy,
+}
+
+/// The provider's policy for one tenant's pods. The provider's `ShadowPod` controller builds every pod
+/// under it and its validating webhook refuses any pod in a tenant namespace that breaks it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantPolicy {
+    /// Linux capabilities containers may add beyond the baseline set (AUDIT_WRITE, CHOWN, DAC_OVERRIDE,
+    /// FOWNER, FSETID, KILL, MKNOD, NET_BIND_SERVICE, SETFCAP, SETGID, SETPCAP, SETUID, SYS_CHROOT).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_capabilities: Vec<String>,
+    /// Volume types allowed beyond the safe set (configMap, secret, emptyDir, projected, downwardAPI,
+    /// persistentVolumeClaim, ephemeral), e.g. `csi` or `nfs`. `hostPath` is never allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_volume_types: Vec<String>,
+    /// Node labels every pod of this tenant is confined to (the provider's choice, not the consumer's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Runtime class every pod of this tenant runs with (e.g. a sandbox such as gVisor or Kata).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_class_name: Option<String>,
 }
 
 /// Tenant status.
@@ -230,6 +255,10 @@ pub struct ShadowPodStatus {
     /// Times the provider pod was recreated.
     #[serde(default)]
     pub recreations: u32,
+    /// `Admitted`: whether the provider's policy and the tenant's grant let the pod run (False with the
+    /// field at fault and the fix).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }
 
 /// The network of one peering: CIDRs, remaps, WireGuard, MTU, and the tunnel's health.

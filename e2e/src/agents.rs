@@ -1,6 +1,6 @@
 //! ferry-agents on lab clusters, for tests and benchmarks: cluster `c1` is the consumer (`consumer-c1`,
 //! with the pod webhook), `c2` the provider (`provider-c2`). Each agent listens at its apiserver port + 6
-//! (broker) and + 7 (webhook). [`Agent`] stops its process when dropped; [`peer`] runs the real `ferryctl`
+//! (broker) and + 7 (webhooks). [`Agent`] stops its process when dropped; [`peer`] runs the real `ferryctl`
 //! commands.
 
 use std::path::{Path, PathBuf};
@@ -52,7 +52,7 @@ pub fn cluster_id(idx: usize) -> String {
 }
 
 /// The ferry-agent command line for cluster `idx` of `lab` (`exe`: the binary): its kubeconfig, cluster
-/// ID, broker at the apiserver port + 6, CIDRs, and for the consumer (`c1`) the pod webhook at + 7.
+/// ID, broker at the apiserver port + 6, CIDRs, and the webhooks at + 7.
 pub fn command(lab: &Lab, idx: usize, exe: &Path) -> Command {
     command_with(lab, idx, exe, default_endpoint(lab, idx).as_deref())
 }
@@ -81,12 +81,11 @@ pub fn command_with(lab: &Lab, idx: usize, exe: &Path, endpoint: Option<&str>) -
         // link n: port + 2n
         cmd.args(["--gateway-endpoint", e]);
     }
-    if idx == 0 {
-        cmd.args([
-            "--webhook-listen",
-            &format!("127.0.0.1:{}", c.ports.apiserver + 7),
-        ]);
-    }
+    // every agent serves the webhooks: the consumer's pod offloading, the provider's tenant pod policy
+    cmd.args([
+        "--webhook-listen",
+        &format!("127.0.0.1:{}", c.ports.apiserver + 7),
+    ]);
     cmd
 }
 

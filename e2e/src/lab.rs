@@ -609,3 +609,25 @@ pub async fn status(root: &Path, name: &str) -> Result<Vec<ClusterStatus>> {
     }
     Ok(out)
 }
+
+/// Polls `check` every 200 ms until it is true; panics after `secs` naming `what` (and the last error).
+pub async fn eventually<F, Fut>(what: &str, secs: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let mut last = String::new();
+    loop {
+        match check().await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => last = format!(" (last error: {e:#})"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not after {secs}s{last}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

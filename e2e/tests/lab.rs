@@ -509,6 +509,7 @@ async fn every_ferry_crd_installs_on_the_lab_apiserver_and_serves_objects_and_st
             public_key_fingerprint: "ab".repeat(32),
             tenant_namespace: "ferry-tenant-consumer-1".into(),
             cordoned: false,
+            policy: Default::default(),
         },
     );
     let _ = tenants.delete("t-consumer", &DeleteParams::default()).await;

@@ -77,6 +77,20 @@ struct Peered {
 
 impl Drop for Peered {
     fn drop(&mut self) {
+        // while the agents still run, so the offloading's finalizer removes the namespace's webhook label
+        let _ = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.lab.paths.kubeconfig(&self.lab.layout.clusters[0]))
+            .args([
+                "-n",
+                NS,
+                "delete",
+                "namespaceoffloadings.ferry.dev",
+                "offloading",
+                "--wait=true",
+                "--timeout=30s",
+            ])
+            .output();
         let _ = agents::ferryctl(
             &self.lab.paths.kubeconfig(&self.lab.layout.clusters[0]),
             &["unpeer", "provider-c2"],
@@ -100,6 +114,13 @@ fn peered(lab: &Lab) -> Peered {
         agents::start_dns(lab, 1).unwrap(),
     ];
     agents::peer(lab, &[]).unwrap();
+    // a consumer exports services of namespaces it offloaded, and of no other (the provider refuses the
+    // rest); Local keeps this test's c1 pods on c1
+    let (ok, _, err) = agents::ferryctl(
+        &lab.paths.kubeconfig(&lab.layout.clusters[0]),
+        &["offload", "namespace", NS, "--strategy", "Local"],
+    );
+    assert!(ok, "ferryctl offload namespace {NS}: {err}");
     Peered {
         _procs: procs,
         _agents: ags,

@@ -264,7 +264,26 @@ pub async fn handshake(
         };
         return Err(fail((400..500).contains(&status), msg).await);
     }
-    let ok: PeeringResponse = serde_json::from_slice(&resp).map_err(|e| transient(e.into()))?;
+    let ok: PeeringResponse = match serde_json::from_slice(&resp) {
+        Ok(ok) => ok,
+        Err(e) => {
+            return Err(fail(
+                true,
+                format!("{endpoint}: the broker's answer does not parse: {e}"),
+            )
+            .await);
+        }
+    };
+    // the provider is a peer, not an authority: its answer is checked before anything is built from it
+    if let Err(e) = check_response(
+        &ok,
+        &claims.iss,
+        &consumer_user(&me.cluster_id),
+        csr_key.public_key_raw(),
+        chrono::Utc::now().timestamp(),
+    ) {
+        return Err(fail(true, format!("{endpoint}: the broker's answer is refused: {e}")).await);
+    }
     let kubeconfig = kubeconfig(
         &provider,
         &ok.api_server,
@@ -336,16 +355,164 @@ pub async fn handshake(
     })
 }
 
-/// A kubeconfig for the identity, its default namespace the tenant namespace.
+/// A kubeconfig for the identity, its default namespace the tenant namespace: built as typed data and
+/// serialized, so nothing a broker answers can add structure (users, contexts, exec plugins).
 pub fn kubeconfig(provider: &str, server: &str, ca: &str, cert: &str, key: &str, ns: &str) -> String {
     use base64::Engine;
     let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: {provider}\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: {provider}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: {provider}\n  context:\n    cluster: {provider}\n    user: {provider}\n    namespace: {ns}\ncurrent-context: {provider}\n",
-        b(ca),
-        b(cert),
-        b(key)
-    )
+    let kc: Result<kube::config::Kubeconfig, _> = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{ "name": provider, "cluster": { "server": server, "certificate-authority-data": b(ca) } }],
+        "users": [{ "name": provider, "user": { "client-certificate-data": b(cert), "client-key-data": b(key) } }],
+        "contexts": [{ "name": provider, "context": { "cluster": provider, "user": provider, "namespace": ns } }],
+        "current-context": provider,
+    }));
+    kc.ok()
+        .and_then(|kc| serde_yaml::to_string(&kc).ok())
+        .unwrap_or_default()
+}
+
+/// Checks a stored identity kubeconfig before it is used: exactly one cluster (https, with a CA), one user
+/// with a client certificate and key given inline, one context; no exec or auth plugins, tokens, files,
+/// proxies or impersonation.
+pub fn check_kubeconfig(kc: &kube::config::Kubeconfig) -> Result<(), String> {
+    if kc.clusters.len() != 1 || kc.auth_infos.len() != 1 || kc.contexts.len() != 1 {
+        return Err("the identity kubeconfig must have exactly one cluster, user and context".into());
+    }
+    let c = kc.clusters[0]
+        .cluster
+        .as_ref()
+        .ok_or("the identity kubeconfig has no cluster")?;
+    if !c.server.as_deref().is_some_and(|s| s.starts_with("https://"))
+        || c.certificate_authority_data.is_none()
+        || c.insecure_skip_tls_verify == Some(true)
+        || c.proxy_url.is_some()
+        || c.certificate_authority.is_some()
+    {
+        return Err(
+            "the identity kubeconfig's cluster must be https with an inline CA, no proxy, no skip-verify"
+                .into(),
+        );
+    }
+    let u = kc.auth_infos[0]
+        .auth_info
+        .as_ref()
+        .ok_or("the identity kubeconfig has no user")?;
+    if u.client_certificate_data.is_none()
+        || u.client_key_data.is_none()
+        || u.exec.is_some()
+        || u.auth_provider.is_some()
+        || u.token.is_some()
+        || u.token_file.is_some()
+        || u.username.is_some()
+        || u.client_certificate.is_some()
+        || u.client_key.is_some()
+        || u.impersonate.is_some()
+        || u.impersonate_groups.is_some()
+    {
+        return Err(
+            "the identity kubeconfig's user must be an inline client certificate and key only".into(),
+        );
+    }
+    Ok(())
+}
+
+/// Checks the broker's answer to a peering before anything is built from it (pure). `provider`: the
+/// token's issuer; `user`: the identity this side asked for; `key_raw`: the raw public key of the CSR this
+/// side sent. The message names the field and why.
+pub fn check_response(
+    ok: &PeeringResponse,
+    provider: &str,
+    user: &str,
+    key_raw: &[u8],
+    now: i64,
+) -> Result<(), String> {
+    use x509_parser::prelude::FromDer;
+    if ok.provider_cluster_id != provider {
+        return Err(format!(
+            "providerClusterID {:?} is not the token's issuer {provider:?}",
+            ok.provider_cluster_id
+        ));
+    }
+    if !is_dns_label(&ok.tenant_namespace) {
+        return Err(format!(
+            "tenantNamespace {:?} is not a DNS label",
+            ok.tenant_namespace
+        ));
+    }
+    let uri: axum::http::Uri = ok
+        .api_server
+        .parse()
+        .map_err(|e| format!("apiServer {:?} is not a URL: {e}", ok.api_server))?;
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+    if uri.scheme_str() != Some("https")
+        || authority.is_empty()
+        || authority.contains('@')
+        || uri.query().is_some()
+        || !matches!(uri.path(), "" | "/")
+        || ok.api_server.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "apiServer {:?} must be https://host[:port] and nothing more",
+            ok.api_server
+        ));
+    }
+    let mut cas = 0;
+    for pem in x509_parser::pem::Pem::iter_from_buffer(ok.ca.as_bytes()) {
+        let pem = pem.map_err(|e| format!("ca is not PEM: {e}"))?;
+        x509_parser::certificate::X509Certificate::from_der(&pem.contents)
+            .map_err(|e| format!("ca holds something that is not a certificate: {e}"))?;
+        cas += 1;
+    }
+    if cas == 0 || cas > 16 {
+        return Err("ca must hold 1 to 16 PEM certificates".into());
+    }
+    let (_, pem) = x509_parser::pem::parse_x509_pem(ok.certificate.as_bytes())
+        .map_err(|e| format!("certificate is not PEM: {e}"))?;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&pem.contents)
+        .map_err(|e| format!("certificate does not parse: {e}"))?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .unwrap_or_default();
+    if cn != user || cert.subject().iter().flat_map(|r| r.iter()).count() != 1 {
+        return Err(format!(
+            "certificate is for {:?}, not only CN={user}",
+            cert.subject().to_string()
+        ));
+    }
+    if cert.public_key().subject_public_key.data.as_ref() != key_raw {
+        return Err("certificate is not for the key this cluster sent in its CSR".into());
+    }
+    if cert.validity().not_after.timestamp() <= now {
+        return Err("certificate has already expired".into());
+    }
+    crate::wire::check_resources(&ok.granted).map_err(|e| format!("granted: {e}"))?;
+    crate::wire::check_cidrs("podCIDRs", &ok.pod_cidrs).map_err(|e| e.to_string())?;
+    crate::wire::check_cidrs("serviceCIDRs", &ok.service_cidrs).map_err(|e| e.to_string())?;
+    if let Some(e) = &ok.gateway_endpoint {
+        crate::wire::check_endpoint("gatewayEndpoint", e).map_err(|e| e.to_string())?;
+    }
+    if !ok.wireguard_public_key.is_empty()
+        && crate::wireguard::parse_public(&ok.wireguard_public_key).is_none()
+    {
+        return Err("wireguardPublicKey is not a WireGuard public key".into());
+    }
+    if ok.tunnel_slot.is_some_and(|s| s >= 4096) {
+        return Err("tunnelSlot is outside 169.254.64.0/18".into());
+    }
+    Ok(())
+}
+
+fn is_dns_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 /// A call to the provider's broker as the tenant: TLS pinned to the broker's certificate, client
@@ -407,4 +574,169 @@ pub async fn unpeer(client: &Client, provider: &str) -> Result<()> {
         .delete(provider, &DeleteParams::default())
         .await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CA, a client certificate for `cn` on a fresh key, that key's SPKI, and the CA's PEM.
+    fn issued(cn: &str) -> (String, Vec<u8>, String) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.public_key_raw().to_vec(), ca.pem())
+    }
+
+    fn answer() -> (PeeringResponse, Vec<u8>) {
+        let (cert, spki, ca) = issued("ferry:consumer:c1");
+        (
+            PeeringResponse {
+                provider_cluster_id: "p2".into(),
+                tenant_namespace: "ferry-tenant-c1".into(),
+                api_server: "https://198.18.2.2:6443".into(),
+                ca,
+                certificate: cert,
+                granted: Resources {
+                    cpu: Some("4".into()),
+                    ..Default::default()
+                },
+                wireguard_public_key: String::new(),
+                pod_cidrs: vec!["10.244.0.0/16".into()],
+                service_cidrs: vec!["10.97.0.0/16".into()],
+                gateway_endpoint: Some("198.18.2.2:51820".into()),
+                tunnel_slot: Some(0),
+            },
+            spki,
+        )
+    }
+
+    fn check(ok: &PeeringResponse, spki: &[u8]) -> Result<(), String> {
+        check_response(
+            ok,
+            "p2",
+            "ferry:consumer:c1",
+            spki,
+            chrono::Utc::now().timestamp(),
+        )
+    }
+
+    #[test]
+    fn a_good_answer_passes_and_builds_a_kubeconfig_with_one_user_and_no_plugins() {
+        let (ok, spki) = answer();
+        check(&ok, &spki).unwrap();
+        let text = kubeconfig(
+            "p2",
+            &ok.api_server,
+            &ok.ca,
+            &ok.certificate,
+            "KEY",
+            &ok.tenant_namespace,
+        );
+        let kc = kube::config::Kubeconfig::from_yaml(&text).unwrap();
+        check_kubeconfig(&kc).unwrap();
+        assert_eq!(
+            kc.clusters[0].cluster.as_ref().unwrap().server.as_deref(),
+            Some("https://198.18.2.2:6443")
+        );
+    }
+
+    #[test]
+    fn a_hostile_answer_cannot_inject_structure_into_the_kubeconfig() {
+        // what a text template would have turned into a second user with an exec plugin
+        let evil = "https://x:1\nusers:\n- name: p2\n  user:\n    exec:\n      command: /bin/sh";
+        let text = kubeconfig("p2", evil, "CA", "CERT", "KEY", "ns\ncurrent-context: evil");
+        let kc = kube::config::Kubeconfig::from_yaml(&text).unwrap();
+        assert_eq!(kc.auth_infos.len(), 1);
+        assert!(kc.auth_infos[0].auth_info.as_ref().unwrap().exec.is_none());
+        assert_eq!(
+            kc.clusters[0].cluster.as_ref().unwrap().server.as_deref(),
+            Some(evil)
+        );
+        assert_eq!(kc.current_context.as_deref(), Some("p2"));
+        // and such a server is refused before a kubeconfig is ever built
+        let (mut ok, spki) = answer();
+        ok.api_server = evil.into();
+        assert!(check(&ok, &spki).unwrap_err().starts_with("apiServer"));
+    }
+
+    #[test]
+    fn every_field_of_a_bad_answer_is_refused_by_name() {
+        type Spoil = Box<dyn Fn(&mut PeeringResponse)>;
+        let cases: Vec<(&str, Spoil)> = vec![
+            (
+                "providerClusterID",
+                Box::new(|o| o.provider_cluster_id = "p3".into()),
+            ),
+            (
+                "tenantNamespace",
+                Box::new(|o| o.tenant_namespace = "Ferry Tenant".into()),
+            ),
+            (
+                "apiServer",
+                Box::new(|o| o.api_server = "http://198.18.2.2:6443".into()),
+            ),
+            (
+                "apiServer",
+                Box::new(|o| o.api_server = "https://user@198.18.2.2:6443".into()),
+            ),
+            (
+                "apiServer",
+                Box::new(|o| o.api_server = "https://h:1/path?x=1".into()),
+            ),
+            ("ca", Box::new(|o| o.ca = "not a certificate".into())),
+            (
+                "certificate",
+                Box::new(|o| o.certificate = issued("ferry:consumer:c1").0),
+            ),
+            (
+                "certificate",
+                Box::new(|o| o.certificate = issued("system:admin").0),
+            ),
+            ("granted", Box::new(|o| o.granted.memory = Some("-5Gi".into()))),
+            ("podCIDRs", Box::new(|o| o.pod_cidrs = vec!["0.0.0.0/0".into()])),
+            (
+                "serviceCIDRs",
+                Box::new(|o| o.service_cidrs = vec!["127.0.0.0/8".into()]),
+            ),
+            (
+                "gatewayEndpoint",
+                Box::new(|o| o.gateway_endpoint = Some("127.0.0.1:22".into())),
+            ),
+            (
+                "wireguardPublicKey",
+                Box::new(|o| o.wireguard_public_key = "eA==".into()),
+            ),
+            ("tunnelSlot", Box::new(|o| o.tunnel_slot = Some(5000))),
+        ];
+        for (field, spoil) in cases {
+            let (mut ok, spki) = answer();
+            spoil(&mut ok);
+            let e = check(&ok, &spki).unwrap_err();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_kubeconfig_with_plugins_or_extra_users_is_not_used() {
+        let with_exec: kube::config::Kubeconfig = serde_json::from_value(json!({
+            "clusters": [{"name": "p", "cluster": {"server": "https://h:1", "certificate-authority-data": "eA=="}}],
+            "users": [{"name": "p", "user": {"client-certificate-data": "eA==", "client-key-data": "eA==",
+                "exec": {"command": "/bin/sh", "apiVersion": "client.authentication.k8s.io/v1"}}}],
+            "contexts": [{"name": "p", "context": {"cluster": "p", "user": "p"}}],
+        }))
+        .unwrap();
+        assert!(check_kubeconfig(&with_exec).is_err());
+        let mut two = with_exec.clone();
+        two.auth_infos[0].auth_info.as_mut().unwrap().exec = None;
+        check_kubeconfig(&two).unwrap();
+        two.auth_infos.push(two.auth_infos[0].clone());
+        assert!(check_kubeconfig(&two).is_err());
+    }
 }

@@ -205,8 +205,14 @@ pub fn answer(request: &[u8], zone: &Zone, max: Option<usize>) -> Option<Vec<u8>
     if qtype == RecordType::SOA && name == ZONE {
         answers.push(zone.soa());
     }
+    // ANY gets one RRset, not everything (RFC 8482): no amplification through ANY
+    let any_type = zone
+        .names
+        .get(&name)
+        .and_then(|v| v.first())
+        .map(|rd| rd.record_type());
     for rd in zone.names.get(&name).into_iter().flatten() {
-        if qtype == RecordType::ANY || rd.record_type() == qtype {
+        if (qtype == RecordType::ANY && Some(rd.record_type()) == any_type) || rd.record_type() == qtype {
             answers.push(Record::from_rdata(q.name().clone(), zone.ttl, rd.clone()));
         }
     }
@@ -221,7 +227,14 @@ pub fn answer(request: &[u8], zone: &Zone, max: Option<usize>) -> Option<Vec<u8>
         resp.set_response_code(ResponseCode::NoError);
         resp.add_answers(answers);
     }
-    let limit = max.map(|m| m.max(usize::from(req.max_payload())).max(512));
+    // UDP: what the client's EDNS buffer allows, never past MAX_UDP_ANSWER; TCP: the 64 KiB frame
+    let limit = max.map(|m| {
+        if m > MAX_UDP_ANSWER {
+            m
+        } else {
+            m.max(usize::from(req.max_payload()).min(MAX_UDP_ANSWER)).max(512)
+        }
+    });
     let bytes = resp.to_vec().ok()?;
     match limit {
         Some(l) if bytes.len() > l => {
@@ -237,11 +250,22 @@ pub fn answer(request: &[u8], zone: &Zone, max: Option<usize>) -> Option<Vec<u8>
 /// The zone as the server holds it: swapped whole when imports or endpoints change.
 pub type SharedZone = std::sync::Arc<std::sync::RwLock<std::sync::Arc<Zone>>>;
 
-/// Serves UDP until the socket fails.
+/// The largest UDP answer, whatever EDNS buffer a query claims (the DNS flag day's 1232 bytes): a spoofed
+/// query cannot make ferry-dns a large amplifier.
+pub const MAX_UDP_ANSWER: usize = 1232;
+
+/// Serves UDP until the socket fails (a failing receive or send is logged and retried).
 pub async fn serve_udp(sock: tokio::net::UdpSocket, zone: SharedZone) -> std::io::Result<()> {
     let mut buf = vec![0u8; 4096];
     loop {
-        let (n, from) = sock.recv_from(&mut buf).await?;
+        let (n, from) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!("udp receive: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
         let z = zone.read().expect("lock").clone();
         if let Some(out) = answer(&buf[..n], &z, Some(512)) {
             let _ = sock.send_to(&out, from).await;
@@ -249,28 +273,41 @@ pub async fn serve_udp(sock: tokio::net::UdpSocket, zone: SharedZone) -> std::io
     }
 }
 
-/// Serves DNS over TCP (2-byte length prefix, several queries per connection) until the listener fails.
-pub async fn serve_tcp(listener: tokio::net::TcpListener, zone: SharedZone) -> std::io::Result<()> {
+/// Serves DNS over TCP (2-byte length prefix, several queries per connection) within `limits`: connections
+/// capped in total and per source, each query read within the idle timeout (a slow or idle client is
+/// closed), one query's buffer at most 64 KiB, `accept` errors retried. Never returns on its own.
+pub async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    zone: SharedZone,
+    limits: crate::server::Limits,
+) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tracker = std::sync::Arc::new(crate::server::ConnTracker::default());
     loop {
-        let (mut conn, _) = listener.accept().await?;
+        let (mut conn, _, slot) = crate::server::accept_admitted(&listener, &tracker, &limits).await;
         let zone = zone.clone();
+        let idle = limits.idle_timeout;
         tokio::spawn(async move {
+            let _slot = slot;
             loop {
-                let len =
-                    match tokio::time::timeout(std::time::Duration::from_secs(10), conn.read_u16()).await {
-                        Ok(Ok(l)) => usize::from(l),
-                        _ => return,
-                    };
-                let mut msg = vec![0u8; len];
-                if conn.read_exact(&mut msg).await.is_err() {
-                    return;
-                }
-                let z = zone.read().expect("lock").clone();
-                let Some(out) = answer(&msg, &z, None) else {
+                let read = async {
+                    let len = usize::from(conn.read_u16().await?);
+                    let mut msg = vec![0u8; len];
+                    conn.read_exact(&mut msg).await?;
+                    std::io::Result::Ok(msg)
+                };
+                let Ok(Ok(msg)) = tokio::time::timeout(idle, read).await else {
                     return;
                 };
-                if conn.write_u16(out.len() as u16).await.is_err() || conn.write_all(&out).await.is_err() {
+                let z = zone.read().expect("lock").clone();
+                let Some(out) = answer(&msg, &z, Some(usize::from(u16::MAX))) else {
+                    return;
+                };
+                let write = async {
+                    conn.write_u16(out.len() as u16).await?;
+                    conn.write_all(&out).await
+                };
+                if !matches!(tokio::time::timeout(idle, write).await, Ok(Ok(()))) {
                     return;
                 }
             }
@@ -496,5 +533,32 @@ mod tests {
         assert!(udp.truncated() && udp.answers().is_empty());
         let tcp = Message::from_vec(&answer(&m.to_vec().unwrap(), &z, None).unwrap()).unwrap();
         assert_eq!(tcp.answers().len(), 200);
+        // a huge EDNS buffer does not buy a huge UDP answer (no amplification)
+        let mut edns = hickory_proto::op::Edns::new();
+        edns.set_max_payload(65000);
+        m.set_edns(edns);
+        let udp = answer(&m.to_vec().unwrap(), &z, Some(512)).unwrap();
+        assert!(udp.len() <= MAX_UDP_ANSWER, "{} bytes", udp.len());
+        assert!(Message::from_vec(&udp).unwrap().truncated());
+        // within the cap, EDNS is honoured: a small answer is not truncated
+        let mut m = Message::new();
+        m.add_query(Query::query(
+            Name::from_str("echo.default.svc.clusterset.local.").unwrap(),
+            RecordType::A,
+        ));
+        let mut edns = hickory_proto::op::Edns::new();
+        edns.set_max_payload(4096);
+        m.set_edns(edns);
+        let r = Message::from_vec(&answer(&m.to_vec().unwrap(), &zone(), Some(512)).unwrap()).unwrap();
+        assert_eq!(r.answers().len(), 2);
+    }
+
+    #[test]
+    fn any_gets_one_rrset_not_everything() {
+        let any = ask("echo.default.svc.clusterset.local.", RecordType::ANY);
+        let types: std::collections::BTreeSet<RecordType> =
+            any.answers().iter().map(|r| r.record_type()).collect();
+        assert_eq!(types.len(), 1, "{types:?}");
+        assert!(!any.answers().is_empty());
     }
 }

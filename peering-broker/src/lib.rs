@@ -26,11 +26,12 @@ use serde::{Deserialize, Serialize};
 /// A bad cluster ID, worded for the operator.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
-    "cluster ID {0:?} is not valid; fix: use 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+    "cluster ID {0:?} is not valid; fix: use 1 to 50 lowercase letters, digits or '-', starting and ending with a letter or digit"
 )]
 pub struct InvalidClusterId(pub String);
 
-/// A cluster's stable ID: a DNS-1123 label, so it can name namespaces (`ferry-tenant-<id>`) and nodes.
+/// A cluster's stable ID: a DNS-1123 label of at most 50 characters, so it can name namespaces
+/// (`ferry-tenant-<id>`, 63 at most) and nodes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct ClusterId(String);
@@ -46,7 +47,7 @@ impl FromStr for ClusterId {
     type Err = InvalidClusterId;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
-        let ok = (1..=63).contains(&s.len())
+        let ok = (1..=50).contains(&s.len())
             && s.chars().all(|c| alnum(c) || c == '-')
             && s.starts_with(alnum)
             && s.ends_with(alnum);
@@ -83,10 +84,10 @@ mod tests {
 
     #[test]
     fn dns_labels_are_cluster_ids_and_nothing_else_is() {
-        for ok in ["a", "c1", "prod-eu-1", &"x".repeat(63)] {
+        for ok in ["a", "c1", "prod-eu-1", &"x".repeat(50)] {
             assert_eq!(ok.parse::<ClusterId>().unwrap().as_str(), ok);
         }
-        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"x".repeat(64)] {
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"x".repeat(51)] {
             let e = bad.parse::<ClusterId>().unwrap_err();
             assert!(e.to_string().contains("fix:"), "{e}");
         }

@@ -206,29 +206,134 @@ pub struct Exchange {
     pub local: Mutex<Vec<ExportedService>>,
     /// Each peer's exports (already translated), with when they were received.
     pub remote: Mutex<HashMap<String, (Vec<ExportedService>, Instant)>>,
+    /// When this side first saw each peer export (`cluster`, namespace, name): the conflict order.
+    pub first_seen: Mutex<HashMap<(String, String, String), String>>,
+}
+
+/// Namespaces no peer's export may name on either side.
+pub const RESERVED_NAMESPACES: [&str; 5] = [
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    "default",
+    "ferry-system",
+];
+
+/// The most exports, ports and endpoints one peer may send (far above real use; bounds memory and DNS).
+pub const MAX_EXPORTS: usize = 1000;
+/// Ports per export.
+pub const MAX_PORTS: usize = 100;
+/// Endpoints per export.
+pub const MAX_ENDPOINTS: usize = 5000;
+
+fn dns_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Whether peer `cluster` may send export `e` (pure): it speaks for itself only, names a namespace it may
+/// use (`may_use`) that is not reserved, carries sane names and ports, and every address lies inside the
+/// ranges its peering routes (`routed`, the peer's CIDRs as the peer sees them). The reason names the
+/// field and the fix.
+pub fn check_export(
+    e: &ExportedService,
+    cluster: &str,
+    may_use: &dyn Fn(&str) -> bool,
+    routed: &[IpNet],
+) -> Result<(), String> {
+    let at = format!("exports[{}/{}]", e.namespace, e.name);
+    if e.cluster != cluster {
+        return Err(format!(
+            "{at}.cluster {:?} is not the caller ({cluster}); fix: send only this cluster's exports",
+            e.cluster
+        ));
+    }
+    if !dns_label(&e.namespace) || !dns_label(&e.name) {
+        return Err(format!("{at}: namespace and name must be DNS labels"));
+    }
+    if RESERVED_NAMESPACES.contains(&e.namespace.as_str()) || !may_use(&e.namespace) {
+        return Err(format!(
+            "{at}.namespace {:?} is not a namespace this peer offloaded; fix: export services of offloaded namespaces only (ferryctl offload namespace {})",
+            e.namespace, e.namespace
+        ));
+    }
+    if e.ports.len() > MAX_PORTS || e.endpoints.len() > MAX_ENDPOINTS {
+        return Err(format!(
+            "{at}: more than {MAX_PORTS} ports or {MAX_ENDPOINTS} endpoints"
+        ));
+    }
+    if let Some(p) = e.ports.iter().find(|p| !(1..=65535).contains(&p.port)) {
+        return Err(format!("{at}.ports: {} is not a port", p.port));
+    }
+    for ep in &e.endpoints {
+        if ep.addresses.len() > 16 || ep.hostname.as_deref().is_some_and(|h| !dns_label(h)) {
+            return Err(format!(
+                "{at}.endpoints: too many addresses or a hostname that is not a DNS label"
+            ));
+        }
+        for a in &ep.addresses {
+            let ip: std::net::IpAddr = a
+                .parse()
+                .map_err(|_| format!("{at}.endpoints: {a:?} is not an IP address"))?;
+            if !routed.iter().any(|n| n.contains(&ip)) {
+                return Err(format!(
+                    "{at}.endpoints: {a} is outside the ranges this peering routes ({}); fix: export services whose endpoints are the peer's own pods",
+                    routed
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Exchange {
-    /// Stores what peer `cluster` exports (translated with `remaps`); exports naming another cluster are
-    /// refused, so one tenant cannot speak for another.
+    /// Stores what peer `cluster` exports, translated with `remaps` (whose keys are the ranges the peering
+    /// routes). Each export is checked on its own ([`check_export`]): a bad one is left out and named in the
+    /// answer, the others are kept. When an export was first seen is this side's clock, never the sender's,
+    /// so no peer wins a conflict by backdating.
     pub fn receive(
         &self,
         cluster: &str,
         list: ExportList,
         remaps: &BTreeMap<IpNet, IpNet>,
-    ) -> Result<(), String> {
-        if let Some(e) = list.exports.iter().find(|e| e.cluster != cluster) {
-            return Err(format!(
-                "exports[].cluster {:?} is not the caller ({cluster}); fix: send only this cluster's exports",
-                e.cluster
-            ));
+        may_use: &dyn Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let routed: Vec<IpNet> = remaps.keys().copied().collect();
+        let mut refused = Vec::new();
+        if list.exports.len() > MAX_EXPORTS {
+            refused.push(format!("more than {MAX_EXPORTS} exports; the rest are left out"));
         }
-        let translated = list.exports.iter().map(|e| translate(e, remaps)).collect();
+        let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let mut seen = self.first_seen.lock().expect("lock");
+        let mut keep = Vec::new();
+        for e in list.exports.iter().take(MAX_EXPORTS) {
+            match check_export(e, cluster, may_use, &routed) {
+                Ok(()) => {
+                    let mut t = translate(e, remaps);
+                    t.created = seen
+                        .entry((cluster.to_string(), e.namespace.clone(), e.name.clone()))
+                        .or_insert_with(|| now.clone())
+                        .clone();
+                    keep.push(t);
+                }
+                Err(why) => refused.push(why),
+            }
+        }
+        // forget first sightings of what this peer no longer exports
+        seen.retain(|(c, ns, n), _| c != cluster || keep.iter().any(|e| &e.namespace == ns && &e.name == n));
+        drop(seen);
         self.remote
             .lock()
             .expect("lock")
-            .insert(cluster.to_string(), (translated, Instant::now()));
-        Ok(())
+            .insert(cluster.to_string(), (keep, Instant::now()));
+        refused
     }
 
     /// This cluster's exports.
@@ -608,8 +713,9 @@ async fn sync_once(
             Ok((200, resp)) => match serde_json::from_slice::<ExportList>(&resp) {
                 Ok(list) => {
                     let remaps = crate::offloading::peer_remaps(client, provider, (&[], &[])).await;
-                    if let Err(e) = exchange.receive(provider, list, &remaps) {
-                        warn!(provider, "exports refused: {e}");
+                    // a provider exports its own namespaces (namespace sameness), never the reserved ones
+                    for e in exchange.receive(provider, list, &remaps, &|_| true) {
+                        warn!(provider, "export refused: {e}");
                     }
                 }
                 Err(e) => warn!(provider, "exports from the broker: {e}"),
@@ -754,14 +860,60 @@ mod tests {
     fn received_exports_are_translated_and_may_not_speak_for_another_cluster() {
         let x = Exchange::default();
         let remaps = BTreeMap::from([("10.244.0.0/16".parse().unwrap(), "10.0.0.0/16".parse().unwrap())]);
-        let list = ExportList {
-            exports: vec![export("b", "t", vec![port("http", 8080)], &["10.244.1.7"])],
-        };
-        x.receive("b", list.clone(), &remaps).unwrap();
+        let mut e = export("b", "t", vec![port("http", 8080)], &["10.244.1.7"]);
+        e.namespace = "shop".into();
+        let list = ExportList { exports: vec![e] };
+        assert!(x.receive("b", list.clone(), &remaps, &|_| true).is_empty());
         let got = x.remote.lock().unwrap()["b"].0.clone();
         assert_eq!(got[0].endpoints[0].addresses, ["10.0.1.7"]);
-        let e = x.receive("c", list, &remaps).unwrap_err();
-        assert!(e.contains("exports[].cluster \"b\" is not the caller (c)"), "{e}");
+        let refused = x.receive("c", list, &remaps, &|_| true);
+        assert!(
+            refused[0].contains(".cluster \"b\" is not the caller (c)"),
+            "{refused:?}"
+        );
+        assert!(x.remote.lock().unwrap()["c"].0.is_empty());
+    }
+
+    #[test]
+    fn hijacking_exports_are_refused_one_by_one_and_the_good_ones_kept() {
+        let x = Exchange::default();
+        let remaps = BTreeMap::from([("10.244.0.0/16".parse().unwrap(), "10.0.0.0/16".parse().unwrap())]);
+        let mk = |ns: &str, name: &str, addr: &str| {
+            let mut e = export("b", "1999-01-01T00:00:00Z", vec![port("http", 8080)], &[addr]);
+            e.namespace = ns.into();
+            e.name = name.into();
+            e
+        };
+        let list = ExportList {
+            exports: vec![
+                mk("shop", "web", "10.244.1.7"),             // fine
+                mk("kube-system", "kube-dns", "10.244.1.8"), // reserved
+                mk("other", "web", "10.244.1.9"),            // not offloaded by b
+                mk("shop", "evil", "10.96.0.10"),            // outside b's routed ranges
+                mk("shop", "bad", "not-an-ip"),
+                mk("Shop", "x", "10.244.1.1"),
+            ],
+        };
+        let refused = x.receive("b", list, &remaps, &|ns| ns == "shop" || ns == "Shop");
+        assert_eq!(refused.len(), 5, "{refused:?}");
+        assert!(
+            refused
+                .iter()
+                .any(|r| r.contains("kube-system") && r.contains("fix:"))
+        );
+        assert!(refused.iter().any(|r| r.contains("10.96.0.10 is outside")));
+        let got = x.remote.lock().unwrap()["b"].0.clone();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].name, "web");
+        // the sender's timestamp is not believed: a backdated export is as new as when it was first seen here
+        assert_ne!(got[0].created, "1999-01-01T00:00:00Z");
+        // and the first sighting is kept across rounds
+        let first = got[0].created.clone();
+        let again = ExportList {
+            exports: vec![mk("shop", "web", "10.244.1.7")],
+        };
+        x.receive("b", again, &remaps, &|_| true);
+        assert_eq!(x.remote.lock().unwrap()["b"].0[0].created, first);
     }
 
     #[test]

@@ -342,6 +342,7 @@ async fn start_one(
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, BTreeMap<IpNet, IpNet>)> {
     let get = |k: &str| text(s, k).unwrap_or_default();
     let kc = kube::config::Kubeconfig::from_yaml(&get("kubeconfig"))?;
+    crate::consumer::check_kubeconfig(&kc).map_err(|e| anyhow::anyhow!("identity of {provider}: {e}"))?;
     let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
     cfg.connect_timeout = Some(Duration::from_secs(2));
     let remote = Client::try_from(cfg)?;

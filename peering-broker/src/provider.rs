@@ -28,8 +28,7 @@ use crate::wire::{
 pub const SYSTEM_NAMESPACE: &str = "ferry-system";
 /// ConfigMap recording used token IDs (jti → consumer key fingerprint), so a restart cannot replay them.
 pub const USED_TOKENS: &str = "ferry-used-tokens";
-/// Label on everything a tenant owns on the provider.
-pub const TENANT_LABEL: &str = "ferry.dev/tenant";
+pub use ferry_virtual_kubelet::TENANT_LABEL;
 /// Label on an offload namespace: the consumer namespace it mirrors.
 pub const ORIGIN_NAMESPACE_LABEL: &str = "ferry.dev/origin-namespace";
 
@@ -91,27 +90,16 @@ pub fn csr_subject(csr_pem: &str) -> Result<String, BrokerError> {
     cn.ok_or_else(|| BrokerError::invalid("csr", "has no CN"))
 }
 
-/// The lesser of two quantities when both parse as plain numbers or binary suffixes; else the quota.
+/// The lesser of what was asked and the quota (the quota when nothing was asked). Both have been checked
+/// by [`crate::wire::check_resources`] / the agent's flags; one that does not parse yields the quota.
 fn min_quantity(asked: Option<&String>, quota: Option<&String>) -> Option<String> {
-    fn value(q: &str) -> Option<f64> {
-        let (num, mult) = [
-            ("Ki", 1024f64),
-            ("Mi", 1024f64.powi(2)),
-            ("Gi", 1024f64.powi(3)),
-            ("Ti", 1024f64.powi(4)),
-            ("m", 0.001),
-        ]
-        .iter()
-        .find_map(|(s, m)| q.strip_suffix(s).map(|n| (n, *m)))
-        .unwrap_or((q, 1.0));
-        num.parse::<f64>().ok().map(|n| n * mult)
-    }
+    use ferry_virtual_kubelet::quantity::parse_bounded;
     match (asked, quota) {
-        (Some(a), Some(q)) => match (value(a), value(q)) {
-            (Some(av), Some(qv)) if av <= qv => Some(a.clone()),
+        (Some(a), Some(q)) => match (parse_bounded(a), parse_bounded(q)) {
+            (Ok(av), Ok(qv)) if av <= qv => Some(a.clone()),
             _ => Some(q.clone()),
         },
-        (Some(a), None) => Some(a.clone()),
+        (Some(a), None) => parse_bounded(a).ok().map(|_| a.clone()),
         (None, q) => q.cloned(),
     }
 }
@@ -125,6 +113,27 @@ pub fn grant(asked: &Resources, quota: &Resources) -> Resources {
     }
 }
 
+/// What a tenant's identity may do in each of its namespaces on the provider: exactly what reflection and
+/// the kubelet API need, nothing that runs code or reads credentials. Pods are read (and deleted, as the
+/// consumer's deletes pass on), never created or changed: they come only from `ShadowPod`s, which the
+/// provider's controller builds under the tenant's policy; `shadowpods/status` is the provider's to write.
+/// Secrets are written (reflection) but never read, so token Secrets stay unreadable; no service accounts,
+/// no impersonation, no `*`.
+pub fn tenant_rules() -> serde_json::Value {
+    const RW: [&str; 7] = ["get", "list", "watch", "create", "update", "patch", "delete"];
+    json!([
+        { "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "delete"] },
+        { "apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"] },
+        { "apiGroups": [""], "resources": ["pods/exec", "pods/attach", "pods/portforward"], "verbs": ["get", "create"] },
+        { "apiGroups": [""], "resources": ["services", "endpoints", "configmaps"], "verbs": RW },
+        { "apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "update", "patch", "delete"] },
+        { "apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"] },
+        { "apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": RW },
+        { "apiGroups": ["ferry.dev"], "resources": ["shadowpods"], "verbs": RW },
+        { "apiGroups": ["ferry.dev"], "resources": ["resourceslices", "resourceslices/status"], "verbs": ["get", "list", "watch"] },
+    ])
+}
+
 async fn create_or_keep<K>(api: &Api<K>, obj: &K) -> Result<bool, BrokerError>
 where
     K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -136,7 +145,54 @@ where
     }
 }
 
+/// Whether `name` is a namespace no tenant may ever be given: the cluster's own and ferry's.
+pub fn reserved_namespace(name: &str) -> bool {
+    name.starts_with("kube-")
+        || name.starts_with("ferry-")
+        || matches!(
+            name,
+            "default" | "kube-system" | "kube-public" | "kube-node-lease"
+        )
+}
+
 impl Provider {
+    /// Creates namespace `name` for tenant `consumer` (with `labels`), or keeps it if it is already that
+    /// tenant's. A namespace that exists and is not this tenant's, or one still terminating, is refused:
+    /// a 409 never means "mine". Returns whether it was created now.
+    async fn create_owned_namespace(
+        &self,
+        name: &str,
+        consumer: &str,
+        labels: serde_json::Value,
+        field: &str,
+    ) -> Result<bool, BrokerError> {
+        let nss: Api<Namespace> = Api::all(self.client.clone());
+        let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": name, "labels": labels } }))
+            .map_err(internal)?;
+        match nss.create(&PostParams::default(), &ns).await {
+            Ok(_) => return Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(internal(e)),
+        }
+        let existing = nss.get_opt(name).await.map_err(internal)?;
+        match existing {
+            Some(n) if n.labels().get(TENANT_LABEL).map(String::as_str) == Some(consumer) => {
+                if n.metadata.deletion_timestamp.is_some() {
+                    return Err(BrokerError::Internal(format!(
+                        "namespace {name} is still terminating; retry in a few seconds"
+                    )));
+                }
+                Ok(false)
+            }
+            _ => Err(BrokerError::invalid(
+                field,
+                &format!(
+                    "maps to namespace {name:?}, which exists on the provider and is not this tenant's; fix: use namespaceMappingStrategy DefaultName, or another namespace"
+                ),
+            )),
+        }
+    }
+
     /// Records `jti` as used by `fingerprint`; Ok(true) if new, Ok(false) if it is a retry by the same key.
     async fn claim_jti(&self, jti: &str, fingerprint: &str, consumer: &str) -> Result<bool, BrokerError> {
         let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
@@ -182,6 +238,12 @@ impl Provider {
         let got = csr_subject(&req.csr)?;
         if got != want {
             return Err(BrokerError::CsrSubject { got, want });
+        }
+        if req.cluster_id == self.cluster_id {
+            return Err(BrokerError::invalid(
+                "clusterID",
+                "is this provider's own cluster ID; fix: give the consumer its own ID (ferryctl peer --cluster-id)",
+            ));
         }
         let fingerprint = req.key_fingerprint()?;
         // a tenant of that ID with another key is someone else
@@ -230,12 +292,7 @@ impl Provider {
                 _ => break,
             }
         }
-        created.namespace = create_or_keep(
-            &nss,
-            &serde_json::from_value(json!({ "metadata": { "name": ns, "labels": labels } }))
-                .map_err(internal)?,
-        )
-        .await?;
+        created.namespace = self.create_owned_namespace(&ns, id, labels, "clusterID").await?;
         self.grant_namespace(&ns, id).await?;
         let tenants: Api<Tenant> = Api::all(self.client.clone());
         let mut tenant = Tenant::new(
@@ -245,6 +302,7 @@ impl Provider {
                 public_key_fingerprint: fingerprint.into(),
                 tenant_namespace: ns.clone(),
                 cordoned: false,
+                policy: Default::default(),
             },
         );
         tenant.metadata.labels = Some(BTreeMap::from([(TENANT_LABEL.to_string(), id.clone())]));
@@ -372,14 +430,18 @@ impl Provider {
         let user = consumer_user(consumer);
         let role: Role = serde_json::from_value(json!({
             "metadata": { "name": "ferry-consumer", "namespace": ns, "labels": labels },
-            "rules": [
-                { "apiGroups": [""], "resources": ["pods", "pods/status", "pods/log", "services", "endpoints", "configmaps", "secrets", "serviceaccounts", "events"], "verbs": ["*"] },
-                { "apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["*"] },
-                { "apiGroups": ["ferry.dev"], "resources": ["shadowpods", "shadowpods/status", "resourceslices"], "verbs": ["*"] },
-                { "apiGroups": ["ferry.dev"], "resources": ["resourceslices/status"], "verbs": ["get", "list", "watch"] },
-            ],
-        })).map_err(internal)?;
-        create_or_keep(&Api::namespaced(self.client.clone(), ns), &role).await?;
+            "rules": tenant_rules(),
+        }))
+        .map_err(internal)?;
+        // applied, not only created: a provider upgraded from a wider role narrows it for old tenants too
+        Api::<Role>::namespaced(self.client.clone(), ns)
+            .patch(
+                "ferry-consumer",
+                &PatchParams::apply("ferry-broker").force(),
+                &Patch::Apply(&role),
+            )
+            .await
+            .map_err(internal)?;
         let rb: RoleBinding = serde_json::from_value(json!({
             "metadata": { "name": "ferry-consumer", "namespace": ns, "labels": labels },
             "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ferry-consumer" },
@@ -414,9 +476,21 @@ impl Provider {
             serde_json::from_slice(body).map_err(|e| BrokerError::Malformed(e.to_string()))?;
         let consumer = tenant.spec.cluster_id.clone();
         let remaps = crate::offloading::peer_remaps(&self.client, &consumer, (&[], &[])).await;
-        self.mcs
-            .receive(&consumer, list, &remaps)
-            .map_err(|e| BrokerError::invalid("exports", &e))?;
+        // a tenant exports services of the namespaces it offloaded here, and of no other
+        let offloaded: std::collections::HashSet<String> = Api::<Namespace>::all(self.client.clone())
+            .list_metadata(&kube::api::ListParams::default().labels(&format!("{TENANT_LABEL}={consumer}")))
+            .await
+            .map_err(internal)?
+            .items
+            .iter()
+            .filter_map(|n| n.labels().get(ORIGIN_NAMESPACE_LABEL).cloned())
+            .collect();
+        for why in self
+            .mcs
+            .receive(&consumer, list, &remaps, &|ns| offloaded.contains(ns))
+        {
+            tracing::warn!(consumer, "export refused: {why}");
+        }
         Ok(self.mcs.local())
     }
 
@@ -451,21 +525,17 @@ impl Provider {
             ));
         }
         let name = remote_namespace(&req.namespace, consumer, req.mapping);
-        let nss: Api<Namespace> = Api::all(self.client.clone());
-        if let Some(existing) = nss.get_opt(&name).await.map_err(internal)?
-            && existing.labels().get(TENANT_LABEL) != Some(consumer)
-        {
+        if reserved_namespace(&name) {
             return Err(BrokerError::invalid(
                 "namespace",
                 &format!(
-                    "maps to {name:?}, which exists on the provider and is not this tenant's; fix: use namespaceMappingStrategy DefaultName"
+                    "maps to {name:?}, a namespace of the provider's own; fix: use namespaceMappingStrategy DefaultName, or another namespace"
                 ),
             ));
         }
-        let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": name, "labels": {
-            TENANT_LABEL: consumer, ORIGIN_NAMESPACE_LABEL: req.namespace } } }))
-        .map_err(internal)?;
-        create_or_keep(&nss, &ns).await?;
+        let labels = json!({ TENANT_LABEL: consumer, ORIGIN_NAMESPACE_LABEL: req.namespace });
+        self.create_owned_namespace(&name, consumer, labels, "namespace")
+            .await?;
         self.grant_namespace(&name, consumer).await?;
         Ok(OffloadResponse { namespace: name })
     }
@@ -573,6 +643,38 @@ mod tests {
         let e = csr_subject(&csr("ferry:consumer:c1", Some("system:masters"))).unwrap_err();
         assert!(matches!(e, BrokerError::CsrSubject { .. }), "{e}");
         assert!(matches!(csr_subject("not pem"), Err(BrokerError::Invalid { .. })));
+    }
+
+    #[test]
+    fn the_tenant_role_grants_no_wildcard_no_pod_writes_no_secret_reads_no_impersonation() {
+        let rules = tenant_rules();
+        let verbs = |res: &str| -> Vec<String> {
+            rules
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["resources"].as_array().unwrap().iter().any(|x| x == res))
+                .flat_map(|r| {
+                    r["verbs"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_str().unwrap().to_string())
+                })
+                .collect()
+        };
+        assert!(!rules.to_string().contains('*'), "{rules}");
+        for w in ["create", "update", "patch"] {
+            assert!(!verbs("pods").contains(&w.to_string()), "pods: {w}");
+        }
+        assert!(verbs("pods/status").is_empty() && verbs("shadowpods/status").is_empty());
+        for r in ["get", "list", "watch"] {
+            assert!(!verbs("secrets").contains(&r.to_string()), "secrets: {r}");
+        }
+        assert!(verbs("serviceaccounts").is_empty() && verbs("serviceaccounts/token").is_empty());
+        assert!(!rules.to_string().contains("impersonate"));
+        assert!(verbs("pods/exec").contains(&"create".to_string()));
+        assert!(verbs("shadowpods").contains(&"create".to_string()));
     }
 
     #[test]

@@ -109,9 +109,36 @@ pub struct ClientCert<'a> {
     pub key: &'a str,
 }
 
+/// The largest answer read from a broker (anything longer is refused, not buffered).
+pub const MAX_RESPONSE: u64 = 1024 * 1024;
+/// How long one call to a broker may take, connection and TLS included.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// One HTTPS request to `url` (`https://host:port`) trusting only the certificate with `pin`. Returns the
-/// status and body. Errors name the endpoint.
+/// status and body. Errors name the endpoint. The answer is untrusted: bounded to [`MAX_RESPONSE`] bytes and
+/// [`REQUEST_TIMEOUT`].
 pub async fn request(
+    url: &str,
+    pin: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    client: Option<ClientCert<'_>>,
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        request_unbounded_in_time(url, pin, method, path, body, client),
+    )
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "{method} {url}{path}: no complete answer within {}s",
+            REQUEST_TIMEOUT.as_secs()
+        )
+    })?
+}
+
+async fn request_unbounded_in_time(
     url: &str,
     pin: &str,
     method: &str,
@@ -161,7 +188,10 @@ pub async fn request(
     tls.flush().await?;
     let mut resp = Vec::new();
     // a server that closes without close_notify is fine once the body is in
-    let _ = tls.read_to_end(&mut resp).await;
+    let _ = (&mut tls).take(MAX_RESPONSE + 1).read_to_end(&mut resp).await;
+    if resp.len() as u64 > MAX_RESPONSE {
+        anyhow::bail!("the broker at {hostport} answered with more than {MAX_RESPONSE} bytes");
+    }
     let split = resp
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

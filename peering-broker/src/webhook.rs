@@ -1,5 +1,7 @@
-//! The pod admission webhook (served by the consumer's `ferry-agent` over TLS and registered as the
-//! `MutatingWebhookConfiguration` `ferry-pod-offloading` with its CA bundle). The decision is
+//! The pod admission webhooks, served by each `ferry-agent` over TLS and registered with their CA bundle.
+//! Consumer side: the `MutatingWebhookConfiguration` `ferry-pod-offloading`. Provider side: the
+//! `ValidatingWebhookConfiguration` `ferry-tenant-pods`, which refuses any pod in a tenant namespace that
+//! breaks the tenant's policy, whoever creates it (the second wall behind the `ShadowPod` controller). The decision is
 //! [`ferry_virtual_kubelet::admission::decide`]; this module only finds the pod's `NamespaceOffloading`
 //! and speaks AdmissionReview.
 //!
@@ -17,9 +19,13 @@ use base64::Engine;
 use ferry_crds::NamespaceOffloading;
 
 use crate::offloading::OFFLOADED_LABEL;
+use ferry_crds::Tenant;
+use ferry_crds::kinds::TenantPolicy;
+use ferry_virtual_kubelet::TENANT_LABEL;
 use ferry_virtual_kubelet::admission::{Decision, decide};
+use ferry_virtual_kubelet::policy::{Stage, check};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
@@ -31,6 +37,8 @@ use tracing::warn;
 
 /// Name of the webhook configuration.
 pub const WEBHOOK_NAME: &str = "ferry-pod-offloading";
+/// Name of the provider's validating webhook configuration for pods in tenant namespaces.
+pub const TENANT_WEBHOOK_NAME: &str = "ferry-tenant-pods";
 
 /// What the handler needs.
 pub struct Webhook {
@@ -106,6 +114,65 @@ async fn mutate(State(w): State<Arc<Webhook>>, body: axum::body::Bytes) -> Respo
     axum::Json(review).into_response()
 }
 
+/// The provider's second wall: any pod created in a tenant namespace (labelled [`TENANT_LABEL`]) must keep
+/// to that tenant's policy, whoever creates it ([`ferry_virtual_kubelet::policy::check`], after admission).
+async fn validate_tenant_pod(State(w): State<Arc<Webhook>>, body: axum::body::Bytes) -> Response {
+    let req: AdmissionRequest<Pod> = match serde_json::from_slice::<AdmissionReview<Pod>>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|r| {
+            r.try_into()
+                .map_err(|e: kube::core::admission::ConvertAdmissionReviewError| e.to_string())
+        }) {
+        Ok(r) => r,
+        Err(e) => return axum::Json(AdmissionResponse::invalid(e).into_review()).into_response(),
+    };
+    let resp = AdmissionResponse::from(&req);
+    let resp = match (&req.object, req.namespace.as_deref()) {
+        (Some(pod), Some(ns)) => match w.tenant_policy(ns).await {
+            Ok(Some((tenant, policy))) => {
+                let spec = pod.spec.clone().unwrap_or_default();
+                let violations = check(&spec, pod.annotations(), &policy, Stage::Admitted);
+                if violations.is_empty() {
+                    resp
+                } else {
+                    let why: Vec<String> = violations.iter().map(ToString::to_string).collect();
+                    resp.deny(format!(
+                        "namespace {ns} belongs to tenant {tenant}, whose policy refuses this pod: {}",
+                        why.join("; ")
+                    ))
+                }
+            }
+            Ok(None) => resp,
+            // the namespace is a tenant's but its policy cannot be read now: refuse rather than guess
+            Err(e) => resp.deny(format!(
+                "the tenant policy of namespace {ns} could not be read: {e}"
+            )),
+        },
+        _ => resp,
+    };
+    let review: AdmissionReview<DynamicObject> = resp.into_review();
+    axum::Json(review).into_response()
+}
+
+impl Webhook {
+    /// The tenant owning namespace `ns` and its policy (`None`: no tenant's namespace).
+    async fn tenant_policy(&self, ns: &str) -> Result<Option<(String, TenantPolicy)>, kube::Error> {
+        let Some(n) = Api::<Namespace>::all(self.client.clone()).get_opt(ns).await? else {
+            return Ok(None);
+        };
+        let Some(tenant) = n.labels().get(TENANT_LABEL).cloned() else {
+            return Ok(None);
+        };
+        // a tenant namespace whose Tenant is gone gets the default (safe) policy
+        let policy = Api::<Tenant>::all(self.client.clone())
+            .get_opt(&tenant)
+            .await?
+            .map(|t| t.spec.policy)
+            .unwrap_or_default();
+        Ok(Some((tenant, policy)))
+    }
+}
+
 /// The webhook's routes, with the `NamespaceOffloading` watch that feeds its cache running beside.
 pub fn router(client: Client) -> (Router, impl std::future::Future<Output = ()>) {
     let (offloadings, writer) = reflector::store();
@@ -120,7 +187,10 @@ pub fn router(client: Client) -> (Router, impl std::future::Future<Output = ()>)
     .for_each(|_| async {});
     let w = Arc::new(Webhook { client, offloadings });
     (
-        Router::new().route("/mutate-pods", post(mutate)).with_state(w),
+        Router::new()
+            .route("/mutate-pods", post(mutate))
+            .route("/validate-tenant-pods", post(validate_tenant_pod))
+            .with_state(w),
         watch,
     )
 }
@@ -162,6 +232,32 @@ pub async fn register(client: &Client, url: &str, cert_pem: &str) -> kube::Resul
         &PatchParams::apply("ferry-agent").force(),
         &Patch::Apply(&body),
     )
-    .await
-    .map(|_| ())
+    .await?;
+    // the provider side: every pod in a tenant namespace is checked against its tenant's policy;
+    // `Fail`, so no pod slips in while the agent restarts (the ShadowPod controller retries)
+    let validating = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": TENANT_WEBHOOK_NAME},
+        "webhooks": [{
+            "name": "tenant-pods.ferry.dev",
+            "clientConfig": {
+                "url": format!("{}/validate-tenant-pods", url.trim_end_matches('/')),
+                "caBundle": base64::engine::general_purpose::STANDARD.encode(cert_pem),
+            },
+            "namespaceSelector": {"matchExpressions": [{"key": TENANT_LABEL, "operator": "Exists"}]},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}],
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 5,
+        }],
+    });
+    Api::<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration>::all(client.clone())
+        .patch(
+            TENANT_WEBHOOK_NAME,
+            &PatchParams::apply("ferry-agent").force(),
+            &Patch::Apply(&validating),
+        )
+        .await
+        .map(|_| ())
 }

@@ -196,16 +196,26 @@ impl PeeringRequest {
                 "is not a WireGuard public key (32 bytes, base64); fix: send what `wg pubkey` prints, or leave it out",
             ));
         }
-        for (field, list) in [("podCIDRs", &req.pod_cidrs), ("serviceCIDRs", &req.service_cidrs)] {
-            for c in list {
-                if c.parse::<ipnet_lite::Cidr>().is_err() {
-                    return Err(BrokerError::invalid(
-                        field,
-                        &format!("has {c:?}, which is not a CIDR; fix: e.g. 10.244.0.0/16"),
-                    ));
-                }
-            }
+        check_cidrs("podCIDRs", &req.pod_cidrs)?;
+        check_cidrs("serviceCIDRs", &req.service_cidrs)?;
+        if let Some(e) = &req.gateway_endpoint {
+            check_endpoint("gatewayEndpoint", e)?;
         }
+        if req.tunnel_addresses_in_use.len() > MAX_TUNNEL_ADDRESSES {
+            return Err(BrokerError::invalid(
+                "tunnelAddressesInUse",
+                &format!("has more than {MAX_TUNNEL_ADDRESSES} entries"),
+            ));
+        }
+        for a in &req.tunnel_addresses_in_use {
+            a.parse::<std::net::IpAddr>().map_err(|_| {
+                BrokerError::invalid(
+                    "tunnelAddressesInUse",
+                    &format!("has {a:?}, which is not an IP address"),
+                )
+            })?;
+        }
+        check_resources(&req.resources)?;
         Ok(req)
     }
 
@@ -227,22 +237,117 @@ impl PeeringRequest {
     }
 }
 
-/// A minimal CIDR syntax check (address/prefix within the family's bounds), without a dependency.
-mod ipnet_lite {
-    /// A parsed CIDR.
-    pub struct Cidr;
-    impl std::str::FromStr for Cidr {
-        type Err = ();
-        fn from_str(s: &str) -> Result<Self, ()> {
-            let (addr, len) = s.split_once('/').ok_or(())?;
-            let addr: std::net::IpAddr = addr.parse().map_err(|_| ())?;
-            let len: u8 = len.parse().map_err(|_| ())?;
-            if len > if addr.is_ipv4() { 32 } else { 128 } {
-                return Err(());
-            }
-            Ok(Cidr)
+/// The most CIDRs a peer may announce per list.
+pub const MAX_CIDRS: usize = 8;
+/// The most tunnel-link addresses a consumer may say it uses.
+pub const MAX_TUNNEL_ADDRESSES: usize = 4096;
+
+/// Ranges no peer's pods or services can live in: this host, link-local (where ferry's tunnel links are),
+/// multicast, "this network", broadcast and reserved, in both families.
+const SPECIAL_RANGES: [&str; 10] = [
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/127",
+    "::ffff:0:0/96",
+    "fe80::/10",
+    "ff00::/8",
+    "64:ff9b::/96",
+];
+
+/// Checks CIDRs that came from a peer: each a proper prefix (no host bits), no shorter than /8 (IPv4) or
+/// /32 (IPv6), outside this host's, link-local, multicast and reserved ranges, at most [`MAX_CIDRS`].
+/// A peer's ranges may overlap this cluster's own (the gateway remaps them); they may never be special.
+pub fn check_cidrs(field: &str, list: &[String]) -> Result<Vec<ipnet::IpNet>, BrokerError> {
+    if list.len() > MAX_CIDRS {
+        return Err(BrokerError::invalid(
+            field,
+            &format!(
+                "has {} entries, more than {MAX_CIDRS}; fix: announce the cluster's pod and service CIDRs only",
+                list.len()
+            ),
+        ));
+    }
+    let special: Vec<ipnet::IpNet> = SPECIAL_RANGES
+        .iter()
+        .map(|s| s.parse().expect("literal"))
+        .collect();
+    let mut out = Vec::new();
+    for c in list {
+        let bad = |why: &str| BrokerError::invalid(field, &format!("has {c:?}, which {why}"));
+        let net: ipnet::IpNet = c
+            .parse()
+            .map_err(|_| bad("is not a CIDR; fix: e.g. 10.244.0.0/16"))?;
+        if net.trunc() != net {
+            return Err(bad(&format!("has host bits set; fix: {}", net.trunc())));
+        }
+        let min = if net.addr().is_ipv4() { 8 } else { 32 };
+        if net.prefix_len() < min {
+            return Err(bad(&format!(
+                "is wider than /{min}: a peer cannot claim that much address space; fix: announce the real pod or service CIDR"
+            )));
+        }
+        if let Some(s) = special
+            .iter()
+            .find(|s| s.contains(&net.network()) || net.contains(&s.network()))
+        {
+            return Err(bad(&format!(
+                "overlaps {s} (loopback, link-local, multicast or reserved), where no pod or service can live; fix: announce the real pod or service CIDR"
+            )));
+        }
+        out.push(net);
+    }
+    Ok(out)
+}
+
+/// Checks a gateway endpoint that came from a peer: `ip:port` or `host:port`, a non-zero port, and never
+/// an address of this host, link-local, multicast or unspecified (the gateway must not be made to send
+/// packets anywhere a peer likes).
+pub fn check_endpoint(field: &str, e: &str) -> Result<(), BrokerError> {
+    let bad = |why: &str| BrokerError::invalid(field, &format!("{e:?} {why}"));
+    let (host, port) = e
+        .rsplit_once(':')
+        .ok_or_else(|| bad("is not host:port; fix: e.g. 203.0.113.7:51820"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| bad("has no valid port; fix: e.g. 203.0.113.7:51820"))?;
+    let host = host.trim_matches(['[', ']']);
+    if port == 0 || host.is_empty() || host.len() > 253 {
+        return Err(bad("is not host:port; fix: e.g. 203.0.113.7:51820"));
+    }
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        let link_local = match ip {
+            std::net::IpAddr::V4(v) => v.is_link_local() || v.is_broadcast(),
+            std::net::IpAddr::V6(v) => (v.segments()[0] & 0xffc0) == 0xfe80,
+        };
+        if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || link_local {
+            return Err(bad(
+                "is a loopback, unspecified, multicast or link-local address; fix: announce the gateway's reachable address",
+            ));
+        }
+    } else if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
+        return Err(bad("has a host that is neither an IP address nor a DNS name"));
+    }
+    Ok(())
+}
+
+/// Checks requested or granted quantities that came from a peer: each parses, is zero or more and sane.
+pub fn check_resources(r: &Resources) -> Result<(), BrokerError> {
+    for (field, q) in [
+        ("resources.cpu", &r.cpu),
+        ("resources.memory", &r.memory),
+        ("resources.pods", &r.pods),
+    ] {
+        if let Some(q) = q {
+            ferry_virtual_kubelet::quantity::parse_bounded(q).map_err(|e| BrokerError::invalid(field, &e))?;
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -347,6 +452,70 @@ mod tests {
         r.pod_cidrs = vec!["10.244.0.0/33".into()];
         let e = PeeringRequest::parse(&serde_json::to_vec(&r).unwrap()).unwrap_err();
         assert!(e.to_string().starts_with("podCIDRs has \"10.244.0.0/33\""), "{e}");
+        // hostile network input: every case names the field and the value
+        for (field, bad) in [
+            ("podCIDRs", "0.0.0.0/0"),
+            ("podCIDRs", "10.0.0.0/4"),
+            ("podCIDRs", "10.244.1.0/16"),
+            ("podCIDRs", "127.0.0.0/8"),
+            ("podCIDRs", "169.254.64.0/18"),
+            ("podCIDRs", "224.0.0.0/8"),
+            ("podCIDRs", "::/0"),
+            ("podCIDRs", "fe80::/64"),
+            ("serviceCIDRs", "::1/128"),
+        ] {
+            let mut r = request(&k, "j");
+            if field == "podCIDRs" {
+                r.pod_cidrs = vec![bad.into()];
+            } else {
+                r.service_cidrs = vec![bad.into()];
+            }
+            let e = PeeringRequest::parse(&serde_json::to_vec(&r).unwrap()).unwrap_err();
+            assert!(
+                matches!(&e, BrokerError::Invalid { field: f, problem } if f == field && problem.contains(bad)),
+                "{bad}: {e}"
+            );
+        }
+        let mut r = request(&k, "j");
+        r.pod_cidrs = (0..9).map(|i| format!("10.{i}.0.0/16")).collect();
+        assert!(PeeringRequest::parse(&serde_json::to_vec(&r).unwrap()).is_err());
+        for ep in [
+            "127.0.0.1:51820",
+            "0.0.0.0:1",
+            "[::1]:51820",
+            "169.254.1.1:5",
+            "198.18.2.2:0",
+            "x",
+            "a b:1",
+        ] {
+            let mut r = request(&k, "j");
+            r.gateway_endpoint = Some(ep.into());
+            let e = PeeringRequest::parse(&serde_json::to_vec(&r).unwrap()).unwrap_err();
+            assert!(
+                matches!(&e, BrokerError::Invalid { field, .. } if field == "gatewayEndpoint"),
+                "{ep}: {e}"
+            );
+        }
+        let mut r = request(&k, "j");
+        r.gateway_endpoint = Some("198.18.2.2:51820".into());
+        r.pod_cidrs = vec!["10.244.0.0/16".into(), "fd00:10:244::/48".into()];
+        assert!(PeeringRequest::parse(&serde_json::to_vec(&r).unwrap()).is_ok());
+        for (q, bad) in [("cpu", "-1"), ("memory", "1e40"), ("pods", "lots")] {
+            let mut r = request(&k, "j");
+            match q {
+                "cpu" => r.resources.cpu = Some(bad.into()),
+                "memory" => r.resources.memory = Some(bad.into()),
+                _ => r.resources.pods = Some(bad.into()),
+            }
+            let e = PeeringRequest::parse(&serde_json::to_vec(&r).unwrap()).unwrap_err();
+            assert!(
+                matches!(&e, BrokerError::Invalid { field, .. } if *field == format!("resources.{q}")),
+                "{e}"
+            );
+        }
+        let mut r = request(&k, "j");
+        r.tunnel_addresses_in_use = vec!["not-an-ip".into()];
+        assert!(PeeringRequest::parse(&serde_json::to_vec(&r).unwrap()).is_err());
         let mut r = request(&k, "j");
         r.csr = "hello".into();
         assert!(matches!(

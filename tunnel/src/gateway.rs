@@ -113,6 +113,24 @@ pub struct GatewayStatus {
     pub reapplied: u64,
 }
 
+/// The ranges the other peers' tunnels route (each remote CIDR as this cluster sees it, remapped or not),
+/// from their stored remaps in `state_dir`.
+pub fn routed_by_other_peers(state_dir: &std::path::Path, peer: &str) -> Vec<IpNet> {
+    let own = format!("{peer}.remaps.json");
+    let Ok(dir) = std::fs::read_dir(state_dir) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            n.ends_with(".remaps.json") && n != own
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| serde_json::from_str::<BTreeMap<IpNet, IpNet>>(&t).ok())
+        .flat_map(|m| m.into_values())
+        .collect()
+}
+
 fn parse_cidrs(field: &str, list: &[String]) -> Result<Vec<IpNet>> {
     list.iter()
         .map(|s| {
@@ -185,11 +203,14 @@ impl GatewayConfig {
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default();
+        // other peers' routed ranges are taken too: a peer that announces another peer's CIDR gets a remap,
+        // never a route that would pull the other peer's traffic into its own tunnel
         let reserved: Vec<IpNet> = local
             .iter()
             .chain(&underlay)
             .copied()
             .chain([local_tunnel.trunc()])
+            .chain(routed_by_other_peers(&self.state_dir, &self.peer))
             .collect();
         let remaps = ipam::plan_remaps(&remote, &reserved, &stored, &pool)?;
         let outer_v6 = self.peer_underlay().is_some_and(|a| a.is_ipv6());
@@ -458,4 +479,49 @@ async fn watch(
 pub fn load(path: &std::path::Path) -> Result<GatewayConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: not a valid gateway config", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_announcing_another_peers_cidr_is_remapped_not_routed_over_it() {
+        let dir = std::env::temp_dir().join(format!("ferry-routed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let n = |s: &str| -> IpNet { s.parse().unwrap() };
+        // peer a routes 10.50.0.0/16 as itself, and c1's 10.244.0.0/16 as 10.0.0.0/16
+        let a: BTreeMap<IpNet, IpNet> = [
+            (n("10.50.0.0/16"), n("10.50.0.0/16")),
+            (n("10.244.0.0/16"), n("10.0.0.0/16")),
+        ]
+        .into();
+        std::fs::write(dir.join("a.remaps.json"), serde_json::to_string(&a).unwrap()).unwrap();
+        std::fs::write(dir.join("b.remaps.json"), "{\"10.60.0.0/16\":\"10.60.0.0/16\"}").unwrap();
+        std::fs::write(dir.join("junk.remaps.json"), "not json").unwrap();
+        let others = routed_by_other_peers(&dir, "b");
+        assert_eq!(others.len(), 2, "{others:?}");
+        assert!(
+            !others.contains(&n("10.60.0.0/16")),
+            "its own ranges are not another peer's"
+        );
+        // peer b now announces a's 10.50.0.0/16: it gets a remap that overlaps nothing a routes
+        let mut reserved = vec![n("10.244.0.0/16")];
+        reserved.extend(others);
+        let m = ipam::plan_remaps(
+            &[n("10.50.0.0/16")],
+            &reserved,
+            &BTreeMap::new(),
+            &ipam::default_pool_v4(),
+        )
+        .unwrap();
+        let got = m[&n("10.50.0.0/16")];
+        assert_ne!(got, n("10.50.0.0/16"));
+        assert!(
+            !reserved
+                .iter()
+                .any(|r| r.contains(&got.network()) || got.contains(&r.network()))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

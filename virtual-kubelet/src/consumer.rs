@@ -399,7 +399,16 @@ impl PodReflector {
                 delete_shadow(&shadows, &s).await?;
                 return Ok(Action::requeue(Duration::from_secs(1)));
             }
-            Some(_) => {}
+            Some(s) => {
+                // the provider refused it (policy, grant, cordon): say why on the pod, which stays Pending
+                if let Some(why) = s.annotations().get(crate::REFUSAL_ANNOTATION)
+                    && remote_pod.is_none()
+                {
+                    let why: String = why.chars().take(1024).collect();
+                    let message = format!("provider {} refused the pod: {why}", ctx.peer.provider);
+                    return ctx.refuse(&pod, "ProviderRefused", message).await;
+                }
+            }
             None => {
                 let target = RemoteTarget {
                     consumer_cluster_id: ctx.peer.consumer.clone(),

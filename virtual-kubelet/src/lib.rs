@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod consumer;
 pub mod node;
+pub mod policy;
 pub mod provider;
 pub mod quantity;
 pub mod translate;
@@ -37,6 +38,14 @@ pub(crate) fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Er
     let what = what.into();
     move |source| Error::Api { what, source }
 }
+
+/// Label on everything a tenant owns on the provider (its namespaces above all): the tenant's cluster ID.
+/// Only the provider writes it; a namespace without it belongs to no tenant.
+pub const TENANT_LABEL: &str = "ferry.dev/tenant";
+
+/// Annotation the provider puts on a `ShadowPod` it refuses (`<reason>: <message>`), so the consumer,
+/// which watches `ShadowPod`s as metadata only, can show the reason on its pod.
+pub const REFUSAL_ANNOTATION: &str = "ferry.dev/refusal";
 
 /// Name of the `ResourceSlice` the provider grants in a tenant namespace.
 pub const GRANTED_SLICE: &str = "granted";

@@ -2,8 +2,10 @@
 //! availability loop.
 //!
 //! [`ShadowPodReconciler`]: every `ShadowPod` has exactly one pod of the same name, owned by it (controller
-//! owner reference), created from its template after the provider re-checks that the pod needs no host
-//! access. A pod deleted or evicted on the provider is recreated here, whether or not the consumer is
+//! owner reference), built from its template under the tenant's policy ([`crate::policy`]) and within the
+//! tenant's grant (counted from the pods this controller created, never from what the tenant wrote). A
+//! refused `ShadowPod` gets an `Admitted=False` condition, an Event and the [`REFUSAL_ANNOTATION`] naming
+//! the field and the fix; nothing runs. A pod deleted or evicted on the provider is recreated here, whether or not the consumer is
 //! reachable; deleting the `ShadowPod` lets the garbage collector delete the pod gracefully.
 //!
 //! [`run_availability`]: every few seconds each tenant's `ResourceSlice` gets `status.available` =
@@ -14,21 +16,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_crds::common::ResourceAmounts;
+use std::collections::HashMap;
+
 use ferry_crds::{ResourceSlice, ShadowPod, Tenant};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::policy::{Owner, build_pod};
 use crate::quantity::{Amounts, available};
-use crate::translate::{ORIGIN_CLUSTER_LABEL, refusals};
-use crate::{Error, api_err};
+use crate::translate::ORIGIN_CLUSTER_LABEL;
+use crate::{Error, REFUSAL_ANNOTATION, TENANT_LABEL, api_err};
 
 /// What the reconciler shares.
 pub struct ShadowPodReconciler {
@@ -36,6 +42,17 @@ pub struct ShadowPodReconciler {
     pub client: Client,
     /// Every pod of the provider (shared with the availability loop).
     pub pods: Store<Pod>,
+    /// Tenant namespaces (those labelled with [`TENANT_LABEL`] by the provider).
+    pub namespaces: Store<Namespace>,
+    /// Tenants: their policy and whether they are cordoned.
+    pub tenants: Store<Tenant>,
+    /// The tenants' `ResourceSlice`s: their grants.
+    pub slices: Store<ResourceSlice>,
+    /// Events on refused `ShadowPod`s.
+    pub recorder: Recorder,
+    /// Pods created but not yet in the pod store, per tenant (so concurrent reconciles cannot together
+    /// exceed a grant).
+    in_flight: std::sync::Mutex<HashMap<String, HashMap<String, Amounts>>>,
 }
 
 /// Whether a pod ended in a way the provider's controller heals (evicted, or failed while it should run
@@ -50,11 +67,242 @@ fn needs_replacement(p: &Pod) -> bool {
     phase == Some("Failed") && always
 }
 
+/// Whether a pod still counts against its tenant's grant (it has not ended).
+fn holds_resources(p: &Pod) -> bool {
+    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+    !matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+/// Why a `ShadowPod` gets no pod (yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Machine-readable reason (`PolicyViolation`, `OverGrant`, `NotATenantNamespace`, `Cordoned`).
+    pub reason: &'static str,
+    /// The fields at fault and the fix.
+    pub message: String,
+}
+
+/// Whether `need` fits into `granted` next to `used` (every dimension; pure).
+pub fn fits(granted: Amounts, used: Amounts, need: Amounts) -> Result<(), String> {
+    let total = used.plus(need);
+    let mut over = Vec::new();
+    for (what, g, t, unit) in [
+        ("cpu", granted.cpu, total.cpu, 1000),
+        ("memory", granted.memory, total.memory, 1000),
+        ("pods", granted.pods, total.pods, 1000),
+    ] {
+        if t > g {
+            over.push(format!("{what} {} of {} granted", t / unit, g / unit));
+        }
+    }
+    if over.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the tenant's grant would be exceeded ({}); fix: wait for pods of this tenant to end, or ask the provider for a larger grant",
+            over.join(", ")
+        ))
+    }
+}
+
 impl ShadowPodReconciler {
+    /// The reconciler's context over the given stores.
+    pub fn new(
+        client: Client,
+        pods: Store<Pod>,
+        namespaces: Store<Namespace>,
+        tenants: Store<Tenant>,
+        slices: Store<ResourceSlice>,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "ferry-shadowpod-controller".into(),
+                instance: None,
+            },
+        );
+        Self {
+            client,
+            pods,
+            namespaces,
+            tenants,
+            slices,
+            recorder,
+            in_flight: Default::default(),
+        }
+    }
+
+    /// What the tenant's pods hold now (pods in the store plus those created a moment ago), forgetting
+    /// in-flight pods the store has caught up with.
+    fn tenant_usage(&self, tenant: &str) -> Amounts {
+        let mut used = Amounts::default();
+        let mut seen = std::collections::HashSet::new();
+        for p in self.pods.state() {
+            if p.labels().get(ORIGIN_CLUSTER_LABEL).map(String::as_str) == Some(tenant) {
+                seen.insert(format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()));
+                if holds_resources(&p) {
+                    used = used.plus(Amounts::of_pod(&p));
+                }
+            }
+        }
+        if let Ok(mut m) = self.in_flight.lock()
+            && let Some(f) = m.get_mut(tenant)
+        {
+            f.retain(|k, _| !seen.contains(k));
+            used = f.values().fold(used, |a, b| a.plus(*b));
+        }
+        used
+    }
+
+    /// Builds the pod for `sp` under its tenant's policy and grant, reserving its resources; or why not.
+    fn admit(&self, sp: &ShadowPod, uid: &str) -> Result<Pod, Refused> {
+        let ns = sp.namespace().unwrap_or_default();
+        let name = sp.name_any();
+        let tenant_id = self
+            .namespaces
+            .get(&ObjectRef::new(&ns))
+            .and_then(|n| n.labels().get(TENANT_LABEL).cloned())
+            .ok_or_else(|| Refused {
+                reason: "NotATenantNamespace",
+                message: format!(
+                    "metadata.namespace: {ns} belongs to no tenant; fix: offload the namespace through peering (ferryctl offload namespace)"
+                ),
+            })?;
+        let tenant = self
+            .tenants
+            .get(&ObjectRef::new(&tenant_id))
+            .ok_or_else(|| Refused {
+                reason: "NotATenantNamespace",
+                message: format!(
+                    "metadata.namespace: the tenant {tenant_id} of {ns} is not admitted; fix: peer again"
+                ),
+            })?;
+        if tenant.spec.cordoned {
+            return Err(Refused {
+                reason: "Cordoned",
+                message: format!(
+                    "tenant {tenant_id} is cordoned on this provider: no new pods; fix: the provider uncordons it"
+                ),
+            });
+        }
+        let owner = Owner {
+            name: &name,
+            namespace: &ns,
+            tenant: &tenant_id,
+            consumer_pod_uid: &sp.spec.consumer_pod_uid,
+            owner_reference: OwnerReference {
+                api_version: ShadowPod::api_version(&()).to_string(),
+                kind: ShadowPod::kind(&()).to_string(),
+                name: name.clone(),
+                uid: uid.to_string(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            },
+        };
+        let pod = build_pod(&sp.spec.template, &owner, &tenant.spec.policy).map_err(|v| Refused {
+            reason: "PolicyViolation",
+            message: v.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+        })?;
+        let granted = self
+            .slices
+            .get(&ObjectRef::new(crate::GRANTED_SLICE).within(&tenant.spec.tenant_namespace))
+            .and_then(|s| {
+                s.status
+                    .as_ref()?
+                    .granted
+                    .as_ref()
+                    .map(Amounts::from_resource_amounts)
+            })
+            .unwrap_or_default();
+        let need = Amounts::of_pod(&pod);
+        let key = format!("{ns}/{name}");
+        let used = self.tenant_usage(&tenant_id);
+        fits(granted, used, need).map_err(|message| Refused {
+            reason: "OverGrant",
+            message,
+        })?;
+        if let Ok(mut m) = self.in_flight.lock() {
+            m.entry(tenant_id).or_default().insert(key, need);
+        }
+        Ok(pod)
+    }
+
+    fn release(&self, sp: &ShadowPod) {
+        let key = format!("{}/{}", sp.namespace().unwrap_or_default(), sp.name_any());
+        if let Ok(mut m) = self.in_flight.lock() {
+            for f in m.values_mut() {
+                f.remove(&key);
+            }
+        }
+    }
+
+    /// Records a refusal on the `ShadowPod` (condition, annotation for the consumer, an Event) once.
+    async fn refuse(&self, sp: &ShadowPod, r: &Refused) -> Result<(), Error> {
+        let ns = sp.namespace().unwrap_or_default();
+        let name = sp.name_any();
+        let note = format!("{}: {}", r.reason, r.message);
+        if sp.annotations().get(REFUSAL_ANNOTATION) == Some(&note) {
+            return Ok(());
+        }
+        warn!(shadow = name, ns, "refused: {note}");
+        let api: Api<ShadowPod> = Api::namespaced(self.client.clone(), &ns);
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Refused", "conditions": [admitted(false, r.reason, &r.message)]}})),
+        )
+        .await
+        .map_err(api_err(format!("ShadowPod {ns}/{name} status")))?;
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {REFUSAL_ANNOTATION: note}}})),
+        )
+        .await
+        .map_err(api_err(format!("ShadowPod {ns}/{name} annotation")))?;
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: r.reason.into(),
+            note: Some(r.message.chars().take(1000).collect()),
+            action: "Admit".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &sp.object_ref(&())).await {
+            warn!("event on ShadowPod {ns}/{name}: {e}");
+        }
+        Ok(())
+    }
+
+    /// Clears an earlier refusal once the pod is created.
+    async fn clear_refusal(&self, sp: &ShadowPod) -> Result<(), Error> {
+        if !sp.annotations().contains_key(REFUSAL_ANNOTATION) {
+            return Ok(());
+        }
+        let ns = sp.namespace().unwrap_or_default();
+        let name = sp.name_any();
+        let api: Api<ShadowPod> = Api::namespaced(self.client.clone(), &ns);
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Admitted", "conditions": [admitted(true, "Admitted", "the pod is created")]}})),
+        )
+        .await
+        .map_err(api_err(format!("ShadowPod {ns}/{name} status")))?;
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {REFUSAL_ANNOTATION: null}}})),
+        )
+        .await
+        .map_err(api_err(format!("ShadowPod {ns}/{name} annotation")))?;
+        Ok(())
+    }
+
     /// One reconcile of one `ShadowPod`.
     #[tracing::instrument(skip_all, fields(shadow = %sp.name_any(), ns = sp.namespace().unwrap_or_default()))]
     pub async fn reconcile(sp: Arc<ShadowPod>, ctx: Arc<Self>) -> Result<Action, Error> {
         if sp.meta().deletion_timestamp.is_some() {
+            ctx.release(&sp);
             return Ok(Action::await_change());
         }
         let ns = sp.namespace().unwrap_or_default();
@@ -89,39 +337,45 @@ impl ShadowPodReconciler {
                 Ok(Action::requeue(Duration::from_secs(30)))
             }
             None => {
-                let mut pod: Pod = serde_json::from_value(sp.spec.template.clone())
-                    .map_err(|e| Error::Template(format!("{ns}/{name}"), format!("template: {e}")))?;
-                let spec = pod.spec.clone().unwrap_or_default();
-                let refused = refusals(&spec);
-                if !refused.is_empty() {
-                    let why: Vec<String> = refused.iter().map(ToString::to_string).collect();
-                    return Err(Error::Template(format!("{ns}/{name}"), why.join("; ")));
+                if !ctx.namespaces_and_tenants_synced() {
+                    return Err(Error::NotYet(
+                        "tenant namespaces and grants not synced yet".into(),
+                    ));
                 }
-                pod.metadata.name = Some(name.clone());
-                pod.metadata.namespace = Some(ns.clone());
-                pod.metadata.resource_version = None;
-                pod.metadata.uid = None;
-                pod.metadata
-                    .labels
-                    .get_or_insert_with(Default::default)
-                    .insert(ORIGIN_CLUSTER_LABEL.into(), sp.spec.consumer_cluster_id.clone());
-                pod.metadata.owner_references = Some(vec![OwnerReference {
-                    api_version: ShadowPod::api_version(&()).to_string(),
-                    kind: ShadowPod::kind(&()).to_string(),
-                    name: name.clone(),
-                    uid,
-                    controller: Some(true),
-                    block_owner_deletion: Some(true),
-                }]);
-                pod.status = None;
+                let pod = match ctx.admit(&sp, &uid) {
+                    Ok(p) => p,
+                    Err(r) => {
+                        ctx.refuse(&sp, &r).await?;
+                        // a grant frees up as pods end, a cordon is lifted: look again; a policy violation
+                        // changes only with the ShadowPod (or the Tenant's policy)
+                        return Ok(Action::requeue(Duration::from_secs(match r.reason {
+                            "PolicyViolation" => 300,
+                            _ => 10,
+                        })));
+                    }
+                };
                 match pods.create(&PostParams::default(), &pod).await {
-                    Ok(_) => Ok(Action::await_change()),
+                    Ok(_) => {
+                        ctx.clear_refusal(&sp).await?;
+                        Ok(Action::await_change())
+                    }
                     // the store lags behind a pod created a moment ago: the next event settles it
                     Err(kube::Error::Api(e)) if e.code == 409 => Ok(Action::requeue(Duration::from_secs(2))),
-                    Err(e) => Err(api_err(format!("creating pod {ns}/{name}"))(e)),
+                    Err(e) => {
+                        ctx.release(&sp);
+                        Err(api_err(format!("creating pod {ns}/{name}"))(e))
+                    }
                 }
             }
         }
+    }
+
+    fn namespaces_and_tenants_synced(&self) -> bool {
+        let ready = |f: futures::future::BoxFuture<'_, _>| futures::FutureExt::now_or_never(f).is_some();
+        ready(Box::pin(self.namespaces.wait_until_ready()))
+            && ready(Box::pin(self.tenants.wait_until_ready()))
+            && ready(Box::pin(self.slices.wait_until_ready()))
+            && ready(Box::pin(self.pods.wait_until_ready()))
     }
 
     /// After a failed reconcile: retry soon, a template that will not become valid only slowly.
@@ -132,6 +386,30 @@ impl ShadowPodReconciler {
             Error::Api { .. } | Error::NotYet(_) => Action::requeue(Duration::from_secs(2)),
         }
     }
+}
+
+/// The `Admitted` condition.
+fn admitted(ok: bool, reason: &str, message: &str) -> serde_json::Value {
+    json!({"type": "Admitted", "status": if ok { "True" } else { "False" }, "reason": reason,
+        "message": message, "lastTransitionTime": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()})
+}
+
+/// A reflector store of `K` (optionally by label selector) and the stream that keeps it.
+fn store_of<K>(api: Api<K>, cfg: watcher::Config) -> (Store<K>, impl futures::Future<Output = ()>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let run = reflector(writer, watcher(api, cfg))
+        .default_backoff()
+        .for_each(|_| async {});
+    (store, run)
 }
 
 /// Runs the `ShadowPod` controller and the availability loop until one stops. They start once this cluster
@@ -158,10 +436,22 @@ pub async fn run(client: Client) {
             Err(e) => Some(Err(e)),
         }
     });
-    let ctx = Arc::new(ShadowPodReconciler {
-        client: client.clone(),
-        pods: pods.clone(),
-    });
+    let (namespaces, ns_watch) = store_of(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default().labels(TENANT_LABEL),
+    );
+    let (tenant_store, tenant_watch) = store_of(tenants, watcher::Config::default());
+    let (slices, slice_watch) = store_of(
+        Api::<ResourceSlice>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let ctx = Arc::new(ShadowPodReconciler::new(
+        client.clone(),
+        pods.clone(),
+        namespaces,
+        tenant_store,
+        slices,
+    ));
     let controller = Controller::new(Api::<ShadowPod>::all(client.clone()), watcher::Config::default())
         .owns_stream(pod_events)
         .with_config(kube::runtime::controller::Config::default().concurrency(32))
@@ -174,6 +464,9 @@ pub async fn run(client: Client) {
     tokio::select! {
         _ = controller => warn!("the ShadowPod controller stopped"),
         _ = run_availability(client, pods) => warn!("the availability loop stopped"),
+        _ = ns_watch => warn!("the tenant namespace watch stopped"),
+        _ = tenant_watch => warn!("the tenant watch stopped"),
+        _ = slice_watch => warn!("the ResourceSlice watch stopped"),
     }
 }
 
@@ -273,6 +566,40 @@ mod tests {
 
     fn pod(v: serde_json::Value) -> Pod {
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn the_grant_is_a_hard_limit_in_every_dimension() {
+        let g = Amounts {
+            cpu: 2000,
+            memory: 1 << 40,
+            pods: 3000,
+        };
+        let one = Amounts {
+            cpu: 1000,
+            memory: 0,
+            pods: 1000,
+        };
+        assert!(fits(g, Amounts::default(), one).is_ok());
+        assert!(fits(g, one, one).is_ok());
+        let e = fits(g, one.plus(one), one).unwrap_err();
+        assert!(e.contains("cpu 3 of 2 granted") && e.contains("fix:"), "{e}");
+        // pods without requests are still counted as pods
+        let tiny = Amounts {
+            pods: 1000,
+            ..Default::default()
+        };
+        let three = tiny.plus(tiny).plus(tiny);
+        assert!(fits(g, three, tiny).unwrap_err().contains("pods 4 of 3"));
+        // no grant at all: nothing fits
+        assert!(fits(Amounts::default(), Amounts::default(), tiny).is_err());
+    }
+
+    #[test]
+    fn ended_pods_hold_nothing() {
+        let p = |phase: &str| pod(json!({"spec": {"containers": []}, "status": {"phase": phase}}));
+        assert!(holds_resources(&p("Pending")) && holds_resources(&p("Running")));
+        assert!(!holds_resources(&p("Succeeded")) && !holds_resources(&p("Failed")));
     }
 
     #[test]

@@ -59,9 +59,33 @@ pub fn parse(q: &str) -> Result<i128, BadQuantity> {
     }
     let scale = 10i128.checked_pow(frac.len() as u32).ok_or_else(bad)?;
     let whole: i128 = format!("{int}{frac}").parse().map_err(|_| bad())?;
-    // round up, as Kubernetes does when it cannot represent a fraction
-    let v = (whole * mul + scale * div - 1) / (scale * div);
+    // round up, as Kubernetes does when it cannot represent a fraction; a value too large for i128 (far
+    // beyond any real cluster) is refused rather than wrapped
+    let den = scale.checked_mul(div).ok_or_else(bad)?;
+    let v = whole
+        .checked_mul(mul)
+        .and_then(|n| n.checked_add(den - 1))
+        .ok_or_else(bad)?
+        / den;
     Ok(if neg { -v } else { v })
+}
+
+/// The largest amount ferry accepts from a peer for one resource: 2^60 milli-units (about 1.15e15 cores,
+/// 1 PiB of memory or 1.15e15 pods), far beyond any real cluster and far from overflowing sums of i128.
+pub const MAX_AMOUNT: i128 = 1 << 60;
+
+/// A quantity that came from a peer: it must parse, be zero or more, and stay below [`MAX_AMOUNT`].
+pub fn parse_bounded(q: &str) -> Result<i128, String> {
+    let v = parse(q).map_err(|e| e.to_string())?;
+    if v < 0 {
+        return Err(format!("{q:?} is negative; fix: ask for zero or more"));
+    }
+    if v > MAX_AMOUNT {
+        return Err(format!(
+            "{q:?} is larger than ferry accepts; fix: ask for a real amount, e.g. 8 or 16Gi"
+        ));
+    }
+    Ok(v)
 }
 
 /// CPU, memory and pods, in milli-units.
@@ -205,6 +229,21 @@ mod tests {
             let e = parse(q).unwrap_err();
             assert!(e.to_string().contains("fix:"), "{q}: {e}");
         }
+    }
+
+    #[test]
+    fn huge_negative_and_overflowing_quantities_from_a_peer_are_refused() {
+        // 40 digits times the Ei multiplier overflows i128: an error, never a panic or a wrapped value
+        assert!(parse("9999999999999999999999999999999999999999Ei").is_err());
+        assert!(parse("1e40").is_err());
+        assert!(parse_bounded("-1").unwrap_err().contains("negative"));
+        assert!(
+            parse_bounded("2Ei")
+                .unwrap_err()
+                .contains("larger than ferry accepts")
+        );
+        assert_eq!(parse_bounded("16Gi").unwrap(), 16 * 1000 * (1 << 30));
+        assert_eq!(parse_bounded("0").unwrap(), 0);
     }
 
     #[test]

@@ -53,6 +53,27 @@ struct Args {
     /// Most pods one tenant is granted.
     #[arg(long, default_value = "110")]
     quota_pods: String,
+    /// Connections the broker and the webhook each hold at once; more are closed at once.
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Connections held at once from one source address.
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS_PER_SOURCE", default_value_t = server::DEFAULT_MAX_PER_SOURCE)]
+    max_connections_per_source: usize,
+    /// Seconds a connection may sit idle (or take to send a request's headers or body) before it is closed.
+    #[arg(long, env = "FERRY_IDLE_TIMEOUT_SECONDS", default_value_t = server::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    idle_timeout_seconds: u64,
+}
+
+impl Args {
+    fn limits(&self) -> server::Limits {
+        server::Limits {
+            max_connections: self.max_connections,
+            max_per_source: self.max_connections_per_source,
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout_seconds.max(1)),
+            handshake_timeout: std::time::Duration::from_secs(self.idle_timeout_seconds.clamp(1, 10)),
+            ..Default::default()
+        }
+    }
 }
 
 #[tokio::main]
@@ -77,6 +98,15 @@ fn host_of(listen: &str) -> String {
 }
 
 async fn run(a: Args) -> Result<()> {
+    server::raise_fd_limit();
+    let limits = a.limits();
+    for (flag, q) in [
+        ("--quota-cpu", &a.quota_cpu),
+        ("--quota-memory", &a.quota_memory),
+        ("--quota-pods", &a.quota_pods),
+    ] {
+        ferry_virtual_kubelet::quantity::parse_bounded(q).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+    }
     let kc = kube::config::Kubeconfig::read_from(&a.kubeconfig)?;
     let cluster = kc
         .clusters
@@ -168,14 +198,14 @@ async fn run(a: Args) -> Result<()> {
             .context("registering the pod webhook")?;
         tracing::info!(%url, "pod admission webhook registered");
         tokio::select! {
-            r = server::serve_router(wl, tls, app) => r?,
+            r = server::serve_router(wl, tls, app, limits.clone()) => r?,
             _ = cache => {},
         }
         Ok(())
     };
     tracing::info!(cluster = id.cluster_id, %url, "peering broker listening; controllers running");
     tokio::select! {
-        r = server::serve(listener, tls, p.clone()) => r?,
+        r = server::serve_router(listener, tls, server::router(p.clone()), limits.clone()) => r?,
         r = webhook => r?,
         _ = ferry_peering_broker::reconciler::run(client.clone(), network.clone()) => anyhow::bail!("the ForeignCluster reconciler stopped"),
         _ = ferry_peering_broker::offloading::run(client.clone()) => anyhow::bail!("the NamespaceOffloading reconciler stopped"),

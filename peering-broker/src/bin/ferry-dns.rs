@@ -24,6 +24,15 @@ struct Args {
     /// TTL of every answer, seconds (also the negative TTL: removed endpoints vanish within it).
     #[arg(long, default_value_t = 5)]
     ttl: u32,
+    /// TCP connections held at once; more are closed at once.
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value_t = ferry_peering_broker::server::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// TCP connections held at once from one source address.
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS_PER_SOURCE", default_value_t = ferry_peering_broker::server::DEFAULT_MAX_PER_SOURCE)]
+    max_connections_per_source: usize,
+    /// Seconds a TCP connection may sit idle (or take to send a query) before it is closed.
+    #[arg(long, env = "FERRY_IDLE_TIMEOUT_SECONDS", default_value_t = 10)]
+    idle_timeout_seconds: u64,
 }
 
 fn main() {
@@ -44,6 +53,13 @@ fn main() {
 }
 
 async fn run(a: Args) -> Result<()> {
+    ferry_peering_broker::server::raise_fd_limit();
+    let limits = ferry_peering_broker::server::Limits {
+        max_connections: a.max_connections,
+        max_per_source: a.max_connections_per_source,
+        idle_timeout: std::time::Duration::from_secs(a.idle_timeout_seconds.max(1)),
+        ..Default::default()
+    };
     let config = match &a.kubeconfig {
         Some(p) => {
             let kc = kube::config::Kubeconfig::read_from(p)
@@ -63,7 +79,7 @@ async fn run(a: Args) -> Result<()> {
     tracing::info!(listen = %a.listen, "answering for clusterset.local; refusing every other zone");
     tokio::select! {
         r = dns::serve_udp(udp, zone.clone()) => r?,
-        r = dns::serve_tcp(tcp, zone.clone()) => r?,
+        r = dns::serve_tcp(tcp, zone.clone(), limits) => r?,
         r = dns::watch(client, zone.clone(), a.ttl) => r?,
     }
     Ok(())
