@@ -33,6 +33,10 @@ pub struct TenantSpec {
     pub public_key_fingerprint: String,
     /// The namespace the consumer's identity is confined to.
     pub tenant_namespace: String,
+    /// The user name of the consumer's identity for the current peering (what RBAC binds); certificates of
+    /// earlier peerings carry other names and are bound to nothing.
+    #[serde(default)]
+    pub user: String,
     /// No new offloading is accepted while true.
     #[serde(default)]
     pub cordoned: bool,

@@ -71,7 +71,7 @@ fn request(id: &str, token: &str, key: &ClusterKey) -> PeeringRequest {
         token: token.into(),
         cluster_id: id.into(),
         public_key: key.public_b64(),
-        csr: csr_for(&consumer_user(id), None),
+        csr: csr_for(&consumer_user(id, &claims.jti), None),
         proof: sign_proof(key, &claims.jti, &claims.iss, id),
         wireguard_public_key: String::new(),
         pod_cidrs: vec!["10.244.0.0/16".into()],
@@ -378,7 +378,10 @@ async fn every_bad_request_is_refused_with_a_json_reason_and_creates_nothing() {
     for (csr, what) in [
         (csr_for("ferry:consumer:someone-else", None), "other user"),
         (
-            csr_for(&consumer_user("bad-csr"), Some("system:masters")),
+            csr_for(
+                &consumer_user("bad-csr", &token::peek(&good).unwrap().jti),
+                Some("system:masters"),
+            ),
             "group",
         ),
     ] {

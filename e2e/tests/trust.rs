@@ -34,11 +34,15 @@ struct Peered {
 
 impl Peered {
     async fn new(provider_flags: &[&str], peer_flags: &[&str]) -> Self {
+        Self::with(&[], provider_flags, peer_flags).await
+    }
+
+    async fn with(consumer_flags: &[&str], provider_flags: &[&str], peer_flags: &[&str]) -> Self {
         let lab = Lab::from_env();
         let c1 = lab.client(&lab.layout.clusters[0]).await.unwrap();
         let c2 = lab.client(&lab.layout.clusters[1]).await.unwrap();
         let ags = vec![
-            agents::start(&lab, 0, &[]).unwrap(),
+            agents::start(&lab, 0, consumer_flags).unwrap(),
             agents::start(&lab, 1, provider_flags).unwrap(),
         ];
         let _ = ferryctl(
@@ -53,13 +57,7 @@ impl Peered {
         })
         .await;
         agents::peer(&lab, peer_flags).unwrap();
-        let s = Api::<Secret>::namespaced(c1.clone(), "ferry-system")
-            .get("ferry-identity-provider-c2")
-            .await
-            .unwrap();
-        let path = std::env::temp_dir().join("ferry-trust-identity.kubeconfig");
-        std::fs::write(&path, &s.data.unwrap()["kubeconfig"].0).unwrap();
-        let id = client_from(&path).await.unwrap();
+        let id = identity_client(&c1, "current").await.0;
         Self {
             lab,
             c1,
@@ -77,6 +75,22 @@ impl Drop for Peered {
             &["unpeer", "provider-c2"],
         );
     }
+}
+
+/// A client of the identity c1 holds on c2 now (saved as `tag`), its certificate and its key.
+async fn identity_client(c1: &Client, tag: &str) -> (Client, String, String) {
+    let s = Api::<Secret>::namespaced(c1.clone(), "ferry-system")
+        .get("ferry-identity-provider-c2")
+        .await
+        .unwrap();
+    let data = s.data.unwrap();
+    let path = std::env::temp_dir().join(format!("ferry-trust-identity-{tag}.kubeconfig"));
+    std::fs::write(&path, &data["kubeconfig"].0).unwrap();
+    (
+        client_from(&path).await.unwrap(),
+        String::from_utf8(data["tls.crt"].0.clone()).unwrap(),
+        String::from_utf8(data["tls.key"].0.clone()).unwrap(),
+    )
 }
 
 fn forbidden<T: std::fmt::Debug>(r: Result<T, kube::Error>, what: &str) {
@@ -473,7 +487,7 @@ fn crafted(
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, consumer_user(id));
+        .push(rcgen::DnType::CommonName, consumer_user(id, &claims.jti));
     let req = PeeringRequest {
         token: t,
         cluster_id: id.into(),
@@ -982,4 +996,99 @@ async fn thirty_thousand_idle_connections_leave_the_broker_and_ferry_dns_answeri
     assert!(dns.try_wait().unwrap().is_none(), "ferry-dns died");
     let _ = dns.kill();
     let _ = dns.wait();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identities_are_renewed_in_place_and_a_certificate_of_an_unpeered_peering_stays_useless() {
+    let _g = SERIAL.lock().await;
+    // renew any certificate older than 5 s, checking every 2 s (the lab's signer issues them for a year)
+    let p = Peered::with(
+        &["--renew-check-seconds", "2", "--renew-after-seconds", "5"],
+        &[],
+        &[],
+    )
+    .await;
+    let (first, first_cert, _) = identity_client(&p.c1, "first").await;
+    let (nb0, _, cn0) = ferry_peering_broker::consumer::cert_validity(&first_cert).unwrap();
+    let start = Instant::now();
+    eventually("the identity renewed", 60, || async {
+        Ok(identity_client(&p.c1, "probe").await.1 != first_cert)
+    })
+    .await;
+    eprintln!("renewed after {:?}", start.elapsed());
+    let (renewed, renewed_cert, old_key) = identity_client(&p.c1, "renewed").await;
+    let (nb1, _, cn1) = ferry_peering_broker::consumer::cert_validity(&renewed_cert).unwrap();
+    assert_eq!(cn1, cn0, "the same identity");
+    assert!(nb1 >= nb0);
+    Api::<Pod>::namespaced(renewed.clone(), TENANT_NS)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    // the virtual node keeps going on the renewed identity
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    eventually("virtual node Ready after the renewal", 30, || async {
+        Ok(Api::<Node>::all(p.c1.clone())
+            .get_opt(VNODE)
+            .await?
+            .is_some_and(|n| ferry_virtual_kubelet::node::is_ready(&n)))
+    })
+    .await;
+
+    // unpeer, then peer again under the same ID: every certificate of the first peering is useless
+    let kc1 = p.lab.paths.kubeconfig(&p.lab.layout.clusters[0]);
+    let (ok, _, err) = ferryctl(&kc1, &["unpeer", "provider-c2"]);
+    assert!(ok, "{err}");
+    for (c, what) in [(&first, "first"), (&renewed, "renewed")] {
+        forbidden(
+            Api::<Pod>::namespaced(c.clone(), TENANT_NS)
+                .list(&ListParams::default())
+                .await,
+            &format!("the {what} certificate after unpeer"),
+        );
+    }
+    eventually("the old tenant namespace gone", 90, || async {
+        Ok(Api::<Namespace>::all(p.c2.clone())
+            .get_opt(TENANT_NS)
+            .await?
+            .is_none())
+    })
+    .await;
+    agents::peer(&p.lab, &[]).unwrap();
+    let (again, _, _) = identity_client(&p.c1, "again").await;
+    eventually("the new identity works", 30, || async {
+        Ok(Api::<Pod>::namespaced(again.clone(), TENANT_NS)
+            .list(&ListParams::default())
+            .await
+            .is_ok())
+    })
+    .await;
+    for (c, what) in [(&first, "first"), (&renewed, "renewed")] {
+        forbidden(
+            Api::<Pod>::namespaced(c.clone(), TENANT_NS)
+                .list(&ListParams::default())
+                .await,
+            &format!("the {what} certificate after peering again"),
+        );
+    }
+    // nor does the broker take it
+    let s = Api::<Secret>::namespaced(p.c1.clone(), "ferry-system")
+        .get("ferry-identity-provider-c2")
+        .await
+        .unwrap();
+    let url = ferry_peering_broker::identity::text(&s, "brokerURL").unwrap();
+    let pin = ferry_peering_broker::identity::text(&s, "tlsPin").unwrap();
+    let (status, body) = tls::request(
+        &url,
+        &pin,
+        "POST",
+        "/v1/namespaces",
+        Some(br#"{"namespace":"sneaky"}"#),
+        Some(ClientCert {
+            cert: &renewed_cert,
+            key: &old_key,
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
 }

@@ -198,9 +198,10 @@ pub async fn handshake(
     let fcs: Api<ForeignCluster> = Api::all(client.clone());
     let csr_key = rcgen::KeyPair::generate().map_err(|e| transient(e.into()))?;
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| transient(e.into()))?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, consumer_user(&me.cluster_id));
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        consumer_user(&me.cluster_id, &claims.jti),
+    );
     let csr = params
         .serialize_request(&csr_key)
         .and_then(|c| c.pem())
@@ -278,7 +279,7 @@ pub async fn handshake(
     if let Err(e) = check_response(
         &ok,
         &claims.iss,
-        &consumer_user(&me.cluster_id),
+        &consumer_user(&me.cluster_id, &claims.jti),
         csr_key.public_key_raw(),
         chrono::Utc::now().timestamp(),
     ) {
@@ -341,7 +342,7 @@ pub async fn handshake(
         "Authenticated",
         &format!(
             "identity {} in {}",
-            consumer_user(&me.cluster_id),
+            consumer_user(&me.cluster_id, &claims.jti),
             ok.tenant_namespace
         ),
     )
@@ -513,6 +514,121 @@ fn is_dns_label(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !s.starts_with('-')
         && !s.ends_with('-')
+}
+
+/// Validity (not before, not after; unix seconds) and subject CN of a PEM certificate.
+pub fn cert_validity(pem: &str) -> Option<(i64, i64, String)> {
+    use x509_parser::prelude::FromDer;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&pem.contents).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    Some((
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+        cn,
+    ))
+}
+
+/// Whether a certificate valid from `not_before` to `not_after` is due for renewal at `now` (pure): past
+/// two thirds of its life, or older than `renew_after` seconds when that is set.
+pub fn renewal_due(not_before: i64, not_after: i64, now: i64, renew_after: Option<i64>) -> bool {
+    let life = (not_after - not_before).max(0);
+    now >= not_before + life * 2 / 3 || renew_after.is_some_and(|a| now >= not_before + a)
+}
+
+/// Renews the identity on `provider` if it is due: a new key, a CSR for the same user name, `POST
+/// /v1/identity` with the current certificate, the answer checked like a peering's, then certificate, key
+/// and kubeconfig replaced together in the identity Secret (so the stored key always matches the stored
+/// certificate). Returns whether it renewed.
+pub async fn renew_identity(client: &Client, provider: &str, renew_after: Option<i64>) -> Result<bool> {
+    use x509_parser::prelude::FromDer;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let Some(s) = secrets.get_opt(&identity_secret(provider)).await? else {
+        return Ok(false);
+    };
+    let get = |k: &str| crate::identity::text(&s, k).unwrap_or_default();
+    let (not_before, not_after, user) =
+        cert_validity(&get("tls.crt")).context("the identity's certificate does not parse")?;
+    if !renewal_due(not_before, not_after, chrono::Utc::now().timestamp(), renew_after) {
+        return Ok(false);
+    }
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, user.clone());
+    let csr = params.serialize_request(&key)?.pem()?;
+    let body = serde_json::to_vec(&crate::wire::RenewRequest { csr })?;
+    let (status, resp) = call_broker(&s, "POST", "/v1/identity", Some(&body)).await?;
+    if status != 200 {
+        bail!(
+            "POST {}/v1/identity answered {status}: {}",
+            get("brokerURL"),
+            String::from_utf8_lossy(&resp)
+        );
+    }
+    let renewed: crate::wire::RenewResponse = serde_json::from_slice(&resp)?;
+    // the answer is checked as strictly as a peering's: same user, this new key, a later certificate
+    let (_, pem) = x509_parser::pem::parse_x509_pem(renewed.certificate.as_bytes())
+        .map_err(|e| anyhow::anyhow!("renewed certificate is not PEM: {e}"))?;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&pem.contents)
+        .map_err(|e| anyhow::anyhow!("renewed certificate does not parse: {e}"))?;
+    let (nb, na, cn) = cert_validity(&renewed.certificate).context("renewed certificate")?;
+    if cn != user
+        || cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw()
+        || na <= not_after.min(nb)
+    {
+        bail!("the renewed certificate is not for {user} and the new key, or not newer");
+    }
+    let kc = kube::config::Kubeconfig::from_yaml(&get("kubeconfig"))?;
+    check_kubeconfig(&kc).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cluster = kc.clusters[0].cluster.clone().unwrap_or_default();
+    let ca = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        cluster.certificate_authority_data.unwrap_or_default(),
+    )?;
+    let kubeconfig = kubeconfig(
+        provider,
+        &cluster.server.unwrap_or_default(),
+        &String::from_utf8(ca)?,
+        &renewed.certificate,
+        &key.serialize_pem(),
+        &get("tenantNamespace"),
+    );
+    let mut updated = s.clone();
+    let data = updated.data.get_or_insert_with(Default::default);
+    data.insert("tls.crt".into(), ByteString(renewed.certificate.into_bytes()));
+    data.insert("tls.key".into(), ByteString(key.serialize_pem().into_bytes()));
+    data.insert("kubeconfig".into(), ByteString(kubeconfig.into_bytes()));
+    // replace with the read resourceVersion: one write, key and certificate together
+    secrets
+        .replace(&identity_secret(provider), &PostParams::default(), &updated)
+        .await?;
+    Ok(true)
+}
+
+/// Renews every identity that is due, once a minute (or every `check` seconds).
+pub async fn run_renewals(client: Client, check: std::time::Duration, renew_after: Option<i64>) {
+    let mut tick = tokio::time::interval(check);
+    loop {
+        tick.tick().await;
+        let Ok(ids) = crate::offloading::identities(&client).await else {
+            continue;
+        };
+        for provider in ids.keys() {
+            match renew_identity(&client, provider, renew_after).await {
+                Ok(true) => tracing::info!(provider, "identity renewed"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(provider, "renewing the identity: {e:#}"),
+            }
+        }
+    }
 }
 
 /// A call to the provider's broker as the tenant: TLS pinned to the broker's certificate, client
@@ -721,6 +837,16 @@ mod tests {
             let e = check(&ok, &spki).unwrap_err();
             assert!(e.contains(field), "{field}: {e}");
         }
+    }
+
+    #[test]
+    fn renewal_is_due_after_two_thirds_of_the_life_or_the_configured_age() {
+        assert!(!renewal_due(0, 3000, 1999, None));
+        assert!(renewal_due(0, 3000, 2000, None));
+        assert!(renewal_due(0, 3000, 10, Some(10)));
+        assert!(!renewal_due(0, 3000, 9, Some(10)));
+        // an expired one is due at once
+        assert!(renewal_due(0, 100, 150, None));
     }
 
     #[test]

@@ -281,13 +281,25 @@ pub async fn gateway_remaps(client: &Client, peer: &str) -> Option<BTreeMap<IpNe
 /// addresses with the remaps the gateway reports in the `PeerNetwork` status (restarted when they change),
 /// or, until the gateway has reported, with the same deterministic choice the gateway makes.
 pub async fn run_virtual_kubelets(client: Client, consumer: String, local_cidrs: Vec<IpNet>) {
-    let mut running: HashMap<String, (tokio::task::JoinHandle<()>, BTreeMap<IpNet, IpNet>)> = HashMap::new();
+    // per provider: the virtual kubelet, the remaps and the client certificate it runs with
+    type Running = (tokio::task::JoinHandle<()>, BTreeMap<IpNet, IpNet>, String);
+    let mut running: HashMap<String, Running> = HashMap::new();
     loop {
         match identities(&client).await {
             Ok(ids) => {
-                for (provider, (task, remaps)) in running.iter_mut() {
+                for (provider, (task, remaps, cert)) in running.iter_mut() {
                     if task.is_finished() && ids.contains_key(provider) {
                         warn!(provider, "virtual kubelet stopped; restarting it");
+                    }
+                    if ids
+                        .get(provider)
+                        .is_some_and(|s| text(s, "tls.crt").as_ref() != Some(cert))
+                    {
+                        info!(
+                            provider,
+                            "the identity was renewed; restarting the virtual kubelet with it"
+                        );
+                        task.abort();
                     }
                     if let Some(applied) = gateway_remaps(&client, provider).await
                         && &applied != remaps
@@ -300,14 +312,14 @@ pub async fn run_virtual_kubelets(client: Client, consumer: String, local_cidrs:
                         task.abort();
                     }
                 }
-                running.retain(|_, (t, _)| !t.is_finished());
+                running.retain(|_, (t, _, _)| !t.is_finished());
                 let gone: Vec<String> = running
                     .keys()
                     .filter(|p| !ids.contains_key(*p))
                     .cloned()
                     .collect();
                 for p in gone {
-                    if let Some((t, _)) = running.remove(&p) {
+                    if let Some((t, _, _)) = running.remove(&p) {
                         t.abort();
                     }
                     info!(provider = p, "peering gone; removing its virtual node");
@@ -320,8 +332,8 @@ pub async fn run_virtual_kubelets(client: Client, consumer: String, local_cidrs:
                         continue;
                     }
                     match start_one(&client, &consumer, &local_cidrs, &provider, &s).await {
-                        Ok(t) => {
-                            running.insert(provider, t);
+                        Ok((t, remaps)) => {
+                            running.insert(provider, (t, remaps, text(&s, "tls.crt").unwrap_or_default()));
                         }
                         Err(e) => warn!(provider, "virtual kubelet not started: {e:#}"),
                     }

@@ -20,8 +20,8 @@ use x509_parser::prelude::FromDer;
 use crate::error::BrokerError;
 use crate::key::ClusterKey;
 use crate::wire::{
-    OffloadRequest, OffloadResponse, PeeringRequest, PeeringResponse, Resources, consumer_user,
-    remote_namespace,
+    OffloadRequest, OffloadResponse, PeeringRequest, PeeringResponse, RenewRequest, RenewResponse, Resources,
+    consumer_of, consumer_user, remote_namespace,
 };
 
 /// ferry's namespace on every cluster.
@@ -29,6 +29,8 @@ pub const SYSTEM_NAMESPACE: &str = "ferry-system";
 /// ConfigMap recording used token IDs (jti → consumer key fingerprint), so a restart cannot replay them.
 pub const USED_TOKENS: &str = "ferry-used-tokens";
 pub use ferry_virtual_kubelet::TENANT_LABEL;
+/// How long a consumer identity's certificate is valid (where the cluster lets the CSR ask for it).
+pub const IDENTITY_SECONDS: u32 = 24 * 3600;
 /// Label on an offload namespace: the consumer namespace it mirrors.
 pub const ORIGIN_NAMESPACE_LABEL: &str = "ferry.dev/origin-namespace";
 
@@ -234,7 +236,7 @@ impl Provider {
         let req = PeeringRequest::parse(body)?;
         let claims = crate::token::verify(&req.token, &self.key, &self.cluster_id, now)?;
         req.verify_proof(&claims.jti, &self.cluster_id)?;
-        let want = consumer_user(&req.cluster_id);
+        let want = consumer_user(&req.cluster_id, &claims.jti);
         let got = csr_subject(&req.csr)?;
         if got != want {
             return Err(BrokerError::CsrSubject { got, want });
@@ -258,10 +260,7 @@ impl Provider {
         }
         let first = self.claim_jti(&claims.jti, &fingerprint, &req.cluster_id).await?;
         let mut created = Created::default();
-        match self
-            .create_tenant(&req, &fingerprint, &claims.jti, &mut created)
-            .await
-        {
+        match self.create_tenant(&req, &fingerprint, &want, &mut created).await {
             Ok(resp) => Ok(resp),
             Err(e) => {
                 if first {
@@ -276,7 +275,7 @@ impl Provider {
         &self,
         req: &PeeringRequest,
         fingerprint: &str,
-        jti: &str,
+        user: &str,
         created: &mut Created,
     ) -> Result<PeeringResponse, BrokerError> {
         let id = &req.cluster_id;
@@ -293,7 +292,7 @@ impl Provider {
             }
         }
         created.namespace = self.create_owned_namespace(&ns, id, labels, "clusterID").await?;
-        self.grant_namespace(&ns, id).await?;
+        self.grant_namespace(&ns, id, user).await?;
         let tenants: Api<Tenant> = Api::all(self.client.clone());
         let mut tenant = Tenant::new(
             id,
@@ -303,10 +302,31 @@ impl Provider {
                 tenant_namespace: ns.clone(),
                 cordoned: false,
                 policy: Default::default(),
+                user: user.to_string(),
             },
         );
         tenant.metadata.labels = Some(BTreeMap::from([(TENANT_LABEL.to_string(), id.clone())]));
         created.tenant = create_or_keep(&tenants, &tenant).await?;
+        if !created.tenant {
+            // peered again (a new token): the new identity replaces the old one everywhere, so the old
+            // peering's certificate is bound to nothing any more
+            tenants
+                .patch(
+                    id,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"user": user}})),
+                )
+                .await
+                .map_err(internal)?;
+            let lp = kube::api::ListParams::default().labels(&format!("{TENANT_LABEL}={id}"));
+            for n in Api::<Namespace>::all(self.client.clone())
+                .list_metadata(&lp)
+                .await
+                .map_err(internal)?
+            {
+                self.grant_namespace(&n.name_any(), id, user).await?;
+            }
+        }
         let granted = grant(&req.resources, &self.quota);
         let q = |s: &Option<String>| s.clone().map(Quantity);
         let slices: Api<ResourceSlice> = Api::namespaced(self.client.clone(), &ns);
@@ -369,7 +389,7 @@ impl Provider {
                 .map_err(internal)?;
             slot = Some(s);
         }
-        let certificate = self.sign_csr(id, jti, &req.csr).await?;
+        let certificate = self.sign_csr(id, &req.csr).await?;
         Ok(PeeringResponse {
             provider_cluster_id: self.cluster_id.clone(),
             tenant_namespace: ns,
@@ -388,21 +408,29 @@ impl Provider {
         })
     }
 
-    /// Signs the consumer's CSR through the Kubernetes CSR API (`kubernetes.io/kube-apiserver-client`).
-    async fn sign_csr(&self, consumer: &str, jti: &str, csr_pem: &str) -> Result<String, BrokerError> {
+    /// Signs the consumer's CSR through the Kubernetes CSR API (`kubernetes.io/kube-apiserver-client`), for
+    /// [`IDENTITY_SECONDS`] where the cluster honours `expirationSeconds` (1.22+; older clusters use their
+    /// signer's `--cluster-signing-duration`). The CSR object is named after the request itself, so a retry
+    /// with the same key gets the same certificate and a new key never gets a certificate for an old one.
+    async fn sign_csr(&self, consumer: &str, csr_pem: &str) -> Result<String, BrokerError> {
+        use sha2::Digest;
         let csrs: Api<CertificateSigningRequest> = Api::all(self.client.clone());
-        let name = format!("ferry-{consumer}-{}", &jti[..jti.len().min(12)]);
+        let name = format!(
+            "ferry-{consumer}-{}",
+            hex::encode(&sha2::Sha256::digest(csr_pem.as_bytes())[..6])
+        );
         let obj: CertificateSigningRequest = serde_json::from_value(json!({
             "metadata": { "name": name, "labels": { TENANT_LABEL: consumer } },
             "spec": {
                 "request": base64::engine::general_purpose::STANDARD.encode(csr_pem),
                 "signerName": "kubernetes.io/kube-apiserver-client",
+                "expirationSeconds": IDENTITY_SECONDS,
                 "usages": ["client auth", "digital signature", "key encipherment"],
             },
         }))
         .map_err(internal)?;
         create_or_keep(&csrs, &obj).await?;
-        let approval = json!({ "status": { "conditions": [{ "type": "Approved", "status": "True", "reason": "FerryPeering", "message": format!("peering token {jti}") }] } });
+        let approval = json!({ "status": { "conditions": [{ "type": "Approved", "status": "True", "reason": "FerryPeering", "message": format!("identity of tenant {consumer}") }] } });
         let current = csrs.get(&name).await.map_err(internal)?;
         let approved = current
             .status
@@ -424,10 +452,10 @@ impl Provider {
         Err(BrokerError::Internal("the CSR signer did not issue a certificate within 10s (is kube-controller-manager running with csrsigning?)".into()))
     }
 
-    /// The tenant's Role and RoleBinding in `ns` (its tenant namespace or one it offloads to).
-    async fn grant_namespace(&self, ns: &str, consumer: &str) -> Result<(), BrokerError> {
+    /// The tenant's Role and RoleBinding (to `user`, its current identity) in `ns` (its tenant namespace
+    /// or one it offloads to). Applied, so a new peering's identity replaces the old one.
+    async fn grant_namespace(&self, ns: &str, consumer: &str, user: &str) -> Result<(), BrokerError> {
         let labels = json!({ TENANT_LABEL: consumer });
-        let user = consumer_user(consumer);
         let role: Role = serde_json::from_value(json!({
             "metadata": { "name": "ferry-consumer", "namespace": ns, "labels": labels },
             "rules": tenant_rules(),
@@ -448,21 +476,50 @@ impl Provider {
             "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }],
         }))
         .map_err(internal)?;
-        create_or_keep(&Api::namespaced(self.client.clone(), ns), &rb).await?;
+        Api::<RoleBinding>::namespaced(self.client.clone(), ns)
+            .patch(
+                "ferry-consumer",
+                &PatchParams::apply("ferry-broker").force(),
+                &Patch::Apply(&rb),
+            )
+            .await
+            .map_err(internal)?;
         Ok(())
     }
 
-    /// The consumer a client certificate acts for (`CN=ferry:consumer:<id>` of an admitted tenant).
+    /// The tenant a client certificate acts for: its CN must be the current identity of an admitted tenant
+    /// (a certificate of an earlier peering of the same ID is refused).
     async fn tenant_of(&self, client_cn: Option<&str>) -> Result<Tenant, BrokerError> {
         let cn = client_cn.ok_or_else(|| BrokerError::Forbidden("no client certificate".into()))?;
-        let id = cn
-            .strip_prefix(&consumer_user(""))
-            .ok_or_else(|| BrokerError::Forbidden(cn.to_string()))?;
-        Api::<Tenant>::all(self.client.clone())
+        let id = consumer_of(cn).ok_or_else(|| BrokerError::Forbidden(cn.to_string()))?;
+        let tenant = Api::<Tenant>::all(self.client.clone())
             .get_opt(id)
             .await
             .map_err(internal)?
-            .ok_or_else(|| BrokerError::NotFound(id.into()))
+            .ok_or_else(|| BrokerError::NotFound(id.into()))?;
+        if tenant.spec.user != cn {
+            return Err(BrokerError::Forbidden(format!(
+                "{cn} (a certificate of an earlier peering of {id})"
+            )));
+        }
+        Ok(tenant)
+    }
+
+    /// `POST /v1/identity`: a certificate for a new key of the caller's current identity (renewal before
+    /// expiry; the old certificate keeps working until it expires).
+    pub async fn renew(&self, body: &[u8], client_cn: Option<&str>) -> Result<RenewResponse, BrokerError> {
+        let tenant = self.tenant_of(client_cn).await?;
+        let req: RenewRequest =
+            serde_json::from_slice(body).map_err(|e| BrokerError::Malformed(e.to_string()))?;
+        let got = csr_subject(&req.csr)?;
+        if got != tenant.spec.user {
+            return Err(BrokerError::CsrSubject {
+                got,
+                want: tenant.spec.user.clone(),
+            });
+        }
+        let certificate = self.sign_csr(&tenant.spec.cluster_id, &req.csr).await?;
+        Ok(RenewResponse { certificate })
     }
 
     /// `POST /v1/exports`: a tenant's exports in, this cluster's out.
@@ -536,7 +593,7 @@ impl Provider {
         let labels = json!({ TENANT_LABEL: consumer, ORIGIN_NAMESPACE_LABEL: req.namespace });
         self.create_owned_namespace(&name, consumer, labels, "namespace")
             .await?;
-        self.grant_namespace(&name, consumer).await?;
+        self.grant_namespace(&name, consumer, &tenant.spec.user).await?;
         Ok(OffloadResponse { namespace: name })
     }
 
@@ -560,17 +617,11 @@ impl Provider {
         Ok(())
     }
 
-    /// `DELETE /v1/peerings/{id}`: the client certificate's CN must be that consumer's.
+    /// `DELETE /v1/peerings/{id}`: the client certificate must be that consumer's current identity.
     pub async fn release(&self, consumer: &str, client_cn: Option<&str>) -> Result<(), BrokerError> {
-        let want = consumer_user(consumer);
-        match client_cn {
-            Some(cn) if cn == want => {}
-            Some(cn) => return Err(BrokerError::Forbidden(cn.to_string())),
-            None => return Err(BrokerError::Forbidden("no client certificate".into())),
-        }
-        let tenants: Api<Tenant> = Api::all(self.client.clone());
-        if tenants.get_opt(consumer).await.map_err(internal)?.is_none() {
-            return Err(BrokerError::NotFound(consumer.into()));
+        let tenant = self.tenant_of(client_cn).await?;
+        if tenant.spec.cluster_id != consumer {
+            return Err(BrokerError::Forbidden(client_cn.unwrap_or_default().to_string()));
         }
         self.remove(consumer, None).await;
         Ok(())

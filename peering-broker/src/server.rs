@@ -92,6 +92,20 @@ async fn unoffload(
     Ok(Json(serde_json::json!({ "removed": name })).into_response())
 }
 
+async fn renew(
+    State(p): State<Arc<Provider>>,
+    Extension(cn): Extension<ClientCn>,
+    body: axum::body::Body,
+) -> Result<Response, BrokerError> {
+    let bytes = read_body(body).await?;
+    let resp = p
+        .renew(&bytes, cn.0.as_deref())
+        .await
+        .inspect_err(|e| warn!(reason = e.reason(), "renewal refused: {e}"))?;
+    info!(client = cn.0.as_deref().unwrap_or_default(), "identity renewed");
+    Ok(Json(resp).into_response())
+}
+
 async fn exports(
     State(p): State<Arc<Provider>>,
     Extension(cn): Extension<ClientCn>,
@@ -113,6 +127,7 @@ pub fn router(p: Arc<Provider>) -> Router {
         .route("/v1/namespaces", post(offload))
         .route("/v1/namespaces/{name}", delete(unoffload))
         .route("/v1/exports", post(exports))
+        .route("/v1/identity", post(renew))
         .route(
             "/v1/openapi.json",
             get(|| async { ([("content-type", "application/json")], OPENAPI) }),

@@ -74,7 +74,12 @@ pub fn peek(token: &str) -> Result<PeeringClaims, BrokerError> {
     Ok(data.claims)
 }
 
-/// The provider's check: signature by `key`, issuer `provider`, audience, expiry at `now` (no leeway).
+/// How far past `exp` a token is still taken: the token's `exp` comes from the clock of the machine that ran
+/// `ferryctl token create`, the check from the broker's; a minute covers ordinary skew between them.
+pub const EXP_LEEWAY_SECS: u64 = 60;
+
+/// The provider's check: signature by `key`, issuer `provider`, audience, expiry at `now` (with
+/// [`EXP_LEEWAY_SECS`] of leeway).
 pub fn verify(token: &str, key: &ClusterKey, provider: &str, now: u64) -> Result<PeeringClaims, BrokerError> {
     let claims = peek(token)?;
     let mut v = Validation::new(Algorithm::EdDSA);
@@ -95,7 +100,7 @@ pub fn verify(token: &str, key: &ClusterKey, provider: &str, now: u64) -> Result
     if claims.iss != provider {
         return Err(BrokerError::TokenIssuer(claims.iss));
     }
-    if claims.exp <= now {
+    if claims.exp.saturating_add(EXP_LEEWAY_SECS) <= now {
         return Err(BrokerError::TokenExpired(claims.exp));
     }
     Ok(claims)
@@ -124,8 +129,10 @@ mod tests {
     fn expired_other_key_other_issuer_wrong_audience_and_garbage_are_refused() {
         let k = ClusterKey::generate();
         let t = issue(&k, "prov", "u", "p", 60, NOW);
+        // within the clock-skew leeway a token still counts; past it, it has expired
+        assert!(verify(&t, &k, "prov", NOW + 60 + EXP_LEEWAY_SECS - 1).is_ok());
         assert_eq!(
-            verify(&t, &k, "prov", NOW + 60),
+            verify(&t, &k, "prov", NOW + 60 + EXP_LEEWAY_SECS),
             Err(BrokerError::TokenExpired(NOW + 60))
         );
         assert_eq!(

@@ -34,7 +34,7 @@ pub struct PeeringRequest {
     pub cluster_id: String,
     /// The consumer's Ed25519 public key (base64, raw 32 bytes).
     pub public_key: String,
-    /// A PKCS#10 CSR (PEM) for `CN=ferry:consumer:<clusterID>`.
+    /// A PKCS#10 CSR (PEM) for `CN=` [`consumer_user`] of the cluster ID and the token's `jti`.
     pub csr: String,
     /// Signature (base64) by the consumer key over [`proof_message`].
     pub proof: String,
@@ -80,6 +80,23 @@ pub struct OffloadResponse {
     pub namespace: String,
 }
 
+/// `POST /v1/identity` (mTLS, the tenant's current certificate): a certificate for a new key of the same
+/// identity, before the current one expires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RenewRequest {
+    /// A PKCS#10 CSR (PEM) for the same user name as the current certificate.
+    pub csr: String,
+}
+
+/// The answer to [`RenewRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RenewResponse {
+    /// The new client certificate (PEM).
+    pub certificate: String,
+}
+
 /// The provider namespace for consumer namespace `ns` of consumer `consumer`: `<ns>-<consumer>` (cut
 /// to 63 characters with a hash suffix when longer) or `ns` itself under `EnforceSameName`.
 pub fn remote_namespace(
@@ -112,7 +129,7 @@ pub struct PeeringResponse {
     pub api_server: String,
     /// The apiserver's CA (PEM).
     pub ca: String,
-    /// The signed client certificate (PEM) for `ferry:consumer:<id>`.
+    /// The signed client certificate (PEM) for the identity's [`consumer_user`].
     pub certificate: String,
     /// What the provider granted.
     pub granted: Resources,
@@ -157,9 +174,25 @@ impl LocalNetwork {
     }
 }
 
-/// The user name a consumer's identity has on the provider.
-pub fn consumer_user(cluster_id: &str) -> String {
-    format!("ferry:consumer:{cluster_id}")
+/// Prefix of every consumer identity's user name on a provider.
+pub const CONSUMER_USER_PREFIX: &str = "ferry:consumer:";
+
+/// The user name a consumer's identity has on the provider for the peering made with token `jti`:
+/// `ferry:consumer:<id>:<12 hex of SHA-256(jti)>`. Each peering has its own, so after an unpeer no
+/// certificate of an earlier peering is bound to anything again, even when the same ID peers anew.
+pub fn consumer_user(cluster_id: &str, jti: &str) -> String {
+    use sha2::Digest;
+    let nonce = hex::encode(&sha2::Sha256::digest(jti.as_bytes())[..6]);
+    format!("{CONSUMER_USER_PREFIX}{cluster_id}:{nonce}")
+}
+
+/// The consumer cluster ID of a consumer identity's user name (`None`: not one).
+pub fn consumer_of(user: &str) -> Option<&str> {
+    let (id, nonce) = user.strip_prefix(CONSUMER_USER_PREFIX)?.rsplit_once(':')?;
+    (nonce.len() == 12
+        && nonce.chars().all(|c| c.is_ascii_hexdigit())
+        && id.parse::<crate::ClusterId>().is_ok())
+    .then_some(id)
 }
 
 /// What the proof signs: `jti|provider|consumer`.
@@ -363,6 +396,27 @@ mod tests {
         assert!(e.to_string().starts_with("wireguardPublicKey is not"), "{e}");
         r.wireguard_public_key = crate::wireguard::WireGuardKey::generate().public_b64();
         assert!(PeeringRequest::parse(&serde_json::to_vec(&r).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn each_peering_has_its_own_user_name_and_the_id_can_be_read_back() {
+        let a = consumer_user("consumer-c1", "jti-1");
+        let b = consumer_user("consumer-c1", "jti-2");
+        assert!(
+            a.starts_with("ferry:consumer:consumer-c1:")
+                && a.len() == "ferry:consumer:consumer-c1:".len() + 12
+        );
+        assert_ne!(a, b, "a new peering of the same ID is another user");
+        assert_eq!(consumer_of(&a), Some("consumer-c1"));
+        for bad in [
+            "ferry:consumer:consumer-c1",
+            "ferry:consumer::abcdefabcdef",
+            "system:admin",
+            "ferry:consumer:Bad:abcdefabcdef",
+            "ferry:consumer:c1:xyz",
+        ] {
+            assert_eq!(consumer_of(bad), None, "{bad}");
+        }
     }
 
     #[test]
