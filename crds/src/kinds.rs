@@ -35,8 +35,8 @@ pub struct TenantSpec {
     pub tenant_namespace: String,
     /// The user name of the consumer's identity for the current peering (what RBAC binds); certificates of
     /// earlier peerings carry other names and are bound to nothing.
-    #[serde(default)]
-    pub user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// No new offloading is accepted while true.
     #[serde(default)]
     pub cordoned: bool,

@@ -510,7 +510,7 @@ async fn every_ferry_crd_installs_on_the_lab_apiserver_and_serves_objects_and_st
             tenant_namespace: "ferry-tenant-consumer-1".into(),
             cordoned: false,
             policy: Default::default(),
-            user: String::new(),
+            user: None,
         },
     );
     let _ = tenants.delete("t-consumer", &DeleteParams::default()).await;

@@ -206,8 +206,8 @@ pub struct Exchange {
     pub local: Mutex<Vec<ExportedService>>,
     /// Each peer's exports (already translated), with when they were received.
     pub remote: Mutex<HashMap<String, (Vec<ExportedService>, Instant)>>,
-    /// When this side first saw each peer export (`cluster`, namespace, name): the conflict order.
-    pub first_seen: Mutex<HashMap<(String, String, String), String>>,
+    /// When this side first saw each peer export (`cluster`, namespace, name): bounds the conflict order.
+    pub first_seen: Mutex<HashMap<(String, String, String), chrono::DateTime<chrono::Utc>>>,
 }
 
 /// Namespaces no peer's export may name on either side.
@@ -293,11 +293,25 @@ pub fn check_export(
     Ok(())
 }
 
+/// How far before this side first saw an export the sender's own creation time is believed.
+pub const CLAIM_WINDOW: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+
+/// The time an export counts from in a conflict (pure): what the sender claims, but never more than
+/// [`CLAIM_WINDOW`] before this side first saw it, and never after; so no peer wins a conflict by
+/// backdating, and an export that appeared moments apart on two clusters keeps its real order.
+pub fn conflict_time(claimed: &str, first_seen: chrono::DateTime<chrono::Utc>) -> String {
+    let floor = first_seen - CLAIM_WINDOW;
+    let t = chrono::DateTime::parse_from_rfc3339(claimed)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or(first_seen)
+        .clamp(floor, first_seen);
+    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
 impl Exchange {
     /// Stores what peer `cluster` exports, translated with `remaps` (whose keys are the ranges the peering
     /// routes). Each export is checked on its own ([`check_export`]): a bad one is left out and named in the
-    /// answer, the others are kept. When an export was first seen is this side's clock, never the sender's,
-    /// so no peer wins a conflict by backdating.
+    /// answer, the others are kept. The conflict order is bounded by this side's clock ([`conflict_time`]).
     pub fn receive(
         &self,
         cluster: &str,
@@ -310,17 +324,17 @@ impl Exchange {
         if list.exports.len() > MAX_EXPORTS {
             refused.push(format!("more than {MAX_EXPORTS} exports; the rest are left out"));
         }
-        let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let now = chrono::Utc::now();
         let mut seen = self.first_seen.lock().expect("lock");
         let mut keep = Vec::new();
         for e in list.exports.iter().take(MAX_EXPORTS) {
             match check_export(e, cluster, may_use, &routed) {
                 Ok(()) => {
                     let mut t = translate(e, remaps);
-                    t.created = seen
+                    let first = *seen
                         .entry((cluster.to_string(), e.namespace.clone(), e.name.clone()))
-                        .or_insert_with(|| now.clone())
-                        .clone();
+                        .or_insert(now);
+                    t.created = conflict_time(&e.created, first);
                     keep.push(t);
                 }
                 Err(why) => refused.push(why),
@@ -875,6 +889,26 @@ mod tests {
     }
 
     #[test]
+    fn a_claimed_creation_time_counts_within_thirty_seconds_of_the_first_sighting() {
+        let seen = chrono::DateTime::parse_from_rfc3339("2026-12-03T20:00:00Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(
+            conflict_time("2026-12-03T19:59:50Z", seen),
+            "2026-12-03T19:59:50Z"
+        );
+        assert_eq!(
+            conflict_time("1999-01-01T00:00:00Z", seen),
+            "2026-12-03T19:59:30Z"
+        );
+        assert_eq!(
+            conflict_time("2030-01-01T00:00:00Z", seen),
+            "2026-12-03T20:00:00Z"
+        );
+        assert_eq!(conflict_time("garbage", seen), "2026-12-03T20:00:00Z");
+    }
+
+    #[test]
     fn hijacking_exports_are_refused_one_by_one_and_the_good_ones_kept() {
         let x = Exchange::default();
         let remaps = BTreeMap::from([("10.244.0.0/16".parse().unwrap(), "10.0.0.0/16".parse().unwrap())]);
@@ -905,8 +939,11 @@ mod tests {
         let got = x.remote.lock().unwrap()["b"].0.clone();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].name, "web");
-        // the sender's timestamp is not believed: a backdated export is as new as when it was first seen here
+        // the sender's timestamp is not believed: a backdated export is at most 30 s older than its first
+        // sighting here
         assert_ne!(got[0].created, "1999-01-01T00:00:00Z");
+        let t = chrono::DateTime::parse_from_rfc3339(&got[0].created).unwrap();
+        assert!(chrono::Utc::now().signed_duration_since(t) <= chrono::TimeDelta::seconds(31));
         // and the first sighting is kept across rounds
         let first = got[0].created.clone();
         let again = ExportList {

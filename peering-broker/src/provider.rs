@@ -302,7 +302,7 @@ impl Provider {
                 tenant_namespace: ns.clone(),
                 cordoned: false,
                 policy: Default::default(),
-                user: user.to_string(),
+                user: Some(user.to_string()),
             },
         );
         tenant.metadata.labels = Some(BTreeMap::from([(TENANT_LABEL.to_string(), id.clone())]));
@@ -497,7 +497,7 @@ impl Provider {
             .await
             .map_err(internal)?
             .ok_or_else(|| BrokerError::NotFound(id.into()))?;
-        if tenant.spec.user != cn {
+        if tenant.spec.user.as_deref() != Some(cn) {
             return Err(BrokerError::Forbidden(format!(
                 "{cn} (a certificate of an earlier peering of {id})"
             )));
@@ -512,11 +512,9 @@ impl Provider {
         let req: RenewRequest =
             serde_json::from_slice(body).map_err(|e| BrokerError::Malformed(e.to_string()))?;
         let got = csr_subject(&req.csr)?;
-        if got != tenant.spec.user {
-            return Err(BrokerError::CsrSubject {
-                got,
-                want: tenant.spec.user.clone(),
-            });
+        let want = tenant.spec.user.clone().unwrap_or_default();
+        if got != want {
+            return Err(BrokerError::CsrSubject { got, want });
         }
         let certificate = self.sign_csr(&tenant.spec.cluster_id, &req.csr).await?;
         Ok(RenewResponse { certificate })
@@ -593,7 +591,8 @@ impl Provider {
         let labels = json!({ TENANT_LABEL: consumer, ORIGIN_NAMESPACE_LABEL: req.namespace });
         self.create_owned_namespace(&name, consumer, labels, "namespace")
             .await?;
-        self.grant_namespace(&name, consumer, &tenant.spec.user).await?;
+        self.grant_namespace(&name, consumer, tenant.spec.user.as_deref().unwrap_or_default())
+            .await?;
         Ok(OffloadResponse { namespace: name })
     }
 

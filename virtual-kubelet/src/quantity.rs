@@ -70,9 +70,9 @@ pub fn parse(q: &str) -> Result<i128, BadQuantity> {
     Ok(if neg { -v } else { v })
 }
 
-/// The largest amount ferry accepts from a peer for one resource: 2^60 milli-units (about 1.15e15 cores,
-/// 1 PiB of memory or 1.15e15 pods), far beyond any real cluster and far from overflowing sums of i128.
-pub const MAX_AMOUNT: i128 = 1 << 60;
+/// The largest amount ferry accepts from a peer for one resource: 2^80 milli-units (about 1.2e21 cores or
+/// pods, or a zettabyte of memory), far beyond any real cluster, and 2^47 of them still sum within i128.
+pub const MAX_AMOUNT: i128 = 1 << 80;
 
 /// A quantity that came from a peer: it must parse, be zero or more, and stay below [`MAX_AMOUNT`].
 pub fn parse_bounded(q: &str) -> Result<i128, String> {
@@ -238,10 +238,11 @@ mod tests {
         assert!(parse("1e40").is_err());
         assert!(parse_bounded("-1").unwrap_err().contains("negative"));
         assert!(
-            parse_bounded("2Ei")
+            parse_bounded("2000000Ei")
                 .unwrap_err()
                 .contains("larger than ferry accepts")
         );
+        assert!(parse_bounded("2Ei").is_ok());
         assert_eq!(parse_bounded("16Gi").unwrap(), 16 * 1000 * (1 << 30));
         assert_eq!(parse_bounded("0").unwrap(), 0);
     }
