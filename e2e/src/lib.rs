@@ -10,6 +10,7 @@ pub mod bench;
 pub mod demo;
 pub mod dns_bench;
 pub mod echo;
+pub mod flood;
 pub mod kubelet;
 pub mod lab;
 pub mod layout;

@@ -833,107 +833,82 @@ async fn namespace_squatting_export_hijacks_and_hostile_cidrs_are_refused_and_th
     .await;
 }
 
-/// Opens `n` TCP connections to `to`, spread over source addresses 127.0.1.x (one source has only ~28,000
-/// ephemeral ports); returns those that connected.
-async fn flood(to: std::net::SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
-    let mut out = Vec::with_capacity(n);
-    let mut i = 0;
-    while i < n {
-        let batch: Vec<_> = (i..(i + 500).min(n))
-            .map(|k| async move {
-                let s = tokio::net::TcpSocket::new_v4().ok()?;
-                let src: std::net::IpAddr = format!("127.0.1.{}", 1 + k % 8).parse().unwrap();
-                s.bind((src, 0).into()).ok()?;
-                tokio::time::timeout(Duration::from_secs(10), s.connect(to))
-                    .await
-                    .ok()?
-                    .ok()
-            })
-            .collect();
-        out.extend(futures::future::join_all(batch).await.into_iter().flatten());
-        i += 500;
+/// Floods `to` with `n` idle connections from three `ferry-lab flood` processes (one process may hold only
+/// its open-file limit, 20,000 here) for `hold` seconds, while `during` runs; returns the reports.
+async fn flood(
+    to: std::net::SocketAddr,
+    n: usize,
+    hold: u64,
+    during: impl std::future::Future<Output = ()>,
+) -> Vec<ferry_e2e::flood::FloodReport> {
+    let procs: Vec<_> = (0..3)
+        .map(|_| {
+            tokio::process::Command::new(agents::bin("ferry-lab"))
+                .args(["flood", "--to", &to.to_string(), "--count", &(n / 3).to_string()])
+                .args(["--sources", "8", "--settle", "4", "--hold", &hold.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // the connections are open after a few seconds; `during` runs beside them
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    during.await;
+    let mut out = Vec::new();
+    for p in procs {
+        let o = p.wait_with_output().await.unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        out.push(
+            serde_json::from_str(text.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {text}")),
+        );
     }
     out
-}
-
-/// How many of `conns` the server has closed (a read sees EOF or an error at once).
-async fn closed(conns: &mut [tokio::net::TcpStream]) -> usize {
-    use tokio::io::AsyncReadExt;
-    let mut n = 0;
-    for c in conns.iter_mut() {
-        let mut b = [0u8; 1];
-        match tokio::time::timeout(Duration::from_millis(2), c.read(&mut b)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => n += 1,
-            _ => {}
-        }
-    }
-    n
-}
-
-fn raise_nofile(n: u64) {
-    use nix::sys::resource::{Resource, setrlimit};
-    setrlimit(Resource::RLIMIT_NOFILE, n, n).expect("raising RLIMIT_NOFILE (the tests run as root)");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn thirty_thousand_idle_connections_leave_the_broker_and_ferry_dns_answering() {
     let _g = SERIAL.lock().await;
-    raise_nofile(70_000);
     const N: usize = 30_000;
     let lab = Lab::from_env();
-    let idle = [
+    let limits = [
         "--idle-timeout-seconds",
         "5",
         "--max-connections-per-source",
         "256",
     ];
-    let _provider = agents::start(&lab, 1, &idle).unwrap();
+    let provider = agents::start(&lab, 1, &limits).unwrap();
     let c2 = &lab.layout.clusters[1];
     let broker: std::net::SocketAddr = format!("127.0.0.1:{}", c2.ports.apiserver + 6).parse().unwrap();
     let t = token_create(&lab);
     let claims = token::peek(&t).unwrap();
-    let pid = _provider.pid();
-
-    let start = Instant::now();
-    let mut conns = flood(broker, N).await;
-    eprintln!(
-        "broker: {} of {N} connections open in {:?}",
-        conns.len(),
-        start.elapsed()
-    );
-    assert_eq!(conns.len(), N, "the kernel accepted every connection");
-    // a real request from another source is answered at once
-    let t0 = Instant::now();
-    let (status, body) = tls::request(&claims.broker_url, &claims.tls_pin, "GET", "/livez", None, None)
-        .await
-        .unwrap();
-    assert_eq!((status, String::from_utf8_lossy(&body).as_ref()), (200, "ok"));
-    eprintln!(
-        "broker: /livez answered in {:?} beside {N} connections",
-        t0.elapsed()
-    );
-    // all but the 8 sources × 256 the broker holds are closed at once
-    let mut closed_now = 0;
-    let until = Instant::now() + Duration::from_secs(4);
-    while Instant::now() < until && closed_now < N - 8 * 256 {
-        closed_now = closed(&mut conns).await;
-    }
-    eprintln!("broker: {closed_now} closed at once (over the per-source limit)");
-    assert!(closed_now >= N - 8 * 256, "{closed_now}");
-    // idle connections are closed after the timeout
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    let closed_later = closed(&mut conns).await;
-    eprintln!("broker: {closed_later} of {N} closed after the 5 s idle timeout");
-    assert_eq!(closed_later, N);
+    let pid = provider.pid();
+    let livez = || async {
+        let (status, body) = tls::request(&claims.broker_url, &claims.tls_pin, "GET", "/livez", None, None)
+            .await
+            .unwrap();
+        assert_eq!((status, String::from_utf8_lossy(&body).as_ref()), (200, "ok"));
+    };
+    let reports = flood(broker, N, 30, async {
+        // a real request from another source is answered beside the flood
+        let t0 = Instant::now();
+        livez().await;
+        eprintln!("broker: /livez answered in {:?} beside the flood", t0.elapsed());
+    })
+    .await;
+    eprintln!("broker: {reports:?}");
+    let opened: usize = reports.iter().map(|r| r.opened).sum();
+    assert_eq!(opened, N, "the kernel completed every connection");
+    // the broker holds at most 256 per source (8 sources shared by the floods) and closes the rest at once
+    let at_once: usize = reports.iter().map(|r| r.closed_at_once).sum();
+    assert!(at_once >= N - 8 * 256, "closed at once: {at_once}");
+    // and closes the ones it held after the idle timeout
+    let after: usize = reports.iter().map(|r| r.closed_after_hold).sum();
+    assert_eq!(after, N, "idle connections still open after the timeout");
     assert!(
         std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "the agent died"
     );
-    drop(conns);
-    let (status, _) = tls::request(&claims.broker_url, &claims.tls_pin, "GET", "/livez", None, None)
-        .await
-        .unwrap();
-    assert_eq!(status, 200);
+    livez().await;
 
     // ferry-dns over TCP, the same way
     let port = {
@@ -944,9 +919,8 @@ async fn thirty_thousand_idle_connections_leave_the_broker_and_ferry_dns_answeri
     let mut dns = std::process::Command::new(agents::bin("ferry-dns"))
         .arg("--kubeconfig")
         .arg(lab.paths.kubeconfig(&lab.layout.clusters[0]))
+        .args(["--listen", &dns_addr.to_string()])
         .args([
-            "--listen",
-            &dns_addr.to_string(),
             "--idle-timeout-seconds",
             "5",
             "--max-connections-per-source",
@@ -955,7 +929,7 @@ async fn thirty_thousand_idle_connections_leave_the_broker_and_ferry_dns_answeri
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let dig = || {
+    let dig = move || {
         std::process::Command::new("dig")
             .args([
                 "+tcp",
@@ -975,23 +949,21 @@ async fn thirty_thousand_idle_connections_leave_the_broker_and_ferry_dns_answeri
         assert!(Instant::now() < ready, "ferry-dns did not answer");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let mut conns = flood(dns_addr, N).await;
-    eprintln!("ferry-dns: {} of {N} TCP connections open", conns.len());
-    assert_eq!(conns.len(), N);
-    let t0 = Instant::now();
-    assert!(
-        dig(),
-        "ferry-dns stopped answering over TCP beside {N} connections"
-    );
-    eprintln!(
-        "ferry-dns: a TCP query answered in {:?} beside {N} connections",
-        t0.elapsed()
-    );
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    let reports = flood(dns_addr, N, 30, async {
+        let t0 = Instant::now();
+        assert!(dig(), "ferry-dns stopped answering over TCP beside the flood");
+        eprintln!(
+            "ferry-dns: a TCP query answered in {:?} beside the flood",
+            t0.elapsed()
+        );
+    })
+    .await;
+    eprintln!("ferry-dns: {reports:?}");
+    assert_eq!(reports.iter().map(|r| r.opened).sum::<usize>(), N);
     assert_eq!(
-        closed(&mut conns).await,
+        reports.iter().map(|r| r.closed_after_hold).sum::<usize>(),
         N,
-        "idle DNS connections were not closed"
+        "idle DNS connections left open"
     );
     assert!(dns.try_wait().unwrap().is_none(), "ferry-dns died");
     let _ = dns.kill();

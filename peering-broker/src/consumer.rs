@@ -303,6 +303,7 @@ pub async fn handshake(
         ("tenantNamespace", ok.tenant_namespace.clone()),
         ("granted", serde_json::to_string(&ok.granted).unwrap_or_default()),
         ("podCIDRs", ok.pod_cidrs.join(",")),
+        (STORED_AT, chrono::Utc::now().timestamp().to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
@@ -535,12 +536,23 @@ pub fn cert_validity(pem: &str) -> Option<(i64, i64, String)> {
     ))
 }
 
-/// Whether a certificate valid from `not_before` to `not_after` is due for renewal at `now` (pure): past
-/// two thirds of its life, or older than `renew_after` seconds when that is set.
-pub fn renewal_due(not_before: i64, not_after: i64, now: i64, renew_after: Option<i64>) -> bool {
+/// Whether a certificate valid from `not_before` to `not_after`, stored here at `stored_at`, is due for
+/// renewal at `now` (pure): past two thirds of its life, or stored more than `renew_after` seconds ago when
+/// that is set. (Signers backdate `not_before`, by 5 minutes in Kubernetes, so the age counts from when the
+/// certificate was stored.)
+pub fn renewal_due(
+    not_before: i64,
+    not_after: i64,
+    stored_at: i64,
+    now: i64,
+    renew_after: Option<i64>,
+) -> bool {
     let life = (not_after - not_before).max(0);
-    now >= not_before + life * 2 / 3 || renew_after.is_some_and(|a| now >= not_before + a)
+    now >= not_before + life * 2 / 3 || renew_after.is_some_and(|a| now >= stored_at.max(not_before) + a)
 }
+
+/// Key of the identity Secret that says when its certificate was stored (unix seconds).
+pub const STORED_AT: &str = "storedAt";
 
 /// Renews the identity on `provider` if it is due: a new key, a CSR for the same user name, `POST
 /// /v1/identity` with the current certificate, the answer checked like a peering's, then certificate, key
@@ -555,7 +567,14 @@ pub async fn renew_identity(client: &Client, provider: &str, renew_after: Option
     let get = |k: &str| crate::identity::text(&s, k).unwrap_or_default();
     let (not_before, not_after, user) =
         cert_validity(&get("tls.crt")).context("the identity's certificate does not parse")?;
-    if !renewal_due(not_before, not_after, chrono::Utc::now().timestamp(), renew_after) {
+    let stored_at = get(STORED_AT).parse().unwrap_or(not_before);
+    if !renewal_due(
+        not_before,
+        not_after,
+        stored_at,
+        chrono::Utc::now().timestamp(),
+        renew_after,
+    ) {
         return Ok(false);
     }
     let key = rcgen::KeyPair::generate()?;
@@ -606,6 +625,10 @@ pub async fn renew_identity(client: &Client, provider: &str, renew_after: Option
     data.insert("tls.crt".into(), ByteString(renewed.certificate.into_bytes()));
     data.insert("tls.key".into(), ByteString(key.serialize_pem().into_bytes()));
     data.insert("kubeconfig".into(), ByteString(kubeconfig.into_bytes()));
+    data.insert(
+        STORED_AT.into(),
+        ByteString(chrono::Utc::now().timestamp().to_string().into_bytes()),
+    );
     // replace with the read resourceVersion: one write, key and certificate together
     secrets
         .replace(&identity_secret(provider), &PostParams::default(), &updated)
@@ -841,12 +864,15 @@ mod tests {
 
     #[test]
     fn renewal_is_due_after_two_thirds_of_the_life_or_the_configured_age() {
-        assert!(!renewal_due(0, 3000, 1999, None));
-        assert!(renewal_due(0, 3000, 2000, None));
-        assert!(renewal_due(0, 3000, 10, Some(10)));
-        assert!(!renewal_due(0, 3000, 9, Some(10)));
+        assert!(!renewal_due(0, 3000, 0, 1999, None));
+        assert!(renewal_due(0, 3000, 0, 2000, None));
+        assert!(renewal_due(0, 3000, 0, 10, Some(10)));
+        assert!(!renewal_due(0, 3000, 0, 9, Some(10)));
+        // a backdated not_before does not make a fresh certificate old: the age counts from storing it
+        assert!(!renewal_due(0, 3000, 300, 305, Some(10)));
+        assert!(renewal_due(0, 3000, 300, 310, Some(10)));
         // an expired one is due at once
-        assert!(renewal_due(0, 100, 150, None));
+        assert!(renewal_due(0, 100, 0, 150, None));
     }
 
     #[test]

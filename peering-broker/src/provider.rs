@@ -626,9 +626,23 @@ impl Provider {
         Ok(())
     }
 
-    /// Removes a tenant's objects (all of them, or only those in `only`).
+    /// Removes a tenant's objects (all of them, or only those in `only`). Its RoleBindings go first, so its
+    /// identity loses every right at once, not only when the namespaces have finished terminating.
     async fn remove(&self, consumer: &str, only: Option<&Created>) {
         let dp = DeleteParams::background();
+        if only.is_none() {
+            let lp = kube::api::ListParams::default().labels(&format!("{TENANT_LABEL}={consumer}"));
+            if let Ok(list) = Api::<Namespace>::all(self.client.clone())
+                .list_metadata(&lp)
+                .await
+            {
+                for n in list {
+                    let _ = Api::<RoleBinding>::namespaced(self.client.clone(), &n.name_any())
+                        .delete("ferry-consumer", &dp)
+                        .await;
+                }
+            }
+        }
         if only.is_none_or(|c| c.namespace) {
             let _ = Api::<Namespace>::all(self.client.clone())
                 .delete(&tenant_namespace(consumer), &dp)

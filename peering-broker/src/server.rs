@@ -265,6 +265,23 @@ pub async fn accept_admitted(
     }
 }
 
+/// A listening socket for a server that faces peers: a deep accept queue (4096), so a burst of connections
+/// waits in the kernel instead of being dropped and retried.
+pub async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let addr = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address"))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 /// Raises this process's open-file limit to its hard limit (a server facing peers needs many).
 pub fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};

@@ -91,6 +91,25 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Hold many idle TCP connections to a server (loopback only) and report, as JSON, how many it closed
+    /// at once and after the hold.
+    Flood {
+        /// The server, e.g. 127.0.0.1:24028.
+        #[arg(long)]
+        to: SocketAddr,
+        /// Connections (at most this process's open-file limit).
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// Source addresses 127.0.1.1 … 127.0.1.N.
+        #[arg(long, default_value_t = 8)]
+        sources: u8,
+        /// Seconds to wait for the server to close what is over its limits.
+        #[arg(long, default_value_t = 3)]
+        settle: u64,
+        /// Seconds to hold the connections before counting again.
+        #[arg(long, default_value_t = 10)]
+        hold: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -444,6 +463,27 @@ async fn run(cli: Cli) -> Result<()> {
             k.run().await?;
         }
         Cmd::EchoServer { port, pod } => echo::serve(port, pod).await?,
+        Cmd::Flood {
+            to,
+            count,
+            sources,
+            settle,
+            hold,
+        } => {
+            anyhow::ensure!(
+                to.ip().is_loopback(),
+                "--to {to}: floods go to loopback servers only; fix: give a 127.0.0.x address"
+            );
+            let r = ferry_e2e::flood::flood(
+                to,
+                count,
+                sources,
+                Duration::from_secs(settle),
+                Duration::from_secs(hold),
+            )
+            .await;
+            println!("{}", serde_json::to_string(&r)?);
+        }
         Cmd::EchoClient { to, bytes, timeout } => {
             let r = echo::round_trip(to, bytes, Duration::from_secs(timeout)).await?;
             println!("{}", serde_json::to_string(&r)?);

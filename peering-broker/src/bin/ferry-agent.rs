@@ -172,7 +172,7 @@ async fn run(a: Args) -> Result<()> {
         network: network.clone(),
         mcs: Default::default(),
     });
-    let listener = tokio::net::TcpListener::bind(&a.listen)
+    let listener = server::listen(&a.listen)
         .await
         .with_context(|| format!("--listen {}", a.listen))?;
     let local_cidrs: Vec<ipnet::IpNet> = a
@@ -188,7 +188,7 @@ async fn run(a: Args) -> Result<()> {
         if a.webhook_listen.is_empty() {
             return std::future::pending::<Result<()>>().await;
         }
-        let wl = tokio::net::TcpListener::bind(&a.webhook_listen)
+        let wl = server::listen(&a.webhook_listen)
             .await
             .with_context(|| format!("--webhook-listen {}", a.webhook_listen))?;
         let url = a

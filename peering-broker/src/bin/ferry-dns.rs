@@ -72,7 +72,7 @@ async fn run(a: Args) -> Result<()> {
     let udp = tokio::net::UdpSocket::bind(a.listen)
         .await
         .with_context(|| format!("--listen {} (udp)", a.listen))?;
-    let tcp = tokio::net::TcpListener::bind(a.listen)
+    let tcp = ferry_peering_broker::server::listen(&a.listen.to_string())
         .await
         .with_context(|| format!("--listen {} (tcp)", a.listen))?;
     let zone: dns::SharedZone = Default::default();
