@@ -845,7 +845,7 @@ async fn flood(
         .map(|_| {
             tokio::process::Command::new(agents::bin("ferry-lab"))
                 .args(["flood", "--to", &to.to_string(), "--count", &(n / 3).to_string()])
-                .args(["--sources", "8", "--settle", "4", "--hold", &hold.to_string()])
+                .args(["--sources", "8", "--settle", "2", "--hold", &hold.to_string()])
                 .stdout(std::process::Stdio::piped())
                 .spawn()
                 .unwrap()
@@ -872,7 +872,7 @@ async fn thirty_thousand_idle_connections_leave_the_broker_and_ferry_dns_answeri
     let lab = Lab::from_env();
     let limits = [
         "--idle-timeout-seconds",
-        "5",
+        "8",
         "--max-connections-per-source",
         "256",
     ];
@@ -901,6 +901,10 @@ async fn thirty_thousand_idle_connections_leave_the_broker_and_ferry_dns_answeri
     // the broker holds at most 256 per source (8 sources shared by the floods) and closes the rest at once
     let at_once: usize = reports.iter().map(|r| r.closed_at_once).sum();
     assert!(at_once >= N - 8 * 256, "closed at once: {at_once}");
+    assert!(
+        at_once < N,
+        "the broker held none: the per-source limit is not what closed them"
+    );
     // and closes the ones it held after the idle timeout
     let after: usize = reports.iter().map(|r| r.closed_after_hold).sum();
     assert_eq!(after, N, "idle connections still open after the timeout");
@@ -922,7 +926,7 @@ async fn thirty_thousand_idle_connections_leave_the_broker_and_ferry_dns_answeri
         .args(["--listen", &dns_addr.to_string()])
         .args([
             "--idle-timeout-seconds",
-            "5",
+            "8",
             "--max-connections-per-source",
             "256",
         ])
@@ -960,6 +964,11 @@ async fn thirty_thousand_idle_connections_leave_the_broker_and_ferry_dns_answeri
     .await;
     eprintln!("ferry-dns: {reports:?}");
     assert_eq!(reports.iter().map(|r| r.opened).sum::<usize>(), N);
+    let at_once: usize = reports.iter().map(|r| r.closed_at_once).sum();
+    assert!(
+        (N - 8 * 256..N).contains(&at_once),
+        "DNS connections closed at once: {at_once}"
+    );
     assert_eq!(
         reports.iter().map(|r| r.closed_after_hold).sum::<usize>(),
         N,
