@@ -631,3 +631,26 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// Namespace `ns` on `c`, new (an old one deleted and awaited first), with its default ServiceAccount.
+pub async fn fresh_namespace(c: &Client, ns: &str) {
+    use kube::api::{DeleteParams, PostParams};
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.clone());
+    let _ = nss.delete(ns, &DeleteParams::default()).await;
+    eventually(&format!("old namespace {ns} gone"), 90, || async {
+        Ok(nss.get_opt(ns).await?.is_none())
+    })
+    .await;
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    // the namespace's default ServiceAccount (pods are refused until it exists)
+    let sas: Api<ServiceAccount> = Api::namespaced(c.clone(), ns);
+    eventually("default ServiceAccount", 30, || async {
+        Ok(sas.get_opt("default").await?.is_some())
+    })
+    .await;
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use ferry_crds::ShadowPod;
 use ferry_e2e::agents::{self, Agent, ferryctl};
-use ferry_e2e::lab::Lab;
+use ferry_e2e::lab::{Lab, eventually as wait, fresh_namespace};
 use ferry_virtual_kubelet::quantity::Amounts;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod};
@@ -96,46 +96,6 @@ impl Setup {
         .await;
         drop(self.agents);
     }
-}
-
-/// Polls `check` every 200 ms until it is true; panics after `secs` with `what`.
-async fn wait<F, Fut>(what: &str, secs: u64, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut last = String::new();
-    loop {
-        match check().await {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(e) => last = format!(" (last error: {e:#})"),
-        }
-        assert!(Instant::now() < deadline, "{what}: not after {secs}s{last}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn fresh_namespace(c: &Client, ns: &str) {
-    let nss: Api<Namespace> = Api::all(c.clone());
-    let _ = nss.delete(ns, &DeleteParams::default()).await;
-    wait(&format!("old namespace {ns} gone"), 90, || async {
-        Ok(nss.get_opt(ns).await?.is_none())
-    })
-    .await;
-    nss.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-    )
-    .await
-    .unwrap();
-    // the namespace's default ServiceAccount (pods are refused until it exists)
-    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(c.clone(), ns);
-    wait("default ServiceAccount", 30, || async {
-        Ok(sas.get_opt("default").await?.is_some())
-    })
-    .await;
 }
 
 fn deployment(name: &str, replicas: u32, cpu: Option<&str>, hollow: bool) -> Deployment {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ferry_crds::ShadowPod;
 use ferry_e2e::agents::{self, Agent, ferryctl};
-use ferry_e2e::lab::{Lab, client_from, eventually};
+use ferry_e2e::lab::{Lab, client_from, eventually, fresh_namespace};
 use ferry_peering_broker::key::ClusterKey;
 use ferry_peering_broker::tls::{self, ClientCert};
 use ferry_peering_broker::token;
@@ -370,22 +370,7 @@ async fn shadowpods_that_break_the_policy_are_refused_naming_the_field_and_nothi
     // the consumer shows the provider's reason on its pod, which stays Pending
     let ns = "trust-refused";
     let nss: Api<Namespace> = Api::all(p.c1.clone());
-    let _ = nss.delete(ns, &DeleteParams::default()).await;
-    eventually("old namespace gone", 90, || async {
-        Ok(nss.get_opt(ns).await?.is_none())
-    })
-    .await;
-    nss.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-    )
-    .await
-    .unwrap();
-    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(p.c1.clone(), ns);
-    eventually("default ServiceAccount", 30, || async {
-        Ok(sas.get_opt("default").await?.is_some())
-    })
-    .await;
+    fresh_namespace(&p.c1, ns).await;
     let (ok, _, err) = ferryctl(
         &p.lab.paths.kubeconfig(&p.lab.layout.clusters[0]),
         &["offload", "namespace", ns, "--strategy", "Remote"],
@@ -669,6 +654,18 @@ async fn namespace_squatting_export_hijacks_and_hostile_cidrs_are_refused_and_th
     let p = Peered::new(&[], &[]).await;
     forget_tenant(&p.c2, "mallory").await;
     let nss: Api<Namespace> = Api::all(p.c2.clone());
+    // the victim's tunnel, to show it keeps working through every attack
+    let _gateways = [
+        agents::start_gateway(&p.lab, 0).unwrap(),
+        agents::start_gateway(&p.lab, 1).unwrap(),
+    ];
+    let connected = || async {
+        let pn = Api::<ferry_crds::PeerNetwork>::all(p.c1.clone())
+            .get("provider-c2")
+            .await?;
+        anyhow::Ok(pn.status.and_then(|s| s.phase).as_deref() == Some("Connected"))
+    };
+    eventually("the victim's tunnel Connected", 60, connected).await;
     // the victim offloads a namespace
     let victim_ns = "shop";
     let c1ns: Api<Namespace> = Api::all(p.c1.clone());
@@ -810,7 +807,11 @@ async fn namespace_squatting_export_hijacks_and_hostile_cidrs_are_refused_and_th
         );
     }
     forget_tenant(&p.c2, "mallory").await;
-    // the victim's peering still works: its offload namespace and its identity
+    // the victim's peering still works: its tunnel, its offload namespace and its identity
+    assert!(
+        connected().await.unwrap(),
+        "the victim's tunnel is down after the attacks"
+    );
     assert!(
         nss.get_opt(victim_remote)
             .await

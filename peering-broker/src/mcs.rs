@@ -293,6 +293,9 @@ pub fn check_export(
     Ok(())
 }
 
+/// How long one exchange with one provider may take (the others are not held up meanwhile).
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How far before this side first saw an export the sender's own creation time is believed.
 pub const CLAIM_WINDOW: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 
@@ -722,9 +725,21 @@ async fn sync_once(
     let body = serde_json::to_vec(&ExportList {
         exports: local.clone(),
     })?;
-    for (provider, identity) in &providers {
-        match crate::consumer::call_broker(identity, "POST", "/v1/exports", Some(&body)).await {
-            Ok((200, resp)) => match serde_json::from_slice::<ExportList>(&resp) {
+    // every provider at once, each bounded in time: one unreachable peer never holds up the others
+    let calls = providers.iter().map(|(provider, identity)| {
+        let body = &body;
+        async move {
+            let r = tokio::time::timeout(
+                EXCHANGE_TIMEOUT,
+                crate::consumer::call_broker(identity, "POST", "/v1/exports", Some(body)),
+            )
+            .await;
+            (provider, r)
+        }
+    });
+    for (provider, r) in futures::future::join_all(calls).await {
+        match r {
+            Ok(Ok((200, resp))) => match serde_json::from_slice::<ExportList>(&resp) {
                 Ok(list) => {
                     let remaps = crate::offloading::peer_remaps(client, provider, (&[], &[])).await;
                     // a provider exports its own namespaces (namespace sameness), never the reserved ones
@@ -734,13 +749,17 @@ async fn sync_once(
                 }
                 Err(e) => warn!(provider, "exports from the broker: {e}"),
             },
-            Ok((code, resp)) => warn!(
+            Ok(Ok((code, resp))) => warn!(
                 provider,
                 code,
                 "POST /v1/exports: {}",
                 String::from_utf8_lossy(&resp)
             ),
-            Err(e) => warn!(provider, "POST /v1/exports: {e:#}"),
+            Ok(Err(e)) => warn!(provider, "POST /v1/exports: {e:#}"),
+            Err(_) => warn!(
+                provider,
+                "POST /v1/exports: no answer within {EXCHANGE_TIMEOUT:?}"
+            ),
         }
     }
     let all: Vec<ExportedService> = {

@@ -45,7 +45,8 @@ pub fn parse(q: &str) -> Result<i128, BadQuantity> {
         "Ei" => (1000 << 60, 1),
         s if s.starts_with(['e', 'E']) => {
             let exp: u32 = s[1..].parse().map_err(|_| bad())?;
-            (1000 * 10i128.checked_pow(exp).ok_or_else(bad)?, 1)
+            let mul = 10i128.checked_pow(exp).and_then(|p| p.checked_mul(1000));
+            (mul.ok_or_else(bad)?, 1)
         }
         _ => return Err(bad()),
     };
@@ -236,6 +237,9 @@ mod tests {
         // 40 digits times the Ei multiplier overflows i128: an error, never a panic or a wrapped value
         assert!(parse("9999999999999999999999999999999999999999Ei").is_err());
         assert!(parse("1e40").is_err());
+        // found by the fuzz target: 10^38 fits i128, times 1000 (milli-units) does not
+        assert!(parse("5410e38").is_err());
+        assert!(parse("1e38").is_err());
         assert!(parse_bounded("-1").unwrap_err().contains("negative"));
         assert!(
             parse_bounded("2000000Ei")
