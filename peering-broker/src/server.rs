@@ -406,6 +406,7 @@ mod tests {
         assert!(v["paths"]["/v1/peerings/{clusterID}"]["delete"].is_object());
         assert!(v["paths"]["/v1/namespaces"]["post"].is_object());
         assert!(v["paths"]["/v1/namespaces/{name}"]["delete"].is_object());
+        assert!(v["paths"]["/v1/identity"]["post"].is_object());
         let off: Vec<String> =
             serde_json::from_value(v["components"]["schemas"]["OffloadRequest"]["required"].clone()).unwrap();
         assert_eq!(off, ["namespace"]);
