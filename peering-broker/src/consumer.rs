@@ -536,10 +536,17 @@ pub fn cert_validity(pem: &str) -> Option<(i64, i64, String)> {
     ))
 }
 
-/// Whether a certificate valid from `not_before` to `not_after`, stored here at `stored_at`, is due for
-/// renewal at `now` (pure): past two thirds of its life, or stored more than `renew_after` seconds ago when
-/// that is set. (Signers backdate `not_before`, by 5 minutes in Kubernetes, so the age counts from when the
-/// certificate was stored.)
+/// When a certificate valid from `not_before` to `not_after`, stored here at `stored_at`, is due for
+/// renewal (pure, unix seconds): at two thirds of its life, or `renew_after` seconds after it was stored
+/// when that is set, whichever comes first. (Signers backdate `not_before`, by 5 minutes in Kubernetes, so
+/// the age counts from when the certificate was stored.)
+pub fn renewal_due_at(not_before: i64, not_after: i64, stored_at: i64, renew_after: Option<i64>) -> i64 {
+    let life = (not_after - not_before).max(0);
+    let by_life = not_before + life * 2 / 3;
+    renew_after.map_or(by_life, |a| by_life.min(stored_at.max(not_before) + a))
+}
+
+/// Whether that certificate is due at `now`.
 pub fn renewal_due(
     not_before: i64,
     not_after: i64,
@@ -547,8 +554,7 @@ pub fn renewal_due(
     now: i64,
     renew_after: Option<i64>,
 ) -> bool {
-    let life = (not_after - not_before).max(0);
-    now >= not_before + life * 2 / 3 || renew_after.is_some_and(|a| now >= stored_at.max(not_before) + a)
+    now >= renewal_due_at(not_before, not_after, stored_at, renew_after)
 }
 
 /// Key of the identity Secret that says when its certificate was stored (unix seconds).
@@ -636,22 +642,53 @@ pub async fn renew_identity(client: &Client, provider: &str, renew_after: Option
     Ok(true)
 }
 
-/// Renews every identity that is due, once a minute (or every `check` seconds).
-pub async fn run_renewals(client: Client, check: std::time::Duration, renew_after: Option<i64>) {
-    let mut tick = tokio::time::interval(check);
-    loop {
-        tick.tick().await;
-        let Ok(ids) = crate::offloading::identities(&client).await else {
-            continue;
-        };
-        for provider in ids.keys() {
-            match renew_identity(&client, provider, renew_after).await {
-                Ok(true) => tracing::info!(provider, "identity renewed"),
-                Ok(false) => {}
-                Err(e) => tracing::warn!(provider, "renewing the identity: {e:#}"),
-            }
-        }
+/// Keeps every identity renewed: a kube-runtime `Controller` over the Secrets of `ferry-system` that
+/// requeues each identity Secret for the moment its certificate is due ([`renewal_due_at`]); a renewal
+/// writes the Secret, whose change brings the next due time.
+pub async fn run_renewals(client: Client, renew_after: Option<i64>) {
+    use futures::StreamExt;
+    use kube::runtime::controller::{Action, Controller};
+    let api: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    Controller::new(api, kube::runtime::watcher::Config::default())
+        .run(
+            reconcile_renewal,
+            |_, e, _| {
+                tracing::warn!("renewing an identity: {e}");
+                Action::requeue(std::time::Duration::from_secs(30))
+            },
+            std::sync::Arc::new((client, renew_after)),
+        )
+        .for_each(|_| async {})
+        .await;
+}
+
+async fn reconcile_renewal(
+    s: std::sync::Arc<Secret>,
+    ctx: std::sync::Arc<(Client, Option<i64>)>,
+) -> Result<kube::runtime::controller::Action, HandshakeError> {
+    use kube::runtime::controller::Action;
+    let name = s.metadata.name.clone().unwrap_or_default();
+    let Some(provider) = name.strip_prefix(&identity_secret("")) else {
+        return Ok(Action::await_change());
+    };
+    let (client, renew_after) = (&ctx.0, ctx.1);
+    let get = |k: &str| crate::identity::text(&s, k).unwrap_or_default();
+    let Some((nb, na, _)) = cert_validity(&get("tls.crt")) else {
+        return Err(HandshakeError::Transient(format!(
+            "{name}: the certificate does not parse"
+        )));
+    };
+    let due = renewal_due_at(nb, na, get(STORED_AT).parse().unwrap_or(nb), renew_after);
+    let wait = due - chrono::Utc::now().timestamp();
+    if wait > 0 {
+        return Ok(Action::requeue(std::time::Duration::from_secs(wait as u64)));
     }
+    match renew_identity(client, provider, renew_after).await {
+        Ok(true) => tracing::info!(provider, "identity renewed"),
+        Ok(false) => {}
+        Err(e) => return Err(HandshakeError::Transient(format!("{provider}: {e:#}"))),
+    }
+    Ok(Action::await_change())
 }
 
 /// A call to the provider's broker as the tenant: TLS pinned to the broker's certificate, client

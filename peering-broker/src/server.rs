@@ -68,18 +68,33 @@ async fn remove(
     Ok(Json(serde_json::json!({ "removed": id })).into_response())
 }
 
+/// A tenant's call (mTLS): its body read within the limits, `op` run for the client certificate's CN, a
+/// refusal logged with `what`, the answer as JSON.
+async fn tenant_call<T, Fut>(
+    body: axum::body::Body,
+    what: &str,
+    op: impl FnOnce(axum::body::Bytes) -> Fut,
+) -> Result<Response, BrokerError>
+where
+    T: serde::Serialize,
+    Fut: std::future::Future<Output = Result<T, BrokerError>>,
+{
+    let bytes = read_body(body).await?;
+    let resp = op(bytes)
+        .await
+        .inspect_err(|e| warn!(reason = e.reason(), "{what} refused: {e}"))?;
+    Ok(Json(resp).into_response())
+}
+
 async fn offload(
     State(p): State<Arc<Provider>>,
     Extension(cn): Extension<ClientCn>,
     body: axum::body::Body,
 ) -> Result<Response, BrokerError> {
-    let bytes = read_body(body).await?;
-    let resp = p
-        .offload(&bytes, cn.0.as_deref())
-        .await
-        .inspect_err(|e| warn!(reason = e.reason(), "offloading refused: {e}"))?;
-    info!(namespace = resp.namespace, "namespace offloaded");
-    Ok(Json(resp).into_response())
+    tenant_call(body, "offloading", |b| async move {
+        p.offload(&b, cn.0.as_deref()).await
+    })
+    .await
 }
 
 async fn unoffload(
@@ -97,13 +112,12 @@ async fn renew(
     Extension(cn): Extension<ClientCn>,
     body: axum::body::Body,
 ) -> Result<Response, BrokerError> {
-    let bytes = read_body(body).await?;
-    let resp = p
-        .renew(&bytes, cn.0.as_deref())
-        .await
-        .inspect_err(|e| warn!(reason = e.reason(), "renewal refused: {e}"))?;
-    info!(client = cn.0.as_deref().unwrap_or_default(), "identity renewed");
-    Ok(Json(resp).into_response())
+    tenant_call(
+        body,
+        "renewal",
+        |b| async move { p.renew(&b, cn.0.as_deref()).await },
+    )
+    .await
 }
 
 async fn exports(
@@ -111,12 +125,10 @@ async fn exports(
     Extension(cn): Extension<ClientCn>,
     body: axum::body::Body,
 ) -> Result<Response, BrokerError> {
-    let bytes = read_body(body).await?;
-    let resp = p
-        .exports(&bytes, cn.0.as_deref())
-        .await
-        .inspect_err(|e| warn!(reason = e.reason(), "exports refused: {e}"))?;
-    Ok(Json(resp).into_response())
+    tenant_call(body, "exports", |b| async move {
+        p.exports(&b, cn.0.as_deref()).await
+    })
+    .await
 }
 
 /// The routes.

@@ -62,9 +62,6 @@ struct Args {
     /// Seconds a connection may sit idle (or take to send a request's headers or body) before it is closed.
     #[arg(long, env = "FERRY_IDLE_TIMEOUT_SECONDS", default_value_t = server::DEFAULT_IDLE_TIMEOUT.as_secs())]
     idle_timeout_seconds: u64,
-    /// How often this agent (as a consumer) checks whether its identities on providers are due for renewal.
-    #[arg(long, env = "FERRY_RENEW_CHECK_SECONDS", default_value_t = 60)]
-    renew_check_seconds: u64,
     /// Renew an identity once its certificate is this old, even before two thirds of its life (tests).
     #[arg(long, env = "FERRY_RENEW_AFTER_SECONDS")]
     renew_after_seconds: Option<i64>,
@@ -217,7 +214,7 @@ async fn run(a: Args) -> Result<()> {
         _ = ferry_peering_broker::offloading::run(client.clone()) => anyhow::bail!("the NamespaceOffloading reconciler stopped"),
         _ = ferry_peering_broker::offloading::run_virtual_kubelets(client.clone(), id.cluster_id.clone(), local_cidrs) => {},
         _ = ferry_virtual_kubelet::provider::run(client.clone()) => anyhow::bail!("the ShadowPod controller stopped"),
-        _ = ferry_peering_broker::consumer::run_renewals(client.clone(), std::time::Duration::from_secs(a.renew_check_seconds.max(1)), a.renew_after_seconds) => anyhow::bail!("the identity renewal loop stopped"),
+        _ = ferry_peering_broker::consumer::run_renewals(client.clone(), a.renew_after_seconds) => anyhow::bail!("the identity renewal loop stopped"),
         _ = ferry_peering_broker::mcs::run(client.clone(), id.cluster_id.clone(), p.mcs.clone()) => anyhow::bail!("the multi-cluster services loop stopped"),
     }
     Ok(())
