@@ -1,6 +1,6 @@
 //! ferry's CustomResourceDefinitions, group `ferry.dev`, version `v1alpha1`.
 //!
-//! Pure types: no I/O. `crdgen` prints the YAML that `charts/ferry/crds/` installs; start reading at
+//! Pure types: no I/O. [`identity`] is the identity Secret's format, shared by its writer and readers. `crdgen` prints the YAML that `charts/ferry/crds/` installs; start reading at
 //! [`all_crds`], which lists every kind ferry serves. [`mcs`] has the upstream Multi-Cluster Services kinds.
 #![recursion_limit = "256"]
 
@@ -9,6 +9,7 @@ use kube::CustomResourceExt;
 
 pub mod common;
 pub mod foreign_cluster;
+pub mod identity;
 pub mod kinds;
 pub mod mcs;
 

@@ -245,7 +245,7 @@ async fn pods_fill_local_nodes_then_run_on_the_provider_with_status_ips_and_dele
 
     // status and IPs on the consumer match the provider's pods (IPs in the consumer's view: c2's
     // 10.244.0.0/16 overlaps c1's, so it is seen remapped)
-    let remaps = ferry_peering_broker::offloading::remaps_for(
+    let remaps = ferry_tunnel::remaps::remaps_for(
         &[s.lab.layout.clusters[1].pod_cidr],
         &[s.lab.layout.clusters[0].pod_cidr],
     );
@@ -312,7 +312,7 @@ async fn pods_fill_local_nodes_then_run_on_the_provider_with_status_ips_and_dele
         }))
     })
     .await;
-    let provider_view = ferry_peering_broker::offloading::remaps_for(
+    let provider_view = ferry_tunnel::remaps::remaps_for(
         &[s.lab.layout.clusters[0].pod_cidr],
         &[s.lab.layout.clusters[1].pod_cidr],
     );
@@ -737,7 +737,7 @@ async fn the_node_goes_not_ready_while_the_provider_apiserver_is_stopped_and_eve
     })
     .await;
     let ready_after = resumed_at.elapsed();
-    let remaps = ferry_peering_broker::offloading::remaps_for(
+    let remaps = ferry_tunnel::remaps::remaps_for(
         &[s.lab.layout.clusters[1].pod_cidr],
         &[s.lab.layout.clusters[0].pod_cidr],
     );

@@ -17,10 +17,7 @@ use crate::identity::ensure_identity;
 use crate::provider::SYSTEM_NAMESPACE;
 use crate::wire::{PeeringRequest, PeeringResponse, Resources, consumer_user, sign_proof};
 
-/// Name of the Secret holding the identity on provider `provider`.
-pub fn identity_secret(provider: &str) -> String {
-    format!("ferry-identity-{provider}")
-}
+pub use ferry_crds::identity::{check_kubeconfig, identity_secret};
 
 /// What `peer` reports.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -373,51 +370,6 @@ pub fn kubeconfig(provider: &str, server: &str, ca: &str, cert: &str, key: &str,
     kc.ok()
         .and_then(|kc| serde_yaml::to_string(&kc).ok())
         .unwrap_or_default()
-}
-
-/// Checks a stored identity kubeconfig before it is used: exactly one cluster (https, with a CA), one user
-/// with a client certificate and key given inline, one context; no exec or auth plugins, tokens, files,
-/// proxies or impersonation.
-pub fn check_kubeconfig(kc: &kube::config::Kubeconfig) -> Result<(), String> {
-    if kc.clusters.len() != 1 || kc.auth_infos.len() != 1 || kc.contexts.len() != 1 {
-        return Err("the identity kubeconfig must have exactly one cluster, user and context".into());
-    }
-    let c = kc.clusters[0]
-        .cluster
-        .as_ref()
-        .ok_or("the identity kubeconfig has no cluster")?;
-    if !c.server.as_deref().is_some_and(|s| s.starts_with("https://"))
-        || c.certificate_authority_data.is_none()
-        || c.insecure_skip_tls_verify == Some(true)
-        || c.proxy_url.is_some()
-        || c.certificate_authority.is_some()
-    {
-        return Err(
-            "the identity kubeconfig's cluster must be https with an inline CA, no proxy, no skip-verify"
-                .into(),
-        );
-    }
-    let u = kc.auth_infos[0]
-        .auth_info
-        .as_ref()
-        .ok_or("the identity kubeconfig has no user")?;
-    if u.client_certificate_data.is_none()
-        || u.client_key_data.is_none()
-        || u.exec.is_some()
-        || u.auth_provider.is_some()
-        || u.token.is_some()
-        || u.token_file.is_some()
-        || u.username.is_some()
-        || u.client_certificate.is_some()
-        || u.client_key.is_some()
-        || u.impersonate.is_some()
-        || u.impersonate_groups.is_some()
-    {
-        return Err(
-            "the identity kubeconfig's user must be an inline client certificate and key only".into(),
-        );
-    }
-    Ok(())
 }
 
 /// Checks the broker's answer to a peering before anything is built from it (pure). `provider`: the

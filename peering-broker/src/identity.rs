@@ -26,13 +26,7 @@ pub struct ClusterIdentity {
     pub key: ClusterKey,
 }
 
-/// A Secret's value as text.
-pub fn text(s: &Secret, k: &str) -> Option<String> {
-    s.data
-        .as_ref()?
-        .get(k)
-        .and_then(|b| String::from_utf8(b.0.clone()).ok())
-}
+pub use ferry_crds::identity::text;
 
 /// Ensures `ferry-system` exists.
 pub async fn ensure_namespace(client: &Client) -> anyhow::Result<()> {

@@ -3,18 +3,16 @@
 //! with its HTTP status ([`error`]). Start reading at [`wire::PeeringRequest`].
 
 pub mod consumer;
-pub mod dns;
 pub mod error;
+pub mod exchange;
 pub mod identity;
 pub mod key;
-pub mod mcs;
 pub mod offloading;
 pub mod provider;
 pub mod reconciler;
 pub mod server;
 pub mod tls;
 pub mod token;
-pub mod webhook;
 pub mod wire;
 pub mod wireguard;
 

@@ -8,13 +8,12 @@
 //! [`run_virtual_kubelets`]: one [`ferry_virtual_kubelet::consumer::run`] task per authenticated peering,
 //! started when the identity appears and stopped (node removed) when the peering goes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_crds::{ForeignCluster, NamespaceOffloading};
 use futures::StreamExt;
-use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -222,166 +221,6 @@ pub async fn run(client: Client) {
     .await;
 }
 
-/// How this cluster sees the provider's pod CIDRs: itself where it does not overlap ours, else a
-/// same-size prefix from ferry's pool (deterministic, so every restart picks the same).
-pub fn remaps_for(provider_cidrs: &[IpNet], local_cidrs: &[IpNet]) -> BTreeMap<IpNet, IpNet> {
-    let pool: Vec<IpNet> = ferry_tunnel::ipam::default_pool_v4()
-        .into_iter()
-        .chain(ferry_tunnel::ipam::default_pool_v6())
-        .collect();
-    ferry_tunnel::ipam::plan_remaps(provider_cidrs, local_cidrs, &BTreeMap::new(), &pool).unwrap_or_default()
-}
-
-/// The remaps the gateway applied for `peer` (its `PeerNetwork` status), if it has reported them.
-fn applied_remaps(pn: &ferry_crds::PeerNetwork) -> Option<BTreeMap<IpNet, IpNet>> {
-    let remaps: BTreeMap<IpNet, IpNet> = pn
-        .status
-        .as_ref()?
-        .remaps
-        .iter()
-        .filter_map(|(k, v)| Some((k.parse().ok()?, v.parse().ok()?)))
-        .collect();
-    (!remaps.is_empty()).then_some(remaps)
-}
-
-/// How this cluster sees `peer`'s addresses: the remaps its gateway applied (the `PeerNetwork` status);
-/// before the gateway has reported, the same deterministic choice the gateway makes from the
-/// `PeerNetwork`'s CIDRs; without a `PeerNetwork`, that choice for `fallback` (remote, local CIDRs).
-/// One GET of the `PeerNetwork`.
-pub async fn peer_remaps(
-    client: &Client,
-    peer: &str,
-    fallback: (&[IpNet], &[IpNet]),
-) -> BTreeMap<IpNet, IpNet> {
-    let pn = Api::<ferry_crds::PeerNetwork>::all(client.clone())
-        .get_opt(peer)
-        .await
-        .ok()
-        .flatten();
-    let Some(pn) = pn else {
-        return remaps_for(fallback.0, fallback.1);
-    };
-    if let Some(r) = applied_remaps(&pn) {
-        return r;
-    }
-    let parse = |v: &[String]| -> Vec<IpNet> { v.iter().filter_map(|c| c.parse().ok()).collect() };
-    remaps_for(&parse(&pn.spec.remote_cidrs), &parse(&pn.spec.local_cidrs))
-}
-
-/// The remaps the gateway reported for `peer`, if it has (`None` also when the `PeerNetwork` is absent).
-pub async fn gateway_remaps(client: &Client, peer: &str) -> Option<BTreeMap<IpNet, IpNet>> {
-    let pn = Api::<ferry_crds::PeerNetwork>::all(client.clone())
-        .get_opt(peer)
-        .await
-        .ok()??;
-    applied_remaps(&pn)
-}
-
-/// Starts and stops the virtual kubelets: one per peering with an identity. A virtual kubelet translates
-/// addresses with the remaps the gateway reports in the `PeerNetwork` status (restarted when they change),
-/// or, until the gateway has reported, with the same deterministic choice the gateway makes.
-pub async fn run_virtual_kubelets(client: Client, consumer: String, local_cidrs: Vec<IpNet>) {
-    // per provider: the virtual kubelet, the remaps and the client certificate it runs with
-    type Running = (tokio::task::JoinHandle<()>, BTreeMap<IpNet, IpNet>, String);
-    let mut running: HashMap<String, Running> = HashMap::new();
-    loop {
-        match identities(&client).await {
-            Ok(ids) => {
-                for (provider, (task, remaps, cert)) in running.iter_mut() {
-                    if task.is_finished() && ids.contains_key(provider) {
-                        warn!(provider, "virtual kubelet stopped; restarting it");
-                    }
-                    if ids
-                        .get(provider)
-                        .is_some_and(|s| text(s, "tls.crt").as_ref() != Some(cert))
-                    {
-                        info!(
-                            provider,
-                            "the identity was renewed; restarting the virtual kubelet with it"
-                        );
-                        task.abort();
-                    }
-                    if let Some(applied) = gateway_remaps(&client, provider).await
-                        && &applied != remaps
-                    {
-                        info!(
-                            provider,
-                            ?applied,
-                            "the gateway's remaps differ; restarting the virtual kubelet with them"
-                        );
-                        task.abort();
-                    }
-                }
-                running.retain(|_, (t, _, _)| !t.is_finished());
-                let gone: Vec<String> = running
-                    .keys()
-                    .filter(|p| !ids.contains_key(*p))
-                    .cloned()
-                    .collect();
-                for p in gone {
-                    if let Some((t, _, _)) = running.remove(&p) {
-                        t.abort();
-                    }
-                    info!(provider = p, "peering gone; removing its virtual node");
-                    if let Err(e) = ferry_virtual_kubelet::consumer::remove_node(&client, &p).await {
-                        warn!("{e}");
-                    }
-                }
-                for (provider, s) in ids {
-                    if running.contains_key(&provider) {
-                        continue;
-                    }
-                    match start_one(&client, &consumer, &local_cidrs, &provider, &s).await {
-                        Ok((t, remaps)) => {
-                            running.insert(provider, (t, remaps, text(&s, "tls.crt").unwrap_or_default()));
-                        }
-                        Err(e) => warn!(provider, "virtual kubelet not started: {e:#}"),
-                    }
-                }
-            }
-            Err(e) => warn!("listing peerings: {e}"),
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-}
-
-async fn start_one(
-    client: &Client,
-    consumer: &str,
-    local_cidrs: &[IpNet],
-    provider: &str,
-    s: &Secret,
-) -> anyhow::Result<(tokio::task::JoinHandle<()>, BTreeMap<IpNet, IpNet>)> {
-    let get = |k: &str| text(s, k).unwrap_or_default();
-    let kc = kube::config::Kubeconfig::from_yaml(&get("kubeconfig"))?;
-    crate::consumer::check_kubeconfig(&kc).map_err(|e| anyhow::anyhow!("identity of {provider}: {e}"))?;
-    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    cfg.connect_timeout = Some(Duration::from_secs(2));
-    let remote = Client::try_from(cfg)?;
-    let provider_cidrs: Vec<IpNet> = get("podCIDRs")
-        .split(',')
-        .filter_map(|c| c.trim().parse().ok())
-        .collect();
-    let peer = ferry_virtual_kubelet::consumer::Peer {
-        provider: provider.to_string(),
-        consumer: consumer.to_string(),
-        tenant_namespace: get("tenantNamespace"),
-        remaps: peer_remaps(client, provider, (&provider_cidrs, local_cidrs)).await,
-        provider_view: remaps_for(local_cidrs, &provider_cidrs),
-        local: client.clone(),
-        remote,
-        version: format!("ferry-{}", env!("CARGO_PKG_VERSION")),
-    };
-    info!(provider, remaps = ?peer.remaps, "starting the virtual kubelet");
-    let remaps = peer.remaps.clone();
-    let task = tokio::spawn(async move {
-        if let Err(e) = ferry_virtual_kubelet::consumer::run(peer).await {
-            warn!("virtual kubelet: {e}");
-        }
-    });
-    Ok((task, remaps))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,16 +234,5 @@ mod tests {
         assert!(selected(&sel(&[("ferry.dev/remote-cluster-id", "p1")]), "p1"));
         assert!(!selected(&sel(&[("ferry.dev/remote-cluster-id", "p2")]), "p1"));
         assert!(!selected(&sel(&[("region", "eu")]), "p1"));
-    }
-
-    #[test]
-    fn an_overlapping_provider_cidr_is_remapped_the_same_way_every_time() {
-        let kubeadm: IpNet = "10.244.0.0/16".parse().unwrap();
-        let a = remaps_for(&[kubeadm], &[kubeadm]);
-        assert_ne!(a[&kubeadm], kubeadm);
-        assert_eq!(a[&kubeadm].prefix_len(), 16);
-        assert_eq!(a, remaps_for(&[kubeadm], &[kubeadm]));
-        let other: IpNet = "10.245.0.0/16".parse().unwrap();
-        assert_eq!(remaps_for(&[other], &[kubeadm])[&other], other);
     }
 }

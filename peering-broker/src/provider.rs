@@ -25,7 +25,7 @@ use crate::wire::{
 };
 
 /// ferry's namespace on every cluster.
-pub const SYSTEM_NAMESPACE: &str = "ferry-system";
+pub use ferry_crds::identity::SYSTEM_NAMESPACE;
 /// ConfigMap recording used token IDs (jti → consumer key fingerprint), so a restart cannot replay them.
 pub const USED_TOKENS: &str = "ferry-used-tokens";
 pub use ferry_virtual_kubelet::TENANT_LABEL;
@@ -54,7 +54,7 @@ pub struct Provider {
     /// This cluster's network as told to consumers (CIDRs, WireGuard key, gateway endpoint).
     pub network: crate::wire::LocalNetwork,
     /// Multi-cluster services: what this cluster and its peers export.
-    pub mcs: std::sync::Arc<crate::mcs::Exchange>,
+    pub mcs: std::sync::Arc<ferry_mcs::Exchange>,
 }
 
 fn internal(e: impl std::fmt::Display) -> BrokerError {
@@ -525,12 +525,12 @@ impl Provider {
         &self,
         body: &[u8],
         client_cn: Option<&str>,
-    ) -> Result<crate::mcs::ExportList, BrokerError> {
+    ) -> Result<ferry_mcs::ExportList, BrokerError> {
         let tenant = self.tenant_of(client_cn).await?;
-        let list: crate::mcs::ExportList =
+        let list: ferry_mcs::ExportList =
             serde_json::from_slice(body).map_err(|e| BrokerError::Malformed(e.to_string()))?;
         let consumer = tenant.spec.cluster_id.clone();
-        let remaps = crate::offloading::peer_remaps(&self.client, &consumer, (&[], &[])).await;
+        let remaps = ferry_tunnel::remaps::for_peer(&self.client, &consumer, (&[], &[])).await;
         // a tenant exports services of the namespaces it offloaded here, and of no other
         let offloaded: std::collections::HashSet<String> = Api::<Namespace>::all(self.client.clone())
             .list_metadata(&kube::api::ListParams::default().labels(&format!("{TENANT_LABEL}={consumer}")))

@@ -11,6 +11,7 @@ pub mod node;
 pub mod policy;
 pub mod provider;
 pub mod quantity;
+pub mod supervisor;
 pub mod translate;
 
 /// Errors of the virtual kubelet and the provider-side controllers.

@@ -2,7 +2,7 @@
 //! larger than the amplification cap.
 #![no_main]
 
-use ferry_peering_broker::dns::{MAX_UDP_ANSWER, Zone, answer};
+use ferry_mcs::dns::{MAX_UDP_ANSWER, Zone, answer};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use ferry_peering_broker::mcs::{Exchange, ExportList, merge};
+use ferry_mcs::{Exchange, ExportList, merge};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

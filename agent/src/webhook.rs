@@ -18,9 +18,9 @@ use axum::routing::post;
 use base64::Engine;
 use ferry_crds::NamespaceOffloading;
 
-use crate::offloading::OFFLOADED_LABEL;
 use ferry_crds::Tenant;
 use ferry_crds::kinds::TenantPolicy;
+use ferry_peering_broker::offloading::OFFLOADED_LABEL;
 use ferry_virtual_kubelet::TENANT_LABEL;
 use ferry_virtual_kubelet::admission::{Decision, decide};
 use ferry_virtual_kubelet::policy::{Stage, check};

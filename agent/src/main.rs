@@ -1,5 +1,10 @@
-//! `ferry-agent`: ferry's per-cluster agent: the peering broker (provider role) and the ForeignCluster
-//! reconciler that performs the handshake (consumer role).
+//! `ferry-agent`: ferry's per-cluster agent. It only composes the modules, each owned by its crate (as
+//! Liqo's controller-manager composes its modules): the peering broker and the ForeignCluster,
+//! NamespaceOffloading and identity-renewal controllers (`ferry-peering-broker`), the virtual kubelets'
+//! supervisor and the ShadowPod controller (`ferry-virtual-kubelet`), the MCS sync (`ferry-mcs`), and the
+//! pod webhooks ([`webhook`]); it serves `/metrics`, `/healthz` and `/readyz` on `--admin-listen`.
+
+mod webhook;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,6 +12,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 use ferry_peering_broker::{identity, provider, server, wire::Resources};
+use ferry_plumbing::admin;
 
 #[derive(Parser)]
 #[command(
@@ -65,6 +71,9 @@ struct Args {
     /// Renew an identity once its certificate is this old, even before two thirds of its life (tests).
     #[arg(long, env = "FERRY_RENEW_AFTER_SECONDS")]
     renew_after_seconds: Option<i64>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (plain HTTP; never the broker's port).
+    #[arg(long, env = "FERRY_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
 }
 
 impl Args {
@@ -81,11 +90,7 @@ impl Args {
 
 #[tokio::main]
 async fn main() {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info,kube_client=off".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    ferry_plumbing::telemetry::init();
     if let Err(e) = run(Args::parse()).await {
         eprintln!("ferry-agent: {e:#}");
         std::process::exit(1);
@@ -110,30 +115,11 @@ async fn run(a: Args) -> Result<()> {
     ] {
         ferry_virtual_kubelet::quantity::parse_bounded(q).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
     }
-    let kc = kube::config::Kubeconfig::read_from(&a.kubeconfig)?;
-    let cluster = kc
-        .clusters
-        .first()
-        .and_then(|c| c.cluster.clone())
-        .context("kubeconfig has no cluster")?;
-    let api_server = cluster
-        .server
-        .clone()
-        .context("kubeconfig cluster has no server")?;
-    let ca_pem = match &cluster.certificate_authority_data {
-        Some(b64) => String::from_utf8(base64::Engine::decode(
-            &base64::engine::general_purpose::STANDARD,
-            b64,
-        )?)?,
-        None => std::fs::read_to_string(
-            cluster
-                .certificate_authority
-                .clone()
-                .context("kubeconfig has no CA")?,
-        )?,
-    };
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    let client = kube::Client::try_from(config)?;
+    let (api_server, ca_pem) = ferry_plumbing::client::server_and_ca(&a.kubeconfig)
+        .map_err(|e| anyhow::anyhow!("--kubeconfig: {e}"))?;
+    let client = ferry_plumbing::client::connect(Some(&a.kubeconfig)).await?;
+    let health = Arc::new(admin::Health::default());
+    health.register("broker", "not listening yet");
     identity::ensure_crds(&client)
         .await
         .context("installing ferry's CRDs")?;
@@ -195,8 +181,8 @@ async fn run(a: Args) -> Result<()> {
         let (cert, key) =
             ferry_peering_broker::tls::self_signed(&[host_of(&a.webhook_listen), "localhost".into()])?;
         let tls = ferry_peering_broker::tls::server_config(&cert, &key, &p.ca_pem)?;
-        let (app, cache) = ferry_peering_broker::webhook::router(client.clone());
-        ferry_peering_broker::webhook::register(&client, &url, &cert)
+        let (app, cache) = webhook::router(client.clone());
+        webhook::register(&client, &url, &cert)
             .await
             .context("registering the pod webhook")?;
         tracing::info!(%url, "pod admission webhook registered");
@@ -206,16 +192,39 @@ async fn run(a: Args) -> Result<()> {
         }
         Ok(())
     };
+    let admin = async {
+        let Some(addr) = &a.admin_listen else {
+            return std::future::pending::<Result<()>>().await;
+        };
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--admin-listen {addr}"))?;
+        admin::serve(l, health.clone(), metrics(p.clone())).await?;
+        Ok(())
+    };
+    health.set("broker", Ok(()));
     tracing::info!(cluster = id.cluster_id, %url, "peering broker listening; controllers running");
     tokio::select! {
         r = server::serve_router(listener, tls, server::router(p.clone()), limits.clone()) => r?,
         r = webhook => r?,
+        r = admin => r?,
+        _ = ferry_plumbing::telemetry::shutdown_signal() => return Ok(()),
         _ = ferry_peering_broker::reconciler::run(client.clone(), network.clone()) => anyhow::bail!("the ForeignCluster reconciler stopped"),
         _ = ferry_peering_broker::offloading::run(client.clone()) => anyhow::bail!("the NamespaceOffloading reconciler stopped"),
-        _ = ferry_peering_broker::offloading::run_virtual_kubelets(client.clone(), id.cluster_id.clone(), local_cidrs) => {},
+        _ = ferry_virtual_kubelet::supervisor::run(client.clone(), id.cluster_id.clone(), local_cidrs) => anyhow::bail!("the virtual kubelet supervisor stopped"),
         _ = ferry_virtual_kubelet::provider::run(client.clone()) => anyhow::bail!("the ShadowPod controller stopped"),
         _ = ferry_peering_broker::consumer::run_renewals(client.clone(), a.renew_after_seconds) => anyhow::bail!("the identity renewal loop stopped"),
-        _ = ferry_peering_broker::mcs::run(client.clone(), id.cluster_id.clone(), p.mcs.clone()) => anyhow::bail!("the multi-cluster services loop stopped"),
+        _ = ferry_mcs::sync::run(client.clone(), id.cluster_id.clone(), p.mcs.clone(), ferry_peering_broker::exchange::BrokerPeers { client: client.clone() }) => anyhow::bail!("the multi-cluster services loop stopped"),
     }
     Ok(())
+}
+
+/// `/metrics`: what the broker's servers have seen (Prometheus text).
+fn metrics(p: Arc<provider::Provider>) -> admin::Render {
+    Arc::new(move || {
+        let tenants = p.mcs.remote.lock().map(|r| r.len()).unwrap_or(0);
+        format!(
+            "# HELP ferry_agent_mcs_peers peers whose exports this agent holds\n# TYPE ferry_agent_mcs_peers gauge\nferry_agent_mcs_peers {tenants}\n"
+        )
+    })
 }

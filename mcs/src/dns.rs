@@ -279,12 +279,12 @@ pub async fn serve_udp(sock: tokio::net::UdpSocket, zone: SharedZone) -> std::io
 pub async fn serve_tcp(
     listener: tokio::net::TcpListener,
     zone: SharedZone,
-    limits: crate::server::Limits,
+    limits: ferry_plumbing::listen::Limits,
 ) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tracker = std::sync::Arc::new(crate::server::ConnTracker::default());
+    let tracker = std::sync::Arc::new(ferry_plumbing::listen::ConnTracker::default());
     loop {
-        let (mut conn, _, slot) = crate::server::accept_admitted(&listener, &tracker, &limits).await;
+        let (mut conn, _, slot) = ferry_plumbing::listen::accept_admitted(&listener, &tracker, &limits).await;
         let zone = zone.clone();
         let idle = limits.idle_timeout;
         tokio::spawn(async move {
@@ -317,12 +317,21 @@ pub async fn serve_tcp(
 
 /// Keeps `zone` equal to the cluster's `ServiceImport`s and MCS EndpointSlices (rebuilt within 200 ms of a
 /// change).
-pub async fn watch(client: kube::Client, zone: SharedZone, ttl: u32) -> anyhow::Result<()> {
+pub async fn watch(
+    client: kube::Client,
+    zone: SharedZone,
+    ttl: u32,
+    health: std::sync::Arc<ferry_plumbing::admin::Health>,
+) -> Result<(), crate::Error> {
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, reflector, watcher};
-    let ar = ferry_virtual_kubelet::consumer::endpoint_slice_resource(&client)
+    let ar = ferry_plumbing::discovery::endpoint_slice_resource(&client)
         .await
-        .ok_or_else(|| anyhow::anyhow!("discovery.k8s.io EndpointSlice is not served"))?;
+        .ok_or_else(|| {
+            crate::Error::NotServed(
+                "discovery.k8s.io EndpointSlice is not served; fix: Kubernetes 1.17 or later".into(),
+            )
+        })?;
     let (imports, iw) = reflector::store::<ServiceImport>();
     let sw = reflector::store::Writer::<kube::core::DynamicObject>::new(ar.clone());
     let slices = sw.as_reader();
@@ -347,7 +356,7 @@ pub async fn watch(client: kube::Client, zone: SharedZone, ttl: u32) -> anyhow::
     let mut events = futures::stream::select(Box::pin(si_stream), Box::pin(sl_stream));
     loop {
         if events.next().await.is_none() {
-            anyhow::bail!("watch ended");
+            return Err(crate::Error::WatchEnded("ServiceImport/EndpointSlice"));
         }
         // let a burst of events settle, then rebuild once
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -360,6 +369,7 @@ pub async fn watch(client: kube::Client, zone: SharedZone, ttl: u32) -> anyhow::
             .collect();
         let z = Zone::build(&imps, &sls, ttl);
         *zone.write().expect("lock") = std::sync::Arc::new(z);
+        health.set("zone", Ok(()));
     }
 }
 
