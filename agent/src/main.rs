@@ -202,6 +202,7 @@ async fn run(a: Args) -> Result<()> {
         admin::serve(l, health.clone(), metrics(p.clone())).await?;
         Ok(())
     };
+    let (mcs_peers, mcs_peers_cache) = ferry_peering_broker::exchange::BrokerPeers::new(&client);
     health.set("broker", Ok(()));
     tracing::info!(cluster = id.cluster_id, %url, "peering broker listening; controllers running");
     tokio::select! {
@@ -214,7 +215,8 @@ async fn run(a: Args) -> Result<()> {
         _ = ferry_virtual_kubelet::supervisor::run(client.clone(), id.cluster_id.clone(), local_cidrs) => anyhow::bail!("the virtual kubelet supervisor stopped"),
         _ = ferry_virtual_kubelet::provider::run(client.clone()) => anyhow::bail!("the ShadowPod controller stopped"),
         _ = ferry_peering_broker::consumer::run_renewals(client.clone(), a.renew_after_seconds) => anyhow::bail!("the identity renewal loop stopped"),
-        _ = ferry_mcs::sync::run(client.clone(), id.cluster_id.clone(), p.mcs.clone(), ferry_peering_broker::exchange::BrokerPeers { client: client.clone() }) => anyhow::bail!("the multi-cluster services loop stopped"),
+        _ = mcs_peers_cache => anyhow::bail!("the peerings cache stopped"),
+        _ = ferry_mcs::sync::run(client.clone(), id.cluster_id.clone(), p.mcs.clone(), mcs_peers) => anyhow::bail!("the multi-cluster services loop stopped"),
     }
     Ok(())
 }

@@ -158,7 +158,7 @@ pub async fn run_on_lab(
             "spec": { "type": "Headless", "ports": [{ "name": "http", "protocol": "TCP", "port": 8080 }] },
         })))
         .await?;
-    let ar = ferry_virtual_kubelet::consumer::endpoint_slice_resource(&client)
+    let ar = ferry_plumbing::discovery::endpoint_slice_resource(&client)
         .await
         .context("EndpointSlices not served")?;
     let slices: Api<kube::core::DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);

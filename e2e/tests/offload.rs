@@ -11,7 +11,7 @@ use ferry_e2e::agents::{self, Agent, ferryctl};
 use ferry_e2e::lab::{Lab, eventually as wait, fresh_namespace};
 use ferry_virtual_kubelet::quantity::Amounts;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -19,7 +19,7 @@ use serde_json::json;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const VNODE: &str = "ferry-provider-c2";
 /// Every namespace these tests make on the consumer.
-const TEST_NAMESPACES: [&str; 5] = ["burst", "plain", "remote-only", "restart", "outage"];
+const TEST_NAMESPACES: [&str; 6] = ["burst", "plain", "remote-only", "restart", "outage", "pruned"];
 
 struct Setup {
     lab: Lab,
@@ -820,4 +820,91 @@ async fn bench_offload_prints_both_times_the_ratio_and_the_rss_as_its_last_line(
         "{last}"
     );
     eprintln!("bench offload: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_configmap_a_secret_and_a_service_deleted_while_the_agent_was_down_leave_the_provider_on_start() {
+    let _g = SERIAL.lock().await;
+    let mut s = Setup::new(&[], &[]).await;
+    let (c1, c2) = (s.c1.clone(), s.c2.clone());
+    let ns = "pruned";
+    let rns = s.offloaded(ns, &[]).await;
+    let (cms1, svcs1) = (
+        Api::<ConfigMap>::namespaced(c1.clone(), ns),
+        Api::<Service>::namespaced(c1.clone(), ns),
+    );
+    let (cms2, svcs2) = (
+        Api::<ConfigMap>::namespaced(c2.clone(), &rns),
+        Api::<Service>::namespaced(c2.clone(), &rns),
+    );
+    // the tenant cannot list Secrets at the provider: their copies are found in the consumer's ledger
+    let (secrets1, secrets2) = (
+        Api::<Secret>::namespaced(c1.clone(), ns),
+        Api::<Secret>::namespaced(c2.clone(), &rns),
+    );
+    for name in ["keep", "gone"] {
+        let cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": name}, "data": {"k": name}})).unwrap();
+        cms1.create(&PostParams::default(), &cm).await.unwrap();
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": format!("web-{name}")},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        }))
+        .unwrap();
+        svcs1.create(&PostParams::default(), &svc).await.unwrap();
+        let secret: Secret = serde_json::from_value(
+            json!({"metadata": {"name": format!("s-{name}")}, "stringData": {"k": name}}),
+        )
+        .unwrap();
+        secrets1.create(&PostParams::default(), &secret).await.unwrap();
+    }
+    wait(
+        "ConfigMaps, Secrets and Services copied to the provider",
+        30,
+        || async {
+            Ok(cms2.get_opt("keep").await?.is_some()
+                && cms2.get_opt("gone").await?.is_some()
+                && secrets2.get_opt("s-keep").await?.is_some()
+                && secrets2.get_opt("s-gone").await?.is_some()
+                && svcs2.get_opt("web-keep").await?.is_some()
+                && svcs2.get_opt("web-gone").await?.is_some())
+        },
+    )
+    .await;
+
+    s.agents[0].kill();
+    cms1.delete("gone", &DeleteParams::default()).await.unwrap();
+    svcs1.delete("web-gone", &DeleteParams::default()).await.unwrap();
+    secrets1.delete("s-gone", &DeleteParams::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        cms2.get_opt("gone").await.unwrap().is_some()
+            && svcs2.get_opt("web-gone").await.unwrap().is_some()
+            && secrets2.get_opt("s-gone").await.unwrap().is_some(),
+        "with the consumer's agent down nothing should have removed the copies"
+    );
+    let restarted = Instant::now();
+    s.agents[0] = agents::start(&s.lab, 0, &[]).unwrap();
+    wait(
+        "the copies of what was deleted are gone from the provider",
+        60,
+        || async { Ok(cms2.get_opt("gone").await?.is_none() && svcs2.get_opt("web-gone").await?.is_none()) },
+    )
+    .await;
+    assert!(
+        cms2.get_opt("keep").await.unwrap().is_some(),
+        "a live original's copy was pruned"
+    );
+    assert!(
+        svcs2.get_opt("web-keep").await.unwrap().is_some(),
+        "a live Service's copy was pruned"
+    );
+    eprintln!(
+        "copies of a ConfigMap, a Secret and a Service deleted while the agent was down: gone {:.1}s after the restart",
+        restarted.elapsed().as_secs_f64()
+    );
+    let _ = Api::<Namespace>::all(c1.clone())
+        .delete(ns, &DeleteParams::default())
+        .await;
+    s.teardown().await;
 }

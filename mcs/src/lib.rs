@@ -32,9 +32,3 @@ pub enum Error {
     #[error("{0} watch ended")]
     WatchEnded(&'static str),
 }
-
-/// Wraps a `kube::Error` with what was being done.
-pub(crate) fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Api { what, source }
-}

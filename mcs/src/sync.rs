@@ -12,6 +12,8 @@ use ferry_crds::mcs::{
 };
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
@@ -47,25 +49,25 @@ async fn list_slices(
         .collect())
 }
 
-/// This cluster's exports, and the validity of each `ServiceExport` (`None`: valid; `Some(reason, message)`).
-async fn collect_local(
-    client: &Client,
-    ar: &SliceResource,
+/// Why a `ServiceExport` is not exported: `(reason, message)`.
+pub type Invalid = Option<(String, String)>;
+
+/// This cluster's exports from what the stores hold, and the validity of each `ServiceExport` (pure).
+/// `slices`: the EndpointSlices (JSON, any version) of the exported Services.
+pub fn local_exports(
+    exports: &[Arc<ServiceExport>],
+    service: &dyn Fn(&str, &str) -> Option<Arc<Service>>,
+    slices: &[serde_json::Value],
     cluster: &str,
-) -> kube::Result<(
-    Vec<ExportedService>,
-    Vec<(ServiceExport, Option<(String, String)>)>,
-)> {
-    let exports: Api<ServiceExport> = Api::all(client.clone());
+) -> (Vec<ExportedService>, Vec<(Arc<ServiceExport>, Invalid)>) {
     let mut out = Vec::new();
     let mut validity = Vec::new();
-    for se in exports.list(&ListParams::default()).await? {
+    for se in exports {
         let ns = se.namespace().unwrap_or_default();
         let name = se.name_any();
-        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-        let Some(svc) = services.get_opt(&name).await? else {
+        let Some(svc) = service(&ns, &name) else {
             validity.push((
-                se,
+                se.clone(),
                 Some((
                     "ServiceMissing".into(),
                     format!("no Service {ns}/{name}; fix: create the Service, or delete this ServiceExport"),
@@ -75,7 +77,7 @@ async fn collect_local(
         };
         if svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
             validity.push((
-                se,
+                se.clone(),
                 Some((
                     "UnsupportedServiceType".into(),
                     "an ExternalName Service cannot be exported; fix: export a ClusterIP or headless Service"
@@ -84,17 +86,24 @@ async fn collect_local(
             ));
             continue;
         }
-        let slices = list_slices(client, ar, &ns, &format!("kubernetes.io/service-name={name}")).await?;
+        let own: Vec<serde_json::Value> = slices
+            .iter()
+            .filter(|s| {
+                s["metadata"]["namespace"] == ns.as_str()
+                    && s["metadata"]["labels"]["kubernetes.io/service-name"] == name.as_str()
+            })
+            .cloned()
+            .collect();
         let created = se
             .metadata
             .creation_timestamp
             .as_ref()
             .map(|t| t.0.to_string())
             .unwrap_or_default();
-        out.push(export_of(cluster, &created, &svc, &slices));
-        validity.push((se, None));
+        out.push(export_of(cluster, &created, &svc, &own));
+        validity.push((se.clone(), None));
     }
-    Ok((out, validity))
+    (out, validity)
 }
 
 fn condition(type_: &str, ok: bool, reason: &str, message: &str) -> serde_json::Value {
@@ -278,7 +287,8 @@ async fn apply_imports(client: &Client, ar: &SliceResource, merged: &Imports) ->
 /// How this cluster reaches its providers: the peering layer's business, handed in by the agent, so this
 /// crate knows nothing of brokers, tokens or TLS.
 pub trait Peers: Send + Sync {
-    /// The providers this cluster exchanges exports with as a consumer.
+    /// The providers this cluster exchanges exports with as a consumer (asked every pass: answer from a
+    /// cache, not the apiserver).
     fn providers(&self) -> impl Future<Output = BTreeSet<String>> + Send;
     /// Sends this cluster's exports (`body`, an [`ExportList`]) to `provider`; its status and body.
     fn exchange(
@@ -288,37 +298,109 @@ pub trait Peers: Send + Sync {
     ) -> impl Future<Output = Result<(u16, Vec<u8>), String>> + Send;
 }
 
-/// This cluster's tenants (it is their provider): they send their exports to its broker.
-async fn tenants(client: &Client) -> BTreeSet<String> {
-    Api::<ferry_crds::Tenant>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .map(|l| l.items.into_iter().map(|t| t.spec.cluster_id).collect())
-        .unwrap_or_default()
+/// How often the exchange with each provider runs. This is the one timer of the sync: a provider's
+/// exports are learned only by asking its broker (no watch crosses the trust boundary); everything local
+/// arrives by watch and triggers a pass at once.
+pub const EXCHANGE_PERIOD: Duration = Duration::from_secs(1);
+
+/// What the sync reads, each kept by watch.
+struct Stores {
+    exports: Store<ServiceExport>,
+    services: Store<Service>,
+    slices: Option<Store<kube::core::DynamicObject>>,
+    tenants: Store<ferry_crds::Tenant>,
+    peer_networks: Store<ferry_crds::PeerNetwork>,
 }
 
-/// The MCS loop of one agent, every second (an unexport reaches the other cluster's answers within about
-/// two rounds): collect local exports, exchange them with each provider, merge
-/// with what tenants sent to the broker, write imports and `ServiceExport` conditions.
-pub async fn run<P: Peers>(client: Client, cluster: String, exchange: Arc<Exchange>, peers: P) {
-    let mut state = SyncState::default();
-    loop {
-        if let Err(e) = sync_once(&client, &cluster, &exchange, &peers, &mut state).await {
-            // write everything again next time
-            state.applied = None;
-            warn!("multi-cluster services: {e:#}");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+impl Stores {
+    fn ready(&self) -> bool {
+        use futures::FutureExt;
+        let ok = |r: Option<Result<(), _>>| matches!(r, Some(Ok(())));
+        ok(self.exports.wait_until_ready().now_or_never())
+            && ok(self.services.wait_until_ready().now_or_never())
+            && ok(self.tenants.wait_until_ready().now_or_never())
+            && ok(self.peer_networks.wait_until_ready().now_or_never())
+            && self
+                .slices
+                .as_ref()
+                .is_none_or(|s| ok(s.wait_until_ready().now_or_never()))
     }
 }
 
-/// What the loop keeps between rounds.
-#[derive(Default)]
+/// The MCS sync of one agent until the task is dropped: on every local change (ServiceExports,
+/// Services, EndpointSlices, Tenants) and every [`EXCHANGE_PERIOD`] (the peer exchange), local exports
+/// are computed from the stores ([`local_exports`]), exchanged with each provider, merged with what
+/// tenants sent to the broker, and imports and `ServiceExport` conditions written where they changed.
+pub async fn run<P: Peers>(client: Client, cluster: String, exchange: Arc<Exchange>, peers: P) {
+    use ferry_plumbing::triggers::{dynamic_store_with_changes, store_with_changes};
+    use futures::StreamExt;
+    let ar = slice_resource(&client).await;
+    let (exports, export_changes) = store_with_changes(
+        Api::<ServiceExport>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let (services, service_changes) =
+        store_with_changes(Api::<Service>::all(client.clone()), watcher::Config::default());
+    let (tenants, tenant_changes) = store_with_changes(
+        Api::<ferry_crds::Tenant>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let (peer_networks, pn_changes) = store_with_changes(
+        Api::<ferry_crds::PeerNetwork>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let mut changes = futures::stream::select_all([
+        export_changes.boxed(),
+        service_changes.boxed(),
+        tenant_changes.boxed(),
+        pn_changes.boxed(),
+    ]);
+    let slices = ar.as_ref().map(|ar| {
+        let (store, slice_changes) = dynamic_store_with_changes(
+            client.clone(),
+            ar,
+            watcher::Config::default().labels("kubernetes.io/service-name"),
+        );
+        changes.push(slice_changes.boxed());
+        store
+    });
+    let stores = Stores {
+        exports,
+        services,
+        slices,
+        tenants,
+        peer_networks,
+    };
+    let mut state = SyncState {
+        slices: ar,
+        applied: None,
+    };
+    let mut tick = tokio::time::interval(EXCHANGE_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            c = changes.next() => if c.is_none() { return },
+            _ = tick.tick() => {},
+        }
+        // a burst of changes is one pass
+        while let Some(Some(())) = futures::FutureExt::now_or_never(changes.next()) {}
+        if !stores.ready() {
+            continue;
+        }
+        if let Err(e) = sync_once(&client, &cluster, &exchange, &peers, &stores, &mut state).await {
+            // write everything again next time
+            state.applied = None;
+            warn!("multi-cluster services: {e}");
+        }
+    }
+}
+
+/// What the sync keeps between passes.
 struct SyncState {
     /// The EndpointSlice version the cluster serves (discovered once).
     slices: SliceResource,
     /// The imports last written, and when: unchanged imports are written again only every 30 s (to heal
-    /// what someone else changed), not every round.
+    /// what someone else changed), not every pass.
     applied: Option<(Imports, Instant)>,
 }
 
@@ -327,17 +409,30 @@ async fn sync_once<P: Peers>(
     cluster: &str,
     exchange: &Exchange,
     peers: &P,
+    stores: &Stores,
     state: &mut SyncState,
 ) -> Result<(), Error> {
-    if state.slices.is_none() {
-        state.slices = slice_resource(client).await;
-    }
     let ar = &state.slices;
-    let (local, validity) = collect_local(client, ar, cluster)
-        .await
-        .map_err(crate::api_err("listing ServiceExports"))?;
+    let slices: Vec<serde_json::Value> = stores
+        .slices
+        .as_ref()
+        .map(|s| {
+            s.state()
+                .iter()
+                .map(|o| serde_json::to_value(&**o).unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default();
+    let service = |ns: &str, name: &str| stores.services.get(&ObjectRef::new(name).within(ns));
+    let (local, validity) = local_exports(&stores.exports.state(), &service, &slices, cluster);
     *exchange.local.lock().expect("lock") = local.clone();
-    let (providers, tenants) = (peers.providers().await, tenants(client).await);
+    let tenants: BTreeSet<String> = stores
+        .tenants
+        .state()
+        .iter()
+        .map(|t| t.spec.cluster_id.clone())
+        .collect();
+    let providers = peers.providers().await;
     let body = serde_json::to_vec(&ExportList {
         exports: local.clone(),
     })
@@ -354,7 +449,11 @@ async fn sync_once<P: Peers>(
         match r {
             Ok(Ok((200, resp))) => match serde_json::from_slice::<ExportList>(&resp) {
                 Ok(list) => {
-                    let remaps = ferry_tunnel::remaps::for_peer(client, provider, (&[], &[])).await;
+                    let remaps = stores
+                        .peer_networks
+                        .get(&ObjectRef::new(provider))
+                        .map(|pn| ferry_tunnel::remaps::of(&pn))
+                        .unwrap_or_default();
                     // a provider exports its own namespaces (namespace sameness), never the reserved ones
                     for e in exchange.receive(provider, list, &remaps, &|_| true) {
                         warn!(provider, "export refused: {e}");
@@ -405,4 +504,74 @@ async fn sync_once<P: Peers>(
         set_export_status(client, se, invalid, conflict).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn export(ns: &str, name: &str) -> Arc<ServiceExport> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceExport",
+                "metadata": {"name": name, "namespace": ns, "creationTimestamp": "2026-12-04T00:00:00Z"},
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn service(ns: &str, name: &str, type_: &str) -> Arc<Service> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"type": type_, "ports": [{"port": 80}]},
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn slice(ns: &str, service: &str, ip: &str) -> serde_json::Value {
+        json!({"metadata": {"name": format!("{service}-x"), "namespace": ns,
+                            "labels": {"kubernetes.io/service-name": service}},
+               "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}]})
+    }
+
+    #[test]
+    fn local_exports_come_from_the_stores_and_each_export_says_why_it_is_not_exported() {
+        let exports = [
+            export("a", "web"),
+            export("a", "missing"),
+            export("a", "ext"),
+            export("b", "web"),
+        ];
+        let services = [
+            service("a", "web", "ClusterIP"),
+            service("a", "ext", "ExternalName"),
+            service("b", "web", "ClusterIP"),
+        ];
+        let lookup = |ns: &str, name: &str| {
+            services
+                .iter()
+                .find(|s| s.namespace().as_deref() == Some(ns) && s.name_any() == name)
+                .cloned()
+        };
+        // a slice of the same Service name in another namespace must not leak into a's export
+        let slices = [slice("a", "web", "10.244.1.5"), slice("b", "web", "10.244.9.9")];
+        let (out, validity) = local_exports(&exports, &lookup, &slices, "c1");
+        assert_eq!(out.len(), 2);
+        let a = out.iter().find(|e| e.namespace == "a").unwrap();
+        assert_eq!(a.cluster, "c1");
+        assert_eq!(a.endpoints.len(), 1);
+        assert_eq!(a.endpoints[0].addresses, ["10.244.1.5"]);
+        let why = |name: &str| {
+            validity
+                .iter()
+                .find(|(se, _)| se.name_any() == name)
+                .and_then(|(_, w)| w.clone())
+                .map(|w| w.0)
+        };
+        assert_eq!(why("missing").as_deref(), Some("ServiceMissing"));
+        assert_eq!(why("ext").as_deref(), Some("UnsupportedServiceType"));
+        assert_eq!(why("web"), None);
+    }
 }

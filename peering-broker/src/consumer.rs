@@ -134,26 +134,25 @@ pub async fn wait_authenticated(
     provider: &str,
     timeout: std::time::Duration,
 ) -> Result<Peered> {
+    use futures::TryStreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
     let fcs: Api<ForeignCluster> = Api::all(client.clone());
-    let deadline = std::time::Instant::now() + timeout;
     let mut last = String::new();
-    loop {
-        let fc = fcs.get(provider).await?;
-        let st = fc.status.clone().unwrap_or_default();
-        if let Some(c) = st.conditions.iter().find(|c| c.type_ == "Authenticated") {
+    // every change of the ForeignCluster, by watch
+    let watch = async {
+        let changes = watcher(
+            fcs,
+            watcher::Config::default().fields(&format!("metadata.name={provider}")),
+        )
+        .applied_objects();
+        futures::pin_mut!(changes);
+        while let Some(fc) = changes.try_next().await? {
+            let st = fc.status.clone().unwrap_or_default();
+            let Some(c) = st.conditions.iter().find(|c| c.type_ == "Authenticated") else {
+                continue;
+            };
             if c.status == "True" {
-                let s = Api::<Secret>::namespaced(client.clone(), SYSTEM_NAMESPACE)
-                    .get(&identity_secret(provider))
-                    .await?;
-                let get = |k: &str| crate::identity::text(&s, k).unwrap_or_default();
-                let granted: Resources = serde_json::from_str(&get("granted")).unwrap_or_default();
-                let me = ensure_identity(client, None).await?;
-                return Ok(Peered {
-                    provider: provider.into(),
-                    consumer: me.cluster_id,
-                    tenant_namespace: get("tenantNamespace"),
-                    granted,
-                });
+                return Ok(());
             }
             if c.reason == "Refused" {
                 bail!("{}", st.last_error.unwrap_or(c.message.clone()));
@@ -165,19 +164,27 @@ pub async fn wait_authenticated(
                 last = e.clone();
             }
         }
-        if std::time::Instant::now() > deadline {
-            bail!(
-                "not Authenticated after {}s{}; fix: is ferry-agent running on this cluster?",
-                timeout.as_secs(),
-                if last.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (last error: {last})")
-                }
-            );
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        bail!("the ForeignCluster watch ended")
+    };
+    match tokio::time::timeout(timeout, watch).await {
+        Ok(r) => r?,
+        Err(_) => bail!(
+            "not Authenticated after {}s; fix: is ferry-agent running on this cluster? (kubectl get foreignclusters {provider} -o yaml shows the last error)",
+            timeout.as_secs()
+        ),
     }
+    let s = Api::<Secret>::namespaced(client.clone(), SYSTEM_NAMESPACE)
+        .get(&identity_secret(provider))
+        .await?;
+    let get = |k: &str| crate::identity::text(&s, k).unwrap_or_default();
+    let granted: Resources = serde_json::from_str(&get("granted")).unwrap_or_default();
+    let me = ensure_identity(client, None).await?;
+    Ok(Peered {
+        provider: provider.into(),
+        consumer: me.cluster_id,
+        tenant_namespace: get("tenantNamespace"),
+        granted,
+    })
 }
 
 /// The handshake for one `ForeignCluster` (the reconciler's work): POST to the broker pinned by the

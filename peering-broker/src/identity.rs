@@ -163,22 +163,19 @@ pub async fn ensure_crds(client: &Client) -> anyhow::Result<()> {
             Some(_) => {}
         }
     }
-    // wait until every one is served
+    // wait until every one is served (by watch, 20 s at most)
     for crd in ferry_crds::all_crds() {
-        let mut served = false;
-        for _ in 0..400 {
-            let got = crds.get(&crd.name_any()).await?;
-            let conds = got.status.and_then(|s| s.conditions).unwrap_or_default();
-            if conds
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-            {
-                served = true;
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let name = crd.name_any();
+        let established = kube::runtime::wait::await_condition(
+            crds.clone(),
+            &name,
+            kube::runtime::wait::conditions::is_crd_established(),
+        );
+        match tokio::time::timeout(std::time::Duration::from_secs(20), established).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => anyhow::bail!("waiting for CRD {name}: {e}"),
+            Err(_) => anyhow::bail!("CRD {name} is not Established after 20s"),
         }
-        anyhow::ensure!(served, "CRD {} is not Established after 20s", crd.name_any());
     }
     Ok(())
 }

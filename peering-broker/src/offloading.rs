@@ -235,4 +235,163 @@ mod tests {
         assert!(!selected(&sel(&[("ferry.dev/remote-cluster-id", "p2")]), "p1"));
         assert!(!selected(&sel(&[("region", "eu")]), "p1"));
     }
+
+    /// Controller tests: the reconciler (with its finalizer) against a mocked apiserver.
+    mod controller {
+        use super::*;
+        use ferry_plumbing::fixtures::{Expect, MockApi, list, object};
+
+        const NO_PATH: &str = "/apis/ferry.dev/v1alpha1/namespaces/app/namespaceoffloadings/offloading";
+        const FC_PATH: &str = "/apis/ferry.dev/v1alpha1/foreignclusters";
+        const SECRETS: &str = "/api/v1/namespaces/ferry-system/secrets";
+
+        fn offloading(
+            finalized: bool,
+            deleting: bool,
+            remote: serde_json::Value,
+        ) -> Arc<NamespaceOffloading> {
+            let mut v = json!({
+                "apiVersion": "ferry.dev/v1alpha1", "kind": "NamespaceOffloading",
+                "metadata": {"name": "offloading", "namespace": "app"},
+                "spec": {},
+                "status": {"remoteNamespaces": remote},
+            });
+            if finalized {
+                v["metadata"]["finalizers"] = json!([FINALIZER]);
+            }
+            if deleting {
+                v["metadata"]["deletionTimestamp"] = json!("2026-12-04T00:00:00Z");
+            }
+            Arc::new(object(v))
+        }
+
+        fn ns_app() -> serde_json::Value {
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "app"}})
+        }
+
+        fn no_json() -> serde_json::Value {
+            serde_json::to_value(offloading(true, false, json!({})).as_ref()).unwrap()
+        }
+
+        fn fc(name: &str) -> ForeignCluster {
+            object(json!({
+                "apiVersion": "ferry.dev/v1alpha1", "kind": "ForeignCluster",
+                "metadata": {"name": name},
+                "spec": {"clusterID": name, "role": "Provider"},
+            }))
+        }
+
+        #[tokio::test]
+        async fn a_new_offloading_gets_its_finalizer_first() {
+            let (client, mock) = MockApi::new();
+            let sent = mock.run(vec![Expect::ok(
+                "PATCH",
+                NO_PATH,
+                serde_json::to_value(offloading(true, false, json!({})).as_ref()).unwrap(),
+            )]);
+            let action = reconcile(offloading(false, false, json!({})), Arc::new(client))
+                .await
+                .unwrap();
+            assert_eq!(action, Action::await_change());
+            let sent = sent.await.unwrap();
+            assert!(sent[0].body.to_string().contains(FINALIZER), "{}", sent[0].body);
+        }
+
+        #[tokio::test]
+        async fn without_peerings_the_namespace_is_labelled_and_ready_with_no_provider() {
+            let (client, mock) = MockApi::new();
+            let sent = mock.run(vec![
+                Expect::ok("PATCH", "/api/v1/namespaces/app", ns_app()),
+                Expect::ok(
+                    "GET",
+                    FC_PATH,
+                    list(
+                        "ferry.dev/v1alpha1",
+                        "ForeignCluster",
+                        &Vec::<ForeignCluster>::new(),
+                    ),
+                ),
+                Expect::ok("PATCH", format!("{NO_PATH}/status"), no_json()),
+            ]);
+            let action = reconcile(offloading(true, false, json!({"gone": "x"})), Arc::new(client))
+                .await
+                .unwrap();
+            assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+            let sent = sent.await.unwrap();
+            assert_eq!(sent[0].body["metadata"]["labels"][OFFLOADED_LABEL], "true");
+            let status = &sent[2].body["status"];
+            assert_eq!(
+                status["remoteNamespaces"],
+                json!({}),
+                "a provider no longer peered is dropped"
+            );
+            assert_eq!(status["conditions"][0]["status"], "True");
+            assert_eq!(status["conditions"][0]["message"], "offloaded to 0 provider(s)");
+        }
+
+        #[tokio::test]
+        async fn an_unreachable_provider_makes_it_not_ready_naming_the_broker_and_retries_soon() {
+            let (client, mock) = MockApi::new();
+            let identity = json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "ferry-identity-p1", "namespace": "ferry-system"},
+                "data": {"brokerURL": "aHR0cHM6Ly8xMjcuMC4wLjE6MQ==" /* https://127.0.0.1:1 */}});
+            let sent = mock.run(vec![
+                Expect::ok("PATCH", "/api/v1/namespaces/app", ns_app()),
+                Expect::ok(
+                    "GET",
+                    FC_PATH,
+                    list("ferry.dev/v1alpha1", "ForeignCluster", &[fc("p1")]),
+                ),
+                Expect::ok("GET", format!("{SECRETS}/ferry-identity-p1"), identity),
+                Expect::ok("PATCH", format!("{NO_PATH}/status"), no_json()),
+            ]);
+            let action = reconcile(offloading(true, false, json!({})), Arc::new(client))
+                .await
+                .unwrap();
+            assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+            let sent = sent.await.unwrap();
+            let cond = &sent[3].body["status"]["conditions"][0];
+            assert_eq!(cond["status"], "False");
+            assert_eq!(cond["reason"], "ProviderRefused");
+            assert!(
+                cond["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("https://127.0.0.1:1/v1/namespaces"),
+                "{cond}"
+            );
+        }
+
+        #[tokio::test]
+        async fn deletion_unlabels_the_namespace_then_releases_the_finalizer() {
+            let (client, mock) = MockApi::new();
+            let sent = mock.run(vec![
+                Expect::ok(
+                    "GET",
+                    FC_PATH,
+                    list(
+                        "ferry.dev/v1alpha1",
+                        "ForeignCluster",
+                        &Vec::<ForeignCluster>::new(),
+                    ),
+                ),
+                Expect::ok("PATCH", "/api/v1/namespaces/app", ns_app()),
+                Expect::ok(
+                    "PATCH",
+                    NO_PATH,
+                    serde_json::to_value(offloading(false, true, json!({})).as_ref()).unwrap(),
+                ),
+            ]);
+            reconcile(offloading(true, true, json!({})), Arc::new(client))
+                .await
+                .unwrap();
+            let sent = sent.await.unwrap();
+            assert!(sent[1].body["metadata"]["labels"][OFFLOADED_LABEL].is_null());
+            assert!(
+                sent[2].body.to_string().contains("remove"),
+                "the finalizer is removed last: {}",
+                sent[2].body
+            );
+        }
+    }
 }

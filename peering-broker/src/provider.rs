@@ -282,15 +282,12 @@ impl Provider {
         let ns = tenant_namespace(id);
         let labels = json!({ TENANT_LABEL: id });
         let nss: Api<Namespace> = Api::all(self.client.clone());
-        // re-peering right after an unpeer: the old tenant namespace may still be terminating
-        for _ in 0..600 {
-            match nss.get_opt(&ns).await.map_err(internal)? {
-                Some(n) if n.metadata.deletion_timestamp.is_some() => {
-                    tokio::time::sleep(Duration::from_millis(100)).await
-                }
-                _ => break,
-            }
-        }
+        // re-peering right after an unpeer: the old tenant namespace may still be terminating (by watch,
+        // 60 s at most; then creating it answers why)
+        let settled = kube::runtime::wait::await_condition(nss.clone(), &ns, |n: Option<&Namespace>| {
+            n.is_none_or(|n| n.metadata.deletion_timestamp.is_none())
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(60), settled).await;
         created.namespace = self.create_owned_namespace(&ns, id, labels, "clusterID").await?;
         self.grant_namespace(&ns, id, user).await?;
         let tenants: Api<Tenant> = Api::all(self.client.clone());
@@ -442,12 +439,18 @@ impl Provider {
                 .await
                 .map_err(internal)?;
         }
-        for _ in 0..200 {
-            let got = csrs.get(&name).await.map_err(internal)?;
-            if let Some(cert) = got.status.and_then(|s| s.certificate) {
-                return String::from_utf8(cert.0).map_err(internal);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let issued = kube::runtime::wait::await_condition(
+            csrs.clone(),
+            &name,
+            |c: Option<&CertificateSigningRequest>| {
+                c.and_then(|c| c.status.as_ref())
+                    .is_some_and(|s| s.certificate.is_some())
+            },
+        );
+        if let Ok(Ok(Some(got))) = tokio::time::timeout(Duration::from_secs(10), issued).await
+            && let Some(cert) = got.status.and_then(|s| s.certificate)
+        {
+            return String::from_utf8(cert.0).map_err(internal);
         }
         Err(BrokerError::Internal("the CSR signer did not issue a certificate within 10s (is kube-controller-manager running with csrsigning?)".into()))
     }

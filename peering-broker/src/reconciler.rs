@@ -130,4 +130,100 @@ mod tests {
         assert_eq!(backoff(9), Duration::from_secs(300));
         assert_eq!(backoff(40), Duration::from_secs(300));
     }
+
+    /// Controller tests: the reconciler against a mocked apiserver.
+    mod controller {
+        use super::*;
+        use ferry_plumbing::fixtures::{Expect, MockApi, object};
+        use serde_json::json;
+
+        const SECRETS: &str = "/api/v1/namespaces/ferry-system/secrets";
+
+        fn context(client: Client) -> Arc<Context> {
+            Arc::new(Context {
+                client,
+                failures: Mutex::new(HashMap::new()),
+                network: crate::wire::LocalNetwork {
+                    pod_cidrs: vec!["10.244.0.0/16".into()],
+                    service_cidrs: vec![],
+                    wireguard_public_key: String::new(),
+                    gateway_endpoint: None,
+                },
+            })
+        }
+
+        fn fc(token: Option<&str>, authenticated: bool) -> Arc<ForeignCluster> {
+            let mut v = json!({
+                "apiVersion": "ferry.dev/v1alpha1", "kind": "ForeignCluster",
+                "metadata": {"name": "p1"},
+                "spec": {"clusterID": "p1", "role": "Provider", "brokerURL": "https://127.0.0.1:1"},
+            });
+            if let Some(t) = token {
+                v["spec"]["tokenSecret"] = json!(t);
+            }
+            if authenticated {
+                v["status"] = json!({"conditions": [{"type": "Authenticated", "status": "True",
+                    "reason": "Peered", "message": "", "lastTransitionTime": "2026-12-04T00:00:00Z"}]});
+            }
+            Arc::new(object(v))
+        }
+
+        fn secret(name: &str) -> serde_json::Value {
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "ferry-system"}})
+        }
+
+        #[tokio::test]
+        async fn a_foreigncluster_without_a_token_is_left_alone() {
+            let (client, mock) = MockApi::new();
+            let sent = mock.run(vec![]);
+            let action = reconcile(fc(None, false), context(client)).await.unwrap();
+            assert_eq!(action, Action::await_change());
+            assert!(sent.await.unwrap().is_empty());
+        }
+
+        #[tokio::test]
+        async fn a_peered_foreigncluster_is_not_handshaken_again() {
+            let (client, mock) = MockApi::new();
+            let sent = mock.run(vec![Expect::ok(
+                "GET",
+                format!("{SECRETS}/ferry-identity-p1"),
+                secret("ferry-identity-p1"),
+            )]);
+            let action = reconcile(fc(Some("tok"), true), context(client)).await.unwrap();
+            assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+            assert_eq!(sent.await.unwrap().len(), 1, "the token is not even read");
+        }
+
+        #[tokio::test]
+        async fn a_missing_token_secret_waits_without_calling_the_broker() {
+            let (client, mock) = MockApi::new();
+            let sent = mock.run(vec![
+                Expect::status("GET", format!("{SECRETS}/ferry-identity-p1"), 404, "NotFound"),
+                Expect::status("GET", format!("{SECRETS}/tok"), 404, "NotFound"),
+            ]);
+            let action = reconcile(fc(Some("tok"), false), context(client)).await.unwrap();
+            assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+            assert_eq!(sent.await.unwrap().len(), 2);
+        }
+
+        #[tokio::test]
+        async fn an_apiserver_error_is_transient_and_backs_off_per_object() {
+            let (client, mock) = MockApi::new();
+            let _sent = mock.run(vec![Expect::status(
+                "GET",
+                format!("{SECRETS}/ferry-identity-p1"),
+                500,
+                "InternalError",
+            )]);
+            let ctx = context(client);
+            let obj = fc(Some("tok"), false);
+            let err = reconcile(obj.clone(), ctx.clone()).await.unwrap_err();
+            assert_eq!(
+                error_policy(obj.clone(), &err, ctx.clone()),
+                Action::requeue(backoff(1))
+            );
+            assert_eq!(error_policy(obj, &err, ctx), Action::requeue(backoff(2)));
+            assert!(backoff(2) > backoff(1) && backoff(30) == Duration::from_secs(300));
+        }
+    }
 }

@@ -22,7 +22,7 @@ pub struct Expect {
     pub query: String,
     /// The answer's status.
     pub status: u16,
-    /// The answer's body.
+    /// The answer's body (`Null`: the request's own body, as a create answers).
     pub body: Value,
 }
 
@@ -48,6 +48,11 @@ impl Expect {
             body: json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                          "message": reason, "reason": reason, "code": status}),
         }
+    }
+
+    /// Expects `method path` and answers 200 with the request's own body (a create or an event).
+    pub fn echo(method: &'static str, path: impl Into<String>) -> Self {
+        Self::ok(method, path, Value::Null)
     }
 
     /// Also requires the query to contain `q` (e.g. `fieldManager=`).
@@ -112,11 +117,12 @@ impl MockApi {
                     e.path,
                     e.query
                 );
+                let answer = if e.body.is_null() { body.clone() } else { e.body };
                 sent.push(Sent { method, uri, body });
                 let resp = Response::builder()
                     .status(e.status)
                     .header("content-type", "application/json")
-                    .body(Body::from(serde_json::to_vec(&e.body).expect("json")))
+                    .body(Body::from(serde_json::to_vec(&answer).expect("json")))
                     .expect("response");
                 reply.send_response(resp);
             }

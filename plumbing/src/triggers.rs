@@ -47,6 +47,33 @@ where
     (store, changes)
 }
 
+/// [`store_with_changes`] for an API whose version is found at run time (e.g. EndpointSlice v1 or v1beta1).
+pub fn dynamic_store_with_changes(
+    client: kube::Client,
+    ar: &kube::discovery::ApiResource,
+    cfg: watcher::Config,
+) -> (
+    Store<kube::core::DynamicObject>,
+    impl Stream<Item = ()> + Send + use<>,
+) {
+    let writer = reflector::store::Writer::<kube::core::DynamicObject>::new(ar.clone());
+    let store = writer.as_reader();
+    let api = Api::<kube::core::DynamicObject>::all_with(client, ar);
+    let changes = reflector(writer, watcher(api, cfg))
+        .default_backoff()
+        .filter_map(|ev| async move {
+            match ev {
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => None,
+                Ok(_) => Some(()),
+                Err(e) => {
+                    tracing::debug!("watch: {e}");
+                    None
+                }
+            }
+        });
+    (store, changes)
+}
+
 /// Resolves once an object of `K` exists (by watch, not by polling): e.g. "this cluster has a tenant".
 pub async fn first_object<K>(api: Api<K>, cfg: watcher::Config)
 where

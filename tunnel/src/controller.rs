@@ -162,36 +162,28 @@ async fn patch_status(api: &Api<PeerNetwork>, name: &str, body: &serde_json::Val
 /// Reads the WireGuard key from its Secret (waiting for ferry-agent to make it) into `state_dir/wireguard.key`.
 async fn key_file(client: &Client, state_dir: &std::path::Path) -> Result<String> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), KEY_SECRET.0);
-    let mut said = false;
-    let key = loop {
-        match secrets.get_opt(KEY_SECRET.1).await {
-            Ok(Some(s)) => {
-                let k = s
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get("privateKey"))
-                    .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
-                    .filter(|k| !k.is_empty())
-                    .with_context(|| {
-                        format!(
-                            "Secret {}/{} has no privateKey; fix: delete it and restart ferry-agent",
-                            KEY_SECRET.0, KEY_SECRET.1
-                        )
-                    })?;
-                break k;
-            }
-            Ok(None) if !said => {
-                info!(
-                    "waiting for Secret {}/{} (ferry-agent makes it)",
-                    KEY_SECRET.0, KEY_SECRET.1
-                );
-                said = true;
-            }
-            Ok(None) => {}
-            Err(e) => warn!("reading the WireGuard key: {e}"),
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    };
+    if secrets.get_opt(KEY_SECRET.1).await?.is_none() {
+        info!(
+            "waiting for Secret {}/{} (ferry-agent makes it)",
+            KEY_SECRET.0, KEY_SECRET.1
+        );
+    }
+    // by watch: the Secret appears when ferry-agent first starts
+    let s = kube::runtime::wait::await_condition(secrets, KEY_SECRET.1, |s: Option<&Secret>| s.is_some())
+        .await?
+        .with_context(|| format!("Secret {}/{} vanished", KEY_SECRET.0, KEY_SECRET.1))?;
+    let key = s
+        .data
+        .as_ref()
+        .and_then(|d| d.get("privateKey"))
+        .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
+        .filter(|k| !k.is_empty())
+        .with_context(|| {
+            format!(
+                "Secret {}/{} has no privateKey; fix: delete it and restart ferry-agent",
+                KEY_SECRET.0, KEY_SECRET.1
+            )
+        })?;
     std::fs::create_dir_all(state_dir)?;
     let path = state_dir.join("wireguard.key");
     {
@@ -209,10 +201,24 @@ async fn key_file(client: &Client, state_dir: &std::path::Path) -> Result<String
     Ok(path.to_string_lossy().into_owned())
 }
 
-fn start(api: Api<PeerNetwork>, name: String, cfg: GatewayConfig, spec: PeerNetworkSpec) -> Running {
+fn start(
+    api: Api<PeerNetwork>,
+    name: String,
+    cfg: GatewayConfig,
+    spec: PeerNetworkSpec,
+    ended: tokio::sync::mpsc::UnboundedSender<()>,
+) -> Running {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (tx, mut rx) = tokio::sync::watch::channel(GatewayStatus::default());
     let task = tokio::spawn(async move {
+        // the serve loop hears of every tunnel that ends (to restart it), without polling
+        struct Ended(tokio::sync::mpsc::UnboundedSender<()>);
+        impl Drop for Ended {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        let _ended = Ended(ended);
         let writer_api = api.clone();
         let writer_name = name.clone();
         let writer = tokio::spawn(async move {
@@ -258,7 +264,11 @@ async fn stop(r: Running) {
     let _ = tokio::time::timeout(Duration::from_secs(15), r.task).await;
 }
 
+/// How long after a tunnel failed (or ended) it is started again.
+pub const RETRY: Duration = Duration::from_secs(10);
+
 /// Runs every tunnel the cluster's `PeerNetwork`s ask for until SIGTERM/SIGINT; then removes them all.
+/// Event-driven: PeerNetwork changes (watch), tunnels that end, and the retry time of failed ones.
 pub async fn serve(client: Client, opts: ServeOptions) -> Result<()> {
     let key = key_file(&client, &opts.state_dir).await?;
     let api: Api<PeerNetwork> = Api::all(client.clone());
@@ -269,8 +279,16 @@ pub async fn serve(client: Client, opts: ServeOptions) -> Result<()> {
     let mut shutdown = std::pin::pin!(crate::gateway::shutdown_signal());
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut failed: HashMap<String, (PeerNetworkSpec, Instant)> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<()>();
     loop {
+        // a failed tunnel is tried again RETRY after it failed (unless its PeerNetwork changes first)
+        let next_retry = failed.values().map(|(_, at)| *at + RETRY).min();
+        let retry = async {
+            match next_retry {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = &mut shutdown => break,
             ev = events.next() => {
@@ -280,7 +298,8 @@ pub async fn serve(client: Client, opts: ServeOptions) -> Result<()> {
                     _ => {}
                 }
             }
-            _ = tick.tick() => {}
+            _ = ended.recv() => {}
+            _ = retry => {}
         }
         if !synced {
             continue;
@@ -313,14 +332,14 @@ pub async fn serve(client: Client, opts: ServeOptions) -> Result<()> {
             }
             if let Some((s, at)) = failed.get(&n)
                 && *s == spec
-                && at.elapsed() < Duration::from_secs(10)
+                && at.elapsed() < RETRY
             {
                 continue;
             }
             match config_for(&spec, &opts, &key) {
                 Ok(cfg) => {
                     failed.remove(&n);
-                    running.insert(n.clone(), start(api.clone(), n, cfg, spec));
+                    running.insert(n.clone(), start(api.clone(), n, cfg, spec, ended_tx.clone()));
                 }
                 Err(e) => {
                     if failed.get(&n).map(|(s, _)| s) != Some(&spec) {

@@ -25,7 +25,7 @@ use futures::channel::mpsc;
 use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, Node, Pod, PodStatus, Secret};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, Pod, PodStatus};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
@@ -596,8 +596,8 @@ fn watch_remote(ctx: &Arc<PodReflector>, local_ns: String, rns: String) -> Remot
         }
         async {}
     });
-    let copies = copy_objects(peer.clone(), local_ns.clone(), rns.clone());
-    let services = reflect_services(ctx.clone(), local_ns.clone(), rns.clone());
+    let copies = crate::objects::copy_config(peer.clone(), local_ns.clone(), rns.clone());
+    let services = crate::objects::reflect_services(ctx.clone(), local_ns.clone(), rns.clone());
     let events = reflect_events(ctx.clone(), local_ns.clone(), rns.clone());
     let task = tokio::spawn(async move {
         tokio::join!(shadow_watch, pod_watch, copies, events, services);
@@ -643,177 +643,6 @@ async fn orphan_check(ctx: &Arc<PodReflector>, local_ns: &str, s: &PartialObject
             warn!("{e}");
         }
     }
-}
-
-/// ConfigMaps and Secrets of the offloaded namespace, copied to the provider (server-side apply) and
-/// deleted there with the original. Service-account tokens and the cluster CA bundle stay home.
-async fn copy_objects(peer: Arc<Peer>, local_ns: String, rns: String) {
-    async fn copy<K>(peer: Arc<Peer>, local_ns: String, rns: String, keep: fn(&K) -> bool)
-    where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned
-            + serde::Serialize,
-        K: Send + Sync + 'static,
-    {
-        let remote: Api<K> = Api::namespaced(peer.remote.clone(), &rns);
-        let stream = watcher(
-            Api::<K>::namespaced(peer.local.clone(), &local_ns),
-            watcher::Config::default(),
-        )
-        .default_backoff();
-        futures::pin_mut!(stream);
-        while let Some(ev) = stream.next().await {
-            let Ok(ev) = ev else { continue };
-            match ev {
-                watcher::Event::Apply(o) | watcher::Event::InitApply(o) if keep(&o) => {
-                    let mut v = serde_json::to_value(&o).unwrap_or_default();
-                    v["metadata"] = json!({
-                        "name": o.name_any(), "namespace": rns,
-                        "labels": {ORIGIN_CLUSTER_LABEL: peer.consumer},
-                    });
-                    if let Err(e) = remote
-                        .patch(
-                            &o.name_any(),
-                            &PatchParams::apply("ferry-virtual-kubelet").force(),
-                            &Patch::Apply(&v),
-                        )
-                        .await
-                    {
-                        warn!(
-                            ns = rns,
-                            name = o.name_any(),
-                            "copying {} to the provider: {e}",
-                            K::kind(&())
-                        );
-                    }
-                }
-                watcher::Event::Delete(o) if keep(&o) => {
-                    let _ = remote.delete(&o.name_any(), &DeleteParams::default()).await;
-                }
-                _ => {}
-            }
-        }
-    }
-    fn keep_cm(c: &ConfigMap) -> bool {
-        c.name_any() != "kube-root-ca.crt"
-    }
-    fn keep_secret(s: &Secret) -> bool {
-        s.type_.as_deref() != Some("kubernetes.io/service-account-token")
-    }
-    tokio::join!(
-        copy::<ConfigMap>(peer.clone(), local_ns.clone(), rns.clone(), keep_cm),
-        copy::<Secret>(peer, local_ns, rns, keep_secret),
-    );
-}
-
-/// The `discovery.k8s.io` EndpointSlice version a cluster serves (v1 on current clusters, v1beta1 on 1.20).
-pub async fn endpoint_slice_resource(c: &Client) -> Option<kube::discovery::ApiResource> {
-    kube::discovery::group(c, "discovery.k8s.io")
-        .await
-        .ok()?
-        .recommended_kind("EndpointSlice")
-        .map(|(ar, _)| ar)
-}
-
-/// Services of the offloaded namespace are copied to the provider (its copy selects the offloaded pods
-/// there), and their EndpointSlices follow with the endpoints of the pods that run here, addresses in the
-/// provider's view. Deleted with the originals.
-async fn reflect_services(ctx: Arc<PodReflector>, local_ns: String, rns: String) {
-    use k8s_openapi::api::core::v1::Service;
-    use kube::core::DynamicObject;
-    let peer = ctx.peer.clone();
-    let pp = PatchParams::apply("ferry-virtual-kubelet").force();
-    let services = async {
-        let remote: Api<Service> = Api::namespaced(peer.remote.clone(), &rns);
-        let stream = watcher(
-            Api::<Service>::namespaced(peer.local.clone(), &local_ns),
-            watcher::Config::default(),
-        )
-        .default_backoff();
-        futures::pin_mut!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
-                    let body = crate::translate::service_to_remote(&s, &rns, &peer.consumer);
-                    if let Err(e) = remote.patch(&s.name_any(), &pp, &Patch::Apply(&body)).await {
-                        warn!(
-                            ns = rns,
-                            service = s.name_any(),
-                            "copying the Service to the provider: {e}"
-                        );
-                    }
-                }
-                Ok(watcher::Event::Delete(s)) => {
-                    let _ = remote.delete(&s.name_any(), &DeleteParams::default()).await;
-                }
-                _ => {}
-            }
-        }
-    };
-    let slices = async {
-        let (Some(local_ar), Some(remote_ar)) = (
-            endpoint_slice_resource(&peer.local).await,
-            endpoint_slice_resource(&peer.remote).await,
-        ) else {
-            warn!("discovery.k8s.io EndpointSlice is not served on both clusters; endpoints are not copied");
-            return;
-        };
-        let remote: Api<DynamicObject> = Api::namespaced_with(peer.remote.clone(), &rns, &remote_ar);
-        let local: Api<DynamicObject> = Api::namespaced_with(peer.local.clone(), &local_ns, &local_ar);
-        let stream = watcher(local, watcher::Config::default()).default_backoff();
-        futures::pin_mut!(stream);
-        let translate = |ip: IpAddr| ferry_tunnel::ipam::translate(ip, &peer.provider_view).unwrap_or(ip);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
-                    if o.labels().get(crate::translate::MANAGED_BY.0).map(String::as_str)
-                        == Some(crate::translate::MANAGED_BY.1)
-                    {
-                        continue;
-                    }
-                    let offloaded: std::collections::HashSet<String> = ctx
-                        .local_pods
-                        .state()
-                        .iter()
-                        .filter(|p| p.namespace().as_deref() == Some(&local_ns))
-                        .map(|p| p.name_any())
-                        .collect();
-                    let v = serde_json::to_value(&o).unwrap_or_default();
-                    let name = format!("ferry-{}", o.name_any());
-                    match crate::translate::endpoint_slice_to_remote(
-                        &v,
-                        &offloaded,
-                        translate,
-                        &rns,
-                        &peer.consumer,
-                    ) {
-                        Some(mut body) => {
-                            body["apiVersion"] = remote_ar.api_version.clone().into();
-                            if let Err(e) = remote.patch(&name, &pp, &Patch::Apply(&body)).await {
-                                warn!(
-                                    ns = rns,
-                                    slice = name,
-                                    "copying the EndpointSlice to the provider: {e}"
-                                );
-                            }
-                        }
-                        None => {
-                            let _ = remote.delete(&name, &DeleteParams::default()).await;
-                        }
-                    }
-                }
-                Ok(watcher::Event::Delete(o)) => {
-                    let _ = remote
-                        .delete(&format!("ferry-{}", o.name_any()), &DeleteParams::default())
-                        .await;
-                }
-                _ => {}
-            }
-        }
-    };
-    tokio::join!(services, slices);
 }
 
 /// Events about provider pods, published on the local pod ("Scheduled" stays behind: here the pod was

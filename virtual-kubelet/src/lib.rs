@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod consumer;
 pub mod node;
+pub mod objects;
 pub mod policy;
 pub mod provider;
 pub mod quantity;

@@ -394,33 +394,15 @@ fn admitted(ok: bool, reason: &str, message: &str) -> serde_json::Value {
         "message": message, "lastTransitionTime": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()})
 }
 
-/// A reflector store of `K` (optionally by label selector) and the stream that keeps it.
-fn store_of<K>(api: Api<K>, cfg: watcher::Config) -> (Store<K>, impl futures::Future<Output = ()>)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let run = reflector(writer, watcher(api, cfg))
-        .default_backoff()
-        .for_each(|_| async {});
-    (store, run)
-}
-
-/// Runs the `ShadowPod` controller and the availability loop until one stops. They start once this cluster
-/// has a `Tenant` (it is a provider), so a consumer-only agent keeps no cache of every pod.
+/// Runs the `ShadowPod` controller and the availability controller until one stops. They start once this
+/// cluster has a `Tenant` (it is a provider; seen by watch), so a consumer-only agent keeps no cache of
+/// every pod.
 pub async fn run(client: Client) {
-    let tenants: Api<Tenant> = Api::all(client.clone());
-    while !matches!(tenants.list_metadata(&Default::default()).await, Ok(l) if !l.items.is_empty()) {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+    use ferry_plumbing::triggers::{first_object, store, store_with_changes};
+    first_object(Api::<Tenant>::all(client.clone()), watcher::Config::default()).await;
     info!("this cluster is a provider: ShadowPod controller and slice availability starting");
     let (pods, writer) = reflector::store();
+    let (pod_tx, pod_changes) = futures::channel::mpsc::unbounded::<()>();
     let pod_events = reflector(
         writer,
         watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
@@ -428,28 +410,33 @@ pub async fn run(client: Client) {
     )
     .default_backoff()
     .touched_objects()
-    .filter_map(|p| async move {
-        match p {
-            // only pods a ShadowPod owns trigger it; every pod still counts in the store for availability
-            Ok(p) if p.labels().contains_key(ORIGIN_CLUSTER_LABEL) => Some(Ok(p)),
-            Ok(_) => None,
-            Err(e) => Some(Err(e)),
+    .filter_map(move |p| {
+        // every pod counts for availability; only pods a ShadowPod owns trigger it
+        let _ = pod_tx.unbounded_send(());
+        async move {
+            match p {
+                Ok(p) if p.labels().contains_key(ORIGIN_CLUSTER_LABEL) => Some(Ok(p)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            }
         }
     });
-    let (namespaces, ns_watch) = store_of(
+    let (namespaces, ns_watch) = store(
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default().labels(TENANT_LABEL),
     );
-    let (tenant_store, tenant_watch) = store_of(tenants, watcher::Config::default());
-    let (slices, slice_watch) = store_of(
+    let (tenant_store, tenant_watch) = store(Api::<Tenant>::all(client.clone()), watcher::Config::default());
+    let (slices, slice_watch) = store(
         Api::<ResourceSlice>::all(client.clone()),
         watcher::Config::default(),
     );
+    let (nodes, node_changes) =
+        store_with_changes(Api::<Node>::all(client.clone()), watcher::Config::default());
     let ctx = Arc::new(ShadowPodReconciler::new(
         client.clone(),
         pods.clone(),
         namespaces,
-        tenant_store,
+        tenant_store.clone(),
         slices,
     ));
     let controller = Controller::new(Api::<ShadowPod>::all(client.clone()), watcher::Config::default())
@@ -461,9 +448,31 @@ pub async fn run(client: Client) {
             ctx,
         )
         .for_each(|_| async {});
+    let availability = Arc::new(Availability {
+        client: client.clone(),
+        pods,
+        nodes,
+        tenants: tenant_store,
+    });
+    let available = Controller::new(
+        Api::<ResourceSlice>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .reconcile_all_on(futures::stream::select(pod_changes, node_changes))
+    // a burst of pod changes becomes one pass per slice
+    .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)))
+    .run(
+        Availability::reconcile,
+        |_, e, _| {
+            warn!("slice availability: {e}");
+            Action::requeue(Duration::from_secs(2))
+        },
+        availability,
+    )
+    .for_each(|_| async {});
     tokio::select! {
         _ = controller => warn!("the ShadowPod controller stopped"),
-        _ = run_availability(client, pods) => warn!("the availability loop stopped"),
+        _ = available => warn!("the availability controller stopped"),
         _ = ns_watch => warn!("the tenant namespace watch stopped"),
         _ = tenant_watch => warn!("the tenant watch stopped"),
         _ = slice_watch => warn!("the ResourceSlice watch stopped"),
@@ -484,79 +493,94 @@ fn schedulable(n: &Node) -> bool {
         && crate::node::is_ready(n)
 }
 
-/// Keeps each tenant's `ResourceSlice` `status.available` current (every 3 s, written only on change).
-pub async fn run_availability(client: Client, pods: Store<Pod>) {
-    let (nodes, writer) = reflector::store::<Node>();
-    let node_watch = reflector(
-        writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .for_each(|_| async {});
-    let lp = async {
-        let tenants: Api<Tenant> = Api::all(client.clone());
-        loop {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            if pods.wait_until_ready().await.is_err() || nodes.wait_until_ready().await.is_err() {
-                continue;
-            }
-            let Ok(list) = tenants.list(&Default::default()).await else {
-                continue;
-            };
-            let all = pods.state();
-            let capacity = nodes
-                .state()
-                .iter()
-                .filter(|n| schedulable(n))
-                .fold(Amounts::default(), |a, n| a.plus(Amounts::of_node(n)));
-            let used = all
-                .iter()
-                .filter(|p| running_on_a_node(p))
-                .fold(Amounts::default(), |a, p| a.plus(Amounts::of_pod(p)));
-            let free = capacity.minus(used);
-            for t in list {
-                let consumer = &t.spec.cluster_id;
-                let tenant_used = all
-                    .iter()
-                    .filter(|p| {
-                        running_on_a_node(p) && p.labels().get(ORIGIN_CLUSTER_LABEL) == Some(consumer)
-                    })
-                    .fold(Amounts::default(), |a, p| a.plus(Amounts::of_pod(p)));
-                let slices: Api<ResourceSlice> = Api::namespaced(client.clone(), &t.spec.tenant_namespace);
-                let Ok(Some(slice)) = slices.get_opt(crate::GRANTED_SLICE).await else {
-                    continue;
-                };
-                let granted = slice
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.granted.as_ref())
-                    .map(Amounts::from_resource_amounts)
-                    .unwrap_or_default();
-                let (cpu, memory, pods_q) = available(granted, tenant_used, free).to_quantities();
-                let avail = ResourceAmounts {
-                    cpu: Some(cpu),
-                    memory: Some(memory),
-                    pods: Some(pods_q),
-                    extended: Default::default(),
-                };
-                if slice.status.as_ref().and_then(|s| s.available.as_ref()) != Some(&avail) {
-                    let r = slices
-                        .patch_status(
-                            crate::GRANTED_SLICE,
-                            &PatchParams::default(),
-                            &Patch::Merge(json!({"status": {"available": avail}})),
-                        )
-                        .await;
-                    if let Err(e) = r {
-                        warn!(tenant = consumer, "ResourceSlice status: {e}");
-                    }
-                }
-            }
+/// Resources tenant `consumer` may still use: its grant less what its pods hold, and never more than the
+/// provider's schedulable nodes have free (pure).
+pub fn tenant_available(
+    granted: Amounts,
+    pods: &[Arc<Pod>],
+    nodes: &[Arc<Node>],
+    consumer: &str,
+) -> ResourceAmounts {
+    let capacity = nodes
+        .iter()
+        .filter(|n| schedulable(n))
+        .fold(Amounts::default(), |a, n| a.plus(Amounts::of_node(n)));
+    let used = pods
+        .iter()
+        .filter(|p| running_on_a_node(p))
+        .fold(Amounts::default(), |a, p| a.plus(Amounts::of_pod(p)));
+    let tenant_used = pods
+        .iter()
+        .filter(|p| {
+            running_on_a_node(p) && p.labels().get(ORIGIN_CLUSTER_LABEL).map(String::as_str) == Some(consumer)
+        })
+        .fold(Amounts::default(), |a, p| a.plus(Amounts::of_pod(p)));
+    let (cpu, memory, pods_q) = available(granted, tenant_used, capacity.minus(used)).to_quantities();
+    ResourceAmounts {
+        cpu: Some(cpu),
+        memory: Some(memory),
+        pods: Some(pods_q),
+        extended: Default::default(),
+    }
+}
+
+/// The availability controller: keeps each tenant's `ResourceSlice` `status.available` current, on every
+/// pod or node change (debounced), written only when it changes.
+pub struct Availability {
+    client: Client,
+    pods: Store<Pod>,
+    nodes: Store<Node>,
+    tenants: Store<Tenant>,
+}
+
+impl Availability {
+    /// One reconcile of one tenant's granted `ResourceSlice`.
+    pub async fn reconcile(slice: Arc<ResourceSlice>, ctx: Arc<Self>) -> Result<Action, Error> {
+        let ns = slice.namespace().unwrap_or_default();
+        if slice.name_any() != crate::GRANTED_SLICE {
+            return Ok(Action::await_change());
         }
-    };
-    tokio::select! {
-        _ = node_watch => {},
-        _ = lp => {},
+        let ready = |f: futures::future::BoxFuture<'_, _>| futures::FutureExt::now_or_never(f).is_some();
+        if !(ready(Box::pin(ctx.pods.wait_until_ready()))
+            && ready(Box::pin(ctx.nodes.wait_until_ready()))
+            && ready(Box::pin(ctx.tenants.wait_until_ready())))
+        {
+            return Err(Error::NotYet("pods, nodes and tenants not synced yet".into()));
+        }
+        let Some(tenant) = ctx
+            .tenants
+            .state()
+            .into_iter()
+            .find(|t| t.spec.tenant_namespace == ns)
+        else {
+            return Ok(Action::await_change());
+        };
+        let granted = slice
+            .status
+            .as_ref()
+            .and_then(|s| s.granted.as_ref())
+            .map(Amounts::from_resource_amounts)
+            .unwrap_or_default();
+        let avail = tenant_available(
+            granted,
+            &ctx.pods.state(),
+            &ctx.nodes.state(),
+            &tenant.spec.cluster_id,
+        );
+        if slice.status.as_ref().and_then(|s| s.available.as_ref()) != Some(&avail) {
+            Api::<ResourceSlice>::namespaced(ctx.client.clone(), &ns)
+                .patch_status(
+                    crate::GRANTED_SLICE,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {"available": avail}})),
+                )
+                .await
+                .map_err(api_err(format!(
+                    "ResourceSlice {ns}/{} status",
+                    crate::GRANTED_SLICE
+                )))?;
+        }
+        Ok(Action::await_change())
     }
 }
 
@@ -627,5 +651,264 @@ mod tests {
             json!({}),
             json!({"conditions": [{"type": "Ready", "status": "False"}]})
         )));
+    }
+
+    #[test]
+    fn availability_is_the_grant_capped_by_what_the_tenant_holds_plus_what_nodes_have_free() {
+        let node = |name: &str, labels: serde_json::Value, cpu: &str| -> Arc<Node> {
+            Arc::new(
+                serde_json::from_value(json!({"metadata": {"name": name, "labels": labels},
+                "status": {"allocatable": {"cpu": cpu, "memory": "64Gi", "pods": "110"},
+                    "conditions": [{"type": "Ready", "status": "True"}]}}))
+                .unwrap(),
+            )
+        };
+        let on_node = |owner: Option<&str>, cpu: &str, node: Option<&str>| -> Arc<Pod> {
+            let labels = owner.map_or(json!({}), |o| json!({ORIGIN_CLUSTER_LABEL: o}));
+            Arc::new(pod(json!({"metadata": {"labels": labels},
+                "spec": {"nodeName": node, "containers": [{"name": "c", "resources": {"requests": {"cpu": cpu}}}]},
+                "status": {"phase": "Running"}})))
+        };
+        let nodes = [
+            node("n1", json!({}), "4"),
+            node("ferry-x", json!({"type": "virtual-node"}), "100"),
+        ];
+        let pods = [
+            on_node(Some("c1"), "1", Some("n1")),
+            on_node(None, "2", Some("n1")),
+            on_node(Some("c1"), "1", None), // pending: holds no node's room yet
+        ];
+        let grant = |cpu: i128| Amounts {
+            cpu,
+            memory: 1 << 50,
+            pods: 1_000_000,
+        };
+        // free on n1: 4 - 3 = 1; the tenant holds 1: it may have 2 of a grant of 3
+        assert_eq!(
+            tenant_available(grant(3000), &pods, &nodes, "c1").cpu.unwrap().0,
+            "2000m"
+        );
+        // a smaller grant is the cap
+        assert_eq!(
+            tenant_available(grant(1500), &pods, &nodes, "c1").cpu.unwrap().0,
+            "1500m"
+        );
+        // another tenant holds nothing: only the free room
+        assert_eq!(
+            tenant_available(grant(3000), &pods, &nodes, "c2").cpu.unwrap().0,
+            "1000m"
+        );
+    }
+
+    /// Controller tests: the reconciler against a mocked apiserver (no cluster, no root).
+    mod controller {
+        use super::*;
+        use ferry_plumbing::fixtures::{Expect, MockApi, namespace, object};
+        use kube::runtime::reflector::store::Writer;
+
+        const NS: &str = "ferry-tenant-c1-app";
+
+        fn filled<K>(objects: Vec<K>) -> Store<K>
+        where
+            K: kube::Resource<DynamicType = ()> + Clone + 'static,
+        {
+            let mut w: Writer<K> = Writer::default();
+            w.apply_watcher_event(&watcher::Event::Init);
+            for o in objects {
+                w.apply_watcher_event(&watcher::Event::InitApply(o));
+            }
+            w.apply_watcher_event(&watcher::Event::InitDone);
+            w.as_reader()
+        }
+
+        /// A provider with tenant `c1` (namespace [`NS`], grant of `cpu` CPUs) and the pods `pods`.
+        fn provider(client: Client, cpu: &str, tenant_ns: bool, pods: Vec<Pod>) -> Arc<ShadowPodReconciler> {
+            let nss = if tenant_ns {
+                vec![namespace(NS, &[(TENANT_LABEL, "c1")])]
+            } else {
+                vec![]
+            };
+            let tenant: Tenant = object(json!({
+                "apiVersion": "ferry.dev/v1alpha1", "kind": "Tenant",
+                "metadata": {"name": "c1"},
+                "spec": {"clusterID": "c1", "publicKeyFingerprint": "f", "tenantNamespace": NS},
+            }));
+            let slice: ResourceSlice = object(json!({
+                "apiVersion": "ferry.dev/v1alpha1", "kind": "ResourceSlice",
+                "metadata": {"name": crate::GRANTED_SLICE, "namespace": NS},
+                "spec": {"providerClusterID": "p1", "consumerClusterID": "c1", "resources": {}},
+                "status": {"granted": {"cpu": cpu, "memory": "64Gi", "pods": "100"}},
+            }));
+            Arc::new(ShadowPodReconciler::new(
+                client,
+                filled(pods),
+                filled(nss),
+                filled(vec![tenant]),
+                filled(vec![slice]),
+            ))
+        }
+
+        fn shadow(name: &str, cpu: &str) -> Arc<ShadowPod> {
+            Arc::new(object(json!({
+                "apiVersion": "ferry.dev/v1alpha1", "kind": "ShadowPod",
+                "metadata": {"name": name, "namespace": NS},
+                "spec": {"consumerClusterID": "c1", "consumerPodUID": format!("local-{name}"),
+                    "template": {"metadata": {"labels": {"app": "web"}},
+                        "spec": {"containers": [{"name": "c", "image": "busybox",
+                            "resources": {"requests": {"cpu": cpu}}}]}}},
+            })))
+        }
+
+        fn shadow_json(name: &str) -> serde_json::Value {
+            serde_json::to_value(shadow(name, "1").as_ref()).unwrap()
+        }
+
+        fn pods_path() -> String {
+            format!("/api/v1/namespaces/{NS}/pods")
+        }
+
+        fn shadow_path(name: &str) -> String {
+            format!("/apis/ferry.dev/v1alpha1/namespaces/{NS}/shadowpods/{name}")
+        }
+
+        #[tokio::test]
+        async fn an_admitted_shadowpod_becomes_one_pod_the_provider_built_and_owns() {
+            let (client, mock) = MockApi::new();
+            let ctx = provider(client, "2", true, vec![]);
+            let sent = mock.run(vec![Expect::echo("POST", pods_path())]);
+            let sp = shadow("web-1", "500m");
+            let action = ShadowPodReconciler::reconcile(sp.clone(), ctx).await.unwrap();
+            assert_eq!(action, Action::await_change());
+            let sent = sent.await.unwrap();
+            let pod = &sent[0].body;
+            assert_eq!(pod["metadata"]["name"], "web-1");
+            assert_eq!(pod["metadata"]["ownerReferences"][0]["uid"], "uid-web-1");
+            assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "ShadowPod");
+            assert_eq!(pod["metadata"]["labels"][ORIGIN_CLUSTER_LABEL], "c1");
+            assert_eq!(
+                pod["spec"]["containers"][0]["resources"]["requests"]["cpu"],
+                "500m"
+            );
+            assert!(
+                pod["spec"]["nodeName"].is_null(),
+                "the provider's scheduler places it"
+            );
+        }
+
+        #[tokio::test]
+        async fn a_shadowpod_over_the_grant_is_refused_with_a_condition_an_annotation_and_an_event() {
+            let (client, mock) = MockApi::new();
+            let ctx = provider(client, "1", true, vec![]);
+            let sent = mock.run(vec![
+                Expect::ok(
+                    "PATCH",
+                    format!("{}/status", shadow_path("big")),
+                    shadow_json("big"),
+                ),
+                Expect::ok("PATCH", shadow_path("big"), shadow_json("big")),
+                Expect::ok(
+                    "POST",
+                    format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
+                    json!({}),
+                ),
+            ]);
+            let action = ShadowPodReconciler::reconcile(shadow("big", "2"), ctx)
+                .await
+                .unwrap();
+            assert_eq!(
+                action,
+                Action::requeue(Duration::from_secs(10)),
+                "a grant frees up: look again"
+            );
+            let sent = sent.await.unwrap();
+            let cond = &sent[0].body["status"]["conditions"][0];
+            assert_eq!(
+                (cond["type"].as_str(), cond["status"].as_str()),
+                (Some("Admitted"), Some("False"))
+            );
+            assert_eq!(cond["reason"], "OverGrant");
+            assert!(cond["message"].as_str().unwrap().contains("fix:"));
+            assert!(
+                sent[1].body["metadata"]["annotations"][REFUSAL_ANNOTATION]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("OverGrant: ")
+            );
+            assert_eq!(sent[2].body["reason"], "OverGrant");
+            assert!(
+                sent.iter().all(|r| !r.uri.contains("/pods")),
+                "no pod was created"
+            );
+        }
+
+        #[tokio::test]
+        async fn concurrent_shadowpods_cannot_together_exceed_the_grant() {
+            // two ShadowPods of 600m against a grant of 1 CPU, before the pod store has seen the first pod
+            let (client, mock) = MockApi::new();
+            let ctx = provider(client, "1", true, vec![]);
+            let sent = mock.run(vec![
+                Expect::echo("POST", pods_path()),
+                Expect::ok("PATCH", format!("{}/status", shadow_path("b")), shadow_json("b")),
+                Expect::ok("PATCH", shadow_path("b"), shadow_json("b")),
+                Expect::ok(
+                    "POST",
+                    format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
+                    json!({}),
+                ),
+            ]);
+            ShadowPodReconciler::reconcile(shadow("a", "600m"), ctx.clone())
+                .await
+                .unwrap();
+            ShadowPodReconciler::reconcile(shadow("b", "600m"), ctx)
+                .await
+                .unwrap();
+            let sent = sent.await.unwrap();
+            assert_eq!(sent[0].body["metadata"]["name"], "a");
+            assert_eq!(sent[1].body["status"]["conditions"][0]["reason"], "OverGrant");
+        }
+
+        #[tokio::test]
+        async fn a_shadowpod_outside_a_tenant_namespace_is_refused_and_nothing_is_created() {
+            let (client, mock) = MockApi::new();
+            let ctx = provider(client, "8", false, vec![]);
+            let sent = mock.run(vec![
+                Expect::ok("PATCH", format!("{}/status", shadow_path("x")), shadow_json("x")),
+                Expect::ok("PATCH", shadow_path("x"), shadow_json("x")),
+                Expect::ok(
+                    "POST",
+                    format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
+                    json!({}),
+                ),
+            ]);
+            ShadowPodReconciler::reconcile(shadow("x", "1"), ctx)
+                .await
+                .unwrap();
+            let sent = sent.await.unwrap();
+            assert_eq!(
+                sent[0].body["status"]["conditions"][0]["reason"],
+                "NotATenantNamespace"
+            );
+        }
+
+        #[tokio::test]
+        async fn an_existing_pod_of_the_shadowpod_is_adopted_without_a_call() {
+            let (client, mock) = MockApi::new();
+            let mine: Pod = object(json!({
+                "metadata": {"name": "web-1", "namespace": NS, "labels": {ORIGIN_CLUSTER_LABEL: "c1"},
+                    "ownerReferences": [{"apiVersion": "ferry.dev/v1alpha1", "kind": "ShadowPod",
+                        "name": "web-1", "uid": "uid-web-1", "controller": true}]},
+                "spec": {"containers": []}, "status": {"phase": "Running"},
+            }));
+            let ctx = provider(client, "2", true, vec![mine]);
+            let sent = mock.run(vec![]);
+            let action = ShadowPodReconciler::reconcile(shadow("web-1", "500m"), ctx)
+                .await
+                .unwrap();
+            assert_eq!(action, Action::await_change());
+            assert!(
+                sent.await.unwrap().is_empty(),
+                "a restart adopts, it does not create twice"
+            );
+        }
     }
 }

@@ -159,9 +159,13 @@ pub async fn run(client: Client, consumer: String, local_cidrs: Vec<IpNet>) {
     while triggers.next().await.is_some() {
         // let a burst of changes settle into one pass
         while let Some(Some(())) = futures::FutureExt::now_or_never(triggers.next()) {}
-        if fcs.wait_until_ready().await.is_err()
-            || secrets.wait_until_ready().await.is_err()
-            || pns.wait_until_ready().await.is_err()
+        // a pass needs every store listed; the list that completes last triggers it (awaiting here
+        // would stop the very streams that fill the stores)
+        let ready = |r: Option<Result<(), _>>| matches!(r, Some(Ok(())));
+        use futures::FutureExt;
+        if !(ready(fcs.wait_until_ready().now_or_never())
+            && ready(secrets.wait_until_ready().now_or_never())
+            && ready(pns.wait_until_ready().now_or_never()))
         {
             continue;
         }
