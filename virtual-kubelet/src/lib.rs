@@ -7,11 +7,15 @@
 
 pub mod admission;
 pub mod consumer;
+pub mod heartbeat;
 pub mod node;
 pub mod objects;
+pub mod pods;
 pub mod policy;
 pub mod provider;
 pub mod quantity;
+pub mod reflect;
+pub mod remote;
 pub mod supervisor;
 pub mod translate;
 

@@ -1,0 +1,451 @@
+//! Pod reflection's decisions, pure: [`decide`] takes what the virtual kubelet sees of one local pod,
+//! its `ShadowPod` and the provider's pod, and returns the [`Effect`]s that bring them together. The
+//! controller in [`crate::pods`] gathers the observation and carries the effects out, in order.
+//!
+//! The rules, in the order they apply:
+//! - a pod in a namespace not offloaded to this provider stays Pending with a reason (or, when it is
+//!   being deleted, its deletion is finished at once: nothing was sent);
+//! - a pod being deleted deletes its own `ShadowPod` and provider pod (with the pod's grace period) and
+//!   waits for them to go; only then is its deletion finished;
+//! - a DaemonSet's pod is refused (it belongs on local nodes);
+//! - a `ShadowPod` of the same name but another pod (a StatefulSet's predecessor) is replaced;
+//! - a `ShadowPod` the provider refused keeps the pod Pending with the provider's reason;
+//! - no `ShadowPod` yet: one is created;
+//! - the provider pod's status, once it has something to say, is copied onto the pod when it differs
+//!   in a field the reflection owns.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::PodStatus;
+use serde_json::json;
+
+/// The local pod, as the controller's cache holds it.
+#[derive(Clone, Debug, Default)]
+pub struct LocalPod<'a> {
+    /// Its namespace.
+    pub namespace: &'a str,
+    /// Its UID.
+    pub uid: &'a str,
+    /// Whether it is being deleted, and with what grace period (seconds).
+    pub deleting: Option<u32>,
+    /// Whether a DaemonSet owns it.
+    pub daemonset: bool,
+    /// Its status (slimmed: see [`slim_status`]).
+    pub status: Option<&'a PodStatus>,
+}
+
+/// The `ShadowPod` of the pod's name in the provider namespace.
+#[derive(Clone, Debug, Default)]
+pub struct Shadow<'a> {
+    /// The UID of the consumer pod it was made for.
+    pub origin_uid: Option<&'a str>,
+    /// Whether it is being deleted.
+    pub deleting: bool,
+    /// The provider's refusal (`<reason>: <message>`), if it refused it.
+    pub refusal: Option<&'a str>,
+}
+
+/// The peering the decision is made for (named in messages).
+#[derive(Clone, Copy, Debug)]
+pub struct Peering<'a> {
+    /// The provider's cluster ID.
+    pub provider: &'a str,
+    /// The virtual node's name.
+    pub node: &'a str,
+}
+
+/// What the provider side looks like, for a pod whose namespace is offloaded to this provider.
+#[derive(Clone, Debug, Default)]
+pub struct Remote<'a> {
+    /// The `ShadowPod` of that name, if any.
+    pub shadow: Option<Shadow<'a>>,
+    /// Whether a provider pod of that name exists, and its status as this cluster sees it (IPs
+    /// translated), if it reports one.
+    pub pod: Option<Option<PodStatus>>,
+}
+
+/// One thing to do. Effects are carried out in the order given; the first that fails stops the rest.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Keep the pod Pending with this reason and message (and an event saying so).
+    Refuse {
+        /// The pod status reason.
+        reason: &'static str,
+        /// What is wrong and the fix.
+        message: String,
+    },
+    /// Create the `ShadowPod` (from the whole pod, read once; the translation may still refuse it).
+    CreateShadow,
+    /// Delete the `ShadowPod` observed (precondition: its UID).
+    DeleteShadow,
+    /// Delete the provider pod with this grace period (seconds).
+    DeleteRemotePod(u32),
+    /// Merge this into the pod's status.
+    PatchStatus(serde_json::Value),
+    /// Finish the pod's deletion (grace 0, precondition: its UID), as a kubelet does.
+    Finalize,
+    /// Look again after this long (without it, the next change brings the pod back).
+    Requeue(Duration),
+}
+
+/// A `Refuse` effect, or nothing when the pod already says so (one event per refusal, not one per look).
+pub fn refuse(pod: &LocalPod<'_>, reason: &'static str, message: String) -> Option<Effect> {
+    let current = pod.status.and_then(|s| s.reason.as_deref());
+    (current != Some(reason)).then_some(Effect::Refuse { reason, message })
+}
+
+/// The effects for one pod. `remote` is `None` when the pod's namespace is not offloaded to this
+/// provider.
+pub fn decide(peering: Peering<'_>, pod: &LocalPod<'_>, remote: Option<&Remote<'_>>) -> Vec<Effect> {
+    let ns = pod.namespace;
+    let Some(remote) = remote else {
+        if pod.deleting.is_some() {
+            return vec![Effect::Finalize];
+        }
+        let message = format!(
+            "namespace {ns:?} is not offloaded to {}; fix: `ferryctl offload namespace {ns}`, or keep the pod off node {}",
+            peering.provider, peering.node
+        );
+        return refuse(pod, "NamespaceNotOffloaded", message)
+            .into_iter()
+            .collect();
+    };
+    let ours = remote.shadow.as_ref().filter(|s| s.origin_uid == Some(pod.uid));
+
+    if let Some(grace) = pod.deleting {
+        let mut effects = Vec::new();
+        if ours.is_some_and(|s| !s.deleting) {
+            effects.push(Effect::DeleteShadow);
+            effects.push(Effect::DeleteRemotePod(grace));
+        }
+        if ours.is_some() || remote.pod.is_some() {
+            // the provider pod terminates gracefully; its deletion event brings the pod back
+            effects.push(Effect::Requeue(Duration::from_secs(5)));
+        } else {
+            effects.push(Effect::Finalize);
+        }
+        return effects;
+    }
+
+    if pod.daemonset {
+        let message =
+            "a DaemonSet's pod belongs on local nodes; the virtual node is not a host to run it on".into();
+        return refuse(pod, "DaemonSetPod", message).into_iter().collect();
+    }
+    let mut effects = Vec::new();
+    match (&remote.shadow, ours) {
+        (Some(_), None) => {
+            // a pod of the same name from before (e.g. a StatefulSet's predecessor): replace it
+            return vec![Effect::DeleteShadow, Effect::Requeue(Duration::from_secs(1))];
+        }
+        (Some(_), Some(s)) => {
+            // the provider refused it (policy, grant, cordon): say why on the pod, which stays Pending
+            if let Some(why) = s.refusal
+                && remote.pod.is_none()
+            {
+                let why: String = why.chars().take(1024).collect();
+                let message = format!("provider {} refused the pod: {why}", peering.provider);
+                return refuse(pod, "ProviderRefused", message).into_iter().collect();
+            }
+        }
+        (None, _) => effects.push(Effect::CreateShadow),
+    }
+    if let Some(Some(want)) = &remote.pod
+        && let Some(patch) = status_patch(want, pod.status)
+    {
+        effects.push(Effect::PatchStatus(patch));
+    }
+    effects
+}
+
+/// The status patch that brings `have` to `want` (the provider pod's status in this cluster's view), or
+/// `None` when nothing the reflection owns differs or the provider pod is merely Pending with nothing to
+/// say yet. Fields the provider no longer reports are cleared, not left stale.
+pub fn status_patch(want: &PodStatus, have: Option<&PodStatus>) -> Option<serde_json::Value> {
+    let unschedulable = want
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "PodScheduled" && c.status == "False");
+    let news = want.phase.as_deref() != Some("Pending")
+        || want.reason.is_some()
+        || want.message.is_some()
+        || unschedulable;
+    let empty = PodStatus::default();
+    if !news || owned_fields(want) == owned_fields(have.unwrap_or(&empty)) {
+        return None;
+    }
+    let mut patch = json!({"status": want});
+    for k in ["reason", "message"] {
+        if patch["status"].get(k).is_none() {
+            patch["status"][k] = serde_json::Value::Null;
+        }
+    }
+    Some(patch)
+}
+
+/// The status fields the reflection owns, for comparison (so an unchanged status is not written again).
+pub fn owned_fields(s: &PodStatus) -> serde_json::Value {
+    json!({
+        "phase": s.phase, "podIP": s.pod_ip, "podIPs": s.pod_ips, "reason": s.reason, "message": s.message,
+        "conditions": s.conditions.iter().flatten().map(|c| (&c.type_, &c.status, &c.reason)).collect::<Vec<_>>(),
+        "containerStatuses": s.container_statuses.iter().flatten()
+            .map(|c| (&c.name, c.ready, c.restart_count, c.state.as_ref().map(|s| (s.running.is_some(), s.terminated.is_some()))))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// Keeps only what [`owned_fields`] compares (a local pod's cached status is never written back).
+pub fn slim_status(s: &mut PodStatus) {
+    s.host_ip = None;
+    s.host_ips = None;
+    s.start_time = None;
+    s.qos_class = None;
+    s.nominated_node_name = None;
+    s.init_container_statuses = None;
+    s.ephemeral_container_statuses = None;
+    for c in s.conditions.iter_mut().flatten() {
+        c.message = None;
+        c.last_probe_time = None;
+        c.last_transition_time = None;
+    }
+    for c in s.container_statuses.iter_mut().flatten() {
+        c.image = String::new();
+        c.image_id = String::new();
+        c.container_id = None;
+        c.last_state = None;
+        c.allocated_resources = None;
+        c.resources = None;
+        c.volume_mounts = None;
+        if let Some(st) = c.state.as_mut() {
+            st.waiting = None;
+            if let Some(r) = st.running.as_mut() {
+                r.started_at = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: Peering<'static> = Peering {
+        provider: "p1",
+        node: "ferry-p1",
+    };
+
+    fn status(v: serde_json::Value) -> PodStatus {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn pod<'a>(status: Option<&'a PodStatus>) -> LocalPod<'a> {
+        LocalPod {
+            namespace: "app",
+            uid: "u1",
+            status,
+            ..Default::default()
+        }
+    }
+
+    fn ours() -> Shadow<'static> {
+        Shadow {
+            origin_uid: Some("u1"),
+            ..Default::default()
+        }
+    }
+
+    fn remote(shadow: Option<Shadow<'_>>, pod: Option<Option<PodStatus>>) -> Remote<'_> {
+        Remote { shadow, pod }
+    }
+
+    fn reasons(effects: &[Effect]) -> Vec<&'static str> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Refuse { reason, .. } => Some(*reason),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_pod_in_a_namespace_not_offloaded_is_refused_once_naming_the_fix() {
+        let e = decide(P, &pod(None), None);
+        let [Effect::Refuse { reason, message }] = e.as_slice() else {
+            panic!("{e:?}")
+        };
+        assert_eq!(*reason, "NamespaceNotOffloaded");
+        assert!(message.contains("ferryctl offload namespace app") && message.contains("ferry-p1"));
+        // already says so: no second event, no second write
+        let st = status(json!({"phase": "Pending", "reason": "NamespaceNotOffloaded"}));
+        assert_eq!(decide(P, &pod(Some(&st)), None), vec![]);
+    }
+
+    #[test]
+    fn a_deleted_pod_whose_namespace_is_not_offloaded_is_finished_at_once() {
+        let p = LocalPod {
+            deleting: Some(30),
+            ..pod(None)
+        };
+        assert_eq!(decide(P, &p, None), vec![Effect::Finalize]);
+    }
+
+    #[test]
+    fn a_new_pod_gets_a_shadowpod() {
+        let r = remote(None, None);
+        assert_eq!(decide(P, &pod(None), Some(&r)), vec![Effect::CreateShadow]);
+    }
+
+    #[test]
+    fn a_deleted_pod_deletes_its_shadowpod_and_provider_pod_with_its_grace_and_waits() {
+        let p = LocalPod {
+            deleting: Some(7),
+            ..pod(None)
+        };
+        let r = remote(Some(ours()), Some(None));
+        assert_eq!(
+            decide(P, &p, Some(&r)),
+            vec![
+                Effect::DeleteShadow,
+                Effect::DeleteRemotePod(7),
+                Effect::Requeue(Duration::from_secs(5))
+            ]
+        );
+        // already being deleted: only wait
+        let going = Shadow {
+            deleting: true,
+            ..ours()
+        };
+        let r = remote(Some(going), Some(None));
+        assert_eq!(
+            decide(P, &p, Some(&r)),
+            vec![Effect::Requeue(Duration::from_secs(5))]
+        );
+        // all gone on the provider: finish
+        assert_eq!(decide(P, &p, Some(&remote(None, None))), vec![Effect::Finalize]);
+    }
+
+    #[test]
+    fn deleting_never_touches_a_shadowpod_made_for_another_pod() {
+        let p = LocalPod {
+            deleting: Some(30),
+            ..pod(None)
+        };
+        let other = Shadow {
+            origin_uid: Some("u0"),
+            ..Default::default()
+        };
+        // its pod still runs on the provider: wait for it, delete nothing
+        let r = remote(Some(other.clone()), Some(None));
+        assert_eq!(
+            decide(P, &p, Some(&r)),
+            vec![Effect::Requeue(Duration::from_secs(5))]
+        );
+        let r = remote(Some(other), None);
+        assert_eq!(decide(P, &p, Some(&r)), vec![Effect::Finalize]);
+    }
+
+    #[test]
+    fn a_daemonset_pod_is_refused() {
+        let p = LocalPod {
+            daemonset: true,
+            ..pod(None)
+        };
+        let e = decide(P, &p, Some(&remote(None, None)));
+        assert_eq!(reasons(&e), ["DaemonSetPod"]);
+        assert_eq!(e.len(), 1, "nothing is created: {e:?}");
+    }
+
+    #[test]
+    fn a_predecessors_shadowpod_is_replaced() {
+        let other = Shadow {
+            origin_uid: Some("u0"),
+            ..Default::default()
+        };
+        let r = remote(Some(other), Some(None));
+        assert_eq!(
+            decide(P, &pod(None), Some(&r)),
+            vec![Effect::DeleteShadow, Effect::Requeue(Duration::from_secs(1))]
+        );
+    }
+
+    #[test]
+    fn a_refusal_of_the_provider_shows_on_the_pod_bounded() {
+        let long = format!("Grant: {}", "x".repeat(5000));
+        let refused = Shadow {
+            refusal: Some(&long),
+            ..ours()
+        };
+        let r = remote(Some(refused.clone()), None);
+        let e = decide(P, &pod(None), Some(&r));
+        let [Effect::Refuse { reason, message }] = e.as_slice() else {
+            panic!("{e:?}")
+        };
+        assert_eq!(*reason, "ProviderRefused");
+        assert!(message.starts_with("provider p1 refused the pod: Grant: xxx"));
+        assert!(message.len() < 1100, "bounded: {}", message.len());
+        // once the provider runs a pod after all, its status wins over the old refusal
+        let running = status(json!({"phase": "Running"}));
+        let r = remote(Some(refused), Some(Some(running)));
+        assert!(matches!(
+            decide(P, &pod(None), Some(&r)).as_slice(),
+            [Effect::PatchStatus(_)]
+        ));
+    }
+
+    #[test]
+    fn the_provider_status_is_copied_when_it_differs_and_says_something() {
+        let running =
+            status(json!({"phase": "Running", "podIP": "10.1.0.7", "podIPs": [{"ip": "10.1.0.7"}]}));
+        let r = remote(Some(ours()), Some(Some(running.clone())));
+        let e = decide(P, &pod(None), Some(&r));
+        let [Effect::PatchStatus(patch)] = e.as_slice() else {
+            panic!("{e:?}")
+        };
+        assert_eq!(patch["status"]["podIP"], "10.1.0.7");
+        assert!(
+            patch["status"]["reason"].is_null() && patch["status"].get("reason").is_some(),
+            "cleared"
+        );
+        // the same status again: no write
+        assert_eq!(decide(P, &pod(Some(&running)), Some(&r)), vec![]);
+        // Pending with nothing to say: no write; unschedulable: written
+        let pending = status(json!({"phase": "Pending"}));
+        let r = remote(Some(ours()), Some(Some(pending)));
+        assert_eq!(decide(P, &pod(None), Some(&r)), vec![]);
+        let unsched =
+            status(json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False"}]}));
+        let r = remote(Some(ours()), Some(Some(unsched)));
+        assert!(matches!(
+            decide(P, &pod(None), Some(&r)).as_slice(),
+            [Effect::PatchStatus(_)]
+        ));
+    }
+
+    #[test]
+    fn slimming_a_cached_status_keeps_every_field_the_comparison_reads() {
+        let st = status(json!({
+            "phase": "Running", "podIP": "10.0.0.7", "podIPs": [{"ip": "10.0.0.7"}], "hostIP": "10.0.0.1",
+            "startTime": "2026-01-01T00:00:00Z", "qosClass": "BestEffort",
+            "conditions": [{"type": "Ready", "status": "True", "reason": "R", "message": "m",
+                            "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            "containerStatuses": [{"name": "c", "ready": true, "restartCount": 2, "image": "nginx", "imageID": "sha",
+                                   "containerID": "x://1", "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]
+        }));
+        let mut slim = st.clone();
+        slim_status(&mut slim);
+        assert_eq!(owned_fields(&slim), owned_fields(&st));
+        assert!(slim.host_ip.is_none() && slim.start_time.is_none());
+        assert_eq!(slim.container_statuses.as_ref().unwrap()[0].image, "");
+        let mut changed = st.clone();
+        changed.container_statuses.as_mut().unwrap()[0].restart_count = 3;
+        assert_ne!(
+            owned_fields(&slim),
+            owned_fields(&changed),
+            "a restart is still seen"
+        );
+        // and a slimmed cache compares equal to the full status: no write for an unchanged pod
+        assert_eq!(status_patch(&st, Some(&slim)), None);
+    }
+}
