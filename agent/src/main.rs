@@ -92,7 +92,7 @@ impl Args {
 async fn main() {
     ferry_plumbing::telemetry::init();
     if let Err(e) = run(Args::parse()).await {
-        eprintln!("ferry-agent: {e:#}");
+        eprintln!("ferry-agent: {}", ferry_plumbing::context::report(e.as_ref()));
         std::process::exit(1);
     }
 }

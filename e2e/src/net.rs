@@ -22,7 +22,7 @@ pub const POD_BRIDGE: &str = "pods0";
 pub const HOST_WAN_IF: &str = "wan0";
 
 fn ip(args: &[&str]) -> Result<String> {
-    run("ip", args)
+    Ok(run("ip", args)?)
 }
 
 /// `ip -n NS ...`
@@ -36,8 +36,8 @@ fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
     run(
         "ip",
         &["netns", "exec", ns, "sysctl", "-qw", &format!("{key}={value}")],
-    )
-    .map(|_| ())
+    )?;
+    Ok(())
 }
 
 /// Every network namespace whose name starts with `prefix`.

@@ -161,7 +161,7 @@ fn main() {
         .build()
         .expect("tokio runtime");
     if let Err(e) = rt.block_on(run(cli)) {
-        eprintln!("ferryctl: {e:#}");
+        eprintln!("ferryctl: {}", ferry_plumbing::context::report(e.as_ref()));
         std::process::exit(1);
     }
 }

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result, bail};
+use ferry_plumbing::context::Context;
+
+use crate::Result;
 use ferry_crds::{ForeignCluster, ForeignClusterSpec, PeeringRole};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -77,7 +79,7 @@ pub async fn request_peering(
     wanted_id: Option<&str>,
     resources: Resources,
 ) -> Result<String> {
-    let claims = crate::token::peek(token).map_err(|e| anyhow::anyhow!("--token: {e}"))?;
+    let claims = crate::token::peek(token).map_err(|e| invalid!("--token: {e}"))?;
     ensure_identity(client, wanted_id).await?;
     let provider = claims.iss.clone();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
@@ -195,7 +197,7 @@ pub async fn handshake(
     token: &str,
     net: &crate::wire::LocalNetwork,
 ) -> Result<Peered, HandshakeError> {
-    let transient = |e: anyhow::Error| HandshakeError::Transient(format!("{e:#}"));
+    let transient = |e: crate::Error| HandshakeError::Transient(format!("{e:#}"));
     let claims = crate::token::peek(token).map_err(|e| HandshakeError::Refused(format!("token: {e}")))?;
     let me = ensure_identity(client, None).await.map_err(transient)?;
     let provider = fc.spec.cluster_id.clone();
@@ -560,9 +562,9 @@ pub async fn renew_identity(client: &Client, provider: &str, renew_after: Option
     let renewed: crate::wire::RenewResponse = serde_json::from_slice(&resp)?;
     // the answer is checked as strictly as a peering's: same user, this new key, a later certificate
     let (_, pem) = x509_parser::pem::parse_x509_pem(renewed.certificate.as_bytes())
-        .map_err(|e| anyhow::anyhow!("renewed certificate is not PEM: {e}"))?;
+        .map_err(|e| invalid!("renewed certificate is not PEM: {e}"))?;
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&pem.contents)
-        .map_err(|e| anyhow::anyhow!("renewed certificate does not parse: {e}"))?;
+        .map_err(|e| invalid!("renewed certificate does not parse: {e}"))?;
     let (nb, na, cn) = cert_validity(&renewed.certificate).context("renewed certificate")?;
     if cn != user
         || cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw()
@@ -571,7 +573,7 @@ pub async fn renew_identity(client: &Client, provider: &str, renew_after: Option
         bail!("the renewed certificate is not for {user} and the new key, or not newer");
     }
     let kc = kube::config::Kubeconfig::from_yaml(&get("kubeconfig"))?;
-    check_kubeconfig(&kc).map_err(|e| anyhow::anyhow!("{e}"))?;
+    check_kubeconfig(&kc).map_err(|e| invalid!("{e}"))?;
     let cluster = kc.clusters[0].cluster.clone().unwrap_or_default();
     let ca = base64::Engine::decode(
         &base64::engine::general_purpose::STANDARD,

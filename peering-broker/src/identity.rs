@@ -29,7 +29,7 @@ pub struct ClusterIdentity {
 pub use ferry_crds::identity::text;
 
 /// Ensures `ferry-system` exists.
-pub async fn ensure_namespace(client: &Client) -> anyhow::Result<()> {
+pub async fn ensure_namespace(client: &Client) -> crate::Result<()> {
     let nss: Api<Namespace> = Api::all(client.clone());
     if nss.get_opt(SYSTEM_NAMESPACE).await?.is_none() {
         let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": SYSTEM_NAMESPACE } }))?;
@@ -43,21 +43,20 @@ pub async fn ensure_namespace(client: &Client) -> anyhow::Result<()> {
 }
 
 /// Reads the identity, creating it (with `wanted_id`, or one derived from kube-system's UID) if missing.
-pub async fn ensure_identity(client: &Client, wanted_id: Option<&str>) -> anyhow::Result<ClusterIdentity> {
+pub async fn ensure_identity(client: &Client, wanted_id: Option<&str>) -> crate::Result<ClusterIdentity> {
     ensure_namespace(client).await?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
     if let Some(s) = secrets.get_opt(IDENTITY_SECRET).await? {
-        let id =
-            text(&s, "clusterID").ok_or_else(|| anyhow::anyhow!("{IDENTITY_SECRET} has no clusterID"))?;
+        let id = text(&s, "clusterID").ok_or_else(|| invalid!("{IDENTITY_SECRET} has no clusterID"))?;
         if let Some(w) = wanted_id
             && w != id
         {
-            anyhow::bail!(
+            bail!(
                 "this cluster's ID is {id:?} (Secret {SYSTEM_NAMESPACE}/{IDENTITY_SECRET}), not {w:?}; fix: drop --cluster-id or delete that Secret to start over"
             );
         }
-        let key = ClusterKey::from_pem(&text(&s, "key.pem").unwrap_or_default())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let key =
+            ClusterKey::from_pem(&text(&s, "key.pem").unwrap_or_default()).map_err(|e| invalid!("{e}"))?;
         return Ok(ClusterIdentity { cluster_id: id, key });
     }
     let id = match wanted_id {
@@ -77,7 +76,7 @@ pub async fn ensure_identity(client: &Client, wanted_id: Option<&str>) -> anyhow
         }
     };
     id.parse::<crate::ClusterId>()
-        .map_err(|e| anyhow::anyhow!("--cluster-id: {e}"))?;
+        .map_err(|e| invalid!("--cluster-id: {e}"))?;
     let key = ClusterKey::generate();
     let mut s = Secret::default();
     s.metadata.name = Some(IDENTITY_SECRET.into());
@@ -101,7 +100,7 @@ pub async fn ensure_broker_tls(
     client: &Client,
     url: &str,
     hosts: &[String],
-) -> anyhow::Result<(String, String)> {
+) -> crate::Result<(String, String)> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
     let (cert, key) = match secrets.get_opt(BROKER_TLS_SECRET).await? {
         Some(s) => (
@@ -146,7 +145,7 @@ pub async fn ensure_broker_tls(
 
 /// Installs ferry's CRDs, or updates them to this version's schema (the chart ships the same YAML; an
 /// agent that starts against an older schema would otherwise see new fields pruned).
-pub async fn ensure_crds(client: &Client) -> anyhow::Result<()> {
+pub async fn ensure_crds(client: &Client) -> crate::Result<()> {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::ResourceExt;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -173,8 +172,8 @@ pub async fn ensure_crds(client: &Client) -> anyhow::Result<()> {
         );
         match tokio::time::timeout(std::time::Duration::from_secs(20), established).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => anyhow::bail!("waiting for CRD {name}: {e}"),
-            Err(_) => anyhow::bail!("CRD {name} is not Established after 20s"),
+            Ok(Err(e)) => bail!("waiting for CRD {name}: {e}"),
+            Err(_) => bail!("CRD {name} is not Established after 20s"),
         }
     }
     Ok(())

@@ -2,6 +2,20 @@
 //! token ([`token`]), the request/response bodies and proof of possession ([`wire`]), and every refusal
 //! with its HTTP status ([`error`]). Start reading at [`wire::PeeringRequest`].
 
+/// Refuses with a message naming the field and the fix: `return Err(Error::Invalid(format!(…)))`.
+macro_rules! bail {
+    ($($t:tt)*) => {
+        return Err($crate::Error::Invalid(format!($($t)*)))
+    };
+}
+
+/// An [`Error::Invalid`] with a formatted message naming the field and the fix.
+macro_rules! invalid {
+    ($($t:tt)*) => {
+        $crate::Error::Invalid(format!($($t)*))
+    };
+}
+
 pub mod consumer;
 pub mod error;
 pub mod exchange;
@@ -75,6 +89,54 @@ impl fmt::Display for ClusterId {
         f.write_str(&self.0)
     }
 }
+
+/// Errors of the peering machinery outside the broker's answers (those are [`error::BrokerError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An apiserver call failed.
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    /// A step failed; it names what was being done and keeps the cause as its source (a `kube::Error`
+    /// among them: [`ferry_plumbing::context::Failed::kube`]).
+    #[error(transparent)]
+    Failed(#[from] ferry_plumbing::context::Failed),
+    /// A watch failed.
+    #[error("watch: {0}")]
+    Watch(#[from] kube::runtime::watcher::Error),
+    /// A kubeconfig (the peering identity's) does not load.
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(#[from] kube::config::KubeconfigError),
+    /// Making a key, a CSR or a certificate failed.
+    #[error("certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+    /// A PEM block does not parse.
+    #[error("PEM: {0}")]
+    Pem(#[from] rustls::pki_types::pem::Error),
+    /// TLS set-up or a handshake failed.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The client-certificate verifier could not be built from the CA.
+    #[error("TLS client verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// A socket or file failed.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// A body or a stored document is not the JSON it must be.
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Text that must be UTF-8 is not.
+    #[error("not UTF-8: {0}")]
+    Utf8(#[from] std::string::FromUtf8Error),
+    /// Text that must be base64 is not.
+    #[error("not base64: {0}")]
+    Base64(#[from] base64::DecodeError),
+    /// Input or an answer that is not what it must be; the message names the field and the fix.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {

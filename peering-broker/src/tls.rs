@@ -16,7 +16,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// A fresh self-signed broker certificate for `hosts` (PEM cert, PEM key).
-pub fn self_signed(hosts: &[String]) -> anyhow::Result<(String, String)> {
+pub fn self_signed(hosts: &[String]) -> crate::Result<(String, String)> {
     let key = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::new(hosts.to_vec())?;
     params
@@ -26,7 +26,7 @@ pub fn self_signed(hosts: &[String]) -> anyhow::Result<(String, String)> {
 }
 
 /// SHA-256 (hex) of the first certificate in a PEM.
-pub fn pin_of_pem(cert_pem: &str) -> anyhow::Result<String> {
+pub fn pin_of_pem(cert_pem: &str) -> crate::Result<String> {
     let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())?;
     Ok(hex::encode(Sha256::digest(der.as_ref())))
 }
@@ -37,7 +37,7 @@ pub fn server_config(
     cert_pem: &str,
     key_pem: &str,
     client_ca_pem: &str,
-) -> anyhow::Result<rustls::ServerConfig> {
+) -> crate::Result<rustls::ServerConfig> {
     let certs = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes())?];
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
     let mut roots = rustls::RootCertStore::empty();
@@ -124,14 +124,14 @@ pub async fn request(
     path: &str,
     body: Option<&[u8]>,
     client: Option<ClientCert<'_>>,
-) -> anyhow::Result<(u16, Vec<u8>)> {
+) -> crate::Result<(u16, Vec<u8>)> {
     tokio::time::timeout(
         REQUEST_TIMEOUT,
         request_unbounded_in_time(url, pin, method, path, body, client),
     )
     .await
     .map_err(|_| {
-        anyhow::anyhow!(
+        invalid!(
             "{method} {url}{path}: no complete answer within {}s",
             REQUEST_TIMEOUT.as_secs()
         )
@@ -145,8 +145,8 @@ async fn request_unbounded_in_time(
     path: &str,
     body: Option<&[u8]>,
     client: Option<ClientCert<'_>>,
-) -> anyhow::Result<(u16, Vec<u8>)> {
-    use anyhow::Context;
+) -> crate::Result<(u16, Vec<u8>)> {
+    use ferry_plumbing::context::Context;
     let hostport = url
         .strip_prefix("https://")
         .context("broker URL must start with https://")?
@@ -190,7 +190,7 @@ async fn request_unbounded_in_time(
     // a server that closes without close_notify is fine once the body is in
     let _ = (&mut tls).take(MAX_RESPONSE + 1).read_to_end(&mut resp).await;
     if resp.len() as u64 > MAX_RESPONSE {
-        anyhow::bail!("the broker at {hostport} answered with more than {MAX_RESPONSE} bytes");
+        bail!("the broker at {hostport} answered with more than {MAX_RESPONSE} bytes");
     }
     let split = resp
         .windows(4)

@@ -75,12 +75,12 @@ pub fn parse_public(s: &str) -> Option<[u8; 32]> {
 }
 
 /// This cluster's WireGuard key: read from its Secret, or created there on first use.
-pub async fn ensure_key(client: &Client) -> anyhow::Result<WireGuardKey> {
+pub async fn ensure_key(client: &Client) -> crate::Result<WireGuardKey> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
     if let Some(s) = secrets.get_opt(WIREGUARD_SECRET).await? {
         let text = crate::identity::text(&s, "privateKey").unwrap_or_default();
         return WireGuardKey::from_b64(&text).ok_or_else(|| {
-            anyhow::anyhow!(
+            invalid!(
                 "Secret {SYSTEM_NAMESPACE}/{WIREGUARD_SECRET} has no valid privateKey; fix: delete it and restart ferry-agent (a new key is made)"
             )
         });

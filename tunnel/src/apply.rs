@@ -12,7 +12,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
-use anyhow::{Context, Result, bail};
+use crate::{Context, Result};
 
 use crate::plan::{GatewayPlan, GatewaySpec, Op};
 
@@ -135,17 +135,15 @@ pub fn create_interface_with(dev: &str, threads: usize) -> Result<Backend> {
     // a socket left by a killed process: no live device of that name exists here (the link add above
     // would have said so), so it is stale
     let _ = std::fs::remove_file(&socket);
-    std::fs::create_dir_all("/var/run/wireguard")?;
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    std::fs::create_dir_all("/var/run/wireguard").context("creating /var/run/wireguard")?;
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().context("a socket pair for the UAPI")?;
     let cfg = boringtun::device::DeviceConfig {
         n_threads: threads.max(1),
         uapi_fd: theirs.into_raw_fd(),
         ..Default::default()
     };
     let handle = boringtun::device::DeviceHandle::new(dev, cfg).map_err(|e| {
-        anyhow::anyhow!(
-            "boringtun could not create {dev}: {e:?}; fix: run as root with /dev/net/tun available"
-        )
+        invalid!("boringtun could not create {dev}: {e:?}; fix: run as root with /dev/net/tun available")
     })?;
     let listener = std::os::unix::net::UnixListener::bind(&socket)
         .with_context(|| format!("serving the UAPI socket {}", socket.display()))?;
@@ -163,7 +161,8 @@ pub fn create_interface_with(dev: &str, threads: usize) -> Result<Backend> {
                     let _ = relay_uapi(c, &device);
                 }
             }
-        })?;
+        })
+        .context("starting the UAPI thread")?;
     devices().lock().expect("lock").insert(
         dev.to_string(),
         Embedded {
@@ -204,19 +203,17 @@ pub struct WgSettings {
 /// Configures the interface's key, port and single peer (wireguard-control: netlink or UAPI).
 pub fn configure_wireguard(dev: &str, s: &WgSettings) -> Result<()> {
     use wireguard_control::{DeviceUpdate, InterfaceName, Key, PeerConfigBuilder};
-    let name: InterfaceName = dev
-        .parse()
-        .map_err(|e| anyhow::anyhow!("interface name {dev:?}: {e}"))?;
+    let name: InterfaceName = dev.parse().map_err(|e| invalid!("interface name {dev:?}: {e}"))?;
     let text = std::fs::read_to_string(&s.private_key_file)
         .with_context(|| format!("reading the private key {}", s.private_key_file))?;
     let key = Key::from_base64(text.trim()).map_err(|_| {
-        anyhow::anyhow!(
+        invalid!(
             "{}: not a WireGuard private key (base64 of 32 bytes); fix: write one with `wg genkey`",
             s.private_key_file
         )
     })?;
     let peer_key = Key::from_base64(s.peer_public_key.trim()).map_err(|_| {
-        anyhow::anyhow!(
+        invalid!(
             "peerPublicKey {:?} is not a WireGuard key (base64 of 32 bytes)",
             s.peer_public_key
         )
@@ -227,7 +224,7 @@ pub fn configure_wireguard(dev: &str, s: &WgSettings) -> Result<()> {
     for a in &s.allowed_ips {
         let n: ipnet::IpNet = a
             .parse()
-            .with_context(|| format!("allowed IP {a:?} is not a CIDR"))?;
+            .map_err(|e| invalid!("allowed IP {a:?} is not a CIDR: {e}"))?;
         peer = peer.add_allowed_ip(n.addr(), n.prefix_len());
     }
     if let Some(e) = s.peer_endpoint {
@@ -246,7 +243,7 @@ pub fn configure_wireguard(dev: &str, s: &WgSettings) -> Result<()> {
 /// Applies the plan's ops in order. On error nothing stays behind: the caller calls [`undo`].
 pub fn apply(plan: &GatewayPlan) -> Result<()> {
     for op in &plan.apply {
-        apply_op(op).with_context(|| format!("applying {op:?}"))?;
+        apply_op(op).map_err(|e| invalid!("applying {op:?}: {e}"))?;
     }
     Ok(())
 }
@@ -299,8 +296,13 @@ pub fn load_nft(ruleset: &str) -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .context("running nft; fix: apt-get install nftables (make deps)")?;
-    child.stdin.take().expect("piped").write_all(ruleset.as_bytes())?;
-    let out = child.wait_with_output()?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(ruleset.as_bytes())
+        .context("writing the ruleset to nft")?;
+    let out = child.wait_with_output().context("waiting for nft")?;
     if !out.status.success() {
         bail!(
             "nft refused the ruleset: {}",

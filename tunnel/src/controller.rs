@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use crate::{Context, Result};
 use ferry_crds::{PeerNetwork, PeerNetworkSpec};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -43,7 +43,7 @@ pub struct ServeOptions {
 /// The gateway config for one `PeerNetwork`. Errors name the `PeerNetwork` field and the fix.
 pub fn config_for(spec: &PeerNetworkSpec, opts: &ServeOptions, key_file: &str) -> Result<GatewayConfig> {
     let missing = |field: &str| {
-        anyhow::anyhow!(
+        invalid!(
             "spec.{field} is missing; fix: peer again with this version of ferry (the handshake assigns the tunnel link)"
         )
     };
@@ -56,12 +56,10 @@ pub fn config_for(spec: &PeerNetworkSpec, opts: &ServeOptions, key_file: &str) -
         .next()
         .and_then(|a| a.parse().ok())
         .ok_or_else(|| {
-            anyhow::anyhow!(
-                "spec.tunnelAddress {tunnel:?} is not an address/prefix; fix: e.g. 169.254.64.1/30"
-            )
+            invalid!("spec.tunnelAddress {tunnel:?} is not an address/prefix; fix: e.g. 169.254.64.1/30")
         })?;
     let slot = crate::ipam::tunnel_slot(tunnel_ip).ok_or_else(|| {
-        anyhow::anyhow!(
+        invalid!(
             "spec.tunnelAddress {tunnel:?} is outside {}; fix: peer again",
             crate::ipam::TUNNEL_LINKS
         )
@@ -71,13 +69,13 @@ pub fn config_for(spec: &PeerNetworkSpec, opts: &ServeOptions, key_file: &str) -
         .as_deref()
         .ok_or_else(|| missing("peerTunnelAddress"))?;
     let remote_tunnel_addr: IpAddr = peer_tunnel.parse().map_err(|_| {
-        anyhow::anyhow!("spec.peerTunnelAddress {peer_tunnel:?} is not an IP address; fix: peer again")
+        invalid!("spec.peerTunnelAddress {peer_tunnel:?} is not an IP address; fix: peer again")
     })?;
     let listen_port = spec.listen_port.ok_or_else(|| missing("listenPort"))?;
     let peer_endpoint = match spec.peer_endpoint.as_deref() {
         None => None,
         Some(e) => Some(e.parse::<SocketAddr>().map_err(|_| {
-            anyhow::anyhow!("spec.peerEndpoint {e:?} is not IP:port; fix: start the provider's agent with --gateway-endpoint <IP>:<port> and peer again")
+            invalid!("spec.peerEndpoint {e:?} is not IP:port; fix: start the provider's agent with --gateway-endpoint <IP>:<port> and peer again")
         })?),
     };
     Ok(GatewayConfig {
@@ -162,7 +160,12 @@ async fn patch_status(api: &Api<PeerNetwork>, name: &str, body: &serde_json::Val
 /// Reads the WireGuard key from its Secret (waiting for ferry-agent to make it) into `state_dir/wireguard.key`.
 async fn key_file(client: &Client, state_dir: &std::path::Path) -> Result<String> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), KEY_SECRET.0);
-    if secrets.get_opt(KEY_SECRET.1).await?.is_none() {
+    if secrets
+        .get_opt(KEY_SECRET.1)
+        .await
+        .with_context(|| format!("reading Secret {}/{}", KEY_SECRET.0, KEY_SECRET.1))?
+        .is_none()
+    {
         info!(
             "waiting for Secret {}/{} (ferry-agent makes it)",
             KEY_SECRET.0, KEY_SECRET.1
@@ -170,21 +173,23 @@ async fn key_file(client: &Client, state_dir: &std::path::Path) -> Result<String
     }
     // by watch: the Secret appears when ferry-agent first starts
     let s = kube::runtime::wait::await_condition(secrets, KEY_SECRET.1, |s: Option<&Secret>| s.is_some())
-        .await?
-        .with_context(|| format!("Secret {}/{} vanished", KEY_SECRET.0, KEY_SECRET.1))?;
+        .await
+        .map_err(|e| invalid!("waiting for Secret {}/{}: {e}", KEY_SECRET.0, KEY_SECRET.1))?
+        .ok_or_else(|| invalid!("Secret {}/{} vanished", KEY_SECRET.0, KEY_SECRET.1))?;
     let key = s
         .data
         .as_ref()
         .and_then(|d| d.get("privateKey"))
         .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
         .filter(|k| !k.is_empty())
-        .with_context(|| {
-            format!(
+        .ok_or_else(|| {
+            invalid!(
                 "Secret {}/{} has no privateKey; fix: delete it and restart ferry-agent",
-                KEY_SECRET.0, KEY_SECRET.1
+                KEY_SECRET.0,
+                KEY_SECRET.1
             )
         })?;
-    std::fs::create_dir_all(state_dir)?;
+    std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
     let path = state_dir.join("wireguard.key");
     {
         use std::io::Write;
@@ -196,7 +201,8 @@ async fn key_file(client: &Client, state_dir: &std::path::Path) -> Result<String
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("writing {}", path.display()))?;
-        f.write_all(key.as_bytes())?;
+        f.write_all(key.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(path.to_string_lossy().into_owned())
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use crate::{Context, Result};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -135,9 +135,7 @@ fn parse_cidrs(field: &str, list: &[String]) -> Result<Vec<IpNet>> {
     list.iter()
         .map(|s| {
             let n: IpNet = s.parse().map_err(|e| {
-                anyhow::anyhow!(
-                    "{field}: {s:?} is not a CIDR ({e}); fix: write a prefix such as 10.244.0.0/16"
-                )
+                invalid!("{field}: {s:?} is not a CIDR ({e}); fix: write a prefix such as 10.244.0.0/16")
             })?;
             if n.trunc() != n {
                 bail!("{field}: {s:?} has host bits set; fix: use {}", n.trunc());
@@ -194,7 +192,7 @@ impl GatewayConfig {
                 .collect();
         }
         let local_tunnel: IpNet = self.local_tunnel_addr.parse().map_err(|e| {
-            anyhow::anyhow!(
+            invalid!(
                 "localTunnelAddr: {:?} is not an address with prefix ({e}); fix: e.g. 169.254.77.1/30",
                 self.local_tunnel_addr
             )
@@ -219,9 +217,7 @@ impl GatewayConfig {
             Some(m) => m,
             None => {
                 MtuPlan::compute(path_mtu, &[Encap::WireGuard], outer_v6, inner_v6)
-                    .map_err(|e| {
-                        anyhow::anyhow!("{e}").context(format!("path MTU {path_mtu} to peer {}", self.peer))
-                    })?
+                    .map_err(|e| invalid!("path MTU {path_mtu} to peer {}: {e}", self.peer))?
                     .mtu
             }
         };
@@ -239,8 +235,11 @@ impl GatewayConfig {
     }
 
     fn save_remaps(&self, spec: &GatewaySpec) -> Result<()> {
-        std::fs::create_dir_all(&self.state_dir)?;
-        std::fs::write(self.remaps_file(), serde_json::to_string_pretty(&spec.remaps)?)?;
+        std::fs::create_dir_all(&self.state_dir)
+            .with_context(|| format!("creating {}", self.state_dir.display()))?;
+        let text = serde_json::to_string_pretty(&spec.remaps).expect("remaps serialise");
+        std::fs::write(self.remaps_file(), text)
+            .with_context(|| format!("writing {}", self.remaps_file().display()))?;
         Ok(())
     }
 
@@ -411,7 +410,9 @@ async fn watch(
         }
         None => None,
     };
-    let hb_sock = tokio::net::UdpSocket::bind(SocketAddr::new(local_tunnel_ip, 0)).await?;
+    let hb_sock = tokio::net::UdpSocket::bind(SocketAddr::new(local_tunnel_ip, 0))
+        .await
+        .with_context(|| format!("binding the heartbeat socket on {local_tunnel_ip}"))?;
     let peer = SocketAddr::new(spec.remote_tunnel_addr, cfg.probe_port());
     let mut last_ok: Option<Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -463,8 +464,10 @@ async fn watch(
                     r.send_replace(status.clone());
                 }
                 let tmp = cfg.status_file().with_extension("tmp");
-                std::fs::write(&tmp, serde_json::to_string_pretty(status)?)?;
-                std::fs::rename(&tmp, cfg.status_file())?;
+                let text = serde_json::to_string_pretty(status).expect("status serialises");
+                std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+                std::fs::rename(&tmp, cfg.status_file())
+                    .with_context(|| format!("writing {}", cfg.status_file().display()))?;
             }
         }
     }
@@ -478,7 +481,7 @@ async fn watch(
 /// Loads a config file; errors name the file and the field.
 pub fn load(path: &std::path::Path) -> Result<GatewayConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not a valid gateway config", path.display()))
+    serde_json::from_str(&text).map_err(|e| invalid!("{}: not a valid gateway config: {e}", path.display()))
 }
 
 #[cfg(test)]

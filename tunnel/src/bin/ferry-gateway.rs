@@ -84,14 +84,14 @@ fn main() {
         .build()
         .expect("runtime");
     if let Err(e) = rt.block_on(run(Cli::parse())) {
-        eprintln!("ferry-gateway: {e:#}");
+        eprintln!("ferry-gateway: {}", ferry_plumbing::context::report(e.as_ref()));
         std::process::exit(1);
     }
 }
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Up { config } => gateway::run(gateway::load(&config)?).await,
+        Cmd::Up { config } => Ok(gateway::run(gateway::load(&config)?).await?),
         Cmd::Plan { config, path_mtu } => {
             let p = gateway::load(&config)?.prepare(path_mtu)?;
             let plan = p.spec.plan()?;
@@ -125,7 +125,7 @@ async fn run(cli: Cli) -> Result<()> {
                 remap_pool,
                 metrics_addr,
             };
-            ferry_tunnel::controller::serve(client, opts).await
+            Ok(ferry_tunnel::controller::serve(client, opts).await?)
         }
         Cmd::Device { name, threads } => {
             let backend = ferry_tunnel::apply::create_interface_with(&name, threads)?;
