@@ -12,9 +12,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 use ferry_peering_broker::{identity, provider, server, wire::Resources};
-use ferry_plumbing::admin;
+use ferry_plumbing::{admin, flags};
+use ipnet::IpNet;
 
-#[derive(Parser)]
+#[derive(Debug, Parser)]
 #[command(
     name = "ferry-agent",
     version,
@@ -25,39 +26,39 @@ struct Args {
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: PathBuf,
     /// This cluster's ID (default: from the identity Secret, or derived on first start).
-    #[arg(long)]
+    #[arg(long, env = "FERRY_CLUSTER_ID")]
     cluster_id: Option<String>,
     /// Where the broker listens.
-    #[arg(long, default_value = "127.0.0.1:8443")]
+    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:8443", value_parser = flags::host_port)]
     listen: String,
     /// The broker URL consumers dial (default: https://<listen>).
-    #[arg(long)]
+    #[arg(long, env = "FERRY_BROKER_URL", value_parser = https_url)]
     broker_url: Option<String>,
     /// This cluster's pod CIDRs (told to consumers).
-    #[arg(long = "pod-cidr")]
-    pod_cidrs: Vec<String>,
+    #[arg(long = "pod-cidr", env = "FERRY_POD_CIDRS", value_delimiter = ',', value_parser = flags::cidr)]
+    pod_cidrs: Vec<IpNet>,
     /// This cluster's service CIDRs (told to peers).
-    #[arg(long = "service-cidr")]
-    service_cidrs: Vec<String>,
+    #[arg(long = "service-cidr", env = "FERRY_SERVICE_CIDRS", value_delimiter = ',', value_parser = flags::cidr)]
+    service_cidrs: Vec<IpNet>,
     /// Where this cluster's gateway can be reached (`host:port`; peering link n uses port + 2n). A provider
     /// tells consumers, which dial it; a consumer tells providers, which then dial it too (a provider
     /// behind NAT announces none, and only the consumer is dialled).
-    #[arg(long)]
+    #[arg(long, env = "FERRY_GATEWAY_ENDPOINT", value_parser = flags::host_port)]
     gateway_endpoint: Option<String>,
     /// Most CPU one tenant is granted.
-    #[arg(long, default_value = "8")]
+    #[arg(long, env = "FERRY_QUOTA_CPU", default_value = "8", value_parser = quantity)]
     quota_cpu: String,
     /// Most memory one tenant is granted.
-    #[arg(long, default_value = "16Gi")]
+    #[arg(long, env = "FERRY_QUOTA_MEMORY", default_value = "16Gi", value_parser = quantity)]
     quota_memory: String,
     /// Where the pod admission webhook listens (consumer role); empty: no webhook.
-    #[arg(long, default_value = "")]
+    #[arg(long, env = "FERRY_WEBHOOK_LISTEN", default_value = "", value_parser = empty_or_host_port)]
     webhook_listen: String,
     /// The URL the apiserver calls the webhook at (default: https://<webhook-listen>).
-    #[arg(long)]
+    #[arg(long, env = "FERRY_WEBHOOK_URL", value_parser = https_url)]
     webhook_url: Option<String>,
     /// Most pods one tenant is granted.
-    #[arg(long, default_value = "110")]
+    #[arg(long, env = "FERRY_QUOTA_PODS", default_value = "110", value_parser = quantity)]
     quota_pods: String,
     /// Connections the broker and the webhook each hold at once; more are closed at once.
     #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
@@ -72,8 +73,38 @@ struct Args {
     #[arg(long, env = "FERRY_RENEW_AFTER_SECONDS")]
     renew_after_seconds: Option<i64>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served (plain HTTP; never the broker's port).
-    #[arg(long, env = "FERRY_ADMIN_LISTEN")]
+    #[arg(long, env = "FERRY_ADMIN_LISTEN", value_parser = flags::host_port)]
     admin_listen: Option<String>,
+}
+
+/// A resource quantity within ferry's bounds (`8`, `500m`, `16Gi`).
+fn quantity(s: &str) -> std::result::Result<String, String> {
+    ferry_virtual_kubelet::quantity::parse_bounded(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("{e}; fix: a Kubernetes quantity such as 8, 500m or 16Gi"))
+}
+
+/// An `https://` URL (what the apiserver and consumers dial).
+fn https_url(s: &str) -> std::result::Result<String, String> {
+    match s.strip_prefix("https://") {
+        Some(rest) if !rest.is_empty() => Ok(s.to_string()),
+        _ => Err(format!(
+            "{s:?} is not an https:// URL; fix: e.g. https://broker.example:8443"
+        )),
+    }
+}
+
+/// Empty (off) or `host:port`.
+fn empty_or_host_port(s: &str) -> std::result::Result<String, String> {
+    if s.is_empty() {
+        Ok(String::new())
+    } else {
+        flags::host_port(s)
+    }
+}
+
+fn strings(cidrs: &[IpNet]) -> Vec<String> {
+    cidrs.iter().map(ToString::to_string).collect()
 }
 
 impl Args {
@@ -108,13 +139,6 @@ fn host_of(listen: &str) -> String {
 async fn run(a: Args) -> Result<()> {
     server::raise_fd_limit();
     let limits = a.limits();
-    for (flag, q) in [
-        ("--quota-cpu", &a.quota_cpu),
-        ("--quota-memory", &a.quota_memory),
-        ("--quota-pods", &a.quota_pods),
-    ] {
-        ferry_virtual_kubelet::quantity::parse_bounded(q).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
-    }
     let (api_server, ca_pem) = ferry_plumbing::client::server_and_ca(&a.kubeconfig)
         .map_err(|e| anyhow::anyhow!("--kubeconfig: {e}"))?;
     let client = ferry_plumbing::client::connect(Some(&a.kubeconfig)).await?;
@@ -135,8 +159,8 @@ async fn run(a: Args) -> Result<()> {
         .await
         .context("the WireGuard key")?;
     let network = ferry_peering_broker::wire::LocalNetwork {
-        pod_cidrs: a.pod_cidrs.clone(),
-        service_cidrs: a.service_cidrs.clone(),
+        pod_cidrs: strings(&a.pod_cidrs),
+        service_cidrs: strings(&a.service_cidrs),
         wireguard_public_key: wg.public_b64(),
         gateway_endpoint: a.gateway_endpoint.clone(),
     };
@@ -151,21 +175,14 @@ async fn run(a: Args) -> Result<()> {
             memory: Some(a.quota_memory),
             pods: Some(a.quota_pods),
         },
-        pod_cidrs: a.pod_cidrs.clone(),
+        pod_cidrs: strings(&a.pod_cidrs),
         network: network.clone(),
         mcs: Default::default(),
     });
     let listener = server::listen(&a.listen)
         .await
         .with_context(|| format!("--listen {}", a.listen))?;
-    let local_cidrs: Vec<ipnet::IpNet> = a
-        .pod_cidrs
-        .iter()
-        .map(|c| {
-            c.parse()
-                .with_context(|| format!("--pod-cidr {c:?} is not a CIDR; fix: e.g. 10.244.0.0/16"))
-        })
-        .collect::<Result<_>>()?;
+    let local_cidrs = a.pod_cidrs.clone();
     let client = p.client.clone();
     let webhook = async {
         if a.webhook_listen.is_empty() {
@@ -229,4 +246,39 @@ fn metrics(p: Arc<provider::Provider>) -> admin::Render {
             "# HELP ferry_agent_mcs_peers peers whose exports this agent holds\n# TYPE ferry_agent_mcs_peers gauge\nferry_agent_mcs_peers {tenants}\n"
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> std::result::Result<Args, String> {
+        let mut argv = vec!["ferry-agent", "--kubeconfig", "/k"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn bad_flags_are_refused_before_anything_is_written_naming_the_flag_and_the_fix() {
+        let a = parse(&[
+            "--pod-cidr",
+            "10.244.0.0/16,fd00:10:244::/48",
+            "--quota-cpu",
+            "500m",
+        ])
+        .unwrap();
+        assert_eq!(strings(&a.pod_cidrs), ["10.244.0.0/16", "fd00:10:244::/48"]);
+        for (flags, want) in [
+            (&["--pod-cidr", "10.244.0.0/33"][..], "--pod-cidr"),
+            (&["--service-cidr", "10.96.1.0/12"][..], "host bits"),
+            (&["--quota-memory", "lots"][..], "--quota-memory"),
+            (&["--quota-pods=-3"][..], "--quota-pods"),
+            (&["--listen", "8443"][..], "--listen"),
+            (&["--gateway-endpoint", "198.18.2.2"][..], "--gateway-endpoint"),
+            (&["--broker-url", "http://x:1"][..], "https://"),
+        ] {
+            let e = parse(flags).unwrap_err();
+            assert!(e.contains(want) && e.contains("fix:"), "{flags:?}: {e}");
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! What every ferry binary shares, and nothing else: building a client ([`client`]), finding the version
 //! of an API a cluster serves ([`discovery`]), writing status conditions with one timestamp format and one
-//! `lastTransitionTime` rule ([`conditions`]), errors that name the failed step ([`context`]), the plain-HTTP admin server with `/metrics`, `/healthz` and
+//! `lastTransitionTime` rule ([`conditions`]), errors that name the failed step ([`context`]), flag value parsers that refuse bad input up front ([`flags`]), the plain-HTTP admin server with `/metrics`, `/healthz` and
 //! `/readyz` ([`admin`]), listening with connection limits where peers reach ([`listen`]), tracing set-up ([`telemetry`]), reflector stores whose changes trigger a
 //! reconcile ([`triggers`]), and, behind the `fixtures` feature, builders and a mocked apiserver for
 //! controller tests ([`fixtures`]).
@@ -14,6 +14,7 @@ pub mod context;
 pub mod discovery;
 #[cfg(feature = "fixtures")]
 pub mod fixtures;
+pub mod flags;
 pub mod listen;
 pub mod telemetry;
 pub mod triggers;

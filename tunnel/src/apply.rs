@@ -277,6 +277,34 @@ fn apply_op(op: &Op) -> Result<()> {
             Ok(())
         }
         Op::LoadNft { ruleset, .. } => load_nft(ruleset),
+        Op::DeleteNft { table } => {
+            if run("nft", &["list", "table", "inet", table]).is_ok() {
+                run("nft", &["delete", "table", "inet", table])?;
+            }
+            Ok(())
+        }
+        Op::DeleteRules { mark, table, v6 } => {
+            let fam = if *v6 { "-6" } else { "-4" };
+            let (m, t) = (format!("{mark:#x}"), table.to_string());
+            while rule_exists(*mark, *v6) {
+                run("ip", &[fam, "rule", "del", "fwmark", &m, "table", &t])?;
+            }
+            Ok(())
+        }
+        Op::FlushTable { table, v6 } => {
+            let fam = if *v6 { "-6" } else { "-4" };
+            // flushing an empty or unknown table fails; that is the state wanted
+            let _ = run("ip", &[fam, "route", "flush", "table", &table.to_string()]);
+            Ok(())
+        }
+        Op::DeleteLink { dev } => {
+            remove_device(dev);
+            if run("ip", &["link", "show", "dev", dev]).is_ok() {
+                run("ip", &["link", "del", "dev", dev])?;
+            }
+            let _ = std::fs::remove_file(format!("/var/run/wireguard/{dev}.sock"));
+            Ok(())
+        }
     }
 }
 
@@ -321,30 +349,14 @@ pub fn intact(spec: &GatewaySpec) -> bool {
         && (!v6 || rule_exists(spec.mark, true))
 }
 
-/// Removes everything the plan may have made: nft table, policy rules, the routing table, the interface.
-/// Idempotent; errors are ignored (it is also the cleanup after a failed apply).
+/// Carries out the spec's teardown ([`GatewaySpec::teardown`]): nft table, policy rules, the routing
+/// table, the interface. Idempotent; each op is best-effort (it is also the cleanup after a failed apply).
 pub fn undo(spec: &GatewaySpec) {
-    let _ = run("nft", &["delete", "table", "inet", &spec.nft_table()]);
-    for fam in ["-4", "-6"] {
-        while run(
-            "ip",
-            &[
-                fam,
-                "rule",
-                "del",
-                "fwmark",
-                &format!("{:#x}", spec.mark),
-                "table",
-                &spec.mark.to_string(),
-            ],
-        )
-        .is_ok()
-        {}
-        let _ = run("ip", &[fam, "route", "flush", "table", &spec.mark.to_string()]);
+    for op in spec.teardown() {
+        if let Err(e) = apply_op(&op) {
+            tracing::debug!("teardown {op:?}: {e}");
+        }
     }
-    remove_device(&spec.interface);
-    let _ = run("ip", &["link", "del", "dev", &spec.interface]);
-    let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", spec.interface));
 }
 
 /// The interface's peer: (seconds since the last handshake, bytes received, bytes sent), through

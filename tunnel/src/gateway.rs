@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::apply::{self, WgSettings};
+use crate::health::{Effect, Health, Observed, step};
 use crate::ipam;
 use crate::mtu::{Encap, MtuPlan};
 use crate::plan::GatewaySpec;
@@ -387,6 +388,24 @@ pub async fn run_until(
     result
 }
 
+/// Reads WireGuard's counters and checks the rules, off the async threads and bounded: a WireGuard
+/// device that does not answer its UAPI must not stall the heartbeats or SIGTERM handling.
+async fn check_host(spec: &GatewaySpec) -> Observed {
+    let (dev, s2) = (spec.interface.clone(), spec.clone());
+    let checked = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::task::spawn_blocking(move || (apply::wg_counters(&dev), apply::intact(&s2))),
+    )
+    .await;
+    match checked {
+        Ok(Ok((counters, intact))) => Observed::HostCheck {
+            counters: counters.map(|(_, rx, tx)| (rx, tx)),
+            intact,
+        },
+        _ => Observed::HostCheckTimedOut,
+    }
+}
+
 async fn watch(
     cfg: &GatewayConfig,
     spec: &GatewaySpec,
@@ -414,60 +433,58 @@ async fn watch(
         .await
         .with_context(|| format!("binding the heartbeat socket on {local_tunnel_ip}"))?;
     let peer = SocketAddr::new(spec.remote_tunnel_addr, cfg.probe_port());
-    let mut last_ok: Option<Instant> = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut ticks: u64 = 0;
+    let up = Instant::now();
+    let mut health = Health::default();
+    let mut tick = tokio::time::interval(crate::health::HEARTBEAT);
     loop {
         tokio::select! {
             _ = &mut stop => break,
             _ = tick.tick() => {
                 let rtt = crate::probe::heartbeat(&hb_sock, peer, Duration::from_millis(450)).await;
-                if let Some(rtt) = rtt {
-                    last_ok = Some(Instant::now());
-                    status.latency_ms = Some(rtt.as_secs_f64() * 1000.0);
-                }
-                let age = last_ok.map(|t| t.elapsed());
-                let connected = age.is_some_and(|a| a < Duration::from_millis(1500));
-                if connected != status.connected {
-                    info!(peer = cfg.peer, connected, "tunnel health changed");
-                }
-                status.connected = connected;
-                status.phase = if connected { "Connected" } else { "NotConnected" }.into();
-                status.last_heartbeat_age_ms = age.map(|a| a.as_millis() as u64);
-                // counters and the rule check spawn processes: every 4th tick (2 s), not on the hot 500 ms path
-                ticks += 1;
-                if ticks % 4 == 1 {
-                    // off the async threads and bounded: a WireGuard device that does not answer its UAPI
-                    // must not stall the heartbeats or SIGTERM handling
-                    let (dev, s2) = (spec.interface.clone(), spec.clone());
-                    let checked = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        tokio::task::spawn_blocking(move || (apply::wg_counters(&dev), apply::intact(&s2))),
-                    )
-                    .await;
-                    let Ok(Ok((counters, intact))) = checked else {
-                        warn!(interface = spec.interface, "WireGuard counters / rule check did not answer within 1 s");
-                        continue;
-                    };
-                    if let Some((_, rx, tx)) = counters {
-                        status.rx_bytes = rx;
-                        status.tx_bytes = tx;
+                let (h, effects) = step(health, Observed::Heartbeat { now: up.elapsed(), rtt });
+                health = h;
+                for effect in effects {
+                    match effect {
+                        Effect::Changed { connected } => info!(peer = cfg.peer, connected, "tunnel health changed"),
+                        Effect::CheckHost => {
+                            let observed = check_host(spec).await;
+                            let (h, more) = step(health, observed);
+                            health = h;
+                            for e in more {
+                                match e {
+                                    Effect::Reapply => {
+                                        warn!(table = spec.nft_table(), "rules removed by someone else; re-applying");
+                                        apply::apply(&spec.plan()?)?;
+                                    }
+                                    Effect::CheckStuck => warn!(
+                                        interface = spec.interface,
+                                        "WireGuard counters / rule check did not answer within 1 s"
+                                    ),
+                                    _ => {}
+                                }
+                            }
+                        }
+                        Effect::Report => {
+                            status.connected = health.connected;
+                            status.phase = health.phase().into();
+                            status.latency_ms = health.latency_ms;
+                            status.last_heartbeat_age_ms = health.last_heartbeat_age_ms;
+                            status.rx_bytes = health.rx_bytes;
+                            status.tx_bytes = health.tx_bytes;
+                            status.reapplied = health.reapplied;
+                            metrics.observe(status);
+                            if let Some(r) = &report {
+                                r.send_replace(status.clone());
+                            }
+                            let tmp = cfg.status_file().with_extension("tmp");
+                            let text = serde_json::to_string_pretty(status).expect("status serialises");
+                            std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+                            std::fs::rename(&tmp, cfg.status_file())
+                                .with_context(|| format!("writing {}", cfg.status_file().display()))?;
+                        }
+                        Effect::Reapply | Effect::CheckStuck => {}
                     }
-                    if !intact {
-                        warn!(table = spec.nft_table(), "rules removed by someone else; re-applying");
-                        apply::apply(&spec.plan()?)?;
-                        status.reapplied += 1;
-                    }
                 }
-                metrics.observe(status);
-                if let Some(r) = &report {
-                    r.send_replace(status.clone());
-                }
-                let tmp = cfg.status_file().with_extension("tmp");
-                let text = serde_json::to_string_pretty(status).expect("status serialises");
-                std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-                std::fs::rename(&tmp, cfg.status_file())
-                    .with_context(|| format!("writing {}", cfg.status_file().display()))?;
             }
         }
     }

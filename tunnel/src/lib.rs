@@ -1,6 +1,7 @@
 //! ferry's datapath. The sans-IO planner lives here as plain functions on plain data: [`ipam`] (1:1
 //! remaps of overlapping CIDRs, tunnel links), [`plan`] (typed ops and the nftables ruleset) and [`mtu`]
-//! (the MTU/MSS calculator for an encapsulation stack); [`remaps`] is the one place a peer's remaps are read
+//! (the MTU/MSS calculator for an encapsulation stack), [`health`] (the tunnel's health as `step(state,
+//! observed) -> (state, effects)`); [`remaps`] is the one place a peer's remaps are read
 //! from (feature `client`: the `PeerNetwork` the gateway wrote). With the default feature `gateway`: the thin apply
 //! layer ([`apply`]: `ip`, `nft`, WireGuard through wireguard-control, boringtun embedded), the gateway
 //! runtime ([`gateway`], [`probe`], [`metrics`]) and its in-cluster mode ([`controller`]). Crates that
@@ -28,6 +29,7 @@ pub mod apply;
 pub mod controller;
 #[cfg(feature = "gateway")]
 pub mod gateway;
+pub mod health;
 pub mod ipam;
 #[cfg(feature = "gateway")]
 pub mod metrics;

@@ -85,6 +85,44 @@ pub enum Op {
         /// The full `nft -f` text.
         ruleset: String,
     },
+    /// Teardown: delete the nftables table (family `inet`), if it exists.
+    DeleteNft {
+        /// Table name.
+        table: String,
+    },
+    /// Teardown: delete every policy rule `fwmark mark → table` of a family (there may be several
+    /// left by crashed runs).
+    DeleteRules {
+        /// fwmark.
+        mark: u32,
+        /// Table.
+        table: u32,
+        /// IPv6 rules (else IPv4).
+        v6: bool,
+    },
+    /// Teardown: flush a routing table of a family.
+    FlushTable {
+        /// Table.
+        table: u32,
+        /// IPv6 (else IPv4).
+        v6: bool,
+    },
+    /// Teardown: delete the interface (its addresses and main-table routes go with it) and the
+    /// userspace WireGuard device behind it.
+    DeleteLink {
+        /// Interface.
+        dev: String,
+    },
+}
+
+impl Op {
+    /// Whether this op removes state (a teardown op) rather than adding it.
+    pub fn is_teardown(&self) -> bool {
+        matches!(
+            self,
+            Op::DeleteNft { .. } | Op::DeleteRules { .. } | Op::FlushTable { .. } | Op::DeleteLink { .. }
+        )
+    }
 }
 
 /// What [`GatewaySpec::plan`] returns: the ops to apply and the ones that undo them.
@@ -92,6 +130,8 @@ pub enum Op {
 pub struct GatewayPlan {
     /// Apply in order.
     pub apply: Vec<Op>,
+    /// Undo in order, each best-effort: [`GatewaySpec::teardown`].
+    pub teardown: Vec<Op>,
     /// nftables table name.
     pub nft_table: String,
     /// The ruleset (also inside `apply`).
@@ -139,6 +179,29 @@ impl GatewaySpec {
     /// Name of this peering's nftables table.
     pub fn nft_table(&self) -> String {
         format!("ferry_{}", self.interface.replace('-', "_"))
+    }
+
+    /// The ops that remove everything a plan of this peering (its interface and mark) may have made, in
+    /// order: the nftables table first (nothing is marked into the tunnel any more), then the policy
+    /// rules and the mark's routing table of both families, then the interface. They do not depend on
+    /// the remaps or the MTU, so they also clean up after a run that crashed halfway, or after a plan
+    /// that no longer validates; each is applied best-effort (what is already gone is fine).
+    pub fn teardown(&self) -> Vec<Op> {
+        let mut ops = vec![Op::DeleteNft {
+            table: self.nft_table(),
+        }];
+        for v6 in [false, true] {
+            ops.push(Op::DeleteRules {
+                mark: self.mark,
+                table: self.mark,
+                v6,
+            });
+            ops.push(Op::FlushTable { table: self.mark, v6 });
+        }
+        ops.push(Op::DeleteLink {
+            dev: self.interface.clone(),
+        });
+        ops
     }
 
     /// The plan.
@@ -216,6 +279,7 @@ impl GatewaySpec {
         });
         Ok(GatewayPlan {
             apply,
+            teardown: self.teardown(),
             nft_table: table,
             nft_ruleset: ruleset,
         })
@@ -412,6 +476,62 @@ mod tests {
         assert!(
             r.starts_with("add table inet ferry_fyc2\ndelete table inet ferry_fyc2\ntable inet ferry_fyc2 {")
         );
+    }
+
+    #[test]
+    fn the_teardown_undoes_every_op_of_the_plan_and_adds_nothing() {
+        for s in [spec(), {
+            let mut s = spec();
+            s.remaps.insert(n("fd00:10:244::/48"), n("fd00:99:1::/48"));
+            s
+        }] {
+            let p = s.plan().unwrap();
+            assert!(p.teardown.iter().all(Op::is_teardown));
+            assert!(!p.apply.iter().any(Op::is_teardown));
+            // the table goes first, so nothing is marked into the tunnel while the rest is removed
+            assert_eq!(
+                p.teardown[0],
+                Op::DeleteNft {
+                    table: p.nft_table.clone()
+                }
+            );
+            assert_eq!(
+                p.teardown.last(),
+                Some(&Op::DeleteLink {
+                    dev: s.interface.clone()
+                })
+            );
+            for op in &p.apply {
+                let undone = match op {
+                    Op::SetMtu { dev, .. } | Op::AddAddress { dev, .. } | Op::LinkUp { dev } => {
+                        p.teardown.contains(&Op::DeleteLink { dev: dev.clone() })
+                    }
+                    Op::AddRoute { dev, table: None, .. } => {
+                        p.teardown.contains(&Op::DeleteLink { dev: dev.clone() })
+                    }
+                    Op::AddRoute {
+                        dst, table: Some(t), ..
+                    } => p.teardown.contains(&Op::FlushTable {
+                        table: *t,
+                        v6: dst.addr().is_ipv6(),
+                    }),
+                    Op::AddRule { mark, table, v6 } => p.teardown.contains(&Op::DeleteRules {
+                        mark: *mark,
+                        table: *table,
+                        v6: *v6,
+                    }),
+                    Op::LoadNft { table, .. } => p.teardown.contains(&Op::DeleteNft { table: table.clone() }),
+                    other => panic!("a teardown op in the apply list: {other:?}"),
+                };
+                assert!(undone, "{op:?} is not undone by {:?}", p.teardown);
+            }
+        }
+        // a spec that no longer plans can still be torn down (what a crashed run left)
+        let mut bad = spec();
+        bad.tunnel_mtu = 1000;
+        bad.remaps.insert(n("fd00:10:244::/48"), n("fd00:99:1::/48"));
+        assert!(bad.plan().is_err());
+        assert_eq!(bad.teardown(), spec().teardown());
     }
 
     #[test]

@@ -17,13 +17,13 @@ use ferry_mcs::dns;
 )]
 struct Args {
     /// Kubeconfig (default: in-cluster or $KUBECONFIG).
-    #[arg(long)]
+    #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
     /// UDP and TCP address to answer on.
-    #[arg(long, default_value = "0.0.0.0:53")]
+    #[arg(long, env = "FERRY_DNS_LISTEN", default_value = "0.0.0.0:53")]
     listen: std::net::SocketAddr,
     /// TTL of every answer, seconds (also the negative TTL: removed endpoints vanish within it).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, env = "FERRY_DNS_TTL", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
     ttl: u32,
     /// TCP connections held at once; more are closed at once.
     #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value_t = ferry_plumbing::listen::DEFAULT_MAX_CONNECTIONS)]
@@ -35,7 +35,7 @@ struct Args {
     #[arg(long, env = "FERRY_IDLE_TIMEOUT_SECONDS", default_value_t = 10)]
     idle_timeout_seconds: u64,
     /// Where `/metrics`, `/healthz` and `/readyz` are served (plain HTTP; default: nowhere).
-    #[arg(long, env = "FERRY_ADMIN_LISTEN")]
+    #[arg(long, env = "FERRY_ADMIN_LISTEN", value_parser = ferry_plumbing::flags::host_port)]
     admin_listen: Option<String>,
 }
 

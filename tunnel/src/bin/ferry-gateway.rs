@@ -39,19 +39,19 @@ enum Cmd {
     /// `PeerNetwork` (unpeer) removes its tunnel. Run it with the host's network (hostNetwork), as root.
     Serve {
         /// Kubeconfig (default: in-cluster or $KUBECONFIG).
-        #[arg(long)]
+        #[arg(long, env = "KUBECONFIG")]
         kubeconfig: Option<PathBuf>,
         /// Directory for the key file, remaps (kept across restarts) and status files.
-        #[arg(long, default_value = "/var/lib/ferry-gateway")]
+        #[arg(long, env = "FERRY_STATE_DIR", default_value = "/var/lib/ferry-gateway")]
         state_dir: PathBuf,
-        /// Underlay network(s) of this host, never used as remaps (repeatable).
-        #[arg(long = "underlay-cidr")]
-        underlay_cidrs: Vec<String>,
-        /// Where remaps come from (repeatable; default RFC 1918 and ferry's ULA /48).
-        #[arg(long = "remap-pool")]
-        remap_pool: Vec<String>,
+        /// Underlay network(s) of this host, never used as remaps (repeatable, or comma-separated).
+        #[arg(long = "underlay-cidr", env = "FERRY_UNDERLAY_CIDRS", value_delimiter = ',', value_parser = ferry_plumbing::flags::cidr)]
+        underlay_cidrs: Vec<ipnet::IpNet>,
+        /// Where remaps come from (repeatable, or comma-separated; default RFC 1918 and ferry's ULA /48).
+        #[arg(long = "remap-pool", env = "FERRY_REMAP_POOL", value_delimiter = ',', value_parser = ferry_plumbing::flags::cidr)]
+        remap_pool: Vec<ipnet::IpNet>,
         /// `/metrics` of the tunnel on link n at this address, port + n.
-        #[arg(long)]
+        #[arg(long, env = "FERRY_METRICS_ADDR")]
         metrics_addr: Option<std::net::SocketAddr>,
     },
     /// A bare userspace WireGuard device (embedded boringtun, as `up` uses) and nothing else: no NAT, no
@@ -101,6 +101,10 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
             print!("{}", plan.nft_ruleset);
+            println!("# teardown");
+            for op in &plan.teardown {
+                println!("{op:?}");
+            }
             Ok(())
         }
         Cmd::Serve {
@@ -121,8 +125,8 @@ async fn run(cli: Cli) -> Result<()> {
             let client = kube::Client::try_from(config)?;
             let opts = ferry_tunnel::controller::ServeOptions {
                 state_dir,
-                underlay_cidrs,
-                remap_pool,
+                underlay_cidrs: underlay_cidrs.iter().map(ToString::to_string).collect(),
+                remap_pool: remap_pool.iter().map(ToString::to_string).collect(),
                 metrics_addr,
             };
             Ok(ferry_tunnel::controller::serve(client, opts).await?)

@@ -1,0 +1,220 @@
+//! The tunnel's health as a pure state machine: [`step`] takes what was observed (a heartbeat's answer or
+//! its absence, a check of the host's rules and counters) and returns the new [`Health`] and the
+//! [`Effect`]s the gateway carries out (log a change, check the host, re-apply the rules, report). Time is
+//! an input (`now`, since the tunnel came up), so every transition is tested here without sockets or a
+//! clock; `gateway` only measures and applies.
+
+use std::time::Duration;
+
+/// How often a heartbeat is sent through the tunnel.
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
+/// A tunnel with no answered heartbeat for this long is `NotConnected` (3 heartbeats).
+pub const DEAD_AFTER: Duration = Duration::from_millis(1500);
+/// The host (WireGuard counters, rules intact) is checked every this many heartbeats: it spawns
+/// processes, so not on every 500 ms tick.
+pub const CHECK_EVERY: u64 = 4;
+
+/// What the gateway knows about its tunnel.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Health {
+    /// When the last heartbeat was answered (time since the tunnel came up).
+    pub last_ok: Option<Duration>,
+    /// Answered within [`DEAD_AFTER`].
+    pub connected: bool,
+    /// The last answered heartbeat's round trip, milliseconds.
+    pub latency_ms: Option<f64>,
+    /// Milliseconds since the last answered heartbeat, as of the last heartbeat.
+    pub last_heartbeat_age_ms: Option<u64>,
+    /// Heartbeats sent.
+    pub ticks: u64,
+    /// Bytes received through the tunnel (WireGuard's counter).
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Times the rules were found missing and re-applied.
+    pub reapplied: u64,
+}
+
+/// What was observed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Observed {
+    /// A heartbeat was sent at `now`; `rtt` is its answer's round trip, `None` if none came in time.
+    Heartbeat {
+        /// Time since the tunnel came up.
+        now: Duration,
+        /// Round trip of the answer.
+        rtt: Option<Duration>,
+    },
+    /// The host was checked.
+    HostCheck {
+        /// WireGuard's (rx, tx) bytes, if the device answered.
+        counters: Option<(u64, u64)>,
+        /// Whether the nft table and policy rules are still in place.
+        intact: bool,
+    },
+    /// The host check did not answer in time (a stuck WireGuard device).
+    HostCheckTimedOut,
+}
+
+/// What the gateway does next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Connected or not changed: log it.
+    Changed {
+        /// The new state.
+        connected: bool,
+    },
+    /// Check the host (counters, rules) and step with [`Observed::HostCheck`].
+    CheckHost,
+    /// The rules were removed by someone else: apply the plan again.
+    Reapply,
+    /// A host check did not answer: warn.
+    CheckStuck,
+    /// Write the status (file, metrics, `PeerNetwork`).
+    Report,
+}
+
+/// One transition.
+pub fn step(mut h: Health, observed: Observed) -> (Health, Vec<Effect>) {
+    let mut effects = Vec::new();
+    match observed {
+        Observed::Heartbeat { now, rtt } => {
+            if let Some(rtt) = rtt {
+                h.last_ok = Some(now);
+                h.latency_ms = Some(rtt.as_secs_f64() * 1000.0);
+            }
+            let age = h.last_ok.map(|t| now.saturating_sub(t));
+            let connected = age.is_some_and(|a| a < DEAD_AFTER);
+            if connected != h.connected {
+                effects.push(Effect::Changed { connected });
+            }
+            h.connected = connected;
+            h.last_heartbeat_age_ms = age.map(|a| a.as_millis() as u64);
+            h.ticks += 1;
+            if h.ticks % CHECK_EVERY == 1 {
+                effects.push(Effect::CheckHost);
+            }
+            effects.push(Effect::Report);
+        }
+        Observed::HostCheck { counters, intact } => {
+            if let Some((rx, tx)) = counters {
+                h.rx_bytes = rx;
+                h.tx_bytes = tx;
+            }
+            if !intact {
+                h.reapplied += 1;
+                effects.push(Effect::Reapply);
+            }
+        }
+        Observed::HostCheckTimedOut => effects.push(Effect::CheckStuck),
+    }
+    (h, effects)
+}
+
+impl Health {
+    /// `Connected` or `NotConnected`, the `PeerNetwork`'s phase.
+    pub fn phase(&self) -> &'static str {
+        if self.connected {
+            "Connected"
+        } else {
+            "NotConnected"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn beat(h: Health, now: u64, rtt: Option<u64>) -> (Health, Vec<Effect>) {
+        step(
+            h,
+            Observed::Heartbeat {
+                now: ms(now),
+                rtt: rtt.map(ms),
+            },
+        )
+    }
+
+    #[test]
+    fn a_tunnel_connects_on_the_first_answer_and_drops_after_three_missed_heartbeats() {
+        let (h, e) = beat(Health::default(), 500, None);
+        assert!(!h.connected && h.last_heartbeat_age_ms.is_none());
+        assert!(!e.iter().any(|e| matches!(e, Effect::Changed { .. })), "{e:?}");
+        let (h, e) = beat(h, 1000, Some(3));
+        assert!(h.connected);
+        assert_eq!(h.latency_ms, Some(3.0));
+        assert!(e.contains(&Effect::Changed { connected: true }));
+        // two missed heartbeats: still connected, no change reported
+        let (h, e) = beat(h, 1500, None);
+        let (h, e2) = beat(h, 2000, None);
+        assert!(h.connected && !e.iter().chain(&e2).any(|e| matches!(e, Effect::Changed { .. })));
+        assert_eq!(h.last_heartbeat_age_ms, Some(1000));
+        // the third: 1.5 s without an answer
+        let (h, e) = beat(h, 2500, None);
+        assert!(!h.connected);
+        assert_eq!(h.phase(), "NotConnected");
+        assert!(e.contains(&Effect::Changed { connected: false }));
+        // the last latency stays; an answer connects again
+        assert_eq!(h.latency_ms, Some(3.0));
+        let (h, e) = beat(h, 3000, Some(1));
+        assert!(h.connected && e.contains(&Effect::Changed { connected: true }));
+    }
+
+    #[test]
+    fn every_heartbeat_reports_and_every_fourth_checks_the_host() {
+        let mut h = Health::default();
+        let mut checks = 0;
+        for i in 1..=12 {
+            let (next, e) = beat(h, i * 500, Some(1));
+            assert_eq!(e.last(), Some(&Effect::Report), "{e:?}");
+            if e.contains(&Effect::CheckHost) {
+                checks += 1;
+                // the check comes before the report, so the report carries its counters
+                let c = e.iter().position(|x| *x == Effect::CheckHost).unwrap();
+                assert!(c < e.len() - 1);
+            }
+            h = next;
+        }
+        assert_eq!(checks, 3);
+        assert_eq!(h.ticks, 12);
+    }
+
+    #[test]
+    fn rules_removed_by_someone_else_are_reapplied_and_counted() {
+        let (h, e) = step(
+            Health::default(),
+            Observed::HostCheck {
+                counters: Some((7, 9)),
+                intact: true,
+            },
+        );
+        assert!(e.is_empty());
+        assert_eq!((h.rx_bytes, h.tx_bytes, h.reapplied), (7, 9, 0));
+        let (h, e) = step(
+            h,
+            Observed::HostCheck {
+                counters: None,
+                intact: false,
+            },
+        );
+        assert_eq!(e, [Effect::Reapply]);
+        // counters the device did not give are kept, not zeroed
+        assert_eq!((h.rx_bytes, h.tx_bytes, h.reapplied), (7, 9, 1));
+        let (h2, e) = step(h.clone(), Observed::HostCheckTimedOut);
+        assert_eq!(e, [Effect::CheckStuck]);
+        assert_eq!(h2, h);
+    }
+
+    #[test]
+    fn a_clock_that_seems_to_go_back_never_panics_or_disconnects() {
+        let (h, _) = beat(Health::default(), 2000, Some(1));
+        let (h, e) = beat(h, 1000, None);
+        assert!(h.connected && !e.contains(&Effect::Changed { connected: false }));
+        assert_eq!(h.last_heartbeat_age_ms, Some(0));
+    }
+}
