@@ -217,6 +217,14 @@ impl HostProcess {
     }
 }
 
+impl HostProcess {
+    /// SIGKILL: the process gets no chance to clean up (a crash, an OOM kill, a node lost).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for HostProcess {
     fn drop(&mut self) {
         self.stop();

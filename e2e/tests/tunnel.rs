@@ -620,10 +620,39 @@ fn peering_builds_the_tunnel_from_peer_networks_reports_health_and_unpeer_remove
     assert_eq!(r["ok"], json!(true), "{r}");
     eprintln!("WAN cut: NotConnected in the status after {detected:?}; Connected {back:?} after restore");
 
-    // unpeer: both PeerNetworks go, and each gateway removes its tunnel (interface, table, rules) while it runs on
-    unpeer_and_expect_no_tunnel(&lab);
+    // the consumer's gateway is killed (no cleanup: its nft table and rules stay) and the peering is removed
+    // while it is down; the provider's gateway removes its tunnel at once, and the consumer's gateway
+    // removes the orphaned one from its teardown journal when it starts again
+    let ns0 = lab.layout.host_netns(&lab.layout.clusters[0]);
+    gateways[0].kill();
+    let left = leftovers(&ns0, "fyprovider-c2", 0x6601);
+    assert!(!left.is_empty(), "a killed gateway leaves its table and rules");
+    let (ok, _, err) = agents::ferryctl(
+        &lab.paths.kubeconfig(&lab.layout.clusters[0]),
+        &["unpeer", "provider-c2"],
+    );
+    assert!(ok, "{err}");
+    let ns1 = lab.layout.host_netns(&lab.layout.clusters[1]);
+    wait_for(
+        "the provider's tunnel removed on unpeer",
+        Duration::from_secs(15),
+        || leftovers(&ns1, "fyconsumer-c1", 0x6601).is_empty(),
+    );
     assert!(peer_network(&lab, 0, "provider-c2").is_none());
     assert!(peer_network(&lab, 1, "consumer-c1").is_none());
+    assert_eq!(leftovers(&ns0, "fyprovider-c2", 0x6601), left);
+    gateways[0] = agents::start_gateway(&lab, 0).unwrap();
+    let restarted = Instant::now();
+    wait_for(
+        "the restarted gateway removes the orphaned tunnel",
+        Duration::from_secs(15),
+        || leftovers(&ns0, "fyprovider-c2", 0x6601).is_empty(),
+    );
+    eprintln!(
+        "orphaned tunnel ({}) removed {:?} after the gateway restarted",
+        left.join(", "),
+        restarted.elapsed()
+    );
     for g in &mut gateways {
         g.stop();
     }

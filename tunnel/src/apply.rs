@@ -352,8 +352,13 @@ pub fn intact(spec: &GatewaySpec) -> bool {
 /// Carries out the spec's teardown ([`GatewaySpec::teardown`]): nft table, policy rules, the routing
 /// table, the interface. Idempotent; each op is best-effort (it is also the cleanup after a failed apply).
 pub fn undo(spec: &GatewaySpec) {
-    for op in spec.teardown() {
-        if let Err(e) = apply_op(&op) {
+    teardown(&spec.teardown());
+}
+
+/// Carries out teardown ops, each best-effort (what is already gone is fine).
+pub fn teardown(ops: &[Op]) {
+    for op in ops {
+        if let Err(e) = apply_op(op) {
             tracing::debug!("teardown {op:?}: {e}");
         }
     }

@@ -282,6 +282,7 @@ pub async fn serve(client: Client, opts: ServeOptions) -> Result<()> {
     let mut events =
         std::pin::pin!(reflector(writer, watcher(api.clone(), watcher::Config::default())).default_backoff());
     let mut synced = false;
+    let mut pruned = false;
     let mut shutdown = std::pin::pin!(crate::gateway::shutdown_signal());
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut failed: HashMap<String, (PeerNetworkSpec, Instant)> = HashMap::new();
@@ -309,6 +310,33 @@ pub async fn serve(client: Client, opts: ServeOptions) -> Result<()> {
         }
         if !synced {
             continue;
+        }
+        if !pruned {
+            // the first full list: tunnels whose PeerNetwork went while no gateway ran are removed now
+            pruned = true;
+            let live = reader
+                .state()
+                .iter()
+                .map(|pn| pn.spec.cluster_id.clone())
+                .collect();
+            for (peer, path, ops) in crate::gateway::orphaned_journals(&opts.state_dir, &live) {
+                match ops {
+                    Some(ops) => {
+                        info!(
+                            peer,
+                            "its PeerNetwork went while the gateway was down: removing its tunnel"
+                        );
+                        crate::apply::teardown(&ops);
+                    }
+                    None => warn!(
+                        peer,
+                        "unreadable teardown journal {}: removed, host state left",
+                        path.display()
+                    ),
+                }
+                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(opts.state_dir.join(format!("{peer}.status.json")));
+            }
         }
         let desired: HashMap<String, PeerNetworkSpec> = reader
             .state()

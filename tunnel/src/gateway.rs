@@ -114,6 +114,36 @@ pub struct GatewayStatus {
     pub reapplied: u64,
 }
 
+const JOURNAL_SUFFIX: &str = ".teardown.json";
+
+/// Host state left by peerings that are gone: for each teardown journal in `state_dir` whose peer is not
+/// in `live` (a gateway killed, then its `PeerNetwork` deleted while it was down), the peer and the ops
+/// that remove its interface, table and rules. A journal that does not parse is reported with no ops.
+pub fn orphaned_journals(
+    state_dir: &std::path::Path,
+    live: &std::collections::HashSet<String>,
+) -> Vec<(String, PathBuf, Option<Vec<crate::plan::Op>>)> {
+    let Ok(dir) = std::fs::read_dir(state_dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<_> = dir
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let peer = name.strip_suffix(JOURNAL_SUFFIX)?.to_string();
+            if live.contains(&peer) {
+                return None;
+            }
+            let ops = std::fs::read_to_string(e.path())
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok());
+            Some((peer, e.path(), ops))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
 /// The ranges the other peers' tunnels route (each remote CIDR as this cluster sees it, remapped or not),
 /// from their stored remaps in `state_dir`.
 pub fn routed_by_other_peers(state_dir: &std::path::Path, peer: &str) -> Vec<IpNet> {
@@ -235,6 +265,19 @@ impl GatewayConfig {
         Ok(Prepared { spec, path_mtu })
     }
 
+    /// Where the teardown of this peering's host state is journalled while it exists.
+    pub fn journal_file(&self) -> PathBuf {
+        self.state_dir.join(format!("{}{JOURNAL_SUFFIX}", self.peer))
+    }
+
+    fn write_journal(&self, ops: &[crate::plan::Op]) -> Result<()> {
+        std::fs::create_dir_all(&self.state_dir)
+            .with_context(|| format!("creating {}", self.state_dir.display()))?;
+        let text = serde_json::to_string_pretty(ops).expect("ops serialise");
+        std::fs::write(self.journal_file(), text)
+            .with_context(|| format!("writing {}", self.journal_file().display()))
+    }
+
     fn save_remaps(&self, spec: &GatewaySpec) -> Result<()> {
         std::fs::create_dir_all(&self.state_dir)
             .with_context(|| format!("creating {}", self.state_dir.display()))?;
@@ -296,6 +339,9 @@ impl GatewayConfig {
 /// Applies a prepared peering: interface, WireGuard, plan. Undoes everything if any step fails.
 pub fn bring_up(cfg: &GatewayConfig, p: &Prepared) -> Result<apply::Backend> {
     let plan = p.spec.plan()?;
+    // the teardown is journalled before the host is touched: a gateway killed at any point leaves what
+    // removes its state, for the next start to carry out if the peering is gone by then
+    cfg.write_journal(&plan.teardown)?;
     let result = (|| {
         let backend = apply::create_interface(&p.spec.interface)?;
         let allowed: Vec<String> = p
@@ -384,6 +430,7 @@ pub async fn run_until(
     responder.abort();
     apply::undo(&spec);
     let _ = std::fs::remove_file(cfg.status_file());
+    let _ = std::fs::remove_file(cfg.journal_file());
     info!(interface = spec.interface, "tunnel removed");
     result
 }
@@ -504,6 +551,51 @@ pub fn load(path: &std::path::Path) -> Result<GatewayConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journals_of_peerings_gone_while_the_gateway_was_down_are_found_with_their_teardown() {
+        let dir = std::env::temp_dir().join(format!("ferry-journal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = |peer: &str| {
+            let mut c: GatewayConfig = serde_json::from_value(serde_json::json!({
+                "peer": peer, "localCidrs": ["10.244.0.0/16"], "remoteCidrs": ["10.244.0.0/16"],
+                "privateKeyFile": "/k", "listenPort": 51820, "peerPublicKey": "K",
+                "localTunnelAddr": "169.254.64.1/30", "remoteTunnelAddr": "169.254.64.2",
+                "stateDir": dir.to_string_lossy(),
+            }))
+            .unwrap();
+            c.mark = 0x6602;
+            c
+        };
+        let (kept, gone) = (cfg("provider-c2"), cfg("provider-c3"));
+        for c in [&kept, &gone] {
+            let p = c.prepare(1500).unwrap();
+            c.write_journal(&p.spec.plan().unwrap().teardown).unwrap();
+        }
+        std::fs::write(dir.join("broken.teardown.json"), "{").unwrap();
+        std::fs::write(dir.join("provider-c3.remaps.json"), "{}").unwrap();
+        let live = ["provider-c2".to_string()].into();
+        let found = orphaned_journals(&dir, &live);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!((found[0].0.as_str(), found[0].2.is_none()), ("broken", true));
+        let (peer, path, ops) = &found[1];
+        assert_eq!((peer.as_str(), path), ("provider-c3", &gone.journal_file()));
+        let want = gone.prepare(1500).unwrap().spec.teardown();
+        assert_eq!(ops.as_ref(), Some(&want));
+        assert!(want.contains(&crate::plan::Op::DeleteLink {
+            dev: "fyprovider-c3".into()
+        }));
+        // nothing is orphaned while every peering is live
+        let all = [
+            "provider-c2".to_string(),
+            "provider-c3".to_string(),
+            "broken".to_string(),
+        ]
+        .into();
+        assert!(orphaned_journals(&dir, &all).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn a_peer_announcing_another_peers_cidr_is_remapped_not_routed_over_it() {

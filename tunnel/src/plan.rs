@@ -39,7 +39,7 @@ pub struct GatewaySpec {
 }
 
 /// One change to the host, applied in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Set the interface MTU.
     SetMtu {
