@@ -303,7 +303,7 @@ pub fn conflict_time(claimed: &str, first_seen: chrono::DateTime<chrono::Utc>) -
         .map(|t| t.with_timezone(&chrono::Utc))
         .unwrap_or(first_seen)
         .clamp(floor, first_seen);
-    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    ferry_plumbing::conditions::stamp(t)
 }
 
 impl Exchange {

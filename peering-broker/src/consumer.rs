@@ -34,10 +34,6 @@ pub struct Peered {
     pub granted: Resources,
 }
 
-fn rfc3339_now() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
 async fn set_authenticated(
     fcs: &Api<ForeignCluster>,
     name: &str,
@@ -45,9 +41,17 @@ async fn set_authenticated(
     reason: &str,
     message: &str,
 ) -> Result<()> {
+    use ferry_plumbing::conditions;
+    // the transition time is kept while the status stays what it was
+    let old = fcs
+        .get_opt(name)
+        .await?
+        .and_then(|fc| fc.status)
+        .map(|s| conditions::values(&s.conditions))
+        .unwrap_or_default();
+    let now = conditions::condition("Authenticated", ok, reason, message, &conditions::now());
     let status = json!({ "status": {
-        "conditions": [{ "type": "Authenticated", "status": if ok { "True" } else { "False" }, "reason": reason,
-                         "message": message, "lastTransitionTime": rfc3339_now() }],
+        "conditions": conditions::merge(&old, vec![now]),
         "lastError": if ok { None } else { Some(message) },
     }});
     fcs.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))

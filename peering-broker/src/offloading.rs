@@ -3,10 +3,9 @@
 //! [`reconcile`] (a kube-runtime `Controller` over `NamespaceOffloading`): for every provider this cluster
 //! is peered with (an identity Secret exists) whose virtual node matches `clusterSelector`, ask the
 //! provider's broker (mTLS, the tenant's identity) for the namespace the pods go to, and record it in
-//! `status.remoteNamespaces`. Looked at again every 30 s, so a new peering picks up offloaded namespaces.
-//!
-//! [`run_virtual_kubelets`]: one [`ferry_virtual_kubelet::consumer::run`] task per authenticated peering,
-//! started when the identity appears and stopped (node removed) when the peering goes.
+//! `status.remoteNamespaces`. Every offloading is reconciled again when an identity Secret changes (a
+//! peering made, renewed or removed), so a new peering picks up offloaded namespaces at once; a 30 s
+//! requeue remains as a resync (a provider's broker can refuse for a while, e.g. its quota).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -185,11 +184,17 @@ async fn apply(no: Arc<NamespaceOffloading>, client: Arc<Client>) -> Result<Acti
         || old_ready.map(|c| (c.status.as_str(), c.message.as_str()))
             != Some((if ready { "True" } else { "False" }, message.as_str()));
     if changed {
+        use ferry_plumbing::conditions;
+        let old = no
+            .status
+            .as_ref()
+            .map(|s| conditions::values(&s.conditions))
+            .unwrap_or_default();
+        let reason = if ready { "Offloaded" } else { "ProviderRefused" };
+        let ready_now = conditions::condition("Ready", ready, reason, &message, &conditions::now());
         let status = json!({"status": {
             "remoteNamespaces": remote,
-            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" },
-                "reason": if ready { "Offloaded" } else { "ProviderRefused" }, "message": message,
-                "lastTransitionTime": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()}],
+            "conditions": conditions::merge(&old, vec![ready_now]),
         }});
         Api::<NamespaceOffloading>::namespaced((*client).clone(), &ns)
             .patch_status(&no.name_any(), &PatchParams::default(), &Patch::Merge(&status))
@@ -205,10 +210,16 @@ async fn apply(no: Arc<NamespaceOffloading>, client: Arc<Client>) -> Result<Acti
 
 /// Runs the `NamespaceOffloading` reconciler.
 pub async fn run(client: Client) {
+    // a peering made, renewed or removed changes an identity Secret: every offloading is looked at again
+    let (_identities, identity_changes) = ferry_plumbing::triggers::store_with_changes(
+        Api::<Secret>::namespaced(client.clone(), SYSTEM_NAMESPACE),
+        watcher::Config::default(),
+    );
     Controller::new(
         Api::<NamespaceOffloading>::all(client.clone()),
         watcher::Config::default(),
     )
+    .reconcile_all_on(identity_changes)
     .run(
         reconcile,
         |_, e, _| {

@@ -13,6 +13,11 @@ pub fn stamp(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// Typed conditions (as an object's status holds them) as the JSON [`merge`] takes.
+pub fn values<T: serde::Serialize>(old: &[T]) -> Vec<Value> {
+    old.iter().filter_map(|c| serde_json::to_value(c).ok()).collect()
+}
+
 /// A condition (as JSON for a merge or apply patch), stamped `now`.
 pub fn condition(type_: &str, ok: bool, reason: &str, message: &str, now: &str) -> Value {
     json!({

@@ -249,7 +249,7 @@ impl ShadowPodReconciler {
         api.patch_status(
             &name,
             &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Refused", "conditions": [admitted(false, r.reason, &r.message)]}})),
+            &Patch::Merge(json!({"status": {"phase": "Refused", "conditions": admitted(sp, false, r.reason, &r.message)}})),
         )
         .await
         .map_err(api_err(format!("ShadowPod {ns}/{name} status")))?;
@@ -284,7 +284,7 @@ impl ShadowPodReconciler {
         api.patch_status(
             &name,
             &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Admitted", "conditions": [admitted(true, "Admitted", "the pod is created")]}})),
+            &Patch::Merge(json!({"status": {"phase": "Admitted", "conditions": admitted(sp, true, "Admitted", "the pod is created")}})),
         )
         .await
         .map_err(api_err(format!("ShadowPod {ns}/{name} status")))?;
@@ -388,10 +388,16 @@ impl ShadowPodReconciler {
     }
 }
 
-/// The `Admitted` condition.
-fn admitted(ok: bool, reason: &str, message: &str) -> serde_json::Value {
-    json!({"type": "Admitted", "status": if ok { "True" } else { "False" }, "reason": reason,
-        "message": message, "lastTransitionTime": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()})
+/// The ShadowPod's conditions with `Admitted` set (its transition time kept while its status stays).
+fn admitted(sp: &ShadowPod, ok: bool, reason: &str, message: &str) -> Vec<serde_json::Value> {
+    use ferry_plumbing::conditions;
+    let old = sp
+        .status
+        .as_ref()
+        .map(|s| conditions::values(&s.conditions))
+        .unwrap_or_default();
+    let now = conditions::condition("Admitted", ok, reason, message, &conditions::now());
+    conditions::merge(&old, vec![now])
 }
 
 /// Runs the `ShadowPod` controller and the availability controller until one stops. They start once this
