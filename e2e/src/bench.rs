@@ -12,9 +12,10 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::kubelet::{HOLLOW_ANNOTATION, KubeletConfig, LabKubelet, LabNode, POOL_LABEL};
+use crate::kubelet::{KubeletConfig, LabKubelet, LabNode};
 use crate::lab::Lab;
 use crate::layout::{ClusterLayout, NodeCapacity};
+pub use crate::workload::{deployment, wait_ready};
 
 /// Pods per bench node (a /24 node subnet holds 253).
 pub const PODS_PER_BENCH_NODE: u32 = 250;
@@ -51,61 +52,6 @@ pub fn bench_nodes(c: &ClusterLayout, count: u32) -> Result<Vec<LabNode>> {
             })
         })
         .collect()
-}
-
-/// A Deployment of `replicas` (hollow) pods pinned to nodes of `pool` (empty: anywhere).
-pub fn deployment(name: &str, replicas: u32, pool: &str, hollow: bool, echo_port: Option<u16>) -> Deployment {
-    let mut annotations = serde_json::Map::new();
-    if hollow {
-        annotations.insert(HOLLOW_ANNOTATION.into(), json!("true"));
-    }
-    if let Some(p) = echo_port {
-        annotations.insert(crate::kubelet::ECHO_ANNOTATION.into(), json!(p.to_string()));
-    }
-    serde_json::from_value(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": { "name": name },
-        "spec": {
-            "replicas": replicas,
-            "selector": { "matchLabels": { "app": name } },
-            "template": {
-                "metadata": { "labels": { "app": name }, "annotations": annotations },
-                "spec": {
-                    "nodeSelector": if pool.is_empty() { json!({}) } else { json!({ POOL_LABEL: pool }) },
-                    "terminationGracePeriodSeconds": 5,
-                    "containers": [{ "name": "app", "image": "ferry-lab/echo:none (lab pods run no containers)" }],
-                },
-            },
-        },
-    }))
-    .expect("a valid Deployment")
-}
-
-/// Waits until a Deployment has `replicas` ready replicas, printing progress; returns seconds waited.
-pub async fn wait_ready(api: &Api<Deployment>, name: &str, replicas: u32, timeout: Duration) -> Result<f64> {
-    let start = Instant::now();
-    let mut last_print = Instant::now();
-    loop {
-        let d = api.get(name).await?;
-        let ready = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) as u32;
-        if ready >= replicas {
-            return Ok(start.elapsed().as_secs_f64());
-        }
-        if last_print.elapsed() > Duration::from_secs(2) {
-            eprintln!(
-                "[bench] {name}: {ready}/{replicas} ready after {:.1}s",
-                start.elapsed().as_secs_f64()
-            );
-            last_print = Instant::now();
-        }
-        if start.elapsed() > timeout {
-            bail!(
-                "{name}: only {ready}/{replicas} ready after {}s",
-                timeout.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Registers hollow bench `nodes` (pool `bench`) in cluster `c` and serves them in-process until the

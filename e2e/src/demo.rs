@@ -10,108 +10,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use crate::bench::{deployment, wait_ready};
 use crate::lab::Lab;
-use crate::layout::pod_netns;
-
-/// A pod as the demo prints it.
-#[derive(Clone, Debug)]
-pub struct PodView {
-    /// Name.
-    pub name: String,
-    /// Node.
-    pub node: String,
-    /// Pod IP.
-    pub ip: String,
-    /// Phase.
-    pub phase: String,
-    /// Network namespace on this machine.
-    pub netns: String,
-}
-
-/// Creates (or scales) Deployment `name` in `ns` with `replicas` echo pods on the default lab nodes and
-/// waits until all are ready.
-pub async fn ensure_echo_deployment(client: &Client, ns: &str, name: &str, replicas: u32) -> Result<f64> {
-    let nss: Api<Namespace> = Api::all(client.clone());
-    match nss
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({ "metadata": { "name": ns } }))?,
-        )
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => return Err(e.into()),
-    }
-    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
-    for _ in 0..300 {
-        if sas.get_opt("default").await?.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    match deps
-        .create(
-            &PostParams::default(),
-            &deployment(name, replicas, "default", false, Some(8080)),
-        )
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            deps.patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "spec": { "replicas": replicas } })),
-            )
-            .await?;
-        }
-        Err(e) => return Err(e.into()),
-    }
-    wait_ready(&deps, name, replicas, Duration::from_secs(120)).await
-}
-
-/// Running pods of `app` in `ns`, with their namespaces on this machine.
-pub async fn pods_of(lab: &Lab, cluster: &str, ns: &str, app: &str) -> Result<Vec<PodView>> {
-    let c = lab.cluster(cluster)?;
-    let api: Api<Pod> = Api::namespaced(lab.client(c).await?, ns);
-    let list = api
-        .list(&ListParams::default().labels(&format!("app={app}")))
-        .await?;
-    let mut out: Vec<PodView> = list
-        .items
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .map(|p| PodView {
-            name: p.name_any(),
-            node: p
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .unwrap_or_default(),
-            ip: p
-                .status
-                .as_ref()
-                .and_then(|s| s.pod_ip.clone())
-                .unwrap_or_default(),
-            phase: p
-                .status
-                .as_ref()
-                .and_then(|s| s.phase.clone())
-                .unwrap_or_default(),
-            netns: pod_netns(&lab.layout.name, &c.id, &p.uid().unwrap_or_default()),
-        })
-        .collect();
-    out.sort_by(|a, b| (&a.node, &a.name).cmp(&(&b.node, &b.name)));
-    Ok(out)
-}
+use crate::workload::wait_ready;
+pub use crate::workload::{PodView, ensure_echo_deployment, pods_of};
 
 /// Runs `ferry-lab echo-client` inside pod `from`'s namespace against `to:port`; returns its JSON.
 pub fn echo_from_pod(

@@ -21,3 +21,4 @@ pub mod pki;
 pub mod procs;
 pub mod relay;
 pub mod tunnel;
+pub mod workload;

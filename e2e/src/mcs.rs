@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use crate::demo::PodView;
+use crate::workload::PodView;
 
 /// The pod's default IPv4 gateway: the host namespace address where ferry-dns answers.
 pub fn gateway_of(p: &PodView) -> Option<String> {

@@ -16,8 +16,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::agents;
-use crate::bench::{bench_nodes, deployment, drain, start_bench_nodes, wait_ready};
+use crate::bench::{bench_nodes, drain, start_bench_nodes};
 use crate::lab::Lab;
+use crate::workload::{deployment, wait_ready};
 
 /// The result line.
 #[derive(Debug, Serialize)]

@@ -16,8 +16,8 @@ use serde_json::json;
 
 use crate::error::ErrorBody;
 use crate::identity::ensure_identity;
-use crate::provider::SYSTEM_NAMESPACE;
 use crate::wire::{PeeringRequest, PeeringResponse, Resources, consumer_user, sign_proof};
+use ferry_crds::identity::SYSTEM_NAMESPACE;
 
 pub use ferry_crds::identity::{check_kubeconfig, identity_secret};
 

@@ -8,7 +8,7 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 
 use crate::key::ClusterKey;
-use crate::provider::SYSTEM_NAMESPACE;
+use ferry_crds::identity::SYSTEM_NAMESPACE;
 
 /// Secret with the cluster ID and key.
 pub const IDENTITY_SECRET: &str = "ferry-cluster-identity";

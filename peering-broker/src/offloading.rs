@@ -22,9 +22,9 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::consumer::identity_secret;
-use crate::identity::text;
-use crate::provider::SYSTEM_NAMESPACE;
 use crate::wire::{OffloadRequest, OffloadResponse};
+use ferry_crds::identity::SYSTEM_NAMESPACE;
+use ferry_crds::identity::text;
 
 /// Reconcile error.
 #[derive(Debug, thiserror::Error)]

@@ -18,7 +18,7 @@ use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
 use crate::consumer::{HandshakeError, handshake, identity_secret};
-use crate::provider::SYSTEM_NAMESPACE;
+use ferry_crds::identity::SYSTEM_NAMESPACE;
 
 /// Shared state of the reconciler.
 pub struct Context {

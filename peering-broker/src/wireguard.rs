@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, PostParams};
 
-use crate::provider::SYSTEM_NAMESPACE;
+use ferry_crds::identity::SYSTEM_NAMESPACE;
 
 /// The Secret that holds this cluster's WireGuard key.
 pub const WIREGUARD_SECRET: &str = "ferry-wireguard";
@@ -78,7 +78,7 @@ pub fn parse_public(s: &str) -> Option<[u8; 32]> {
 pub async fn ensure_key(client: &Client) -> crate::Result<WireGuardKey> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
     if let Some(s) = secrets.get_opt(WIREGUARD_SECRET).await? {
-        let text = crate::identity::text(&s, "privateKey").unwrap_or_default();
+        let text = ferry_crds::identity::text(&s, "privateKey").unwrap_or_default();
         return WireGuardKey::from_b64(&text).ok_or_else(|| {
             invalid!(
                 "Secret {SYSTEM_NAMESPACE}/{WIREGUARD_SECRET} has no valid privateKey; fix: delete it and restart ferry-agent (a new key is made)"

@@ -33,18 +33,20 @@ where
         }),
     )
     .default_backoff()
-    .filter_map(|ev| async move {
-        match ev {
-            // a page of the initial list is not a change of its own; the list's end is
-            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => None,
-            Ok(_) => Some(()),
-            Err(e) => {
-                tracing::debug!("watch: {e}");
-                None
-            }
-        }
-    });
+    .filter_map(|ev| std::future::ready(change_of(ev)));
     (store, changes)
+}
+
+/// A watch event as a change: a page of the initial list is not a change of its own, the list's end is.
+fn change_of<K>(ev: Result<watcher::Event<K>, watcher::Error>) -> Option<()> {
+    match ev {
+        Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => None,
+        Ok(_) => Some(()),
+        Err(e) => {
+            tracing::debug!("watch: {e}");
+            None
+        }
+    }
 }
 
 /// [`store_with_changes`] for an API whose version is found at run time (e.g. EndpointSlice v1 or v1beta1).
@@ -61,16 +63,7 @@ pub fn dynamic_store_with_changes(
     let api = Api::<kube::core::DynamicObject>::all_with(client, ar);
     let changes = reflector(writer, watcher(api, cfg))
         .default_backoff()
-        .filter_map(|ev| async move {
-            match ev {
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => None,
-                Ok(_) => Some(()),
-                Err(e) => {
-                    tracing::debug!("watch: {e}");
-                    None
-                }
-            }
-        });
+        .filter_map(|ev| std::future::ready(change_of(ev)));
     (store, changes)
 }
 

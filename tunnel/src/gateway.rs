@@ -84,35 +84,7 @@ fn yes() -> bool {
     true
 }
 
-/// What the gateway reports (the `PeerNetwork` status).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct GatewayStatus {
-    /// Heartbeats answered within the last 3 intervals.
-    pub connected: bool,
-    /// `Connected` / `NotConnected`.
-    pub phase: String,
-    /// Last heartbeat round trip, milliseconds.
-    pub latency_ms: Option<f64>,
-    /// Milliseconds since the last answered heartbeat.
-    pub last_heartbeat_age_ms: Option<u64>,
-    /// Underlay path MTU (probed or configured).
-    pub path_mtu: u32,
-    /// Tunnel MTU.
-    pub tunnel_mtu: u32,
-    /// MSS clamp on.
-    pub mss_clamp: bool,
-    /// Remote CIDR → local view.
-    pub remaps: BTreeMap<String, String>,
-    /// Bytes received / sent through the tunnel.
-    pub rx_bytes: u64,
-    /// Bytes sent.
-    pub tx_bytes: u64,
-    /// WireGuard backend.
-    pub backend: String,
-    /// Times the rules were found missing and re-applied.
-    pub reapplied: u64,
-}
+pub use crate::health::GatewayStatus;
 
 const JOURNAL_SUFFIX: &str = ".teardown.json";
 

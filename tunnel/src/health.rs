@@ -4,7 +4,10 @@
 //! an input (`now`, since the tunnel came up), so every transition is tested here without sockets or a
 //! clock; `gateway` only measures and applies.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 /// How often a heartbeat is sent through the tunnel.
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -31,6 +34,36 @@ pub struct Health {
     pub rx_bytes: u64,
     /// Bytes sent.
     pub tx_bytes: u64,
+    /// Times the rules were found missing and re-applied.
+    pub reapplied: u64,
+}
+
+/// What the gateway reports (the `PeerNetwork` status).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayStatus {
+    /// Heartbeats answered within the last 3 intervals.
+    pub connected: bool,
+    /// `Connected` / `NotConnected`.
+    pub phase: String,
+    /// Last heartbeat round trip, milliseconds.
+    pub latency_ms: Option<f64>,
+    /// Milliseconds since the last answered heartbeat.
+    pub last_heartbeat_age_ms: Option<u64>,
+    /// Underlay path MTU (probed or configured).
+    pub path_mtu: u32,
+    /// Tunnel MTU.
+    pub tunnel_mtu: u32,
+    /// MSS clamp on.
+    pub mss_clamp: bool,
+    /// Remote CIDR → local view.
+    pub remaps: BTreeMap<String, String>,
+    /// Bytes received / sent through the tunnel.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// WireGuard backend.
+    pub backend: String,
     /// Times the rules were found missing and re-applied.
     pub reapplied: u64,
 }

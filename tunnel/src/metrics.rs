@@ -9,7 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::gateway::GatewayStatus;
+use crate::health::GatewayStatus;
 
 /// The gateway's metrics.
 pub struct GatewayMetrics {

@@ -14,14 +14,12 @@
 //! deleted only when its local pod is known to be gone (the local store has synced *and* a direct GET
 //! says 404 or another UID), never because a cache is empty or an apiserver is unreachable.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use ferry_crds::NamespaceOffloading;
 use futures::channel::mpsc;
 use futures::{StreamExt, TryStreamExt};
-use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, ListParams};
@@ -33,45 +31,11 @@ use tracing::{info, warn};
 
 use crate::heartbeat::ensure_node;
 pub use crate::heartbeat::{heartbeat, livez, remove_node};
-pub use crate::pods::PodReflector;
+pub use crate::peer::Peer;
+pub use crate::pods::{PodReflector, RemoteNamespace};
 use crate::reflect::slim_status;
-pub use crate::remote::RemoteNamespace;
 use crate::remote::track_namespaces;
 use crate::{Error, VirtualNodeIdentity, api_err};
-
-/// What one virtual kubelet needs to know.
-pub struct Peer {
-    /// The provider's cluster ID.
-    pub provider: String,
-    /// This (consumer) cluster's ID.
-    pub consumer: String,
-    /// The tenant namespace on the provider (home of the `ResourceSlice`).
-    pub tenant_namespace: String,
-    /// How this cluster sees the provider's pod CIDRs (identity where not remapped).
-    pub remaps: BTreeMap<IpNet, IpNet>,
-    /// How the provider sees this cluster's pod CIDRs (for the endpoints copied there).
-    pub provider_view: BTreeMap<IpNet, IpNet>,
-    /// This cluster.
-    pub local: Client,
-    /// The provider, as the tenant's identity.
-    pub remote: Client,
-    /// Version string shown as the node's kubelet version.
-    pub version: String,
-}
-
-impl Peer {
-    pub(crate) fn node_name(&self) -> String {
-        VirtualNodeIdentity::for_provider(&self.provider).node_name
-    }
-
-    pub(crate) fn translate(&self, ip: IpAddr) -> IpAddr {
-        ferry_tunnel::ipam::translate(ip, &self.remaps).unwrap_or(ip)
-    }
-}
-
-pub(crate) fn now() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-}
 
 /// Runs the virtual kubelet of one peering until the task is dropped.
 pub async fn run(peer: Peer) -> Result<(), Error> {

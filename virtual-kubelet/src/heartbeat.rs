@@ -17,8 +17,8 @@ use kube::runtime::watcher;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::consumer::{Peer, now};
 use crate::node::{Observed, keep_transition_times, node_status, virtual_node};
+use crate::peer::{Peer, now};
 use crate::quantity::Amounts;
 use crate::{Error, GRANTED_SLICE, VirtualNodeIdentity, api_err};
 

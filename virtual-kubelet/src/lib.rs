@@ -10,6 +10,7 @@ pub mod consumer;
 pub mod heartbeat;
 pub mod node;
 pub mod objects;
+pub mod peer;
 pub mod pods;
 pub mod policy;
 pub mod provider;

@@ -21,7 +21,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::consumer::{Peer, PodReflector};
+use crate::peer::Peer;
+use crate::pods::PodReflector;
 use crate::translate::{MANAGED_BY, ORIGIN_CLUSTER_LABEL};
 
 /// The field manager of every copy.

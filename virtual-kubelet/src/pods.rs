@@ -18,13 +18,30 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, warn};
 
-use crate::consumer::{Peer, now};
+use crate::peer::{Peer, now};
 use crate::reflect::{self, Effect, LocalPod, Peering, Remote, Shadow};
-use crate::remote::RemoteNamespace;
 use crate::translate::{
     ORIGIN_CLUSTER_LABEL, ORIGIN_UID_LABEL, Refusal, RemoteTarget, to_local_status, to_remote,
 };
 use crate::{Error, api_err};
+
+/// The provider side of one offloaded namespace: reflectors and the task that runs them (started by
+/// [`crate::remote`]; read here when a pod is reconciled).
+pub struct RemoteNamespace {
+    /// The namespace on the provider.
+    pub name: String,
+    /// ShadowPods there (metadata only: the consumer pod's UID is a label).
+    pub shadows: Store<PartialObjectMeta<ShadowPod>>,
+    /// Pods there (of this consumer).
+    pub pods: Store<Pod>,
+    pub(crate) task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RemoteNamespace {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
 
 /// The pod reflection controller's shared state.
 pub struct PodReflector {

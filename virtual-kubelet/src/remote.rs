@@ -1,4 +1,4 @@
-//! The provider side of each offloaded namespace ([`RemoteNamespace`]): reflectors of the provider's
+//! The provider side of each offloaded namespace (a [`RemoteNamespace`]): reflectors of the provider's
 //! ShadowPods and pods there (their changes trigger the local pod's reconcile), the ConfigMaps, Secrets
 //! and Services copied over ([`crate::objects`]), and the provider pods' Events brought back. A ShadowPod
 //! whose local pod is gone is deleted only when a direct GET confirms it ([`orphan_check`]).
@@ -13,30 +13,13 @@ use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
+use kube::runtime::reflector::{self, ObjectRef, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
-use crate::pods::{PodReflector, delete_shadow, pending};
+use crate::pods::{PodReflector, RemoteNamespace, delete_shadow, pending};
 use crate::translate::{ORIGIN_CLUSTER_LABEL, ORIGIN_UID_LABEL};
-
-/// The provider side of one offloaded namespace: reflectors and the task that runs them.
-pub struct RemoteNamespace {
-    /// The namespace on the provider.
-    pub name: String,
-    /// ShadowPods there (metadata only: the consumer pod's UID is a label).
-    pub shadows: Store<PartialObjectMeta<ShadowPod>>,
-    /// Pods there (of this consumer).
-    pub pods: Store<Pod>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for RemoteNamespace {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// Starts the provider-side reflectors of one offloaded namespace, plus ConfigMap/Secret copying and
 /// Event reflection.

@@ -18,7 +18,8 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
-use crate::consumer::{Peer, remove_node};
+use crate::consumer::remove_node;
+use crate::peer::Peer;
 use crate::{Error, REMOTE_CLUSTER_LABEL, VIRTUAL_NODE_LABEL, api_err};
 
 /// What a virtual kubelet runs with (wanted, or started with).

@@ -1,0 +1,44 @@
+//! What one virtual kubelet knows of its peering ([`Peer`]): shared by the node's heartbeat, the pod
+//! reflection and the object reflection, so none of them imports another for it.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use kube::Client;
+
+use crate::VirtualNodeIdentity;
+
+/// What one virtual kubelet needs to know.
+pub struct Peer {
+    /// The provider's cluster ID.
+    pub provider: String,
+    /// This (consumer) cluster's ID.
+    pub consumer: String,
+    /// The tenant namespace on the provider (home of the `ResourceSlice`).
+    pub tenant_namespace: String,
+    /// How this cluster sees the provider's pod CIDRs (identity where not remapped).
+    pub remaps: BTreeMap<IpNet, IpNet>,
+    /// How the provider sees this cluster's pod CIDRs (for the endpoints copied there).
+    pub provider_view: BTreeMap<IpNet, IpNet>,
+    /// This cluster.
+    pub local: Client,
+    /// The provider, as the tenant's identity.
+    pub remote: Client,
+    /// Version string shown as the node's kubelet version.
+    pub version: String,
+}
+
+impl Peer {
+    pub(crate) fn node_name(&self) -> String {
+        VirtualNodeIdentity::for_provider(&self.provider).node_name
+    }
+
+    pub(crate) fn translate(&self, ip: IpAddr) -> IpAddr {
+        ferry_tunnel::ipam::translate(ip, &self.remaps).unwrap_or(ip)
+    }
+}
+
+pub(crate) fn now() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
