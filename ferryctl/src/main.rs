@@ -454,22 +454,35 @@ async fn offload_namespace(
     .with_context(|| format!("creating NamespaceOffloading {ns}/offloading"))?;
     // the webhook then refuses (rather than misses) pods here while the agent is down
     ferry_peering_broker::offloading::label_namespace(c, ns, true).await?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        let no = api.get("offloading").await?;
-        let st = no.status.unwrap_or_default();
-        let ready = st.conditions.iter().find(|c| c.type_ == "Ready");
-        match ready {
-            Some(r) if r.status == "True" && !st.remote_namespaces.is_empty() => {
-                return Ok(st.remote_namespaces);
-            }
-            Some(r) if r.status == "False" && Instant::now() > deadline => anyhow::bail!("{}", r.message),
-            _ if Instant::now() > deadline => anyhow::bail!(
-                "namespace {ns} not offloaded after {}s; fix: is ferry-agent running on this cluster?",
-                timeout.as_secs()
-            ),
-            _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
-        }
+    // by watch: the agent's NamespaceOffloading controller marks it Ready once every provider answered
+    let offloaded = |no: Option<&ferry_crds::NamespaceOffloading>| {
+        no.and_then(|n| n.status.as_ref()).is_some_and(|st| {
+            !st.remote_namespaces.is_empty()
+                && st
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    };
+    let waited = tokio::time::timeout(
+        timeout,
+        kube::runtime::wait::await_condition(api.clone(), "offloading", offloaded),
+    )
+    .await;
+    if let Ok(Ok(Some(no))) = waited {
+        return Ok(no.status.unwrap_or_default().remote_namespaces);
+    }
+    if let Ok(Err(e)) = waited {
+        anyhow::bail!("watching NamespaceOffloading {ns}/offloading: {e}");
+    }
+    // not Ready in time: say why if the agent said why
+    let st = api.get("offloading").await?.status.unwrap_or_default();
+    match st.conditions.iter().find(|c| c.type_ == "Ready") {
+        Some(r) if r.status == "False" => anyhow::bail!("{}", r.message),
+        _ => anyhow::bail!(
+            "namespace {ns} not offloaded after {}s; fix: is ferry-agent running on this cluster?",
+            timeout.as_secs()
+        ),
     }
 }
 
