@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Installs what the lab needs on a fresh Debian machine, as root, and caches the slow part.
 #
-#   scripts/provision.sh            # Debian packages + Kubernetes 1.20.2 server binaries
+#   scripts/provision.sh            # Debian packages + Kubernetes 1.20.2 server and node binaries
 #
 # Kubernetes: only bookworm's `kubernetes` source package (1.20.5+really1.20.2) still carries the server
-# code, so kube-apiserver, kube-controller-manager and kube-scheduler are built from it once and cached in
-# $FERRY_CACHE (default ~/.cache/ferry/k8s-1.20.2). A second run finds the cache and takes a second.
+# code, so kube-apiserver, kube-controller-manager, kube-scheduler, and for real lab nodes kubelet,
+# kube-proxy and the pause container's binary (static, from build/pause), are built from it once and
+# cached in $FERRY_CACHE (default ~/.cache/ferry/k8s-1.20.2); only what is missing is built. A second run
+# finds the cache and takes a second. The node runtime comes from Debian: containerd 1.6, runc, the CNI
+# plugins, iptables (kube-proxy) and busybox-static (the lab's workload image).
 set -euo pipefail
 
 CACHE=${FERRY_CACHE:-$HOME/.cache/ferry}
 K8S_DIR=$CACHE/k8s-1.20.2
-BINS=(kube-apiserver kube-controller-manager kube-scheduler)
+BINS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 
 log() { printf '[provision] %s\n' "$*" >&2; }
 
@@ -20,7 +23,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # --- Debian packages -------------------------------------------------------------------------------
-PKGS=(etcd-server iproute2 iputils-ping nftables iperf3 wireguard-tools openssl procps psmisc ethtool conntrack bind9-dnsutils curl)
+PKGS=(etcd-server iproute2 iputils-ping nftables iperf3 wireguard-tools openssl procps psmisc ethtool conntrack bind9-dnsutils curl
+  containerd runc containernetworking-plugins iptables busybox-static)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -37,15 +41,18 @@ fi
 pkill -x etcd -f 2>/dev/null && sleep 0.2 || true
 
 # --- Kubernetes server binaries --------------------------------------------------------------------
-have_all=1
-for b in "${BINS[@]}"; do [ -x "$K8S_DIR/$b" ] || have_all=0; done
-if [ $have_all = 1 ]; then
-  log "Kubernetes 1.20.2 server binaries cached in $K8S_DIR"
+# containerd's package may start a system containerd; the lab runs one per node with its own root, state
+# and socket, so the system one is left alone (it shares nothing with them).
+missing_bins=()
+for b in "${BINS[@]}"; do [ -x "$K8S_DIR/$b" ] || missing_bins+=("$b"); done
+need_pause=0; [ -x "$K8S_DIR/pause" ] || need_pause=1
+if [ ${#missing_bins[@]} = 0 ] && [ $need_pause = 0 ]; then
+  log "Kubernetes 1.20.2 binaries cached in $K8S_DIR"
   exit 0
 fi
 
-log "building Kubernetes 1.20.2 server binaries once (about 5-8 minutes on 2 cores); cache: $K8S_DIR"
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends golang-go rsync dpkg-dev >/dev/null
+log "building Kubernetes 1.20.2 once: ${missing_bins[*]} $([ $need_pause = 1 ] && echo pause) (about 5-8 minutes per server binary on 2 cores); cache: $K8S_DIR"
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends golang-go rsync dpkg-dev libc6-dev >/dev/null
 
 work=$CACHE/build
 rm -rf "$work"; mkdir -p "$work/lists/partial" "$work/src"
@@ -77,14 +84,19 @@ rm -rf "$work/src/tree/vendor/github.com/modern-go/reflect2"
 cp -r "$r2" "$work/src/tree/vendor/github.com/modern-go/reflect2"
 cd "$work/src/tree"
 export GOFLAGS=-mod=vendor GOCACHE=$work/gocache GO111MODULE=on
-for b in "${BINS[@]}"; do
+for b in "${missing_bins[@]}"; do
   log "go build $b ($(date +%T))"
   make WHAT="cmd/$b" >"$work/make-$b.log" 2>&1 || { tail -n 40 "$work/make-$b.log" >&2; exit 1; }
 done
 mkdir -p "$K8S_DIR"
-for b in "${BINS[@]}"; do
+for b in "${missing_bins[@]}"; do
   out=$(find _output -type f -name "$b" -perm -u+x | head -n1)
   cp "$out" "$K8S_DIR/$b"
 done
+if [ $need_pause = 1 ]; then
+  # the pause container's one process, as upstream builds it: static, so the image needs nothing else
+  log "cc -static build/pause/linux/pause.c"
+  gcc -Os -Wall -Werror -static -DVERSION=v3.4.1-ferry -o "$K8S_DIR/pause" build/pause/linux/pause.c
+fi
 cd /; rm -rf "$work"
 log "done: $(ls "$K8S_DIR" | tr '\n' ' ')"

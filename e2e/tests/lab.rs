@@ -671,3 +671,65 @@ fn ferryctl_works_as_the_kubectl_plugin_kubectl_ferry() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().next(), Some("1390"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The parts a real lab node is made of (issue: real nodes), provisioned by `scripts/provision.sh`:
+/// kubelet and kube-proxy 1.20.2 from the same source as the control plane, a static pause binary, and
+/// Debian's containerd 1.6, runc, CNI plugins, iptables and a static busybox. Not yet a node: this checks
+/// only that the parts are there and are what they claim.
+#[test]
+fn real_node_parts_are_provisioned_kubelet_kube_proxy_static_pause_and_debians_runtime() {
+    let k8s = ferry_e2e::lab::default_k8s_bin();
+    for b in ["kubelet", "kube-proxy"] {
+        let out = Command::new(k8s.join(b)).arg("--version").output().unwrap();
+        let v = String::from_utf8_lossy(&out.stdout);
+        assert!(v.contains("Kubernetes v1.20.2"), "{b} --version: {v}");
+    }
+    // the pause image and the workload image hold one binary each: it must need no shared library
+    for bin in [k8s.join("pause"), PathBuf::from("/bin/busybox")] {
+        let out = Command::new("ldd").arg(&bin).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            text.contains("not a dynamic executable") || text.contains("statically linked"),
+            "{}: {text}",
+            bin.display()
+        );
+    }
+    // pause waits for a signal and exits on it, as a pod's infra container must
+    let mut pause = Command::new(k8s.join("pause")).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(pause.try_wait().unwrap().is_none(), "pause exited on its own");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pause.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pause.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "pause ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let v = Command::new("containerd").arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&v.stdout).contains(" 1.6."), "{v:?}");
+    assert!(
+        Command::new("runc")
+            .arg("--version")
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    assert!(
+        Command::new("iptables")
+            .arg("--version")
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    for plugin in ["bridge", "host-local", "loopback", "portmap"] {
+        assert!(
+            PathBuf::from("/usr/lib/cni").join(plugin).is_file(),
+            "CNI plugin {plugin} missing from /usr/lib/cni"
+        );
+    }
+}
