@@ -11,6 +11,7 @@ pub mod demo;
 pub mod dns_bench;
 pub mod echo;
 pub mod flood;
+pub mod image;
 pub mod kubelet;
 pub mod lab;
 pub mod layout;

@@ -733,3 +733,106 @@ fn real_node_parts_are_provisioned_kubelet_kube_proxy_static_pause_and_debians_r
         );
     }
 }
+
+/// Images without a registry: the lab's own OCI archives import into a private containerd (its own
+/// root, state and socket under the lab's directory) and run with runc; nothing is pulled.
+#[test]
+fn the_labs_own_images_import_into_a_private_containerd_and_run_with_no_registry() {
+    use ferry_e2e::image;
+    let dir = root().join(format!("containerd-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("containerd.sock");
+    let config = dir.join("config.toml");
+    // no CRI plugin here (the kubelet's comes with the real nodes); nothing from /etc/containerd
+    std::fs::write(
+        &config,
+        "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+    )
+    .unwrap();
+    struct Stop(std::process::Child, PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            // a container's rootfs mount may outlive a failed run: unmount before removing
+            if let Ok(m) = std::fs::read_to_string("/proc/self/mounts") {
+                for line in m.lines().filter(|l| l.contains(&*self.1.to_string_lossy())) {
+                    if let Some(p) = line.split_whitespace().nth(1) {
+                        let _ = Command::new("umount").arg("-l").arg(p).status();
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let _stop = Stop(
+        Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .arg("--root")
+            .arg(dir.join("root"))
+            .arg("--state")
+            .arg(dir.join("state"))
+            .arg("--address")
+            .arg(&sock)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("containerd.log")).unwrap())
+            .spawn()
+            .unwrap(),
+        dir.clone(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "containerd did not listen on {}",
+            sock.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ctr = |args: &[&str]| {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let k8s = ferry_e2e::lab::default_k8s_bin();
+    for (name, archive) in [
+        (
+            image::WORKLOAD_IMAGE,
+            image::workload(std::path::Path::new("/bin/busybox")).unwrap(),
+        ),
+        (image::PAUSE_IMAGE, image::pause(&k8s.join("pause")).unwrap()),
+    ] {
+        let file = dir.join(format!("{}.tar", name.replace(['/', ':'], "_")));
+        std::fs::write(&file, archive).unwrap();
+        let (ok, out) = ctr(&["images", "import", &file.to_string_lossy()]);
+        assert!(ok, "import {name}: {out}");
+    }
+    let (ok, out) = ctr(&["images", "ls", "-q"]);
+    assert!(
+        ok && out.contains(image::WORKLOAD_IMAGE) && out.contains(image::PAUSE_IMAGE),
+        "{out}"
+    );
+    let (ok, out) = ctr(&[
+        "run",
+        "--rm",
+        image::WORKLOAD_IMAGE,
+        "ferry-lab-test",
+        "/bin/sh",
+        "-c",
+        "echo from-busybox-$((6*7)); ls /bin/httpd",
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("from-busybox-42") && out.contains("/bin/httpd"),
+        "{out}"
+    );
+}

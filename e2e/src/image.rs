@@ -1,0 +1,312 @@
+//! Container images without a registry: the lab writes OCI image-layout archives itself (a tar of
+//! `oci-layout`, `index.json` and `blobs/sha256/…`, one uncompressed layer) for `ctr images import`.
+//! Everything is fixed (mtime 0, uid/gid 0, sorted entries), so the same inputs give the same bytes and
+//! the same image ID.
+//!
+//! Images: [`pause`] (the static pause binary built by `scripts/provision.sh`) and [`workload`] (Debian's
+//! static busybox, with `sh`, `httpd`, `nc`, `wget` and friends as links: an nginx-like server and a
+//! curl-like client).
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+/// The name the lab's pause image is imported as (the kubelet's `--pod-infra-container-image`).
+pub const PAUSE_IMAGE: &str = "ferry.dev/lab/pause:3.4.1";
+/// The name the lab's workload image is imported as.
+pub const WORKLOAD_IMAGE: &str = "ferry.dev/lab/busybox:1.35";
+
+/// The busybox applets the workload image links (`/bin/<applet> -> busybox`).
+pub const APPLETS: &[&str] = &[
+    "sh", "ash", "cat", "echo", "env", "hostname", "httpd", "id", "ls", "mkdir", "nc", "nslookup", "ping",
+    "ps", "rm", "sleep", "tail", "true", "false", "wget", "date", "grep", "head", "touch", "test", "ip",
+];
+
+/// One entry of a layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// A directory.
+    Dir {
+        /// Path inside the image, no leading `/`.
+        path: String,
+    },
+    /// A regular file.
+    File {
+        /// Path inside the image.
+        path: String,
+        /// Permission bits.
+        mode: u32,
+        /// Contents.
+        data: Vec<u8>,
+    },
+    /// A symbolic link.
+    Symlink {
+        /// Path inside the image.
+        path: String,
+        /// Where it points.
+        target: String,
+    },
+}
+
+impl Entry {
+    fn path(&self) -> &str {
+        match self {
+            Entry::Dir { path } | Entry::File { path, .. } | Entry::Symlink { path, .. } => path,
+        }
+    }
+}
+
+fn octal(field: &mut [u8], value: u64) {
+    // NUL-terminated, zero-padded octal, as ustar wants
+    let s = format!("{:0width$o}", value, width = field.len() - 1);
+    field[..s.len()].copy_from_slice(s.as_bytes());
+    field[field.len() - 1] = 0;
+}
+
+fn header(path: &str, mode: u32, size: u64, kind: u8, link: &str) -> Result<[u8; 512]> {
+    if path.len() > 100 || link.len() > 100 {
+        bail!("tar entry {path:?}: names longer than 100 bytes are not written here; fix: a shorter path");
+    }
+    let mut h = [0u8; 512];
+    h[..path.len()].copy_from_slice(path.as_bytes());
+    octal(&mut h[100..108], u64::from(mode));
+    octal(&mut h[108..116], 0);
+    octal(&mut h[116..124], 0);
+    octal(&mut h[124..136], size);
+    octal(&mut h[136..148], 0);
+    h[156] = kind;
+    h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    // the checksum is taken with its own field as spaces
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    let s = format!("{sum:06o}\0 ");
+    h[148..156].copy_from_slice(s.as_bytes());
+    Ok(h)
+}
+
+/// A tar archive of `entries`, sorted by path, with fixed owners and times.
+pub fn tar(entries: &[Entry]) -> Result<Vec<u8>> {
+    let mut sorted: Vec<&Entry> = entries.iter().collect();
+    sorted.sort_by(|a, b| a.path().cmp(b.path()));
+    let mut out = Vec::new();
+    for e in sorted {
+        match e {
+            Entry::Dir { path } => out.extend(header(&format!("{path}/"), 0o755, 0, b'5', "")?),
+            Entry::Symlink { path, target } => out.extend(header(path, 0o777, 0, b'2', target)?),
+            Entry::File { path, mode, data } => {
+                out.extend(header(path, *mode, data.len() as u64, b'0', "")?);
+                out.extend_from_slice(data);
+                out.resize(out.len().div_ceil(512) * 512, 0);
+            }
+        }
+    }
+    // two zero blocks end the archive
+    out.resize(out.len() + 1024, 0);
+    Ok(out)
+}
+
+fn digest(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// An OCI image-layout archive of one layer made of `entries`, named `name` (`registry/repo:tag`), with
+/// this entrypoint.
+pub fn oci_archive(name: &str, entries: &[Entry], entrypoint: &[&str]) -> Result<Vec<u8>> {
+    let layer = tar(entries)?;
+    let layer_digest = digest(&layer);
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "1970-01-01T00:00:00Z",
+        "config": {"Entrypoint": entrypoint, "Env": ["PATH=/bin"], "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "ferry-lab image"}],
+    }))?;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}],
+    }))?;
+    let tag = name.rsplit_once(':').map(|(_, t)| t).unwrap_or("latest");
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest(&manifest),
+            "size": manifest.len(),
+            "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": tag},
+        }],
+    }))?;
+    let mut entries = vec![
+        Entry::File {
+            path: "oci-layout".into(),
+            mode: 0o644,
+            data: br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+        },
+        Entry::File {
+            path: "index.json".into(),
+            mode: 0o644,
+            data: index,
+        },
+        Entry::Dir { path: "blobs".into() },
+        Entry::Dir {
+            path: "blobs/sha256".into(),
+        },
+    ];
+    for blob in [layer, config, manifest] {
+        let hex = digest(&blob).trim_start_matches("sha256:").to_string();
+        entries.push(Entry::File {
+            path: format!("blobs/sha256/{hex}"),
+            mode: 0o644,
+            data: blob,
+        });
+    }
+    tar(&entries)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| {
+        format!(
+            "reading {}; fix: run scripts/provision.sh (make deps)",
+            path.display()
+        )
+    })
+}
+
+/// The pause image: `/pause` only.
+pub fn pause(pause_binary: &Path) -> Result<Vec<u8>> {
+    let entries = vec![Entry::File {
+        path: "pause".into(),
+        mode: 0o755,
+        data: read(pause_binary)?,
+    }];
+    oci_archive(PAUSE_IMAGE, &entries, &["/pause"])
+}
+
+/// The workload image: static busybox as `/bin/busybox`, its applets as links, and the directories a
+/// container expects.
+pub fn workload(busybox: &Path) -> Result<Vec<u8>> {
+    let mut entries: Vec<Entry> = ["bin", "dev", "etc", "proc", "sys", "tmp", "var", "var/www"]
+        .iter()
+        .map(|d| Entry::Dir { path: d.to_string() })
+        .collect();
+    entries.push(Entry::File {
+        path: "bin/busybox".into(),
+        mode: 0o755,
+        data: read(busybox)?,
+    });
+    entries.push(Entry::File {
+        path: "etc/passwd".into(),
+        mode: 0o644,
+        data: b"root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n".to_vec(),
+    });
+    entries.push(Entry::File {
+        path: "var/www/index.html".into(),
+        mode: 0o644,
+        data: b"ferry lab workload\n".to_vec(),
+    });
+    for a in APPLETS {
+        entries.push(Entry::Symlink {
+            path: format!("bin/{a}"),
+            target: "busybox".into(),
+        });
+    }
+    oci_archive(WORKLOAD_IMAGE, &entries, &["/bin/sh"])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads a tar back: (name, type, link, data) per entry; checks every header's checksum.
+    fn untar(mut t: &[u8]) -> Vec<(String, u8, String, Vec<u8>)> {
+        let mut out = Vec::new();
+        while t.len() >= 512 && t[..512].iter().any(|&b| b != 0) {
+            let h = &t[..512];
+            let field = |r: std::ops::Range<usize>| {
+                String::from_utf8_lossy(&h[r])
+                    .trim_end_matches(['\0', ' '])
+                    .to_string()
+            };
+            let mut copy = h.to_vec();
+            copy[148..156].copy_from_slice(b"        ");
+            let sum: u32 = copy.iter().map(|&b| u32::from(b)).sum();
+            assert_eq!(u32::from_str_radix(&field(148..154), 8).unwrap(), sum);
+            let size = u64::from_str_radix(&field(124..135), 8).unwrap() as usize;
+            let data = t[512..512 + size].to_vec();
+            out.push((field(0..100), h[156], field(157..257), data));
+            t = &t[512 + size.div_ceil(512) * 512..];
+        }
+        assert_eq!(t.len(), 1024, "two zero blocks end the archive");
+        out
+    }
+
+    #[test]
+    fn tar_entries_are_sorted_padded_and_checksummed() {
+        let t = tar(&[
+            Entry::File {
+                path: "b/file".into(),
+                mode: 0o644,
+                data: b"hello".to_vec(),
+            },
+            Entry::Dir { path: "b".into() },
+            Entry::Symlink {
+                path: "a".into(),
+                target: "b/file".into(),
+            },
+        ])
+        .unwrap();
+        assert_eq!(t.len() % 512, 0);
+        let e = untar(&t);
+        assert_eq!(e[0], ("a".into(), b'2', "b/file".into(), vec![]));
+        assert_eq!(e[1], ("b/".into(), b'5', String::new(), vec![]));
+        assert_eq!(e[2], ("b/file".into(), b'0', String::new(), b"hello".to_vec()));
+        assert!(
+            tar(&[Entry::Dir {
+                path: "x".repeat(101)
+            }])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn an_oci_archive_is_a_valid_layout_whose_digests_match_and_is_reproducible() {
+        let entries = [Entry::File {
+            path: "pause".into(),
+            mode: 0o755,
+            data: vec![7; 1000],
+        }];
+        let a = oci_archive("ferry.dev/lab/x:1", &entries, &["/pause"]).unwrap();
+        assert_eq!(
+            a,
+            oci_archive("ferry.dev/lab/x:1", &entries, &["/pause"]).unwrap()
+        );
+        let files = untar(&a);
+        let get = |name: &str| files.iter().find(|f| f.0 == name).unwrap().3.clone();
+        let layout: serde_json::Value = serde_json::from_slice(&get("oci-layout")).unwrap();
+        assert_eq!(layout["imageLayoutVersion"], "1.0.0");
+        let blob = |d: &serde_json::Value| {
+            let b = get(&format!(
+                "blobs/sha256/{}",
+                d["digest"].as_str().unwrap().trim_start_matches("sha256:")
+            ));
+            assert_eq!(digest(&b), d["digest"].as_str().unwrap());
+            assert_eq!(b.len() as u64, d["size"].as_u64().unwrap());
+            b
+        };
+        let index: serde_json::Value = serde_json::from_slice(&get("index.json")).unwrap();
+        let m = &index["manifests"][0];
+        assert_eq!(m["annotations"]["io.containerd.image.name"], "ferry.dev/lab/x:1");
+        let manifest: serde_json::Value = serde_json::from_slice(&blob(m)).unwrap();
+        let config: serde_json::Value = serde_json::from_slice(&blob(&manifest["config"])).unwrap();
+        let layer = blob(&manifest["layers"][0]);
+        assert_eq!(config["rootfs"]["diff_ids"][0], manifest["layers"][0]["digest"]);
+        assert_eq!(config["config"]["Entrypoint"][0], "/pause");
+        assert_eq!(untar(&layer)[0].3, vec![7; 1000]);
+    }
+}
