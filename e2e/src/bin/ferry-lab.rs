@@ -46,6 +46,13 @@ enum Cmd {
     },
     /// The two-cluster demo on a running lab.
     Demo,
+    /// Writes the lab's OCI image archives (pause, busybox workload) into a directory, for
+    /// `ctr images import`: nothing is pulled from a registry.
+    Images {
+        /// Directory to write `pause.tar` and `busybox.tar` into.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -331,6 +338,23 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Kubeconfig { cluster } => {
             let lab = lab::Lab::load(&cli.root, &cli.name)?;
             println!("{}", lab.paths.kubeconfig(lab.cluster(&cluster)?).display());
+        }
+        Cmd::Images { out } => {
+            use ferry_e2e::image;
+            std::fs::create_dir_all(&out).with_context(|| format!("--out {}", out.display()))?;
+            let k8s = lab::default_k8s_bin();
+            for (file, name, archive) in [
+                ("pause.tar", image::PAUSE_IMAGE, image::pause(&k8s.join("pause"))?),
+                (
+                    "busybox.tar",
+                    image::WORKLOAD_IMAGE,
+                    image::workload(std::path::Path::new("/bin/busybox"))?,
+                ),
+            ] {
+                let path = out.join(file);
+                std::fs::write(&path, &archive).with_context(|| format!("writing {}", path.display()))?;
+                println!("{name}\t{}\t{} bytes", path.display(), archive.len());
+            }
         }
         Cmd::Demo => {
             lab::require_root("ferry-lab demo")?;
