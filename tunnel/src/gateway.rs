@@ -385,7 +385,7 @@ pub async fn run_until(
         ?backend,
         "tunnel up"
     );
-    let mut status = GatewayStatus {
+    let status = GatewayStatus {
         path_mtu,
         tunnel_mtu: spec.tunnel_mtu,
         mss_clamp: spec.mss_clamp,
@@ -398,7 +398,7 @@ pub async fn run_until(
         phase: "NotConnected".into(),
         ..Default::default()
     };
-    let result = watch(&cfg, &spec, &mut status, stop, report).await;
+    let result = watch(&cfg, &spec, status, stop, report).await;
     responder.abort();
     apply::undo(&spec);
     let _ = std::fs::remove_file(cfg.status_file());
@@ -428,7 +428,7 @@ async fn check_host(spec: &GatewaySpec) -> Observed {
 async fn watch(
     cfg: &GatewayConfig,
     spec: &GatewaySpec,
-    status: &mut GatewayStatus,
+    status: GatewayStatus,
     stop: impl std::future::Future<Output = ()>,
     report: Option<tokio::sync::watch::Sender<GatewayStatus>>,
 ) -> Result<()> {
@@ -453,7 +453,10 @@ async fn watch(
         .with_context(|| format!("binding the heartbeat socket on {local_tunnel_ip}"))?;
     let peer = SocketAddr::new(spec.remote_tunnel_addr, cfg.probe_port());
     let up = Instant::now();
-    let mut health = Health::default();
+    let mut health = Health {
+        status,
+        ..Default::default()
+    };
     let mut tick = tokio::time::interval(crate::health::HEARTBEAT);
     loop {
         tokio::select! {
@@ -484,13 +487,7 @@ async fn watch(
                             }
                         }
                         Effect::Report => {
-                            status.connected = health.connected;
-                            status.phase = health.phase().into();
-                            status.latency_ms = health.latency_ms;
-                            status.last_heartbeat_age_ms = health.last_heartbeat_age_ms;
-                            status.rx_bytes = health.rx_bytes;
-                            status.tx_bytes = health.tx_bytes;
-                            status.reapplied = health.reapplied;
+                            let status = &health.status;
                             metrics.observe(status);
                             if let Some(r) = &report {
                                 r.send_replace(status.clone());

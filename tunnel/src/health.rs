@@ -17,29 +17,20 @@ pub const DEAD_AFTER: Duration = Duration::from_millis(1500);
 /// processes, so not on every 500 ms tick.
 pub const CHECK_EVERY: u64 = 4;
 
-/// What the gateway knows about its tunnel.
+/// What the gateway knows about its tunnel: the status it reports, and the two facts behind it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Health {
     /// When the last heartbeat was answered (time since the tunnel came up).
     pub last_ok: Option<Duration>,
-    /// Answered within [`DEAD_AFTER`].
-    pub connected: bool,
-    /// The last answered heartbeat's round trip, milliseconds.
-    pub latency_ms: Option<f64>,
-    /// Milliseconds since the last answered heartbeat, as of the last heartbeat.
-    pub last_heartbeat_age_ms: Option<u64>,
     /// Heartbeats sent.
     pub ticks: u64,
-    /// Bytes received through the tunnel (WireGuard's counter).
-    pub rx_bytes: u64,
-    /// Bytes sent.
-    pub tx_bytes: u64,
-    /// Times the rules were found missing and re-applied.
-    pub reapplied: u64,
+    /// What is reported: [`step`] keeps its health fields (connected, phase, latency, heartbeat age,
+    /// counters, re-applies); the gateway sets the rest (MTUs, remaps, backend) once at tunnel-up.
+    pub status: GatewayStatus,
 }
 
 /// What the gateway reports (the `PeerNetwork` status).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayStatus {
     /// Heartbeats answered within the last 3 intervals.
@@ -110,19 +101,21 @@ pub enum Effect {
 /// One transition.
 pub fn step(mut h: Health, observed: Observed) -> (Health, Vec<Effect>) {
     let mut effects = Vec::new();
+    let s = &mut h.status;
     match observed {
         Observed::Heartbeat { now, rtt } => {
             if let Some(rtt) = rtt {
                 h.last_ok = Some(now);
-                h.latency_ms = Some(rtt.as_secs_f64() * 1000.0);
+                s.latency_ms = Some(rtt.as_secs_f64() * 1000.0);
             }
             let age = h.last_ok.map(|t| now.saturating_sub(t));
             let connected = age.is_some_and(|a| a < DEAD_AFTER);
-            if connected != h.connected {
+            if connected != s.connected {
                 effects.push(Effect::Changed { connected });
             }
-            h.connected = connected;
-            h.last_heartbeat_age_ms = age.map(|a| a.as_millis() as u64);
+            s.connected = connected;
+            s.phase = if connected { "Connected" } else { "NotConnected" }.into();
+            s.last_heartbeat_age_ms = age.map(|a| a.as_millis() as u64);
             h.ticks += 1;
             if h.ticks % CHECK_EVERY == 1 {
                 effects.push(Effect::CheckHost);
@@ -131,28 +124,17 @@ pub fn step(mut h: Health, observed: Observed) -> (Health, Vec<Effect>) {
         }
         Observed::HostCheck { counters, intact } => {
             if let Some((rx, tx)) = counters {
-                h.rx_bytes = rx;
-                h.tx_bytes = tx;
+                s.rx_bytes = rx;
+                s.tx_bytes = tx;
             }
             if !intact {
-                h.reapplied += 1;
+                s.reapplied += 1;
                 effects.push(Effect::Reapply);
             }
         }
         Observed::HostCheckTimedOut => effects.push(Effect::CheckStuck),
     }
     (h, effects)
-}
-
-impl Health {
-    /// `Connected` or `NotConnected`, the `PeerNetwork`'s phase.
-    pub fn phase(&self) -> &'static str {
-        if self.connected {
-            "Connected"
-        } else {
-            "NotConnected"
-        }
-    }
 }
 
 #[cfg(test)]
@@ -176,26 +158,26 @@ mod tests {
     #[test]
     fn a_tunnel_connects_on_the_first_answer_and_drops_after_three_missed_heartbeats() {
         let (h, e) = beat(Health::default(), 500, None);
-        assert!(!h.connected && h.last_heartbeat_age_ms.is_none());
+        assert!(!h.status.connected && h.status.last_heartbeat_age_ms.is_none());
         assert!(!e.iter().any(|e| matches!(e, Effect::Changed { .. })), "{e:?}");
         let (h, e) = beat(h, 1000, Some(3));
-        assert!(h.connected);
-        assert_eq!(h.latency_ms, Some(3.0));
+        assert!(h.status.connected);
+        assert_eq!(h.status.latency_ms, Some(3.0));
         assert!(e.contains(&Effect::Changed { connected: true }));
         // two missed heartbeats: still connected, no change reported
         let (h, e) = beat(h, 1500, None);
         let (h, e2) = beat(h, 2000, None);
-        assert!(h.connected && !e.iter().chain(&e2).any(|e| matches!(e, Effect::Changed { .. })));
-        assert_eq!(h.last_heartbeat_age_ms, Some(1000));
+        assert!(h.status.connected && !e.iter().chain(&e2).any(|e| matches!(e, Effect::Changed { .. })));
+        assert_eq!(h.status.last_heartbeat_age_ms, Some(1000));
         // the third: 1.5 s without an answer
         let (h, e) = beat(h, 2500, None);
-        assert!(!h.connected);
-        assert_eq!(h.phase(), "NotConnected");
+        assert!(!h.status.connected);
+        assert_eq!(h.status.phase, "NotConnected");
         assert!(e.contains(&Effect::Changed { connected: false }));
         // the last latency stays; an answer connects again
-        assert_eq!(h.latency_ms, Some(3.0));
+        assert_eq!(h.status.latency_ms, Some(3.0));
         let (h, e) = beat(h, 3000, Some(1));
-        assert!(h.connected && e.contains(&Effect::Changed { connected: true }));
+        assert!(h.status.connected && e.contains(&Effect::Changed { connected: true }));
     }
 
     #[test]
@@ -227,7 +209,10 @@ mod tests {
             },
         );
         assert!(e.is_empty());
-        assert_eq!((h.rx_bytes, h.tx_bytes, h.reapplied), (7, 9, 0));
+        assert_eq!(
+            (h.status.rx_bytes, h.status.tx_bytes, h.status.reapplied),
+            (7, 9, 0)
+        );
         let (h, e) = step(
             h,
             Observed::HostCheck {
@@ -237,7 +222,10 @@ mod tests {
         );
         assert_eq!(e, [Effect::Reapply]);
         // counters the device did not give are kept, not zeroed
-        assert_eq!((h.rx_bytes, h.tx_bytes, h.reapplied), (7, 9, 1));
+        assert_eq!(
+            (h.status.rx_bytes, h.status.tx_bytes, h.status.reapplied),
+            (7, 9, 1)
+        );
         let (h2, e) = step(h.clone(), Observed::HostCheckTimedOut);
         assert_eq!(e, [Effect::CheckStuck]);
         assert_eq!(h2, h);
@@ -247,7 +235,7 @@ mod tests {
     fn a_clock_that_seems_to_go_back_never_panics_or_disconnects() {
         let (h, _) = beat(Health::default(), 2000, Some(1));
         let (h, e) = beat(h, 1000, None);
-        assert!(h.connected && !e.contains(&Effect::Changed { connected: false }));
-        assert_eq!(h.last_heartbeat_age_ms, Some(0));
+        assert!(h.status.connected && !e.contains(&Effect::Changed { connected: false }));
+        assert_eq!(h.status.last_heartbeat_age_ms, Some(0));
     }
 }
