@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::layout::{ClusterLayout, LabLayout};
 use crate::net;
+use crate::node;
 use crate::pki::{self, ClusterPki};
 use crate::procs::{ProcessTable, Tracked};
 
@@ -251,8 +252,24 @@ async fn start(lab: &Lab, opts: &UpOptions) -> Result<()> {
             .hosts()
             .next()
             .context("service CIDR has no hosts")?;
-        let pki = ClusterPki::generate(&c.id, first_service_ip)?;
+        let nodes: Vec<(String, IpAddr)> = (0..c.real_nodes)
+            .map(|k| (c.real_node_name(k), c.real_node_ip(k)))
+            .collect();
+        let pki = ClusterPki::generate(&c.id, first_service_ip, &[c.control_plane_ip()], &nodes)?;
         pki.write(&dir.join("pki"))?;
+        if c.real_nodes > 0 {
+            progress(&format!(
+                "{}: node network {} with {} real nodes",
+                c.id,
+                c.node_network(),
+                c.real_nodes
+            ));
+            net::create_node_network(layout, c)?;
+            for k in 0..c.real_nodes {
+                net::add_real_node(layout, c, k, &node::netns(&layout.name, c, k))?;
+                node::prepare(lab, c, k, &pki)?;
+            }
+        }
         let ctx = format!("{}-{}", layout.name, c.id);
         std::fs::write(
             paths.kubeconfig(c),
@@ -312,7 +329,11 @@ async fn start(lab: &Lab, opts: &UpOptions) -> Result<()> {
             format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),
             "--api-audiences=https://kubernetes.default.svc.cluster.local".into(),
-            "--authorization-mode=RBAC".into(),
+            "--authorization-mode=Node,RBAC".into(),
+            format!("--kubelet-client-certificate={}", p("kubelet-client.crt")),
+            format!("--kubelet-client-key={}", p("kubelet-client.key")),
+            format!("--kubelet-certificate-authority={}", p("ca.crt")),
+            "--kubelet-preferred-address-types=InternalIP".into(),
             "--allow-privileged=true".into(),
             "--endpoint-reconciler-type=none".into(),
             format!(
@@ -383,11 +404,92 @@ async fn start(lab: &Lab, opts: &UpOptions) -> Result<()> {
     for c in &layout.clusters {
         wait_cluster_ready(lab, c, &table).await?;
     }
+    if layout.clusters.iter().any(|c| c.real_nodes > 0) {
+        start_real_nodes(lab, opts, &table).await?;
+    }
     progress(&format!(
         "lab {:?} up in {:.1}s",
         layout.name,
         t0.elapsed().as_secs_f64()
     ));
+    Ok(())
+}
+
+/// Real nodes: the cluster's services (apiserver front, DNS), RBAC for kube-proxy, the image archives, then
+/// one `ferry-lab node` per node; waits until every real node is Ready.
+async fn start_real_nodes(lab: &Lab, opts: &UpOptions, table: &ProcessTable) -> Result<()> {
+    let t0 = Instant::now();
+    node::write_images(lab)?;
+    for c in lab.layout.clusters.iter().filter(|c| c.real_nodes > 0) {
+        let client = lab.client(c).await?;
+        let binding: k8s_openapi::api::rbac::v1::ClusterRoleBinding = serde_json::from_value(
+            serde_json::json!({
+                "metadata": {"name": "ferry-lab:kube-proxy"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:node-proxier"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:kube-proxy"}]
+            }),
+        )?;
+        Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(client)
+            .patch(
+                "ferry-lab:kube-proxy",
+                &kube::api::PatchParams::apply("ferry-lab").force(),
+                &kube::api::Patch::Apply(&binding),
+            )
+            .await
+            .context("binding system:kube-proxy to system:node-proxier")?;
+        let mut svc = Command::new(&opts.exe);
+        svc.args(["--name", &lab.layout.name])
+            .arg("--root")
+            .arg(&opts.root)
+            .args(["services", "--cluster", &c.id]);
+        table.spawn(&format!("{}-services", c.id), svc, &lab.paths.log(c, "services"))?;
+        progress(&format!(
+            "{}: starting {} real nodes (containerd, kubelet 1.20.2, kube-proxy)",
+            c.id, c.real_nodes
+        ));
+        for k in 0..c.real_nodes {
+            let cmd = node::command(lab, c, k, &opts.exe, &opts.root);
+            let name = c.real_node_name(k);
+            table.spawn(&format!("{}-{name}", c.id), cmd, &lab.paths.log(c, &name))?;
+        }
+    }
+    for c in lab.layout.clusters.iter().filter(|c| c.real_nodes > 0) {
+        let nodes: Api<Node> = Api::all(lab.client(c).await?);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            for k in 0..c.real_nodes {
+                let name = c.real_node_name(k);
+                check_alive(table, &format!("{}-{name}", c.id), &lab.paths.log(c, &name))?;
+            }
+            check_alive(
+                table,
+                &format!("{}-services", c.id),
+                &lab.paths.log(c, "services"),
+            )?;
+            let ready = nodes
+                .list(&ListParams::default().labels(&format!(
+                    "{}={}",
+                    crate::kubelet::POOL_LABEL,
+                    node::REAL_POOL
+                )))
+                .await
+                .map(|l| l.items.iter().filter(|n| node_ready(n)).count())
+                .unwrap_or(0);
+            if ready >= c.real_nodes as usize {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "real nodes of {} not Ready after 120s ({ready}/{}); logs in {}",
+                    c.id,
+                    c.real_nodes,
+                    lab.paths.cluster_dir(c).join("logs").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    progress(&format!("real nodes Ready in {:.1}s", t0.elapsed().as_secs_f64()));
     Ok(())
 }
 
@@ -501,8 +603,25 @@ pub fn teardown(root: &Path, name: &str, layout: &LabLayout) -> (Vec<String>, Ve
         })
         .unwrap_or_default();
     if let Some(t) = table {
+        // real nodes stop together (each stops its kubelet, its pods' containers, then containerd)
+        let nodes: Vec<Tracked> = t
+            .list()
+            .into_iter()
+            .filter(|p| p.name.contains("-real-node-") && p.alive())
+            .collect();
+        for p in &nodes {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p.pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let _ = crate::procs::wait_until("real nodes stopped", Duration::from_secs(15), || {
+            nodes.iter().all(|p| !p.alive())
+        });
         t.stop_all();
     }
+    // what a killed node left: containers, shims, cgroups, mounts
+    node::sweep(name, &dir);
     let removed = net::destroy(name);
     for c in &layout.clusters {
         let _ = std::fs::remove_dir_all(LabPaths::etcd_data(name, c));

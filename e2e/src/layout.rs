@@ -87,6 +87,11 @@ pub enum LayoutError {
         /// Clusters.
         clusters: u32,
     },
+    /// Real nodes asked for on an IPv6-only pod CIDR.
+    #[error(
+        "--real-nodes needs an IPv4 --pod-cidr (real nodes' bridge, routes and kube-proxy are IPv4 here), got {0}; fix: pass --real-nodes 0 with an IPv6 pod CIDR, or an IPv4 pod CIDR"
+    )]
+    RealNodesIpv6(IpNet),
     /// A lab name that cannot be used in interface and namespace names.
     #[error(
         "--name {0:?} is not a lab name; fix: use 1 to 10 lowercase letters or digits, starting with a letter"
@@ -137,6 +142,8 @@ pub struct LabRequest {
     pub node_cidr_mask_v6: u8,
     /// Lab nodes per cluster.
     pub nodes: u32,
+    /// Real nodes (kubelet 1.20.2 + containerd) per cluster.
+    pub real_nodes: u32,
     /// First port; cluster i uses `base_port + 10 * i ..`.
     pub base_port: u16,
     /// Node capacity.
@@ -195,6 +202,9 @@ pub struct ClusterLayout {
     pub ports: ClusterPorts,
     /// Lab nodes.
     pub nodes: u32,
+    /// Real nodes (kubelet 1.20.2 + containerd, each in its own network namespace).
+    #[serde(default)]
+    pub real_nodes: u32,
     /// The host's address on its WAN link (IPv4, /24); the WAN router is `.1` of that /24.
     pub wan_ip: IpAddr,
     /// The host's address on its WAN link (IPv6, /64); the WAN router is `::1` of that /64.
@@ -226,7 +236,53 @@ impl ClusterLayout {
     pub fn node_subnet(&self, k: u32) -> Result<IpNet, LayoutError> {
         node_subnet(self.pod_cidr, self.node_cidr_mask, k)
     }
+
+    /// The node network that real nodes sit on (`198.19.<index>.0/24`, in the benchmarking range like the
+    /// WAN): the cluster's host namespace is its router at `.1`, the control plane's front is `.254`.
+    pub fn node_network(&self) -> IpNet {
+        IpNet::new(IpAddr::from([198, 19, self.index as u8, 0]), 24).expect("literal prefix")
+    }
+
+    /// The node network's router: the cluster's host namespace (where the gateway runs).
+    pub fn node_router(&self) -> IpAddr {
+        IpAddr::from([198, 19, self.index as u8, 1])
+    }
+
+    /// The control plane's address on the node network (the root namespace's end of its link): nodes reach
+    /// the apiserver at `https://<this>:6443` and the cluster DNS at `<this>:53`.
+    pub fn control_plane_ip(&self) -> IpAddr {
+        IpAddr::from([198, 19, self.index as u8, 254])
+    }
+
+    /// The name of real node `k` (0-based).
+    pub fn real_node_name(&self, k: u32) -> String {
+        format!("real-node-{}", k + 1)
+    }
+
+    /// The address of real node `k` on the node network.
+    pub fn real_node_ip(&self, k: u32) -> IpAddr {
+        IpAddr::from([198, 19, self.index as u8, 10 + k as u8])
+    }
+
+    /// The pod subnet of real node `k`: subnets from [`REAL_NODE_SUBNET_BASE`] on, after the lab nodes'.
+    pub fn real_node_subnet(&self, k: u32) -> Result<IpNet, LayoutError> {
+        node_subnet(self.pod_cidr, self.node_cidr_mask, REAL_NODE_SUBNET_BASE + k)
+    }
+
+    /// The cluster DNS Service's IP (the tenth address of the service CIDR, as kubeadm picks).
+    pub fn dns_service_ip(&self) -> IpAddr {
+        self.service_cidr
+            .hosts()
+            .nth(9)
+            .expect("a validated service CIDR has ten addresses")
+    }
 }
+
+/// Index of the first real node's pod subnet in the pod CIDR (lab nodes take `0..64`, the bench's hollow
+/// nodes start at 100).
+pub const REAL_NODE_SUBNET_BASE: u32 = 200;
+/// Most real nodes per cluster (each runs a kubelet, a containerd and a kube-proxy on this one machine).
+pub const MAX_REAL_NODES: u32 = 8;
 
 /// The whole lab, validated.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -290,6 +346,14 @@ impl LabLayout {
                 value: req.nodes.into(),
                 min: 1,
                 max: 64,
+            });
+        }
+        if req.real_nodes > MAX_REAL_NODES {
+            return Err(LayoutError::Range {
+                flag: "--real-nodes",
+                value: req.real_nodes.into(),
+                min: 0,
+                max: MAX_REAL_NODES.into(),
             });
         }
         if !(1280..=9000).contains(&req.wan_mtu) {
@@ -357,6 +421,7 @@ impl LabLayout {
                     apiserver: base + 2,
                 },
                 nodes: req.nodes,
+                real_nodes: req.real_nodes,
                 wan_ip: IpAddr::from([198, 18, index as u8, 2]),
                 wan_ip6: format!("fd00:198:18:{index:x}::2")
                     .parse()
@@ -364,6 +429,12 @@ impl LabLayout {
             };
             // every lab node (and the bench's hollow nodes, which start at index 100) needs a subnet
             cluster.node_subnet(req.nodes - 1)?;
+            if req.real_nodes > 0 {
+                if pod_cidr.addr().is_ipv6() {
+                    return Err(LayoutError::RealNodesIpv6(pod_cidr));
+                }
+                cluster.real_node_subnet(req.real_nodes - 1)?;
+            }
             if pod_cidr.contains(&service_cidr) || service_cidr.contains(&pod_cidr) {
                 return Err(LayoutError::Overlap {
                     what: format!("cluster {} service and pod CIDRs", cluster.id),
@@ -506,6 +577,7 @@ mod tests {
             node_cidr_mask: 24,
             node_cidr_mask_v6: 64,
             nodes: 2,
+            real_nodes: 0,
             base_port: 20000,
             node_capacity: NodeCapacity {
                 cpu: "4".into(),
@@ -637,6 +709,42 @@ mod tests {
         assert!(matches!(LabLayout::plan(&r), Err(LayoutError::NodeMask { .. })));
     }
 
+    #[test]
+    fn real_nodes_get_their_own_addresses_subnets_and_a_clear_refusal_on_ipv6() {
+        let mut r = req();
+        r.real_nodes = 2;
+        let lab = LabLayout::plan(&r).unwrap();
+        let c2 = &lab.clusters[1];
+        assert_eq!(c2.real_nodes, 2);
+        assert_eq!(c2.node_network().to_string(), "198.19.2.0/24");
+        assert_eq!(c2.node_router().to_string(), "198.19.2.1");
+        assert_eq!(c2.control_plane_ip().to_string(), "198.19.2.254");
+        assert_eq!(c2.real_node_ip(1).to_string(), "198.19.2.11");
+        assert_eq!(c2.real_node_name(0), "real-node-1");
+        assert_eq!(c2.real_node_subnet(1).unwrap().to_string(), "10.244.201.0/24");
+        assert_eq!(c2.dns_service_ip().to_string(), "10.97.0.10");
+        // real node subnets never meet the lab nodes' (0..64) or the bench's hollow nodes' (100..)
+        assert!(
+            !c2.real_node_subnet(0)
+                .unwrap()
+                .contains(&c2.node_subnet(63).unwrap())
+        );
+        assert!(!c2.node_network().contains(&c2.wan_ip));
+        r.real_nodes = MAX_REAL_NODES + 1;
+        assert!(
+            LabLayout::plan(&r)
+                .unwrap_err()
+                .to_string()
+                .starts_with("--real-nodes 9 is out of range")
+        );
+        r.real_nodes = 1;
+        r.pod_cidrs = vec!["fd00:10:244::/56".into()];
+        let e = LabLayout::plan(&r).unwrap_err();
+        assert!(matches!(e, LayoutError::RealNodesIpv6(_)));
+        assert!(e.to_string().contains("fix: pass --real-nodes 0"));
+        r.real_nodes = 0;
+        assert!(LabLayout::plan(&r).is_ok());
+    }
     #[test]
     fn pool_skips_gateway_network_and_broadcast_and_reuses_released() {
         let mut p = SubnetPool::new("10.244.1.0/29".parse().unwrap());

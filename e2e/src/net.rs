@@ -134,6 +134,119 @@ pub fn create(lab: &LabLayout) -> Result<()> {
     Ok(())
 }
 
+/// Name of the node network's bridge in a cluster's host namespace (real nodes hang on it).
+pub const NODE_BRIDGE: &str = "nodes0";
+
+/// The root namespace's end of a cluster's node-network link (15 characters at most).
+pub fn control_plane_link(lab: &LabLayout, c: &ClusterLayout) -> String {
+    format!("fl{}c{}", lab.name, c.index)
+}
+
+/// A cluster's node network: a bridge in its host namespace (the router, [`ClusterLayout::node_router`])
+/// and a link from the root namespace, where the control plane listens at
+/// [`ClusterLayout::control_plane_ip`] (so the apiserver reaches kubelets and nodes reach the apiserver).
+pub fn create_node_network(lab: &LabLayout, c: &ClusterLayout) -> Result<()> {
+    let host = lab.host_netns(c);
+    let net = c.node_network();
+    ipn(&host, &["link", "add", NODE_BRIDGE, "type", "bridge"])?;
+    ipn(
+        &host,
+        &[
+            "addr",
+            "add",
+            &format!("{}/{}", c.node_router(), net.prefix_len()),
+            "dev",
+            NODE_BRIDGE,
+        ],
+    )?;
+    ipn(&host, &["link", "set", NODE_BRIDGE, "up"])?;
+    let link = control_plane_link(lab, c);
+    ip(&[
+        "link", "add", &link, "type", "veth", "peer", "name", "ctl0", "netns", &host,
+    ])
+    .with_context(|| format!("creating the control plane's link {link}"))?;
+    ipn(&host, &["link", "set", "ctl0", "master", NODE_BRIDGE, "up"])?;
+    ip(&[
+        "addr",
+        "add",
+        &format!("{}/{}", c.control_plane_ip(), net.prefix_len()),
+        "dev",
+        &link,
+    ])?;
+    ip(&["link", "set", &link, "up"])?;
+    Ok(())
+}
+
+/// Real node `k`'s host: its namespace `netns` on the node network (`eth0`, default route via the
+/// cluster's router), forwarding on, bridged traffic through iptables (kube-proxy's Services between pods
+/// of one node), and host-gw routes: the router and every other real node reach this node's pod subnet
+/// through its node address.
+pub fn add_real_node(lab: &LabLayout, c: &ClusterLayout, k: u32, netns: &str) -> Result<()> {
+    let host = lab.host_netns(c);
+    add_netns(netns)?;
+    for (key, value) in [
+        ("net.ipv4.ip_forward", "1"),
+        ("net.bridge.bridge-nf-call-iptables", "1"),
+        ("net.ipv4.conf.all.route_localnet", "1"),
+    ] {
+        sysctl(netns, key, value)?;
+    }
+    let veth = format!("node{}", k + 1);
+    ipn(
+        &host,
+        &[
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", netns,
+        ],
+    )?;
+    ipn(&host, &["link", "set", &veth, "master", NODE_BRIDGE, "up"])?;
+    let net = c.node_network();
+    ipn(
+        netns,
+        &[
+            "addr",
+            "add",
+            &format!("{}/{}", c.real_node_ip(k), net.prefix_len()),
+            "dev",
+            "eth0",
+        ],
+    )?;
+    ipn(netns, &["link", "set", "eth0", "up"])?;
+    ipn(
+        netns,
+        &["route", "add", "default", "via", &c.node_router().to_string()],
+    )?;
+    // The control plane's end sits in the root namespace, shared by clusters whose pod CIDRs are the same:
+    // it has no route back to pods, so what pods send it (the cluster DNS, the `kubernetes` Service) leaves
+    // the node with the node's address, as a cloud load balancer in front of an apiserver would see it.
+    nft_in(
+        netns,
+        &format!(
+            "table ip ferry-lab-node {{\n chain post {{\n  type nat hook postrouting priority 100;\n  ip daddr {} masquerade\n }}\n}}\n",
+            c.control_plane_ip()
+        ),
+    )?;
+    let subnet = c.real_node_subnet(k)?.to_string();
+    let via = c.real_node_ip(k).to_string();
+    ipn(&host, &["route", "replace", &subnet, "via", &via])?;
+    for j in (0..c.real_nodes).filter(|j| *j != k) {
+        let other = crate::node::netns(&lab.name, c, j);
+        if netns_exists(&other) {
+            ipn(&other, &["route", "replace", &subnet, "via", &via])?;
+            ipn(
+                netns,
+                &[
+                    "route",
+                    "replace",
+                    &c.real_node_subnet(j)?.to_string(),
+                    "via",
+                    &c.real_node_ip(j).to_string(),
+                ],
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// Removes every namespace of the lab (pods, hosts, WAN), killing what runs inside.
 pub fn destroy(lab_name: &str) -> Vec<String> {
     let all = netns_with_prefix(&format!("{lab_name}-"));

@@ -29,10 +29,29 @@ pub struct ClusterPki {
     pub apiserver: CertPem,
     /// Admin client certificate (`system:masters`).
     pub admin: CertPem,
+    /// kube-apiserver's client certificate towards kubelets (logs, exec, port-forward).
+    pub kubelet_client: CertPem,
+    /// Each real node's certificates.
+    pub nodes: Vec<NodePki>,
     /// Service-account token signing key (PKCS#8 PEM).
     pub service_account_key: String,
     /// Its public key (SPKI PEM), which kube-apiserver verifies tokens with.
     pub service_account_pub: String,
+}
+
+/// A real node's certificates, both signed by the cluster CA.
+#[derive(Clone, Debug)]
+pub struct NodePki {
+    /// Node name.
+    pub name: String,
+    /// The kubelet's client certificate: `system:node:<name>` in `system:nodes`, which the apiserver's Node
+    /// authorizer confines to the node's own objects.
+    pub client: CertPem,
+    /// The kubelet's serving certificate for its node address (the apiserver verifies it for logs and
+    /// exec) .
+    pub serving: CertPem,
+    /// kube-proxy's client certificate (`system:kube-proxy`, bound to `system:node-proxier`).
+    pub proxy: CertPem,
 }
 
 fn ca(cluster: &str) -> Result<(CertPem, CertificateParams, KeyPair)> {
@@ -84,8 +103,14 @@ fn leaf(
 }
 
 impl ClusterPki {
-    /// Generates a fresh PKI for one cluster whose in-cluster API address is `service_ip`.
-    pub fn generate(cluster: &str, service_ip: IpAddr) -> Result<Self> {
+    /// Generates a fresh PKI for one cluster whose in-cluster API address is `service_ip`, whose apiserver
+    /// is also reached at `extra_ips`, with certificates for the real `nodes` (name, node address).
+    pub fn generate(
+        cluster: &str,
+        service_ip: IpAddr,
+        extra_ips: &[IpAddr],
+        nodes: &[(String, IpAddr)],
+    ) -> Result<Self> {
         let (ca, ca_params, ca_key) = ca(cluster)?;
         let issuer = Issuer::from_params(&ca_params, &ca_key);
         let sans: Vec<String> = [
@@ -99,6 +124,7 @@ impl ClusterPki {
         .iter()
         .map(|s| s.to_string())
         .chain([service_ip.to_string()])
+        .chain(extra_ips.iter().map(IpAddr::to_string))
         .collect();
         let apiserver = leaf(
             &issuer,
@@ -114,17 +140,56 @@ impl ClusterPki {
             &[],
             ExtendedKeyUsagePurpose::ClientAuth,
         )?;
+        let kubelet_client = leaf(
+            &issuer,
+            "kube-apiserver-kubelet-client",
+            &["system:masters"],
+            &[],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )?;
+        let nodes = nodes
+            .iter()
+            .map(|(name, ip)| -> Result<NodePki> {
+                Ok(NodePki {
+                    name: name.clone(),
+                    client: leaf(
+                        &issuer,
+                        &format!("system:node:{name}"),
+                        &["system:nodes"],
+                        &[],
+                        ExtendedKeyUsagePurpose::ClientAuth,
+                    )?,
+                    serving: leaf(
+                        &issuer,
+                        name,
+                        &[],
+                        &[name.clone(), ip.to_string()],
+                        ExtendedKeyUsagePurpose::ServerAuth,
+                    )?,
+                    proxy: leaf(
+                        &issuer,
+                        "system:kube-proxy",
+                        &[],
+                        &[],
+                        ExtendedKeyUsagePurpose::ClientAuth,
+                    )?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let sa = KeyPair::generate()?;
         Ok(Self {
             ca,
             apiserver,
             admin,
+            kubelet_client,
+            nodes,
             service_account_key: sa.serialize_pem(),
             service_account_pub: sa.public_key_pem(),
         })
     }
 
-    /// Writes `ca.crt`, `ca.key`, `apiserver.crt`, `apiserver.key`, `admin.crt`, `admin.key`, `sa.key`, `sa.pub`.
+    /// Writes `ca.crt`, `ca.key`, `apiserver.*`, `admin.*`, `kubelet-client.*`, `sa.key`, `sa.pub` (node
+    /// certificates go to each node's directory, see [`crate::node`]).
     pub fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir)?;
         for (name, text) in [
@@ -134,6 +199,8 @@ impl ClusterPki {
             ("apiserver.key", &self.apiserver.key),
             ("admin.crt", &self.admin.cert),
             ("admin.key", &self.admin.key),
+            ("kubelet-client.crt", &self.kubelet_client.cert),
+            ("kubelet-client.key", &self.kubelet_client.key),
             ("sa.key", &self.service_account_key),
             ("sa.pub", &self.service_account_pub),
         ] {
@@ -162,7 +229,15 @@ mod tests {
 
     #[test]
     fn generates_a_ca_and_leaves_and_a_kubeconfig_that_kube_parses() {
-        let pki = ClusterPki::generate("c1", "10.96.0.1".parse().unwrap()).unwrap();
+        let pki = ClusterPki::generate(
+            "c1",
+            "10.96.0.1".parse().unwrap(),
+            &["198.19.1.254".parse().unwrap()],
+            &[("real-node-1".into(), "198.19.1.10".parse().unwrap())],
+        )
+        .unwrap();
+        assert_eq!(pki.nodes.len(), 1);
+        assert_ne!(pki.nodes[0].client.cert, pki.nodes[0].serving.cert);
         assert!(pki.ca.cert.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(pki.admin.key.contains("PRIVATE KEY"));
         assert_ne!(pki.apiserver.cert, pki.admin.cert);

@@ -71,6 +71,23 @@ enum Cmd {
     },
     /// Change the WAN between clusters: MTU, a hidden bottleneck, ICMP filtering, outages.
     Wan(WanArgs),
+    /// (internal) One real node (containerd, kubelet 1.20.2, kube-proxy) in its own mount and network
+    /// namespace; `up --real-nodes N` starts it.
+    Node {
+        /// Cluster.
+        #[arg(long)]
+        cluster: String,
+        /// Node number, from 1.
+        #[arg(long)]
+        node: u32,
+    },
+    /// (internal) A cluster's apiserver front and cluster DNS on its node network; `up --real-nodes N`
+    /// starts it.
+    Services {
+        /// Cluster.
+        #[arg(long)]
+        cluster: String,
+    },
     /// (internal) The lab kubelet of one cluster; `up` starts it.
     Kubelet {
         /// Cluster.
@@ -192,6 +209,11 @@ struct UpArgs {
     /// Lab nodes per cluster.
     #[arg(long, default_value_t = 2)]
     nodes: u32,
+    /// Real nodes per cluster: kubelet 1.20.2, containerd, runc, CNI bridge and kube-proxy, each in its
+    /// own network namespace (the demo and `make test` use 2). They carry the taint
+    /// `lab.ferry.dev/real-node=true:NoSchedule`.
+    #[arg(long, default_value_t = 0)]
+    real_nodes: u32,
     /// CPU of each lab node.
     #[arg(long, default_value = "4")]
     node_cpu: String,
@@ -267,6 +289,7 @@ async fn run(cli: Cli) -> Result<()> {
                 node_cidr_mask: a.node_cidr_mask,
                 node_cidr_mask_v6: a.node_cidr_mask_v6,
                 nodes: a.nodes,
+                real_nodes: a.real_nodes,
                 base_port: a.base_port,
                 node_capacity: NodeCapacity {
                     cpu: a.node_cpu,
@@ -453,6 +476,18 @@ async fn run(cli: Cli) -> Result<()> {
                 },
             };
             net::set_wan(&lab.layout, &s)?;
+        }
+        Cmd::Node { cluster, node } => {
+            anyhow::ensure!(
+                node >= 1,
+                "--node {node}: nodes count from 1; fix: pass --node 1 or more"
+            );
+            let lab = lab::Lab::load(&cli.root, &cli.name)?;
+            ferry_e2e::node::run(&lab, &cluster, node - 1).await?;
+        }
+        Cmd::Services { cluster } => {
+            let lab = lab::Lab::load(&cli.root, &cli.name)?;
+            ferry_e2e::services::run(&lab, &cluster).await?;
         }
         Cmd::Kubelet { cluster } => {
             let lab = lab::Lab::load(&cli.root, &cli.name)?;
