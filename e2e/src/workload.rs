@@ -162,3 +162,67 @@ pub async fn wait_ready(api: &Api<Deployment>, name: &str, replicas: u32, timeou
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Port the busybox web server listens on.
+pub const WEB_PORT: u16 = 8080;
+
+/// A Deployment of `replicas` HTTP servers of the lab's busybox image on real nodes (spread one per node),
+/// each serving its own pod name at `/` and logging every request (`httpd -vv`), and a ClusterIP Service
+/// `name` on port 80 in front of them. Nothing is pulled: the image is in every real node's containerd.
+pub fn busybox_web(name: &str, replicas: u32) -> (Deployment, k8s_openapi::api::core::v1::Service) {
+    let labels = json!({ "app": name });
+    let deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": name },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": labels },
+            "template": {
+                "metadata": { "labels": labels },
+                "spec": {
+                    "nodeSelector": { POOL_LABEL: crate::node::REAL_POOL },
+                    "tolerations": [{ "key": crate::node::REAL_NODE_TAINT, "operator": "Exists" }],
+                    "topologySpreadConstraints": [{
+                        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                        "whenUnsatisfiable": "DoNotSchedule", "labelSelector": { "matchLabels": labels }
+                    }],
+                    "terminationGracePeriodSeconds": 2,
+                    "containers": [{
+                        "name": "httpd",
+                        "image": crate::image::WORKLOAD_IMAGE,
+                        "imagePullPolicy": "IfNotPresent",
+                        "command": ["sh", "-c", format!(
+                            "mkdir -p /srv && hostname > /srv/index.html && exec httpd -f -vv -p {WEB_PORT} -h /srv")],
+                        "ports": [{ "containerPort": WEB_PORT, "name": "http" }],
+                        "readinessProbe": { "tcpSocket": { "port": WEB_PORT }, "periodSeconds": 1 },
+                    }],
+                },
+            },
+        },
+    }))
+    .expect("a valid Deployment");
+    let service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": name },
+        "spec": { "selector": labels, "ports": [{ "name": "http", "port": 80, "targetPort": WEB_PORT }] },
+    }))
+    .expect("a valid Service");
+    (deployment, service)
+}
+
+/// `kubectl` against cluster `c` of `lab` (the real client, as an operator runs it): (success, stdout,
+/// stderr).
+pub fn kubectl(lab: &Lab, c: &crate::layout::ClusterLayout, args: &[&str]) -> (bool, String, String) {
+    match std::process::Command::new("kubectl")
+        .env("KUBECONFIG", lab.paths.kubeconfig(c))
+        .args(args)
+        .output()
+    {
+        Ok(out) => (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ),
+        Err(e) => (false, String::new(), format!("running kubectl: {e}")),
+    }
+}

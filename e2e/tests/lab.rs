@@ -836,3 +836,141 @@ fn the_labs_own_images_import_into_a_private_containerd_and_run_with_no_registry
         "{out}"
     );
 }
+
+/// Real nodes (issue 14), on both clusters: a busybox Deployment reaches Ready with one pod on each real
+/// node; `kubectl logs`, `exec` and `port-forward` work through the apiserver and the kubelets; the
+/// ClusterIP Service answers a pod on one node from the pod on the other (kube-proxy, host-gw routes);
+/// `nslookup` of a cluster.local name answers from the lab's resolver, and a name outside the cluster's
+/// zones is refused (no upstream, no loop).
+#[tokio::test]
+async fn real_nodes_run_containers_with_logs_exec_port_forward_cluster_ip_and_dns() {
+    use ferry_e2e::workload::{busybox_web, kubectl, wait_ready};
+    let lab = lab();
+    const NS: &str = "t-real";
+    for cid in ["c1", "c2"] {
+        let c = lab.cluster(cid).unwrap().clone();
+        assert!(
+            c.real_nodes >= 2,
+            "{cid}: the lab needs --real-nodes 2 (make test passes it)"
+        );
+        let client = lab.client(&c).await.unwrap();
+        ferry_e2e::lab::fresh_namespace(&client, NS).await;
+        let (dep, svc) = busybox_web("web", 2);
+        let deps: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), NS);
+        deps.create(&PostParams::default(), &dep).await.unwrap();
+        let svcs: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), NS);
+        let svc = svcs.create(&PostParams::default(), &svc).await.unwrap();
+        let cluster_ip = svc.spec.unwrap().cluster_ip.unwrap();
+        let secs = wait_ready(&deps, "web", 2, Duration::from_secs(90))
+            .await
+            .unwrap_or_else(|e| panic!("{cid}: {e:#}"));
+        eprintln!("{cid}: busybox Deployment Ready on real nodes in {secs:.1}s");
+        let pods: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), NS)
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .unwrap()
+            .items;
+        let nodes: std::collections::BTreeSet<String> = pods
+            .iter()
+            .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+            .collect();
+        assert_eq!(
+            nodes.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["real-node-1", "real-node-2"],
+            "{cid}: one pod per real node"
+        );
+        let (a, b) = (pods[0].name_any(), pods[1].name_any());
+        let k = |args: &[&str]| kubectl(&lab, &c, &[&["-n", NS][..], args].concat());
+
+        // exec: a shell runs inside the container
+        let (ok, out, err) = k(&["exec", &a, "--", "sh", "-c", "echo $((6*7)) $(hostname)"]);
+        assert!(ok, "{cid}: kubectl exec: {err}");
+        assert_eq!(out.trim(), format!("42 {a}"), "{cid}");
+
+        // the ClusterIP from pod a reaches pod b on the other node (kube-proxy picks; ask until b answers)
+        let (ok, out, err) = k(&[
+            "exec",
+            &a,
+            "--",
+            "sh",
+            "-c",
+            &format!("for i in $(seq 1 30); do wget -qO- http://{cluster_ip}/; done"),
+        ]);
+        assert!(ok, "{cid}: wget of the ClusterIP from {a}: {err}");
+        assert!(
+            out.lines().any(|l| l == b),
+            "{cid}: pod {b} on the other node never answered the ClusterIP {cluster_ip}: {out}"
+        );
+
+        // logs: b's httpd logged those requests
+        let (ok, out, err) = k(&["logs", &b]);
+        assert!(ok, "{cid}: kubectl logs: {err}");
+        assert!(
+            out.contains("url:/") && out.contains("response:200"),
+            "{cid}: logs of {b}: {out}"
+        );
+
+        // DNS: the Service's name resolves to its ClusterIP; a name outside the zones is refused
+        let (ok, out, err) = k(&[
+            "exec",
+            &a,
+            "--",
+            "nslookup",
+            &format!("web.{NS}.svc.cluster.local"),
+        ]);
+        assert!(ok, "{cid}: nslookup: {out}{err}");
+        assert!(out.contains(&format!("Address: {cluster_ip}")), "{cid}: {out}");
+        let (_, out, err) = k(&["exec", &a, "--", "nslookup", "example.com"]);
+        assert!(
+            out.contains("REFUSED") || err.contains("REFUSED"),
+            "{cid}: {out}{err}"
+        );
+
+        // port-forward: a local port reaches pod a's container port through the kubelet
+        let mut pf = Command::new("kubectl")
+            .env("KUBECONFIG", lab.paths.kubeconfig(&c))
+            .args(["-n", NS, "port-forward", &format!("pod/{a}"), ":8080"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        use std::io::BufRead;
+        // kept open until the end: kubectl writes a line per connection and must not get EPIPE
+        let mut pf_out = std::io::BufReader::new(pf.stdout.take().unwrap());
+        pf_out.read_line(&mut line).unwrap();
+        // "Forwarding from 127.0.0.1:41235 -> 8080"
+        let port: u16 = line
+            .split("127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{cid}: port-forward said {line:?}"));
+        let body = {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+            // port-forward may keep the local connection open after the pod closes: read until the body
+            let (mut r, mut buf) = (Vec::new(), [0u8; 4096]);
+            while !String::from_utf8_lossy(&r).trim_end().ends_with(&a) {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => r.extend_from_slice(&buf[..n]),
+                }
+            }
+            String::from_utf8_lossy(&r).into_owned()
+        };
+        let _ = pf.kill();
+        let _ = pf.wait();
+        drop(pf_out);
+        assert!(
+            body.starts_with("HTTP/1.") && body.trim_end().ends_with(&a),
+            "{cid}: {body}"
+        );
+        Api::<Namespace>::all(client)
+            .delete(NS, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+}
