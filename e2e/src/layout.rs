@@ -205,6 +205,11 @@ pub struct ClusterLayout {
     /// Real nodes (kubelet 1.20.2 + containerd, each in its own network namespace).
     #[serde(default)]
     pub real_nodes: u32,
+    /// Third octet of the node network `198.19.<n>.0/24`. Its control-plane end lives in the machine's root
+    /// namespace, so labs running side by side need distinct ones: derived from the lab's ports, which
+    /// are distinct already.
+    #[serde(default)]
+    pub node_net: u8,
     /// The host's address on its WAN link (IPv4, /24); the WAN router is `.1` of that /24.
     pub wan_ip: IpAddr,
     /// The host's address on its WAN link (IPv6, /64); the WAN router is `::1` of that /64.
@@ -237,21 +242,21 @@ impl ClusterLayout {
         node_subnet(self.pod_cidr, self.node_cidr_mask, k)
     }
 
-    /// The node network that real nodes sit on (`198.19.<index>.0/24`, in the benchmarking range like the
-    /// WAN): the cluster's host namespace is its router at `.1`, the control plane's front is `.254`.
+    /// The node network that real nodes sit on (`198.19.<node_net>.0/24`, in the benchmarking range like
+    /// the WAN): the cluster's host namespace is its router at `.1`, the control plane's front is `.254`.
     pub fn node_network(&self) -> IpNet {
-        IpNet::new(IpAddr::from([198, 19, self.index as u8, 0]), 24).expect("literal prefix")
+        IpNet::new(IpAddr::from([198, 19, self.node_net, 0]), 24).expect("literal prefix")
     }
 
     /// The node network's router: the cluster's host namespace (where the gateway runs).
     pub fn node_router(&self) -> IpAddr {
-        IpAddr::from([198, 19, self.index as u8, 1])
+        IpAddr::from([198, 19, self.node_net, 1])
     }
 
     /// The control plane's address on the node network (the root namespace's end of its link): nodes reach
     /// the apiserver at `https://<this>:6443` and the cluster DNS at `<this>:53`.
     pub fn control_plane_ip(&self) -> IpAddr {
-        IpAddr::from([198, 19, self.index as u8, 254])
+        IpAddr::from([198, 19, self.node_net, 254])
     }
 
     /// The name of real node `k` (0-based).
@@ -261,7 +266,7 @@ impl ClusterLayout {
 
     /// The address of real node `k` on the node network.
     pub fn real_node_ip(&self, k: u32) -> IpAddr {
-        IpAddr::from([198, 19, self.index as u8, 10 + k as u8])
+        IpAddr::from([198, 19, self.node_net, 10 + k as u8])
     }
 
     /// The pod subnet of real node `k`: subnets from [`REAL_NODE_SUBNET_BASE`] on, after the lab nodes'.
@@ -422,6 +427,7 @@ impl LabLayout {
                 },
                 nodes: req.nodes,
                 real_nodes: req.real_nodes,
+                node_net: ((u32::from(base) / u32::from(PORTS_PER_CLUSTER)) % 256) as u8,
                 wan_ip: IpAddr::from([198, 18, index as u8, 2]),
                 wan_ip6: format!("fd00:198:18:{index:x}::2")
                     .parse()
@@ -716,10 +722,17 @@ mod tests {
         let lab = LabLayout::plan(&r).unwrap();
         let c2 = &lab.clusters[1];
         assert_eq!(c2.real_nodes, 2);
-        assert_eq!(c2.node_network().to_string(), "198.19.2.0/24");
-        assert_eq!(c2.node_router().to_string(), "198.19.2.1");
-        assert_eq!(c2.control_plane_ip().to_string(), "198.19.2.254");
-        assert_eq!(c2.real_node_ip(1).to_string(), "198.19.2.11");
+        // base port 20000: cluster 2's ports start at 20020, so its node network is 2002 % 256 = 210
+        assert_eq!(c2.node_network().to_string(), "198.19.210.0/24");
+        assert_eq!(c2.node_router().to_string(), "198.19.210.1");
+        assert_eq!(c2.control_plane_ip().to_string(), "198.19.210.254");
+        assert_eq!(c2.real_node_ip(1).to_string(), "198.19.210.11");
+        assert_eq!(lab.clusters[0].node_network().to_string(), "198.19.209.0/24");
+        // labs side by side (distinct ports) get distinct node networks
+        let mut other = r.clone();
+        other.base_port = 24000;
+        let o = LabLayout::plan(&other).unwrap();
+        assert_eq!(o.clusters[0].node_network().to_string(), "198.19.97.0/24");
         assert_eq!(c2.real_node_name(0), "real-node-1");
         assert_eq!(c2.real_node_subnet(1).unwrap().to_string(), "10.244.201.0/24");
         assert_eq!(c2.dns_service_ip().to_string(), "10.97.0.10");

@@ -148,6 +148,20 @@ pub fn control_plane_link(lab: &LabLayout, c: &ClusterLayout) -> String {
 pub fn create_node_network(lab: &LabLayout, c: &ClusterLayout) -> Result<()> {
     let host = lab.host_netns(c);
     let net = c.node_network();
+    let taken = ip(&[
+        "-o",
+        "addr",
+        "show",
+        "to",
+        &format!("{}/32", c.control_plane_ip()),
+    ])?;
+    if !taken.trim().is_empty() {
+        anyhow::bail!(
+            "the node network {net} of cluster {} is in use on this machine ({}); fix: move the lab with --base-port (the node network follows the ports)",
+            c.id,
+            taken.split_whitespace().nth(1).unwrap_or("?")
+        );
+    }
     ipn(&host, &["link", "add", NODE_BRIDGE, "type", "bridge"])?;
     ipn(
         &host,
@@ -247,8 +261,19 @@ pub fn add_real_node(lab: &LabLayout, c: &ClusterLayout, k: u32, netns: &str) ->
     Ok(())
 }
 
-/// Removes every namespace of the lab (pods, hosts, WAN), killing what runs inside.
+/// Removes every namespace of the lab (pods, hosts, WAN), killing what runs inside, and the control
+/// plane's node-network links (at once: a namespace's own links vanish only when the kernel gets to it,
+/// and the next lab may want the same addresses).
 pub fn destroy(lab_name: &str) -> Vec<String> {
+    let prefix = format!("fl{lab_name}c");
+    for link in ip(&["-o", "link", "show"]).unwrap_or_default().lines() {
+        if let Some(name) = link.split(": ").nth(1).and_then(|n| n.split('@').next())
+            && name.starts_with(&prefix)
+            && name[prefix.len()..].chars().all(|c| c.is_ascii_digit())
+        {
+            let _ = ip(&["link", "del", name]);
+        }
+    }
     let all = netns_with_prefix(&format!("{lab_name}-"));
     for ns in &all {
         delete_netns(ns);

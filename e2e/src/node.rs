@@ -577,7 +577,7 @@ mod tests {
             assert_ne!(flag(&args[0], f), flag(&args[1], f), "--{f} shared");
         }
         assert_eq!(flag(&args[1], "cgroup-root"), "/ferry-lab-e2e/c2-real-node-2");
-        assert_eq!(flag(&args[1], "node-ip"), "198.19.2.11");
+        assert_eq!(flag(&args[1], "node-ip"), "198.19.98.11");
         assert_eq!(flag(&args[0], "cluster-dns"), "10.97.0.10");
         assert_eq!(
             flag(&args[0], "register-with-taints"),

@@ -422,7 +422,7 @@ mod tests {
         })
         .unwrap();
         let objs = cluster_objects(&l.clusters[0]);
-        assert_eq!(objs[0].1["subsets"][0]["addresses"][0]["ip"], "198.19.1.254");
+        assert_eq!(objs[0].1["subsets"][0]["addresses"][0]["ip"], "198.19.97.254");
         assert_eq!(objs[0].1["subsets"][0]["ports"][0]["port"], APISERVER_PORT);
         assert_eq!(objs[1].1["spec"]["clusterIP"], "10.96.0.10");
     }

@@ -430,8 +430,10 @@ fn a_control_plane_that_fails_midway_is_torn_down_completely() {
     std::fs::remove_dir_all(bin).unwrap();
 }
 
-#[test]
-fn down_stops_exactly_what_up_started() {
+/// `down` stops exactly what `up` started, real nodes included: after a container ran, no containerd,
+/// shim, kubelet or container process is left, no cgroup and no mount under the lab's directory.
+#[tokio::test]
+async fn down_stops_exactly_what_up_started() {
     let (ok, out, err) = ferry_lab(&[
         "--name",
         "tdown",
@@ -440,24 +442,141 @@ fn down_stops_exactly_what_up_started() {
         "1",
         "--nodes",
         "1",
+        "--real-nodes",
+        "1",
         "--base-port",
         "25300",
     ]);
     assert!(ok, "{out}{err}");
     let table = ferry_e2e::procs::ProcessTable::new(root().join("tdown/pids")).unwrap();
     let procs = table.list();
-    assert_eq!(procs.len(), 5, "{procs:?}");
+    // etcd, apiserver, controller-manager, scheduler, lab kubelet, services, one real node
+    assert_eq!(procs.len(), 7, "{procs:?}");
     assert!(procs.iter().all(|p| p.alive()));
     assert!(!net::netns_with_prefix("tdown-").is_empty());
+    // a container runs on the real node
+    let tlab = Lab::load(&root(), "tdown").unwrap();
+    let c = tlab.layout.clusters[0].clone();
+    let client = tlab.client(&c).await.unwrap();
+    let (mut dep, _) = ferry_e2e::workload::busybox_web("web", 1);
+    dep.metadata.namespace = Some("default".into());
+    let deps: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client, "default");
+    deps.create(&PostParams::default(), &dep).await.unwrap();
+    ferry_e2e::workload::wait_ready(&deps, "web", 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let lab_dir = root().join("tdown");
+    let cgroup = std::path::Path::new("/sys/fs/cgroup/pids/ferry-lab-tdown");
+    let mut containers = Vec::new();
+    let mut stack = vec![cgroup.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(t) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            containers.extend(t.lines().filter_map(|l| l.parse::<i32>().ok()));
+        }
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    assert!(
+        containers.len() >= 2,
+        "pause and httpd run in the node's cgroups: {containers:?}"
+    );
+    let node_procs = ferry_e2e::node::processes_mentioning(&format!("{}/", lab_dir.display()));
+    assert!(
+        node_procs.len() >= 3,
+        "containerd, shim, kubelet, kube-proxy: {node_procs:?}"
+    );
+
     let (ok, out, _) = ferry_lab(&["--name", "tdown", "down"]);
     assert!(ok);
-    assert!(out.contains("stopped 5 processes"), "{out}");
+    assert!(out.contains("stopped 7 processes"), "{out}");
     assert!(procs.iter().all(|p| !p.alive()), "a process outlived down");
+    // a killed process stays a zombie until its parent or init reaps it: count those that still run
+    let alive = |pid: &i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| !r.trim_start().starts_with('Z'))
+        })
+    };
+    let left: Vec<&i32> = containers
+        .iter()
+        .chain(&node_procs)
+        .filter(|p| alive(p))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "container, containerd, shim or kubelet processes left: {left:?}"
+    );
+    assert!(
+        ferry_e2e::node::processes_mentioning(&format!("{}/", lab_dir.display())).is_empty(),
+        "a process still names the lab's directory"
+    );
+    assert!(!cgroup.exists(), "the lab's cgroups are left");
+    assert!(
+        ferry_e2e::node::mounts_under(&lab_dir).is_empty(),
+        "mounts left under {}",
+        lab_dir.display()
+    );
     nothing_left("tdown");
     // the main lab is untouched
     let (ok, out, err) = ferry_lab(&["--name", &name(), "status", "-o", "json"]);
     assert!(ok, "{err}");
     assert!(!out.contains("false"), "a process of the main lab died: {out}");
+}
+
+/// A real node that fails midway (its kubelet exits at once) fails `up` with the node's log, and takes
+/// everything down: containerd, the other processes, the namespaces, cgroups and mounts.
+#[test]
+fn a_real_node_that_fails_midway_is_torn_down_completely() {
+    let real = ferry_e2e::lab::default_k8s_bin();
+    let bin = std::env::temp_dir().join(format!("ferry-fake-kubelet-{}", std::process::id()));
+    std::fs::create_dir_all(&bin).unwrap();
+    for b in [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kube-proxy",
+        "pause",
+    ] {
+        std::os::unix::fs::symlink(real.join(b), bin.join(b)).unwrap();
+    }
+    let p = bin.join("kubelet");
+    std::fs::write(
+        &p,
+        "#!/bin/sh\necho 'fake kubelet: refusing to start' >&2\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (ok, _, err) = ferry_lab(&[
+        "--name",
+        "tnode",
+        "up",
+        "--clusters",
+        "1",
+        "--nodes",
+        "1",
+        "--real-nodes",
+        "1",
+        "--base-port",
+        "25400",
+        "--k8s-bin",
+        bin.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("c1-real-node-1 exited") && err.contains("kubelet of real-node-1 exited"),
+        "{err}"
+    );
+    nothing_left("tnode");
+    let dir = root().join("tnode");
+    assert!(ferry_e2e::node::processes_mentioning(&format!("{}/", dir.display())).is_empty());
+    assert!(!std::path::Path::new("/sys/fs/cgroup/pids/ferry-lab-tnode").exists());
+    assert!(ferry_e2e::node::mounts_under(&dir).is_empty());
+    std::fs::remove_dir_all(bin).unwrap();
 }
 
 #[test]
@@ -894,7 +1013,10 @@ async fn real_nodes_run_containers_with_logs_exec_port_forward_cluster_ip_and_dn
             "--",
             "sh",
             "-c",
-            &format!("for i in $(seq 1 30); do wget -qO- http://{cluster_ip}/; done"),
+            // kube-proxy programs a new endpoint within its sync period: ask for up to 20 s
+            &format!(
+                "for i in $(seq 1 100); do r=$(wget -qO- http://{cluster_ip}/); echo \"$r\"; [ \"$r\" = {b} ] && break; sleep 0.2; done"
+            ),
         ]);
         assert!(ok, "{cid}: wget of the ClusterIP from {a}: {err}");
         assert!(
