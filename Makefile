@@ -13,6 +13,7 @@ DEMO_LAB ?= ferry
 E2E_LAB  ?= e2e
 E2E_PORT ?= 24000
 FUZZ_SECONDS ?= 8
+REAL_NODES ?= 2
 
 .PHONY: deps build demo test unit lint e2e crds down fuzz
 
@@ -28,7 +29,7 @@ crds:
 
 demo: build
 	@$(LAB) --name $(DEMO_LAB) down >/dev/null
-	$(LAB) --name $(DEMO_LAB) up
+	$(LAB) --name $(DEMO_LAB) up --real-nodes $(REAL_NODES)
 	$(LAB) --name $(DEMO_LAB) demo
 
 down:
@@ -45,7 +46,7 @@ e2e: build
 	@set -e; \
 	$(LAB) --name $(E2E_LAB) down >/dev/null; \
 	trap '$(LAB) --name $(E2E_LAB) down' EXIT; \
-	$(LAB) --name $(E2E_LAB) up --base-port $(E2E_PORT); \
+	$(LAB) --name $(E2E_LAB) up --base-port $(E2E_PORT) --real-nodes $(REAL_NODES); \
 	FERRY_LAB_NAME=$(E2E_LAB) cargo test -p ferry-e2e --features lab --test lab --test tunnel --test peering --test offload --test mcs --test trust
 
 # cargo fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the one stable toolchain here accept them. Its

@@ -285,6 +285,7 @@ async fn peer_and_tunnel(lab: &Lab, exe: &std::path::Path) -> Result<Vec<String>
         bail!("the cross-cluster echo did not come back intact");
     }
     let discovery = export_and_resolve(lab, exe, &a).await?;
+    let seed = crate::seed_demo::run(lab).await?;
     println!("   (agents, gateways and ferry-dns keep running until ferry-lab down)");
     Ok(vec![
         format!(
@@ -297,6 +298,7 @@ async fn peer_and_tunnel(lab: &Lab, exe: &std::path::Path) -> Result<Vec<String>
             c1.id, a.ip, c2.id, b.ip
         ),
         discovery,
+        seed,
     ])
 }
 

@@ -3,9 +3,9 @@
 //! Everything is fixed (mtime 0, uid/gid 0, sorted entries), so the same inputs give the same bytes and
 //! the same image ID.
 //!
-//! Images: [`pause`] (the static pause binary built by `scripts/provision.sh`) and [`workload`] (Debian's
+//! Images: [`pause`] (the static pause binary built by `scripts/provision.sh`), [`workload`] (Debian's
 //! static busybox, with `sh`, `httpd`, `nc`, `wget` and friends as links: an nginx-like server and a
-//! curl-like client).
+//! curl-like client) and [`ferry`] (ferry's binaries, stripped, with the C libraries they link).
 
 use std::path::Path;
 
@@ -17,6 +17,10 @@ use sha2::{Digest, Sha256};
 pub const PAUSE_IMAGE: &str = "ferry.dev/lab/pause:3.4.1";
 /// The name the lab's workload image is imported as.
 pub const WORKLOAD_IMAGE: &str = "ferry.dev/lab/busybox:1.35";
+/// The name ferry's own image is imported as (the chart's default image for the lab).
+pub const FERRY_IMAGE: &str = concat!("ferry.dev/ferry:", env!("CARGO_PKG_VERSION"));
+/// ferry's binaries, all in [`FERRY_IMAGE`] under `/usr/bin`.
+pub const FERRY_BINARIES: &[&str] = &["ferry-agent", "ferry-gateway", "ferry-dns", "ferryctl"];
 
 /// The busybox applets the workload image links (`/bin/<applet> -> busybox`).
 pub const APPLETS: &[&str] = &[
@@ -219,6 +223,103 @@ pub fn workload(busybox: &Path) -> Result<Vec<u8>> {
     oci_archive(WORKLOAD_IMAGE, &entries, &["/bin/sh"])
 }
 
+/// The shared libraries `binary` loads (from `ldd`), as absolute paths on this machine, the loader
+/// included.
+pub fn shared_libraries(binary: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let out = std::process::Command::new("ldd")
+        .arg(binary)
+        .output()
+        .context("running ldd")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ldd {}: not a dynamic executable",
+        binary.display()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
+        .filter_map(|l| {
+            let l = l.split(" (0x").next()?.trim();
+            let path = l.rsplit("=> ").next()?.trim();
+            path.starts_with('/').then(|| std::path::PathBuf::from(path))
+        })
+        .collect())
+}
+
+/// ferry's image: each binary of `bin_dir` named in [`FERRY_BINARIES`], stripped of symbols, in
+/// `/usr/bin`, with the C libraries they link at the paths the loader looks for (symlinks followed). The
+/// container runs as any user the pod asks for; the image has no shell.
+pub fn ferry(bin_dir: &Path, scratch: &Path) -> Result<Vec<u8>> {
+    let mut entries: Vec<Entry> = ["etc", "tmp", "usr", "usr/bin"]
+        .iter()
+        .map(|d| Entry::Dir { path: d.to_string() })
+        .collect();
+    entries.push(Entry::File {
+        path: "etc/passwd".into(),
+        mode: 0o644,
+        data: b"root:x:0:0:root:/:/usr/bin/ferryctl\nferry:x:65532:65532:ferry:/:/usr/bin/ferryctl\n"
+            .to_vec(),
+    });
+    let mut libs = std::collections::BTreeSet::new();
+    std::fs::create_dir_all(scratch)?;
+    for b in FERRY_BINARIES {
+        let src = bin_dir.join(b);
+        let stripped = scratch.join(b);
+        let out = std::process::Command::new("strip")
+            .arg("--strip-all")
+            .arg("-o")
+            .arg(&stripped)
+            .arg(&src)
+            .output()
+            .context("running strip (binutils)")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "strip {}: {}; fix: cargo build --workspace --bins (make build)",
+            src.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        libs.extend(shared_libraries(&src)?);
+        entries.push(Entry::File {
+            path: format!("usr/bin/{b}"),
+            mode: 0o755,
+            data: std::fs::read(&stripped)?,
+        });
+        let _ = std::fs::remove_file(&stripped);
+    }
+    let mut dirs = std::collections::BTreeSet::new();
+    for lib in libs {
+        let rel = lib.to_string_lossy().trim_start_matches('/').to_string();
+        let real = std::fs::canonicalize(&lib)?;
+        let real_rel = real.to_string_lossy().trim_start_matches('/').to_string();
+        for p in [&rel, &real_rel] {
+            let mut d = Path::new(p).parent();
+            while let Some(dir) = d.filter(|d| !d.as_os_str().is_empty()) {
+                dirs.insert(dir.to_string_lossy().to_string());
+                d = dir.parent();
+            }
+        }
+        if real_rel != rel {
+            entries.push(Entry::Symlink {
+                path: rel,
+                target: format!("/{real_rel}"),
+            });
+        }
+        if !entries.iter().any(|e| e.path() == real_rel) {
+            entries.push(Entry::File {
+                path: real_rel,
+                mode: 0o755,
+                data: read(&real)?,
+            });
+        }
+    }
+    for d in dirs {
+        if !entries.iter().any(|e| e.path() == d) {
+            entries.push(Entry::Dir { path: d });
+        }
+    }
+    oci_archive(FERRY_IMAGE, &entries, &["/usr/bin/ferry-agent"])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +345,25 @@ mod tests {
         }
         assert_eq!(t.len(), 1024, "two zero blocks end the archive");
         out
+    }
+
+    #[test]
+    fn shared_libraries_lists_the_loader_and_libc_of_a_dynamic_binary_and_refuses_a_static_one() {
+        let libs = shared_libraries(Path::new("/bin/ls")).unwrap();
+        assert!(libs.iter().all(|l| l.is_absolute()), "{libs:?}");
+        assert!(libs.iter().any(|l| l.ends_with("libc.so.6")), "{libs:?}");
+        assert!(
+            libs.iter().any(|l| l.to_string_lossy().contains("ld-linux")),
+            "{libs:?}"
+        );
+        assert!(
+            !libs.iter().any(|l| l.to_string_lossy().contains("vdso")),
+            "{libs:?}"
+        );
+        assert!(
+            shared_libraries(Path::new("/bin/busybox")).is_err(),
+            "busybox-static is static"
+        );
     }
 
     #[test]

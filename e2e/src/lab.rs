@@ -419,7 +419,14 @@ async fn start(lab: &Lab, opts: &UpOptions) -> Result<()> {
 /// one `ferry-lab node` per node; waits until every real node is Ready.
 async fn start_real_nodes(lab: &Lab, opts: &UpOptions, table: &ProcessTable) -> Result<()> {
     let t0 = Instant::now();
-    node::write_images(lab)?;
+    let bins = opts.exe.parent().context("ferry-lab's directory")?;
+    let t = Instant::now();
+    node::write_images(lab, bins)?;
+    progress(&format!(
+        "images written (pause, busybox, {}) in {:.1}s",
+        crate::image::FERRY_IMAGE,
+        t.elapsed().as_secs_f64()
+    ));
     for c in lab.layout.clusters.iter().filter(|c| c.real_nodes > 0) {
         let client = lab.client(c).await?;
         let binding: k8s_openapi::api::rbac::v1::ClusterRoleBinding = serde_json::from_value(

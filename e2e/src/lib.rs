@@ -22,6 +22,7 @@ pub mod offload_bench;
 pub mod pki;
 pub mod procs;
 pub mod relay;
+pub mod seed_demo;
 pub mod services;
 pub mod tunnel;
 pub mod workload;

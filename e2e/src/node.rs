@@ -272,8 +272,9 @@ pub fn prepare(lab: &Lab, c: &ClusterLayout, k: u32, pki: &ClusterPki) -> Result
     Ok(node)
 }
 
-/// Writes the lab's image archives once per lab (`<lab>/images`): pause and the busybox workload.
-pub fn write_images(lab: &Lab) -> Result<Vec<PathBuf>> {
+/// Writes the lab's image archives once per lab (`<lab>/images`): pause, the busybox workload, and ferry's
+/// own image from the binaries in `bin_dir` (beside ferry-lab).
+pub fn write_images(lab: &Lab, bin_dir: &Path) -> Result<Vec<PathBuf>> {
     let dir = lab.paths.dir.join("images");
     std::fs::create_dir_all(&dir)?;
     let mut out = Vec::new();
@@ -283,11 +284,13 @@ pub fn write_images(lab: &Lab) -> Result<Vec<PathBuf>> {
             image::pause(&lab.paths.k8s_bin.join("pause"))?,
         ),
         (image::WORKLOAD_IMAGE, image::workload(Path::new("/bin/busybox"))?),
+        (image::FERRY_IMAGE, image::ferry(bin_dir, &dir.join("scratch"))?),
     ] {
         let file = dir.join(format!("{}.tar", name.replace(['/', ':'], "_")));
         std::fs::write(&file, archive)?;
         out.push(file);
     }
+    let _ = std::fs::remove_dir_all(dir.join("scratch"));
     Ok(out)
 }
 
@@ -360,6 +363,7 @@ pub async fn run(lab: &Lab, cluster: &str, k: u32) -> Result<()> {
         crate::procs::wait_until("containerd", Duration::from_secs(30), || sock.exists())?;
         let images: Vec<PathBuf> = std::fs::read_dir(lab.paths.dir.join("images"))?
             .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "tar"))
             .collect();
         for archive in images {
             let out = Command::new("ctr")

@@ -1090,6 +1090,34 @@ async fn real_nodes_run_containers_with_logs_exec_port_forward_cluster_ip_and_dn
             body.starts_with("HTTP/1.") && body.trim_end().ends_with(&a),
             "{cid}: {body}"
         );
+        // ferry's own image is in every real node's containerd: its binaries run there
+        let ferry_pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "ferry-version"},
+            "spec": {
+                "restartPolicy": "Never",
+                "nodeSelector": {"lab.ferry.dev/pool": "real"},
+                "tolerations": [{"key": "lab.ferry.dev/real-node", "operator": "Exists"}],
+                "containers": [{"name": "ferryctl", "image": ferry_e2e::image::FERRY_IMAGE,
+                                "imagePullPolicy": "IfNotPresent",
+                                "command": ["/usr/bin/ferryctl", "--version"]}]
+            }
+        }))
+        .unwrap();
+        let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+        pods.create(&PostParams::default(), &ferry_pod).await.unwrap();
+        ferry_e2e::lab::eventually(
+            &format!("{cid}: ferryctl --version in ferry's image"),
+            60,
+            || async {
+                let p = pods.get("ferry-version").await?;
+                let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
+                anyhow::ensure!(phase != "Failed", "the pod failed");
+                Ok(phase == "Succeeded")
+            },
+        )
+        .await;
+        let (ok, out, err) = k(&["logs", "ferry-version"]);
+        assert!(ok && out.starts_with("ferryctl "), "{cid}: {out}{err}");
         Api::<Namespace>::all(client)
             .delete(NS, &DeleteParams::default())
             .await

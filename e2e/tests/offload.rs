@@ -154,6 +154,13 @@ async fn local_room(c: &Client, cpu_request: i128) -> usize {
         .items
         .iter()
         .filter(|n| !n.labels().contains_key("ferry.dev/remote-cluster-id"))
+        // nodes these pods do not tolerate (the lab's real nodes) take none of them
+        .filter(|n| {
+            !n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|ts| {
+                ts.iter()
+                    .any(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+            })
+        })
         .map(|n| {
             let used = all
                 .items
