@@ -56,7 +56,7 @@ pub async fn run(lab: &Lab) -> Result<String> {
                 "apiVersion": "v1", "kind": "Service",
                 "metadata": { "name": "web", "namespace": NS },
                 "spec": { "clusterIP": "None", "selector": { "app": "web" },
-                          "ports": [{ "name": "http", "port": WEB_PORT, "targetPort": WEB_PORT }] },
+                          "ports": [{ "name": "http", "protocol": "TCP", "port": WEB_PORT, "targetPort": WEB_PORT }] },
             })),
         )
         .await?;

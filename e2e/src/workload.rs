@@ -193,7 +193,7 @@ pub fn busybox_web(name: &str, replicas: u32) -> (Deployment, k8s_openapi::api::
                         "imagePullPolicy": "IfNotPresent",
                         "command": ["sh", "-c", format!(
                             "mkdir -p /srv && hostname > /srv/index.html && exec httpd -f -vv -p {WEB_PORT} -h /srv")],
-                        "ports": [{ "containerPort": WEB_PORT, "name": "http" }],
+                        "ports": [{ "containerPort": WEB_PORT, "name": "http", "protocol": "TCP" }],
                         "readinessProbe": { "tcpSocket": { "port": WEB_PORT }, "periodSeconds": 1 },
                     }],
                 },
@@ -204,7 +204,7 @@ pub fn busybox_web(name: &str, replicas: u32) -> (Deployment, k8s_openapi::api::
     let service = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": { "name": name },
-        "spec": { "selector": labels, "ports": [{ "name": "http", "port": 80, "targetPort": WEB_PORT }] },
+        "spec": { "selector": labels, "ports": [{ "name": "http", "protocol": "TCP", "port": 80, "targetPort": WEB_PORT }] },
     }))
     .expect("a valid Service");
     (deployment, service)
