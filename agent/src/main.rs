@@ -22,9 +22,13 @@ use ipnet::IpNet;
     about = "ferry's agent: peering broker, virtual kubelets, ShadowPod controller, pod webhook"
 )]
 struct Args {
-    /// Kubeconfig of this cluster (in a Pod: its ServiceAccount).
+    /// Kubeconfig of this cluster (none: in a Pod, its ServiceAccount).
     #[arg(long, env = "KUBECONFIG")]
-    kubeconfig: PathBuf,
+    kubeconfig: Option<PathBuf>,
+    /// The URL peers reach this cluster's apiserver at (handed to tenants with the CA). Default: the
+    /// kubeconfig's server, or in a Pod the in-cluster address (reachable only inside this cluster).
+    #[arg(long, env = "FERRY_API_SERVER_URL", value_parser = https_url)]
+    api_server_url: Option<String>,
     /// This cluster's ID (default: from the identity Secret, or derived on first start).
     #[arg(long, env = "FERRY_CLUSTER_ID")]
     cluster_id: Option<String>,
@@ -139,9 +143,15 @@ fn host_of(listen: &str) -> String {
 async fn run(a: Args) -> Result<()> {
     server::raise_fd_limit();
     let limits = a.limits();
-    let (api_server, ca_pem) = ferry_plumbing::client::server_and_ca(&a.kubeconfig)
-        .map_err(|e| anyhow::anyhow!("--kubeconfig: {e}"))?;
-    let client = ferry_plumbing::client::connect(Some(&a.kubeconfig)).await?;
+    let (server, ca_pem) = match &a.kubeconfig {
+        Some(k) => {
+            ferry_plumbing::client::server_and_ca(k).map_err(|e| anyhow::anyhow!("--kubeconfig: {e}"))?
+        }
+        None => ferry_plumbing::client::in_cluster_server_and_ca()
+            .map_err(|e| anyhow::anyhow!("no --kubeconfig and not in a Pod: {e}"))?,
+    };
+    let api_server = a.api_server_url.clone().unwrap_or(server);
+    let client = ferry_plumbing::client::connect(a.kubeconfig.as_deref()).await?;
     let health = Arc::new(admin::Health::default());
     health.register("broker", "not listening yet");
     identity::ensure_crds(&client)
@@ -195,8 +205,23 @@ async fn run(a: Args) -> Result<()> {
             .webhook_url
             .clone()
             .unwrap_or_else(|| format!("https://{}", a.webhook_listen));
-        let (cert, key) =
-            ferry_peering_broker::tls::self_signed(&[host_of(&a.webhook_listen), "localhost".into()])?;
+        // the certificate names the host the apiserver dials (the URL's) as well as the listen address
+        let authority = url
+            .strip_prefix("https://")
+            .unwrap_or(&url)
+            .split('/')
+            .next()
+            .unwrap_or("");
+        let url_host = if authority.ends_with(']') || !authority.contains(':') {
+            authority.trim_matches(['[', ']']).to_string()
+        } else {
+            host_of(authority)
+        };
+        let (cert, key) = ferry_peering_broker::tls::self_signed(&[
+            host_of(&a.webhook_listen),
+            url_host,
+            "localhost".into(),
+        ])?;
         let tls = ferry_peering_broker::tls::server_config(&cert, &key, &p.ca_pem)?;
         let (app, cache) = webhook::router(client.clone());
         webhook::register(&client, &url, &cert)

@@ -126,7 +126,7 @@ pub fn oci_archive(name: &str, entries: &[Entry], entrypoint: &[&str]) -> Result
         "architecture": "amd64",
         "os": "linux",
         "created": "1970-01-01T00:00:00Z",
-        "config": {"Entrypoint": entrypoint, "Env": ["PATH=/bin"], "WorkingDir": "/"},
+        "config": {"Entrypoint": entrypoint, "Env": ["PATH=/usr/bin:/bin"], "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
         "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "ferry-lab image"}],
     }))?;

@@ -1,6 +1,9 @@
 //! `ferryctl`, ferry's command line (also usable as the kubectl plugin `kubectl ferry`).
 //!
-//! `token create`, `peer`, `unpeer`, `status`, `mtu`, `bench`.
+//! `install`, `uninstall`, `token create`, `peer`, `unpeer`, `status`, `mtu`, `bench`.
+
+mod chart;
+mod install;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -41,6 +44,21 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Install (or upgrade) ferry into this cluster from its chart, rendered here, with server-side apply;
+    /// waits until every component is Ready.
+    Install(InstallArgs),
+    /// Remove everything ferry created in this cluster: peerings first, then its objects, namespace and CRDs.
+    Uninstall {
+        /// Namespace ferry was installed into.
+        #[arg(long, default_value = "ferry-system")]
+        namespace: String,
+        /// Uninstall even though pods run on a provider's virtual node (they are lost).
+        #[arg(long)]
+        force: bool,
+        /// Values the install was given (only what decides which objects exist matters here).
+        #[arg(long = "set")]
+        set: Vec<String>,
+    },
     /// Peering tokens (run against the provider).
     Token {
         #[command(subcommand)]
@@ -166,6 +184,22 @@ fn main() {
     }
 }
 
+#[derive(clap::Args)]
+struct InstallArgs {
+    /// Namespace to install into.
+    #[arg(long, default_value = "ferry-system")]
+    namespace: String,
+    /// A chart value, `key.path=value` (repeatable); keys are those of charts/ferry/values.yaml.
+    #[arg(long = "set")]
+    set: Vec<String>,
+    /// Print the objects instead of applying them (`-o yaml`: as YAML, `-o json`: as a JSON list).
+    #[arg(long)]
+    dry_run: bool,
+    /// Seconds to wait for every component to be Ready.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
 async fn client(cli: &Cli) -> Result<kube::Client> {
     let opts = kube::config::KubeConfigOptions {
         context: cli.context.clone(),
@@ -251,6 +285,41 @@ async fn run(cli: Cli) -> Result<()> {
                     p.granted.pods.as_deref().unwrap_or("-")
                 )
             })?;
+        }
+        Cmd::Install(a) => {
+            let release = chart::Release {
+                name: "ferry".into(),
+                namespace: a.namespace.clone(),
+                version: env!("CARGO_PKG_VERSION").into(),
+            };
+            // values and templates are checked before anything is applied
+            let objs = install::render(&install::values(&a.set)?, &release)?;
+            if a.dry_run {
+                match cli.output {
+                    Output::Json => println!("{}", serde_json::to_string_pretty(&objs)?),
+                    _ => print!("{}", install::to_yaml(&objs)),
+                }
+                return Ok(());
+            }
+            let c = client(&cli).await?;
+            install::install(&c, &objs, &a.namespace, std::time::Duration::from_secs(a.timeout)).await?;
+        }
+        Cmd::Uninstall {
+            namespace,
+            force,
+            set,
+        } => {
+            let release = chart::Release {
+                name: "ferry".into(),
+                namespace: namespace.clone(),
+                version: env!("CARGO_PKG_VERSION").into(),
+            };
+            let mut sets = vec!["podCIDRs=0.0.0.0/0".to_string()];
+            sets.extend(set.iter().cloned());
+            let objs = install::render(&install::values(&sets)?, &release)?;
+            let c = client(&cli).await?;
+            install::uninstall(&c, &objs, namespace, *force).await?;
+            println!("ferry uninstalled: peerings, objects, namespace {namespace} and CRDs removed");
         }
         Cmd::Unpeer { provider } => {
             let c = client(&cli).await?;

@@ -275,8 +275,15 @@ pub const RETRY: Duration = Duration::from_secs(10);
 
 /// Runs every tunnel the cluster's `PeerNetwork`s ask for until SIGTERM/SIGINT; then removes them all.
 /// Event-driven: PeerNetwork changes (watch), tunnels that end, and the retry time of failed ones.
-pub async fn serve(client: Client, opts: ServeOptions) -> Result<()> {
+pub async fn serve(
+    client: Client,
+    opts: ServeOptions,
+    health: std::sync::Arc<ferry_plumbing::admin::Health>,
+) -> Result<()> {
+    health.register("wireguard-key", "waiting for Secret ferry-system/ferry-wireguard");
+    health.register("peernetworks", "not listed yet");
     let key = key_file(&client, &opts.state_dir).await?;
+    health.set("wireguard-key", Ok(()));
     let api: Api<PeerNetwork> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
     let mut events =
@@ -300,7 +307,10 @@ pub async fn serve(client: Client, opts: ServeOptions) -> Result<()> {
             _ = &mut shutdown => break,
             ev = events.next() => {
                 match ev {
-                    Some(Ok(watcher::Event::InitDone)) => synced = true,
+                    Some(Ok(watcher::Event::InitDone)) => {
+                        synced = true;
+                        health.set("peernetworks", Ok(()));
+                    }
                     Some(Err(e)) => warn!("watching PeerNetworks: {e}"),
                     _ => {}
                 }

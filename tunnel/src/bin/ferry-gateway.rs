@@ -53,6 +53,10 @@ enum Cmd {
         /// `/metrics` of the tunnel on link n at this address, port + n.
         #[arg(long, env = "FERRY_METRICS_ADDR")]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// `/healthz`, `/readyz` (ready once the WireGuard key is read and PeerNetworks are listed) and
+        /// `/metrics` of the controller at this address.
+        #[arg(long, env = "FERRY_ADMIN_LISTEN")]
+        admin_listen: Option<std::net::SocketAddr>,
     },
     /// A bare userspace WireGuard device (embedded boringtun, as `up` uses) and nothing else: no NAT, no
     /// routes, no clamp, configured from outside with `wg`. Runs until SIGTERM. `bench tunnel` uses it as
@@ -113,7 +117,21 @@ async fn run(cli: Cli) -> Result<()> {
             underlay_cidrs,
             remap_pool,
             metrics_addr,
+            admin_listen,
         } => {
+            let health = std::sync::Arc::new(ferry_plumbing::admin::Health::default());
+            if let Some(addr) = admin_listen {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("--admin-listen {addr}"))?;
+                let h = health.clone();
+                tokio::spawn(async move {
+                    let render: ferry_plumbing::admin::Render = std::sync::Arc::new(|| {
+                        "# TYPE ferry_gateway_up gauge\nferry_gateway_up 1\n".to_string()
+                    });
+                    let _ = ferry_plumbing::admin::serve(l, h, render).await;
+                });
+            }
             let config = match kubeconfig {
                 Some(p) => {
                     let kc = kube::config::Kubeconfig::read_from(&p)
@@ -129,7 +147,7 @@ async fn run(cli: Cli) -> Result<()> {
                 remap_pool: remap_pool.iter().map(ToString::to_string).collect(),
                 metrics_addr,
             };
-            Ok(ferry_tunnel::controller::serve(client, opts).await?)
+            Ok(ferry_tunnel::controller::serve(client, opts, health).await?)
         }
         Cmd::Device { name, threads } => {
             let backend = ferry_tunnel::apply::create_interface_with(&name, threads)?;

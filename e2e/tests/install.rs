@@ -1,0 +1,237 @@
+//! `ferryctl install` / `uninstall` on a fresh lab cluster with a real node (issue 15, first part): the
+//! chart's components run as real pods from ferry's image under their own ServiceAccounts; bad values are
+//! refused before anything is applied; uninstall leaves nothing of ferry behind. This test brings up its
+//! own one-cluster lab (`tinst`), so the shared lab's agents and CRDs are never touched.
+//! Compiled only with `--features lab`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::json;
+
+const LAB: &str = "tinst";
+
+fn ferry_lab(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry-lab"))
+        .env("FERRY_LAB_ROOT", ferry_e2e::lab::env_root())
+        .args(["--name", LAB])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn ferryctl(kubeconfig: &PathBuf, args: &[&str]) -> (bool, String, String) {
+    ferry_e2e::agents::ferryctl(kubeconfig, args)
+}
+
+struct Down;
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = ferry_lab(&["down"]);
+    }
+}
+
+#[tokio::test]
+async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_uninstall_leaves_nothing() {
+    let _ = ferry_lab(&["down"]);
+    let (ok, out) = ferry_lab(&[
+        "up",
+        "--clusters",
+        "1",
+        "--nodes",
+        "1",
+        "--real-nodes",
+        "1",
+        "--base-port",
+        "25500",
+    ]);
+    assert!(ok, "{out}");
+    let _down = Down;
+    let lab = ferry_e2e::lab::Lab::load(&ferry_e2e::lab::env_root(), LAB).unwrap();
+    let c = lab.layout.clusters[0].clone();
+    let kc = lab.paths.kubeconfig(&c);
+    let client = lab.client(&c).await.unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let ferry_crds = || async {
+        crds.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|c| c.spec.group == "ferry.dev" || c.spec.group == "multicluster.x-k8s.io")
+            .count()
+    };
+
+    // bad values: one line naming the key and the fix, nothing applied
+    for (set, key) in [
+        ("podCIDRs=10.244.0.0/33", "podCIDRs"),
+        ("agent.replicaz=2", "agent.replicaz"),
+    ] {
+        let (ok, _, err) = ferryctl(&kc, &["install", "--set", set]);
+        assert!(!ok);
+        assert!(err.contains(key) && err.contains("fix:"), "{set}: {err}");
+    }
+    assert!(
+        nss.get_opt("ferry-system").await.unwrap().is_none(),
+        "a refused install created the namespace"
+    );
+    assert_eq!(ferry_crds().await, 0, "a refused install applied CRDs");
+
+    // the gateway runs on the node labelled for it
+    Api::<Node>::all(client.clone())
+        .patch(
+            &c.real_node_name(0),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"ferry.dev/gateway": "true"}}})),
+        )
+        .await
+        .unwrap();
+    let sets = [
+        format!("podCIDRs={}", c.pod_cidr),
+        format!("serviceCIDRs={}", c.service_cidr),
+        format!("dns.serviceIP={}", c.service_cidr.hosts().nth(52).unwrap()),
+        format!("gateway.underlayCIDRs={}", c.node_network()),
+        "placement.nodeLabel=lab.ferry.dev/pool".into(),
+        "placement.nodeLabelValue=real".into(),
+        "placement.tolerate=lab.ferry.dev/real-node".into(),
+    ];
+    let mut args = vec!["install", "--timeout", "120"];
+    for s in &sets {
+        args.extend(["--set", s.as_str()]);
+    }
+    let t0 = Instant::now();
+    let (ok, out, err) = ferryctl(&kc, &args);
+    assert!(ok, "ferryctl install: {out}{err}");
+    eprintln!(
+        "ferryctl install: every component Ready in {:.1}s\n{err}",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(err.contains("every component Ready"), "{err}");
+
+    // every ferry pod is a real container from ferry's image, Ready, on the real node
+    let pods: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), "ferry-system")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    let apps: std::collections::BTreeSet<String> = pods
+        .iter()
+        .filter_map(|p| p.metadata.labels.as_ref()?.get("app").cloned())
+        .collect();
+    assert_eq!(
+        apps.into_iter().collect::<Vec<_>>(),
+        ["ferry-agent", "ferry-dns", "ferry-gateway"],
+        "one kind of pod per component"
+    );
+    for p in &pods {
+        let spec = p.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some(c.real_node_name(0).as_str()));
+        let ctr = &spec.containers[0];
+        assert_eq!(ctr.image.as_deref(), Some(ferry_e2e::image::FERRY_IMAGE));
+        let ready = p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .is_some_and(|cs| cs.iter().all(|c| c.ready));
+        assert!(ready, "{} not ready", p.metadata.name.as_deref().unwrap_or("?"));
+        let sc = ctr.security_context.clone().unwrap_or_default();
+        assert_ne!(
+            sc.privileged,
+            Some(true),
+            "{} is privileged",
+            p.metadata.name.as_deref().unwrap_or("?")
+        );
+        assert_ne!(spec.service_account_name.as_deref(), Some("default"));
+    }
+    // the agent in its pod registered its webhook at its node's address
+    let hook = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .get("ferry-pod-offloading")
+        .await
+        .unwrap();
+    let url = hook.webhooks.unwrap()[0]
+        .client_config
+        .url
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        url.starts_with(&format!("https://{}:9443/", c.real_node_ip(0))),
+        "{url}"
+    );
+
+    // no wildcard in what ferry's ServiceAccounts may do
+    for sa in ["ferry-agent", "ferry-gateway", "ferry-dns"] {
+        let out = Command::new("kubectl")
+            .env("KUBECONFIG", &kc)
+            .args([
+                "auth",
+                "can-i",
+                "--list",
+                "--as",
+                &format!("system:serviceaccount:ferry-system:{sa}"),
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains("Resources"), "{sa}: {text}");
+        let wild: Vec<&str> = text
+            .lines()
+            .filter(|l| l.split_whitespace().next() == Some("*.*") || l.contains("[*]"))
+            .collect();
+        assert!(wild.is_empty(), "{sa} has wildcard rules: {wild:?}");
+    }
+
+    // uninstall: nothing of ferry is left
+    let (ok, out, err) = ferryctl(&kc, &["uninstall"]);
+    assert!(ok, "ferryctl uninstall: {out}{err}");
+    assert!(nss.get_opt("ferry-system").await.unwrap().is_none());
+    assert_eq!(ferry_crds().await, 0, "CRDs left");
+    assert!(
+        Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .get_opt("ferry-pod-offloading")
+            .await
+            .unwrap()
+            .is_none(),
+        "the agent's webhook is left"
+    );
+    for kind in ["clusterroles", "clusterrolebindings"] {
+        let out = Command::new("kubectl")
+            .env("KUBECONFIG", &kc)
+            .args(["get", kind, "-o", "name"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        // the lab's own binding for kube-proxy is `ferry-lab:kube-proxy`: not ferry's
+        let left: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.rsplit('/').next())
+            .filter(|n| n.starts_with("ferry") && !n.starts_with("ferry-lab:"))
+            .collect();
+        assert!(left.is_empty(), "{kind} left: {left:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = Api::<Pod>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some("ferry-system"))
+            .count();
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} ferry pods left");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
