@@ -47,7 +47,7 @@ e2e: build
 	$(LAB) --name $(E2E_LAB) down >/dev/null; \
 	trap '$(LAB) --name $(E2E_LAB) down' EXIT; \
 	$(LAB) --name $(E2E_LAB) up --base-port $(E2E_PORT) --real-nodes $(REAL_NODES); \
-	FERRY_LAB_NAME=$(E2E_LAB) cargo test -p ferry-e2e --features lab --test lab --test tunnel --test peering --test offload --test mcs --test trust
+	FERRY_LAB_NAME=$(E2E_LAB) cargo test -p ferry-e2e --features lab --test lab --test tunnel --test peering --test offload --test mcs --test trust --test install
 
 # cargo fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the one stable toolchain here accept them. Its
 # sanitizer build gets a target dir of its own, so it never invalidates the main cache. One target per

@@ -255,7 +255,8 @@ async fn start(lab: &Lab, opts: &UpOptions) -> Result<()> {
         let nodes: Vec<(String, IpAddr)> = (0..c.real_nodes)
             .map(|k| (c.real_node_name(k), c.real_node_ip(k)))
             .collect();
-        let pki = ClusterPki::generate(&c.id, first_service_ip, &[c.control_plane_ip()], &nodes)?;
+        // the apiserver is reached on the node network and, through the edge, at the cluster's WAN address
+        let pki = ClusterPki::generate(&c.id, first_service_ip, &[c.control_plane_ip(), c.wan_ip], &nodes)?;
         pki.write(&dir.join("pki"))?;
         if c.real_nodes > 0 {
             progress(&format!(

@@ -188,8 +188,31 @@ pub fn create_node_network(lab: &LabLayout, c: &ClusterLayout) -> Result<()> {
         &link,
     ])?;
     ip(&["link", "set", &link, "up"])?;
+    // The host namespace is also the cluster's edge router, as a NAT gateway in front of a private node
+    // network: the nodes reach the WAN with its address, and from the WAN its address forwards the
+    // apiserver (:6443, to the control plane's front) and the broker (:8443, to the broker NodePort on the
+    // first node), so components installed as pods can peer.
+    nft_in(
+        &host,
+        &format!(
+            "table ip ferry-lab-edge {{\n chain pre {{\n  type nat hook prerouting priority -100;\n  iifname \"{wan}\" tcp dport {api} dnat to {cp}:{api}\n  iifname \"{wan}\" tcp dport {broker} dnat to {node}:{node_port}\n }}\n chain post {{\n  type nat hook postrouting priority 100;\n  oifname \"{wan}\" ip saddr {net} masquerade\n  oifname \"{bridge}\" ip daddr {cp} tcp dport {api} masquerade\n }}\n}}\n",
+            wan = HOST_WAN_IF,
+            api = crate::services::APISERVER_PORT,
+            cp = c.control_plane_ip(),
+            broker = EDGE_BROKER_PORT,
+            node = c.real_node_ip(0),
+            node_port = EDGE_BROKER_NODE_PORT,
+            net = net,
+            bridge = NODE_BRIDGE,
+        ),
+    )?;
     Ok(())
 }
+
+/// The port a cluster's WAN address forwards to its broker.
+pub const EDGE_BROKER_PORT: u16 = 8443;
+/// The broker's NodePort the edge forwards to (the chart's `agent.brokerNodePort`).
+pub const EDGE_BROKER_NODE_PORT: u16 = 30443;
 
 /// Real node `k`'s host: its namespace `netns` on the node network (`eth0`, default route via the
 /// cluster's router), forwarding on, bridged traffic through iptables (kube-proxy's Services between pods

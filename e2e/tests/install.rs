@@ -1,7 +1,8 @@
-//! `ferryctl install` / `uninstall` on a fresh lab cluster with a real node (issue 15, first part): the
+//! `ferryctl install` / `uninstall` on fresh lab clusters with a real node each (issue 15, first part): the
 //! chart's components run as real pods from ferry's image under their own ServiceAccounts; bad values are
-//! refused before anything is applied; uninstall leaves nothing of ferry behind. This test brings up its
-//! own one-cluster lab (`tinst`), so the shared lab's agents and CRDs are never touched.
+//! refused before anything is applied; the installed agents peer across the WAN (broker and apiserver
+//! forwarded by each cluster's edge); uninstall leaves nothing of ferry behind. This test brings up its own
+//! two-cluster lab (`tinst`), so the shared lab's agents and CRDs are never touched.
 //! Compiled only with `--features lab`.
 
 use std::path::PathBuf;
@@ -46,7 +47,7 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
     let (ok, out) = ferry_lab(&[
         "up",
         "--clusters",
-        "1",
+        "2",
         "--nodes",
         "1",
         "--real-nodes",
@@ -87,36 +88,66 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
     );
     assert_eq!(ferry_crds().await, 0, "a refused install applied CRDs");
 
-    // the gateway runs on the node labelled for it
-    Api::<Node>::all(client.clone())
-        .patch(
-            &c.real_node_name(0),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"ferry.dev/gateway": "true"}}})),
-        )
-        .await
-        .unwrap();
-    let sets = [
-        format!("podCIDRs={}", c.pod_cidr),
-        format!("serviceCIDRs={}", c.service_cidr),
-        format!("dns.serviceIP={}", c.service_cidr.hosts().nth(52).unwrap()),
-        format!("gateway.underlayCIDRs={}", c.node_network()),
-        "placement.nodeLabel=lab.ferry.dev/pool".into(),
-        "placement.nodeLabelValue=real".into(),
-        "placement.tolerate=lab.ferry.dev/real-node".into(),
-    ];
-    let mut args = vec!["install", "--timeout", "120"];
-    for s in &sets {
-        args.extend(["--set", s.as_str()]);
+    // both clusters: the gateway runs on the node labelled for it; peers reach the broker and the
+    // apiserver at the cluster's WAN address
+    for c in &lab.layout.clusters {
+        let k = lab.client(c).await.unwrap();
+        Api::<Node>::all(k)
+            .patch(
+                &c.real_node_name(0),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"ferry.dev/gateway": "true"}}})),
+            )
+            .await
+            .unwrap();
+        let sets = [
+            format!(
+                "clusterID={}",
+                ferry_e2e::agents::cluster_id(c.index as usize - 1)
+            ),
+            format!("podCIDRs={}", c.pod_cidr),
+            format!("serviceCIDRs={}", c.service_cidr),
+            format!("dns.serviceIP={}", c.service_cidr.hosts().nth(52).unwrap()),
+            format!("gateway.underlayCIDRs={}", c.node_network()),
+            format!(
+                "agent.brokerURL=https://{}:{}",
+                c.wan_ip,
+                ferry_e2e::net::EDGE_BROKER_PORT
+            ),
+            format!("agent.apiServerURL=https://{}:6443", c.wan_ip),
+            "placement.nodeLabel=lab.ferry.dev/pool".into(),
+            "placement.nodeLabelValue=real".into(),
+            "placement.tolerate=lab.ferry.dev/real-node".into(),
+        ];
+        let mut args = vec!["install", "--timeout", "120"];
+        for s in &sets {
+            args.extend(["--set", s.as_str()]);
+        }
+        let t0 = Instant::now();
+        let kc = lab.paths.kubeconfig(c);
+        let (ok, out, err) = ferryctl(&kc, &args);
+        assert!(ok, "{}: ferryctl install: {out}{err}", c.id);
+        eprintln!(
+            "{}: ferryctl install: every component Ready in {:.1}s\n{err}",
+            c.id,
+            t0.elapsed().as_secs_f64()
+        );
+        assert!(err.contains("every component Ready"), "{err}");
     }
+
+    // the installed agents peer: c2 issues a token, c1's agent (a pod) dials c2's broker (a pod behind a
+    // NodePort, through c2's edge) and authenticates
+    let kc2 = lab.paths.kubeconfig(&lab.layout.clusters[1]);
+    let (ok, token, err) = ferryctl(&kc2, &["token", "create", "--ttl", "10m"]);
+    assert!(ok, "token create: {err}");
     let t0 = Instant::now();
-    let (ok, out, err) = ferryctl(&kc, &args);
-    assert!(ok, "ferryctl install: {out}{err}");
+    let (ok, out, err) = ferryctl(&kc, &["peer", "--token", token.trim()]);
+    assert!(ok, "ferryctl peer through the installed agents: {out}{err}");
     eprintln!(
-        "ferryctl install: every component Ready in {:.1}s\n{err}",
+        "peered through the installed agents in {:.1}s: {out}",
         t0.elapsed().as_secs_f64()
     );
-    assert!(err.contains("every component Ready"), "{err}");
+    assert!(out.contains("peered with provider-c2"), "{out}");
 
     // every ferry pod is a real container from ferry's image, Ready, on the real node
     let pods: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), "ferry-system")
@@ -190,9 +221,11 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
         assert!(wild.is_empty(), "{sa} has wildcard rules: {wild:?}");
     }
 
-    // uninstall: nothing of ferry is left
+    // uninstall: nothing of ferry is left (c1 first: its peering goes with it)
     let (ok, out, err) = ferryctl(&kc, &["uninstall"]);
     assert!(ok, "ferryctl uninstall: {out}{err}");
+    let (ok, out, err) = ferryctl(&kc2, &["uninstall"]);
+    assert!(ok, "ferryctl uninstall on c2: {out}{err}");
     assert!(nss.get_opt("ferry-system").await.unwrap().is_none());
     assert_eq!(ferry_crds().await, 0, "CRDs left");
     assert!(
