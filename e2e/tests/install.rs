@@ -5,7 +5,6 @@
 //! two-cluster lab (`tinst`), so the shared lab's agents and CRDs are never touched.
 //! Compiled only with `--features lab`.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -30,7 +29,7 @@ fn ferry_lab(args: &[&str]) -> (bool, String) {
     )
 }
 
-fn ferryctl(kubeconfig: &PathBuf, args: &[&str]) -> (bool, String, String) {
+fn ferryctl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     ferry_e2e::agents::ferryctl(kubeconfig, args)
 }
 
@@ -149,6 +148,47 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
     );
     assert!(out.contains("peered with provider-c2"), "{out}");
 
+    // offloading through the installed pods: c1's agent runs the virtual node (talking to c2's apiserver
+    // through c2's edge), its webhook (called by c1's apiserver at the agent's node address) admits the
+    // pod, c2's agent turns the ShadowPod into a pod, and its status comes back
+    let c1 = lab.client(&c).await.unwrap();
+    ferry_e2e::lab::fresh_namespace(&c1, "burst").await;
+    let (ok, out, err) = ferryctl(&kc, &["offload", "namespace", "burst"]);
+    assert!(ok, "ferryctl offload namespace: {out}{err}");
+    let pods1: Api<Pod> = Api::namespaced(c1.clone(), "burst");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "remote"},
+        "spec": {
+            "nodeName": "ferry-provider-c2",
+            "tolerations": [{"key": "virtual-node.ferry.dev/not-allowed", "operator": "Exists"}],
+            "containers": [{"name": "c", "image": "ferry-lab/echo"}]
+        }
+    }))
+    .unwrap();
+    let t0 = Instant::now();
+    ferry_e2e::lab::eventually("the virtual node ferry-provider-c2 Ready in c1", 60, || async {
+        Ok(Api::<Node>::all(c1.clone())
+            .get_opt("ferry-provider-c2")
+            .await?
+            .is_some_and(|n| ferry_e2e::lab::node_ready(&n)))
+    })
+    .await;
+    pods1.create(&Default::default(), &pod).await.unwrap();
+    ferry_e2e::lab::eventually(
+        "the offloaded pod Running in c1 with a remapped IP",
+        60,
+        || async {
+            let p = pods1.get("remote").await?;
+            let st = p.status.unwrap_or_default();
+            Ok(st.phase.as_deref() == Some("Running") && st.pod_ip.is_some())
+        },
+    )
+    .await;
+    eprintln!(
+        "offloaded pod Running through the installed agents in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+
     // every ferry pod is a real container from ferry's image, Ready, on the real node
     let pods: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), "ferry-system")
         .list(&ListParams::default())
@@ -221,9 +261,19 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
         assert!(wild.is_empty(), "{sa} has wildcard rules: {wild:?}");
     }
 
-    // uninstall: nothing of ferry is left (c1 first: its peering goes with it)
-    let (ok, out, err) = ferryctl(&kc, &["uninstall"]);
-    assert!(ok, "ferryctl uninstall: {out}{err}");
+    // uninstall refuses while a pod runs on the provider, then with --force removes everything (c1 first:
+    // its peering goes with it)
+    let (ok, _, err) = ferryctl(&kc, &["uninstall"]);
+    assert!(
+        !ok && err.contains("burst/remote") && err.contains("--force"),
+        "{err}"
+    );
+    assert!(
+        nss.get_opt("ferry-system").await.unwrap().is_some(),
+        "a refused uninstall removed something"
+    );
+    let (ok, out, err) = ferryctl(&kc, &["uninstall", "--force"]);
+    assert!(ok, "ferryctl uninstall --force: {out}{err}");
     let (ok, out, err) = ferryctl(&kc2, &["uninstall"]);
     assert!(ok, "ferryctl uninstall on c2: {out}{err}");
     assert!(nss.get_opt("ferry-system").await.unwrap().is_none());

@@ -227,9 +227,13 @@ fn parse_pipeline(file: &str, line: usize, s: &str) -> Result<Pipeline, ChartErr
     Ok(cmds)
 }
 
+/// An open block while parsing: its nodes so far, the action that opened it (none at the root), and the
+/// `then` branch once an `else` was seen.
+type Frame = (Vec<Node>, Option<Action>, Option<Vec<Node>>);
+
 fn parse(file: &str, src: &str) -> Result<Vec<Node>, ChartError> {
     let tokens = lex(file, src)?;
-    let mut stack: Vec<(Vec<Node>, Option<Action>, Option<Vec<Node>>)> = vec![(vec![], None, None)];
+    let mut stack: Vec<Frame> = vec![(vec![], None, None)];
     for t in tokens {
         match t {
             Ok(text) => stack.last_mut().expect("root").0.push(Node::Text(text)),

@@ -442,6 +442,25 @@ pub async fn uninstall(client: &Client, objs: &[Value], namespace: &str, force: 
             let _ = crate::consumer::unpeer(client, &fc.spec.cluster_id).await;
         }
     }
+    // offloaded namespaces: the agent removes their remote side while it still runs
+    let offloadings: Api<ferry_crds::NamespaceOffloading> = Api::all(client.clone());
+    if let Ok(list) = offloadings.list(&ListParams::default()).await {
+        for o in &list.items {
+            let api: Api<ferry_crds::NamespaceOffloading> =
+                Api::namespaced(client.clone(), &o.namespace().unwrap_or_default());
+            let _ = api.delete(&o.name_any(), &DeleteParams::default()).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline
+            && !offloadings
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items.is_empty())
+                .unwrap_or(true)
+        {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
     for name in ["ferry-pod-offloading"] {
         let _ = Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
             client.clone(),
@@ -476,6 +495,70 @@ pub async fn uninstall(client: &Client, objs: &[Value], namespace: &str, force: 
             "namespace {namespace} still terminating after 120 s"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // a CRD goes once its objects are gone; an object whose finalizer only the (now deleted) agent would
+    // have removed keeps it: after a grace, those finalizers are dropped
+    let crd_names: Vec<String> = objs
+        .iter()
+        .filter(|o| o["kind"] == "CustomResourceDefinition")
+        .filter_map(|o| o["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut stripped = false;
+    loop {
+        let mut left = Vec::new();
+        for n in &crd_names {
+            if let Some(crd) = crd_api.get_opt(n).await? {
+                left.push(crd);
+            }
+        }
+        if left.is_empty() {
+            return Ok(());
+        }
+        if !stripped && Instant::now() + Duration::from_secs(50) > deadline {
+            stripped = true;
+            for crd in &left {
+                strip_finalizers(client, crd).await?;
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "CRDs still terminating after 60 s: {}; fix: kubectl get <kind> -A and remove their finalizers",
+            left.iter().map(|c| c.name_any()).collect::<Vec<_>>().join(", ")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Drops the finalizers of every object of `crd` (whose controller is gone).
+async fn strip_finalizers(client: &Client, crd: &CustomResourceDefinition) -> Result<()> {
+    let Some(version) = crd.spec.versions.iter().find(|v| v.served) else {
+        return Ok(());
+    };
+    let ar = kube::api::ApiResource {
+        group: crd.spec.group.clone(),
+        version: version.name.clone(),
+        api_version: format!("{}/{}", crd.spec.group, version.name),
+        kind: crd.spec.names.kind.clone(),
+        plural: crd.spec.names.plural.clone(),
+    };
+    let all: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    for o in all.list(&ListParams::default()).await?.items {
+        if o.metadata.finalizers.as_ref().is_none_or(|f| f.is_empty()) {
+            continue;
+        }
+        let api: Api<DynamicObject> = match o.namespace() {
+            Some(ns) => Api::namespaced_with(client.clone(), &ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        api.patch(
+            &o.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .with_context(|| format!("removing the finalizers of {} {}", ar.kind, o.name_any()))?;
     }
     Ok(())
 }
