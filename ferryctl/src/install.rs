@@ -359,48 +359,96 @@ async fn last_event(client: &Client, namespace: &str, app: &str) -> String {
     last.map(|(_, m)| m).unwrap_or_default()
 }
 
+/// Waits, by watch, until every ferry Deployment and DaemonSet in `namespace` is Ready, printing a line per
+/// component whenever its state changes; on timeout names the first that is not, with its last event.
 async fn wait_ready(client: &Client, namespace: &str, timeout: Duration) -> Result<()> {
-    let deps: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    let dss: Api<DaemonSet> = Api::namespaced(client.clone(), namespace);
-    let deadline = Instant::now() + timeout;
-    let mut shown: BTreeMap<String, String> = BTreeMap::new();
-    loop {
-        let mut states: Vec<(bool, String, String)> = Vec::new();
-        for d in deps
-            .list(&ListParams::default().labels(&format!("{PART_OF}=ferry")))
-            .await?
-            .items
-        {
-            let (ok, line) = deployment_state(&d);
-            states.push((ok, line, d.name_any()));
-        }
-        for d in dss
-            .list(&ListParams::default().labels(&format!("{PART_OF}=ferry")))
-            .await?
-            .items
-        {
-            let (ok, line) = daemonset_state(&d);
-            states.push((ok, line, d.name_any()));
-        }
-        for (_, line, name) in &states {
-            if shown.get(name) != Some(line) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let cfg = watcher::Config::default().labels(&format!("{PART_OF}=ferry"));
+    let deps = watcher(
+        Api::<Deployment>::namespaced(client.clone(), namespace),
+        cfg.clone(),
+    )
+    .applied_objects()
+    .map(|r| r.map(|d| (d.name_any(), deployment_state(&d))));
+    let dss = watcher(Api::<DaemonSet>::namespaced(client.clone(), namespace), cfg)
+        .applied_objects()
+        .map(|r| r.map(|d| (d.name_any(), daemonset_state(&d))));
+    let mut changes = std::pin::pin!(futures::stream::select(deps, dss));
+    // what the chart applied in this namespace: the components to wait for
+    let expected = expected_components(client, namespace).await?;
+    let mut states: BTreeMap<String, (bool, String)> = BTreeMap::new();
+    let waited = tokio::time::timeout(timeout, async {
+        while let Some(change) = changes.next().await {
+            let (name, (ok, line)) = change?;
+            if states.get(&name).map(|s| &s.1) != Some(&line) {
                 eprintln!("  {line}");
-                shown.insert(name.clone(), line.clone());
+            }
+            states.insert(name, (ok, line));
+            if expected.iter().all(|n| states.get(n).is_some_and(|s| s.0)) {
+                break;
             }
         }
-        if states.iter().all(|(ok, _, _)| *ok) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            let (_, line, name) = states.iter().find(|(ok, _, _)| !ok).expect("one is not ready");
+        Ok::<(), watcher::Error>(())
+    })
+    .await;
+    match waited {
+        Ok(r) => Ok(r?),
+        Err(_) => {
+            let name = expected
+                .iter()
+                .find(|n| !states.get(*n).is_some_and(|s| s.0))
+                .cloned()
+                .unwrap_or_default();
+            let line = states
+                .get(&name)
+                .map(|s| s.1.clone())
+                .unwrap_or_else(|| format!("{name}: not seen"));
             bail!(
                 "{line} after {}s; its last event: {}; fix: kubectl -n {namespace} describe pods -l app={name}",
                 timeout.as_secs(),
-                last_event(client, namespace, name).await
-            );
+                last_event(client, namespace, &name).await
+            )
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+async fn expected_components(client: &Client, namespace: &str) -> Result<Vec<String>> {
+    let lp = ListParams::default().labels(&format!("{PART_OF}=ferry"));
+    let mut names: Vec<String> = Api::<Deployment>::namespaced(client.clone(), namespace)
+        .list(&lp)
+        .await?
+        .items
+        .iter()
+        .map(|d| d.name_any())
+        .collect();
+    names.extend(
+        Api::<DaemonSet>::namespaced(client.clone(), namespace)
+            .list(&lp)
+            .await?
+            .items
+            .iter()
+            .map(|d| d.name_any()),
+    );
+    Ok(names)
+}
+
+/// Waits by watch until `name` is gone from `api` (at most `timeout`); false if it is still there then.
+async fn gone<K>(api: &Api<K>, name: &str, timeout: Duration) -> Result<bool>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let Some(obj) = api.get_opt(name).await? else {
+        return Ok(true);
+    };
+    let uid = obj.meta().uid.clone().unwrap_or_default();
+    let cond = kube::runtime::conditions::is_deleted(&uid);
+    Ok(tokio::time::timeout(
+        timeout,
+        kube::runtime::wait::await_condition(api.clone(), name, cond),
+    )
+    .await
+    .is_ok())
 }
 
 /// `ferryctl uninstall`: peerings first (refused while pods run on a provider's virtual node, unless
@@ -450,15 +498,10 @@ pub async fn uninstall(client: &Client, objs: &[Value], namespace: &str, force: 
                 Api::namespaced(client.clone(), &o.namespace().unwrap_or_default());
             let _ = api.delete(&o.name_any(), &DeleteParams::default()).await;
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline
-            && !offloadings
-                .list(&ListParams::default())
-                .await
-                .map(|l| l.items.is_empty())
-                .unwrap_or(true)
-        {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        for o in &list.items {
+            let api: Api<ferry_crds::NamespaceOffloading> =
+                Api::namespaced(client.clone(), &o.namespace().unwrap_or_default());
+            gone(&api, &o.name_any(), Duration::from_secs(60)).await?;
         }
     }
     for name in ["ferry-pod-offloading"] {
@@ -488,47 +531,27 @@ pub async fn uninstall(client: &Client, objs: &[Value], namespace: &str, force: 
         }
     }
     let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while nss.get_opt(namespace).await?.is_some() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "namespace {namespace} still terminating after 120 s"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    anyhow::ensure!(
+        gone(&nss, namespace, Duration::from_secs(120)).await?,
+        "namespace {namespace} still terminating after 120 s; fix: kubectl get all -n {namespace}"
+    );
     // a CRD goes once its objects are gone; an object whose finalizer only the (now deleted) agent would
-    // have removed keeps it: after a grace, those finalizers are dropped
-    let crd_names: Vec<String> = objs
-        .iter()
-        .filter(|o| o["kind"] == "CustomResourceDefinition")
-        .filter_map(|o| o["metadata"]["name"].as_str().map(str::to_string))
-        .collect();
+    // have removed keeps it: after 10 s, those finalizers are dropped
     let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut stripped = false;
-    loop {
-        let mut left = Vec::new();
-        for n in &crd_names {
-            if let Some(crd) = crd_api.get_opt(n).await? {
-                left.push(crd);
-            }
+    for o in objs.iter().filter(|o| o["kind"] == "CustomResourceDefinition") {
+        let name = o["metadata"]["name"].as_str().unwrap_or_default();
+        if gone(&crd_api, name, Duration::from_secs(10)).await? {
+            continue;
         }
-        if left.is_empty() {
-            return Ok(());
-        }
-        if !stripped && Instant::now() + Duration::from_secs(50) > deadline {
-            stripped = true;
-            for crd in &left {
-                strip_finalizers(client, crd).await?;
-            }
+        if let Some(crd) = crd_api.get_opt(name).await? {
+            strip_finalizers(client, &crd).await?;
         }
         anyhow::ensure!(
-            Instant::now() < deadline,
-            "CRDs still terminating after 60 s: {}; fix: kubectl get <kind> -A and remove their finalizers",
-            left.iter().map(|c| c.name_any()).collect::<Vec<_>>().join(", ")
+            gone(&crd_api, name, Duration::from_secs(50)).await?,
+            "CRD {name} still terminating after 60 s; fix: kubectl get {name} -A and remove its objects' finalizers"
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    Ok(())
 }
 
 /// Drops the finalizers of every object of `crd` (whose controller is gone).
