@@ -283,6 +283,14 @@ impl ClusterLayout {
     }
 }
 
+/// Port of the apiserver's front on the node network (and on the cluster's WAN address, through its edge).
+pub const APISERVER_FRONT_PORT: u16 = 6443;
+
+/// Name of the network namespace of real node `k` (0-based) of cluster `cluster_id` in lab `lab`.
+pub fn real_node_netns(lab: &str, cluster_id: &str, k: u32) -> String {
+    format!("{lab}-{cluster_id}-n{}", k + 1)
+}
+
 /// Index of the first real node's pod subnet in the pod CIDR (lab nodes take `0..64`, the bench's hollow
 /// nodes start at 100).
 pub const REAL_NODE_SUBNET_BASE: u32 = 200;

@@ -24,5 +24,6 @@ pub mod procs;
 pub mod relay;
 pub mod seed_demo;
 pub mod services;
+pub mod state;
 pub mod tunnel;
 pub mod workload;

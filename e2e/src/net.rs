@@ -197,7 +197,7 @@ pub fn create_node_network(lab: &LabLayout, c: &ClusterLayout) -> Result<()> {
         &format!(
             "table ip ferry-lab-edge {{\n chain pre {{\n  type nat hook prerouting priority -100;\n  iifname \"{wan}\" tcp dport {api} dnat to {cp}:{api}\n  iifname \"{wan}\" tcp dport {broker} dnat to {node}:{node_port}\n }}\n chain post {{\n  type nat hook postrouting priority 100;\n  oifname \"{wan}\" ip saddr {net} masquerade\n  oifname \"{bridge}\" ip daddr {cp} tcp dport {api} masquerade\n }}\n}}\n",
             wan = HOST_WAN_IF,
-            api = crate::services::APISERVER_PORT,
+            api = crate::layout::APISERVER_FRONT_PORT,
             cp = c.control_plane_ip(),
             broker = EDGE_BROKER_PORT,
             node = c.real_node_ip(0),
@@ -266,7 +266,7 @@ pub fn add_real_node(lab: &LabLayout, c: &ClusterLayout, k: u32, netns: &str) ->
     let via = c.real_node_ip(k).to_string();
     ipn(&host, &["route", "replace", &subnet, "via", &via])?;
     for j in (0..c.real_nodes).filter(|j| *j != k) {
-        let other = crate::node::netns(&lab.name, c, j);
+        let other = crate::layout::real_node_netns(&lab.name, &c.id, j);
         if netns_exists(&other) {
             ipn(&other, &["route", "replace", &subnet, "via", &via])?;
             ipn(

@@ -24,9 +24,9 @@ use ipnet::IpNet;
 use tracing::{info, warn};
 
 use crate::image;
-use crate::lab::{Lab, LabPaths};
 use crate::layout::ClusterLayout;
 use crate::pki::{self, ClusterPki};
+use crate::state::{Lab, LabPaths};
 
 /// Label every real node carries (value of [`crate::kubelet::POOL_LABEL`]).
 pub const REAL_POOL: &str = "real";
@@ -60,11 +60,6 @@ impl NodeDir {
     pub fn containerd_sock(&self) -> PathBuf {
         self.join("containerd/containerd.sock")
     }
-}
-
-/// Name of real node `k`'s network namespace.
-pub fn netns(lab: &str, c: &ClusterLayout, k: u32) -> String {
-    format!("{lab}-{}-n{}", c.id, k + 1)
 }
 
 /// The cgroup (relative to each hierarchy's root) that holds every real node of lab `lab`.
@@ -240,7 +235,7 @@ pub fn prepare(lab: &Lab, c: &ClusterLayout, k: u32, pki: &ClusterPki) -> Result
     let server = format!(
         "https://{}:{}",
         c.control_plane_ip(),
-        crate::services::APISERVER_PORT
+        crate::layout::APISERVER_FRONT_PORT
     );
     let files = [
         ("pki/kubelet.crt", certs.serving.cert.clone()),
@@ -299,7 +294,10 @@ pub fn write_images(lab: &Lab, bin_dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn command(lab: &Lab, c: &ClusterLayout, k: u32, exe: &Path, root: &Path) -> Command {
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "slave", "nsenter"])
-        .arg(format!("--net=/run/netns/{}", netns(&lab.layout.name, c, k)))
+        .arg(format!(
+            "--net=/run/netns/{}",
+            crate::layout::real_node_netns(&lab.layout.name, &c.id, k)
+        ))
         .arg(exe)
         .args(["--name", &lab.layout.name])
         .arg("--root")
@@ -592,7 +590,7 @@ mod tests {
         let proxy = kube_proxy_args(c, 1, &NodeDir::new(&paths, c, 1));
         assert_eq!(flag(&proxy, "proxy-mode"), "iptables");
         assert_eq!(flag(&proxy, "cluster-cidr"), "10.244.0.0/16");
-        assert_eq!(netns("e2e", c, 1), "e2e-c2-n2");
+        assert_eq!(crate::layout::real_node_netns("e2e", &c.id, 1), "e2e-c2-n2");
     }
 
     #[test]

@@ -27,11 +27,9 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::lab::Lab;
-use crate::layout::ClusterLayout;
+use crate::layout::{APISERVER_FRONT_PORT, ClusterLayout};
+use crate::state::Lab;
 
-/// Port of the apiserver front on the node network.
-pub const APISERVER_PORT: u16 = 6443;
 /// The zone the lab resolver is authoritative for.
 pub const CLUSTER_ZONE: &str = "cluster.local.";
 /// The zone forwarded to ferry-dns.
@@ -172,7 +170,7 @@ pub fn cluster_objects(c: &ClusterLayout) -> Vec<(String, serde_json::Value)> {
             "default/kubernetes".into(),
             json!({"apiVersion": "v1", "kind": "Endpoints",
                 "metadata": {"name": "kubernetes", "namespace": "default"},
-                "subsets": [{"addresses": [{"ip": cp}], "ports": [{"name": "https", "port": APISERVER_PORT, "protocol": "TCP"}]}]}),
+                "subsets": [{"addresses": [{"ip": cp}], "ports": [{"name": "https", "port": APISERVER_FRONT_PORT, "protocol": "TCP"}]}]}),
         ),
         (
             "kube-system/kube-dns".into(),
@@ -242,8 +240,8 @@ pub async fn run(lab: &Lab, cluster: &str) -> Result<()> {
     let client = lab.client(&c).await?;
     apply_objects(&client, &c).await?;
     let cp = c.control_plane_ip();
-    let front = std::net::TcpListener::bind((cp, APISERVER_PORT))
-        .with_context(|| format!("binding the apiserver front {cp}:{APISERVER_PORT}"))?;
+    let front = std::net::TcpListener::bind((cp, APISERVER_FRONT_PORT))
+        .with_context(|| format!("binding the apiserver front {cp}:{APISERVER_FRONT_PORT}"))?;
     front.set_nonblocking(true)?;
     let apiserver: SocketAddr = ([127, 0, 0, 1], c.ports.apiserver).into();
     tokio::spawn(async move {
@@ -282,7 +280,7 @@ pub async fn run(lab: &Lab, cluster: &str) -> Result<()> {
             .with_context(|| format!("binding the cluster DNS {cp}:53"))?,
     );
     let ferry_dns: SocketAddr = (c.node_router(), 53).into();
-    info!(cluster = %c.id, "apiserver front on {cp}:{APISERVER_PORT}, cluster DNS on {cp}:53");
+    info!(cluster = %c.id, "apiserver front on {cp}:{APISERVER_FRONT_PORT}, cluster DNS on {cp}:53");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut buf = vec![0u8; 4096];
     loop {
@@ -423,7 +421,7 @@ mod tests {
         .unwrap();
         let objs = cluster_objects(&l.clusters[0]);
         assert_eq!(objs[0].1["subsets"][0]["addresses"][0]["ip"], "198.19.97.254");
-        assert_eq!(objs[0].1["subsets"][0]["ports"][0]["port"], APISERVER_PORT);
+        assert_eq!(objs[0].1["subsets"][0]["ports"][0]["port"], APISERVER_FRONT_PORT);
         assert_eq!(objs[1].1["spec"]["clusterIP"], "10.96.0.10");
     }
 }

@@ -46,10 +46,10 @@ enum Cmd {
     },
     /// The two-cluster demo on a running lab.
     Demo,
-    /// Writes the lab's OCI image archives (pause, busybox workload) into a directory, for
-    /// `ctr images import`: nothing is pulled from a registry.
+    /// Writes the lab's OCI image archives (pause, busybox workload, ferry's own image from the binaries
+    /// beside ferry-lab) into a directory, for `ctr images import`: nothing is pulled from a registry.
     Images {
-        /// Directory to write `pause.tar` and `busybox.tar` into.
+        /// Directory to write `pause.tar`, `busybox.tar` and `ferry.tar` into.
         #[arg(long)]
         out: std::path::PathBuf,
     },
@@ -373,11 +373,20 @@ async fn run(cli: Cli) -> Result<()> {
                     image::WORKLOAD_IMAGE,
                     image::workload(std::path::Path::new("/bin/busybox"))?,
                 ),
+                (
+                    "ferry.tar",
+                    image::FERRY_IMAGE,
+                    image::ferry(
+                        exe.parent().context("ferry-lab's directory")?,
+                        &out.join(".scratch"),
+                    )?,
+                ),
             ] {
                 let path = out.join(file);
                 std::fs::write(&path, &archive).with_context(|| format!("writing {}", path.display()))?;
                 println!("{name}\t{}\t{} bytes", path.display(), archive.len());
             }
+            let _ = std::fs::remove_dir_all(out.join(".scratch"));
         }
         Cmd::Demo => {
             lab::require_root("ferry-lab demo")?;
