@@ -233,14 +233,17 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let agent_pods: Api<Pod> = Api::namespaced(c1.clone(), "ferry-system");
-    let old: Vec<String> = agent_pods
-        .list(&ListParams::default().labels("app=ferry-agent"))
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .filter_map(|p| p.metadata.name.clone())
-        .collect();
+    let agent_pod_names = || async {
+        agent_pods
+            .list(&ListParams::default().labels("app=ferry-agent"))
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect::<Vec<String>>()
+    };
+    let old = agent_pod_names().await;
     for name in &old {
         agent_pods
             .delete(
@@ -271,14 +274,7 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
         },
     )
     .await;
-    let new: Vec<String> = agent_pods
-        .list(&ListParams::default().labels("app=ferry-agent"))
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .filter_map(|p| p.metadata.name.clone())
-        .collect();
+    let new = agent_pod_names().await;
     assert!(
         new.iter().all(|n| !old.contains(n)),
         "the agent pod was not replaced: {old:?} -> {new:?}"

@@ -390,20 +390,20 @@ fn bad_input_gives_one_line_with_the_fix_and_leaves_nothing_behind() {
     nothing_left("troot");
 }
 
+/// An executable at `path` that prints `message` to stderr and exits 1 (a binary that refuses to start).
+fn refusing_binary(path: &std::path::Path, message: &str) {
+    std::fs::write(path, format!("#!/bin/sh\necho '{message}' >&2\nexit 1\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 #[test]
 fn a_control_plane_that_fails_midway_is_torn_down_completely() {
     // a kube-apiserver that refuses to start, after the network and etcd are already up
     let bin = std::env::temp_dir().join(format!("ferry-fake-k8s-{}", std::process::id()));
     std::fs::create_dir_all(&bin).unwrap();
     for b in ["kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
-        let p = bin.join(b);
-        std::fs::write(
-            &p,
-            "#!/bin/sh\necho 'fake apiserver: refusing to start' >&2\nexit 1\n",
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        refusing_binary(&bin.join(b), "fake apiserver: refusing to start");
     }
     let (ok, _, err) = ferry_lab(&[
         "--name",
@@ -543,14 +543,7 @@ fn a_real_node_that_fails_midway_is_torn_down_completely() {
     ] {
         std::os::unix::fs::symlink(real.join(b), bin.join(b)).unwrap();
     }
-    let p = bin.join("kubelet");
-    std::fs::write(
-        &p,
-        "#!/bin/sh\necho 'fake kubelet: refusing to start' >&2\nexit 1\n",
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    refusing_binary(&bin.join("kubelet"), "fake kubelet: refusing to start");
     let (ok, _, err) = ferry_lab(&[
         "--name",
         "tnode",

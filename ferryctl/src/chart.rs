@@ -611,6 +611,17 @@ fn prefix(key: &str, part: &str) -> String {
     key[..idx].to_string()
 }
 
+impl Release {
+    /// ferry's release in `namespace`, at this ferryctl's version (the chart's version).
+    pub fn ferry(namespace: &str) -> Self {
+        Self {
+            name: "ferry".into(),
+            namespace: namespace.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
 impl fmt::Display for Release {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} in {} ({})", self.name, self.namespace, self.version)
@@ -623,11 +634,7 @@ mod tests {
     use serde_json::json;
 
     fn rel() -> Release {
-        Release {
-            name: "ferry".into(),
-            namespace: "ferry-system".into(),
-            version: "0.1.0".into(),
-        }
+        Release::ferry("ferry-system")
     }
 
     fn r(t: &str, v: Value) -> Result<String, ChartError> {

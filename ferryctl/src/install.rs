@@ -591,11 +591,7 @@ mod tests {
     use super::*;
 
     fn rel() -> Release {
-        Release {
-            name: "ferry".into(),
-            namespace: "ferry-system".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-        }
+        Release::ferry("ferry-system")
     }
 
     fn lab_values() -> Vec<String> {

@@ -287,11 +287,7 @@ async fn run(cli: Cli) -> Result<()> {
             })?;
         }
         Cmd::Install(a) => {
-            let release = chart::Release {
-                name: "ferry".into(),
-                namespace: a.namespace.clone(),
-                version: env!("CARGO_PKG_VERSION").into(),
-            };
+            let release = chart::Release::ferry(&a.namespace);
             // values and templates are checked before anything is applied
             let objs = install::render(&install::values(&a.set)?, &release)?;
             if a.dry_run {
@@ -309,11 +305,7 @@ async fn run(cli: Cli) -> Result<()> {
             force,
             set,
         } => {
-            let release = chart::Release {
-                name: "ferry".into(),
-                namespace: namespace.clone(),
-                version: env!("CARGO_PKG_VERSION").into(),
-            };
+            let release = chart::Release::ferry(namespace);
             let mut sets = vec!["podCIDRs=0.0.0.0/0".to_string()];
             sets.extend(set.iter().cloned());
             let objs = install::render(&install::values(&sets)?, &release)?;
