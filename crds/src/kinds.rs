@@ -48,7 +48,7 @@ pub struct TenantSpec {
 
 /// The provider's policy for one tenant's pods. The provider's `ShadowPod` controller builds every pod
 /// under it and its validating webhook refuses any pod in a tenant namespace that breaks it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantPolicy {
     /// Linux capabilities containers may add beyond the baseline set (AUDIT_WRITE, CHOWN, DAC_OVERRIDE,
@@ -62,6 +62,10 @@ pub struct TenantPolicy {
     /// Node labels every pod of this tenant is confined to (the provider's choice, not the consumer's).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// Taints every pod of this tenant tolerates (the provider's choice: nodes it dedicates to tenants
+    /// with a taint, together with `nodeSelector`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
     /// Runtime class every pod of this tenant runs with (e.g. a sandbox such as gVisor or Kata).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_class_name: Option<String>,

@@ -21,6 +21,9 @@ pub const WORKLOAD_IMAGE: &str = "ferry.dev/lab/busybox:1.35";
 pub const FERRY_IMAGE: &str = concat!("ferry.dev/ferry:", env!("CARGO_PKG_VERSION"));
 /// ferry's binaries, all in [`FERRY_IMAGE`] under `/usr/bin`.
 pub const FERRY_BINARIES: &[&str] = &["ferry-agent", "ferry-gateway", "ferry-dns", "ferryctl"];
+/// The host tools the gateway's apply layer runs (iproute2's `ip`, `nft`), copied from this machine into
+/// ferry's image under `/usr/sbin` with the libraries they link.
+pub const FERRY_TOOLS: &[&str] = &["/usr/sbin/ip", "/usr/sbin/nft"];
 
 /// The busybox applets the workload image links (`/bin/<applet> -> busybox`).
 pub const APPLETS: &[&str] = &[
@@ -126,7 +129,7 @@ pub fn oci_archive(name: &str, entries: &[Entry], entrypoint: &[&str]) -> Result
         "architecture": "amd64",
         "os": "linux",
         "created": "1970-01-01T00:00:00Z",
-        "config": {"Entrypoint": entrypoint, "Env": ["PATH=/usr/bin:/bin"], "WorkingDir": "/"},
+        "config": {"Entrypoint": entrypoint, "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
         "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "ferry-lab image"}],
     }))?;
@@ -247,10 +250,11 @@ pub fn shared_libraries(binary: &Path) -> Result<Vec<std::path::PathBuf>> {
 }
 
 /// ferry's image: each binary of `bin_dir` named in [`FERRY_BINARIES`], stripped of symbols, in
-/// `/usr/bin`, with the C libraries they link at the paths the loader looks for (symlinks followed). The
-/// container runs as any user the pod asks for; the image has no shell.
+/// `/usr/bin`, and the gateway's tools ([`FERRY_TOOLS`]) in `/usr/sbin`, with the C libraries they all link
+/// at the paths the loader looks for (symlinks followed). The container runs as any user the pod asks
+/// for; the image has no shell.
 pub fn ferry(bin_dir: &Path, scratch: &Path) -> Result<Vec<u8>> {
-    let mut entries: Vec<Entry> = ["etc", "tmp", "usr", "usr/bin"]
+    let mut entries: Vec<Entry> = ["etc", "tmp", "usr", "usr/bin", "usr/sbin"]
         .iter()
         .map(|d| Entry::Dir { path: d.to_string() })
         .collect();
@@ -285,6 +289,17 @@ pub fn ferry(bin_dir: &Path, scratch: &Path) -> Result<Vec<u8>> {
             data: std::fs::read(&stripped)?,
         });
         let _ = std::fs::remove_file(&stripped);
+    }
+    for tool in FERRY_TOOLS {
+        let path = Path::new(tool);
+        let data = std::fs::read(path)
+            .with_context(|| format!("reading {tool}; fix: apt-get install iproute2 nftables (make deps)"))?;
+        libs.extend(shared_libraries(path)?);
+        entries.push(Entry::File {
+            path: tool.trim_start_matches('/').to_string(),
+            mode: 0o755,
+            data,
+        });
     }
     let mut dirs = std::collections::BTreeSet::new();
     for lib in libs {

@@ -190,18 +190,21 @@ pub fn create_node_network(lab: &LabLayout, c: &ClusterLayout) -> Result<()> {
     ip(&["link", "set", &link, "up"])?;
     // The host namespace is also the cluster's edge router, as a NAT gateway in front of a private node
     // network: the nodes reach the WAN with its address, and from the WAN its address forwards the
-    // apiserver (:6443, to the control plane's front) and the broker (:8443, to the broker NodePort on the
-    // first node), so components installed as pods can peer.
+    // apiserver (:6443, to the control plane's front), the broker (:8443, to the broker NodePort on the
+    // first node) and the tunnels' UDP ports (to the first node, where the installed gateway runs), so
+    // components installed as pods can peer and tunnel.
     nft_in(
         &host,
         &format!(
-            "table ip ferry-lab-edge {{\n chain pre {{\n  type nat hook prerouting priority -100;\n  iifname \"{wan}\" tcp dport {api} dnat to {cp}:{api}\n  iifname \"{wan}\" tcp dport {broker} dnat to {node}:{node_port}\n }}\n chain post {{\n  type nat hook postrouting priority 100;\n  oifname \"{wan}\" ip saddr {net} masquerade\n  oifname \"{bridge}\" ip daddr {cp} tcp dport {api} masquerade\n }}\n}}\n",
+            "table ip ferry-lab-edge {{\n chain pre {{\n  type nat hook prerouting priority -100;\n  iifname \"{wan}\" tcp dport {api} dnat to {cp}:{api}\n  iifname \"{wan}\" tcp dport {broker} dnat to {node}:{node_port}\n  iifname \"{wan}\" udp dport {wg_lo}-{wg_hi} dnat to {node}\n }}\n chain post {{\n  type nat hook postrouting priority 100;\n  oifname \"{wan}\" ip saddr {net} masquerade\n  oifname \"{bridge}\" ip daddr {cp} tcp dport {api} masquerade\n }}\n}}\n",
             wan = HOST_WAN_IF,
             api = crate::layout::APISERVER_FRONT_PORT,
             cp = c.control_plane_ip(),
             broker = EDGE_BROKER_PORT,
             node = c.real_node_ip(0),
             node_port = EDGE_BROKER_NODE_PORT,
+            wg_lo = EDGE_GATEWAY_PORTS.0,
+            wg_hi = EDGE_GATEWAY_PORTS.1,
             net = net,
             bridge = NODE_BRIDGE,
         ),
@@ -211,6 +214,11 @@ pub fn create_node_network(lab: &LabLayout, c: &ClusterLayout) -> Result<()> {
 
 /// The port a cluster's WAN address forwards to its broker.
 pub const EDGE_BROKER_PORT: u16 = 8443;
+/// The UDP ports the edge forwards to the first real node (an installed gateway's, whose chart value
+/// `agent.gatewayEndpoint` is `<WAN address>:52820`): WireGuard at 52820 + 2·link and each link's probe
+/// responder one above, for the first 64 links. Not 51820: the lab's own gateway processes listen there
+/// on the WAN in the host namespace.
+pub const EDGE_GATEWAY_PORTS: (u16, u16) = (52820, 52820 + 2 * 64 - 1);
 /// The broker's NodePort the edge forwards to (the chart's `agent.brokerNodePort`).
 pub const EDGE_BROKER_NODE_PORT: u16 = 30443;
 

@@ -62,7 +62,13 @@ impl NodeDir {
     }
 }
 
+/// Host directories each real node has its own copy of (node directory name, mount point), as separate
+/// machines would: `/var/log` and the gateway chart's `hostPath` state directory.
+pub const NODE_PRIVATE_DIRS: &[(&str, &str)] =
+    &[("log", "/var/log"), ("ferry-gateway", "/var/lib/ferry-gateway")];
+
 /// The cgroup (relative to each hierarchy's root) that holds every real node of lab `lab`.
+
 pub fn lab_cgroup(lab: &str) -> String {
     format!("ferry-lab-{lab}")
 }
@@ -335,16 +341,23 @@ pub async fn run(lab: &Lab, cluster: &str, k: u32) -> Result<()> {
     let name = c.real_node_name(k);
     let logs = lab.paths.cluster_dir(&c).join("logs");
     let log = |what: &str| logs.join(format!("{name}-{what}.log"));
-    // this node's own /var/log (pods' logs): kubelets on one machine would otherwise collect each other's
-    std::fs::create_dir_all("/var/log")?;
-    nix::mount::mount(
-        Some(&node.join("log")),
-        "/var/log",
-        None::<&str>,
-        nix::mount::MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .context("bind-mounting the node's /var/log (is this the node's own mount namespace?)")?;
+    // this node's own /var/log (pods' logs: kubelets on one machine would otherwise collect each other's)
+    // and host directories pods keep node state in (the gateway's journals: gateways of two lab nodes
+    // would otherwise tear down each other's tunnels)
+    for (own, at) in NODE_PRIVATE_DIRS {
+        std::fs::create_dir_all(node.join(own))?;
+        std::fs::create_dir_all(at)?;
+        nix::mount::mount(
+            Some(&node.join(own)),
+            *at,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| {
+            format!("bind-mounting the node's {at} (is this the node's own mount namespace?)")
+        })?;
+    }
     let sock = node.containerd_sock();
     let _ = std::fs::remove_file(&sock);
     let mut containerd = Command::new("containerd");

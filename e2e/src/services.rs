@@ -32,6 +32,8 @@ use crate::state::Lab;
 
 /// The zone the lab resolver is authoritative for.
 pub const CLUSTER_ZONE: &str = "cluster.local.";
+/// The name of the chart's ferry-dns Service (and its Endpoints).
+pub const INSTALLED_FERRY_DNS: &str = "ferry-dns";
 /// The zone forwarded to ferry-dns.
 pub const CLUSTERSET_ZONE: &str = "clusterset.local.";
 /// TTL of every answer, seconds.
@@ -42,6 +44,10 @@ pub const TTL: u32 = 5;
 pub struct ClusterZone {
     /// Lowercase absolute name → addresses.
     pub names: BTreeMap<String, Vec<IpAddr>>,
+    /// Where `clusterset.local` goes when ferry is installed: a ready endpoint of the chart's `ferry-dns`
+    /// Service (what CoreDNS reaches through that Service's ClusterIP; this resolver has no kube-proxy in
+    /// front of it). `None`: the lab's ferry-dns process on the cluster's router.
+    pub clusterset: Option<SocketAddr>,
 }
 
 impl ClusterZone {
@@ -89,7 +95,21 @@ impl ClusterZone {
             v.sort();
             v.dedup();
         }
-        Self { names }
+        let clusterset = endpoints
+            .iter()
+            .filter(|e| e.name_any() == INSTALLED_FERRY_DNS)
+            .flat_map(|e| e.subsets.iter().flatten())
+            .find_map(|subset| {
+                let port = subset
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.protocol.as_deref().unwrap_or("TCP") == "UDP")?
+                    .port;
+                let ip: IpAddr = subset.addresses.iter().flatten().next()?.ip.parse().ok()?;
+                Some(SocketAddr::new(ip, u16::try_from(port).ok()?))
+            });
+        Self { names, clusterset }
     }
 }
 
@@ -295,8 +315,9 @@ pub async fn run(lab: &Lab, cluster: &str) -> Result<()> {
                     Resolution::Drop => {}
                     Resolution::Forward => {
                         let udp = udp.clone();
+                        let to = zone.read().expect("zone lock").clusterset.unwrap_or(ferry_dns);
                         tokio::spawn(async move {
-                            if let Some(bytes) = forward(&query, ferry_dns).await.or_else(|| servfail(&query)) {
+                            if let Some(bytes) = forward(&query, to).await.or_else(|| servfail(&query)) {
                                 let _ = udp.send_to(&bytes, from).await;
                             }
                         });
@@ -372,6 +393,28 @@ mod tests {
             &z,
         ));
         assert_eq!(m.answers().len(), 1);
+    }
+
+    #[test]
+    fn clusterset_goes_to_the_installed_ferry_dns_endpoint_once_there_is_one() {
+        assert_eq!(
+            zone().clusterset,
+            None,
+            "no installed ferry-dns: the lab's process"
+        );
+        let eps: Endpoints = serde_json::from_value(
+            json!({"metadata": {"name": "ferry-dns", "namespace": "ferry-system"},
+            "subsets": [{"addresses": [{"ip": "10.244.200.4"}], "notReadyAddresses": [{"ip": "10.244.200.5"}],
+                         "ports": [{"name": "dns-tcp", "port": 5353, "protocol": "TCP"},
+                                   {"name": "dns", "port": 5353, "protocol": "UDP"}]}]}),
+        )
+        .unwrap();
+        let z = ClusterZone::build(&[svc("ferry-system", "ferry-dns", Some("10.96.0.53"))], &[eps]);
+        assert_eq!(z.clusterset, Some("10.244.200.4:5353".parse().unwrap()));
+        let none_ready: Endpoints = serde_json::from_value(json!({"metadata": {"name": "ferry-dns", "namespace": "ferry-system"},
+            "subsets": [{"notReadyAddresses": [{"ip": "10.244.200.5"}], "ports": [{"port": 5353, "protocol": "UDP"}]}]}))
+        .unwrap();
+        assert_eq!(ClusterZone::build(&[], &[none_ready]).clusterset, None);
     }
 
     #[test]

@@ -266,8 +266,8 @@ impl Drop for GatewayPair {
     }
 }
 
-/// Whether anything of a gateway is left in namespace `ns`: interface, nft table, policy rule.
-pub fn leftovers(ns: &str, interface: &str, mark: u32) -> Vec<String> {
+/// Whether anything of a gateway is left in namespace `ns`: interface, nft table.
+pub fn leftovers(ns: &str, interface: &str) -> Vec<String> {
     let mut out = Vec::new();
     if run("ip", &["-n", ns, "link", "show", "dev", interface]).is_ok() {
         out.push(format!("interface {interface}"));
@@ -275,16 +275,6 @@ pub fn leftovers(ns: &str, interface: &str, mark: u32) -> Vec<String> {
     let tables = run("ip", &["netns", "exec", ns, "nft", "list", "tables"]).unwrap_or_default();
     if tables.contains(&format!("ferry_{}", interface.replace('-', "_"))) {
         out.push(format!("nft table ferry_{interface}"));
-    }
-    for fam in ["-4", "-6"] {
-        let rules = run(
-            "ip",
-            &["-n", ns, fam, "rule", "show", "fwmark", &format!("{mark:#x}")],
-        )
-        .unwrap_or_default();
-        if !rules.trim().is_empty() {
-            out.push(format!("ip {fam} rule fwmark {mark:#x}"));
-        }
     }
     out
 }

@@ -164,7 +164,7 @@ fn overlapping_pod_cidrs_talk_through_the_tunnel_with_nat_both_ways() {
     let (netns, ifs) = (pair.netns.clone(), pair.interfaces.clone());
     pair.stop();
     for i in 0..2 {
-        assert_eq!(leftovers(&netns[i], &ifs[i], 0x6601), Vec::<String>::new());
+        assert_eq!(leftovers(&netns[i], &ifs[i]), Vec::<String>::new());
     }
 }
 
@@ -322,7 +322,7 @@ fn bad_gateway_input_is_refused_with_the_field_and_nothing_is_applied() {
         assert!(err.contains(want), "{what}: {err}");
         assert!(err.contains("fix:"), "{what}: {err}");
         assert_eq!(
-            leftovers(&lab.layout.host_netns(c1), "fybadc2", 0x6601),
+            leftovers(&lab.layout.host_netns(c1), "fybadc2"),
             Vec::<String>::new(),
             "{what}"
         );
@@ -480,8 +480,8 @@ fn network_unavailable(lab: &Lab) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// `ferryctl unpeer`; then both gateways, still running, must remove their tunnels (interface, nft table,
-/// policy rules) within 15 s.
+/// `ferryctl unpeer`; then both gateways, still running, must remove their tunnels (interface with its
+/// routes, nft table) within 15 s.
 fn unpeer_and_expect_no_tunnel(lab: &Lab) {
     let (ok, _, err) = ferry_e2e::agents::ferryctl(
         &lab.paths.kubeconfig(&lab.layout.clusters[0]),
@@ -493,8 +493,7 @@ fn unpeer_and_expect_no_tunnel(lab: &Lab) {
         lab.layout.host_netns(&lab.layout.clusters[1]),
     ];
     wait_for("tunnels removed on unpeer", Duration::from_secs(15), || {
-        leftovers(&ns[0], "fyprovider-c2", 0x6601).is_empty()
-            && leftovers(&ns[1], "fyconsumer-c1", 0x6601).is_empty()
+        leftovers(&ns[0], "fyprovider-c2").is_empty() && leftovers(&ns[1], "fyconsumer-c1").is_empty()
     });
 }
 
@@ -625,7 +624,7 @@ fn peering_builds_the_tunnel_from_peer_networks_reports_health_and_unpeer_remove
     // removes the orphaned one from its teardown journal when it starts again
     let ns0 = lab.layout.host_netns(&lab.layout.clusters[0]);
     gateways[0].kill();
-    let left = leftovers(&ns0, "fyprovider-c2", 0x6601);
+    let left = leftovers(&ns0, "fyprovider-c2");
     assert!(!left.is_empty(), "a killed gateway leaves its table and rules");
     let (ok, _, err) = agents::ferryctl(
         &lab.paths.kubeconfig(&lab.layout.clusters[0]),
@@ -636,17 +635,17 @@ fn peering_builds_the_tunnel_from_peer_networks_reports_health_and_unpeer_remove
     wait_for(
         "the provider's tunnel removed on unpeer",
         Duration::from_secs(15),
-        || leftovers(&ns1, "fyconsumer-c1", 0x6601).is_empty(),
+        || leftovers(&ns1, "fyconsumer-c1").is_empty(),
     );
     assert!(peer_network(&lab, 0, "provider-c2").is_none());
     assert!(peer_network(&lab, 1, "consumer-c1").is_none());
-    assert_eq!(leftovers(&ns0, "fyprovider-c2", 0x6601), left);
+    assert_eq!(leftovers(&ns0, "fyprovider-c2"), left);
     gateways[0] = agents::start_gateway(&lab, 0).unwrap();
     let restarted = Instant::now();
     wait_for(
         "the restarted gateway removes the orphaned tunnel",
         Duration::from_secs(15),
-        || leftovers(&ns0, "fyprovider-c2", 0x6601).is_empty(),
+        || leftovers(&ns0, "fyprovider-c2").is_empty(),
     );
     eprintln!(
         "orphaned tunnel ({}) removed {:?} after the gateway restarted",

@@ -255,46 +255,15 @@ fn apply_op(op: &Op) -> Result<()> {
             run("ip", &["addr", "replace", &addr.to_string(), "dev", dev]).map(drop)
         }
         Op::LinkUp { dev } => run("ip", &["link", "set", "dev", dev, "up"]).map(drop),
-        Op::AddRoute { dst, dev, table } => {
+        Op::AddRoute { dst, dev } => {
             let fam = if dst.addr().is_ipv4() { "-4" } else { "-6" };
-            let dst = dst.to_string();
-            let mut args = vec![fam, "route", "replace", &dst, "dev", dev];
-            let t = table.map(|t| t.to_string());
-            if let Some(t) = &t {
-                args.extend(["table", t]);
-            }
-            run("ip", &args).map(drop)
-        }
-        Op::AddRule { mark, table, v6 } => {
-            let fam = if *v6 { "-6" } else { "-4" };
-            let (m, t) = (format!("{mark:#x}"), table.to_string());
-            if !rule_exists(*mark, *v6) {
-                run(
-                    "ip",
-                    &[fam, "rule", "add", "fwmark", &m, "table", &t, "priority", "100"],
-                )?;
-            }
-            Ok(())
+            run("ip", &[fam, "route", "replace", &dst.to_string(), "dev", dev]).map(drop)
         }
         Op::LoadNft { ruleset, .. } => load_nft(ruleset),
         Op::DeleteNft { table } => {
             if run("nft", &["list", "table", "inet", table]).is_ok() {
                 run("nft", &["delete", "table", "inet", table])?;
             }
-            Ok(())
-        }
-        Op::DeleteRules { mark, table, v6 } => {
-            let fam = if *v6 { "-6" } else { "-4" };
-            let (m, t) = (format!("{mark:#x}"), table.to_string());
-            while rule_exists(*mark, *v6) {
-                run("ip", &[fam, "rule", "del", "fwmark", &m, "table", &t])?;
-            }
-            Ok(())
-        }
-        Op::FlushTable { table, v6 } => {
-            let fam = if *v6 { "-6" } else { "-4" };
-            // flushing an empty or unknown table fails; that is the state wanted
-            let _ = run("ip", &[fam, "route", "flush", "table", &table.to_string()]);
             Ok(())
         }
         Op::DeleteLink { dev } => {
@@ -306,13 +275,6 @@ fn apply_op(op: &Op) -> Result<()> {
             Ok(())
         }
     }
-}
-
-fn rule_exists(mark: u32, v6: bool) -> bool {
-    let fam = if v6 { "-6" } else { "-4" };
-    run("ip", &[fam, "rule", "show", "fwmark", &format!("{mark:#x}")])
-        .map(|s| !s.trim().is_empty())
-        .unwrap_or(false)
 }
 
 /// Loads an nftables ruleset atomically (`nft -f -`).
@@ -340,17 +302,13 @@ pub fn load_nft(ruleset: &str) -> Result<()> {
     Ok(())
 }
 
-/// Whether the peering's nftables table and policy rules are still in place (someone may delete them).
+/// Whether the peering's nftables table is still in place (someone may delete it).
 pub fn intact(spec: &GatewaySpec) -> bool {
-    let v4 = spec.remaps.keys().any(|n| n.addr().is_ipv4());
-    let v6 = spec.remaps.keys().any(|n| n.addr().is_ipv6());
     run("nft", &["list", "table", "inet", &spec.nft_table()]).is_ok()
-        && (!v4 || rule_exists(spec.mark, false))
-        && (!v6 || rule_exists(spec.mark, true))
 }
 
-/// Carries out the spec's teardown ([`GatewaySpec::teardown`]): nft table, policy rules, the routing
-/// table, the interface. Idempotent; each op is best-effort (it is also the cleanup after a failed apply).
+/// Carries out the spec's teardown ([`GatewaySpec::teardown`]): nft table, then the interface with its
+/// addresses and routes. Idempotent; each op is best-effort (it is also the cleanup after a failed apply).
 pub fn undo(spec: &GatewaySpec) {
     teardown(&spec.teardown());
 }

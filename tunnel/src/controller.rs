@@ -81,7 +81,6 @@ pub fn config_for(spec: &PeerNetworkSpec, opts: &ServeOptions, key_file: &str) -
     Ok(GatewayConfig {
         peer: spec.cluster_id.clone(),
         interface: None,
-        mark: 0x6601 + slot,
         local_cidrs: spec.local_cidrs.clone(),
         underlay_cidrs: opts.underlay_cidrs.clone(),
         remote_cidrs: spec.remote_cidrs.clone(),
@@ -430,10 +429,9 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_network_becomes_a_gateway_config_with_a_mark_and_metrics_port_per_link() {
+    fn a_peer_network_becomes_a_gateway_config_with_a_port_and_metrics_port_per_link() {
         let c = config_for(&spec(), &opts(), "/k").unwrap();
         assert_eq!(c.peer, "provider-c2");
-        assert_eq!(c.mark, 0x6602);
         assert_eq!(c.listen_port, 51822);
         assert_eq!(c.peer_endpoint, Some("198.18.2.2:51822".parse().unwrap()));
         assert_eq!(c.local_tunnel_addr, "169.254.64.6/30");

@@ -29,9 +29,6 @@ pub struct GatewayConfig {
     /// Tunnel interface; default `fy` + peer (at most 15 characters).
     #[serde(default)]
     pub interface: Option<String>,
-    /// fwmark / routing table of the peering.
-    #[serde(default = "default_mark")]
-    pub mark: u32,
     /// Local pod and service CIDRs (never used as remaps).
     pub local_cidrs: Vec<String>,
     /// Underlay networks (never used as remaps).
@@ -67,7 +64,8 @@ pub struct GatewayConfig {
     /// Clamp TCP MSS (default on).
     #[serde(default = "yes")]
     pub mss_clamp: bool,
-    /// UDP port of the probe responder (underlay and tunnel); default listen port + 1.
+    /// UDP port of this side's underlay probe responder; default listen port + 1. The peer's responder
+    /// is probed at its endpoint's port + 1 (the two sides' ports differ when either is forwarded).
     #[serde(default)]
     pub probe_port: Option<u16>,
     /// Directory for remaps (kept across restarts) and status.
@@ -77,9 +75,6 @@ pub struct GatewayConfig {
     pub metrics_addr: Option<SocketAddr>,
 }
 
-fn default_mark() -> u32 {
-    0x6601
-}
 fn yes() -> bool {
     true
 }
@@ -178,6 +173,16 @@ impl GatewayConfig {
         self.probe_port.unwrap_or(self.listen_port + 1)
     }
 
+    /// Where the peer's underlay probe responder listens: its endpoint's port + 1 (as [`Self::probe_port`]
+    /// on its side), or the configured port where the peer has no endpoint here.
+    fn peer_probe_port(&self) -> u16 {
+        match (self.probe_port, self.peer_endpoint) {
+            (Some(p), _) => p,
+            (None, Some(e)) => e.port().saturating_add(1),
+            (None, None) => self.probe_port(),
+        }
+    }
+
     fn peer_underlay(&self) -> Option<IpAddr> {
         self.peer_underlay.or(self.peer_endpoint.map(|e| e.ip()))
     }
@@ -226,7 +231,6 @@ impl GatewayConfig {
         };
         let spec = GatewaySpec {
             interface: self.interface(),
-            mark: self.mark,
             tunnel_mtu,
             mss_clamp: self.mss_clamp,
             local_tunnel_addr: local_tunnel,
@@ -291,7 +295,7 @@ impl GatewayConfig {
             return local;
         };
         let lo = if peer.is_ipv6() { 1280 } else { 576 };
-        let target = SocketAddr::new(peer, self.probe_port());
+        let target = SocketAddr::new(peer, self.peer_probe_port());
         let deadline = Instant::now() + wait;
         while Instant::now() < deadline {
             match crate::probe::path_mtu(target, lo, local).await {
@@ -436,7 +440,7 @@ async fn watch(
     let local_tunnel_ip = spec.local_tunnel_addr.addr();
     let tunnel_responder = tokio::spawn(crate::probe::respond(SocketAddr::new(
         local_tunnel_ip,
-        cfg.probe_port(),
+        crate::probe::TUNNEL_PROBE_PORT,
     )));
     let metrics = std::sync::Arc::new(crate::metrics::GatewayMetrics::new());
     let metrics_server = match cfg.metrics_addr {
@@ -451,7 +455,7 @@ async fn watch(
     let hb_sock = tokio::net::UdpSocket::bind(SocketAddr::new(local_tunnel_ip, 0))
         .await
         .with_context(|| format!("binding the heartbeat socket on {local_tunnel_ip}"))?;
-    let peer = SocketAddr::new(spec.remote_tunnel_addr, cfg.probe_port());
+    let peer = SocketAddr::new(spec.remote_tunnel_addr, crate::probe::TUNNEL_PROBE_PORT);
     let up = Instant::now();
     let mut health = Health {
         status,
@@ -522,19 +526,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_peers_probe_responder_is_at_its_endpoints_port_plus_one_not_ours() {
+        let cfg = |endpoint: Option<&str>, probe: Option<u16>| {
+            let mut c: GatewayConfig = serde_json::from_value(serde_json::json!({
+                "peer": "provider-c2", "localCidrs": ["10.244.0.0/16"], "remoteCidrs": ["10.244.0.0/16"],
+                "privateKeyFile": "/k", "listenPort": 51820, "peerPublicKey": "K",
+                "localTunnelAddr": "169.254.64.2/30", "remoteTunnelAddr": "169.254.64.1",
+                "stateDir": "/tmp",
+            }))
+            .unwrap();
+            c.peer_endpoint = endpoint.map(|e| e.parse().unwrap());
+            c.probe_port = probe;
+            c
+        };
+        // the provider is forwarded at 52820: its responder is at 52821, ours stays at 51821
+        let c = cfg(Some("198.18.2.2:52820"), None);
+        assert_eq!((c.probe_port(), c.peer_probe_port()), (51821, 52821));
+        assert_eq!(cfg(None, None).peer_probe_port(), 51821);
+        assert_eq!(cfg(Some("198.18.2.2:52820"), Some(7000)).peer_probe_port(), 7000);
+    }
+
+    #[test]
     fn journals_of_peerings_gone_while_the_gateway_was_down_are_found_with_their_teardown() {
         let dir = std::env::temp_dir().join(format!("ferry-journal-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = |peer: &str| {
-            let mut c: GatewayConfig = serde_json::from_value(serde_json::json!({
+            let c: GatewayConfig = serde_json::from_value(serde_json::json!({
                 "peer": peer, "localCidrs": ["10.244.0.0/16"], "remoteCidrs": ["10.244.0.0/16"],
                 "privateKeyFile": "/k", "listenPort": 51820, "peerPublicKey": "K",
                 "localTunnelAddr": "169.254.64.1/30", "remoteTunnelAddr": "169.254.64.2",
                 "stateDir": dir.to_string_lossy(),
             }))
             .unwrap();
-            c.mark = 0x6602;
             c
         };
         let (kept, gone) = (cfg("provider-c2"), cfg("provider-c3"));

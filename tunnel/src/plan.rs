@@ -1,13 +1,17 @@
 //! The gateway plan for one peering, from plain data to typed operations (no I/O).
 //!
 //! Translation (the side that chose a remap translates it): with remote CIDR `X` seen locally as `R`,
-//! - a local pod's packet to `R` gets ct mark + fwmark `M`, is prefix-DNATed `R → X`, and the policy rule
-//!   `fwmark M → table M` sends it into the tunnel (a plain route would send `X` to the local bridge when
-//!   `X` overlaps the local pod CIDR);
-//! - a packet arriving from the tunnel with source in `X` gets ct mark `M` and is prefix-SNATed `X → R`, so
-//!   local pods see the remote at `R`; replies carry ct mark `M`, hence fwmark `M`, hence go back into the
-//!   tunnel although their (de-SNATed) destination overlaps the local pod CIDR.
-//! - TCP SYNs in and out of the tunnel are clamped to the tunnel MTU (IPv4 MTU − 40, IPv6 MTU − 60).
+//! conntrack only ever sees `R`, the local view, so every flow's two directions match one conntrack entry
+//! (kube-proxy drops packets conntrack calls INVALID, and its Service DNAT needs the entry):
+//! - a local packet to `R` is routed by the main table's route `R → tunnel` (no policy routing: `R` never
+//!   overlaps a local CIDR), and on its way out of the tunnel device, after conntrack, its destination
+//!   prefix is rewritten `R → X` (postrouting);
+//! - a packet arriving from the tunnel with source in `X` has its source prefix rewritten `X → R` before
+//!   conntrack (prerouting, raw priority), so local pods see the remote at `R` and their replies go to `R`,
+//!   back through the first rule.
+//!
+//! Both rewrites are stateless prefix maps (mask-and-or). TCP SYNs in and out of the tunnel are clamped to
+//! the tunnel MTU (IPv4 MTU − 40, IPv6 MTU − 60).
 //!
 //! Start at [`GatewaySpec::plan`].
 
@@ -24,8 +28,6 @@ use serde::{Deserialize, Serialize};
 pub struct GatewaySpec {
     /// The tunnel interface (at most 15 characters).
     pub interface: String,
-    /// fwmark, ct mark and routing table of this peering.
-    pub mark: u32,
     /// MTU of the tunnel interface.
     pub tunnel_mtu: u32,
     /// Clamp TCP MSS to the tunnel MTU.
@@ -60,23 +62,12 @@ pub enum Op {
         /// Interface.
         dev: String,
     },
-    /// Route `dst` via the interface, in the main table or in `table`.
+    /// Route `dst` via the interface (main table).
     AddRoute {
         /// Destination.
         dst: IpNet,
         /// Interface.
         dev: String,
-        /// Table (`None`: main).
-        table: Option<u32>,
-    },
-    /// Policy rule: packets with fwmark `mark` use `table`.
-    AddRule {
-        /// fwmark.
-        mark: u32,
-        /// Table.
-        table: u32,
-        /// IPv6 rule (else IPv4).
-        v6: bool,
     },
     /// Load an nftables table atomically (replacing an older version of it).
     LoadNft {
@@ -90,23 +81,6 @@ pub enum Op {
         /// Table name.
         table: String,
     },
-    /// Teardown: delete every policy rule `fwmark mark → table` of a family (there may be several
-    /// left by crashed runs).
-    DeleteRules {
-        /// fwmark.
-        mark: u32,
-        /// Table.
-        table: u32,
-        /// IPv6 rules (else IPv4).
-        v6: bool,
-    },
-    /// Teardown: flush a routing table of a family.
-    FlushTable {
-        /// Table.
-        table: u32,
-        /// IPv6 (else IPv4).
-        v6: bool,
-    },
     /// Teardown: delete the interface (its addresses and main-table routes go with it) and the
     /// userspace WireGuard device behind it.
     DeleteLink {
@@ -118,10 +92,7 @@ pub enum Op {
 impl Op {
     /// Whether this op removes state (a teardown op) rather than adding it.
     pub fn is_teardown(&self) -> bool {
-        matches!(
-            self,
-            Op::DeleteNft { .. } | Op::DeleteRules { .. } | Op::FlushTable { .. } | Op::DeleteLink { .. }
-        )
+        matches!(self, Op::DeleteNft { .. } | Op::DeleteLink { .. })
     }
 }
 
@@ -166,6 +137,10 @@ pub enum PlanError {
     },
 }
 
+/// The postrouting chain's priority: after source NAT (100), so a masquerade decision (kube-proxy's, the
+/// CNI's) sees the local view as every other hook did.
+const POSTROUTING_PRIORITY: i32 = 300;
+
 fn fam(n: &IpNet) -> &'static str {
     if n.addr().is_ipv4() { "ip" } else { "ip6" }
 }
@@ -181,27 +156,20 @@ impl GatewaySpec {
         format!("ferry_{}", self.interface.replace('-', "_"))
     }
 
-    /// The ops that remove everything a plan of this peering (its interface and mark) may have made, in
-    /// order: the nftables table first (nothing is marked into the tunnel any more), then the policy
-    /// rules and the mark's routing table of both families, then the interface. They do not depend on
-    /// the remaps or the MTU, so they also clean up after a run that crashed halfway, or after a plan
-    /// that no longer validates; each is applied best-effort (what is already gone is fine).
+    /// The ops that remove everything a plan of this peering (its interface) may have made, in order:
+    /// the nftables table first (nothing is translated any more), then the interface with its
+    /// addresses and routes. They do not depend on the remaps or the MTU, so they also clean up after a
+    /// run that crashed halfway, or after a plan that no longer validates; each is applied best-effort
+    /// (what is already gone is fine).
     pub fn teardown(&self) -> Vec<Op> {
-        let mut ops = vec![Op::DeleteNft {
-            table: self.nft_table(),
-        }];
-        for v6 in [false, true] {
-            ops.push(Op::DeleteRules {
-                mark: self.mark,
-                table: self.mark,
-                v6,
-            });
-            ops.push(Op::FlushTable { table: self.mark, v6 });
-        }
-        ops.push(Op::DeleteLink {
-            dev: self.interface.clone(),
-        });
-        ops
+        vec![
+            Op::DeleteNft {
+                table: self.nft_table(),
+            },
+            Op::DeleteLink {
+                dev: self.interface.clone(),
+            },
+        ]
     }
 
     /// The plan.
@@ -241,34 +209,12 @@ impl GatewaySpec {
             },
             Op::LinkUp { dev: dev.clone() },
         ];
-        let mut families = std::collections::BTreeSet::new();
-        for (remote, local) in &self.remaps {
-            if remote == local {
-                apply.push(Op::AddRoute {
-                    dst: *remote,
-                    dev: dev.clone(),
-                    table: None,
-                });
-            } else {
-                // the remapped view is routed too, for locally generated traffic before its DNAT
-                apply.push(Op::AddRoute {
-                    dst: *local,
-                    dev: dev.clone(),
-                    table: None,
-                });
-            }
+        for local in self.remaps.values() {
+            // the local view is what is routed (for a remapped CIDR, the rewrite to the remote prefix
+            // happens as the packet leaves through the tunnel)
             apply.push(Op::AddRoute {
-                dst: *remote,
+                dst: *local,
                 dev: dev.clone(),
-                table: Some(self.mark),
-            });
-            families.insert(remote.addr().is_ipv6());
-        }
-        for v6 in families {
-            apply.push(Op::AddRule {
-                mark: self.mark,
-                table: self.mark,
-                v6,
             });
         }
         let table = self.nft_table();
@@ -287,7 +233,6 @@ impl GatewaySpec {
 
     fn render_nft(&self, table: &str) -> String {
         let dev = &self.interface;
-        let m = format!("{:#x}", self.mark);
         let remapped: Vec<(&IpNet, &IpNet)> = self.remaps.iter().filter(|(r, l)| r != l).collect();
         let mut s = String::new();
         // `add` + `delete` first makes loading idempotent and atomic: the old table goes in the same transaction
@@ -295,15 +240,14 @@ impl GatewaySpec {
             s,
             "add table inet {table}\ndelete table inet {table}\ntable inet {table} {{"
         );
-        // 1:1 same-size remaps are bijections, so the translation is stateless: addresses are rewritten
-        // before routing (raw priority), no conntrack entry per flow, replies translated by the same rules
+        // 1:1 same-size remaps are bijections, so the translation is stateless (no NAT state per flow);
+        // sources from the tunnel are rewritten before conntrack sees them (raw priority) ...
         let _ = writeln!(
             s,
             "  chain prerouting_nat {{\n    type filter hook prerouting priority raw; policy accept;"
         );
         for (remote, local) in &remapped {
             let f = fam(remote);
-            // remote sources arriving from the tunnel become how this cluster sees them
             let _ = writeln!(
                 s,
                 "    iifname \"{dev}\" {f} saddr {remote} {f} saddr set {f} saddr & {} | {}",
@@ -311,26 +255,17 @@ impl GatewaySpec {
                 local.network()
             );
         }
-        for (remote, local) in &remapped {
-            let f = fam(local);
-            // the remapped view becomes the real remote address, routed by mark into the tunnel
-            let _ = writeln!(
-                s,
-                "    {f} daddr {local} {f} daddr set {f} daddr & {} | {} meta mark set {m}",
-                local.hostmask(),
-                remote.network()
-            );
-        }
         let _ = writeln!(s, "  }}");
+        // ... and destinations into the tunnel after it (and after routing, which used the local view)
         let _ = writeln!(
             s,
-            "  chain output_nat {{\n    type route hook output priority raw; policy accept;"
+            "  chain postrouting_nat {{\n    type filter hook postrouting priority {POSTROUTING_PRIORITY}; policy accept;"
         );
         for (remote, local) in &remapped {
             let f = fam(local);
             let _ = writeln!(
                 s,
-                "    {f} daddr {local} {f} daddr set {f} daddr & {} | {} meta mark set {m}",
+                "    oifname \"{dev}\" {f} daddr {local} {f} daddr set {f} daddr & {} | {}",
                 local.hostmask(),
                 remote.network()
             );
@@ -377,7 +312,6 @@ mod tests {
     fn spec() -> GatewaySpec {
         GatewaySpec {
             interface: "fyc2".into(),
-            mark: 0x6601,
             tunnel_mtu: 1340,
             mss_clamp: true,
             local_tunnel_addr: n("169.254.77.1/30"),
@@ -390,42 +324,52 @@ mod tests {
     }
 
     #[test]
-    fn overlapping_cidr_gets_stateless_prefix_nat_both_ways_a_mark_and_a_policy_route() {
+    fn overlapping_cidr_gets_stateless_prefix_nat_both_ways_with_conntrack_seeing_only_the_local_view() {
         let p = spec().plan().unwrap();
         let r = &p.nft_ruleset;
+        // out of the tunnel device: the local view becomes the remote prefix
         assert!(
             r.contains(
-                "ip daddr 10.0.0.0/16 ip daddr set ip daddr & 0.0.255.255 | 10.244.0.0 meta mark set 0x6601"
+                "oifname \"fyc2\" ip daddr 10.0.0.0/16 ip daddr set ip daddr & 0.0.255.255 | 10.244.0.0"
             ),
             "{r}"
         );
+        // in from it: the remote prefix becomes the local view
         assert!(
             r.contains(
                 "iifname \"fyc2\" ip saddr 10.244.0.0/16 ip saddr set ip saddr & 0.0.255.255 | 10.0.0.0"
             ),
             "{r}"
         );
-        // before routing, and without conntrack (no nat chain, no ct expression)
-        assert!(r.contains("type filter hook prerouting priority raw"), "{r}");
-        assert!(r.contains("type route hook output priority raw"), "{r}");
-        assert!(!r.contains("type nat") && !r.contains(" ct "), "{r}");
-        // the service CIDR does not overlap: routed as itself, never NATed
+        // sources before conntrack (raw), destinations after it and after source NAT: both directions of
+        // a flow are one conntrack entry in the local view (a reply kube-proxy saw as INVALID is dropped)
+        let pre = r.find("type filter hook prerouting priority raw").expect(r);
+        let post = r.find("type filter hook postrouting priority 300").expect(r);
+        assert!(
+            r[pre..post].contains("saddr set") && !r[pre..post].contains("daddr set"),
+            "{r}"
+        );
+        assert!(
+            r[post..].contains("daddr set") && !r[post..].contains("saddr set"),
+            "{r}"
+        );
+        // stateless: no nat chain, no ct expression, no marks or policy routing
+        assert!(
+            !r.contains("type nat") && !r.contains(" ct ") && !r.contains("mark"),
+            "{r}"
+        );
+        // the service CIDR does not overlap: routed as itself, never rewritten
         assert!(!r.contains("10.97.0.0/16 ip"), "{r}");
-        assert!(p.apply.contains(&Op::AddRoute {
-            dst: n("10.97.0.0/16"),
-            dev: "fyc2".into(),
-            table: None
-        }));
-        assert!(p.apply.contains(&Op::AddRoute {
-            dst: n("10.244.0.0/16"),
-            dev: "fyc2".into(),
-            table: Some(0x6601)
-        }));
-        assert!(p.apply.contains(&Op::AddRule {
-            mark: 0x6601,
-            table: 0x6601,
-            v6: false
-        }));
+        // what is routed is the local view only
+        let routes: Vec<IpNet> = p
+            .apply
+            .iter()
+            .filter_map(|o| match o {
+                Op::AddRoute { dst, .. } => Some(*dst),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(routes, [n("10.97.0.0/16"), n("10.0.0.0/16")]);
         assert_eq!(
             p.apply[0],
             Op::SetMtu {
@@ -453,20 +397,14 @@ mod tests {
         s.remaps = BTreeMap::from([(n("fd00:10:244::/56"), n("fd66:6572:7279::/56"))]);
         let p = s.plan().unwrap();
         assert!(p.nft_ruleset.contains(
-            "ip6 daddr fd66:6572:7279::/56 ip6 daddr set ip6 daddr & ::ff:ffff:ffff:ffff:ffff | fd00:10:244:: meta mark set 0x6601"
+            "oifname \"fyc2\" ip6 daddr fd66:6572:7279::/56 ip6 daddr set ip6 daddr & ::ff:ffff:ffff:ffff:ffff | fd00:10:244::"
         ), "{}", p.nft_ruleset);
         assert!(p.nft_ruleset.contains(
             "ip6 saddr fd00:10:244::/56 ip6 saddr set ip6 saddr & ::ff:ffff:ffff:ffff:ffff | fd66:6572:7279::"
         ), "{}", p.nft_ruleset);
-        assert!(p.apply.contains(&Op::AddRule {
-            mark: 0x6601,
-            table: 0x6601,
-            v6: true
-        }));
-        assert!(!p.apply.contains(&Op::AddRule {
-            mark: 0x6601,
-            table: 0x6601,
-            v6: false
+        assert!(p.apply.contains(&Op::AddRoute {
+            dst: n("fd66:6572:7279::/56"),
+            dev: "fyc2".into(),
         }));
     }
 
@@ -488,7 +426,7 @@ mod tests {
             let p = s.plan().unwrap();
             assert!(p.teardown.iter().all(Op::is_teardown));
             assert!(!p.apply.iter().any(Op::is_teardown));
-            // the table goes first, so nothing is marked into the tunnel while the rest is removed
+            // the table goes first, so nothing is translated while the rest is removed
             assert_eq!(
                 p.teardown[0],
                 Op::DeleteNft {
@@ -506,20 +444,7 @@ mod tests {
                     Op::SetMtu { dev, .. } | Op::AddAddress { dev, .. } | Op::LinkUp { dev } => {
                         p.teardown.contains(&Op::DeleteLink { dev: dev.clone() })
                     }
-                    Op::AddRoute { dev, table: None, .. } => {
-                        p.teardown.contains(&Op::DeleteLink { dev: dev.clone() })
-                    }
-                    Op::AddRoute {
-                        dst, table: Some(t), ..
-                    } => p.teardown.contains(&Op::FlushTable {
-                        table: *t,
-                        v6: dst.addr().is_ipv6(),
-                    }),
-                    Op::AddRule { mark, table, v6 } => p.teardown.contains(&Op::DeleteRules {
-                        mark: *mark,
-                        table: *table,
-                        v6: *v6,
-                    }),
+                    Op::AddRoute { dev, .. } => p.teardown.contains(&Op::DeleteLink { dev: dev.clone() }),
                     Op::LoadNft { table, .. } => p.teardown.contains(&Op::DeleteNft { table: table.clone() }),
                     other => panic!("a teardown op in the apply list: {other:?}"),
                 };

@@ -212,7 +212,9 @@ pub fn check(
         ));
     }
     let tolerations = spec.tolerations.iter().flatten();
-    let mut tolerations = tolerations.filter(|t| !(stage == Stage::Admitted && is_default_toleration(t)));
+    let mut tolerations = tolerations.filter(|t| {
+        !(stage == Stage::Admitted && (is_default_toleration(t) || policy.tolerations.contains(t)))
+    });
     if tolerations.next().is_some() {
         out.push(v(
             "spec.tolerations",
@@ -396,7 +398,7 @@ pub fn build_pod(
     spec.node_name = None;
     spec.node_selector = (!policy.node_selector.is_empty()).then(|| policy.node_selector.clone());
     spec.affinity = None;
-    spec.tolerations = None;
+    spec.tolerations = (!policy.tolerations.is_empty()).then(|| policy.tolerations.clone());
     spec.topology_spread_constraints = None;
     spec.scheduler_name = None;
     spec.priority = None;
@@ -522,6 +524,38 @@ mod tests {
         assert_eq!(s.node_selector.unwrap()["pool"], "tenants");
         assert!(s.affinity.is_none());
         assert_eq!(s.runtime_class_name.as_deref(), Some("gvisor"));
+    }
+
+    #[test]
+    fn the_policy_tolerations_are_the_only_ones_a_tenant_pod_carries_and_the_only_ones_admitted() {
+        let dedicated: k8s_openapi::api::core::v1::Toleration = serde_json::from_value(
+            json!({"key": "pool/tenants", "operator": "Exists", "effect": "NoSchedule"}),
+        )
+        .unwrap();
+        let policy = TenantPolicy {
+            tolerations: vec![dedicated.clone()],
+            ..Default::default()
+        };
+        // the consumer's tolerations never pass (the template refuses them); the built pod has the policy's
+        let sent = template(json!({"tolerations": [{"operator": "Exists"}]}));
+        assert!(build_pod(&sent, &owner(), &policy).is_err());
+        let s = build_pod(&template(json!({})), &owner(), &policy)
+            .unwrap()
+            .spec
+            .unwrap();
+        assert_eq!(s.tolerations.clone().unwrap(), vec![dedicated.clone()]);
+        // admitted: the policy's and the defaults pass, anything else is refused
+        assert!(check(&s, &Default::default(), &policy, Stage::Admitted).is_empty());
+        let mut other = s.clone();
+        other.tolerations.as_mut().unwrap().push(
+            serde_json::from_value(
+                json!({"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}),
+            )
+            .unwrap(),
+        );
+        let v = check(&other, &Default::default(), &policy, Stage::Admitted);
+        assert!(v.iter().any(|v| v.field == "spec.tolerations"), "{v:?}");
+        assert!(!check(&s, &Default::default(), &TenantPolicy::default(), Stage::Admitted).is_empty());
     }
 
     #[test]

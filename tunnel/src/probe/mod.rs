@@ -17,6 +17,10 @@ const MTU_MAGIC: &[u8; 4] = b"FYPM";
 const HB_MAGIC: &[u8; 4] = b"FYHB";
 const ACK_MAGIC: &[u8; 4] = b"FYAK";
 
+/// The port of the heartbeat responder on each side's tunnel address (inside the tunnel every link has
+/// its own addresses, so one well-known port serves all; the two sides' underlay ports may differ).
+pub const TUNNEL_PROBE_PORT: u16 = 51819;
+
 /// Answers probes on `bind` until the task is dropped.
 pub async fn respond(bind: SocketAddr) -> std::io::Result<()> {
     let sock = UdpSocket::bind(bind).await?;
