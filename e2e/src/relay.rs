@@ -11,22 +11,39 @@ use std::os::fd::AsFd;
 use anyhow::{Context, Result};
 use tracing::{debug, warn};
 
-/// Binds a TCP listener inside network namespace `netns` (`/run/netns/<netns>`). Only a short-lived
-/// thread enters the namespace; the caller's threads stay where they are, and the socket keeps the
-/// namespace it was made in.
-pub fn listen_in_netns(netns: &str, addr: SocketAddr) -> Result<std::net::TcpListener> {
+/// Runs `make` on a short-lived thread inside network namespace `netns` (`/run/netns/<netns>`): the
+/// caller's threads stay where they are, and a socket made there keeps that namespace.
+pub fn in_netns<T: Send + 'static>(
+    netns: &str,
+    make: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     let path = format!("/run/netns/{netns}");
     let ns = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-    let bound = std::thread::spawn(move || -> Result<std::net::TcpListener> {
+    std::thread::spawn(move || -> Result<T> {
         nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
             .context("setns into the host namespace")?;
+        make()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
+}
+
+/// Binds a TCP listener inside network namespace `netns` ([`in_netns`]).
+pub fn listen_in_netns(netns: &str, addr: SocketAddr) -> Result<std::net::TcpListener> {
+    in_netns(netns, move || {
         let l = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
         l.set_nonblocking(true)?;
         Ok(l)
     })
-    .join()
-    .map_err(|_| anyhow::anyhow!("netns thread panicked"))??;
-    Ok(bound)
+}
+
+/// Binds a UDP socket to an ephemeral port inside network namespace `netns` ([`in_netns`]).
+pub fn udp_in_netns(netns: &str) -> Result<std::net::UdpSocket> {
+    in_netns(netns, || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").context("binding a UDP socket")?;
+        s.set_nonblocking(true)?;
+        Ok(s)
+    })
 }
 
 /// Relays every connection accepted on `listener` to `target` (dialled from the caller's namespace).

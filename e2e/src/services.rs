@@ -5,7 +5,8 @@
 //!   serving certificate names this address), also as the endpoint of the `kubernetes` Service;
 //! - the cluster DNS at `:53` (UDP), the `kube-dns` Service's endpoint. **It stands in for CoreDNS**, which
 //!   is not in reach here: it answers `cluster.local` from Services and Endpoints and forwards
-//!   `clusterset.local` to ferry-dns on the cluster's host namespace, exactly as the chart's CoreDNS stanza
+//!   `clusterset.local` to ferry-dns (the installed ferry-dns Service's endpoint, else the lab's process on the
+//!   cluster's host namespace), exactly as the chart's CoreDNS stanza
 //!   does; every other name is refused (no upstream), so no forwarding loop can form.
 //!
 //! [`ClusterZone::build`] and [`resolve`] are pure; [`run`] feeds them from reflectors.
@@ -231,8 +232,15 @@ async fn apply_objects(client: &Client, c: &ClusterLayout) -> Result<()> {
     Ok(())
 }
 
-async fn forward(query: &[u8], to: SocketAddr) -> Option<Vec<u8>> {
-    let sock = tokio::net::UdpSocket::bind("0.0.0.0:0").await.ok()?;
+/// Sends `query` to `to` from the cluster's router namespace `netns` (which routes to the node network and,
+/// host-gw, to every node's pods; this namespace cannot tell two clusters' pod CIDRs apart) and returns the
+/// answer.
+async fn forward(query: &[u8], to: SocketAddr, netns: String) -> Option<Vec<u8>> {
+    let sock = tokio::task::spawn_blocking(move || crate::relay::udp_in_netns(&netns))
+        .await
+        .ok()?
+        .ok()?;
+    let sock = tokio::net::UdpSocket::from_std(sock).ok()?;
     sock.send_to(query, to).await.ok()?;
     let mut buf = vec![0u8; 4096];
     let n = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf))
@@ -300,6 +308,7 @@ pub async fn run(lab: &Lab, cluster: &str) -> Result<()> {
             .with_context(|| format!("binding the cluster DNS {cp}:53"))?,
     );
     let ferry_dns: SocketAddr = (c.node_router(), 53).into();
+    let router_netns = lab.layout.host_netns(&c);
     info!(cluster = %c.id, "apiserver front on {cp}:{APISERVER_FRONT_PORT}, cluster DNS on {cp}:53");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut buf = vec![0u8; 4096];
@@ -316,8 +325,9 @@ pub async fn run(lab: &Lab, cluster: &str) -> Result<()> {
                     Resolution::Forward => {
                         let udp = udp.clone();
                         let to = zone.read().expect("zone lock").clusterset.unwrap_or(ferry_dns);
+                        let netns = router_netns.clone();
                         tokio::spawn(async move {
-                            if let Some(bytes) = forward(&query, to).await.or_else(|| servfail(&query)) {
+                            if let Some(bytes) = forward(&query, to, netns).await.or_else(|| servfail(&query)) {
                                 let _ = udp.send_to(&bytes, from).await;
                             }
                         });

@@ -61,6 +61,10 @@ pub struct ExportedService {
     pub ports: Vec<ServicePort>,
     /// Ready endpoints.
     pub endpoints: Vec<ExportedEndpoint>,
+    /// The ports the endpoints listen on (the EndpointSlices' ports: a Service's `targetPort`, by port
+    /// name); empty: the Service ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoint_ports: Vec<ServicePort>,
 }
 
 /// `POST /v1/exports` both ways: the sender's exports.
@@ -80,6 +84,8 @@ pub struct Import {
     pub ports: Vec<ServicePort>,
     /// Endpoints per exporting cluster (conflicting clusters left out).
     pub endpoints: BTreeMap<String, Vec<ExportedEndpoint>>,
+    /// The ports each exporting cluster's endpoints listen on (absent: the import's ports).
+    pub endpoint_ports: BTreeMap<String, Vec<ServicePort>>,
     /// Clusters whose export conflicts with the winner.
     pub conflicts: BTreeSet<String>,
 }
@@ -118,6 +124,10 @@ pub fn merge(all: &[ExportedService]) -> Imports {
                         .entry(e.cluster.clone())
                         .or_default()
                         .extend(e.endpoints.iter().cloned());
+                    if !e.endpoint_ports.is_empty() {
+                        imp.endpoint_ports
+                            .insert(e.cluster.clone(), e.endpoint_ports.clone());
+                    }
                 }
             }
             (key, imp)
@@ -179,6 +189,23 @@ pub fn export_of(
         .collect();
     endpoints.sort();
     endpoints.dedup();
+    // the slices' ports are the endpoints' (a Service's targetPort); slices of one Service share them
+    let mut endpoint_ports: Vec<ServicePort> = slices
+        .iter()
+        .find(|s| s["endpoints"].as_array().is_some_and(|e| !e.is_empty()))
+        .and_then(|s| s["ports"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| {
+            Some(ServicePort {
+                name: p["name"].as_str().filter(|n| !n.is_empty()).map(str::to_string),
+                protocol: Some(p["protocol"].as_str().unwrap_or("TCP").to_string()),
+                app_protocol: None,
+                port: i32::try_from(p["port"].as_i64()?).ok()?,
+            })
+        })
+        .collect();
+    endpoint_ports.sort();
     ExportedService {
         cluster: cluster.into(),
         namespace: svc.namespace().unwrap_or_default(),
@@ -191,6 +218,7 @@ pub fn export_of(
         },
         ports,
         endpoints,
+        endpoint_ports,
     }
 }
 
@@ -255,12 +283,17 @@ pub fn check_export(
             e.namespace, e.namespace
         ));
     }
-    if e.ports.len() > MAX_PORTS || e.endpoints.len() > MAX_ENDPOINTS {
+    if e.ports.len() > MAX_PORTS || e.endpoint_ports.len() > MAX_PORTS || e.endpoints.len() > MAX_ENDPOINTS {
         return Err(format!(
             "{at}: more than {MAX_PORTS} ports or {MAX_ENDPOINTS} endpoints"
         ));
     }
-    if let Some(p) = e.ports.iter().find(|p| !(1..=65535).contains(&p.port)) {
+    if let Some(p) = e
+        .ports
+        .iter()
+        .chain(&e.endpoint_ports)
+        .find(|p| !(1..=65535).contains(&p.port))
+    {
         return Err(format!("{at}.ports: {} is not a port", p.port));
     }
     for ep in &e.endpoints {
@@ -366,7 +399,8 @@ pub(crate) fn slice_name(name: &str, cluster: &str) -> String {
     format!("{}-{h}", full[..54].trim_end_matches('-'))
 }
 
-/// The EndpointSlice (as JSON, in `version`) of `cluster`'s endpoints of import `name`.
+/// The EndpointSlice (as JSON, in `version`) of `cluster`'s endpoints of import `name`, with the ports
+/// those endpoints listen on.
 pub fn import_slice(
     version: &str,
     ns: &str,
@@ -398,7 +432,7 @@ pub fn import_slice(
             if let Some(h) = &e.hostname { ep["hostname"] = json!(h); }
             ep
         }).collect::<Vec<_>>(),
-        "ports": imp.ports.iter().map(|p| json!({ "name": p.name.clone().unwrap_or_default(), "protocol": p.protocol, "port": p.port })).collect::<Vec<_>>(),
+        "ports": imp.endpoint_ports.get(cluster).unwrap_or(&imp.ports).iter().map(|p| json!({ "name": p.name.clone().unwrap_or_default(), "protocol": p.protocol, "port": p.port })).collect::<Vec<_>>(),
     })
 }
 
@@ -432,6 +466,7 @@ mod tests {
                     hostname: None,
                 })
                 .collect(),
+            endpoint_ports: Vec::new(),
         }
     }
 
@@ -598,6 +633,61 @@ mod tests {
         assert_eq!(e.ports, [port("http", 8080)]);
         assert_eq!(e.endpoints.len(), 1);
         assert_eq!(e.endpoints[0].hostname.as_deref(), Some("echo-0"));
+    }
+
+    #[test]
+    fn the_import_slice_carries_the_ports_the_exporters_endpoints_listen_on_not_the_service_port() {
+        // Service port 80 → targetPort 8080: the exporting cluster's slice says 8080
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": { "name": "web", "namespace": "shop" },
+            "spec": { "clusterIP": "10.97.0.9", "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }] }
+        }))
+        .unwrap();
+        let slices = vec![json!({
+            "endpoints": [{ "addresses": ["10.244.0.5"], "conditions": { "ready": true } }],
+            "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }]
+        })];
+        let e = export_of("c2", "t", &svc, &slices);
+        assert_eq!(e.ports, [port("http", 80)]);
+        assert_eq!(e.endpoint_ports, [port("http", 8080)]);
+        let imports = merge(&[e.clone()]);
+        let imp = &imports[&("shop".to_string(), "web".to_string())];
+        assert_eq!(
+            imp.ports,
+            [port("http", 80)],
+            "the clusterset port is the Service's"
+        );
+        let s = import_slice(
+            "discovery.k8s.io/v1",
+            "shop",
+            "web",
+            "c2",
+            imp,
+            &imp.endpoints["c2"],
+            &json!({}),
+        );
+        assert_eq!(s["ports"][0]["port"], 8080, "{s}");
+        // an exporter that sent no endpoint ports (older agents): the Service ports
+        let mut old = e;
+        old.endpoint_ports.clear();
+        let imports = merge(&[old]);
+        let imp = &imports[&("shop".to_string(), "web".to_string())];
+        let s = import_slice(
+            "discovery.k8s.io/v1",
+            "shop",
+            "web",
+            "c2",
+            imp,
+            &imp.endpoints["c2"],
+            &json!({}),
+        );
+        assert_eq!(s["ports"][0]["port"], 80);
+        // a peer's endpoint port outside 1..=65535 is refused naming the field
+        let mut bad = export_of("c2", "t", &svc, &slices);
+        bad.endpoint_ports[0].port = 70000;
+        let routed = ["10.244.0.0/16".parse().unwrap()];
+        let err = check_export(&bad, "c2", &|_| true, &routed).unwrap_err();
+        assert!(err.contains("ports"), "{err}");
     }
 
     #[test]
