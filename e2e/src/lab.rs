@@ -635,7 +635,8 @@ where
     }
 }
 
-/// Namespace `ns` on `c`, new (an old one deleted and awaited first), with its default ServiceAccount.
+/// Namespace `ns` on `c`, new (an old one deleted and awaited first), with its default ServiceAccount and
+/// that account's token.
 pub async fn fresh_namespace(c: &Client, ns: &str) {
     use kube::api::{DeleteParams, PostParams};
     let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.clone());
@@ -650,10 +651,14 @@ pub async fn fresh_namespace(c: &Client, ns: &str) {
     )
     .await
     .unwrap();
-    // the namespace's default ServiceAccount (pods are refused until it exists)
+    // the namespace's default ServiceAccount with its token (1.20 refuses pods until the token controller
+    // added its Secret: "No API token found for service account")
     let sas: Api<ServiceAccount> = Api::namespaced(c.clone(), ns);
-    eventually("default ServiceAccount", 30, || async {
-        Ok(sas.get_opt("default").await?.is_some())
+    eventually("default ServiceAccount with its token", 30, || async {
+        Ok(sas
+            .get_opt("default")
+            .await?
+            .is_some_and(|sa| sa.secrets.is_some_and(|s| !s.is_empty())))
     })
     .await;
 }

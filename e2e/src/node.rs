@@ -68,7 +68,6 @@ pub const NODE_PRIVATE_DIRS: &[(&str, &str)] =
     &[("log", "/var/log"), ("ferry-gateway", "/var/lib/ferry-gateway")];
 
 /// The cgroup (relative to each hierarchy's root) that holds every real node of lab `lab`.
-
 pub fn lab_cgroup(lab: &str) -> String {
     format!("ferry-lab-{lab}")
 }

@@ -119,6 +119,15 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
             "placement.nodeLabelValue=real".into(),
             "placement.tolerate=lab.ferry.dev/real-node".into(),
         ];
+        let mut sets = sets.to_vec();
+        if c.index > 1 {
+            // the provider's gateway is reached at its WAN address, whose edge forwards the tunnels' ports
+            sets.push(format!(
+                "agent.gatewayEndpoint={}:{}",
+                c.wan_ip,
+                ferry_e2e::net::EDGE_GATEWAY_PORTS.0
+            ));
+        }
         let mut args = vec!["install", "--timeout", "120"];
         for s in &sets {
             args.extend(["--set", s.as_str()]);
@@ -328,6 +337,13 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
     })
     .await;
 
+    // the tunnel between the installed gateways (each on its cluster's real node, behind its edge's NAT),
+    // with both pod CIDRs 10.244.0.0/16: a pod on c1's real node reaches an offloaded pod on c2's real
+    // node at its remapped address, a c2 Service at its ClusterIP, and an exported one by its
+    // clusterset.local name (the installed ferry-dns answers). Both pods run on the gateway nodes: routing
+    // from the other nodes to the gateway node is the route agent's (issue 19).
+    tunnel_through_the_installed_gateways(&lab, &kc).await;
+
     // every ferry pod is a real container from ferry's image, Ready, on the real node
     let pods: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), "ferry-system")
         .list(&ListParams::default())
@@ -440,6 +456,22 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
             .collect();
         assert!(left.is_empty(), "{kind} left: {left:?}");
     }
+    for c in &lab.layout.clusters {
+        let ns = ferry_e2e::layout::real_node_netns(LAB, &c.id, 0);
+        ferry_e2e::lab::eventually(
+            "the gateway node without ferry's interface and nft table",
+            30,
+            || {
+                let ns = ns.clone();
+                async move {
+                    let links = sh("ip", &["-n", &ns, "-br", "link"]);
+                    let tables = sh("ip", &["netns", "exec", &ns, "nft", "list", "tables"]);
+                    Ok(!links.lines().any(|l| l.starts_with("fy")) && !tables.contains("ferry_"))
+                }
+            },
+        )
+        .await;
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let left = Api::<Pod>::all(client.clone())
@@ -455,5 +487,177 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
         }
         assert!(Instant::now() < deadline, "{left} ferry pods left");
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn sh(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// `kubectl exec` in pod `ns/pod` of the cluster of `kubeconfig`: (success, stdout + stderr).
+fn exec(kubeconfig: &std::path::Path, ns: &str, pod: &str, cmd: &[&str]) -> (bool, String) {
+    let out = Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig)
+        .args(["exec", "-n", ns, pod, "--"])
+        .args(cmd)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// A busybox pod serving `body` over HTTP on 8080 (`nodeName` or a placement on the real nodes).
+fn web_pod(name: &str, body: &str, on_virtual_node: bool) -> Pod {
+    let placement = if on_virtual_node {
+        json!({"nodeName": "ferry-provider-c2",
+               "tolerations": [{"key": "virtual-node.ferry.dev/not-allowed", "operator": "Exists"}]})
+    } else {
+        json!({"nodeSelector": {"lab.ferry.dev/pool": "real"},
+               "tolerations": [{"key": "lab.ferry.dev/real-node", "operator": "Exists"}]})
+    };
+    let mut spec = json!({
+        "terminationGracePeriodSeconds": 1,
+        "containers": [{"name": "httpd", "image": ferry_e2e::image::WORKLOAD_IMAGE,
+            "command": ["sh", "-c", format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 8080 -h /www")],
+            "ports": [{"containerPort": 8080, "protocol": "TCP"}]}]
+    });
+    for (k, v) in placement.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    serde_json::from_value(json!({"metadata": {"name": name, "labels": {"app": name}}, "spec": spec}))
+        .unwrap()
+}
+
+async fn running(pods: &Api<Pod>, name: &str) -> Pod {
+    ferry_e2e::lab::eventually(&format!("pod {name} Running with an IP"), 90, || async {
+        let p = pods.get(name).await?;
+        Ok(p.status
+            .is_some_and(|s| s.phase.as_deref() == Some("Running") && s.pod_ip.is_some()))
+    })
+    .await;
+    pods.get(name).await.unwrap()
+}
+
+async fn tunnel_through_the_installed_gateways(lab: &ferry_e2e::lab::Lab, kc1: &std::path::Path) {
+    let (c1, c2) = (&lab.layout.clusters[0], &lab.layout.clusters[1]);
+    let (k1, k2) = (lab.client(c1).await.unwrap(), lab.client(c2).await.unwrap());
+    for k in [&k1, &k2] {
+        let pns: Api<ferry_crds::PeerNetwork> = Api::all(k.clone());
+        ferry_e2e::lab::eventually("the PeerNetwork Connected (installed gateways)", 60, || async {
+            Ok(pns
+                .list(&ListParams::default())
+                .await?
+                .items
+                .iter()
+                .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Connected")))
+        })
+        .await;
+    }
+    // the provider confines this tenant to its real nodes, which it dedicates to tenants with a taint
+    Api::<ferry_crds::Tenant>::all(k2.clone())
+        .patch(
+            "consumer-c1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"policy": {
+                "nodeSelector": {"lab.ferry.dev/pool": "real"},
+                "tolerations": [{"key": "lab.ferry.dev/real-node", "operator": "Exists", "effect": "NoSchedule"}]}}})),
+        )
+        .await
+        .unwrap();
+    ferry_e2e::lab::fresh_namespace(&k1, "web").await;
+    let (ok, out, err) = ferryctl(kc1, &["offload", "namespace", "web"]);
+    assert!(ok, "ferryctl offload namespace web: {out}{err}");
+    let web: Api<Pod> = Api::namespaced(k1.clone(), "web");
+    web.create(&Default::default(), &web_pod("server", "served-from-c2", true))
+        .await
+        .unwrap();
+    web.create(&Default::default(), &web_pod("client", "client", false))
+        .await
+        .unwrap();
+    let server = running(&web, "server").await;
+    running(&web, "client").await;
+    let server_ip: std::net::IpAddr = server.status.unwrap().pod_ip.unwrap().parse().unwrap();
+    let pod_cidr: ipnet::IpNet = c1.pod_cidr;
+    assert!(
+        !pod_cidr.contains(&server_ip),
+        "the provider pod's IP {server_ip} is not remapped out of the shared {pod_cidr}"
+    );
+    let t0 = Instant::now();
+    let url = format!("http://{server_ip}:8080/");
+    let (ok, body) = exec(kc1, "web", "client", &["wget", "-q", "-O-", &url]);
+    assert!(
+        ok && body.contains("served-from-c2"),
+        "c1 pod -> remote pod {url}: {body}"
+    );
+    eprintln!(
+        "c1 pod -> c2 pod at its remapped {server_ip} through the installed gateways in {:.2}s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // a c2 Service (port 80 -> 8080) at its ClusterIP, and exported: by its clusterset.local name
+    ferry_e2e::lab::fresh_namespace(&k1, "shop").await;
+    ferry_e2e::lab::fresh_namespace(&k2, "shop").await;
+    let shop: Api<Pod> = Api::namespaced(k2.clone(), "shop");
+    shop.create(&Default::default(), &web_pod("web", "shop-in-c2", false))
+        .await
+        .unwrap();
+    running(&shop, "web").await;
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}
+    }))
+    .unwrap();
+    let svc = Api::<k8s_openapi::api::core::v1::Service>::namespaced(k2.clone(), "shop")
+        .create(&Default::default(), &svc)
+        .await
+        .unwrap();
+    let cluster_ip = svc.spec.unwrap().cluster_ip.unwrap();
+    Api::<ferry_crds::mcs::ServiceExport>::namespaced(k2.clone(), "shop")
+        .create(
+            &Default::default(),
+            &ferry_crds::mcs::ServiceExport::new("shop", "web"),
+        )
+        .await
+        .unwrap();
+    let fetch = |url: String| {
+        let (ok, body) = exec(kc1, "web", "client", &["wget", "-q", "-O-", &url]);
+        async move {
+            anyhow::ensure!(ok && body.contains("shop-in-c2"), "{url}: {body}");
+            Ok(true)
+        }
+    };
+    let t0 = Instant::now();
+    let c2_node = ferry_e2e::layout::real_node_netns(LAB, &c2.id, 0);
+    ferry_e2e::lab::eventually("c1 pod -> the c2 Service's ClusterIP", 90, || {
+        let rules = sh("ip", &["netns", "exec", &c2_node, "iptables-save", "-t", "nat"]);
+        let programmed = rules.lines().filter(|l| l.contains(&cluster_ip)).count();
+        let f = fetch(format!("http://{cluster_ip}/"));
+        async move {
+            f.await
+                .map_err(|e| anyhow::anyhow!("{e:#} (c2's kube-proxy rules for it: {programmed})"))
+        }
+    })
+    .await;
+    eprintln!(
+        "c1 pod -> the c2 Service's ClusterIP {cluster_ip} in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+    let name = "web.shop.svc.clusterset.local";
+    let t0 = Instant::now();
+    ferry_e2e::lab::eventually("c1 pod -> web.shop.svc.clusterset.local", 60, || {
+        fetch(format!("http://{name}/"))
+    })
+    .await;
+    eprintln!(
+        "c1 pod -> {name} (installed ferry-dns, through the tunnel) in {:.1}s after the export",
+        t0.elapsed().as_secs_f64()
+    );
+    for (k, ns) in [(&k1, "shop"), (&k2, "shop")] {
+        let _ = Api::<Namespace>::all((*k).clone())
+            .delete(ns, &Default::default())
+            .await;
     }
 }
