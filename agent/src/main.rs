@@ -14,6 +14,8 @@ use clap::Parser;
 use ferry_peering_broker::{identity, provider, server, wire::Resources};
 use ferry_plumbing::{admin, flags};
 use ipnet::IpNet;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -79,7 +81,19 @@ struct Args {
     /// Where `/metrics`, `/healthz` and `/readyz` are served (plain HTTP; never the broker's port).
     #[arg(long, env = "FERRY_ADMIN_LISTEN", value_parser = flags::host_port)]
     admin_listen: Option<String>,
+    /// Run as one of several replicas: only the holder of the Lease `ferry-agent` in this namespace
+    /// works (and is Ready); the others stand by. Empty: no election (a single replica).
+    #[arg(long, env = "FERRY_LEADER_ELECT_NAMESPACE", default_value = "")]
+    leader_elect_namespace: String,
+    /// This replica's identity in the election (the chart passes the pod name).
+    #[arg(long, env = "FERRY_LEADER_ID")]
+    leader_id: Option<String>,
 }
+
+/// The Lease the agent's replicas elect their leader with, and how long it lasts unrenewed (the
+/// longest a failover waits).
+const LEADER_LEASE: &str = "ferry-agent";
+const LEADER_LEASE_DURATION: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// A resource quantity within ferry's bounds (`8`, `500m`, `16Gi`).
 fn quantity(s: &str) -> std::result::Result<String, String> {
@@ -154,6 +168,36 @@ async fn run(a: Args) -> Result<()> {
     let client = ferry_plumbing::client::connect(a.kubeconfig.as_deref()).await?;
     let health = Arc::new(admin::Health::default());
     health.register("broker", "not listening yet");
+    // /metrics, /healthz and /readyz from the start: a standby replica is live, and not Ready
+    let provider_cell: Arc<std::sync::OnceLock<Arc<provider::Provider>>> = Default::default();
+    let admin = match &a.admin_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--admin-listen {addr}"))?;
+            let (health, cell) = (health.clone(), provider_cell.clone());
+            Some(tokio::spawn(async move {
+                admin::serve(l, health, metrics(cell)).await
+            }))
+        }
+        None => None,
+    };
+    let leader = if a.leader_elect_namespace.is_empty() {
+        None
+    } else {
+        let me = a
+            .leader_id
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .context(
+                "--leader-id: this replica needs an identity; fix: set FERRY_LEADER_ID (the pod name)",
+            )?;
+        health.register("leader", "standing by: another replica holds the Lease");
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &a.leader_elect_namespace);
+        ferry_plumbing::leader::acquire(&leases, LEADER_LEASE, &me, LEADER_LEASE_DURATION).await;
+        health.set("leader", Ok(()));
+        Some((leases, me))
+    };
     identity::ensure_crds(&client)
         .await
         .context("installing ferry's CRDs")?;
@@ -234,15 +278,23 @@ async fn run(a: Args) -> Result<()> {
         }
         Ok(())
     };
+    let _ = provider_cell.set(p.clone());
     let admin = async {
-        let Some(addr) = &a.admin_listen else {
-            return std::future::pending::<Result<()>>().await;
-        };
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("--admin-listen {addr}"))?;
-        admin::serve(l, health.clone(), metrics(p.clone())).await?;
-        Ok(())
+        match admin {
+            Some(task) => task
+                .await
+                .context("the admin server")?
+                .map_err(anyhow::Error::from),
+            None => std::future::pending::<Result<()>>().await,
+        }
+    };
+    let lost = async {
+        match &leader {
+            Some((leases, me)) => {
+                ferry_plumbing::leader::hold(leases, LEADER_LEASE, me, LEADER_LEASE_DURATION).await
+            }
+            None => std::future::pending::<String>().await,
+        }
     };
     let (mcs_peers, mcs_peers_cache) = ferry_peering_broker::exchange::BrokerPeers::new(&client);
     health.set("broker", Ok(()));
@@ -251,6 +303,7 @@ async fn run(a: Args) -> Result<()> {
         r = server::serve_router(listener, tls, server::router(p.clone()), limits.clone()) => r?,
         r = webhook => r?,
         r = admin => r?,
+        why = lost => anyhow::bail!("no longer the active replica ({why}); exiting so nothing is written twice"),
         _ = ferry_plumbing::telemetry::shutdown_signal() => return Ok(()),
         _ = ferry_peering_broker::reconciler::run(client.clone(), network.clone()) => anyhow::bail!("the ForeignCluster reconciler stopped"),
         _ = ferry_peering_broker::offloading::run(client.clone()) => anyhow::bail!("the NamespaceOffloading reconciler stopped"),
@@ -263,10 +316,13 @@ async fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-/// `/metrics`: what the broker's servers have seen (Prometheus text).
-fn metrics(p: Arc<provider::Provider>) -> admin::Render {
+/// `/metrics`: what the broker's servers have seen (Prometheus text; nothing yet on a standby replica).
+fn metrics(cell: Arc<std::sync::OnceLock<Arc<provider::Provider>>>) -> admin::Render {
     Arc::new(move || {
-        let tenants = p.mcs.remote.lock().map(|r| r.len()).unwrap_or(0);
+        let tenants = cell
+            .get()
+            .map(|p| p.mcs.remote.lock().map(|r| r.len()).unwrap_or(0))
+            .unwrap_or(0);
         format!(
             "# HELP ferry_agent_mcs_peers peers whose exports this agent holds\n# TYPE ferry_agent_mcs_peers gauge\nferry_agent_mcs_peers {tenants}\n"
         )

@@ -50,7 +50,7 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
         "--nodes",
         "2",
         "--real-nodes",
-        "1",
+        "2",
         "--base-port",
         "25500",
     ]);
@@ -105,6 +105,8 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
                 ferry_e2e::agents::cluster_id(c.index as usize - 1)
             ),
             "agent.quotaPods=500".to_string(),
+            // two agents on the two real nodes, one active by Lease, the other standing by
+            "agent.replicas=2".to_string(),
             format!("podCIDRs={}", c.pod_cidr),
             format!("serviceCIDRs={}", c.service_cidr),
             format!("dns.serviceIP={}", c.service_cidr.hosts().nth(52).unwrap()),
@@ -253,23 +255,45 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
             .collect::<Vec<String>>()
     };
     let old = agent_pod_names().await;
-    for name in &old {
-        agent_pods
-            .delete(
-                name,
-                &kube::api::DeleteParams {
-                    grace_period_seconds: Some(0),
-                    ..Default::default()
-                },
-            )
+    assert_eq!(old.len(), 2, "two agent replicas: {old:?}");
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(c1.clone(), "ferry-system");
+    let holder = || async {
+        leases
+            .get_opt("ferry-agent")
             .await
-            .unwrap();
-    }
+            .unwrap()
+            .and_then(|l| l.spec?.holder_identity)
+            .unwrap_or_default()
+    };
+    let active = holder().await;
+    assert!(
+        old.contains(&active),
+        "the Lease holder {active:?} is one of {old:?}"
+    );
+    agent_pods
+        .delete(
+            &active,
+            &kube::api::DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let killed_at = Instant::now();
     let at_kill = count_shadows().await;
     assert!(
         at_kill < 200,
         "the kill came too late to prove anything ({at_kill} ShadowPods)"
     );
+    let mut failover = 0.0;
+    ferry_e2e::lab::eventually("another agent replica holds the Lease", 60, || {
+        let h = holder();
+        let active = active.clone();
+        failover = killed_at.elapsed().as_secs_f64();
+        async move { Ok(h.await != active) }
+    })
+    .await;
     let local: Api<Pod> = Api::namespaced(c1.clone(), "many");
     ferry_e2e::lab::eventually(
         "200 consumer pods Running after the agent pod was replaced",
@@ -283,10 +307,21 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
         },
     )
     .await;
+    // another replica (the standby, or the killed one's replacement: whichever asks first once the Lease
+    // expires) holds the Lease now
+    let now_active = holder().await;
+    assert!(
+        now_active != active && agent_pod_names().await.contains(&now_active),
+        "the Lease passed from {active} to a running replica, not {now_active:?}"
+    );
+    eprintln!(
+        "the active agent {active} killed; {now_active} active (Lease taken over in {failover:.1}s; all 200 Running {:.1}s after the kill)",
+        killed_at.elapsed().as_secs_f64()
+    );
     let new = agent_pod_names().await;
     assert!(
-        new.iter().all(|n| !old.contains(n)),
-        "the agent pod was not replaced: {old:?} -> {new:?}"
+        !new.contains(&active) && new.len() == 2,
+        "the killed agent pod was not replaced: {old:?} -> {new:?}"
     );
     let local_uids: std::collections::BTreeSet<String> = local
         .list(&ListParams::default())
@@ -323,7 +358,7 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
         "a consumer pod runs twice on the provider"
     );
     assert_eq!(remote_set, local_uids, "every consumer pod, exactly once");
-    eprintln!("agent pod killed at {at_kill}/200 ShadowPods; replaced; 200/200 Running, no duplicates");
+    eprintln!("active agent pod killed at {at_kill}/200 ShadowPods; 200/200 Running, no duplicates");
     Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(c1.clone(), "many")
         .delete("many", &Default::default())
         .await
@@ -359,9 +394,16 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
         ["ferry-agent", "ferry-dns", "ferry-gateway"],
         "one kind of pod per component"
     );
+    let active = holder().await;
     for p in &pods {
         let spec = p.spec.as_ref().unwrap();
-        assert_eq!(spec.node_name.as_deref(), Some(c.real_node_name(0).as_str()));
+        let name = p.metadata.name.clone().unwrap_or_default();
+        assert!(
+            spec.node_name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("real-node-")),
+            "{name} not on a real node"
+        );
         let ctr = &spec.containers[0];
         assert_eq!(ctr.image.as_deref(), Some(ferry_e2e::image::FERRY_IMAGE));
         let ready = p
@@ -369,7 +411,9 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
             .as_ref()
             .and_then(|s| s.container_statuses.as_ref())
             .is_some_and(|cs| cs.iter().all(|c| c.ready));
-        assert!(ready, "{} not ready", p.metadata.name.as_deref().unwrap_or("?"));
+        // every pod Ready but the standby agent, which is live and not Ready (no Service sends it work)
+        let standby = name.starts_with("ferry-agent-") && name != active;
+        assert_eq!(ready, !standby, "{name}: ready {ready}, standby {standby}");
         let sc = ctr.security_context.clone().unwrap_or_default();
         assert_ne!(
             sc.privileged,
@@ -389,9 +433,14 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
         .url
         .clone()
         .unwrap_or_default();
+    let active_node_ip = pods
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(active.as_str()))
+        .and_then(|p| p.status.as_ref()?.host_ip.clone())
+        .unwrap();
     assert!(
-        url.starts_with(&format!("https://{}:9443/", c.real_node_ip(0))),
-        "{url}"
+        url.starts_with(&format!("https://{active_node_ip}:9443/")),
+        "{url}: not the active agent's node {active_node_ip}"
     );
 
     // no wildcard in what ferry's ServiceAccounts may do
@@ -515,7 +564,8 @@ fn web_pod(name: &str, body: &str, on_virtual_node: bool) -> Pod {
         json!({"nodeName": "ferry-provider-c2",
                "tolerations": [{"key": "virtual-node.ferry.dev/not-allowed", "operator": "Exists"}]})
     } else {
-        json!({"nodeSelector": {"lab.ferry.dev/pool": "real"},
+        // the gateway's node (routes from the other nodes to it are the route agent's, issue 19)
+        json!({"nodeSelector": {"kubernetes.io/hostname": "real-node-1"},
                "tolerations": [{"key": "lab.ferry.dev/real-node", "operator": "Exists"}]})
     };
     let mut spec = json!({
@@ -556,13 +606,14 @@ async fn tunnel_through_the_installed_gateways(lab: &ferry_e2e::lab::Lab, kc1: &
         })
         .await;
     }
-    // the provider confines this tenant to its real nodes, which it dedicates to tenants with a taint
+    // the provider confines this tenant to its gateway's real node, which it dedicates to tenants with a
+    // taint
     Api::<ferry_crds::Tenant>::all(k2.clone())
         .patch(
             "consumer-c1",
             &PatchParams::default(),
             &Patch::Merge(json!({"spec": {"policy": {
-                "nodeSelector": {"lab.ferry.dev/pool": "real"},
+                "nodeSelector": {"kubernetes.io/hostname": "real-node-1"},
                 "tolerations": [{"key": "lab.ferry.dev/real-node", "operator": "Exists", "effect": "NoSchedule"}]}}})),
         )
         .await

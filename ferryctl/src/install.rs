@@ -291,15 +291,31 @@ pub async fn install(client: &Client, objs: &[Value], namespace: &str, timeout: 
     Ok(())
 }
 
-/// One component's readiness as a line: (ready, text).
+/// The annotation of a Deployment whose replicas elect one active (Ready) replica: how many must be
+/// Ready (the others stand by).
+pub const READY_REPLICAS_ANNOTATION: &str = "ferry.dev/ready-replicas";
+
+/// One component's readiness as a line: (ready, text). All replicas updated, and all Ready, or as many
+/// as [`READY_REPLICAS_ANNOTATION`] says.
 fn deployment_state(d: &Deployment) -> (bool, String) {
     let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let need = d
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(READY_REPLICAS_ANNOTATION)?.parse::<i32>().ok())
+        .map_or(want, |n| n.clamp(0, want));
     let st = d.status.clone().unwrap_or_default();
     let ready = st.ready_replicas.unwrap_or(0);
     let updated = st.updated_replicas.unwrap_or(0);
+    let standby = if need < want {
+        format!(" (active: {need}, the others stand by)")
+    } else {
+        String::new()
+    };
     (
-        ready >= want && updated >= want,
-        format!("Deployment {}: {ready}/{want} ready", d.name_any()),
+        ready >= need && updated >= want,
+        format!("Deployment {}: {ready}/{want} ready{standby}", d.name_any()),
     )
 }
 
@@ -637,6 +653,49 @@ mod tests {
         assert!(
             objs.iter()
                 .all(|o| ["CustomResourceDefinition", "Namespace"].contains(&o["kind"].as_str().unwrap()))
+        );
+    }
+
+    #[test]
+    fn an_elected_deployment_is_ready_with_its_active_replica_the_chart_says_so_for_the_agent() {
+        let d = |annotation: Option<&str>, ready: i32, updated: i32| -> Deployment {
+            let mut d: Deployment = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "ferry-agent"},
+                "spec": {"replicas": 2, "selector": {}, "template": {}},
+                "status": {"readyReplicas": ready, "updatedReplicas": updated}
+            }))
+            .unwrap();
+            if let Some(a) = annotation {
+                d.metadata.annotations =
+                    Some([(READY_REPLICAS_ANNOTATION.to_string(), a.to_string())].into());
+            }
+            d
+        };
+        assert!(
+            !deployment_state(&d(None, 1, 2)).0,
+            "without the annotation every replica must be Ready"
+        );
+        assert!(deployment_state(&d(None, 2, 2)).0);
+        let (ok, line) = deployment_state(&d(Some("1"), 1, 2));
+        assert!(ok && line.contains("stand by"), "{line}");
+        assert!(!deployment_state(&d(Some("1"), 0, 2)).0, "no active replica");
+        assert!(
+            !deployment_state(&d(Some("1"), 1, 1)).0,
+            "a replica not updated yet"
+        );
+        // the chart's agent carries it and elects by Lease
+        let mut v = values(&lab_values()).unwrap();
+        v["agent"]["replicas"] = 2.into();
+        let objs = render(&v, &rel()).unwrap();
+        let agent = objs
+            .iter()
+            .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "ferry-agent")
+            .unwrap();
+        assert_eq!(agent["metadata"]["annotations"][READY_REPLICAS_ANNOTATION], "1");
+        let env = agent["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+        assert!(
+            env.contains("FERRY_LEADER_ELECT_NAMESPACE") && env.contains("FERRY_LEADER_ID"),
+            "{env}"
         );
     }
 

@@ -15,6 +15,7 @@ pub mod discovery;
 #[cfg(feature = "fixtures")]
 pub mod fixtures;
 pub mod flags;
+pub mod leader;
 pub mod listen;
 pub mod telemetry;
 pub mod triggers;
