@@ -350,15 +350,36 @@ async fn start_real_nodes(lab: &Lab, opts: &UpOptions, table: &ProcessTable) -> 
                 &format!("{}-services", c.id),
                 &lab.paths.log(c, "services"),
             )?;
-            let ready = nodes
+            let listed = nodes
                 .list(&ListParams::default().labels(&format!(
                     "{}={}",
                     crate::kubelet::POOL_LABEL,
                     node::REAL_POOL
                 )))
                 .await
-                .map(|l| l.items.iter().filter(|n| node_ready(n)).count())
-                .unwrap_or(0);
+                .map(|l| l.items)
+                .unwrap_or_default();
+            // each registered node gets its pod subnet in spec.podCIDR(s), as a controller-manager that
+            // allocates node CIDRs would write it (the lab's CNI config already uses that subnet)
+            for n in listed
+                .iter()
+                .filter(|n| n.spec.as_ref().is_none_or(|s| s.pod_cidr.is_none()))
+            {
+                let name = n.metadata.name.clone().unwrap_or_default();
+                if let Some(k) = (0..c.real_nodes).find(|k| c.real_node_name(*k) == name) {
+                    let subnet = c.real_node_subnet(k)?.to_string();
+                    nodes
+                        .patch(
+                            &name,
+                            &kube::api::PatchParams::default(),
+                            &kube::api::Patch::Merge(serde_json::json!({
+                                "spec": {"podCIDR": subnet, "podCIDRs": [subnet]}})),
+                        )
+                        .await
+                        .with_context(|| format!("setting spec.podCIDR of {name}"))?;
+                }
+            }
+            let ready = listed.iter().filter(|n| node_ready(n)).count();
             if ready >= c.real_nodes as usize {
                 break;
             }

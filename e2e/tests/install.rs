@@ -107,9 +107,6 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
             "agent.quotaPods=500".to_string(),
             // two agents on the two real nodes, one active by Lease, the other standing by
             "agent.replicas=2".to_string(),
-            format!("podCIDRs={}", c.pod_cidr),
-            format!("serviceCIDRs={}", c.service_cidr),
-            format!("dns.serviceIP={}", c.service_cidr.hosts().nth(52).unwrap()),
             format!("gateway.underlayCIDRs={}", c.node_network()),
             format!(
                 "agent.brokerURL=https://{}:{}",
@@ -122,6 +119,14 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
             "placement.tolerate=lab.ferry.dev/real-node".into(),
         ];
         let mut sets = sets.to_vec();
+        // c1's CIDRs are discovered (its nodes' spec.podCIDRs, its apiserver's service range); c2's given
+        if c.index > 1 {
+            sets.extend([
+                format!("podCIDRs={}", c.pod_cidr),
+                format!("serviceCIDRs={}", c.service_cidr),
+                format!("dns.serviceIP={}", c.service_cidr.hosts().nth(52).unwrap()),
+            ]);
+        }
         if c.index > 1 {
             // the provider's gateway is reached at its WAN address, whose edge forwards the tunnels' ports
             sets.push(format!(
@@ -144,6 +149,14 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
             t0.elapsed().as_secs_f64()
         );
         assert!(err.contains("every component Ready"), "{err}");
+        if c.index == 1 {
+            for want in [
+                format!("podCIDRs={} (discovered", c.pod_cidr),
+                format!("serviceCIDRs={} (discovered", c.service_cidr),
+            ] {
+                assert!(err.contains(&want), "{want}: {err}");
+            }
+        }
     }
 
     // the installed agents peer: c2 issues a token, c1's agent (a pod) dials c2's broker (a pod behind a

@@ -84,7 +84,15 @@ pub fn validate(v: &Value) -> Result<(), ChartError> {
             "podCIDRs",
             "",
             "no pod CIDR",
-            "--set podCIDRs=10.244.0.0/16 (the cluster's pod CIDRs, comma-separated)",
+            "--set podCIDRs=10.244.0.0/16 (the cluster's pod CIDRs, comma-separated; ferryctl could not discover them: no kube-proxy clusterCIDR and no Node with spec.podCIDRs)",
+        ));
+    }
+    if strings(v, "serviceCIDRs").is_empty() {
+        return Err(bad(
+            "serviceCIDRs",
+            "",
+            "no service CIDR",
+            "--set serviceCIDRs=10.96.0.0/12 (the cluster's service CIDRs, comma-separated; ferryctl could not discover them)",
         ));
     }
     let mut services = Vec::new();
@@ -739,8 +747,15 @@ mod tests {
     fn bad_values_are_refused_naming_the_key_and_the_fix() {
         for (sets, key) in [
             (vec![], "podCIDRs"),
-            (vec!["podCIDRs=10.244.0.0/33"], "podCIDRs"),
-            (vec!["podCIDRs=10.244.1.0/16"], "podCIDRs"),
+            (
+                vec!["podCIDRs=10.244.0.0/33", "serviceCIDRs=10.96.0.0/16"],
+                "podCIDRs",
+            ),
+            (
+                vec!["podCIDRs=10.244.1.0/16", "serviceCIDRs=10.96.0.0/16"],
+                "podCIDRs",
+            ),
+            (vec!["podCIDRs=10.244.0.0/16"], "serviceCIDRs"),
             (
                 vec![
                     "podCIDRs=10.244.0.0/16",
@@ -750,15 +765,27 @@ mod tests {
                 "dns.serviceIP",
             ),
             (
-                vec!["podCIDRs=10.244.0.0/16", "agent.brokerNodePort=80"],
+                vec![
+                    "podCIDRs=10.244.0.0/16",
+                    "serviceCIDRs=10.96.0.0/16",
+                    "agent.brokerNodePort=80",
+                ],
                 "agent.brokerNodePort",
             ),
             (
-                vec!["podCIDRs=10.244.0.0/16", "agent.brokerServiceType=Ingress"],
+                vec![
+                    "podCIDRs=10.244.0.0/16",
+                    "serviceCIDRs=10.96.0.0/16",
+                    "agent.brokerServiceType=Ingress",
+                ],
                 "agent.brokerServiceType",
             ),
             (
-                vec!["podCIDRs=10.244.0.0/16", "agent.replicaz=2"],
+                vec![
+                    "podCIDRs=10.244.0.0/16",
+                    "serviceCIDRs=10.96.0.0/16",
+                    "agent.replicaz=2",
+                ],
                 "agent.replicaz",
             ),
         ] {

@@ -3,6 +3,7 @@
 //! `install`, `uninstall`, `token create`, `peer`, `unpeer`, `status`, `mtu`, `bench`.
 
 mod chart;
+mod discover;
 mod install;
 
 use std::path::PathBuf;
@@ -288,8 +289,45 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Install(a) => {
             let release = chart::Release::ferry(&a.namespace);
+            let mut sets = a.set.clone();
+            let given = |sets: &[String], key: &str| {
+                sets.iter()
+                    .any(|s| s.split_once('=').is_some_and(|(k, _)| k.trim() == key))
+            };
+            // CIDRs the values do not give are read from the cluster (and said, so they can be checked)
+            if (!given(&sets, "podCIDRs") || !given(&sets, "serviceCIDRs"))
+                && let Ok(c) = client(&cli).await
+            {
+                let pods = if given(&sets, "podCIDRs") {
+                    None
+                } else {
+                    discover::pod_cidrs(&c).await
+                };
+                let services = if given(&sets, "serviceCIDRs") {
+                    None
+                } else {
+                    discover::service_cidrs(&c).await
+                };
+                if let Some(f) = &services
+                    && !given(&sets, "dns.serviceIP")
+                    && let Some(ip) = f.cidrs[0].hosts().nth(52)
+                {
+                    sets.push(format!("dns.serviceIP={ip}"));
+                }
+                for (key, found) in [("podCIDRs", pods), ("serviceCIDRs", services)] {
+                    if let Some(f) = found {
+                        let list: Vec<String> = f.cidrs.iter().map(ToString::to_string).collect();
+                        eprintln!(
+                            "ferryctl install: {key}={} (discovered: {})",
+                            list.join(","),
+                            f.source
+                        );
+                        sets.push(format!("{key}={}", list.join(",")));
+                    }
+                }
+            }
             // values and templates are checked before anything is applied
-            let objs = install::render(&install::values(&a.set)?, &release)?;
+            let objs = install::render(&install::values(&sets)?, &release)?;
             if a.dry_run {
                 match cli.output {
                     Output::Json => println!("{}", serde_json::to_string_pretty(&objs)?),
@@ -306,7 +344,11 @@ async fn run(cli: Cli) -> Result<()> {
             set,
         } => {
             let release = chart::Release::ferry(namespace);
-            let mut sets = vec!["podCIDRs=0.0.0.0/0".to_string()];
+            // the CIDRs change no object's name: placeholders let the chart render what to remove
+            let mut sets = vec![
+                "podCIDRs=0.0.0.0/0".to_string(),
+                "serviceCIDRs=10.96.0.0/12".to_string(),
+            ];
             sets.extend(set.iter().cloned());
             let objs = install::render(&install::values(&sets)?, &release)?;
             let c = client(&cli).await?;

@@ -650,7 +650,7 @@ mod tests {
         let e = export_of("c2", "t", &svc, &slices);
         assert_eq!(e.ports, [port("http", 80)]);
         assert_eq!(e.endpoint_ports, [port("http", 8080)]);
-        let imports = merge(&[e.clone()]);
+        let imports = merge(std::slice::from_ref(&e));
         let imp = &imports[&("shop".to_string(), "web".to_string())];
         assert_eq!(
             imp.ports,
