@@ -650,38 +650,32 @@ mod tests {
         let e = export_of("c2", "t", &svc, &slices);
         assert_eq!(e.ports, [port("http", 80)]);
         assert_eq!(e.endpoint_ports, [port("http", 8080)]);
-        let imports = merge(std::slice::from_ref(&e));
-        let imp = &imports[&("shop".to_string(), "web".to_string())];
+        // the import of one export, and the slice of its cluster's endpoints
+        let imported = |e: &ExportedService| {
+            let imports = merge(std::slice::from_ref(e));
+            let imp = imports[&("shop".to_string(), "web".to_string())].clone();
+            let slice = import_slice(
+                "discovery.k8s.io/v1",
+                "shop",
+                "web",
+                "c2",
+                &imp,
+                &imp.endpoints["c2"],
+                &json!({}),
+            );
+            (imp, slice)
+        };
+        let (imp, s) = imported(&e);
         assert_eq!(
             imp.ports,
             [port("http", 80)],
             "the clusterset port is the Service's"
         );
-        let s = import_slice(
-            "discovery.k8s.io/v1",
-            "shop",
-            "web",
-            "c2",
-            imp,
-            &imp.endpoints["c2"],
-            &json!({}),
-        );
         assert_eq!(s["ports"][0]["port"], 8080, "{s}");
         // an exporter that sent no endpoint ports (older agents): the Service ports
         let mut old = e;
         old.endpoint_ports.clear();
-        let imports = merge(&[old]);
-        let imp = &imports[&("shop".to_string(), "web".to_string())];
-        let s = import_slice(
-            "discovery.k8s.io/v1",
-            "shop",
-            "web",
-            "c2",
-            imp,
-            &imp.endpoints["c2"],
-            &json!({}),
-        );
-        assert_eq!(s["ports"][0]["port"], 80);
+        assert_eq!(imported(&old).1["ports"][0]["port"], 80);
         // a peer's endpoint port outside 1..=65535 is refused naming the field
         let mut bad = export_of("c2", "t", &svc, &slices);
         bad.endpoint_ports[0].port = 70000;
