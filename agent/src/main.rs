@@ -194,15 +194,9 @@ async fn run(a: Args) -> Result<()> {
             )?;
         health.register("leader", "standing by: another replica holds the Lease");
         let leases: Api<Lease> = Api::namespaced(client.clone(), &a.leader_elect_namespace);
-        tokio::select! {
-            _ = ferry_plumbing::leader::acquire(&leases, LEADER_LEASE, &me, LEADER_LEASE_DURATION) => {}
-            _ = ferry_plumbing::telemetry::shutdown_signal() => return Ok(()),
-        }
+        ferry_plumbing::leader::acquire(&leases, LEADER_LEASE, &me, LEADER_LEASE_DURATION).await;
         health.set("leader", Ok(()));
-        // renewed from now on, while the rest starts (setup may take longer than the Lease lasts)
-        Some(tokio::spawn(async move {
-            ferry_plumbing::leader::hold(&leases, LEADER_LEASE, &me, LEADER_LEASE_DURATION).await
-        }))
+        Some((leases, me))
     };
     identity::ensure_crds(&client)
         .await
@@ -295,10 +289,10 @@ async fn run(a: Args) -> Result<()> {
         }
     };
     let lost = async {
-        match leader {
-            Some(renewing) => renewing
-                .await
-                .unwrap_or_else(|e| format!("the Lease renewal task failed: {e}")),
+        match &leader {
+            Some((leases, me)) => {
+                ferry_plumbing::leader::hold(leases, LEADER_LEASE, me, LEADER_LEASE_DURATION).await
+            }
             None => std::future::pending::<String>().await,
         }
     };
