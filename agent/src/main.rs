@@ -194,9 +194,15 @@ async fn run(a: Args) -> Result<()> {
             )?;
         health.register("leader", "standing by: another replica holds the Lease");
         let leases: Api<Lease> = Api::namespaced(client.clone(), &a.leader_elect_namespace);
-        ferry_plumbing::leader::acquire(&leases, LEADER_LEASE, &me, LEADER_LEASE_DURATION).await;
+        tokio::select! {
+            _ = ferry_plumbing::leader::acquire(&leases, LEADER_LEASE, &me, LEADER_LEASE_DURATION) => {}
+            _ = ferry_plumbing::telemetry::shutdown_signal() => return Ok(()),
+        }
         health.set("leader", Ok(()));
-        Some((leases, me))
+        // renewed from now on, while the rest starts (setup may take longer than the Lease lasts)
+        Some(tokio::spawn(async move {
+            ferry_plumbing::leader::hold(&leases, LEADER_LEASE, &me, LEADER_LEASE_DURATION).await
+        }))
     };
     identity::ensure_crds(&client)
         .await
@@ -289,10 +295,10 @@ async fn run(a: Args) -> Result<()> {
         }
     };
     let lost = async {
-        match &leader {
-            Some((leases, me)) => {
-                ferry_plumbing::leader::hold(leases, LEADER_LEASE, me, LEADER_LEASE_DURATION).await
-            }
+        match leader {
+            Some(renewing) => renewing
+                .await
+                .unwrap_or_else(|e| format!("the Lease renewal task failed: {e}")),
             None => std::future::pending::<String>().await,
         }
     };

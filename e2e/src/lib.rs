@@ -12,6 +12,7 @@ pub mod dns_bench;
 pub mod echo;
 pub mod flood;
 pub mod image;
+pub mod install;
 pub mod kubelet;
 pub mod lab;
 pub mod layout;

@@ -27,8 +27,8 @@ fn show(lab: &Lab, c: &crate::layout::ClusterLayout, args: &[&str]) -> Result<St
     Ok(out)
 }
 
-/// Runs the part; returns its summary line. Needs a peered lab with ferry-dns running (the demo's
-/// discovery part starts it) and real nodes in both clusters.
+/// Runs the part; returns its summary line. Needs a lab peered through ferry installed in both clusters
+/// (the lab's resolver forwards `clusterset.local` to the installed ferry-dns) and real nodes in both.
 pub async fn run(lab: &Lab) -> Result<String> {
     let (c1, c2) = (&lab.layout.clusters[0], &lab.layout.clusters[1]);
     if c1.real_nodes == 0 || c2.real_nodes == 0 {
@@ -44,7 +44,16 @@ pub async fn run(lab: &Lab) -> Result<String> {
     }
     // c2: the server, a headless Service (clients reach the pods themselves, at their remapped
     // addresses) and its export
-    let (dep, _) = busybox_web("web", 2);
+    // both on each cluster's gateway node: reaching the gateway from every node is the route agent's
+    // (issue 19)
+    let (mut dep, _) = busybox_web("web", 2);
+    let on_gateway = |c: &crate::layout::ClusterLayout| {
+        std::collections::BTreeMap::from([("kubernetes.io/hostname".to_string(), c.real_node_name(0))])
+    };
+    if let Some(spec) = dep.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        spec.node_selector = Some(on_gateway(c2));
+        spec.topology_spread_constraints = None;
+    }
     let pp = PatchParams::apply("ferry-demo").force();
     let deps: Api<Deployment> = Api::namespaced(k2.clone(), NS);
     deps.patch("web", &pp, &Patch::Apply(&dep)).await?;
@@ -78,7 +87,7 @@ pub async fn run(lab: &Lab) -> Result<String> {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": { "name": "client", "namespace": NS },
         "spec": {
-            "nodeSelector": { crate::kubelet::POOL_LABEL: crate::node::REAL_POOL },
+            "nodeSelector": on_gateway(c1),
             "tolerations": [{ "key": crate::node::REAL_NODE_TAINT, "operator": "Exists" }],
             "terminationGracePeriodSeconds": 1,
             "containers": [{ "name": "client", "image": crate::image::WORKLOAD_IMAGE,
@@ -112,12 +121,11 @@ pub async fn run(lab: &Lab) -> Result<String> {
         }
         if Instant::now() > deadline {
             bail!(
-                "{url} gave no answer from {} after 60s: {}{} (logs: {}, {})",
+                "{url} gave no answer from {} after 60s: {}{} (logs: {}; kubectl -n ferry-system logs -l app=ferry-dns)",
                 c1.id,
                 out.trim(),
                 err.trim(),
                 lab.paths.log(c1, "services").display(),
-                lab.paths.log(c1, "dns").display()
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -33,9 +33,15 @@ fn ferryctl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, Strin
     ferry_e2e::agents::ferryctl(kubeconfig, args)
 }
 
+/// Tears the lab down at the end, unless `FERRY_E2E_KEEP_FAILED=1` and the test failed (to look inside
+/// it: `ferry-lab --name tinst down` afterwards).
 struct Down;
 impl Drop for Down {
     fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var_os("FERRY_E2E_KEEP_FAILED").is_some_and(|v| v == "1") {
+            eprintln!("FERRY_E2E_KEEP_FAILED=1: the lab {LAB} is left up");
+            return;
+        }
         let _ = ferry_lab(&["down"]);
     }
 }
@@ -88,65 +94,16 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
     assert_eq!(ferry_crds().await, 0, "a refused install applied CRDs");
 
     // both clusters: the gateway runs on the node labelled for it; peers reach the broker and the
-    // apiserver at the cluster's WAN address
+    // apiserver at the cluster's WAN address; c1's CIDRs are discovered (its nodes' spec.podCIDRs, its
+    // apiserver's service range), c2's given
     for c in &lab.layout.clusters {
-        let k = lab.client(c).await.unwrap();
-        Api::<Node>::all(k)
-            .patch(
-                &c.real_node_name(0),
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"labels": {"ferry.dev/gateway": "true"}}})),
-            )
+        let done = ferry_e2e::install::install(&lab, c, c.index == 1, &[])
             .await
             .unwrap();
-        let sets = [
-            format!(
-                "clusterID={}",
-                ferry_e2e::agents::cluster_id(c.index as usize - 1)
-            ),
-            "agent.quotaPods=500".to_string(),
-            // two agents on the two real nodes, one active by Lease, the other standing by
-            "agent.replicas=2".to_string(),
-            format!("gateway.underlayCIDRs={}", c.node_network()),
-            format!(
-                "agent.brokerURL=https://{}:{}",
-                c.wan_ip,
-                ferry_e2e::net::EDGE_BROKER_PORT
-            ),
-            format!("agent.apiServerURL=https://{}:6443", c.wan_ip),
-            "placement.nodeLabel=lab.ferry.dev/pool".into(),
-            "placement.nodeLabelValue=real".into(),
-            "placement.tolerate=lab.ferry.dev/real-node".into(),
-        ];
-        let mut sets = sets.to_vec();
-        // c1's CIDRs are discovered (its nodes' spec.podCIDRs, its apiserver's service range); c2's given
-        if c.index > 1 {
-            sets.extend([
-                format!("podCIDRs={}", c.pod_cidr),
-                format!("serviceCIDRs={}", c.service_cidr),
-                format!("dns.serviceIP={}", c.service_cidr.hosts().nth(52).unwrap()),
-            ]);
-        }
-        if c.index > 1 {
-            // the provider's gateway is reached at its WAN address, whose edge forwards the tunnels' ports
-            sets.push(format!(
-                "agent.gatewayEndpoint={}:{}",
-                c.wan_ip,
-                ferry_e2e::net::EDGE_GATEWAY_PORTS.0
-            ));
-        }
-        let mut args = vec!["install", "--timeout", "120"];
-        for s in &sets {
-            args.extend(["--set", s.as_str()]);
-        }
-        let t0 = Instant::now();
-        let kc = lab.paths.kubeconfig(c);
-        let (ok, out, err) = ferryctl(&kc, &args);
-        assert!(ok, "{}: ferryctl install: {out}{err}", c.id);
+        let err = done.progress;
         eprintln!(
             "{}: ferryctl install: every component Ready in {:.1}s\n{err}",
-            c.id,
-            t0.elapsed().as_secs_f64()
+            c.id, done.seconds
         );
         assert!(err.contains("every component Ready"), "{err}");
         if c.index == 1 {
@@ -696,12 +653,22 @@ async fn tunnel_through_the_installed_gateways(lab: &ferry_e2e::lab::Lab, kc1: &
     let t0 = Instant::now();
     let c2_node = ferry_e2e::layout::real_node_netns(LAB, &c2.id, 0);
     ferry_e2e::lab::eventually("c1 pod -> the c2 Service's ClusterIP", 90, || {
-        let rules = sh("ip", &["netns", "exec", &c2_node, "iptables-save", "-t", "nat"]);
-        let programmed = rules.lines().filter(|l| l.contains(&cluster_ip)).count();
         let f = fetch(format!("http://{cluster_ip}/"));
+        let (c2_node, cluster_ip) = (c2_node.clone(), cluster_ip.clone());
         async move {
-            f.await
-                .map_err(|e| anyhow::anyhow!("{e:#} (c2's kube-proxy rules for it: {programmed})"))
+            f.await.map_err(|e| {
+                // what c2's gateway node holds for this Service: kube-proxy's rules and last sync, the
+                // connections tracked to it and to its pods
+                let seen = sh(
+                    "ip",
+                    &["netns", "exec", &c2_node, "sh", "-c", &format!(
+                        "echo nat rules: $(iptables-save -t nat 2>&1 | grep -c {cluster_ip}); \
+                         curl -s 127.0.0.1:10249/metrics | grep -E '^kubeproxy_sync_proxy_rules_(duration_seconds_count|last_timestamp_seconds)'; \
+                         echo now $(date +%s); conntrack -L 2>/dev/null | grep -E '{cluster_ip}|port=8080' | head -n 20"
+                    )],
+                );
+                anyhow::anyhow!("{e:#}\n(c2's gateway node:\n{seen})")
+            })
         }
     })
     .await;
