@@ -115,7 +115,10 @@ pub async fn run(lab: &Lab) -> Result<String> {
     // the import reaches c1 within the exports' sync; ask until the name resolves and answers
     let deadline = Instant::now() + Duration::from_secs(60);
     let server = loop {
-        let (ok, out, err) = kubectl(lab, c1, &["-n", NS, "exec", "client", "--", "wget", "-qO-", &url]);
+        // each try bounded: a connection begun before the Service's rules exist keeps its SYNs on a
+        // conntrack entry without them
+        let fetch = format!("timeout 10 wget -qO- {url}");
+        let (ok, out, err) = kubectl(lab, c1, &["-n", NS, "exec", "client", "--", "sh", "-c", &fetch]);
         if ok && !out.trim().is_empty() {
             break out.trim().to_string();
         }

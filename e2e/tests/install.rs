@@ -93,6 +93,59 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
     );
     assert_eq!(ferry_crds().await, 0, "a refused install applied CRDs");
 
+    // the gateway endpoint, when not given, is a gateway node's ExternalIP (never an InternalIP): a dry run
+    // with a lab node given one and labelled as the gateway node (the real nodes' kubelets keep their own
+    // addresses, and a real install places the gateway on a real node)
+    let (ok, _, err) = ferryctl(&kc, &["install", "--dry-run"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("agent.gatewayEndpoint not set (no node is labelled to run the gateway)")
+            && err.contains("fix"),
+        "{err}"
+    );
+    let nodes: Api<Node> = Api::all(client.clone());
+    let lab_node = c.node_name(0);
+    let n = nodes.get(&lab_node).await.unwrap();
+    let mut addresses = n.status.unwrap().addresses.unwrap();
+    addresses.push(k8s_openapi::api::core::v1::NodeAddress {
+        type_: "ExternalIP".into(),
+        address: "203.0.113.10".into(),
+    });
+    nodes
+        .patch_status(
+            &lab_node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"addresses": addresses}})),
+        )
+        .await
+        .unwrap();
+    let gateway_label = |v: serde_json::Value| {
+        let nodes = nodes.clone();
+        let lab_node = lab_node.clone();
+        async move {
+            nodes
+                .patch(
+                    &lab_node,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"labels": {ferry_e2e::install::GATEWAY_LABEL: v}}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    gateway_label(json!("true")).await;
+    let (ok, rendered, err) = ferryctl(&kc, &["install", "--dry-run"]);
+    gateway_label(serde_json::Value::Null).await;
+    assert!(ok, "{err}");
+    let want = format!(
+        "agent.gatewayEndpoint=203.0.113.10:51820 (discovered: the ExternalIP of gateway node {lab_node})"
+    );
+    assert!(err.contains(&want), "{want}: {err}");
+    assert!(
+        rendered.contains("FERRY_GATEWAY_ENDPOINT") && rendered.contains("203.0.113.10:51820"),
+        "the agent is told the discovered endpoint: {rendered}"
+    );
+
     // both clusters: the gateway runs on the node labelled for it; peers reach the broker and the
     // apiserver at the cluster's WAN address; c1's CIDRs are discovered (its nodes' spec.podCIDRs, its
     // apiserver's service range), c2's given
@@ -514,6 +567,13 @@ fn sh(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// `wget -q -O- url` in a pod, given up after 10 s. Each try must be bounded: a connection to a Service
+/// that kube-proxy has not programmed yet is tracked without its DNAT, and busybox wget's retransmitted SYNs
+/// (same ports) stay on that entry for the 2 minutes TCP tries, so only a new connection gets the DNAT.
+fn bounded_wget(url: &str) -> String {
+    format!("timeout 10 wget -q -O- {url}")
+}
+
 /// `kubectl exec` in pod `ns/pod` of the cluster of `kubeconfig`: (success, stdout + stderr).
 fn exec(kubeconfig: &std::path::Path, ns: &str, pod: &str, cmd: &[&str]) -> (bool, String) {
     let out = Command::new("kubectl")
@@ -608,7 +668,7 @@ async fn tunnel_through_the_installed_gateways(lab: &ferry_e2e::lab::Lab, kc1: &
     );
     let t0 = Instant::now();
     let url = format!("http://{server_ip}:8080/");
-    let (ok, body) = exec(kc1, "web", "client", &["wget", "-q", "-O-", &url]);
+    let (ok, body) = exec(kc1, "web", "client", &["sh", "-c", &bounded_wget(&url)]);
     assert!(
         ok && body.contains("served-from-c2"),
         "c1 pod -> remote pod {url}: {body}"
@@ -644,7 +704,7 @@ async fn tunnel_through_the_installed_gateways(lab: &ferry_e2e::lab::Lab, kc1: &
         .await
         .unwrap();
     let fetch = |url: String| {
-        let (ok, body) = exec(kc1, "web", "client", &["wget", "-q", "-O-", &url]);
+        let (ok, body) = exec(kc1, "web", "client", &["sh", "-c", &bounded_wget(&url)]);
         async move {
             anyhow::ensure!(ok && body.contains("shop-in-c2"), "{url}: {body}");
             Ok(true)

@@ -1006,9 +1006,10 @@ async fn real_nodes_run_containers_with_logs_exec_port_forward_cluster_ip_and_dn
             "--",
             "sh",
             "-c",
-            // kube-proxy programs a new endpoint within its sync period: ask for up to 20 s
+            // kube-proxy programs a new endpoint within its sync period: ask for up to 20 s, each try
+            // bounded (a connection begun before the rules exist keeps its SYNs on an entry without them)
             &format!(
-                "for i in $(seq 1 100); do r=$(wget -qO- http://{cluster_ip}/); echo \"$r\"; [ \"$r\" = {b} ] && break; sleep 0.2; done"
+                "for i in $(seq 1 100); do r=$(timeout 5 wget -qO- http://{cluster_ip}/); echo \"$r\"; [ \"$r\" = {b} ] && break; sleep 0.2; done"
             ),
         ]);
         assert!(ok, "{cid}: wget of the ClusterIP from {a}: {err}");

@@ -2,8 +2,8 @@
 //! kube-proxy configuration's `clusterCIDR`, as kubeadm writes it, else the smallest prefix per family that
 //! covers every Node's `spec.podCIDRs`) and the service CIDRs (the `ServiceCIDR` objects of clusters that
 //! have them, else the range the apiserver names when refusing a Service that asks for an address outside
-//! it).
-//! The parsing is pure and unit-tested; [`discover`] does the reads.
+//! it), and the gateway endpoint (the `ExternalIP` of a node labelled to run the gateway).
+//! The parsing is pure and unit-tested; the async functions do the reads.
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
@@ -146,6 +146,52 @@ pub async fn service_cidrs(client: &Client) -> Option<Found> {
     }
 }
 
+/// The gateway endpoint peers can dial, from `nodes` (those labelled to run the gateway): the first by name
+/// with an `ExternalIP`, at `port`; otherwise why there is none. An `InternalIP` is never taken: a peer in
+/// another network rarely reaches it, and a wrong endpoint is worse than none (with none, this cluster dials
+/// its peers' gateways; only a provider whose consumers cannot be dialled needs one).
+pub fn gateway_endpoint_of(nodes: &[Node], port: u16) -> Result<(String, String), String> {
+    let mut named: Vec<&Node> = nodes.iter().collect();
+    named.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    if named.is_empty() {
+        return Err("no node is labelled to run the gateway".into());
+    }
+    for n in &named {
+        let external = n
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|a| a.type_ == "ExternalIP")
+            .find_map(|a| a.address.parse::<std::net::IpAddr>().ok());
+        if let Some(ip) = external {
+            let name = n.metadata.name.as_deref().unwrap_or("?");
+            return Ok((
+                std::net::SocketAddr::new(ip, port).to_string(),
+                format!("the ExternalIP of gateway node {name}"),
+            ));
+        }
+    }
+    Err(format!(
+        "no gateway node ({}) has an ExternalIP",
+        named
+            .iter()
+            .filter_map(|n| n.metadata.name.as_deref())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// Reads the gateway endpoint from the nodes labelled `label=true` (see [`gateway_endpoint_of`]).
+pub async fn gateway_endpoint(client: &Client, label: &str, port: u16) -> Result<(String, String), String> {
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default().labels(&format!("{label}=true")))
+        .await
+        .map_err(|e| format!("listing the nodes labelled {label}=true: {e}"))?;
+    gateway_endpoint_of(&nodes.items, port)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,5 +240,45 @@ mod tests {
             Some(n("10.97.0.0/12"))
         );
         assert_eq!(service_range_from_refusal("forbidden"), None);
+    }
+
+    fn node(name: &str, addresses: &[(&str, &str)]) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "status": {"addresses": addresses.iter().map(|(t, a)| serde_json::json!({"type": t, "address": a})).collect::<Vec<_>>()}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_gateway_endpoint_is_the_first_gateway_nodes_external_ip_never_an_internal_one() {
+        let nodes = [
+            node(
+                "gw-b",
+                &[("InternalIP", "10.0.0.2"), ("ExternalIP", "203.0.113.7")],
+            ),
+            node("gw-a", &[("InternalIP", "10.0.0.1"), ("Hostname", "gw-a")]),
+            node("gw-c", &[("ExternalIP", "203.0.113.9")]),
+        ];
+        assert_eq!(
+            gateway_endpoint_of(&nodes, 51820),
+            Ok((
+                "203.0.113.7:51820".into(),
+                "the ExternalIP of gateway node gw-b".into()
+            ))
+        );
+        let v6 = [node("gw", &[("ExternalIP", "2001:db8::7")])];
+        assert_eq!(gateway_endpoint_of(&v6, 51820).unwrap().0, "[2001:db8::7]:51820");
+        let internal_only = [node("gw-a", &[("InternalIP", "10.0.0.1")]), node("gw-b", &[])];
+        assert_eq!(
+            gateway_endpoint_of(&internal_only, 51820),
+            Err("no gateway node (gw-a, gw-b) has an ExternalIP".into())
+        );
+        assert_eq!(
+            gateway_endpoint_of(&[], 51820),
+            Err("no node is labelled to run the gateway".into())
+        );
+        let garbage = [node("gw", &[("ExternalIP", "not-an-ip")])];
+        assert!(gateway_endpoint_of(&garbage, 51820).is_err());
     }
 }

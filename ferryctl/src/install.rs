@@ -51,6 +51,17 @@ pub fn values(sets: &[String]) -> Result<Value, ChartError> {
     Ok(v)
 }
 
+/// The label of the nodes that run the gateway (`gateway.nodeLabel`: the chart's default, or as `sets`
+/// give it).
+pub fn gateway_node_label(sets: &[String]) -> String {
+    let mut v: Value = serde_yaml::from_str(VALUES).expect("values.yaml parses (unit-tested)");
+    for s in sets {
+        // a bad --set is refused with its fix by `values`; here it only does not count
+        let _ = chart::apply_set(&mut v, s);
+    }
+    v["gateway"]["nodeLabel"].as_str().unwrap_or_default().to_string()
+}
+
 fn bad(key: &str, value: &str, reason: &str, fix: &str) -> ChartError {
     ChartError::BadValue {
         key: key.into(),

@@ -294,10 +294,32 @@ async fn run(cli: Cli) -> Result<()> {
                 sets.iter()
                     .any(|s| s.split_once('=').is_some_and(|(k, _)| k.trim() == key))
             };
-            // CIDRs the values do not give are read from the cluster (and said, so they can be checked)
-            if (!given(&sets, "podCIDRs") || !given(&sets, "serviceCIDRs"))
+            // what the values do not give is read from the cluster (and said, so it can be checked)
+            if (!given(&sets, "podCIDRs")
+                || !given(&sets, "serviceCIDRs")
+                || !given(&sets, "agent.gatewayEndpoint"))
                 && let Ok(c) = client(&cli).await
             {
+                if !given(&sets, "agent.gatewayEndpoint") {
+                    let label = install::gateway_node_label(&sets);
+                    match discover::gateway_endpoint(
+                        &c,
+                        &label,
+                        ferry_peering_broker::wireguard::WIREGUARD_BASE_PORT,
+                    )
+                    .await
+                    {
+                        Ok((endpoint, source)) => {
+                            eprintln!(
+                                "ferryctl install: agent.gatewayEndpoint={endpoint} (discovered: {source})"
+                            );
+                            sets.push(format!("agent.gatewayEndpoint={endpoint}"));
+                        }
+                        Err(why) => eprintln!(
+                            "ferryctl install: agent.gatewayEndpoint not set ({why}): this cluster dials its peers' gateways and is not dialled; fix, if its gateway is reachable from peers (a provider whose consumers cannot be dialled needs it): --set agent.gatewayEndpoint=host:port"
+                        ),
+                    }
+                }
                 let pods = if given(&sets, "podCIDRs") {
                     None
                 } else {
