@@ -337,6 +337,13 @@ pub struct PeerNetworkStatus {
     /// Bytes sent.
     #[serde(default)]
     pub tx_bytes: u64,
+    /// The node the active gateway runs on (route agents on the other nodes route the peer's CIDRs
+    /// there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_node: Option<String>,
+    /// That node's address.
+    #[serde(rename = "gatewayNodeIP", default, skip_serializing_if = "Option::is_none")]
+    pub gateway_node_ip: Option<String>,
     /// Conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

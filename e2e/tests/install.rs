@@ -414,7 +414,7 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
         .collect();
     assert_eq!(
         apps.into_iter().collect::<Vec<_>>(),
-        ["ferry-agent", "ferry-dns", "ferry-gateway"],
+        ["ferry-agent", "ferry-dns", "ferry-gateway", "ferry-route-agent"],
         "one kind of pod per component"
     );
     let active = holder().await;
@@ -467,7 +467,7 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
     );
 
     // no wildcard in what ferry's ServiceAccounts may do
-    for sa in ["ferry-agent", "ferry-gateway", "ferry-dns"] {
+    for sa in ["ferry-agent", "ferry-gateway", "ferry-dns", "ferry-route-agent"] {
         let out = Command::new("kubectl")
             .env("KUBECONFIG", &kc)
             .args([
@@ -531,14 +531,23 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
     for c in &lab.layout.clusters {
         let ns = ferry_e2e::layout::real_node_netns(LAB, &c.id, 0);
         ferry_e2e::lab::eventually(
-            "the gateway node without ferry's interface and nft table",
+            "the gateway node without ferry's interface and nft table, no node with its routes",
             30,
             || {
                 let ns = ns.clone();
                 async move {
                     let links = sh("ip", &["-n", &ns, "-br", "link"]);
                     let tables = sh("ip", &["netns", "exec", &ns, "nft", "list", "tables"]);
-                    Ok(!links.lines().any(|l| l.starts_with("fy")) && !tables.contains("ferry_"))
+                    // and no route agent's route on any real node
+                    let routes: String = (0..c.real_nodes)
+                        .map(|k| {
+                            let ns = ferry_e2e::layout::real_node_netns(LAB, &c.id, k);
+                            sh("ip", &["-n", &ns, "route", "show", "proto", "102"])
+                        })
+                        .collect();
+                    Ok(!links.lines().any(|l| l.starts_with("fy"))
+                        && !tables.contains("ferry_")
+                        && routes.trim().is_empty())
                 }
             },
         )
@@ -588,20 +597,19 @@ fn exec(kubeconfig: &std::path::Path, ns: &str, pod: &str, cmd: &[&str]) -> (boo
     )
 }
 
-/// A busybox pod serving `body` over HTTP on 8080 (`nodeName` or a placement on the real nodes).
-fn web_pod(name: &str, body: &str, on_virtual_node: bool) -> Pod {
-    let placement = if on_virtual_node {
-        json!({"nodeName": "ferry-provider-c2",
-               "tolerations": [{"key": "virtual-node.ferry.dev/not-allowed", "operator": "Exists"}]})
-    } else {
-        // the gateway's node (routes from the other nodes to it are the route agent's, issue 19)
-        json!({"nodeSelector": {"kubernetes.io/hostname": "real-node-1"},
-               "tolerations": [{"key": "lab.ferry.dev/real-node", "operator": "Exists"}]})
+/// A busybox pod serving `body` over HTTP on 8080 (logging each request), on the virtual node (`on:
+/// None`) or on the real node `on`.
+fn web_pod(name: &str, body: &str, on: Option<&str>) -> Pod {
+    let placement = match on {
+        None => json!({"nodeName": "ferry-provider-c2",
+               "tolerations": [{"key": "virtual-node.ferry.dev/not-allowed", "operator": "Exists"}]}),
+        Some(node) => json!({"nodeSelector": {"kubernetes.io/hostname": node},
+               "tolerations": [{"key": "lab.ferry.dev/real-node", "operator": "Exists"}]}),
     };
     let mut spec = json!({
         "terminationGracePeriodSeconds": 1,
         "containers": [{"name": "httpd", "image": ferry_e2e::image::WORKLOAD_IMAGE,
-            "command": ["sh", "-c", format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 8080 -h /www")],
+            "command": ["sh", "-c", format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -vv -p 8080 -h /www")],
             "ports": [{"containerPort": 8080, "protocol": "TCP"}]}]
     });
     for (k, v) in placement.as_object().unwrap() {
@@ -652,12 +660,15 @@ async fn tunnel_through_the_installed_gateways(lab: &ferry_e2e::lab::Lab, kc1: &
     let (ok, out, err) = ferryctl(kc1, &["offload", "namespace", "web"]);
     assert!(ok, "ferryctl offload namespace web: {out}{err}");
     let web: Api<Pod> = Api::namespaced(k1.clone(), "web");
-    web.create(&Default::default(), &web_pod("server", "served-from-c2", true))
+    web.create(&Default::default(), &web_pod("server", "served-from-c2", None))
         .await
         .unwrap();
-    web.create(&Default::default(), &web_pod("client", "client", false))
-        .await
-        .unwrap();
+    web.create(
+        &Default::default(),
+        &web_pod("client", "client", Some("real-node-1")),
+    )
+    .await
+    .unwrap();
     let server = running(&web, "server").await;
     running(&web, "client").await;
     let server_ip: std::net::IpAddr = server.status.unwrap().pod_ip.unwrap().parse().unwrap();
@@ -682,9 +693,12 @@ async fn tunnel_through_the_installed_gateways(lab: &ferry_e2e::lab::Lab, kc1: &
     ferry_e2e::lab::fresh_namespace(&k1, "shop").await;
     ferry_e2e::lab::fresh_namespace(&k2, "shop").await;
     let shop: Api<Pod> = Api::namespaced(k2.clone(), "shop");
-    shop.create(&Default::default(), &web_pod("web", "shop-in-c2", false))
-        .await
-        .unwrap();
+    shop.create(
+        &Default::default(),
+        &web_pod("web", "shop-in-c2", Some("real-node-1")),
+    )
+    .await
+    .unwrap();
     running(&shop, "web").await;
     let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
         "metadata": {"name": "web"},
@@ -745,6 +759,116 @@ async fn tunnel_through_the_installed_gateways(lab: &ferry_e2e::lab::Lab, kc1: &
     eprintln!(
         "c1 pod -> {name} (installed ferry-dns, through the tunnel) in {:.1}s after the export",
         t0.elapsed().as_secs_f64()
+    );
+    // from a node that is not the gateway's: the route agents route the peer's CIDRs to each cluster's
+    // gateway node, both ways (c1's real-node-2 -> c1's gateway; c2's gateway -> a c2 pod on real-node-2,
+    // whose replies go back to c2's gateway by c2's route agent)
+    let routes = |c: &ferry_e2e::layout::ClusterLayout, k: u32| {
+        sh(
+            "ip",
+            &[
+                "-n",
+                &ferry_e2e::layout::real_node_netns(LAB, &c.id, k),
+                "route",
+                "show",
+                "proto",
+                "102",
+            ],
+        )
+    };
+    for c in [c1, c2] {
+        let gw_ip = c.node_network().hosts().nth(9).unwrap(); // real-node-1 (.10)
+        let want = format!("via {gw_ip}");
+        ferry_e2e::lab::eventually(
+            &format!("{}: real-node-2 routes the peer via {gw_ip}", c.id),
+            30,
+            || {
+                let r = routes(c, 1);
+                let ok = r.lines().count() >= 2 && r.lines().all(|l| l.contains(&want));
+                async move {
+                    anyhow::ensure!(ok, "ip route show proto 102: {r:?}");
+                    Ok(true)
+                }
+            },
+        )
+        .await;
+        assert!(
+            routes(c, 0).trim().is_empty(),
+            "{}: the gateway's node routes into its tunnel itself",
+            c.id
+        );
+    }
+    shop.create(
+        &Default::default(),
+        &web_pod("far", "far-in-c2", Some("real-node-2")),
+    )
+    .await
+    .unwrap();
+    let far = running(&shop, "far").await;
+    let far_real: std::net::IpAddr = far.status.unwrap().pod_ip.unwrap().parse().unwrap();
+    let remaps: std::collections::BTreeMap<ipnet::IpNet, ipnet::IpNet> =
+        Api::<ferry_crds::PeerNetwork>::all(k1.clone())
+            .get("provider-c2")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .remaps
+            .iter()
+            .filter_map(|(r, l)| Some((r.parse().ok()?, l.parse().ok()?)))
+            .collect();
+    let far_seen = ferry_tunnel::ipam::translate(far_real, &remaps).unwrap();
+    web.create(
+        &Default::default(),
+        &web_pod("client2", "client2", Some("real-node-2")),
+    )
+    .await
+    .unwrap();
+    let client2 = running(&web, "client2").await;
+    let client2_ip = client2.status.unwrap().pod_ip.unwrap();
+    let t0 = Instant::now();
+    for (url, want) in [
+        (format!("http://{server_ip}:8080/"), "served-from-c2"),
+        (format!("http://{far_seen}:8080/"), "far-in-c2"),
+        (format!("http://{cluster_ip}/"), "shop-in-c2"),
+        (format!("http://{name}/"), "shop-in-c2"),
+    ] {
+        ferry_e2e::lab::eventually(&format!("c1 real-node-2 -> {url}"), 30, || {
+            let (ok, body) = exec(kc1, "web", "client2", &["sh", "-c", &bounded_wget(&url)]);
+            let url = url.clone();
+            async move {
+                anyhow::ensure!(ok && body.contains(want), "{url}: {body}");
+                Ok(true)
+            }
+        })
+        .await;
+    }
+    eprintln!(
+        "c1 pod on real-node-2 -> the offloaded pod, a c2 pod on c2's real-node-2 ({far_seen}), the ClusterIP and {name}: all through the route agents in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+    // the far pod saw c1's client at its remapped address (c1's pod CIDR as c2 sees it)
+    let logs = Command::new("kubectl")
+        .env("KUBECONFIG", lab.paths.kubeconfig(c2))
+        .args(["-n", "shop", "logs", "far"])
+        .output()
+        .unwrap();
+    let logs = String::from_utf8_lossy(&logs.stdout).to_string();
+    let back: std::collections::BTreeMap<ipnet::IpNet, ipnet::IpNet> =
+        Api::<ferry_crds::PeerNetwork>::all(k2.clone())
+            .get("consumer-c1")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .remaps
+            .iter()
+            .filter_map(|(r, l)| Some((r.parse().ok()?, l.parse().ok()?)))
+            .collect();
+    let client2_seen = ferry_tunnel::ipam::translate(client2_ip.parse().unwrap(), &back).unwrap();
+    assert!(
+        logs.contains(&format!("{client2_seen}]")) || logs.contains(&format!("{client2_seen}:")),
+        "the far pod saw c1's client2 ({client2_ip}) at its remapped {client2_seen}: {logs}"
     );
     for (k, ns) in [(&k1, "shop"), (&k2, "shop")] {
         let _ = Api::<Namespace>::all((*k).clone())

@@ -33,6 +33,47 @@ pub fn run(program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// This host's addresses with their prefixes (`ip -o addr show`).
+pub fn local_addrs() -> Result<Vec<ipnet::IpNet>> {
+    Ok(crate::routes::parse_addrs(&run("ip", &["-o", "addr", "show"])?))
+}
+
+/// ferry's node routes now in the main table ([`crate::routes::ROUTE_PROTO`]), both families.
+pub fn node_routes() -> Result<Vec<crate::routes::NodeRoute>> {
+    let proto = crate::routes::ROUTE_PROTO.to_string();
+    let mut all = Vec::new();
+    for fam in ["-4", "-6"] {
+        all.extend(crate::routes::parse_routes(&run(
+            "ip",
+            &[fam, "route", "show", "proto", &proto],
+        )?));
+    }
+    Ok(all)
+}
+
+/// Makes ferry's node routes exactly `want` (adds, moves and removes, nothing else touched); returns how
+/// many routes changed. Each change is tried; the first error is returned after the others ran.
+pub fn sync_node_routes(want: &[crate::routes::NodeRoute]) -> Result<usize> {
+    let (set, del) = crate::routes::diff(want, &node_routes()?);
+    let proto = crate::routes::ROUTE_PROTO.to_string();
+    let mut first_err = None;
+    for r in &set {
+        let (dst, via) = (r.dst.to_string(), r.via.to_string());
+        if let Err(e) = run("ip", &["route", "replace", &dst, "via", &via, "proto", &proto]) {
+            first_err.get_or_insert(e);
+        }
+    }
+    for d in &del {
+        if let Err(e) = run("ip", &["route", "del", &d.to_string(), "proto", &proto]) {
+            first_err.get_or_insert(e);
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(set.len() + del.len()),
+    }
+}
+
 /// Which WireGuard implementation runs the interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {

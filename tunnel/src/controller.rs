@@ -38,6 +38,9 @@ pub struct ServeOptions {
     pub remap_pool: Vec<String>,
     /// `/metrics` of the tunnel on link `n` at this address with port + n; absent: not served.
     pub metrics_addr: Option<SocketAddr>,
+    /// The node this gateway runs on and its address, told in each `PeerNetwork`'s status so that every
+    /// other node's route agent routes the peer's CIDRs there; absent: not told (no route agents follow).
+    pub node: Option<(String, IpAddr)>,
 }
 
 /// The gateway config for one `PeerNetwork`. Errors name the `PeerNetwork` field and the fix.
@@ -104,9 +107,12 @@ pub fn config_for(spec: &PeerNetworkSpec, opts: &ServeOptions, key_file: &str) -
 }
 
 /// The `PeerNetwork` status for a gateway status.
-/// `since`: when the tunnel last changed between connected and not (the condition's lastTransitionTime).
-pub fn status_patch(s: &GatewayStatus, since: &str) -> serde_json::Value {
+/// `since`: when the tunnel last changed between connected and not (the condition's lastTransitionTime);
+/// `node`: where this gateway runs ([`ServeOptions::node`]).
+pub fn status_patch(s: &GatewayStatus, since: &str, node: Option<&(String, IpAddr)>) -> serde_json::Value {
     json!({ "status": {
+        "gatewayNode": node.map(|n| n.0.clone()),
+        "gatewayNodeIP": node.map(|n| n.1.to_string()),
         "phase": s.phase,
         "remaps": s.remaps,
         "latencyMs": s.latency_ms.map(|l| (l * 100.0).round() / 100.0),
@@ -212,6 +218,7 @@ fn start(
     cfg: GatewayConfig,
     spec: PeerNetworkSpec,
     ended: tokio::sync::mpsc::UnboundedSender<()>,
+    node: Option<(String, IpAddr)>,
 ) -> Running {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (tx, mut rx) = tokio::sync::watch::channel(GatewayStatus::default());
@@ -237,7 +244,12 @@ fn start(
                     since = chrono_now();
                 }
                 if last.as_ref() != Some(&key) || last_write.elapsed() >= Duration::from_secs(5) {
-                    patch_status(&writer_api, &writer_name, &status_patch(&s, &since)).await;
+                    patch_status(
+                        &writer_api,
+                        &writer_name,
+                        &status_patch(&s, &since, node.as_ref()),
+                    )
+                    .await;
                     last = Some(key);
                     last_write = Instant::now();
                 }
@@ -382,7 +394,10 @@ pub async fn serve(
             match config_for(&spec, &opts, &key) {
                 Ok(cfg) => {
                     failed.remove(&n);
-                    running.insert(n.clone(), start(api.clone(), n, cfg, spec, ended_tx.clone()));
+                    running.insert(
+                        n.clone(),
+                        start(api.clone(), n, cfg, spec, ended_tx.clone(), opts.node.clone()),
+                    );
                 }
                 Err(e) => {
                     if failed.get(&n).map(|(s, _)| s) != Some(&spec) {
@@ -425,6 +440,7 @@ mod tests {
             underlay_cidrs: vec!["198.18.1.0/24".into()],
             remap_pool: vec![],
             metrics_addr: Some("127.0.0.1:9470".parse().unwrap()),
+            node: None,
         }
     }
 
@@ -493,7 +509,10 @@ mod tests {
             backend: "userspace".into(),
             ..Default::default()
         };
-        let p = status_patch(&s, "2026-11-28T04:00:00Z");
+        let node = ("real-node-1".to_string(), "198.19.247.10".parse().unwrap());
+        let p = status_patch(&s, "2026-11-28T04:00:00Z", Some(&node));
+        assert_eq!(p["status"]["gatewayNode"], "real-node-1");
+        assert_eq!(p["status"]["gatewayNodeIP"], "198.19.247.10");
         assert_eq!(p["status"]["phase"], "Connected");
         assert_eq!(p["status"]["remaps"]["10.244.0.0/16"], "10.0.0.0/16");
         assert_eq!(p["status"]["latencyMs"], 1.23);

@@ -38,6 +38,9 @@ pub mod plan;
 #[cfg(feature = "gateway")]
 pub mod probe;
 pub mod remaps;
+#[cfg(feature = "gateway")]
+pub mod route_agent;
+pub mod routes;
 
 /// Errors of the tunnel's apply layer, controller and gateway: each names what was being done and keeps
 /// the cause as its source.

@@ -57,6 +57,24 @@ enum Cmd {
         /// `/metrics` of the controller at this address.
         #[arg(long, env = "FERRY_ADMIN_LISTEN")]
         admin_listen: Option<std::net::SocketAddr>,
+        /// The node this runs on (the chart passes `spec.nodeName`), told in the PeerNetworks' status with
+        /// --node-ip for the route agents.
+        #[arg(long, env = "FERRY_NODE_NAME", requires = "node_ip")]
+        node_name: Option<String>,
+        /// That node's address (the chart passes `status.hostIP`).
+        #[arg(long, env = "FERRY_NODE_IP", requires = "node_name")]
+        node_ip: Option<std::net::IpAddr>,
+    },
+    /// On every node (a DaemonSet, hostNetwork, as root): routes the peers' CIDRs as this cluster sees
+    /// them via the active gateway's node (each PeerNetwork's status.gatewayNodeIP), so pods on any node
+    /// reach the peers; its routes carry `proto 102` and are removed on SIGTERM.
+    RouteAgent {
+        /// Kubeconfig (default: in-cluster or $KUBECONFIG).
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        /// `/healthz`, `/readyz` (ready once the routes are in place) and `/metrics` at this address.
+        #[arg(long, env = "FERRY_ADMIN_LISTEN")]
+        admin_listen: Option<std::net::SocketAddr>,
     },
     /// A bare userspace WireGuard device (embedded boringtun, as `up` uses) and nothing else: no NAT, no
     /// routes, no clamp, configured from outside with `wg`. Runs until SIGTERM. `bench tunnel` uses it as
@@ -93,6 +111,39 @@ fn main() {
     }
 }
 
+/// Health (and a bare `/metrics` with `up_metric`) served at `listen`, when given.
+async fn admin(
+    listen: Option<std::net::SocketAddr>,
+    up_metric: &'static str,
+) -> Result<std::sync::Arc<ferry_plumbing::admin::Health>> {
+    let health = std::sync::Arc::new(ferry_plumbing::admin::Health::default());
+    if let Some(addr) = listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--admin-listen {addr}"))?;
+        let h = health.clone();
+        tokio::spawn(async move {
+            let render: ferry_plumbing::admin::Render =
+                std::sync::Arc::new(move || format!("# TYPE {up_metric} gauge\n{up_metric} 1\n"));
+            let _ = ferry_plumbing::admin::serve(l, h, render).await;
+        });
+    }
+    Ok(health)
+}
+
+/// A client from `kubeconfig`, else in-cluster or $KUBECONFIG.
+async fn client(kubeconfig: Option<PathBuf>) -> Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(p) => {
+            let kc = kube::config::Kubeconfig::read_from(&p)
+                .with_context(|| format!("--kubeconfig {}", p.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
 async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Up { config } => Ok(gateway::run(gateway::load(&config)?).await?),
@@ -118,36 +169,27 @@ async fn run(cli: Cli) -> Result<()> {
             remap_pool,
             metrics_addr,
             admin_listen,
+            node_name,
+            node_ip,
         } => {
-            let health = std::sync::Arc::new(ferry_plumbing::admin::Health::default());
-            if let Some(addr) = admin_listen {
-                let l = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("--admin-listen {addr}"))?;
-                let h = health.clone();
-                tokio::spawn(async move {
-                    let render: ferry_plumbing::admin::Render = std::sync::Arc::new(|| {
-                        "# TYPE ferry_gateway_up gauge\nferry_gateway_up 1\n".to_string()
-                    });
-                    let _ = ferry_plumbing::admin::serve(l, h, render).await;
-                });
-            }
-            let config = match kubeconfig {
-                Some(p) => {
-                    let kc = kube::config::Kubeconfig::read_from(&p)
-                        .with_context(|| format!("--kubeconfig {}", p.display()))?;
-                    kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
-                }
-                None => kube::Config::infer().await?,
-            };
-            let client = kube::Client::try_from(config)?;
+            let health = admin(admin_listen, "ferry_gateway_up").await?;
+            let client = client(kubeconfig).await?;
             let opts = ferry_tunnel::controller::ServeOptions {
                 state_dir,
                 underlay_cidrs: underlay_cidrs.iter().map(ToString::to_string).collect(),
                 remap_pool: remap_pool.iter().map(ToString::to_string).collect(),
                 metrics_addr,
+                node: node_name.zip(node_ip),
             };
             Ok(ferry_tunnel::controller::serve(client, opts, health).await?)
+        }
+        Cmd::RouteAgent {
+            kubeconfig,
+            admin_listen,
+        } => {
+            let health = admin(admin_listen, "ferry_route_agent_up").await?;
+            let client = client(kubeconfig).await?;
+            Ok(ferry_tunnel::route_agent::run(client, health).await?)
         }
         Cmd::Device { name, threads } => {
             let backend = ferry_tunnel::apply::create_interface_with(&name, threads)?;

@@ -1,0 +1,270 @@
+//! The route agent's plan (`ferry-gateway route-agent`, a DaemonSet): on every node that is not the active
+//! gateway's, the peers' CIDRs as this cluster sees them (each `PeerNetwork`'s `status.remaps` values, the
+//! same prefixes the gateway routes into its tunnel) are routed via the active gateway's node address
+//! (`status.gatewayNodeIP`, written by the gateway). Replies need nothing here: the peer's packets leave
+//! the gateway node with a destination in this cluster's pod CIDR, which the CNI already routes to the pod's
+//! node.
+//!
+//! ferry's routes carry their own routing protocol number, [`ROUTE_PROTO`], so the agent finds exactly its
+//! own routes again (after a restart too) and removes them and only them. Pure: the apply layer is
+//! `apply::sync_node_routes`.
+//!
+//! Direct routes need the gateway node on a subnet this node shares (the same L2, as most clusters' nodes
+//! are); across subnets an overlay to the gateway node is needed, which is not built yet: such a route is
+//! reported, not guessed.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// The routing protocol number of ferry's routes (`ip route … proto 102`; 0–4 and the numbers in
+/// `/etc/iproute2/rt_protos` are taken by the kernel and routing daemons, 102 by nothing common).
+pub const ROUTE_PROTO: u8 = 102;
+
+/// What one `PeerNetwork` tells the route agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerView {
+    /// The `PeerNetwork`'s name (for messages).
+    pub name: String,
+    /// The peer's CIDRs as seen here (`status.remaps` values).
+    pub views: Vec<IpNet>,
+    /// The active gateway's node address (`status.gatewayNodeIP`); absent until a gateway runs it.
+    pub gateway: Option<IpAddr>,
+}
+
+/// One route of the agent: `dst` via `via`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeRoute {
+    /// Destination (a peer CIDR as seen here).
+    pub dst: IpNet,
+    /// Next hop: the active gateway's node.
+    pub via: IpAddr,
+}
+
+/// The routes this node should have, and a line per peer it cannot route (with the reason).
+///
+/// `local`: this node's addresses with their prefixes (a gateway in one of them is on-link; a node that
+/// holds the gateway's address is the gateway's node and routes into the tunnel itself).
+pub fn desired(peers: &[PeerView], local: &[IpNet]) -> (Vec<NodeRoute>, Vec<String>) {
+    let mut routes: BTreeMap<IpNet, NodeRoute> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for p in peers {
+        let Some(gw) = p.gateway else {
+            problems.push(format!(
+                "{}: no active gateway yet (status.gatewayNodeIP)",
+                p.name
+            ));
+            continue;
+        };
+        if local.iter().any(|n| n.addr() == gw) {
+            // this is the gateway's node: its tunnel routes are the gateway's
+            continue;
+        }
+        if !local.iter().any(|n| n.contains(&gw)) {
+            problems.push(format!(
+                "{}: the gateway node {gw} is not on a subnet of this node; an overlay to it is not built yet (issue 19), so pods here do not reach this peer",
+                p.name
+            ));
+            continue;
+        }
+        for v in &p.views {
+            if v.addr().is_ipv4() != gw.is_ipv4() {
+                // a dual-stack peer's other family goes via the gateway node's address of that family
+                continue;
+            }
+            // two peers never share a view (remaps are unique per cluster); the first one wins if they do
+            routes.entry(*v).or_insert(NodeRoute { dst: *v, via: gw });
+        }
+    }
+    (routes.into_values().collect(), problems)
+}
+
+/// What to change: routes to add or replace (absent or with another next hop) and destinations to delete
+/// (ferry's routes no longer wanted).
+pub fn diff(want: &[NodeRoute], have: &[NodeRoute]) -> (Vec<NodeRoute>, Vec<IpNet>) {
+    let set: Vec<NodeRoute> = want.iter().filter(|r| !have.contains(r)).copied().collect();
+    let del: Vec<IpNet> = have
+        .iter()
+        .filter(|h| !want.iter().any(|w| w.dst == h.dst))
+        .map(|h| h.dst)
+        .collect();
+    (set, del)
+}
+
+/// Parses `ip [-6] route show proto 102` lines (`10.0.0.0/16 via 198.19.247.10 dev eth0 …`); lines that
+/// are not a prefix via a next hop are skipped.
+pub fn parse_routes(text: &str) -> Vec<NodeRoute> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let dst = w.next()?;
+            let dst: IpNet = if dst.contains('/') {
+                dst.parse().ok()?
+            } else {
+                IpNet::from(dst.parse::<IpAddr>().ok()?)
+            };
+            let mut w = w.skip_while(|t| *t != "via");
+            w.next()?;
+            let via = w.next()?.parse().ok()?;
+            Some(NodeRoute { dst, via })
+        })
+        .collect()
+}
+
+/// Parses `ip -o addr show` lines into the addresses with their prefixes.
+pub fn parse_addrs(text: &str) -> Vec<IpNet> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace().skip_while(|t| *t != "inet" && *t != "inet6");
+            w.next()?;
+            w.next()?.parse().ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+    fn peer(name: &str, views: &[&str], gw: Option<&str>) -> PeerView {
+        PeerView {
+            name: name.into(),
+            views: views.iter().map(|v| n(v)).collect(),
+            gateway: gw.map(ip),
+        }
+    }
+
+    #[test]
+    fn a_node_routes_each_peers_views_via_the_gateway_node_on_its_subnet() {
+        let local = [n("198.19.247.11/24"), n("10.244.201.1/24")];
+        let (routes, problems) = desired(
+            &[
+                peer(
+                    "provider-c2",
+                    &["10.0.0.0/16", "10.97.0.0/16"],
+                    Some("198.19.247.10"),
+                ),
+                peer("provider-c3", &["10.1.0.0/16"], None),
+            ],
+            &local,
+        );
+        assert_eq!(
+            routes,
+            [
+                NodeRoute {
+                    dst: n("10.0.0.0/16"),
+                    via: ip("198.19.247.10")
+                },
+                NodeRoute {
+                    dst: n("10.97.0.0/16"),
+                    via: ip("198.19.247.10")
+                },
+            ]
+        );
+        assert_eq!(
+            problems,
+            ["provider-c3: no active gateway yet (status.gatewayNodeIP)"]
+        );
+    }
+
+    #[test]
+    fn the_gateways_own_node_adds_nothing_and_a_gateway_off_subnet_is_reported_not_guessed() {
+        let peers = [peer("p", &["10.0.0.0/16"], Some("198.19.247.10"))];
+        let (routes, problems) = desired(&peers, &[n("198.19.247.10/24")]);
+        assert!(routes.is_empty() && problems.is_empty());
+        let (routes, problems) = desired(&peers, &[n("192.168.9.4/24")]);
+        assert!(routes.is_empty());
+        assert!(
+            problems[0].contains("not on a subnet of this node"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn only_the_gateways_family_is_routed_and_a_shared_view_is_routed_once() {
+        let (routes, _) = desired(
+            &[
+                peer("a", &["10.0.0.0/16", "fd66::/64"], Some("198.19.247.10")),
+                peer("b", &["10.0.0.0/16"], Some("198.19.247.12")),
+            ],
+            &[n("198.19.247.11/24")],
+        );
+        assert_eq!(
+            routes,
+            [NodeRoute {
+                dst: n("10.0.0.0/16"),
+                via: ip("198.19.247.10")
+            }]
+        );
+    }
+
+    #[test]
+    fn the_diff_replaces_a_moved_next_hop_and_deletes_only_unwanted_destinations() {
+        let want = [
+            NodeRoute {
+                dst: n("10.0.0.0/16"),
+                via: ip("198.19.247.12"),
+            },
+            NodeRoute {
+                dst: n("10.97.0.0/16"),
+                via: ip("198.19.247.12"),
+            },
+        ];
+        let have = [
+            NodeRoute {
+                dst: n("10.0.0.0/16"),
+                via: ip("198.19.247.10"),
+            },
+            NodeRoute {
+                dst: n("10.97.0.0/16"),
+                via: ip("198.19.247.12"),
+            },
+            NodeRoute {
+                dst: n("10.1.0.0/16"),
+                via: ip("198.19.247.10"),
+            },
+        ];
+        let (set, del) = diff(&want, &have);
+        assert_eq!(set, [want[0]]);
+        assert_eq!(del, [n("10.1.0.0/16")]);
+        assert_eq!(diff(&want, &want), (vec![], vec![]));
+    }
+
+    #[test]
+    fn ip_route_and_ip_addr_output_parse() {
+        let routes = "10.0.0.0/16 via 198.19.247.10 dev eth0 proto 102 \n10.97.0.0/16 via 198.19.247.10 dev eth0 proto 102\nfd66::/64 via fe80::1 dev eth0 proto 102 metric 1024 pref medium\n10.9.9.9 via 198.19.247.10 dev eth0\nblackhole 10.5.0.0/16 proto 102\n";
+        assert_eq!(
+            parse_routes(routes),
+            [
+                NodeRoute {
+                    dst: n("10.0.0.0/16"),
+                    via: ip("198.19.247.10")
+                },
+                NodeRoute {
+                    dst: n("10.97.0.0/16"),
+                    via: ip("198.19.247.10")
+                },
+                NodeRoute {
+                    dst: n("fd66::/64"),
+                    via: ip("fe80::1")
+                },
+                NodeRoute {
+                    dst: n("10.9.9.9/32"),
+                    via: ip("198.19.247.10")
+                },
+            ]
+        );
+        let addrs = "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever\n2: eth0    inet 198.19.247.11/24 brd 198.19.247.255 scope global eth0\\ \n2: eth0    inet6 fe80::1/64 scope link \\ \n";
+        assert_eq!(
+            parse_addrs(addrs),
+            [n("127.0.0.1/8"), n("198.19.247.11/24"), n("fe80::1/64")]
+        );
+    }
+}
