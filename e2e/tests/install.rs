@@ -806,17 +806,13 @@ async fn tunnel_through_the_installed_gateways(lab: &ferry_e2e::lab::Lab, kc1: &
     .unwrap();
     let far = running(&shop, "far").await;
     let far_real: std::net::IpAddr = far.status.unwrap().pod_ip.unwrap().parse().unwrap();
-    let remaps: std::collections::BTreeMap<ipnet::IpNet, ipnet::IpNet> =
-        Api::<ferry_crds::PeerNetwork>::all(k1.clone())
+    let remaps = ferry_tunnel::remaps::reported(
+        &Api::<ferry_crds::PeerNetwork>::all(k1.clone())
             .get("provider-c2")
             .await
-            .unwrap()
-            .status
-            .unwrap()
-            .remaps
-            .iter()
-            .filter_map(|(r, l)| Some((r.parse().ok()?, l.parse().ok()?)))
-            .collect();
+            .unwrap(),
+    )
+    .expect("remaps reported by the gateway");
     let far_seen = ferry_tunnel::ipam::translate(far_real, &remaps).unwrap();
     web.create(
         &Default::default(),
@@ -854,17 +850,13 @@ async fn tunnel_through_the_installed_gateways(lab: &ferry_e2e::lab::Lab, kc1: &
         .output()
         .unwrap();
     let logs = String::from_utf8_lossy(&logs.stdout).to_string();
-    let back: std::collections::BTreeMap<ipnet::IpNet, ipnet::IpNet> =
-        Api::<ferry_crds::PeerNetwork>::all(k2.clone())
+    let back = ferry_tunnel::remaps::reported(
+        &Api::<ferry_crds::PeerNetwork>::all(k2.clone())
             .get("consumer-c1")
             .await
-            .unwrap()
-            .status
-            .unwrap()
-            .remaps
-            .iter()
-            .filter_map(|(r, l)| Some((r.parse().ok()?, l.parse().ok()?)))
-            .collect();
+            .unwrap(),
+    )
+    .expect("remaps reported by the gateway");
     let client2_seen = ferry_tunnel::ipam::translate(client2_ip.parse().unwrap(), &back).unwrap();
     assert!(
         logs.contains(&format!("{client2_seen}]")) || logs.contains(&format!("{client2_seen}:")),

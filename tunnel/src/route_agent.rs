@@ -19,11 +19,16 @@ pub const RESYNC: Duration = Duration::from_secs(10);
 
 /// What the route agent reads from one `PeerNetwork`.
 pub fn view_of(pn: &PeerNetwork) -> PeerView {
-    let st = pn.status.clone().unwrap_or_default();
     PeerView {
         name: pn.metadata.name.clone().unwrap_or_default(),
-        views: st.remaps.values().filter_map(|v| v.parse().ok()).collect(),
-        gateway: st.gateway_node_ip.as_deref().and_then(|a| a.parse().ok()),
+        views: crate::remaps::reported(pn)
+            .map(|r| r.into_values().collect())
+            .unwrap_or_default(),
+        gateway: pn
+            .status
+            .as_ref()
+            .and_then(|s| s.gateway_node_ip.as_deref())
+            .and_then(|a| a.parse().ok()),
     }
 }
 
