@@ -331,6 +331,12 @@ pub struct PeerNetworkStatus {
     /// Tunnel MTU.
     #[serde(rename = "tunnelMTU", default, skip_serializing_if = "Option::is_none")]
     pub tunnel_mtu: Option<u32>,
+    /// Times the path MTU changed while the tunnel was up (the gateway keeps probing it).
+    #[serde(rename = "mtuChanges", default)]
+    pub mtu_changes: u64,
+    /// The last change, e.g. `path MTU 1500 -> 1400, tunnel MTU 1440 -> 1340 at 2026-12-05T06:00:00Z`.
+    #[serde(rename = "lastMTUChange", default, skip_serializing_if = "Option::is_none")]
+    pub last_mtu_change: Option<String>,
     /// Bytes received.
     #[serde(default)]
     pub rx_bytes: u64,

@@ -237,7 +237,7 @@ async fn pods_fill_local_nodes_then_run_on_the_provider_with_status_ips_and_dele
     let (ok, out, err) = ferryctl(&s.kubeconfig(0), &["status", "-o", "json"]);
     assert!(ok, "{err}");
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let row = status
+    let row = status["peers"]
         .as_array()
         .unwrap()
         .iter()

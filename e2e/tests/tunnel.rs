@@ -224,6 +224,142 @@ fn mtu_blackhole_is_beaten_by_path_mtu_probing_and_mss_clamp_and_reproduced_with
     pair.stop();
 }
 
+/// Waits until both sides' status report this path and tunnel MTU; how long it took.
+fn wait_for_mtu(pair: &GatewayPair, path: u32, tunnel: u32, limit: Duration) -> Duration {
+    wait_for(
+        &format!("path MTU {path}, tunnel MTU {tunnel} on both sides"),
+        limit,
+        || {
+            (0..2).all(|i| {
+                pair.status(i)
+                    .is_some_and(|st| st["pathMtu"] == json!(path) && st["tunnelMtu"] == json!(tunnel))
+            })
+        },
+    )
+}
+
+/// A DF ping of `size` bytes of payload from a pod's namespace: what ping printed (it fails, that is the
+/// point).
+fn df_ping(from: &PodView, to: IpAddr, size: u32) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &from.netns,
+            "ping",
+            "-M",
+            "do",
+            "-c",
+            "2",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-s",
+        ])
+        .arg(size.to_string())
+        .arg(to.to_string())
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Shrinks a hidden hop of the WAN under a running tunnel (ICMP "fragmentation needed" / "packet too big"
+/// dropped), checks that the gateways lower their MTU and MSS clamp, that a new 10 MB transfer completes
+/// and that a pod gets "fragmentation needed" from its gateway for a packet that no longer fits; then
+/// restores the hop and checks that the MTU goes back up. Returns (time to lower, time to raise).
+fn shrink_and_restore_the_path(
+    lab: &Lab,
+    pair: &GatewayPair,
+    (a, b): (&PodView, &PodView),
+    (path, tunnel): (u32, u32),
+    shrunk: (u32, u32),
+) -> (Duration, Duration) {
+    wait_for_mtu(pair, path, tunnel, Duration::from_secs(5));
+    let to = SocketAddr::new(pair.translate(0, b.ip.parse().unwrap()).unwrap(), 8080);
+    net::set_wan(
+        &lab.layout,
+        &WanSettings {
+            bottleneck_mtu: Some(shrunk.0),
+            drop_frag_needed: Some(true),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let lowered = wait_for_mtu(pair, shrunk.0, shrunk.1, Duration::from_secs(15));
+    // the interface itself, on both sides
+    for i in 0..2 {
+        let link = Command::new("ip")
+            .args(["-n", &pair.netns[i], "link", "show", "dev", &pair.interfaces[i]])
+            .output()
+            .unwrap();
+        let link = String::from_utf8_lossy(&link.stdout).to_string();
+        assert!(link.contains(&format!(" mtu {} ", shrunk.1)), "side {i}: {link}");
+        let st = pair.status(i).unwrap();
+        assert!(st["mtuChanges"].as_u64() >= Some(1), "{st}");
+        let change = st["lastMtuChange"].as_str().unwrap_or_default().to_string();
+        assert!(
+            change.starts_with(&format!(
+                "path MTU {path} -> {}, tunnel MTU {tunnel} -> {}",
+                shrunk.0, shrunk.1
+            )),
+            "{st}"
+        );
+    }
+    let r = echo_from_pod(&exe(), a, to, 10_000_000).unwrap();
+    assert_eq!(
+        r["ok"],
+        json!(true),
+        "a new 10 MB transfer after the path shrank: {r}"
+    );
+    // a packet that fitted the old tunnel MTU but not the new one: the pod hears it from its gateway
+    // (the WAN's own ICMP is dropped), so it lowers its path MTU instead of blackholing
+    let inner = if to.is_ipv4() { 28 } else { 48 };
+    let out = df_ping(a, to.ip(), tunnel - inner);
+    assert!(
+        ["mtu = ", "mtu=", "mtu: "]
+            .iter()
+            .any(|m| out.contains(&format!("{m}{}", shrunk.1))),
+        "a DF packet of the old tunnel MTU gets 'fragmentation needed' / 'packet too big' naming the new MTU: {out}"
+    );
+    net::set_wan(
+        &lab.layout,
+        &WanSettings {
+            bottleneck_mtu: Some(path),
+            drop_frag_needed: Some(false),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let raised = wait_for_mtu(
+        pair,
+        path,
+        tunnel,
+        ferry_tunnel::pmtud::RAISE_EVERY + Duration::from_secs(10),
+    );
+    let r = echo_from_pod(&exe(), a, to, 1_000_000).unwrap();
+    assert_eq!(r["ok"], json!(true), "after the path grew back: {r}");
+    (lowered, raised)
+}
+
+#[test]
+fn a_path_that_shrinks_under_a_running_tunnel_lowers_its_mtu_within_seconds_and_raises_it_when_restored() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab();
+    let _reset = WanReset(lab.clone());
+    let (a, b) = echo_pods(&lab, "t-pmtu");
+    let pair = GatewayPair::start(&lab, &PairOptions::default(), Duration::from_secs(30)).unwrap();
+    let (lowered, raised) = shrink_and_restore_the_path(&lab, &pair, (&a, &b), (1500, 1440), (1400, 1340));
+    eprintln!(
+        "IPv4 underlay: path 1500 -> 1400 detected and applied in {lowered:?}; 1400 -> 1500 in {raised:?}"
+    );
+    pair.stop();
+}
+
 #[test]
 fn wan_cut_is_detected_within_3s_and_new_flows_work_within_3s_of_restore() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -399,6 +535,11 @@ fn ipv6_pod_cidrs_over_an_ipv6_underlay() {
     let a_seen_by_b = pair.translate(1, a.ip.parse().unwrap()).unwrap();
     let r = echo_from_pod(&exe(), &b, SocketAddr::new(a_seen_by_b, 8080), 1_000_000).unwrap();
     assert_eq!(r["ok"], json!(true), "{r}");
+    // the path shrinks under the running tunnel (packet too big dropped): 1400 - 80 = 1320
+    let (lowered, raised) = shrink_and_restore_the_path(&lab, &pair, (&a, &b), (1500, 1420), (1400, 1320));
+    eprintln!(
+        "IPv6 underlay: path 1500 -> 1400 detected and applied in {lowered:?}; 1400 -> 1500 in {raised:?}"
+    );
     pair.stop();
 }
 

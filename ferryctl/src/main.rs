@@ -5,6 +5,7 @@
 mod chart;
 mod discover;
 mod install;
+mod status;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -72,8 +73,13 @@ enum Cmd {
         /// Provider cluster ID.
         provider: String,
     },
-    /// Every peer, its role and each module's condition.
-    Status,
+    /// Every peer (role, conditions, virtual node, tunnel: active gateway node, MTU) and every node (are
+    /// the peers routed from it: the route agents' reports).
+    Status {
+        /// Namespace ferry was installed into (where the route agents report).
+        #[arg(long, default_value = "ferry-system")]
+        namespace: String,
+    },
     /// Offload resources to providers.
     Offload {
         #[command(subcommand)]
@@ -382,69 +388,10 @@ async fn run(cli: Cli) -> Result<()> {
             consumer::unpeer(&c, provider).await?;
             println!("unpeered from {provider}");
         }
-        Cmd::Status => {
+        Cmd::Status { namespace } => {
             let c = client(&cli).await?;
-            let fcs = Api::<ferry_crds::ForeignCluster>::all(c.clone())
-                .list(&Default::default())
-                .await?;
-            let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.clone());
-            let mut rows: Vec<serde_json::Value> = Vec::new();
-            for fc in &fcs.items {
-                let conds: Vec<serde_json::Value> = fc
-                    .status
-                    .as_ref()
-                    .map(|s| s.conditions.iter().map(|c| serde_json::json!({ "type": c.type_, "status": c.status, "reason": c.reason, "message": c.message })).collect())
-                    .unwrap_or_default();
-                // the peer's virtual node here, if this cluster consumes from it
-                let name =
-                    ferry_virtual_kubelet::VirtualNodeIdentity::for_provider(&fc.spec.cluster_id).node_name;
-                let node = match nodes.get_opt(&name).await? {
-                    Some(n) => {
-                        serde_json::json!({ "name": name, "ready": ferry_virtual_kubelet::node::is_ready(&n),
-                        "pods": ferry_virtual_kubelet::consumer::pods_on_node(&c, &fc.spec.cluster_id).await? })
-                    }
-                    None => serde_json::Value::Null,
-                };
-                rows.push(serde_json::json!({ "peer": fc.spec.cluster_id, "role": fc.spec.role, "conditions": conds,
-                    "node": node, "age": fc.metadata.creation_timestamp.as_ref().map(|t| age(t.0.as_second())) }));
-            }
-            print(cli.output, &rows, || {
-                let mut s = format!(
-                    "{:<20} {:<9} {:<40} {:<10} {:<6} {}\n",
-                    "PEER", "ROLE", "CONDITIONS", "NODE", "PODS", "AGE"
-                );
-                for r in &rows {
-                    let conds: Vec<String> = r["conditions"]
-                        .as_array()
-                        .unwrap_or(&vec![])
-                        .iter()
-                        .map(|c| {
-                            format!(
-                                "{}={}",
-                                c["type"].as_str().unwrap_or(""),
-                                c["status"].as_str().unwrap_or("")
-                            )
-                        })
-                        .collect();
-                    let (node, pods) = match r["node"]["ready"].as_bool() {
-                        Some(ready) => (
-                            if ready { "Ready" } else { "NotReady" }.to_string(),
-                            r["node"]["pods"].to_string(),
-                        ),
-                        None => ("-".to_string(), "-".to_string()),
-                    };
-                    s.push_str(&format!(
-                        "{:<20} {:<9} {:<40} {:<10} {:<6} {}\n",
-                        r["peer"].as_str().unwrap_or(""),
-                        r["role"].as_str().unwrap_or(""),
-                        conds.join(","),
-                        node,
-                        pods,
-                        r["age"].as_str().unwrap_or("")
-                    ));
-                }
-                s
-            })?;
+            let v = status::gather(&c, namespace).await?;
+            print(cli.output, &v, || status::table(&v))?;
         }
         Cmd::Offload {
             cmd:

@@ -17,8 +17,9 @@ use ferry_crds::{PeerNetwork, PeerNetworkSpec};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -118,6 +119,8 @@ pub fn status_patch(s: &GatewayStatus, since: &str, node: Option<&(String, IpAdd
         "latencyMs": s.latency_ms.map(|l| (l * 100.0).round() / 100.0),
         "pathMTU": s.path_mtu,
         "tunnelMTU": s.tunnel_mtu,
+        "mtuChanges": s.mtu_changes,
+        "lastMTUChange": s.last_mtu_change,
         "rxBytes": s.rx_bytes,
         "txBytes": s.tx_bytes,
         "conditions": [{
@@ -128,6 +131,20 @@ pub fn status_patch(s: &GatewayStatus, since: &str, node: Option<&(String, IpAdd
             "lastTransitionTime": since,
         }],
     }})
+}
+
+/// The Event a status calls for: the path MTU changed since the status that had `seen` changes.
+pub fn mtu_event(seen: u64, s: &GatewayStatus) -> Option<Event> {
+    (s.mtu_changes > seen).then(|| Event {
+        type_: EventType::Warning,
+        reason: "PathMTUChanged".into(),
+        note: Some(format!(
+            "{}; the MSS clamp follows, larger packets from pods get ICMP fragmentation needed / packet too big from the gateway",
+            s.last_mtu_change.as_deref().unwrap_or("path MTU changed")
+        )),
+        action: "ProbePathMTU".into(),
+        secondary: None,
+    })
 }
 
 fn invalid_patch(msg: &str) -> serde_json::Value {
@@ -233,8 +250,16 @@ fn start(
         let _ended = Ended(ended);
         let writer_api = api.clone();
         let writer_name = name.clone();
+        let recorder = Recorder::new(
+            api.clone().into_client(),
+            Reporter {
+                controller: "ferry-gateway".into(),
+                instance: node.as_ref().map(|n| n.0.clone()),
+            },
+        );
         let writer = tokio::spawn(async move {
             let mut last: Option<(String, std::collections::BTreeMap<String, String>, u32)> = None;
+            let mut mtu_changes = 0;
             let mut last_write = Instant::now();
             let mut since = chrono_now();
             while rx.changed().await.is_ok() {
@@ -252,6 +277,15 @@ fn start(
                     .await;
                     last = Some(key);
                     last_write = Instant::now();
+                }
+                if let Some(ev) = mtu_event(mtu_changes, &s) {
+                    mtu_changes = s.mtu_changes;
+                    let pn = writer_api.get_opt(&writer_name).await.ok().flatten();
+                    if let Some(pn) = pn
+                        && let Err(e) = recorder.publish(&ev, &pn.object_ref(&())).await
+                    {
+                        warn!(peer = writer_name, "event on PeerNetwork: {e}");
+                    }
                 }
             }
         });
@@ -524,7 +558,38 @@ mod tests {
             "2026-11-28T04:00:00Z"
         );
         let st: ferry_crds::PeerNetworkStatus = serde_json::from_value(p["status"].clone()).unwrap();
-        assert_eq!(st.tx_bytes, 9);
+        assert_eq!((st.tx_bytes, st.mtu_changes, st.last_mtu_change), (9, 0, None));
+    }
+
+    #[test]
+    fn each_path_mtu_change_is_one_event_and_reaches_the_status() {
+        let mut s = GatewayStatus {
+            path_mtu: 1500,
+            tunnel_mtu: 1440,
+            ..Default::default()
+        };
+        assert!(mtu_event(0, &s).is_none(), "no change, no event");
+        s.path_mtu = 1400;
+        s.tunnel_mtu = 1340;
+        s.mtu_changes = 1;
+        s.last_mtu_change =
+            Some("path MTU 1500 -> 1400, tunnel MTU 1440 -> 1340 at 2026-12-05T06:00:00Z".into());
+        let ev = mtu_event(0, &s).expect("an event");
+        assert_eq!(ev.reason, "PathMTUChanged");
+        assert!(
+            ev.note
+                .as_deref()
+                .unwrap()
+                .starts_with("path MTU 1500 -> 1400, tunnel MTU 1440 -> 1340")
+        );
+        assert!(mtu_event(1, &s).is_none(), "already told");
+        let p = status_patch(&s, "2026-12-05T06:00:00Z", None);
+        let st: ferry_crds::PeerNetworkStatus = serde_json::from_value(p["status"].clone()).unwrap();
+        assert_eq!(
+            (st.path_mtu, st.tunnel_mtu, st.mtu_changes),
+            (Some(1400), Some(1340), 1)
+        );
+        assert_eq!(st.last_mtu_change, s.last_mtu_change);
     }
 
     #[test]

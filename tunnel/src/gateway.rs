@@ -285,17 +285,36 @@ impl GatewayConfig {
             .unwrap_or(1500)
     }
 
+    /// Where path MTU probes go and the sizes they may take (`lo` the family's minimum, `hi` the local
+    /// link's MTU); `None` when the peer's underlay address is not known here.
+    fn probe_range(&self) -> Option<(SocketAddr, u32, u32)> {
+        let peer = self.peer_underlay()?;
+        let lo = if peer.is_ipv6() {
+            crate::mtu::IPV6_MIN_MTU
+        } else {
+            crate::mtu::IPV4_MIN_MTU
+        };
+        Some((
+            SocketAddr::new(peer, self.peer_probe_port()),
+            lo,
+            self.local_mtu(),
+        ))
+    }
+
+    /// Whether the path MTU keeps being probed while the tunnel is up: not when it is configured (an
+    /// underlay MTU, or a forced tunnel MTU), nor when the peer's address is unknown here.
+    pub fn follows_path_mtu(&self) -> bool {
+        self.underlay_mtu.is_none() && self.tunnel_mtu_override.is_none() && self.peer_underlay().is_some()
+    }
+
     /// The underlay path MTU: configured, or probed (retrying for up to `wait`), or the local link MTU.
     pub async fn discover_path_mtu(&self, wait: Duration) -> u32 {
         if let Some(m) = self.underlay_mtu {
             return m;
         }
-        let local = self.local_mtu();
-        let Some(peer) = self.peer_underlay() else {
-            return local;
+        let Some((target, lo, local)) = self.probe_range() else {
+            return self.local_mtu();
         };
-        let lo = if peer.is_ipv6() { 1280 } else { 576 };
-        let target = SocketAddr::new(peer, self.peer_probe_port());
         let deadline = Instant::now() + wait;
         while Instant::now() < deadline {
             match crate::probe::path_mtu(target, lo, local).await {
@@ -457,6 +476,16 @@ async fn watch(
         .with_context(|| format!("binding the heartbeat socket on {local_tunnel_ip}"))?;
     let peer = SocketAddr::new(spec.remote_tunnel_addr, crate::probe::TUNNEL_PROBE_PORT);
     let up = Instant::now();
+    let mut spec = spec.clone();
+    let (pmtu_tx, mut pmtu_rx) = tokio::sync::mpsc::channel::<(u32, u32)>(4);
+    let pmtud = match (cfg.follows_path_mtu(), cfg.probe_range()) {
+        (true, Some((target, lo, hi))) => Some(tokio::spawn(follow_path_mtu(
+            target,
+            crate::pmtud::Pmtud::confirmed(lo, hi, status.path_mtu),
+            pmtu_tx,
+        ))),
+        _ => None,
+    };
     let mut health = Health {
         status,
         ..Default::default()
@@ -465,6 +494,29 @@ async fn watch(
     loop {
         tokio::select! {
             _ = &mut stop => break,
+            Some((from, to)) = pmtu_rx.recv() => {
+                match cfg.prepare(to) {
+                    Ok(p) => {
+                        let old_tunnel = spec.tunnel_mtu;
+                        // the whole plan again: interface MTU, and the MSS clamp in the atomically replaced table
+                        apply::apply(&p.spec.plan()?)?;
+                        spec = p.spec;
+                        let s = &mut health.status;
+                        s.path_mtu = to;
+                        s.tunnel_mtu = spec.tunnel_mtu;
+                        s.mtu_changes += 1;
+                        let change = format!(
+                            "path MTU {from} -> {to}, tunnel MTU {old_tunnel} -> {} at {}",
+                            spec.tunnel_mtu,
+                            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        );
+                        info!(peer = cfg.peer, interface = spec.interface, "path MTU changed: {change}");
+                        s.last_mtu_change = Some(change);
+                        report_status(cfg, &health.status, &metrics, report.as_ref())?;
+                    }
+                    Err(e) => warn!(peer = cfg.peer, "path MTU now {to} (was {from}), kept tunnel MTU {}: {e}", spec.tunnel_mtu),
+                }
+            }
             _ = tick.tick() => {
                 let rtt = crate::probe::heartbeat(&hb_sock, peer, Duration::from_millis(450)).await;
                 let (h, effects) = step(health, Observed::Heartbeat { now: up.elapsed(), rtt });
@@ -473,7 +525,7 @@ async fn watch(
                     match effect {
                         Effect::Changed { connected } => info!(peer = cfg.peer, connected, "tunnel health changed"),
                         Effect::CheckHost => {
-                            let observed = check_host(spec).await;
+                            let observed = check_host(&spec).await;
                             let (h, more) = step(health, observed);
                             health = h;
                             for e in more {
@@ -490,18 +542,7 @@ async fn watch(
                                 }
                             }
                         }
-                        Effect::Report => {
-                            let status = &health.status;
-                            metrics.observe(status);
-                            if let Some(r) = &report {
-                                r.send_replace(status.clone());
-                            }
-                            let tmp = cfg.status_file().with_extension("tmp");
-                            let text = serde_json::to_string_pretty(status).expect("status serialises");
-                            std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-                            std::fs::rename(&tmp, cfg.status_file())
-                                .with_context(|| format!("writing {}", cfg.status_file().display()))?;
-                        }
+                        Effect::Report => report_status(cfg, &health.status, &metrics, report.as_ref())?,
                         Effect::Reapply | Effect::CheckStuck => {}
                     }
                 }
@@ -509,10 +550,63 @@ async fn watch(
         }
     }
     tunnel_responder.abort();
+    if let Some(t) = pmtud {
+        t.abort();
+    }
     if let Some(m) = metrics_server {
         m.abort();
     }
     Ok(())
+}
+
+/// Writes a status: metrics, the controller's channel, the status file (atomically).
+fn report_status(
+    cfg: &GatewayConfig,
+    status: &GatewayStatus,
+    metrics: &crate::metrics::GatewayMetrics,
+    report: Option<&tokio::sync::watch::Sender<GatewayStatus>>,
+) -> Result<()> {
+    metrics.observe(status);
+    if let Some(r) = report {
+        r.send_replace(status.clone());
+    }
+    let tmp = cfg.status_file().with_extension("tmp");
+    let text = serde_json::to_string_pretty(status).expect("status serialises");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, cfg.status_file())
+        .with_context(|| format!("writing {}", cfg.status_file().display()))
+}
+
+/// Keeps probing the path MTU to `target` ([`crate::pmtud`]) and sends each change (from, to) on `changes`,
+/// until the task is aborted or the receiver is gone.
+async fn follow_path_mtu(
+    target: SocketAddr,
+    mut m: crate::pmtud::Pmtud,
+    changes: tokio::sync::mpsc::Sender<(u32, u32)>,
+) {
+    let sock = match crate::probe::mtu_socket(target).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("path MTU probes to {target}: {e}; the path MTU is not followed");
+            return;
+        }
+    };
+    loop {
+        let (size, wait) = m.next();
+        tokio::time::sleep(wait).await;
+        let answered = crate::probe::mtu_probe(&sock, target, size).await;
+        match m.observe(answered) {
+            crate::pmtud::Outcome::Settled { from: Some(from), to } => {
+                if changes.send((from, to)).await.is_err() {
+                    return;
+                }
+            }
+            crate::pmtud::Outcome::NoAnswer { kept } => {
+                tracing::debug!(?kept, "no answer to path MTU probes from {target}");
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Loads a config file; errors name the file and the field.

@@ -57,6 +57,12 @@ pub struct GatewayStatus {
     pub backend: String,
     /// Times the rules were found missing and re-applied.
     pub reapplied: u64,
+    /// Times the path MTU changed while the tunnel was up ([`crate::pmtud`]).
+    #[serde(default)]
+    pub mtu_changes: u64,
+    /// The last such change, worded for the operator, with its time.
+    #[serde(default)]
+    pub last_mtu_change: Option<String>,
 }
 
 /// What was observed.

@@ -1,6 +1,7 @@
 //! ferry's datapath. The sans-IO planner lives here as plain functions on plain data: [`ipam`] (1:1
 //! remaps of overlapping CIDRs, tunnel links), [`plan`] (typed ops and the nftables ruleset) and [`mtu`]
-//! (the MTU/MSS calculator for an encapsulation stack), [`health`] (the tunnel's health as `step(state,
+//! (the MTU/MSS calculator for an encapsulation stack), [`pmtud`] (path MTU discovery that keeps probing,
+//! RFC 8899 style), [`health`] (the tunnel's health as `step(state,
 //! observed) -> (state, effects)`); [`remaps`] is the one place a peer's remaps are read
 //! from (feature `client`: the `PeerNetwork` the gateway wrote). With the default feature `gateway`: the thin apply
 //! layer ([`apply`]: `ip`, `nft`, WireGuard through wireguard-control, boringtun embedded), the gateway
@@ -35,6 +36,7 @@ pub mod ipam;
 pub mod metrics;
 pub mod mtu;
 pub mod plan;
+pub mod pmtud;
 #[cfg(feature = "gateway")]
 pub mod probe;
 pub mod remaps;

@@ -19,6 +19,8 @@ pub struct GatewayMetrics {
     rx: Gauge,
     tx: Gauge,
     mtu: Gauge,
+    path_mtu: Gauge,
+    mtu_changes: Gauge,
     reapplied: Gauge,
 }
 
@@ -51,6 +53,17 @@ impl GatewayMetrics {
             tx.clone(),
         );
         registry.register("mtu_bytes", "tunnel interface MTU", mtu.clone());
+        let (path_mtu, mtu_changes) = (Gauge::default(), Gauge::default());
+        registry.register(
+            "path_mtu_bytes",
+            "underlay path MTU to the peer, as last probed (DF probes, no ICMP needed)",
+            path_mtu.clone(),
+        );
+        registry.register(
+            "mtu_changes",
+            "times the path MTU changed while the tunnel was up",
+            mtu_changes.clone(),
+        );
         registry.register(
             "rules_reapplied",
             "times the NAT rules were found missing and re-applied",
@@ -63,6 +76,8 @@ impl GatewayMetrics {
             rx,
             tx,
             mtu,
+            path_mtu,
+            mtu_changes,
             reapplied,
         }
     }
@@ -74,6 +89,8 @@ impl GatewayMetrics {
         self.rx.set(s.rx_bytes as i64);
         self.tx.set(s.tx_bytes as i64);
         self.mtu.set(i64::from(s.tunnel_mtu));
+        self.path_mtu.set(i64::from(s.path_mtu));
+        self.mtu_changes.set(s.mtu_changes as i64);
         self.reapplied.set(s.reapplied as i64);
     }
 

@@ -1,18 +1,21 @@
 //! `ferry-gateway route-agent`: keeps this node's routes to the peers ([`crate::routes`]) in step with the
 //! `PeerNetwork`s. It recomputes on every change of a `PeerNetwork` (a new peer, a remap, the active gateway
 //! moving) and every [`RESYNC`] (a route someone deleted comes back), and removes its routes on SIGTERM.
+//! After each sync it reports its node ([`crate::routes::NodeReport`]) on a Lease `ferry-routes-<node>` in
+//! ferry's namespace (renewed every sync, deleted on SIGTERM), which `ferryctl status` shows per node.
 
 use std::time::Duration;
 
 use ferry_crds::PeerNetwork;
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
-use kube::api::Api;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tracing::{info, warn};
 
 use crate::Result;
-use crate::routes::{PeerView, desired};
+use crate::routes::{NodeReport, PeerView, REPORT_ANNOTATION, REPORT_LABEL, desired};
 
 /// How often the routes are checked even when no `PeerNetwork` changed.
 pub const RESYNC: Duration = Duration::from_secs(10);
@@ -32,9 +35,71 @@ pub fn view_of(pn: &PeerNetwork) -> PeerView {
     }
 }
 
-/// Runs until SIGTERM/SIGINT, then removes this node's ferry routes.
-pub async fn run(client: Client, health: std::sync::Arc<ferry_plumbing::admin::Health>) -> Result<()> {
+/// Where a route agent reports: this node's name and ferry's namespace.
+#[derive(Clone, Debug)]
+pub struct ReportTo {
+    /// The node this agent runs on.
+    pub node: String,
+    /// ferry's namespace (the Lease lives there).
+    pub namespace: String,
+}
+
+impl ReportTo {
+    /// The Lease's name.
+    pub fn lease_name(&self) -> String {
+        lease_name(&self.node)
+    }
+}
+
+/// The name of a node's report Lease.
+pub fn lease_name(node: &str) -> String {
+    format!("ferry-routes-{node}")
+}
+
+/// The Lease that carries `report` (server-side applied; `renewTime` now).
+pub fn report_lease(to: &ReportTo, report: &NodeReport) -> serde_json::Value {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": to.lease_name(),
+            "namespace": to.namespace,
+            "labels": { REPORT_LABEL: "true", "app.kubernetes.io/name": "ferry" },
+            "annotations": { REPORT_ANNOTATION: serde_json::to_string(report).expect("report serialises") },
+        },
+        "spec": {
+            "holderIdentity": to.node,
+            "leaseDurationSeconds": 3 * RESYNC.as_secs(),
+            "renewTime": now,
+        },
+    })
+}
+
+async fn write_report(api: &Api<Lease>, to: &ReportTo, report: &NodeReport) {
+    let pp = PatchParams::apply("ferry-route-agent").force();
+    if let Err(e) = api
+        .patch(&to.lease_name(), &pp, &Patch::Apply(report_lease(to, report)))
+        .await
+    {
+        warn!(
+            "writing this node's route report (Lease {}/{}): {e}",
+            to.namespace,
+            to.lease_name()
+        );
+    }
+}
+
+/// Runs until SIGTERM/SIGINT, then removes this node's ferry routes (and its report, if it writes one).
+pub async fn run(
+    client: Client,
+    health: std::sync::Arc<ferry_plumbing::admin::Health>,
+    report_to: Option<ReportTo>,
+) -> Result<()> {
     health.register("routes", "PeerNetworks not listed yet");
+    let leases: Option<Api<Lease>> = report_to
+        .as_ref()
+        .map(|t| Api::namespaced(client.clone(), &t.namespace));
     let api: Api<PeerNetwork> = Api::all(client);
     let (reader, writer) = reflector::store();
     let mut events =
@@ -75,17 +140,34 @@ pub async fn run(client: Client, health: std::sync::Arc<ferry_plumbing::admin::H
             }
             last_problems = problems;
         }
-        match crate::apply::sync_node_routes(&want) {
-            Ok(0) => health.set("routes", Ok(())),
+        let synced_ok = match crate::apply::sync_node_routes(&want) {
+            Ok(0) => true,
             Ok(n) => {
                 info!(changed = n, routes = ?want, "node routes in step with the PeerNetworks");
-                health.set("routes", Ok(()));
+                true
             }
             Err(e) => {
                 warn!("setting node routes: {e}");
                 health.set("routes", Err(format!("{e}")));
+                false
             }
+        };
+        if synced_ok {
+            health.set("routes", Ok(()));
         }
+        if let (Some(api), Some(to)) = (&leases, &report_to) {
+            let mut report = NodeReport::after_sync(&peers, &local, &want, &last_problems);
+            if !synced_ok {
+                report.routes.clear();
+                report
+                    .problems
+                    .push("setting this node's routes failed: see the route agent's log".into());
+            }
+            write_report(api, to, &report).await;
+        }
+    }
+    if let (Some(api), Some(to)) = (&leases, &report_to) {
+        let _ = api.delete(&to.lease_name(), &DeleteParams::default()).await;
     }
     match crate::apply::sync_node_routes(&[]) {
         Ok(n) => info!(removed = n, "node routes removed"),

@@ -34,7 +34,7 @@ pub struct PeerView {
 }
 
 /// One route of the agent: `dst` via `via`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct NodeRoute {
     /// Destination (a peer CIDR as seen here).
     pub dst: IpNet,
@@ -78,6 +78,79 @@ pub fn desired(peers: &[PeerView], local: &[IpNet]) -> (Vec<NodeRoute>, Vec<Stri
         }
     }
     (routes.into_values().collect(), problems)
+}
+
+/// The annotation of a route agent's report (on the Lease `ferry-routes-<node>` in ferry's namespace,
+/// renewed every sync, so a silent agent shows as stale).
+pub const REPORT_ANNOTATION: &str = "ferry.dev/routes";
+/// The label that marks those Leases.
+pub const REPORT_LABEL: &str = "ferry.dev/route-report";
+
+/// What a route agent tells about its node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeReport {
+    /// This node holds the active gateway of at least one peer (it routes into the tunnel itself).
+    pub gateway: bool,
+    /// The routes in place after the last sync.
+    pub routes: Vec<NodeRoute>,
+    /// Peers this node cannot route, with the reason ([`desired`]).
+    pub problems: Vec<String>,
+}
+
+impl NodeReport {
+    /// The report after a sync: `want` was put in place on a node with addresses `local`.
+    pub fn after_sync(peers: &[PeerView], local: &[IpNet], want: &[NodeRoute], problems: &[String]) -> Self {
+        NodeReport {
+            gateway: peers
+                .iter()
+                .any(|p| p.gateway.is_some_and(|g| local.iter().any(|n| n.addr() == g))),
+            routes: want.to_vec(),
+            problems: problems.to_vec(),
+        }
+    }
+}
+
+/// One node's line in `ferryctl status`: a word and its detail.
+/// `report`: the node's report and how long ago it was renewed; `stale_after`: when silence means the
+/// agent is gone (three syncs).
+pub fn node_state(
+    report: Option<(&NodeReport, std::time::Duration)>,
+    stale_after: std::time::Duration,
+) -> (&'static str, String) {
+    let Some((r, age)) = report else {
+        return (
+            "NoAgent",
+            "no route agent reports from this node: pods here do not reach the peers (fix: routeAgent.enabled=true, placement.* must select this node)".into(),
+        );
+    };
+    if age > stale_after {
+        return (
+            "Stale",
+            format!("the route agent last reported {}s ago", age.as_secs()),
+        );
+    }
+    if !r.problems.is_empty() {
+        return ("NotRouted", r.problems.join("; "));
+    }
+    let routes = r
+        .routes
+        .iter()
+        .map(|x| format!("{} via {}", x.dst, x.via))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match (r.gateway, routes.is_empty()) {
+        (true, true) => (
+            "Gateway",
+            "the active gateway's node: routes into the tunnel".into(),
+        ),
+        (true, false) => (
+            "Gateway",
+            format!("the active gateway's node; other peers: {routes}"),
+        ),
+        (false, true) => ("Routed", "no peers to route".into()),
+        (false, false) => ("Routed", routes),
+    }
 }
 
 /// What to change: routes to add or replace (absent or with another next hop) and destinations to delete
@@ -126,6 +199,43 @@ pub fn parse_addrs(text: &str) -> Vec<IpNet> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_node_is_gateway_routed_not_routed_stale_or_without_an_agent() {
+        use std::time::Duration;
+        let stale = Duration::from_secs(30);
+        let local = [n("198.19.0.3/24")];
+        let peers = [peer("provider-c2", &["10.0.0.0/16"], Some("198.19.0.2"))];
+        let (want, problems) = desired(&peers, &local);
+        let r = NodeReport::after_sync(&peers, &local, &want, &problems);
+        assert!(!r.gateway);
+        let (word, detail) = node_state(Some((&r, Duration::from_secs(3))), stale);
+        assert_eq!((word, detail.as_str()), ("Routed", "10.0.0.0/16 via 198.19.0.2"));
+        // the same report, unrenewed for longer than three syncs
+        assert_eq!(node_state(Some((&r, Duration::from_secs(31))), stale).0, "Stale");
+        // the gateway's own node
+        let gw = [n("198.19.0.2/24")];
+        let (want, problems) = desired(&peers, &gw);
+        let r = NodeReport::after_sync(&peers, &gw, &want, &problems);
+        assert!(r.gateway && r.routes.is_empty());
+        assert_eq!(node_state(Some((&r, Duration::ZERO)), stale).0, "Gateway");
+        // a gateway off this node's subnets: named, not guessed
+        let far = [n("10.9.0.3/24")];
+        let (want, problems) = desired(&peers, &far);
+        let r = NodeReport::after_sync(&peers, &far, &want, &problems);
+        let (word, detail) = node_state(Some((&r, Duration::ZERO)), stale);
+        assert_eq!(word, "NotRouted");
+        assert!(
+            detail.contains("provider-c2") && detail.contains("198.19.0.2"),
+            "{detail}"
+        );
+        let (word, detail) = node_state(None, stale);
+        assert_eq!(word, "NoAgent");
+        assert!(detail.contains("routeAgent.enabled"), "{detail}");
+        // the report survives its annotation
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<NodeReport>(&text).unwrap(), r);
+    }
 
     fn n(s: &str) -> IpNet {
         s.parse().unwrap()

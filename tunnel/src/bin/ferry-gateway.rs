@@ -75,6 +75,13 @@ enum Cmd {
         /// `/healthz`, `/readyz` (ready once the routes are in place) and `/metrics` at this address.
         #[arg(long, env = "FERRY_ADMIN_LISTEN")]
         admin_listen: Option<std::net::SocketAddr>,
+        /// This node's name (the chart passes `spec.nodeName`): its route report, a Lease
+        /// `ferry-routes-<node>` in --namespace, is what `ferryctl status` shows; absent: no report.
+        #[arg(long, env = "FERRY_NODE_NAME")]
+        node_name: Option<String>,
+        /// ferry's namespace (the chart passes the pod's).
+        #[arg(long, env = "FERRY_NAMESPACE", default_value = "ferry-system")]
+        namespace: String,
     },
     /// A bare userspace WireGuard device (embedded boringtun, as `up` uses) and nothing else: no NAT, no
     /// routes, no clamp, configured from outside with `wg`. Runs until SIGTERM. `bench tunnel` uses it as
@@ -186,10 +193,13 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::RouteAgent {
             kubeconfig,
             admin_listen,
+            node_name,
+            namespace,
         } => {
             let health = admin(admin_listen, "ferry_route_agent_up").await?;
             let client = client(kubeconfig).await?;
-            Ok(ferry_tunnel::route_agent::run(client, health).await?)
+            let report_to = node_name.map(|node| ferry_tunnel::route_agent::ReportTo { node, namespace });
+            Ok(ferry_tunnel::route_agent::run(client, health, report_to).await?)
         }
         Cmd::Device { name, threads } => {
             let backend = ferry_tunnel::apply::create_interface_with(&name, threads)?;

@@ -76,9 +76,9 @@ fn rand_nonce() -> u64 {
     h.finish()
 }
 
-/// Finds the largest IP packet size in `[lo, hi]` that reaches `peer`'s responder with DF set.
-/// Returns `None` when not even `lo` gets through (peer down or not answering).
-pub async fn path_mtu(peer: SocketAddr, lo: u32, hi: u32) -> std::io::Result<Option<u32>> {
+/// A UDP socket for path MTU probes to `peer`: DF set, never fragmented locally, the kernel's cached path
+/// MTU ignored (`IP_PMTUDISC_PROBE`).
+pub async fn mtu_socket(peer: SocketAddr) -> std::io::Result<UdpSocket> {
     let bind: SocketAddr = if peer.is_ipv4() {
         "0.0.0.0:0".parse().expect("literal")
     } else {
@@ -86,33 +86,32 @@ pub async fn path_mtu(peer: SocketAddr, lo: u32, hi: u32) -> std::io::Result<Opt
     };
     let sock = UdpSocket::bind(bind).await?;
     sockopt::set_pmtudisc_probe(&sock, peer.is_ipv6())?;
-    let passes = |size: u32| {
-        let sock = &sock;
-        async move {
-            for _ in 0..3 {
-                if probe_once(sock, peer, MTU_MAGIC, size as usize, Duration::from_millis(150))
-                    .await
-                    .is_some()
-                {
-                    return true;
-                }
-            }
-            false
+    Ok(sock)
+}
+
+/// How long an MTU probe waits for its answer.
+pub const MTU_PROBE_WAIT: Duration = Duration::from_millis(150);
+
+/// One DF probe of `size` bytes (the whole IP packet) to `peer`'s responder: answered in time or not.
+pub async fn mtu_probe(sock: &UdpSocket, peer: SocketAddr, size: u32) -> bool {
+    probe_once(sock, peer, MTU_MAGIC, size as usize, MTU_PROBE_WAIT)
+        .await
+        .is_some()
+}
+
+/// Finds the largest IP packet size in `[lo, hi]` that reaches `peer`'s responder with DF set: one search
+/// of [`crate::pmtud::Pmtud`]. Returns `None` when not even `lo` gets through (peer down or not answering).
+pub async fn path_mtu(peer: SocketAddr, lo: u32, hi: u32) -> std::io::Result<Option<u32>> {
+    let sock = mtu_socket(peer).await?;
+    let mut m = crate::pmtud::Pmtud::new(lo, hi);
+    loop {
+        let (size, _) = m.next();
+        match m.observe(mtu_probe(&sock, peer, size).await) {
+            crate::pmtud::Outcome::Pending => {}
+            crate::pmtud::Outcome::Settled { to, .. } => return Ok(Some(to)),
+            crate::pmtud::Outcome::NoAnswer { .. } => return Ok(None),
         }
-    };
-    if !passes(lo).await {
-        return Ok(None);
     }
-    let (mut good, mut bad) = (lo, hi + 1);
-    if passes(hi).await {
-        return Ok(Some(hi));
-    }
-    bad = bad.min(hi);
-    while bad - good > 1 {
-        let mid = good + (bad - good) / 2;
-        if passes(mid).await { good = mid } else { bad = mid }
-    }
-    Ok(Some(good))
 }
 
 /// One heartbeat to the peer's responder inside the tunnel; the round-trip time if it came back.
