@@ -798,6 +798,50 @@ async fn tunnel_through_the_installed_gateways(lab: &ferry_e2e::lab::Lab, kc1: &
             c.id
         );
     }
+    // ferryctl status: the tunnel with its active gateway node, and per node its routes (the route
+    // agents' reports)
+    let gw1 = c1.node_network().hosts().nth(9).unwrap();
+    ferry_e2e::lab::eventually("ferryctl status: tunnel and node routes", 30, || {
+        let (ok, out, err) = ferryctl(kc1, &["status", "-o", "json"]);
+        async move {
+            anyhow::ensure!(ok, "{err}");
+            let v: serde_json::Value = serde_json::from_str(&out)?;
+            let peer = v["peers"]
+                .as_array()
+                .and_then(|a| a.iter().find(|p| p["peer"] == "provider-c2"))
+                .cloned()
+                .unwrap_or_default();
+            let t = &peer["tunnel"];
+            anyhow::ensure!(
+                t["phase"] == "Connected"
+                    && t["gatewayNode"] == "real-node-1"
+                    && t["tunnelMTU"].as_u64().is_some(),
+                "tunnel: {peer}"
+            );
+            let node = |n: &str| {
+                v["nodes"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|x| x["node"] == n))
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            anyhow::ensure!(node("real-node-1")["routes"] == "Gateway", "{}", v["nodes"]);
+            let n2 = node("real-node-2");
+            anyhow::ensure!(
+                n2["routes"] == "Routed"
+                    && n2["detail"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains(&format!("via {gw1}")),
+                "{}",
+                v["nodes"]
+            );
+            Ok(true)
+        }
+    })
+    .await;
+    let (_, table, _) = ferryctl(kc1, &["status"]);
+    eprintln!("ferryctl status on c1:\n{table}");
     shop.create(
         &Default::default(),
         &web_pod("far", "far-in-c2", Some("real-node-2")),
