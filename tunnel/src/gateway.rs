@@ -596,10 +596,10 @@ async fn follow_path_mtu(
         tokio::time::sleep(wait).await;
         let answered = crate::probe::mtu_probe(&sock, target, size).await;
         match m.observe(answered) {
-            crate::pmtud::Outcome::Settled { from: Some(from), to } => {
-                if changes.send((from, to)).await.is_err() {
-                    return;
-                }
+            crate::pmtud::Outcome::Settled { from: Some(from), to }
+                if changes.send((from, to)).await.is_err() =>
+            {
+                return;
             }
             crate::pmtud::Outcome::NoAnswer { kept } => {
                 tracing::debug!(?kept, "no answer to path MTU probes from {target}");
