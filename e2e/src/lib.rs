@@ -23,6 +23,7 @@ pub mod offload_bench;
 pub mod pki;
 pub mod procs;
 pub mod relay;
+pub mod route_bench;
 pub mod seed_demo;
 pub mod services;
 pub mod state;

@@ -760,6 +760,71 @@ fn peering_builds_the_tunnel_from_peer_networks_reports_health_and_unpeer_remove
     assert_eq!(r["ok"], json!(true), "{r}");
     eprintln!("WAN cut: NotConnected in the status after {detected:?}; Connected {back:?} after restore");
 
+    // the path shrinks under the running tunnel: the PeerNetwork status follows, with a PathMTUChanged Event
+    net::set_wan(
+        &lab.layout,
+        &WanSettings {
+            bottleneck_mtu: Some(1400),
+            drop_frag_needed: Some(true),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let lowered = wait_for(
+        "PeerNetwork pathMTU 1400, tunnelMTU 1340",
+        Duration::from_secs(15),
+        || {
+            let st = &peer_network(&lab, 0, "provider-c2").unwrap()["status"];
+            st["pathMTU"] == json!(1400)
+                && st["tunnelMTU"] == json!(1340)
+                && st["mtuChanges"].as_u64() >= Some(1)
+        },
+    );
+    let events = || {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(lab.paths.kubeconfig(&lab.layout.clusters[0]))
+            .args([
+                "get",
+                "events",
+                "-A",
+                "--field-selector",
+                "reason=PathMTUChanged",
+                "-o",
+                "json",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    wait_for(
+        "a PathMTUChanged Event on the PeerNetwork",
+        Duration::from_secs(10),
+        || {
+            let e = events();
+            e.contains("provider-c2") && e.contains("path MTU 1500 -> 1400, tunnel MTU 1440 -> 1340")
+        },
+    );
+    let r = echo_from_pod(&exe(), &a, SocketAddr::new(b_seen, 8080), 10_000_000).unwrap();
+    assert_eq!(r["ok"], json!(true), "10 MB after the path shrank: {r}");
+    net::set_wan(
+        &lab.layout,
+        &WanSettings {
+            bottleneck_mtu: Some(1500),
+            drop_frag_needed: Some(false),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let raised = wait_for(
+        "PeerNetwork pathMTU back to 1500",
+        Duration::from_secs(25),
+        || peer_network(&lab, 0, "provider-c2").unwrap()["status"]["tunnelMTU"] == json!(1440),
+    );
+    eprintln!(
+        "path shrank: PeerNetwork at 1400/1340 after {lowered:?}, Event written; restored: 1440 after {raised:?}"
+    );
+
     // the consumer's gateway is killed (no cleanup: its nft table and rules stay) and the peering is removed
     // while it is down; the provider's gateway removes its tunnel at once, and the consumer's gateway
     // removes the orphaned one from its teardown journal when it starts again

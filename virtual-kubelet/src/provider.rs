@@ -241,18 +241,14 @@ impl ShadowPodReconciler {
         let ns = sp.namespace().unwrap_or_default();
         let name = sp.name_any();
         let note = format!("{}: {}", r.reason, r.message);
-        if sp.annotations().get(REFUSAL_ANNOTATION) == Some(&note) {
+        let refused = sp.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Refused");
+        if refused && sp.annotations().get(REFUSAL_ANNOTATION) == Some(&note) {
             return Ok(());
         }
         warn!(shadow = name, ns, "refused: {note}");
         let api: Api<ShadowPod> = Api::namespaced(self.client.clone(), &ns);
-        api.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Refused", "conditions": admitted(sp, false, r.reason, &r.message)}})),
-        )
-        .await
-        .map_err(api_err(format!("ShadowPod {ns}/{name} status")))?;
+        // the annotation (what the consumer reads) first: whoever sees the Admitted=False condition sees
+        // the reason too
         api.patch(
             &name,
             &PatchParams::default(),
@@ -260,6 +256,13 @@ impl ShadowPodReconciler {
         )
         .await
         .map_err(api_err(format!("ShadowPod {ns}/{name} annotation")))?;
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Refused", "conditions": admitted(sp, false, r.reason, &r.message)}})),
+        )
+        .await
+        .map_err(api_err(format!("ShadowPod {ns}/{name} status")))?;
         let ev = Event {
             type_: EventType::Warning,
             reason: r.reason.into(),
@@ -806,12 +809,12 @@ mod tests {
             let (client, mock) = MockApi::new();
             let ctx = provider(client, "1", true, vec![]);
             let sent = mock.run(vec![
+                Expect::ok("PATCH", shadow_path("big"), shadow_json("big")),
                 Expect::ok(
                     "PATCH",
                     format!("{}/status", shadow_path("big")),
                     shadow_json("big"),
                 ),
-                Expect::ok("PATCH", shadow_path("big"), shadow_json("big")),
                 Expect::ok(
                     "POST",
                     format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
@@ -827,7 +830,7 @@ mod tests {
                 "a grant frees up: look again"
             );
             let sent = sent.await.unwrap();
-            let cond = &sent[0].body["status"]["conditions"][0];
+            let cond = &sent[1].body["status"]["conditions"][0];
             assert_eq!(
                 (cond["type"].as_str(), cond["status"].as_str()),
                 (Some("Admitted"), Some("False"))
@@ -835,7 +838,7 @@ mod tests {
             assert_eq!(cond["reason"], "OverGrant");
             assert!(cond["message"].as_str().unwrap().contains("fix:"));
             assert!(
-                sent[1].body["metadata"]["annotations"][REFUSAL_ANNOTATION]
+                sent[0].body["metadata"]["annotations"][REFUSAL_ANNOTATION]
                     .as_str()
                     .unwrap()
                     .starts_with("OverGrant: ")
@@ -854,8 +857,8 @@ mod tests {
             let ctx = provider(client, "1", true, vec![]);
             let sent = mock.run(vec![
                 Expect::echo("POST", pods_path()),
-                Expect::ok("PATCH", format!("{}/status", shadow_path("b")), shadow_json("b")),
                 Expect::ok("PATCH", shadow_path("b"), shadow_json("b")),
+                Expect::ok("PATCH", format!("{}/status", shadow_path("b")), shadow_json("b")),
                 Expect::ok(
                     "POST",
                     format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
@@ -870,7 +873,7 @@ mod tests {
                 .unwrap();
             let sent = sent.await.unwrap();
             assert_eq!(sent[0].body["metadata"]["name"], "a");
-            assert_eq!(sent[1].body["status"]["conditions"][0]["reason"], "OverGrant");
+            assert_eq!(sent[2].body["status"]["conditions"][0]["reason"], "OverGrant");
         }
 
         #[tokio::test]
@@ -878,8 +881,8 @@ mod tests {
             let (client, mock) = MockApi::new();
             let ctx = provider(client, "8", false, vec![]);
             let sent = mock.run(vec![
-                Expect::ok("PATCH", format!("{}/status", shadow_path("x")), shadow_json("x")),
                 Expect::ok("PATCH", shadow_path("x"), shadow_json("x")),
+                Expect::ok("PATCH", format!("{}/status", shadow_path("x")), shadow_json("x")),
                 Expect::ok(
                     "POST",
                     format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
@@ -891,7 +894,7 @@ mod tests {
                 .unwrap();
             let sent = sent.await.unwrap();
             assert_eq!(
-                sent[0].body["status"]["conditions"][0]["reason"],
+                sent[1].body["status"]["conditions"][0]["reason"],
                 "NotATenantNamespace"
             );
         }

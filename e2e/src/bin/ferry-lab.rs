@@ -178,6 +178,17 @@ enum BenchCmd {
         #[arg(long, default_value = "clusterset.local.")]
         name: String,
     },
+    /// Throughput through the installed tunnel from a pod on the gateway's node vs a pod on another node
+    /// (through the route agent's route), side by side; installs and peers ferry first if it is not;
+    /// needs `up --real-nodes 2`; last line JSON with both medians and ratio = other / gateway node.
+    Route {
+        /// Megabytes per fetch.
+        #[arg(long, default_value_t = 50)]
+        mb: u32,
+        /// Fetches per node.
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
     /// iperf3 pod -> pod through ferry's tunnel + NAT vs plain userspace WireGuard vs the bare WAN; last line JSON.
     Tunnel {
         /// Seconds per run.
@@ -432,6 +443,14 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string(&r)?);
             }
         },
+        Cmd::Bench {
+            what: BenchCmd::Route { mb, runs },
+        } => {
+            lab::require_root("ferry-lab bench route")?;
+            let lab = lab::Lab::load(&cli.root, &cli.name)?;
+            let r = ferry_e2e::route_bench::run(&lab, &exe, mb, runs).await?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
         Cmd::Bench {
             what: BenchCmd::Tunnel { seconds, runs },
         } => {
