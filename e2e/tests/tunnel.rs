@@ -791,7 +791,7 @@ fn peering_builds_the_tunnel_from_peer_networks_reports_health_and_unpeer_remove
                 "--field-selector",
                 "reason=PathMTUChanged",
                 "-o",
-                "json",
+                "jsonpath={range .items[*]}{.involvedObject.name}: {.message}{\"\\n\"}{end}",
             ])
             .output()
             .unwrap();
@@ -802,7 +802,7 @@ fn peering_builds_the_tunnel_from_peer_networks_reports_health_and_unpeer_remove
         Duration::from_secs(10),
         || {
             let e = events();
-            e.contains("provider-c2") && e.contains("path MTU 1500 -> 1400, tunnel MTU 1440 -> 1340")
+            e.contains("provider-c2: path MTU 1500 -> 1400, tunnel MTU 1440 -> 1340")
         },
     );
     let r = echo_from_pod(&exe(), &a, SocketAddr::new(b_seen, 8080), 10_000_000).unwrap();

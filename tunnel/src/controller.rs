@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 use crate::{Context, Result};
 use ferry_crds::{PeerNetwork, PeerNetworkSpec};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference, Secret};
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -133,17 +132,36 @@ pub fn status_patch(s: &GatewayStatus, since: &str, node: Option<&(String, IpAdd
     }})
 }
 
-/// The Event a status calls for: the path MTU changed since the status that had `seen` changes.
-pub fn mtu_event(seen: u64, s: &GatewayStatus) -> Option<Event> {
-    (s.mtu_changes > seen).then(|| Event {
-        type_: EventType::Warning,
-        reason: "PathMTUChanged".into(),
-        note: Some(format!(
-            "{}; the MSS clamp follows, larger packets from pods get ICMP fragmentation needed / packet too big from the gateway",
-            s.last_mtu_change.as_deref().unwrap_or("path MTU changed")
-        )),
-        action: "ProbePathMTU".into(),
-        secondary: None,
+/// The Event a status calls for: the path MTU changed since the status that had `seen` changes. A core/v1
+/// Event in `default` (`PeerNetwork`s are cluster-scoped: the one form every apiserver takes for them;
+/// events.k8s.io/v1 on servers before 1.22 refuses a cluster-scoped object's event in any namespace).
+/// `instance`: the gateway's node; `now`: RFC 3339.
+pub fn mtu_event(
+    seen: u64,
+    s: &GatewayStatus,
+    about: ObjectReference,
+    instance: &str,
+    now: &str,
+) -> Option<CoreEvent> {
+    (s.mtu_changes > seen).then(|| {
+        // generated names: a restarted gateway counts its changes from 0 again
+        let prefix = format!("{}.pmtu.", about.name.as_deref().unwrap_or("peernetwork"));
+        serde_json::from_value(json!({
+            "metadata": { "generateName": prefix, "namespace": "default" },
+            "involvedObject": about,
+            "type": "Warning",
+            "reason": "PathMTUChanged",
+            "action": "ProbePathMTU",
+            "message": format!(
+                "{}; the MSS clamp follows, larger packets from pods get ICMP fragmentation needed / packet too big from the gateway",
+                s.last_mtu_change.as_deref().unwrap_or("path MTU changed")
+            ),
+            "source": { "component": "ferry-gateway", "host": instance },
+            "reportingComponent": "ferry-gateway",
+            "reportingInstance": instance,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }))
+        .expect("a well-formed Event")
     })
 }
 
@@ -250,13 +268,10 @@ fn start(
         let _ended = Ended(ended);
         let writer_api = api.clone();
         let writer_name = name.clone();
-        let recorder = Recorder::new(
-            api.clone().into_client(),
-            Reporter {
-                controller: "ferry-gateway".into(),
-                instance: node.as_ref().map(|n| n.0.clone()),
-            },
-        );
+        let events: Api<CoreEvent> = Api::namespaced(api.clone().into_client(), "default");
+        let instance = node
+            .as_ref()
+            .map_or_else(|| "ferry-gateway".to_string(), |n| n.0.clone());
         let writer = tokio::spawn(async move {
             let mut last: Option<(String, std::collections::BTreeMap<String, String>, u32)> = None;
             let mut mtu_changes = 0;
@@ -278,12 +293,12 @@ fn start(
                     last = Some(key);
                     last_write = Instant::now();
                 }
-                if let Some(ev) = mtu_event(mtu_changes, &s) {
+                if s.mtu_changes > mtu_changes
+                    && let Ok(Some(pn)) = writer_api.get_opt(&writer_name).await
+                    && let Some(ev) = mtu_event(mtu_changes, &s, pn.object_ref(&()), &instance, &chrono_now())
+                {
                     mtu_changes = s.mtu_changes;
-                    let pn = writer_api.get_opt(&writer_name).await.ok().flatten();
-                    if let Some(pn) = pn
-                        && let Err(e) = recorder.publish(&ev, &pn.object_ref(&())).await
-                    {
+                    if let Err(e) = events.create(&Default::default(), &ev).await {
                         warn!(peer = writer_name, "event on PeerNetwork: {e}");
                     }
                 }
@@ -563,26 +578,39 @@ mod tests {
 
     #[test]
     fn each_path_mtu_change_is_one_event_and_reaches_the_status() {
+        let about = ObjectReference {
+            api_version: Some("ferry.dev/v1alpha1".into()),
+            kind: Some("PeerNetwork".into()),
+            name: Some("provider-c2".into()),
+            ..Default::default()
+        };
+        let ev = |seen, s: &GatewayStatus| {
+            mtu_event(seen, s, about.clone(), "real-node-1", "2026-12-05T06:00:00Z")
+        };
         let mut s = GatewayStatus {
             path_mtu: 1500,
             tunnel_mtu: 1440,
             ..Default::default()
         };
-        assert!(mtu_event(0, &s).is_none(), "no change, no event");
+        assert!(ev(0, &s).is_none(), "no change, no event");
         s.path_mtu = 1400;
         s.tunnel_mtu = 1340;
         s.mtu_changes = 1;
         s.last_mtu_change =
             Some("path MTU 1500 -> 1400, tunnel MTU 1440 -> 1340 at 2026-12-05T06:00:00Z".into());
-        let ev = mtu_event(0, &s).expect("an event");
-        assert_eq!(ev.reason, "PathMTUChanged");
+        let e = ev(0, &s).expect("an event");
+        assert_eq!(e.reason.as_deref(), Some("PathMTUChanged"));
+        assert_eq!(e.metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(e.metadata.generate_name.as_deref(), Some("provider-c2.pmtu."));
+        assert_eq!(e.involved_object.name.as_deref(), Some("provider-c2"));
+        assert_eq!(e.involved_object.namespace, None, "a cluster-scoped object");
         assert!(
-            ev.note
+            e.message
                 .as_deref()
                 .unwrap()
                 .starts_with("path MTU 1500 -> 1400, tunnel MTU 1440 -> 1340")
         );
-        assert!(mtu_event(1, &s).is_none(), "already told");
+        assert!(ev(1, &s).is_none(), "already told");
         let p = status_patch(&s, "2026-12-05T06:00:00Z", None);
         let st: ferry_crds::PeerNetworkStatus = serde_json::from_value(p["status"].clone()).unwrap();
         assert_eq!(
