@@ -149,18 +149,18 @@ pub async fn run(lab: &Lab, exe: &std::path::Path, mb: u32, runs: u32) -> Result
             .context("c1's PeerNetwork provider-c2 reports no remaps")?;
     let seen = ferry_tunnel::ipam::translate(server_ip, &remaps).context("the server's IP in c1's view")?;
     let url = format!("http://{seen}:{PORT}/big");
-    // timed inside the pod (date +%s%N around wget), so kubectl exec's own time does not count
+    // timed inside the pod (/proc/uptime, 10 ms resolution, around wget), so kubectl exec's own time does
+    // not count (busybox's date has no %N)
     let fetch = format!(
-        "s=$(date +%s%N); timeout 300 wget -q -O /dev/null {url} || exit 1; e=$(date +%s%N); echo $((e - s))"
+        "read s _ < /proc/uptime; timeout 300 wget -q -O /dev/null {url} || exit 1; read e _ < /proc/uptime; echo $s $e"
     );
     let time_fetch = |client: &str| -> Result<f64> {
         let (ok, out, err) = kubectl(lab, c1, &["-n", NS, "exec", client, "--", "sh", "-c", &fetch]);
         anyhow::ensure!(ok, "{client}: fetching {url} failed: {out}{err}");
-        let ns: f64 = out
-            .trim()
-            .parse()
-            .with_context(|| format!("{client}: not a duration in ns: {out:?}"))?;
-        Ok(f64::from(mb) * 8.0 / (ns / 1e9))
+        let t: Vec<f64> = out.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+        anyhow::ensure!(t.len() == 2, "{client}: not two uptimes: {out:?}");
+        let secs = (t[1] - t[0]).max(0.01);
+        Ok(f64::from(mb) * 8.0 / secs)
     };
     // the server writes its file before it serves: the first fetch of each client waits for it, untimed
     for (i, node) in clients.iter().enumerate() {
