@@ -71,14 +71,13 @@ async fn ensure_peered(lab: &Lab, exe: &std::path::Path) -> Result<()> {
     };
     let token = run(lab.paths.kubeconfig(c2), &["token", "create", "--ttl", "10m"])?;
     run(lab.paths.kubeconfig(c1), &["peer", "--token", &token])?;
-    let t0 = Instant::now();
-    while !connected(pns.get_opt("provider-c2").await.ok().flatten()) {
-        anyhow::ensure!(
-            t0.elapsed() < Duration::from_secs(90),
-            "PeerNetwork provider-c2 not Connected after 90s"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let is_connected = |pn: Option<&ferry_crds::PeerNetwork>| connected(pn.cloned());
+    tokio::time::timeout(
+        Duration::from_secs(90),
+        kube::runtime::wait::await_condition(pns, "provider-c2", is_connected),
+    )
+    .await
+    .context("PeerNetwork provider-c2 not Connected after 90s")??;
     Ok(())
 }
 
@@ -94,21 +93,14 @@ fn pod_on(name: &str, node: &str, script: String) -> Result<Pod> {
 }
 
 async fn running(api: &Api<Pod>, name: &str) -> Result<String> {
-    let t0 = Instant::now();
-    loop {
-        if let Some(p) = api.get_opt(name).await?
-            && let Some(s) = p.status
-            && s.phase.as_deref() == Some("Running")
-            && let Some(ip) = s.pod_ip
-        {
-            return Ok(ip);
-        }
-        anyhow::ensure!(
-            t0.elapsed() < Duration::from_secs(90),
-            "pod {NS}/{name} not Running after 90s"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let p = tokio::time::timeout(
+        Duration::from_secs(90),
+        kube::runtime::wait::await_condition(api.clone(), name, kube::runtime::conditions::is_pod_running()),
+    )
+    .await
+    .with_context(|| format!("pod {NS}/{name} not Running after 90s"))??;
+    p.and_then(|p| p.status?.pod_ip)
+        .with_context(|| format!("pod {NS}/{name} Running without an IP"))
 }
 
 /// Runs the benchmark (see the module doc).

@@ -27,6 +27,20 @@ fn exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ferry-lab"))
 }
 
+/// A hop inside the WAN that only carries `mtu` bytes (the hosts can't see it), with ICMP "fragmentation
+/// needed" / "packet too big" dropped there (`drop_icmp`) or not.
+fn hidden_hop(layout: &ferry_e2e::layout::LabLayout, mtu: u32, drop_icmp: bool) {
+    net::set_wan(
+        layout,
+        &WanSettings {
+            bottleneck_mtu: Some(mtu),
+            drop_frag_needed: Some(drop_icmp),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+}
+
 /// Cuts (`true`) or restores (`false`) the WAN between the clusters.
 fn cut_wan(lab: &Lab, down: bool) {
     net::set_wan(
@@ -176,15 +190,7 @@ fn mtu_blackhole_is_beaten_by_path_mtu_probing_and_mss_clamp_and_reproduced_with
     let (a, b) = echo_pods(&lab, "t-mtu");
     // the hosts' links say 1500; a hop inside the WAN only carries 1400 and its ICMP "fragmentation
     // needed" is dropped: the classic blackhole
-    net::set_wan(
-        &lab.layout,
-        &WanSettings {
-            bottleneck_mtu: Some(1400),
-            drop_frag_needed: Some(true),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    hidden_hop(&lab.layout, 1400, true);
 
     let pair = GatewayPair::start(&lab, &PairOptions::default(), Duration::from_secs(30)).unwrap();
     let st = pair.status(0).unwrap();
@@ -281,15 +287,7 @@ fn shrink_and_restore_the_path(
 ) -> (Duration, Duration) {
     wait_for_mtu(pair, path, tunnel, Duration::from_secs(5));
     let to = SocketAddr::new(pair.translate(0, b.ip.parse().unwrap()).unwrap(), 8080);
-    net::set_wan(
-        &lab.layout,
-        &WanSettings {
-            bottleneck_mtu: Some(shrunk.0),
-            drop_frag_needed: Some(true),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    hidden_hop(&lab.layout, shrunk.0, true);
     let lowered = wait_for_mtu(pair, shrunk.0, shrunk.1, Duration::from_secs(15));
     // the interface itself, on both sides
     for i in 0..2 {
@@ -326,15 +324,7 @@ fn shrink_and_restore_the_path(
             .any(|m| out.contains(&format!("{m}{}", shrunk.1))),
         "a DF packet of the old tunnel MTU gets 'fragmentation needed' / 'packet too big' naming the new MTU: {out}"
     );
-    net::set_wan(
-        &lab.layout,
-        &WanSettings {
-            bottleneck_mtu: Some(path),
-            drop_frag_needed: Some(false),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    hidden_hop(&lab.layout, path, false);
     let raised = wait_for_mtu(
         pair,
         path,
@@ -761,15 +751,7 @@ fn peering_builds_the_tunnel_from_peer_networks_reports_health_and_unpeer_remove
     eprintln!("WAN cut: NotConnected in the status after {detected:?}; Connected {back:?} after restore");
 
     // the path shrinks under the running tunnel: the PeerNetwork status follows, with a PathMTUChanged Event
-    net::set_wan(
-        &lab.layout,
-        &WanSettings {
-            bottleneck_mtu: Some(1400),
-            drop_frag_needed: Some(true),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    hidden_hop(&lab.layout, 1400, true);
     let lowered = wait_for(
         "PeerNetwork pathMTU 1400, tunnelMTU 1340",
         Duration::from_secs(15),
@@ -807,15 +789,7 @@ fn peering_builds_the_tunnel_from_peer_networks_reports_health_and_unpeer_remove
     );
     let r = echo_from_pod(&exe(), &a, SocketAddr::new(b_seen, 8080), 10_000_000).unwrap();
     assert_eq!(r["ok"], json!(true), "10 MB after the path shrank: {r}");
-    net::set_wan(
-        &lab.layout,
-        &WanSettings {
-            bottleneck_mtu: Some(1500),
-            drop_frag_needed: Some(false),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    hidden_hop(&lab.layout, 1500, false);
     let raised = wait_for(
         "PeerNetwork pathMTU back to 1500",
         Duration::from_secs(25),
