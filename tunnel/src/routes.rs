@@ -243,6 +243,12 @@ mod tests {
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
+    fn route(dst: &str, via: &str) -> NodeRoute {
+        NodeRoute {
+            dst: n(dst),
+            via: ip(via),
+        }
+    }
     fn peer(name: &str, views: &[&str], gw: Option<&str>) -> PeerView {
         PeerView {
             name: name.into(),
@@ -268,14 +274,8 @@ mod tests {
         assert_eq!(
             routes,
             [
-                NodeRoute {
-                    dst: n("10.0.0.0/16"),
-                    via: ip("198.19.247.10")
-                },
-                NodeRoute {
-                    dst: n("10.97.0.0/16"),
-                    via: ip("198.19.247.10")
-                },
+                route("10.0.0.0/16", "198.19.247.10"),
+                route("10.97.0.0/16", "198.19.247.10"),
             ]
         );
         assert_eq!(
@@ -306,13 +306,7 @@ mod tests {
             ],
             &[n("198.19.247.11/24")],
         );
-        assert_eq!(
-            routes,
-            [NodeRoute {
-                dst: n("10.0.0.0/16"),
-                via: ip("198.19.247.10")
-            }]
-        );
+        assert_eq!(routes, [route("10.0.0.0/16", "198.19.247.10")]);
     }
 
     #[test]
@@ -353,22 +347,10 @@ mod tests {
         assert_eq!(
             parse_routes(routes),
             [
-                NodeRoute {
-                    dst: n("10.0.0.0/16"),
-                    via: ip("198.19.247.10")
-                },
-                NodeRoute {
-                    dst: n("10.97.0.0/16"),
-                    via: ip("198.19.247.10")
-                },
-                NodeRoute {
-                    dst: n("fd66::/64"),
-                    via: ip("fe80::1")
-                },
-                NodeRoute {
-                    dst: n("10.9.9.9/32"),
-                    via: ip("198.19.247.10")
-                },
+                route("10.0.0.0/16", "198.19.247.10"),
+                route("10.97.0.0/16", "198.19.247.10"),
+                route("fd66::/64", "fe80::1"),
+                route("10.9.9.9/32", "198.19.247.10"),
             ]
         );
         let addrs = "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever\n2: eth0    inet 198.19.247.11/24 brd 198.19.247.255 scope global eth0\\ \n2: eth0    inet6 fe80::1/64 scope link \\ \n";
