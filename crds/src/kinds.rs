@@ -350,6 +350,12 @@ pub struct PeerNetworkStatus {
     /// That node's address.
     #[serde(rename = "gatewayNodeIP", default, skip_serializing_if = "Option::is_none")]
     pub gateway_node_ip: Option<String>,
+    /// When the active gateway replica became active (RFC 3339): a failover shows as a new time and node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_active_since: Option<String>,
+    /// The active replica's identity on the gateway Lease (`<node>_<instance>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_replica: Option<String>,
     /// Conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

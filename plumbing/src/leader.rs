@@ -61,7 +61,8 @@ pub fn decide(lease: Option<&Observed>, me: &str, now: DateTime<Utc>) -> Decisio
     }
 }
 
-fn observe(l: &Lease) -> Observed {
+/// What a Lease says ([`Observed`]).
+pub fn observe(l: &Lease) -> Observed {
     let spec = l.spec.clone().unwrap_or_default();
     let v = serde_json::to_value(&spec).unwrap_or_default();
     Observed {
@@ -87,6 +88,18 @@ pub async fn try_hold(
     duration: Duration,
 ) -> Result<bool, kube::Error> {
     let current = api.get_opt(name).await?;
+    try_hold_from(api, current, name, me, duration).await
+}
+
+/// [`try_hold`] from a copy of the Lease already in hand (a watch's), saving the read; a stale copy
+/// loses the write race (409) and reads as `Ok(false)`.
+pub async fn try_hold_from(
+    api: &Api<Lease>,
+    current: Option<Lease>,
+    name: &str,
+    me: &str,
+    duration: Duration,
+) -> Result<bool, kube::Error> {
     let now = Utc::now();
     let decision = decide(current.as_ref().map(observe).as_ref(), me, now);
     if matches!(decision, Decision::Wait { .. }) {
@@ -130,6 +143,38 @@ pub async fn try_hold(
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Gives Lease `name` up if `me` holds it (holder emptied), so a standby takes it at once instead of
+/// waiting for it to expire.
+pub async fn release(api: &Api<Lease>, name: &str, me: &str) -> Result<(), kube::Error> {
+    let Some(mut l) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let Some(spec) = l.spec.as_mut() else {
+        return Ok(());
+    };
+    if spec.holder_identity.as_deref() != Some(me) {
+        return Ok(());
+    }
+    spec.holder_identity = Some(String::new());
+    match api.replace(name, &PostParams::default(), &l).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// When a Lease as observed expires unless renewed (`None`: never, it is released or absent).
+pub fn expiry(l: &Lease) -> Option<DateTime<Utc>> {
+    let o = observe(l);
+    (!o.holder.is_empty())
+        .then(|| o.renewed.unwrap_or(DateTime::<Utc>::MIN_UTC) + chrono::TimeDelta::seconds(o.duration_seconds.max(1)))
+}
+
+/// Who holds a Lease as observed (empty: nobody).
+pub fn holder(l: &Lease) -> String {
+    observe(l).holder
 }
 
 /// Blocks until this replica (`me`) holds Lease `name`, retrying every `duration / 4`.

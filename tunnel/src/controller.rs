@@ -41,6 +41,8 @@ pub struct ServeOptions {
     /// The node this gateway runs on and its address, told in each `PeerNetwork`'s status so that every
     /// other node's route agent routes the peer's CIDRs there; absent: not told (no route agents follow).
     pub node: Option<(String, IpAddr)>,
+    /// Active/standby with the other replicas ([`crate::election`]); absent: this replica is always active.
+    pub election: Option<crate::election::Election>,
 }
 
 /// The gateway config for one `PeerNetwork`. Errors name the `PeerNetwork` field and the fix.
@@ -103,16 +105,38 @@ pub fn config_for(spec: &PeerNetworkSpec, opts: &ServeOptions, key_file: &str) -
         metrics_addr: opts
             .metrics_addr
             .map(|a| SocketAddr::new(a.ip(), a.port().saturating_add(slot as u16))),
+        path_mtu_hint: None,
     })
+}
+
+/// Where the active gateway runs, as its `PeerNetwork` status tells it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ActiveAt {
+    /// The node and its address ([`ServeOptions::node`]); absent: not told.
+    pub node: Option<(String, IpAddr)>,
+    /// The replica's identity on the gateway Lease; absent without an election.
+    pub replica: Option<String>,
+    /// When it became active (RFC 3339); absent without an election.
+    pub since: Option<String>,
+}
+
+impl ActiveAt {
+    /// The status fields naming the active gateway (route agents follow `gatewayNodeIP`).
+    pub fn fields(&self) -> serde_json::Value {
+        json!({
+            "gatewayNode": self.node.as_ref().map(|n| n.0.clone()),
+            "gatewayNodeIP": self.node.as_ref().map(|n| n.1.to_string()),
+            "gatewayReplica": self.replica,
+            "gatewayActiveSince": self.since,
+        })
+    }
 }
 
 /// The `PeerNetwork` status for a gateway status.
 /// `since`: when the tunnel last changed between connected and not (the condition's lastTransitionTime);
-/// `node`: where this gateway runs ([`ServeOptions::node`]).
-pub fn status_patch(s: &GatewayStatus, since: &str, node: Option<&(String, IpAddr)>) -> serde_json::Value {
-    json!({ "status": {
-        "gatewayNode": node.map(|n| n.0.clone()),
-        "gatewayNodeIP": node.map(|n| n.1.to_string()),
+/// `at`: where this gateway runs.
+pub fn status_patch(s: &GatewayStatus, since: &str, at: &ActiveAt) -> serde_json::Value {
+    let mut patch = json!({ "status": {
         "phase": s.phase,
         "remaps": s.remaps,
         "latencyMs": s.latency_ms.map(|l| (l * 100.0).round() / 100.0),
@@ -129,7 +153,11 @@ pub fn status_patch(s: &GatewayStatus, since: &str, node: Option<&(String, IpAdd
             "message": format!("backend {}, tunnel MTU {}, path MTU {}", s.backend, s.tunnel_mtu, s.path_mtu),
             "lastTransitionTime": since,
         }],
-    }})
+    }});
+    if let (Some(st), serde_json::Value::Object(f)) = (patch["status"].as_object_mut(), at.fields()) {
+        st.extend(f);
+    }
+    patch
 }
 
 /// The Event a status calls for: the path MTU changed since the status that had `seen` changes. A core/v1
@@ -253,7 +281,7 @@ fn start(
     cfg: GatewayConfig,
     spec: PeerNetworkSpec,
     ended: tokio::sync::mpsc::UnboundedSender<()>,
-    node: Option<(String, IpAddr)>,
+    at: ActiveAt,
 ) -> Running {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (tx, mut rx) = tokio::sync::watch::channel(GatewayStatus::default());
@@ -269,9 +297,14 @@ fn start(
         let writer_api = api.clone();
         let writer_name = name.clone();
         let events: Api<CoreEvent> = Api::namespaced(api.clone().into_client(), "default");
-        let instance = node
+        let instance = at
+            .node
             .as_ref()
             .map_or_else(|| "ferry-gateway".to_string(), |n| n.0.clone());
+        // the route agents move their routes here while the tunnel comes up
+        if at.node.is_some() {
+            patch_status(&api, &name, &json!({ "status": at.fields() })).await;
+        }
         let writer = tokio::spawn(async move {
             let mut last: Option<(String, std::collections::BTreeMap<String, String>, u32)> = None;
             let mut mtu_changes = 0;
@@ -287,7 +320,7 @@ fn start(
                     patch_status(
                         &writer_api,
                         &writer_name,
-                        &status_patch(&s, &since, node.as_ref()),
+                        &status_patch(&s, &since, &at),
                     )
                     .await;
                     last = Some(key);
@@ -339,11 +372,19 @@ pub async fn serve(
     client: Client,
     opts: ServeOptions,
     health: std::sync::Arc<ferry_plumbing::admin::Health>,
+    role: std::sync::Arc<crate::election::Role>,
 ) -> Result<()> {
     health.register("wireguard-key", "waiting for Secret ferry-system/ferry-wireguard");
     health.register("peernetworks", "not listed yet");
     let key = key_file(&client, &opts.state_dir).await?;
     health.set("wireguard-key", Ok(()));
+    // with an election, tunnels run only while this replica holds the gateway Lease; a standby is ready
+    // (key read, PeerNetworks watched) and takes over when the active's Lease expires
+    let (active_tx, mut active) = tokio::sync::watch::channel(opts.election.is_none());
+    let elector = opts.election.clone().map(|e| {
+        info!(me = e.me, lease = e.lease, "gateway: electing the active replica");
+        tokio::spawn(crate::election::run(client.clone(), e, role.clone(), active_tx))
+    });
     let api: Api<PeerNetwork> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
     let mut events =
@@ -377,6 +418,7 @@ pub async fn serve(
             }
             _ = ended.recv() => {}
             _ = retry => {}
+            _ = active.changed() => {}
         }
         if !synced {
             continue;
@@ -384,11 +426,16 @@ pub async fn serve(
         if !pruned {
             // the first full list: tunnels whose PeerNetwork went while no gateway ran are removed now
             pruned = true;
-            let live = reader
-                .state()
-                .iter()
-                .map(|pn| pn.spec.cluster_id.clone())
-                .collect();
+            // a standby keeps nothing: what a killed active left on this node goes too
+            let live = if *active.borrow() {
+                reader
+                    .state()
+                    .iter()
+                    .map(|pn| pn.spec.cluster_id.clone())
+                    .collect()
+            } else {
+                Default::default()
+            };
             for (peer, path, ops) in crate::gateway::orphaned_journals(&opts.state_dir, &live) {
                 match ops {
                     Some(ops) => {
@@ -408,16 +455,17 @@ pub async fn serve(
                 let _ = std::fs::remove_file(opts.state_dir.join(format!("{peer}.status.json")));
             }
         }
-        let desired: HashMap<String, PeerNetworkSpec> = reader
+        let is_active = *active.borrow();
+        let desired: HashMap<String, std::sync::Arc<PeerNetwork>> = reader
             .state()
-            .iter()
-            .filter(|pn| pn.metadata.deletion_timestamp.is_none())
-            .map(|pn| (pn.name_any(), pn.spec.clone()))
+            .into_iter()
+            .filter(|pn| is_active && pn.metadata.deletion_timestamp.is_none())
+            .map(|pn| (pn.name_any(), pn))
             .collect();
         // stop what is gone, changed, or ended by itself (it is restarted below, at most every 10 s)
         let stale: Vec<String> = running
             .iter()
-            .filter(|(n, r)| desired.get(*n) != Some(&r.spec) || r.task.is_finished())
+            .filter(|(n, r)| desired.get(*n).map(|pn| &pn.spec) != Some(&r.spec) || r.task.is_finished())
             .map(|(n, _)| n.clone())
             .collect();
         for n in stale {
@@ -430,10 +478,11 @@ pub async fn serve(
                 stop(r).await;
             }
         }
-        for (n, spec) in desired {
+        for (n, pn) in desired {
             if running.contains_key(&n) {
                 continue;
             }
+            let spec = pn.spec.clone();
             if let Some((s, at)) = failed.get(&n)
                 && *s == spec
                 && at.elapsed() < RETRY
@@ -441,11 +490,19 @@ pub async fn serve(
                 continue;
             }
             match config_for(&spec, &opts, &key) {
-                Ok(cfg) => {
+                Ok(mut cfg) => {
                     failed.remove(&n);
+                    if opts.election.is_some() {
+                        take_over(&mut cfg, &pn);
+                    }
+                    let at = ActiveAt {
+                        node: opts.node.clone(),
+                        replica: opts.election.as_ref().map(|e| e.me.clone()),
+                        since: role.since(),
+                    };
                     running.insert(
                         n.clone(),
-                        start(api.clone(), n, cfg, spec, ended_tx.clone(), opts.node.clone()),
+                        start(api.clone(), n, cfg, spec, ended_tx.clone(), at),
                     );
                 }
                 Err(e) => {
@@ -459,10 +516,32 @@ pub async fn serve(
         }
     }
     info!("shutting down: removing {} tunnel(s)", running.len());
+    if let Some(e) = elector {
+        e.abort();
+    }
     for (_, r) in running.drain() {
         stop(r).await;
     }
+    if let Some(e) = &opts.election
+        && role.is_active()
+    {
+        crate::election::release(client, e).await;
+    }
     Ok(())
+}
+
+/// A replica taking over a peering keeps what the peers and this cluster already see: the remaps the
+/// previous active reported (written where [`GatewayConfig::prepare`] reads its stored remaps) and its
+/// path MTU as the starting point.
+fn take_over(cfg: &mut GatewayConfig, pn: &PeerNetwork) {
+    if let Some(r) = crate::remaps::reported(pn) {
+        let file = cfg.remaps_file();
+        let text = serde_json::to_string_pretty(&r).expect("remaps serialise");
+        if let Err(e) = std::fs::create_dir_all(&cfg.state_dir).and_then(|()| std::fs::write(&file, text)) {
+            warn!(peer = cfg.peer, "keeping the reported remaps in {}: {e}", file.display());
+        }
+    }
+    cfg.path_mtu_hint = pn.status.as_ref().and_then(|s| s.path_mtu);
 }
 
 #[cfg(test)]
@@ -490,6 +569,7 @@ mod tests {
             remap_pool: vec![],
             metrics_addr: Some("127.0.0.1:9470".parse().unwrap()),
             node: None,
+            election: None,
         }
     }
 
@@ -558,8 +638,14 @@ mod tests {
             backend: "userspace".into(),
             ..Default::default()
         };
-        let node = ("real-node-1".to_string(), "198.19.247.10".parse().unwrap());
-        let p = status_patch(&s, "2026-11-28T04:00:00Z", Some(&node));
+        let at = ActiveAt {
+            node: Some(("real-node-1".to_string(), "198.19.247.10".parse().unwrap())),
+            replica: Some("real-node-1_77-0000abcd".into()),
+            since: Some("2026-11-28T03:59:00.000Z".into()),
+        };
+        let p = status_patch(&s, "2026-11-28T04:00:00Z", &at);
+        assert_eq!(p["status"]["gatewayReplica"], "real-node-1_77-0000abcd");
+        assert_eq!(p["status"]["gatewayActiveSince"], "2026-11-28T03:59:00.000Z");
         assert_eq!(p["status"]["gatewayNode"], "real-node-1");
         assert_eq!(p["status"]["gatewayNodeIP"], "198.19.247.10");
         assert_eq!(p["status"]["phase"], "Connected");
@@ -611,7 +697,7 @@ mod tests {
                 .starts_with("path MTU 1500 -> 1400, tunnel MTU 1440 -> 1340")
         );
         assert!(ev(1, &s).is_none(), "already told");
-        let p = status_patch(&s, "2026-12-05T06:00:00Z", None);
+        let p = status_patch(&s, "2026-12-05T06:00:00Z", &ActiveAt::default());
         let st: ferry_crds::PeerNetworkStatus = serde_json::from_value(p["status"].clone()).unwrap();
         assert_eq!(
             (st.path_mtu, st.tunnel_mtu, st.mtu_changes),

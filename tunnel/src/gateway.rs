@@ -73,6 +73,11 @@ pub struct GatewayConfig {
     /// Where `/metrics` and `/health` are served (e.g. `127.0.0.1:9470`); absent: not served.
     #[serde(default)]
     pub metrics_addr: Option<SocketAddr>,
+    /// The path MTU another replica last found on this peering: a replica taking over starts with it
+    /// instead of a first search, and follows the path from there like any other (a wrong hint is
+    /// caught by the first confirmations).
+    #[serde(default)]
+    pub path_mtu_hint: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -160,7 +165,8 @@ impl GatewayConfig {
             .unwrap_or_else(|| format!("fy{}", self.peer).chars().take(15).collect())
     }
 
-    fn remaps_file(&self) -> PathBuf {
+    /// Where this peering's remaps are kept across restarts.
+    pub fn remaps_file(&self) -> PathBuf {
         self.state_dir.join(format!("{}.remaps.json", self.peer))
     }
 
@@ -397,7 +403,10 @@ pub async fn run_until(
     let probe_port = cfg.probe_port();
     let underlay_bind = SocketAddr::new("::".parse().expect("literal"), probe_port);
     let responder = tokio::spawn(crate::probe::respond(underlay_bind));
-    let path_mtu = cfg.discover_path_mtu(Duration::from_secs(10)).await;
+    let path_mtu = match cfg.path_mtu_hint.filter(|_| cfg.follows_path_mtu()) {
+        Some(hint) => hint,
+        None => cfg.discover_path_mtu(Duration::from_secs(10)).await,
+    };
     let prepared = cfg.prepare(path_mtu)?;
     let backend = bring_up(&cfg, &prepared)?;
     let spec = prepared.spec.clone();

@@ -29,6 +29,8 @@ pub mod apply;
 #[cfg(feature = "gateway")]
 pub mod controller;
 #[cfg(feature = "gateway")]
+pub mod election;
+#[cfg(feature = "gateway")]
 pub mod gateway;
 pub mod health;
 pub mod ipam;

@@ -64,6 +64,16 @@ enum Cmd {
         /// That node's address (the chart passes `status.hostIP`).
         #[arg(long, env = "FERRY_NODE_IP", requires = "node_name")]
         node_ip: Option<std::net::IpAddr>,
+        /// Run as one of several replicas, tunnels only on the one holding the Lease `ferry-gateway` in
+        /// --namespace (the others stand by, ready to take over); needs --node-name.
+        #[arg(long, env = "FERRY_LEADER_ELECT", requires = "node_name")]
+        leader_elect: bool,
+        /// ferry's namespace (the chart passes the pod's): where the gateway Lease lives.
+        #[arg(long, env = "FERRY_NAMESPACE", default_value = "ferry-system")]
+        namespace: String,
+        /// How long the active's Lease lasts unrenewed: the longest a failover waits to start.
+        #[arg(long, env = "FERRY_LEASE_SECONDS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=60))]
+        lease_seconds: u64,
     },
     /// On every node (a DaemonSet, hostNetwork, as root): routes the peers' CIDRs as this cluster sees
     /// them via the active gateway's node (each PeerNetwork's status.gatewayNodeIP), so pods on any node
@@ -123,6 +133,18 @@ async fn admin(
     listen: Option<std::net::SocketAddr>,
     up_metric: &'static str,
 ) -> Result<std::sync::Arc<ferry_plumbing::admin::Health>> {
+    admin_with(
+        listen,
+        std::sync::Arc::new(move || format!("# TYPE {up_metric} gauge\n{up_metric} 1\n")),
+    )
+    .await
+}
+
+/// Health and `/metrics` as `render` writes them, served at `listen`, when given.
+async fn admin_with(
+    listen: Option<std::net::SocketAddr>,
+    render: ferry_plumbing::admin::Render,
+) -> Result<std::sync::Arc<ferry_plumbing::admin::Health>> {
     let health = std::sync::Arc::new(ferry_plumbing::admin::Health::default());
     if let Some(addr) = listen {
         let l = tokio::net::TcpListener::bind(addr)
@@ -130,8 +152,6 @@ async fn admin(
             .with_context(|| format!("--admin-listen {addr}"))?;
         let h = health.clone();
         tokio::spawn(async move {
-            let render: ferry_plumbing::admin::Render =
-                std::sync::Arc::new(move || format!("# TYPE {up_metric} gauge\n{up_metric} 1\n"));
             let _ = ferry_plumbing::admin::serve(l, h, render).await;
         });
     }
@@ -178,17 +198,35 @@ async fn run(cli: Cli) -> Result<()> {
             admin_listen,
             node_name,
             node_ip,
+            leader_elect,
+            namespace,
+            lease_seconds,
         } => {
-            let health = admin(admin_listen, "ferry_gateway_up").await?;
+            let role = std::sync::Arc::new(ferry_tunnel::election::Role::default());
+            let r = role.clone();
+            let render: ferry_plumbing::admin::Render = std::sync::Arc::new(move || {
+                format!("# TYPE ferry_gateway_up gauge\nferry_gateway_up 1\n{}", r.render())
+            });
+            let health = admin_with(admin_listen, render).await?;
             let client = client(kubeconfig).await?;
+            let election = node_name
+                .as_deref()
+                .filter(|_| leader_elect)
+                .map(|node| ferry_tunnel::election::Election {
+                    namespace,
+                    lease: ferry_tunnel::election::LEASE.to_string(),
+                    me: ferry_tunnel::election::identity(node),
+                    duration: std::time::Duration::from_secs(lease_seconds),
+                });
             let opts = ferry_tunnel::controller::ServeOptions {
                 state_dir,
                 underlay_cidrs: underlay_cidrs.iter().map(ToString::to_string).collect(),
                 remap_pool: remap_pool.iter().map(ToString::to_string).collect(),
                 metrics_addr,
                 node: node_name.zip(node_ip),
+                election,
             };
-            Ok(ferry_tunnel::controller::serve(client, opts, health).await?)
+            Ok(ferry_tunnel::controller::serve(client, opts, health, role).await?)
         }
         Cmd::RouteAgent {
             kubeconfig,
