@@ -40,7 +40,7 @@ pub struct RouteBench {
 
 /// Installs ferry into the lab's first two clusters and peers them, unless c1 already has a connected
 /// `PeerNetwork` to c2.
-async fn ensure_peered(lab: &Lab, exe: &std::path::Path) -> Result<()> {
+pub async fn ensure_peered(lab: &Lab, exe: &std::path::Path) -> Result<()> {
     let (c1, c2) = (&lab.layout.clusters[0], &lab.layout.clusters[1]);
     let pns: Api<ferry_crds::PeerNetwork> = Api::all(lab.client(c1).await?);
     let connected = |pn: Option<ferry_crds::PeerNetwork>| {

@@ -64,19 +64,26 @@ pub enum Step {
     WaitUntil(DateTime<Utc>),
 }
 
-/// The rule (pure). `since_renewal`: how long ago this replica last renewed, when it is active.
+/// The rule (pure). `since_renewal`: how long ago this replica last renewed, when it is active;
+/// `since_start`: how long this replica has run. A replica younger than one Lease duration leaves a Lease
+/// someone held to the standbys that were already waiting for it: the replacement of a killed active
+/// comes back within a second, and the warm standby on another node, not it, takes over.
 pub fn step(
     active: bool,
     lease: Option<&Observed>,
     me: &str,
     now: DateTime<Utc>,
-    since_renewal: Duration,
+    (since_renewal, since_start): (Duration, Duration),
     duration: Duration,
 ) -> Step {
     if active && since_renewal >= duration * 3 / 4 {
         return Step::StepDown;
     }
+    let young = since_start < duration && lease.is_some_and(|l| !l.holder.is_empty());
     match (active, leader::decide(lease, me, now)) {
+        (false, Decision::Take | Decision::Renew) if young => {
+            Step::WaitUntil(now + chrono::TimeDelta::from_std(duration - since_start).unwrap_or_default())
+        }
         (_, Decision::Take | Decision::Renew) => Step::Hold,
         (true, Decision::Wait { .. }) => Step::StepDown,
         (false, Decision::Wait { until, .. }) => Step::WaitUntil(until),
@@ -134,6 +141,7 @@ pub async fn run(client: Client, e: Election, role: Arc<Role>, active: tokio::sy
     let mut wake = tokio::time::Instant::now();
     let attempt = e.duration / 4;
     let mut waiting_logged = false;
+    let started = tokio::time::Instant::now();
     loop {
         tokio::select! {
             ev = leases.next() => match ev {
@@ -147,7 +155,8 @@ pub async fn run(client: Client, e: Election, role: Arc<Role>, active: tokio::sy
         }
         let now = tokio::time::Instant::now();
         let observed = seen.as_ref().map(leader::observe);
-        match step(is_active, observed.as_ref(), &e.me, Utc::now(), renewed.elapsed(), e.duration) {
+        let ages = (renewed.elapsed(), started.elapsed());
+        match step(is_active, observed.as_ref(), &e.me, Utc::now(), ages, e.duration) {
             Step::Hold => {
                 if is_active && now < wake {
                     // a watch event (our own renewal coming back): the timer says when to renew
@@ -251,15 +260,15 @@ mod tests {
     fn a_standby_waits_for_the_expiry_it_saw_then_takes_the_lease() {
         let l = held("node-1_1-a", 0);
         assert_eq!(
-            step(false, Some(&l), "node-2_2-b", t(500), MS(0), D),
+            step(false, Some(&l), "node-2_2-b", t(500), (MS(0), MS(5000)), D),
             Step::WaitUntil(t(2000))
         );
         // at the expiry (not renewed since): take it
-        assert_eq!(step(false, Some(&l), "node-2_2-b", t(2000), MS(0), D), Step::Hold);
+        assert_eq!(step(false, Some(&l), "node-2_2-b", t(2000), (MS(0), MS(5000)), D), Step::Hold);
         // nothing there, or released (a clean shutdown): at once
-        assert_eq!(step(false, None, "node-2_2-b", t(0), MS(0), D), Step::Hold);
+        assert_eq!(step(false, None, "node-2_2-b", t(0), (MS(0), MS(5000)), D), Step::Hold);
         assert_eq!(
-            step(false, Some(&held("", 0)), "node-2_2-b", t(1), MS(0), D),
+            step(false, Some(&held("", 0)), "node-2_2-b", t(1), (MS(0), MS(5000)), D),
             Step::Hold
         );
     }
@@ -267,18 +276,44 @@ mod tests {
     #[test]
     fn the_active_renews_and_steps_down_before_anyone_may_take_over() {
         let l = held("node-1_1-a", 0);
-        assert_eq!(step(true, Some(&l), "node-1_1-a", t(500), MS(500), D), Step::Hold);
+        assert_eq!(step(true, Some(&l), "node-1_1-a", t(500), (MS(500), MS(5000)), D), Step::Hold);
         // 1.5 s without a renewal: it steps down, half a second before a standby may take the Lease
         assert_eq!(
-            step(true, Some(&l), "node-1_1-a", t(1500), MS(1500), D),
+            step(true, Some(&l), "node-1_1-a", t(1500), (MS(1500), MS(5000)), D),
             Step::StepDown
         );
         assert!(D * 3 / 4 < D, "step-down comes before the expiry");
         // someone else holds it (this replica was cut off and came back): standby, never two active
         let other = held("node-2_2-b", 1400);
         assert_eq!(
-            step(true, Some(&other), "node-1_1-a", t(1500), MS(100), D),
+            step(true, Some(&other), "node-1_1-a", t(1500), (MS(100), MS(5000)), D),
             Step::StepDown
+        );
+    }
+
+    #[test]
+    fn a_replica_younger_than_the_lease_leaves_an_expired_lease_to_the_waiting_standby() {
+        let l = held("node-1_1-a", 0);
+        // the killed active's replacement, 900 ms old at the expiry: it waits out its first duration
+        assert_eq!(
+            step(false, Some(&l), "node-1_1-c", t(2000), (MS(0), MS(900)), D),
+            Step::WaitUntil(t(3100))
+        );
+        // the standby, long running: takes it at the expiry
+        assert_eq!(
+            step(false, Some(&l), "node-2_2-b", t(2000), (MS(0), MS(60_000)), D),
+            Step::Hold
+        );
+        // if nobody else took it, the young one does once it is a duration old
+        assert_eq!(
+            step(false, Some(&l), "node-1_1-c", t(3100), (MS(0), MS(2000)), D),
+            Step::Hold
+        );
+        // no Lease at all, or a released one (first start, clean shutdown): no waiting
+        assert_eq!(step(false, None, "node-1_1-c", t(0), (MS(0), MS(0)), D), Step::Hold);
+        assert_eq!(
+            step(false, Some(&held("", 0)), "node-1_1-c", t(10), (MS(0), MS(0)), D),
+            Step::Hold
         );
     }
 
@@ -292,7 +327,7 @@ mod tests {
         assert_eq!(node_of("node_with_underscores_12-ab"), "node_with_underscores");
         let l = held(&before, 0);
         assert_eq!(
-            step(false, Some(&l), &after, t(100), MS(0), D),
+            step(false, Some(&l), &after, t(100), (MS(0), MS(5000)), D),
             Step::WaitUntil(t(2000))
         );
     }

@@ -115,6 +115,13 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// UDP + TCP echo ([`serve`]) and a failover probe against it ([`run`]: UDP every 10 ms and a
+    /// continuous TCP stream; JSON with the longest gap and whether TCP survived). `bench failover` runs
+    /// them inside pods' network namespaces.
+    FlowProbe {
+        #[command(subcommand)]
+        what: FlowProbeCmd,
+    },
     /// Hold many idle TCP connections to a server (loopback only) and report, as JSON, how many it closed
     /// at once and after the hold.
     Flood {
@@ -140,6 +147,28 @@ enum Cmd {
 enum Output {
     Table,
     Json,
+}
+
+#[derive(Subcommand)]
+enum FlowProbeCmd {
+    /// Echo UDP datagrams and TCP streams on a port until killed.
+    Serve {
+        /// Port (UDP and TCP).
+        #[arg(long, default_value_t = 7100)]
+        port: u16,
+    },
+    /// Probe an echo server for a while; prints JSON.
+    Run {
+        /// The server.
+        #[arg(long)]
+        to: SocketAddr,
+        /// Seconds to probe.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Milliseconds between UDP probes (and TCP writes).
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -187,6 +216,18 @@ enum BenchCmd {
         mb: u32,
         /// Fetches per node.
         #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
+    /// The active gateway lost under traffic (its process SIGKILLed, or its node cut from the network),
+    /// with two gateway replicas in c1; installs and peers ferry first if it is not; needs `up
+    /// --real-nodes 2`; one JSON line per run with gap_seconds (longest gap of a 10 ms UDP probe),
+    /// tcp_survived, the takeover time and the active replicas in order.
+    Failover {
+        /// How the active is lost.
+        #[arg(long, value_enum, default_value_t = ferry_e2e::failover::Loss::Kill)]
+        loss: ferry_e2e::failover::Loss,
+        /// Losses, one after another (the active alternates between the two nodes).
+        #[arg(long, default_value_t = 1)]
         runs: u32,
     },
     /// iperf3 pod -> pod through ferry's tunnel + NAT vs plain userspace WireGuard vs the bare WAN; last line JSON.
@@ -450,6 +491,28 @@ async fn run(cli: Cli) -> Result<()> {
             let lab = lab::Lab::load(&cli.root, &cli.name)?;
             let r = ferry_e2e::route_bench::run(&lab, &exe, mb, runs).await?;
             println!("{}", serde_json::to_string(&r)?);
+        }
+        Cmd::Bench {
+            what: BenchCmd::Failover { loss, runs },
+        } => {
+            lab::require_root("ferry-lab bench failover")?;
+            let lab = lab::Lab::load(&cli.root, &cli.name)?;
+            for r in ferry_e2e::failover::bench(&lab, &exe, loss, runs).await? {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+        }
+        Cmd::FlowProbe {
+            what: FlowProbeCmd::Serve { port },
+        } => ferry_e2e::flowprobe::serve(port).await?,
+        Cmd::FlowProbe {
+            what: FlowProbeCmd::Run {
+                to,
+                seconds,
+                interval_ms,
+            },
+        } => {
+            let f = ferry_e2e::flowprobe::run(to, seconds, std::time::Duration::from_millis(interval_ms.max(1))).await?;
+            println!("{}", serde_json::to_string(&f)?);
         }
         Cmd::Bench {
             what: BenchCmd::Tunnel { seconds, runs },
