@@ -247,7 +247,9 @@ fn cut(netns: &str) -> Result<()> {
 
 fn uncut(netns: &str) {
     let _ = std::process::Command::new("ip")
-        .args(["netns", "exec", netns, "nft", "delete", "table", "inet", CUT_TABLE])
+        .args([
+            "netns", "exec", netns, "nft", "delete", "table", "inet", CUT_TABLE,
+        ])
         .output();
 }
 
@@ -281,9 +283,11 @@ pub async fn once(lab: &Lab, exe: &Path, to: SocketAddr, loss: Loss) -> Result<F
             let cfg = watcher::Config::default().fields(&format!("metadata.name={PEER}"));
             let mut s = std::pin::pin!(watcher(pns, cfg).default_backoff().applied_objects());
             while let Some(Ok(pn)) = s.next().await {
-                if let Some((node, replica)) = pn.status.as_ref().and_then(|s| {
-                    Some((s.gateway_node.clone()?, s.gateway_replica.clone()?))
-                }) {
+                if let Some((node, replica)) = pn
+                    .status
+                    .as_ref()
+                    .and_then(|s| Some((s.gateway_node.clone()?, s.gateway_replica.clone()?)))
+                {
                     let _ = changes_tx.send((Instant::now(), node, replica));
                 }
             }
@@ -343,7 +347,10 @@ pub async fn once(lab: &Lab, exe: &Path, to: SocketAddr, loss: Loss) -> Result<F
     let returned = async {
         loop {
             let pid = pid_in(&lost_ns, "ferry-gateway serve");
-            if pid.is_some() && pid != killed && http_get(admin).is_some_and(|m| m.contains("\nferry_gateway_active 0")) {
+            if pid.is_some()
+                && pid != killed
+                && http_get(admin).is_some_and(|m| m.contains("\nferry_gateway_active 0"))
+            {
                 return;
             }
             // a process coming back is watched from outside the cluster: there is no object to watch
@@ -352,7 +359,9 @@ pub async fn once(lab: &Lab, exe: &Path, to: SocketAddr, loss: Loss) -> Result<F
     };
     tokio::time::timeout(Duration::from_secs(90), returned)
         .await
-        .with_context(|| format!("the lost gateway replica on {from_node} not back as a standby after 90s"))?;
+        .with_context(|| {
+            format!("the lost gateway replica on {from_node} not back as a standby after 90s")
+        })?;
     let returned_seconds = lost_at.elapsed().as_secs_f64();
     // a new flow while the old active stands by; nothing may move meanwhile
     let after_return = finish(probe(lab, exe, k_client, to, 5.0)?).await?;

@@ -402,6 +402,12 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
     // from the other nodes to the gateway node is the route agent's (issue 19).
     tunnel_through_the_installed_gateways(&lab, &kc).await;
 
+    // HA gateway (issue 19): both of c1's real nodes labelled, two replicas, one active by Lease; the
+    // active lost under a 10 ms UDP probe and a TCP stream between a c1 pod (on the other node) and a c2
+    // pod, once by SIGKILL of its process and once by cutting its node's network; each time the old one
+    // comes back as a standby and a new flow works
+    gateway_failover(&lab).await;
+
     // every ferry pod is a real container from ferry's image, Ready, on the real node
     let pods: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), "ferry-system")
         .list(&ListParams::default())
@@ -529,15 +535,23 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
         assert!(left.is_empty(), "{kind} left: {left:?}");
     }
     for c in &lab.layout.clusters {
-        let ns = ferry_e2e::layout::real_node_netns(LAB, &c.id, 0);
+        let nss: Vec<String> = (0..c.real_nodes)
+            .map(|k| ferry_e2e::layout::real_node_netns(LAB, &c.id, k))
+            .collect();
         ferry_e2e::lab::eventually(
-            "the gateway node without ferry's interface and nft table, no node with its routes",
+            "the gateway nodes without ferry's interface and nft table, no node with its routes",
             30,
             || {
-                let ns = ns.clone();
+                let nss = nss.clone();
                 async move {
-                    let links = sh("ip", &["-n", &ns, "-br", "link"]);
-                    let tables = sh("ip", &["netns", "exec", &ns, "nft", "list", "tables"]);
+                    let links: String = nss
+                        .iter()
+                        .map(|ns| sh("ip", &["-n", ns, "-br", "link"]))
+                        .collect();
+                    let tables: String = nss
+                        .iter()
+                        .map(|ns| sh("ip", &["netns", "exec", ns, "nft", "list", "tables"]))
+                        .collect();
                     // and no route agent's route on any real node
                     let routes: String = (0..c.real_nodes)
                         .map(|k| {
@@ -569,6 +583,52 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
         assert!(Instant::now() < deadline, "{left} ferry pods left");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+async fn gateway_failover(lab: &ferry_e2e::lab::Lab) {
+    use ferry_e2e::failover::{self, Loss};
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_ferry-lab"));
+    failover::two_gateways(lab, &lab.layout.clusters[0])
+        .await
+        .unwrap();
+    let (to, mut server) = failover::workload(lab, exe).await.unwrap();
+    for loss in [Loss::Kill, Loss::Cut] {
+        let r = failover::once(lab, exe, to, loss).await.unwrap();
+        eprintln!("gateway failover: {}", serde_json::to_string(&r).unwrap());
+        assert_ne!(
+            r.from_node, r.to_node,
+            "{loss:?}: the standby on the other node took over"
+        );
+        assert!(
+            r.takeover_seconds <= 3.0,
+            "{loss:?}: takeover {}s",
+            r.takeover_seconds
+        );
+        assert!(
+            r.gap_seconds <= 3.0,
+            "{loss:?}: probe gap {}s > 3s",
+            r.gap_seconds
+        );
+        assert!(
+            r.tcp_survived,
+            "{loss:?}: the TCP stream died: {:?}",
+            r.during.tcp_error
+        );
+        // no flapping: the old active came back as a standby and nothing moved again
+        assert_eq!(
+            r.active_changes.len(),
+            2,
+            "{loss:?}: active replicas {:?}",
+            r.active_changes
+        );
+        assert!(
+            r.after_return.tcp_survived && r.after_return.gap_seconds < 1.0,
+            "{loss:?}: a new flow after the return: {:?}",
+            r.after_return
+        );
+    }
+    let _ = server.kill();
+    let _ = server.wait();
 }
 
 fn sh(program: &str, args: &[&str]) -> String {

@@ -103,7 +103,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Benchmarks: `peer` (seconds from peer to Authenticated); `tunnel`, `route`, `pods`, `offload`, `dns` run `ferry-lab bench` on the lab.
+    /// Benchmarks: `peer` (seconds from peer to Authenticated); `tunnel`, `route`, `failover`, `pods`, `offload`, `dns` run `ferry-lab bench` on the lab.
     Bench {
         /// What to measure.
         what: String,

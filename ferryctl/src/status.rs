@@ -52,6 +52,7 @@ pub async fn gather(c: &Client, namespace: &str) -> Result<Value> {
             .and_then(|p| p.status.as_ref())
             .map(|s| {
                 json!({ "phase": s.phase, "gatewayNode": s.gateway_node, "gatewayNodeIP": s.gateway_node_ip,
+                    "gatewayReplica": s.gateway_replica, "gatewayActiveSince": s.gateway_active_since,
                     "pathMTU": s.path_mtu, "tunnelMTU": s.tunnel_mtu, "mtuChanges": s.mtu_changes,
                     "lastMTUChange": s.last_mtu_change, "latencyMs": s.latency_ms })
             })
@@ -136,6 +137,12 @@ pub fn table(v: &Value) -> String {
             mtu,
             r["age"].as_str().unwrap_or("")
         ));
+        if let Some(replica) = t["gatewayReplica"].as_str() {
+            s.push_str(&format!(
+                "  active gateway replica: {replica} since {}\n",
+                t["gatewayActiveSince"].as_str().unwrap_or("?")
+            ));
+        }
         if let Some(change) = t["lastMTUChange"].as_str() {
             s.push_str(&format!("  last MTU change: {change}\n"));
         }
@@ -166,6 +173,7 @@ mod tests {
                 "conditions": [{ "type": "Peered", "status": "True" }],
                 "node": { "ready": true, "pods": 4 },
                 "tunnel": { "phase": "Connected", "gatewayNode": "real-node-1", "pathMTU": 1400, "tunnelMTU": 1340,
+                    "gatewayReplica": "real-node-1_1-0a1b2c3d", "gatewayActiveSince": "2026-12-05T08:40:29.100Z",
                     "lastMTUChange": "path MTU 1500 -> 1400, tunnel MTU 1440 -> 1340 at 2026-12-05T06:00:00Z" },
                 "age": "5m" },
                 { "peer": "consumer-c3", "role": "Consumer", "conditions": [], "node": null, "tunnel": null, "age": "1m" }],
@@ -185,6 +193,10 @@ mod tests {
             assert!(line.contains(want), "{want} in {line}");
         }
         assert!(t.contains("  last MTU change: path MTU 1500 -> 1400"), "{t}");
+        assert!(
+            t.contains("  active gateway replica: real-node-1_1-0a1b2c3d since 2026-12-05T08:40:29.100Z"),
+            "{t}"
+        );
         let line = t.lines().find(|l| l.starts_with("consumer-c3")).unwrap();
         assert_eq!(
             line.split_whitespace().collect::<Vec<_>>(),

@@ -168,8 +168,9 @@ pub async fn release(api: &Api<Lease>, name: &str, me: &str) -> Result<(), kube:
 /// When a Lease as observed expires unless renewed (`None`: never, it is released or absent).
 pub fn expiry(l: &Lease) -> Option<DateTime<Utc>> {
     let o = observe(l);
-    (!o.holder.is_empty())
-        .then(|| o.renewed.unwrap_or(DateTime::<Utc>::MIN_UTC) + chrono::TimeDelta::seconds(o.duration_seconds.max(1)))
+    (!o.holder.is_empty()).then(|| {
+        o.renewed.unwrap_or(DateTime::<Utc>::MIN_UTC) + chrono::TimeDelta::seconds(o.duration_seconds.max(1))
+    })
 }
 
 /// Who holds a Lease as observed (empty: nobody).

@@ -317,12 +317,7 @@ fn start(
                     since = chrono_now();
                 }
                 if last.as_ref() != Some(&key) || last_write.elapsed() >= Duration::from_secs(5) {
-                    patch_status(
-                        &writer_api,
-                        &writer_name,
-                        &status_patch(&s, &since, &at),
-                    )
-                    .await;
+                    patch_status(&writer_api, &writer_name, &status_patch(&s, &since, &at)).await;
                     last = Some(key);
                     last_write = Instant::now();
                 }
@@ -500,10 +495,7 @@ pub async fn serve(
                         replica: opts.election.as_ref().map(|e| e.me.clone()),
                         since: role.since(),
                     };
-                    running.insert(
-                        n.clone(),
-                        start(api.clone(), n, cfg, spec, ended_tx.clone(), at),
-                    );
+                    running.insert(n.clone(), start(api.clone(), n, cfg, spec, ended_tx.clone(), at));
                 }
                 Err(e) => {
                     if failed.get(&n).map(|(s, _)| s) != Some(&spec) {
@@ -538,7 +530,11 @@ fn take_over(cfg: &mut GatewayConfig, pn: &PeerNetwork) {
         let file = cfg.remaps_file();
         let text = serde_json::to_string_pretty(&r).expect("remaps serialise");
         if let Err(e) = std::fs::create_dir_all(&cfg.state_dir).and_then(|()| std::fs::write(&file, text)) {
-            warn!(peer = cfg.peer, "keeping the reported remaps in {}: {e}", file.display());
+            warn!(
+                peer = cfg.peer,
+                "keeping the reported remaps in {}: {e}",
+                file.display()
+            );
         }
     }
     cfg.path_mtu_hint = pn.status.as_ref().and_then(|s| s.path_mtu);

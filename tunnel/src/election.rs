@@ -264,11 +264,24 @@ mod tests {
             Step::WaitUntil(t(2000))
         );
         // at the expiry (not renewed since): take it
-        assert_eq!(step(false, Some(&l), "node-2_2-b", t(2000), (MS(0), MS(5000)), D), Step::Hold);
-        // nothing there, or released (a clean shutdown): at once
-        assert_eq!(step(false, None, "node-2_2-b", t(0), (MS(0), MS(5000)), D), Step::Hold);
         assert_eq!(
-            step(false, Some(&held("", 0)), "node-2_2-b", t(1), (MS(0), MS(5000)), D),
+            step(false, Some(&l), "node-2_2-b", t(2000), (MS(0), MS(5000)), D),
+            Step::Hold
+        );
+        // nothing there, or released (a clean shutdown): at once
+        assert_eq!(
+            step(false, None, "node-2_2-b", t(0), (MS(0), MS(5000)), D),
+            Step::Hold
+        );
+        assert_eq!(
+            step(
+                false,
+                Some(&held("", 0)),
+                "node-2_2-b",
+                t(1),
+                (MS(0), MS(5000)),
+                D
+            ),
             Step::Hold
         );
     }
@@ -276,7 +289,10 @@ mod tests {
     #[test]
     fn the_active_renews_and_steps_down_before_anyone_may_take_over() {
         let l = held("node-1_1-a", 0);
-        assert_eq!(step(true, Some(&l), "node-1_1-a", t(500), (MS(500), MS(5000)), D), Step::Hold);
+        assert_eq!(
+            step(true, Some(&l), "node-1_1-a", t(500), (MS(500), MS(5000)), D),
+            Step::Hold
+        );
         // 1.5 s without a renewal: it steps down, half a second before a standby may take the Lease
         assert_eq!(
             step(true, Some(&l), "node-1_1-a", t(1500), (MS(1500), MS(5000)), D),
@@ -310,7 +326,10 @@ mod tests {
             Step::Hold
         );
         // no Lease at all, or a released one (first start, clean shutdown): no waiting
-        assert_eq!(step(false, None, "node-1_1-c", t(0), (MS(0), MS(0)), D), Step::Hold);
+        assert_eq!(
+            step(false, None, "node-1_1-c", t(0), (MS(0), MS(0)), D),
+            Step::Hold
+        );
         assert_eq!(
             step(false, Some(&held("", 0)), "node-1_1-c", t(10), (MS(0), MS(0)), D),
             Step::Hold

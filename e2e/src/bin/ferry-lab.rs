@@ -505,13 +505,16 @@ async fn run(cli: Cli) -> Result<()> {
             what: FlowProbeCmd::Serve { port },
         } => ferry_e2e::flowprobe::serve(port).await?,
         Cmd::FlowProbe {
-            what: FlowProbeCmd::Run {
-                to,
-                seconds,
-                interval_ms,
-            },
+            what:
+                FlowProbeCmd::Run {
+                    to,
+                    seconds,
+                    interval_ms,
+                },
         } => {
-            let f = ferry_e2e::flowprobe::run(to, seconds, std::time::Duration::from_millis(interval_ms.max(1))).await?;
+            let f =
+                ferry_e2e::flowprobe::run(to, seconds, std::time::Duration::from_millis(interval_ms.max(1)))
+                    .await?;
             println!("{}", serde_json::to_string(&f)?);
         }
         Cmd::Bench {

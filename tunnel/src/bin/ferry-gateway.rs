@@ -205,19 +205,23 @@ async fn run(cli: Cli) -> Result<()> {
             let role = std::sync::Arc::new(ferry_tunnel::election::Role::default());
             let r = role.clone();
             let render: ferry_plumbing::admin::Render = std::sync::Arc::new(move || {
-                format!("# TYPE ferry_gateway_up gauge\nferry_gateway_up 1\n{}", r.render())
+                format!(
+                    "# TYPE ferry_gateway_up gauge\nferry_gateway_up 1\n{}",
+                    r.render()
+                )
             });
             let health = admin_with(admin_listen, render).await?;
             let client = client(kubeconfig).await?;
-            let election = node_name
-                .as_deref()
-                .filter(|_| leader_elect)
-                .map(|node| ferry_tunnel::election::Election {
-                    namespace,
-                    lease: ferry_tunnel::election::LEASE.to_string(),
-                    me: ferry_tunnel::election::identity(node),
-                    duration: std::time::Duration::from_secs(lease_seconds),
-                });
+            let election =
+                node_name
+                    .as_deref()
+                    .filter(|_| leader_elect)
+                    .map(|node| ferry_tunnel::election::Election {
+                        namespace,
+                        lease: ferry_tunnel::election::LEASE.to_string(),
+                        me: ferry_tunnel::election::identity(node),
+                        duration: std::time::Duration::from_secs(lease_seconds),
+                    });
             let opts = ferry_tunnel::controller::ServeOptions {
                 state_dir,
                 underlay_cidrs: underlay_cidrs.iter().map(ToString::to_string).collect(),
