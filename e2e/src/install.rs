@@ -24,7 +24,14 @@ pub fn values(c: &ClusterLayout, discover: bool) -> Vec<String> {
         format!("clusterID={}", crate::agents::cluster_id(c.index as usize - 1)),
         "agent.quotaPods=500".to_string(),
         "agent.replicas=2".to_string(),
-        format!("gateway.underlayCIDRs={}", c.node_network()),
+        format!(
+            "gateway.underlayCIDRs={}",
+            c.node_networks()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
         format!(
             "agent.brokerURL=https://{}:{}",
             c.wan_ip,

@@ -144,6 +144,9 @@ pub struct LabRequest {
     pub nodes: u32,
     /// Real nodes (kubelet 1.20.2 + containerd) per cluster.
     pub real_nodes: u32,
+    /// Every second real node (real-node-2, -4, …) on a second node network behind the cluster's
+    /// router, so that routing to the gateway's node has to cross subnets.
+    pub second_subnet: bool,
     /// First port; cluster i uses `base_port + 10 * i ..`.
     pub base_port: u16,
     /// Node capacity.
@@ -210,6 +213,9 @@ pub struct ClusterLayout {
     /// are distinct already.
     #[serde(default)]
     pub node_net: u8,
+    /// Every second real node on the second node network ([`ClusterLayout::second_network`]).
+    #[serde(default)]
+    pub second_subnet: bool,
     /// The host's address on its WAN link (IPv4, /24); the WAN router is `.1` of that /24.
     pub wan_ip: IpAddr,
     /// The host's address on its WAN link (IPv6, /64); the WAN router is `::1` of that /64.
@@ -259,6 +265,46 @@ impl ClusterLayout {
         IpAddr::from([198, 19, self.node_net, 254])
     }
 
+    /// The second node network (`198.19.<node_net + 128>.0/24`), where every second real node sits when
+    /// the lab was started with `--second-subnet`; its router is the cluster's host namespace too (`.1`).
+    pub fn second_network(&self) -> IpNet {
+        IpNet::new(IpAddr::from([198, 19, self.node_net.wrapping_add(128), 0]), 24).expect("literal prefix")
+    }
+
+    /// Whether real node `k` sits on the second node network.
+    pub fn on_second_network(&self, k: u32) -> bool {
+        self.second_subnet && k % 2 == 1
+    }
+
+    /// The node network real node `k` sits on.
+    pub fn real_node_network(&self, k: u32) -> IpNet {
+        if self.on_second_network(k) {
+            self.second_network()
+        } else {
+            self.node_network()
+        }
+    }
+
+    /// Real node `k`'s router: the host namespace's address on its node network.
+    pub fn real_node_router(&self, k: u32) -> IpAddr {
+        match self.real_node_network(k).addr() {
+            IpAddr::V4(a) => {
+                let o = a.octets();
+                IpAddr::from([o[0], o[1], o[2], 1])
+            }
+            v6 => v6,
+        }
+    }
+
+    /// Every node network in use (one, or two with `--second-subnet` and two real nodes or more).
+    pub fn node_networks(&self) -> Vec<IpNet> {
+        let mut v = vec![self.node_network()];
+        if self.second_subnet && self.real_nodes > 1 {
+            v.push(self.second_network());
+        }
+        v
+    }
+
     /// The name of real node `k` (0-based).
     pub fn real_node_name(&self, k: u32) -> String {
         format!("real-node-{}", k + 1)
@@ -266,7 +312,13 @@ impl ClusterLayout {
 
     /// The address of real node `k` on the node network.
     pub fn real_node_ip(&self, k: u32) -> IpAddr {
-        IpAddr::from([198, 19, self.node_net, 10 + k as u8])
+        match self.real_node_network(k).addr() {
+            IpAddr::V4(a) => {
+                let o = a.octets();
+                IpAddr::from([o[0], o[1], o[2], 10 + k as u8])
+            }
+            v6 => v6,
+        }
     }
 
     /// The pod subnet of real node `k`: subnets from [`REAL_NODE_SUBNET_BASE`] on, after the lab nodes'.
@@ -436,6 +488,7 @@ impl LabLayout {
                 nodes: req.nodes,
                 real_nodes: req.real_nodes,
                 node_net: ((u32::from(base) / u32::from(PORTS_PER_CLUSTER)) % 256) as u8,
+                second_subnet: req.second_subnet,
                 wan_ip: IpAddr::from([198, 18, index as u8, 2]),
                 wan_ip6: format!("fd00:198:18:{index:x}::2")
                     .parse()
@@ -592,6 +645,7 @@ mod tests {
             node_cidr_mask_v6: 64,
             nodes: 2,
             real_nodes: 0,
+            second_subnet: false,
             base_port: 20000,
             node_capacity: NodeCapacity {
                 cpu: "4".into(),

@@ -136,6 +136,8 @@ pub fn create(lab: &LabLayout) -> Result<()> {
 
 /// Name of the node network's bridge in a cluster's host namespace (real nodes hang on it).
 pub const NODE_BRIDGE: &str = "nodes0";
+/// The bridge of the second node network (`--second-subnet`).
+pub const NODE_BRIDGE_2: &str = "nodes1";
 
 /// The root namespace's end of a cluster's node-network link (15 characters at most).
 pub fn control_plane_link(lab: &LabLayout, c: &ClusterLayout) -> String {
@@ -188,6 +190,38 @@ pub fn create_node_network(lab: &LabLayout, c: &ClusterLayout) -> Result<()> {
         &link,
     ])?;
     ip(&["link", "set", &link, "up"])?;
+    if c.node_networks().len() > 1 {
+        // the second node network: another bridge behind the same router; the control plane reaches it
+        // (kubelets, their serving ports) through the router
+        let second = c.second_network();
+        ipn(&host, &["link", "add", NODE_BRIDGE_2, "type", "bridge"])?;
+        ipn(
+            &host,
+            &[
+                "addr",
+                "add",
+                &format!("{}/{}", c.real_node_router(1), second.prefix_len()),
+                "dev",
+                NODE_BRIDGE_2,
+            ],
+        )?;
+        ipn(&host, &["link", "set", NODE_BRIDGE_2, "up"])?;
+        ip(&[
+            "route",
+            "replace",
+            &second.to_string(),
+            "via",
+            &c.node_router().to_string(),
+            "dev",
+            &link,
+        ])
+        .with_context(|| format!("routing the second node network {second} from the control plane"))?;
+    }
+    let masquerade: String = c
+        .node_networks()
+        .iter()
+        .map(|n| format!("  oifname \"{HOST_WAN_IF}\" ip saddr {n} masquerade\n"))
+        .collect();
     // The host namespace is also the cluster's edge router, as a NAT gateway in front of a private node
     // network: the nodes reach the WAN with its address, and from the WAN its address forwards the
     // apiserver (:6443, to the control plane's front), the broker (:8443, to the broker NodePort on the
@@ -196,7 +230,7 @@ pub fn create_node_network(lab: &LabLayout, c: &ClusterLayout) -> Result<()> {
     nft_in(
         &host,
         &format!(
-            "table ip ferry-lab-edge {{\n chain pre {{\n  type nat hook prerouting priority -100;\n  iifname \"{wan}\" tcp dport {api} dnat to {cp}:{api}\n  iifname \"{wan}\" tcp dport {broker} dnat to {node}:{node_port}\n  iifname \"{wan}\" udp dport {wg_lo}-{wg_hi} dnat to {node}\n }}\n chain post {{\n  type nat hook postrouting priority 100;\n  oifname \"{wan}\" ip saddr {net} masquerade\n  oifname \"{bridge}\" ip daddr {cp} tcp dport {api} masquerade\n }}\n}}\n",
+            "table ip ferry-lab-edge {{\n chain pre {{\n  type nat hook prerouting priority -100;\n  iifname \"{wan}\" tcp dport {api} dnat to {cp}:{api}\n  iifname \"{wan}\" tcp dport {broker} dnat to {node}:{node_port}\n  iifname \"{wan}\" udp dport {wg_lo}-{wg_hi} dnat to {node}\n }}\n chain post {{\n  type nat hook postrouting priority 100;\n{masquerade}  oifname \"{bridge}\" ip daddr {cp} tcp dport {api} masquerade\n }}\n}}\n",
             wan = HOST_WAN_IF,
             api = crate::layout::APISERVER_FRONT_PORT,
             cp = c.control_plane_ip(),
@@ -205,7 +239,6 @@ pub fn create_node_network(lab: &LabLayout, c: &ClusterLayout) -> Result<()> {
             node_port = EDGE_BROKER_NODE_PORT,
             wg_lo = EDGE_GATEWAY_PORTS.0,
             wg_hi = EDGE_GATEWAY_PORTS.1,
-            net = net,
             bridge = NODE_BRIDGE,
         ),
     )?;
@@ -243,8 +276,13 @@ pub fn add_real_node(lab: &LabLayout, c: &ClusterLayout, k: u32, netns: &str) ->
             "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", netns,
         ],
     )?;
-    ipn(&host, &["link", "set", &veth, "master", NODE_BRIDGE, "up"])?;
-    let net = c.node_network();
+    let bridge = if c.on_second_network(k) {
+        NODE_BRIDGE_2
+    } else {
+        NODE_BRIDGE
+    };
+    ipn(&host, &["link", "set", &veth, "master", bridge, "up"])?;
+    let net = c.real_node_network(k);
     ipn(
         netns,
         &[
@@ -258,7 +296,7 @@ pub fn add_real_node(lab: &LabLayout, c: &ClusterLayout, k: u32, netns: &str) ->
     ipn(netns, &["link", "set", "eth0", "up"])?;
     ipn(
         netns,
-        &["route", "add", "default", "via", &c.node_router().to_string()],
+        &["route", "add", "default", "via", &c.real_node_router(k).to_string()],
     )?;
     // The control plane's end sits in the root namespace, shared by clusters whose pod CIDRs are the same:
     // it has no route back to pods, so what pods send it (the cluster DNS, the `kubernetes` Service) leaves
@@ -276,7 +314,15 @@ pub fn add_real_node(lab: &LabLayout, c: &ClusterLayout, k: u32, netns: &str) ->
     for j in (0..c.real_nodes).filter(|j| *j != k) {
         let other = crate::layout::real_node_netns(&lab.name, &c.id, j);
         if netns_exists(&other) {
-            ipn(&other, &["route", "replace", &subnet, "via", &via])?;
+            // host-gw between nodes of one node network; across the two, through the router
+            let shared = c.real_node_network(j) == net;
+            let to_k = if shared { via.clone() } else { c.real_node_router(j).to_string() };
+            let to_j = if shared {
+                c.real_node_ip(j).to_string()
+            } else {
+                c.real_node_router(k).to_string()
+            };
+            ipn(&other, &["route", "replace", &subnet, "via", &to_k])?;
             ipn(
                 netns,
                 &[
@@ -284,7 +330,7 @@ pub fn add_real_node(lab: &LabLayout, c: &ClusterLayout, k: u32, netns: &str) ->
                     "replace",
                     &c.real_node_subnet(j)?.to_string(),
                     "via",
-                    &c.real_node_ip(j).to_string(),
+                    &to_j,
                 ],
             )?;
         }

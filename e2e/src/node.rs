@@ -549,6 +549,7 @@ mod tests {
             node_cidr_mask_v6: 64,
             nodes: 2,
             real_nodes: 2,
+            second_subnet: false,
             base_port: 24000,
             node_capacity: NodeCapacity {
                 cpu: "4".into(),

@@ -463,6 +463,7 @@ mod tests {
             node_cidr_mask_v6: 64,
             nodes: 1,
             real_nodes: 1,
+            second_subnet: false,
             base_port: 24000,
             node_capacity: crate::layout::NodeCapacity {
                 cpu: "1".into(),

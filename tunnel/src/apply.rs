@@ -59,7 +59,12 @@ pub fn sync_node_routes(want: &[crate::routes::NodeRoute]) -> Result<usize> {
     let mut first_err = None;
     for r in &set {
         let (dst, via) = (r.dst.to_string(), r.via.to_string());
-        if let Err(e) = run("ip", &["route", "replace", &dst, "via", &via, "proto", &proto]) {
+        let mut args = vec!["route", "replace", &dst, "via", &via, "proto", &proto];
+        if r.overlay {
+            // the gateway node is no neighbour on the overlay's L2 but its derived MAC is (see sync_overlay)
+            args.extend(["dev", crate::routes::OVERLAY_DEV, "onlink"]);
+        }
+        if let Err(e) = run("ip", &args) {
             first_err.get_or_insert(e);
         }
     }
@@ -72,6 +77,84 @@ pub fn sync_node_routes(want: &[crate::routes::NodeRoute]) -> Result<usize> {
         Some(e) => Err(e),
         None => Ok(set.len() + del.len()),
     }
+}
+
+/// Makes this node's overlay device ([`crate::routes::OVERLAY_DEV`]) `want` (created, recreated when its
+/// remote changes, removed when `None`), given that it is `now`; returns what works against it (a strict
+/// reverse-path filter that would drop what the overlay delivers), each with its fix.
+pub fn sync_overlay(
+    want: Option<&crate::routes::Overlay>,
+    now: &mut Option<crate::routes::Overlay>,
+) -> Result<Vec<String>> {
+    use crate::routes::{OVERLAY_DEV, OVERLAY_PORT, OVERLAY_VNI, overlay_mac};
+    if want == now.as_ref() {
+        return Ok(Vec::new());
+    }
+    remove_overlay();
+    *now = None;
+    let Some(o) = want else {
+        return Ok(Vec::new());
+    };
+    let local = o.local.to_string();
+    let link = run("ip", &["-o", "addr", "show", "to", &local])?;
+    let link_mtu = link
+        .split_whitespace()
+        .nth(1)
+        .and_then(|d| std::fs::read_to_string(format!("/sys/class/net/{d}/mtu")).ok())
+        .and_then(|m| m.trim().parse().ok())
+        .unwrap_or(1500);
+    let mtu = crate::mtu::MtuPlan::compute(link_mtu, &[crate::mtu::Encap::Vxlan], o.local.is_ipv6(), false)
+        .map_err(|e| invalid!("the overlay over a link of MTU {link_mtu}: {e}"))?
+        .mtu
+        .to_string();
+    let (vni, port) = (OVERLAY_VNI.to_string(), OVERLAY_PORT.to_string());
+    let remote = o.remote.map(|r| r.to_string());
+    let mut add = vec![
+        "link", "add", OVERLAY_DEV, "type", "vxlan", "id", &vni, "local", &local, "dstport", &port, "nolearning",
+    ];
+    if let Some(r) = &remote {
+        add.extend(["remote", r.as_str()]);
+    }
+    run("ip", &add)?;
+    let mac = overlay_mac(o.local);
+    let set = run(
+        "ip",
+        &["link", "set", OVERLAY_DEV, "address", &mac, "mtu", &mtu, "up"],
+    );
+    let neigh = match (&remote, o.remote) {
+        (Some(r), Some(ip)) => run(
+            "ip",
+            &[
+                "neigh", "replace", r, "lladdr", &overlay_mac(ip), "dev", OVERLAY_DEV, "nud", "permanent",
+            ],
+        )
+        .map(drop),
+        _ => Ok(()),
+    };
+    if let Err(e) = set.and(neigh) {
+        remove_overlay();
+        return Err(e);
+    }
+    *now = Some(o.clone());
+    // what the overlay delivers comes from pods whose route back is not the overlay: strict reverse-path
+    // filtering (1) drops it, loose (2) does not; the effective value is the larger of `all` and the device's
+    let mut problems = Vec::new();
+    if o.local.is_ipv4() {
+        let dev = format!("/proc/sys/net/ipv4/conf/{OVERLAY_DEV}/rp_filter");
+        let all = std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/rp_filter").unwrap_or_default();
+        let loosened = std::fs::write(&dev, "2").is_ok();
+        if all.trim() == "1" && !loosened {
+            problems.push(format!(
+                "net.ipv4.conf.all.rp_filter=1 (strict) drops what the overlay delivers and {dev} is read-only here; fix: sysctl -w net.ipv4.conf.all.rp_filter=2 on the nodes"
+            ));
+        }
+    }
+    Ok(problems)
+}
+
+/// Removes the overlay device (and with it every route and neighbour through it); absent is fine.
+pub fn remove_overlay() {
+    let _ = run("ip", &["link", "del", "dev", crate::routes::OVERLAY_DEV]);
 }
 
 /// Which WireGuard implementation runs the interface.

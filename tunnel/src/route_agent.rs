@@ -15,7 +15,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tracing::{info, warn};
 
 use crate::Result;
-use crate::routes::{NodeReport, PeerView, REPORT_ANNOTATION, REPORT_LABEL, desired};
+use crate::routes::{NodeReport, PeerView, REPORT_ANNOTATION, REPORT_LABEL, desired, overlay_for};
 
 /// How often the routes are checked even when no `PeerNetwork` changed.
 pub const RESYNC: Duration = Duration::from_secs(10);
@@ -95,8 +95,12 @@ pub async fn run(
     client: Client,
     health: std::sync::Arc<ferry_plumbing::admin::Health>,
     report_to: Option<ReportTo>,
+    node_ip: Option<std::net::IpAddr>,
 ) -> Result<()> {
     health.register("routes", "PeerNetworks not listed yet");
+    // a device left by an earlier agent is made again from what the PeerNetworks say
+    crate::apply::remove_overlay();
+    let mut overlay_now = None;
     let leases: Option<Api<Lease>> = report_to
         .as_ref()
         .map(|t| Api::namespaced(client.clone(), &t.namespace));
@@ -133,7 +137,11 @@ pub async fn run(
                 continue;
             }
         };
-        let (want, problems) = desired(&peers, &local);
+        let (want, mut problems) = desired(&peers, &local, node_ip);
+        match crate::apply::sync_overlay(overlay_for(&peers, &local, node_ip).as_ref(), &mut overlay_now) {
+            Ok(p) => problems.extend(p),
+            Err(e) => problems.push(format!("the overlay device {}: {e}", crate::routes::OVERLAY_DEV)),
+        }
         if problems != last_problems {
             for p in &problems {
                 warn!("{p}");
@@ -173,5 +181,6 @@ pub async fn run(
         Ok(n) => info!(removed = n, "node routes removed"),
         Err(e) => warn!("removing node routes: {e}"),
     }
+    crate::apply::remove_overlay();
     Ok(())
 }

@@ -9,9 +9,17 @@
 //! own routes again (after a restart too) and removes them and only them. Pure: the apply layer is
 //! `apply::sync_node_routes`.
 //!
-//! Direct routes need the gateway node on a subnet this node shares (the same L2, as most clusters' nodes
-//! are); across subnets an overlay to the gateway node is needed, which is not built yet: such a route is
-//! reported, not guessed.
+//! Where the gateway node is on a subnet this node shares (the same L2, as most clusters' nodes are), the
+//! route is direct. Across subnets the router between them knows nothing of the peers' CIDRs, so the
+//! packets go through an overlay instead: a VXLAN device [`OVERLAY_DEV`] on every node ([`overlay_for`],
+//! VNI [`OVERLAY_VNI`], UDP [`OVERLAY_PORT`], not the CNI's 4789), whose MAC address each node derives from
+//! its own address ([`overlay_mac`]), so a sender needs no control plane: its device's default remote is
+//! the gateway node, and the gateway node's address on it resolves to the gateway's derived MAC. The
+//! gateway node decapsulates and forwards into its tunnel as it does for a direct route; replies need
+//! nothing (the CNI routes this cluster's pod CIDR, across subnets too). The device's MTU is the link's
+//! minus VXLAN's 50 (70 over IPv6), which is above the tunnel MTU (path minus 60 or 80) on the same links,
+//! so the gateway's MSS clamp stays the tighter one; a larger packet gets "fragmentation needed" from the
+//! sending node itself.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -40,13 +48,69 @@ pub struct NodeRoute {
     pub dst: IpNet,
     /// Next hop: the active gateway's node.
     pub via: IpAddr,
+    /// Through the overlay device ([`OVERLAY_DEV`], the gateway node on another subnet).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overlay: bool,
+}
+
+/// The overlay's VXLAN device on every node.
+pub const OVERLAY_DEV: &str = "ferry-vx";
+/// Its VXLAN network identifier.
+pub const OVERLAY_VNI: u32 = 102;
+/// Its UDP port (not 4789, which VXLAN CNIs use).
+pub const OVERLAY_PORT: u16 = 4790;
+
+/// This node's overlay device: its own address, and the gateway node it sends to (none on the gateway's
+/// node, which only receives).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Overlay {
+    /// The node's address (the chart passes `status.hostIP`).
+    pub local: IpAddr,
+    /// The gateway node behind the overlay, when this node is not on its subnet.
+    pub remote: Option<IpAddr>,
+}
+
+/// The MAC address of a node's overlay device, derived from its address (locally administered,
+/// `02:66` and the address's last four bytes): every node knows every other one's without asking.
+pub fn overlay_mac(node: IpAddr) -> String {
+    let b: [u8; 4] = match node {
+        IpAddr::V4(a) => a.octets(),
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            [o[12], o[13], o[14], o[15]]
+        }
+    };
+    format!("02:66:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3])
+}
+
+/// The overlay device this node keeps (pure): one as long as a peer has an active gateway of the node's
+/// address family (every node may receive: any node may become the gateway's), sending to the first
+/// gateway off this node's subnets. `None` without the node's address or a gateway.
+pub fn overlay_for(peers: &[PeerView], local: &[IpNet], node_ip: Option<IpAddr>) -> Option<Overlay> {
+    let me = node_ip?;
+    let gateways: Vec<IpAddr> = peers
+        .iter()
+        .filter_map(|p| p.gateway)
+        .filter(|g| g.is_ipv4() == me.is_ipv4())
+        .collect();
+    if gateways.is_empty() {
+        return None;
+    }
+    let remote = gateways
+        .into_iter()
+        .find(|g| !local.iter().any(|n| n.contains(g)));
+    Some(Overlay { local: me, remote })
 }
 
 /// The routes this node should have, and a line per peer it cannot route (with the reason).
 ///
 /// `local`: this node's addresses with their prefixes (a gateway in one of them is on-link; a node that
 /// holds the gateway's address is the gateway's node and routes into the tunnel itself).
-pub fn desired(peers: &[PeerView], local: &[IpNet]) -> (Vec<NodeRoute>, Vec<String>) {
+///
+/// `node_ip`: this node's address (the overlay's source); a gateway off this node's subnets is routed
+/// through the overlay when it has that address's family, else reported.
+pub fn desired(peers: &[PeerView], local: &[IpNet], node_ip: Option<IpAddr>) -> (Vec<NodeRoute>, Vec<String>) {
+    let overlay = overlay_for(peers, local, node_ip);
     let mut routes: BTreeMap<IpNet, NodeRoute> = BTreeMap::new();
     let mut problems = Vec::new();
     for p in peers {
@@ -61,12 +125,26 @@ pub fn desired(peers: &[PeerView], local: &[IpNet]) -> (Vec<NodeRoute>, Vec<Stri
             // this is the gateway's node: its tunnel routes are the gateway's
             continue;
         }
-        if !local.iter().any(|n| n.contains(&gw)) {
-            problems.push(format!(
-                "{}: the gateway node {gw} is not on a subnet of this node; an overlay to it is not built yet (issue 19), so pods here do not reach this peer",
-                p.name
-            ));
-            continue;
+        let on_link = local.iter().any(|n| n.contains(&gw));
+        if !on_link {
+            match &overlay {
+                Some(o) if o.remote == Some(gw) => {}
+                Some(o) => {
+                    problems.push(format!(
+                        "{}: the gateway node {gw} is off this node's subnets and the overlay goes to {}; fix: wait for every PeerNetwork to name the same active gateway",
+                        p.name,
+                        o.remote.map_or_else(|| "nowhere".to_string(), |r| r.to_string())
+                    ));
+                    continue;
+                }
+                None => {
+                    problems.push(format!(
+                        "{}: the gateway node {gw} is not on a subnet of this node and the overlay needs this node's address of its family; fix: run the route agent with --node-ip (the chart passes status.hostIP)",
+                        p.name
+                    ));
+                    continue;
+                }
+            }
         }
         for v in &p.views {
             if v.addr().is_ipv4() != gw.is_ipv4() {
@@ -74,7 +152,11 @@ pub fn desired(peers: &[PeerView], local: &[IpNet]) -> (Vec<NodeRoute>, Vec<Stri
                 continue;
             }
             // two peers never share a view (remaps are unique per cluster); the first one wins if they do
-            routes.entry(*v).or_insert(NodeRoute { dst: *v, via: gw });
+            routes.entry(*v).or_insert(NodeRoute {
+                dst: *v,
+                via: gw,
+                overlay: !on_link,
+            });
         }
     }
     (routes.into_values().collect(), problems)
@@ -180,7 +262,12 @@ pub fn parse_routes(text: &str) -> Vec<NodeRoute> {
             let mut w = w.skip_while(|t| *t != "via");
             w.next()?;
             let via = w.next()?.parse().ok()?;
-            Some(NodeRoute { dst, via })
+            let dev = w.skip_while(|t| *t != "dev").nth(1);
+            Some(NodeRoute {
+                dst,
+                via,
+                overlay: dev == Some(OVERLAY_DEV),
+            })
         })
         .collect()
 }
@@ -206,7 +293,7 @@ mod tests {
         let stale = Duration::from_secs(30);
         let local = [n("198.19.0.3/24")];
         let peers = [peer("provider-c2", &["10.0.0.0/16"], Some("198.19.0.2"))];
-        let (want, problems) = desired(&peers, &local);
+        let (want, problems) = desired(&peers, &local, None);
         let r = NodeReport::after_sync(&peers, &local, &want, &problems);
         assert!(!r.gateway);
         let (word, detail) = node_state(Some((&r, Duration::from_secs(3))), stale);
@@ -215,13 +302,13 @@ mod tests {
         assert_eq!(node_state(Some((&r, Duration::from_secs(31))), stale).0, "Stale");
         // the gateway's own node
         let gw = [n("198.19.0.2/24")];
-        let (want, problems) = desired(&peers, &gw);
+        let (want, problems) = desired(&peers, &gw, None);
         let r = NodeReport::after_sync(&peers, &gw, &want, &problems);
         assert!(r.gateway && r.routes.is_empty());
         assert_eq!(node_state(Some((&r, Duration::ZERO)), stale).0, "Gateway");
         // a gateway off this node's subnets: named, not guessed
         let far = [n("10.9.0.3/24")];
-        let (want, problems) = desired(&peers, &far);
+        let (want, problems) = desired(&peers, &far, None);
         let r = NodeReport::after_sync(&peers, &far, &want, &problems);
         let (word, detail) = node_state(Some((&r, Duration::ZERO)), stale);
         assert_eq!(word, "NotRouted");
@@ -247,6 +334,7 @@ mod tests {
         NodeRoute {
             dst: n(dst),
             via: ip(via),
+            overlay: false,
         }
     }
     fn peer(name: &str, views: &[&str], gw: Option<&str>) -> PeerView {
@@ -269,8 +357,7 @@ mod tests {
                 ),
                 peer("provider-c3", &["10.1.0.0/16"], None),
             ],
-            &local,
-        );
+            &local, None);
         assert_eq!(
             routes,
             [
@@ -287,14 +374,67 @@ mod tests {
     #[test]
     fn the_gateways_own_node_adds_nothing_and_a_gateway_off_subnet_is_reported_not_guessed() {
         let peers = [peer("p", &["10.0.0.0/16"], Some("198.19.247.10"))];
-        let (routes, problems) = desired(&peers, &[n("198.19.247.10/24")]);
+        let (routes, problems) = desired(&peers, &[n("198.19.247.10/24")], None);
         assert!(routes.is_empty() && problems.is_empty());
-        let (routes, problems) = desired(&peers, &[n("192.168.9.4/24")]);
+        let (routes, problems) = desired(&peers, &[n("192.168.9.4/24")], None);
         assert!(routes.is_empty());
         assert!(
             problems[0].contains("not on a subnet of this node"),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn a_gateway_on_another_subnet_is_reached_through_the_overlay_device() {
+        let peers = [peer("p", &["10.0.0.0/16", "10.97.0.0/16"], Some("198.19.97.10"))];
+        // a node on another subnet: both views via the overlay, whose remote is the gateway node
+        let far = [n("198.19.225.11/24"), n("10.244.201.1/24")];
+        let me = Some(ip("198.19.225.11"));
+        let (routes, problems) = desired(&peers, &far, me);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(routes.iter().all(|r| r.overlay && r.via == ip("198.19.97.10")), "{routes:?}");
+        assert_eq!(routes.len(), 2);
+        assert_eq!(
+            overlay_for(&peers, &far, me),
+            Some(Overlay {
+                local: ip("198.19.225.11"),
+                remote: Some(ip("198.19.97.10"))
+            })
+        );
+        // the gateway's own node keeps a receiving device (no remote), a node on its subnet too, and
+        // routes directly
+        let gw = [n("198.19.97.10/24")];
+        assert_eq!(
+            overlay_for(&peers, &gw, Some(ip("198.19.97.10"))),
+            Some(Overlay {
+                local: ip("198.19.97.10"),
+                remote: None
+            })
+        );
+        let near = [n("198.19.97.11/24")];
+        let (routes, _) = desired(&peers, &near, Some(ip("198.19.97.11")));
+        assert!(routes.iter().all(|r| !r.overlay), "{routes:?}");
+        assert_eq!(overlay_for(&peers, &near, Some(ip("198.19.97.11"))).unwrap().remote, None);
+        // no gateway (unpeered, or none yet): no device
+        assert_eq!(overlay_for(&[peer("p", &["10.0.0.0/16"], None)], &far, me), None);
+        // an IPv6 node address: no overlay for an IPv4 gateway, said so
+        let (routes, problems) = desired(&peers, &far, Some(ip("fd00::11")));
+        assert!(routes.is_empty() && problems[0].contains("--node-ip"), "{problems:?}");
+        // two peers naming different gateways off-subnet (a failover half written): the second waits
+        let two = [
+            peer("a", &["10.0.0.0/16"], Some("198.19.97.10")),
+            peer("b", &["10.1.0.0/16"], Some("198.19.97.12")),
+        ];
+        let (routes, problems) = desired(&two, &far, me);
+        assert_eq!(routes.len(), 1);
+        assert!(problems[0].contains("same active gateway"), "{problems:?}");
+    }
+
+    #[test]
+    fn overlay_macs_are_derived_from_the_node_address() {
+        assert_eq!(overlay_mac(ip("198.19.97.10")), "02:66:c6:13:61:0a");
+        assert_eq!(overlay_mac(ip("fd00::c613:610a")), "02:66:c6:13:61:0a");
+        assert_ne!(overlay_mac(ip("198.19.97.10")), overlay_mac(ip("198.19.97.11")));
     }
 
     #[test]
@@ -304,36 +444,20 @@ mod tests {
                 peer("a", &["10.0.0.0/16", "fd66::/64"], Some("198.19.247.10")),
                 peer("b", &["10.0.0.0/16"], Some("198.19.247.12")),
             ],
-            &[n("198.19.247.11/24")],
-        );
+            &[n("198.19.247.11/24")], None);
         assert_eq!(routes, [route("10.0.0.0/16", "198.19.247.10")]);
     }
 
     #[test]
     fn the_diff_replaces_a_moved_next_hop_and_deletes_only_unwanted_destinations() {
         let want = [
-            NodeRoute {
-                dst: n("10.0.0.0/16"),
-                via: ip("198.19.247.12"),
-            },
-            NodeRoute {
-                dst: n("10.97.0.0/16"),
-                via: ip("198.19.247.12"),
-            },
+            route("10.0.0.0/16", "198.19.247.12"),
+            route("10.97.0.0/16", "198.19.247.12"),
         ];
         let have = [
-            NodeRoute {
-                dst: n("10.0.0.0/16"),
-                via: ip("198.19.247.10"),
-            },
-            NodeRoute {
-                dst: n("10.97.0.0/16"),
-                via: ip("198.19.247.12"),
-            },
-            NodeRoute {
-                dst: n("10.1.0.0/16"),
-                via: ip("198.19.247.10"),
-            },
+            route("10.0.0.0/16", "198.19.247.10"),
+            route("10.97.0.0/16", "198.19.247.12"),
+            route("10.1.0.0/16", "198.19.247.10"),
         ];
         let (set, del) = diff(&want, &have);
         assert_eq!(set, [want[0]]);
@@ -352,6 +476,14 @@ mod tests {
                 route("fd66::/64", "fe80::1"),
                 route("10.9.9.9/32", "198.19.247.10"),
             ]
+        );
+        let over = parse_routes("10.0.0.0/16 via 198.19.97.10 dev ferry-vx proto 102 onlink \n");
+        assert_eq!(
+            over,
+            [NodeRoute {
+                overlay: true,
+                ..route("10.0.0.0/16", "198.19.97.10")
+            }]
         );
         let addrs = "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever\n2: eth0    inet 198.19.247.11/24 brd 198.19.247.255 scope global eth0\\ \n2: eth0    inet6 fe80::1/64 scope link \\ \n";
         assert_eq!(

@@ -266,6 +266,10 @@ struct UpArgs {
     /// `lab.ferry.dev/real-node=true:NoSchedule`.
     #[arg(long, default_value_t = 0)]
     real_nodes: u32,
+    /// Every second real node (real-node-2, -4, …) on a second node network behind the cluster's
+    /// router: routes to the gateway's node cross subnets (the route agent's overlay).
+    #[arg(long)]
+    second_subnet: bool,
     /// CPU of each lab node.
     #[arg(long, default_value = "4")]
     node_cpu: String,
@@ -342,6 +346,7 @@ async fn run(cli: Cli) -> Result<()> {
                 node_cidr_mask_v6: a.node_cidr_mask_v6,
                 nodes: a.nodes,
                 real_nodes: a.real_nodes,
+                second_subnet: a.second_subnet,
                 base_port: a.base_port,
                 node_capacity: NodeCapacity {
                     cpu: a.node_cpu,

@@ -92,6 +92,10 @@ enum Cmd {
         /// ferry's namespace (the chart passes the pod's).
         #[arg(long, env = "FERRY_NAMESPACE", default_value = "ferry-system")]
         namespace: String,
+        /// This node's address (the chart passes `status.hostIP`): the source of the VXLAN overlay to a
+        /// gateway node on another subnet, and its derived MAC; absent: such gateways are reported only.
+        #[arg(long, env = "FERRY_NODE_IP")]
+        node_ip: Option<std::net::IpAddr>,
     },
     /// A bare userspace WireGuard device (embedded boringtun, as `up` uses) and nothing else: no NAT, no
     /// routes, no clamp, configured from outside with `wg`. Runs until SIGTERM. `bench tunnel` uses it as
@@ -237,11 +241,12 @@ async fn run(cli: Cli) -> Result<()> {
             admin_listen,
             node_name,
             namespace,
+            node_ip,
         } => {
             let health = admin(admin_listen, "ferry_route_agent_up").await?;
             let client = client(kubeconfig).await?;
             let report_to = node_name.map(|node| ferry_tunnel::route_agent::ReportTo { node, namespace });
-            Ok(ferry_tunnel::route_agent::run(client, health, report_to).await?)
+            Ok(ferry_tunnel::route_agent::run(client, health, report_to, node_ip).await?)
         }
         Cmd::Device { name, threads } => {
             let backend = ferry_tunnel::apply::create_interface_with(&name, threads)?;
