@@ -296,7 +296,13 @@ pub fn add_real_node(lab: &LabLayout, c: &ClusterLayout, k: u32, netns: &str) ->
     ipn(netns, &["link", "set", "eth0", "up"])?;
     ipn(
         netns,
-        &["route", "add", "default", "via", &c.real_node_router(k).to_string()],
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            &c.real_node_router(k).to_string(),
+        ],
     )?;
     // The control plane's end sits in the root namespace, shared by clusters whose pod CIDRs are the same:
     // it has no route back to pods, so what pods send it (the cluster DNS, the `kubernetes` Service) leaves
@@ -316,7 +322,11 @@ pub fn add_real_node(lab: &LabLayout, c: &ClusterLayout, k: u32, netns: &str) ->
         if netns_exists(&other) {
             // host-gw between nodes of one node network; across the two, through the router
             let shared = c.real_node_network(j) == net;
-            let to_k = if shared { via.clone() } else { c.real_node_router(j).to_string() };
+            let to_k = if shared {
+                via.clone()
+            } else {
+                c.real_node_router(j).to_string()
+            };
             let to_j = if shared {
                 c.real_node_ip(j).to_string()
             } else {

@@ -57,6 +57,8 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
         "2",
         "--real-nodes",
         "2",
+        // real-node-2 on a second node network: its routes to the gateway's node go through the overlay
+        "--second-subnet",
         "--base-port",
         "25500",
     ]);
@@ -559,7 +561,9 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
                             sh("ip", &["-n", &ns, "route", "show", "proto", "102"])
                         })
                         .collect();
-                    Ok(!links.lines().any(|l| l.starts_with("fy"))
+                    Ok(!links
+                        .lines()
+                        .any(|l| l.starts_with("fy") || l.starts_with(ferry_tunnel::routes::OVERLAY_DEV))
                         && !tables.contains("ferry_")
                         && routes.trim().is_empty())
                 }
@@ -838,9 +842,14 @@ async fn tunnel_through_the_installed_gateways(lab: &ferry_e2e::lab::Lab, kc1: &
     };
     for c in [c1, c2] {
         let gw_ip = c.node_network().hosts().nth(9).unwrap(); // real-node-1 (.10)
-        let want = format!("via {gw_ip}");
+        // real-node-2 sits on another subnet (--second-subnet): through the VXLAN overlay to real-node-1
+        assert!(c.on_second_network(1) && !c.node_network().contains(&c.real_node_ip(1)));
+        let want = format!("via {gw_ip} dev ferry-vx");
         ferry_e2e::lab::eventually(
-            &format!("{}: real-node-2 routes the peer via {gw_ip}", c.id),
+            &format!(
+                "{}: real-node-2 routes the peer via {gw_ip} through the overlay",
+                c.id
+            ),
             30,
             || {
                 let r = routes(c, 1);
@@ -892,7 +901,7 @@ async fn tunnel_through_the_installed_gateways(lab: &ferry_e2e::lab::Lab, kc1: &
                     && n2["detail"]
                         .as_str()
                         .unwrap_or("")
-                        .contains(&format!("via {gw1}")),
+                        .contains(&format!("via {gw1} (overlay)")),
                 "{}",
                 v["nodes"]
             );

@@ -110,7 +110,18 @@ pub fn sync_overlay(
     let (vni, port) = (OVERLAY_VNI.to_string(), OVERLAY_PORT.to_string());
     let remote = o.remote.map(|r| r.to_string());
     let mut add = vec![
-        "link", "add", OVERLAY_DEV, "type", "vxlan", "id", &vni, "local", &local, "dstport", &port, "nolearning",
+        "link",
+        "add",
+        OVERLAY_DEV,
+        "type",
+        "vxlan",
+        "id",
+        &vni,
+        "local",
+        &local,
+        "dstport",
+        &port,
+        "nolearning",
     ];
     if let Some(r) = &remote {
         add.extend(["remote", r.as_str()]);
@@ -125,7 +136,15 @@ pub fn sync_overlay(
         (Some(r), Some(ip)) => run(
             "ip",
             &[
-                "neigh", "replace", r, "lladdr", &overlay_mac(ip), "dev", OVERLAY_DEV, "nud", "permanent",
+                "neigh",
+                "replace",
+                r,
+                "lladdr",
+                &overlay_mac(ip),
+                "dev",
+                OVERLAY_DEV,
+                "nud",
+                "permanent",
             ],
         )
         .map(drop),

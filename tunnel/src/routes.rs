@@ -109,7 +109,11 @@ pub fn overlay_for(peers: &[PeerView], local: &[IpNet], node_ip: Option<IpAddr>)
 ///
 /// `node_ip`: this node's address (the overlay's source); a gateway off this node's subnets is routed
 /// through the overlay when it has that address's family, else reported.
-pub fn desired(peers: &[PeerView], local: &[IpNet], node_ip: Option<IpAddr>) -> (Vec<NodeRoute>, Vec<String>) {
+pub fn desired(
+    peers: &[PeerView],
+    local: &[IpNet],
+    node_ip: Option<IpAddr>,
+) -> (Vec<NodeRoute>, Vec<String>) {
     let overlay = overlay_for(peers, local, node_ip);
     let mut routes: BTreeMap<IpNet, NodeRoute> = BTreeMap::new();
     let mut problems = Vec::new();
@@ -218,7 +222,10 @@ pub fn node_state(
     let routes = r
         .routes
         .iter()
-        .map(|x| format!("{} via {}", x.dst, x.via))
+        .map(|x| {
+            let through = if x.overlay { " (overlay)" } else { "" };
+            format!("{} via {}{through}", x.dst, x.via)
+        })
         .collect::<Vec<_>>()
         .join(", ");
     match (r.gateway, routes.is_empty()) {
@@ -312,6 +319,13 @@ mod tests {
         let r = NodeReport::after_sync(&peers, &far, &want, &problems);
         let (word, detail) = node_state(Some((&r, Duration::ZERO)), stale);
         assert_eq!(word, "NotRouted");
+        // with its address known, the same node routes through the overlay, and says so
+        let (want_o, problems_o) = desired(&peers, &far, Some(ip("10.9.0.3")));
+        let ro = NodeReport::after_sync(&peers, &far, &want_o, &problems_o);
+        assert_eq!(
+            node_state(Some((&ro, Duration::ZERO)), stale),
+            ("Routed", "10.0.0.0/16 via 198.19.0.2 (overlay)".to_string())
+        );
         assert!(
             detail.contains("provider-c2") && detail.contains("198.19.0.2"),
             "{detail}"
@@ -357,7 +371,9 @@ mod tests {
                 ),
                 peer("provider-c3", &["10.1.0.0/16"], None),
             ],
-            &local, None);
+            &local,
+            None,
+        );
         assert_eq!(
             routes,
             [
@@ -392,7 +408,10 @@ mod tests {
         let me = Some(ip("198.19.225.11"));
         let (routes, problems) = desired(&peers, &far, me);
         assert!(problems.is_empty(), "{problems:?}");
-        assert!(routes.iter().all(|r| r.overlay && r.via == ip("198.19.97.10")), "{routes:?}");
+        assert!(
+            routes.iter().all(|r| r.overlay && r.via == ip("198.19.97.10")),
+            "{routes:?}"
+        );
         assert_eq!(routes.len(), 2);
         assert_eq!(
             overlay_for(&peers, &far, me),
@@ -414,12 +433,20 @@ mod tests {
         let near = [n("198.19.97.11/24")];
         let (routes, _) = desired(&peers, &near, Some(ip("198.19.97.11")));
         assert!(routes.iter().all(|r| !r.overlay), "{routes:?}");
-        assert_eq!(overlay_for(&peers, &near, Some(ip("198.19.97.11"))).unwrap().remote, None);
+        assert_eq!(
+            overlay_for(&peers, &near, Some(ip("198.19.97.11")))
+                .unwrap()
+                .remote,
+            None
+        );
         // no gateway (unpeered, or none yet): no device
         assert_eq!(overlay_for(&[peer("p", &["10.0.0.0/16"], None)], &far, me), None);
         // an IPv6 node address: no overlay for an IPv4 gateway, said so
         let (routes, problems) = desired(&peers, &far, Some(ip("fd00::11")));
-        assert!(routes.is_empty() && problems[0].contains("--node-ip"), "{problems:?}");
+        assert!(
+            routes.is_empty() && problems[0].contains("--node-ip"),
+            "{problems:?}"
+        );
         // two peers naming different gateways off-subnet (a failover half written): the second waits
         let two = [
             peer("a", &["10.0.0.0/16"], Some("198.19.97.10")),
@@ -444,7 +471,9 @@ mod tests {
                 peer("a", &["10.0.0.0/16", "fd66::/64"], Some("198.19.247.10")),
                 peer("b", &["10.0.0.0/16"], Some("198.19.247.12")),
             ],
-            &[n("198.19.247.11/24")], None);
+            &[n("198.19.247.11/24")],
+            None,
+        );
         assert_eq!(routes, [route("10.0.0.0/16", "198.19.247.10")]);
     }
 
