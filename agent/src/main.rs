@@ -51,6 +51,11 @@ struct Args {
     /// behind NAT announces none, and only the consumer is dialled).
     #[arg(long, env = "FERRY_GATEWAY_ENDPOINT", value_parser = flags::host_port)]
     gateway_endpoint: Option<String>,
+    /// Where the other gateway replicas can be reached (`host:port`, each gateway node's own address;
+    /// repeatable or comma-separated, at most 4): a provider tells consumers, whose gateways try them
+    /// while the active one does not answer (the provider's gateway failed over).
+    #[arg(long = "standby-gateway-endpoint", env = "FERRY_STANDBY_GATEWAY_ENDPOINTS", value_delimiter = ',', value_parser = flags::host_port, num_args = 0..)]
+    standby_gateway_endpoints: Vec<String>,
     /// Most CPU one tenant is granted.
     #[arg(long, env = "FERRY_QUOTA_CPU", default_value = "8", value_parser = quantity)]
     quota_cpu: String,
@@ -223,6 +228,7 @@ async fn run(a: Args) -> Result<()> {
         service_cidrs: strings(&a.service_cidrs),
         wireguard_public_key: wg.public_b64(),
         gateway_endpoint: a.gateway_endpoint.clone(),
+        standby_gateway_endpoints: a.standby_gateway_endpoints.clone(),
     };
     let p = Arc::new(provider::Provider {
         client,

@@ -310,6 +310,10 @@ pub struct PeerNetworkSpec {
     /// This side's WireGuard UDP port (the probe responder listens on the next port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen_port: Option<u16>,
+    /// The peer's standby gateway endpoints (`IP:port`, at most 4): where its gateway is reached when
+    /// another replica is active. The gateway tries them in turn while its peer does not answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peer_standby_endpoints: Vec<String>,
 }
 
 /// Tunnel health as the gateway sees it.

@@ -1,7 +1,7 @@
 //! The gateway failover, done to a lab under traffic (the failover e2e and `ferry-lab bench failover`).
-//! ferry installed into c1 and c2 and peered, both of c1's real nodes labelled as gateways (two replicas,
-//! one active by the Lease `ferry-gateway`); a c2 pod echoes ([`crate::flowprobe::serve`]) and a c1 pod
-//! on the node that is *not* the active gateway's probes it through the tunnel (UDP every 10 ms and a
+//! ferry installed into c1 and c2 and peered, both real nodes of one side labelled as gateways (two
+//! replicas, one active by the Lease `ferry-gateway`); a c2 pod echoes ([`crate::flowprobe::serve`]) and
+//! a c1 pod (both on nodes that are *not* the active gateway's) probes it through the tunnel (UDP every 10 ms and a
 //! continuous TCP stream, [`crate::flowprobe::run`]). Then the active replica is lost — its process
 //! SIGKILLed ([`Loss::Kill`]) or its node cut from the network ([`Loss::Cut`], undone once the standby
 //! has taken over) — and the old active comes back (the kubelet restarts the container; the cut ends).
@@ -30,8 +30,48 @@ use crate::layout::ClusterLayout;
 
 const NS: &str = "failover";
 const PORT: u16 = 7100;
-/// The peering the consumer c1 has with c2.
-const PEER: &str = "provider-c2";
+/// Whose gateway is lost: the consumer's (c1) or the provider's (c2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// c1's: the provider learns the new active's address by WireGuard roaming.
+    Consumer,
+    /// c2's: c1's gateway, hearing nothing, dials c2's standby endpoint (`agent.standbyGatewayEndpoints`).
+    Provider,
+}
+
+impl Side {
+    fn cluster<'a>(&self, lab: &'a Lab) -> &'a ClusterLayout {
+        &lab.layout.clusters[match self {
+            Side::Consumer => 0,
+            Side::Provider => 1,
+        }]
+    }
+
+    /// The PeerNetwork that side has for the other.
+    fn peer_network(&self) -> &'static str {
+        match self {
+            Side::Consumer => "provider-c2",
+            Side::Provider => "consumer-c1",
+        }
+    }
+}
+
+/// The echo servers: one per real node of c2, by address as c1 sees it.
+pub struct Servers {
+    /// c1's view of the server on c2's real node k.
+    pub to: [SocketAddr; 2],
+    procs: Vec<std::process::Child>,
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
 
 /// How the active gateway is lost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -52,6 +92,8 @@ pub const CUT_SECONDS: f64 = 3.0;
 pub struct Failover {
     /// How the active was lost.
     pub loss: Loss,
+    /// Whose gateway.
+    pub side: Side,
     /// The node of the replica lost, and of the one that took over.
     pub from_node: String,
     /// The new active's node.
@@ -74,7 +116,7 @@ pub struct Failover {
     pub during: Flow,
 }
 
-/// Labels both of c1's real nodes as gateway nodes and waits for two Ready gateway replicas.
+/// Labels both of `c`'s real nodes as gateway nodes and waits for two Ready gateway replicas.
 pub async fn two_gateways(lab: &Lab, c: &ClusterLayout) -> Result<()> {
     let k = lab.client(c).await?;
     let nodes: Api<Node> = Api::all(k.clone());
@@ -160,46 +202,50 @@ fn marker(lab: &Lab, what: &str) -> String {
     format!("ferry-failover-{}-{what}", lab.layout.name)
 }
 
-/// The workload: an echo server in c2, a probe client on each of c1's two real nodes. Returns the
-/// server's address as c1 sees it.
-pub async fn workload(lab: &Lab, exe: &Path) -> Result<(SocketAddr, std::process::Child)> {
+/// The workload: an echo server on each of c2's two real nodes, a probe client on each of c1's.
+pub async fn workload(lab: &Lab, exe: &Path) -> Result<Servers> {
     let (c1, c2) = (&lab.layout.clusters[0], &lab.layout.clusters[1]);
     let (k1, k2) = (lab.client(c1).await?, lab.client(c2).await?);
     crate::lab::fresh_namespace(&k1, NS).await;
     crate::lab::fresh_namespace(&k2, NS).await;
     let (p1, p2): (Api<Pod>, Api<Pod>) = (Api::namespaced(k1.clone(), NS), Api::namespaced(k2, NS));
-    p2.create(
-        &PostParams::default(),
-        &pod("server", &c2.real_node_name(1), &marker(lab, "server"))?,
-    )
-    .await?;
     for i in 0..2 {
+        let (server, client) = (format!("server{i}"), format!("client{i}"));
+        p2.create(
+            &PostParams::default(),
+            &pod(&server, &c2.real_node_name(i), &marker(lab, &server))?,
+        )
+        .await?;
         p1.create(
             &PostParams::default(),
-            &pod(
-                &format!("client{i}"),
-                &c1.real_node_name(i),
-                &marker(lab, &format!("client{i}")),
-            )?,
+            &pod(&client, &c1.real_node_name(i), &marker(lab, &client))?,
         )
         .await?;
     }
-    let server_ip = running_ip(&p2, "server").await?;
+    let remaps = ferry_tunnel::remaps::reported(&Api::<PeerNetwork>::all(k1).get("provider-c2").await?)
+        .context("c1's PeerNetwork reports no remaps")?;
+    let mut servers = Servers {
+        to: [SocketAddr::from(([0, 0, 0, 0], 0)); 2],
+        procs: Vec::new(),
+    };
     for i in 0..2 {
         running_ip(&p1, &format!("client{i}")).await?;
+        let server = format!("server{i}");
+        let ip = running_ip(&p2, &server).await?;
+        let pid = pid_of(&format!("/m/{}", marker(lab, &server))).context("a server pod's process")?;
+        servers.procs.push(
+            std::process::Command::new("nsenter")
+                .args(["-t", &pid.to_string(), "-n"])
+                .arg(exe)
+                .args(["flow-probe", "serve", "--port", &PORT.to_string()])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .context("nsenter (util-linux) into the server pod")?,
+        );
+        let seen = ferry_tunnel::ipam::translate(ip, &remaps).context("a server's IP in c1's view")?;
+        servers.to[i as usize] = SocketAddr::new(seen, PORT);
     }
-    let spid = pid_of(&format!("/m/{}", marker(lab, "server"))).context("the server pod's process")?;
-    let server = std::process::Command::new("nsenter")
-        .args(["-t", &spid.to_string(), "-n"])
-        .arg(exe)
-        .args(["flow-probe", "serve", "--port", &PORT.to_string()])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .context("nsenter (util-linux) into the server pod")?;
-    let remaps = ferry_tunnel::remaps::reported(&Api::<PeerNetwork>::all(k1).get(PEER).await?)
-        .context("c1's PeerNetwork reports no remaps")?;
-    let seen = ferry_tunnel::ipam::translate(server_ip, &remaps).context("the server's IP in c1's view")?;
-    Ok((SocketAddr::new(seen, PORT), server))
+    Ok(servers)
 }
 
 /// Runs the probe from c1's pod on real node `k` for `seconds`.
@@ -254,33 +300,49 @@ fn uncut(netns: &str) {
 }
 
 /// One failover under traffic (see the module doc). Needs ferry installed and peered with two gateway
-/// replicas in c1 ([`two_gateways`]) and the [`workload`] up.
-pub async fn once(lab: &Lab, exe: &Path, to: SocketAddr, loss: Loss) -> Result<Failover> {
-    let c1 = &lab.layout.clusters[0];
+/// replicas on `side` ([`two_gateways`]) and the [`workload`] up. The probe runs between a c1 pod and a
+/// c2 pod on nodes that are not lost.
+pub async fn once(lab: &Lab, exe: &Path, servers: &Servers, side: Side, loss: Loss) -> Result<Failover> {
+    let c1 = side.cluster(lab);
+    let peer = side.peer_network();
     let k1 = lab.client(c1).await?;
     let pns: Api<PeerNetwork> = Api::all(k1.clone());
     let (from_node, from_replica) = tokio::time::timeout(
         Duration::from_secs(60),
-        kube::runtime::wait::await_condition(pns.clone(), PEER, |p: Option<&PeerNetwork>| {
+        kube::runtime::wait::await_condition(pns.clone(), peer, |p: Option<&PeerNetwork>| {
             p.and_then(active_of).is_some()
         }),
     )
     .await
-    .context("c1's PeerNetwork Connected with an active gateway: not after 60s")??
+    .with_context(|| {
+        format!(
+            "{}'s PeerNetwork {peer} Connected with an active gateway: not after 60s",
+            c1.id
+        )
+    })??
     .as_ref()
     .and_then(active_of)
     .context("no active gateway")?;
     let k_lost = (0..2)
         .find(|k| c1.real_node_name(*k) == from_node)
-        .with_context(|| format!("the active gateway runs on {from_node}, not a real node of c1"))?;
-    let k_client = 1 - k_lost;
+        .with_context(|| {
+            format!(
+                "the active gateway runs on {from_node}, not a real node of {}",
+                c1.id
+            )
+        })?;
+    // the probe's ends live on: the client off the lost node (consumer side), the server off it (provider)
+    let (k_client, to) = match side {
+        Side::Consumer => (1 - k_lost, servers.to[0]),
+        Side::Provider => (0, servers.to[1 - k_lost as usize]),
+    };
     let lost_ns = crate::layout::real_node_netns(&lab.layout.name, &c1.id, k_lost);
     // every change of the active replica, by watch, from now on
     let (changes_tx, mut changes_rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, String, String)>();
     let watch = tokio::spawn({
         let pns = pns.clone();
         async move {
-            let cfg = watcher::Config::default().fields(&format!("metadata.name={PEER}"));
+            let cfg = watcher::Config::default().fields(&format!("metadata.name={peer}"));
             let mut s = std::pin::pin!(watcher(pns, cfg).default_backoff().applied_objects());
             while let Some(Ok(pn)) = s.next().await {
                 if let Some((node, replica)) = pn
@@ -374,6 +436,7 @@ pub async fn once(lab: &Lab, exe: &Path, to: SocketAddr, loss: Loss) -> Result<F
     let round = |v: f64| (v * 1000.0).round() / 1000.0;
     Ok(Failover {
         loss,
+        side,
         from_node,
         to_node,
         gap_seconds: during.gap_seconds,
@@ -414,26 +477,19 @@ fn kill_9(pid: u32) -> Result<()> {
 }
 
 /// `ferry-lab bench failover`: ferry installed and peered (done here when it is not), two gateway
-/// replicas in c1, the workload, then `runs` losses of the active replica under traffic.
-pub async fn bench(lab: &Lab, exe: &Path, loss: Loss, runs: u32) -> Result<Vec<Failover>> {
+/// replicas on `side`, the workload, then `runs` losses of the active replica under traffic.
+pub async fn bench(lab: &Lab, exe: &Path, side: Side, loss: Loss, runs: u32) -> Result<Vec<Failover>> {
     if lab.layout.clusters.len() < 2 || lab.layout.clusters.iter().any(|c| c.real_nodes < 2) {
         bail!("bench failover needs two clusters with two real nodes each; fix: ferry-lab up --real-nodes 2");
     }
     crate::route_bench::ensure_peered(lab, exe).await?;
-    two_gateways(lab, &lab.layout.clusters[0]).await?;
-    let (to, mut server) = workload(lab, exe).await?;
+    two_gateways(lab, side.cluster(lab)).await?;
+    let servers = workload(lab, exe).await?;
     let mut out = Vec::new();
     for _ in 0..runs.max(1) {
-        match once(lab, exe, to, loss).await {
-            Ok(r) => out.push(r),
-            Err(e) => {
-                let _ = server.kill();
-                return Err(e);
-            }
-        }
+        out.push(once(lab, exe, &servers, side, loss).await?);
     }
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(servers);
     for c in &lab.layout.clusters[..2] {
         let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(lab.client(c).await?);
         let _ = nss.delete(NS, &Default::default()).await;

@@ -56,12 +56,21 @@ pub fn values(c: &ClusterLayout, discover: bool) -> Vec<String> {
         ]);
     }
     if c.index > 1 {
-        // the provider's gateway is reached at its WAN address, whose edge forwards the tunnels' ports
+        // the provider's gateway is reached at its WAN address, whose edge forwards the tunnels' ports to
+        // the first real node, and (a standby replica's own address) at its second WAN address, forwarded
+        // to the second real node
         sets.push(format!(
             "agent.gatewayEndpoint={}:{}",
             c.wan_ip,
             crate::net::EDGE_GATEWAY_PORTS.0
         ));
+        if c.real_nodes > 1 {
+            sets.push(format!(
+                "agent.standbyGatewayEndpoints={}:{}",
+                c.wan_ip2(),
+                crate::net::EDGE_GATEWAY_PORTS.0
+            ));
+        }
     }
     sets
 }

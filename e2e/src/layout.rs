@@ -265,6 +265,18 @@ impl ClusterLayout {
         IpAddr::from([198, 19, self.node_net, 254])
     }
 
+    /// The host's second WAN address (`.3` beside [`Self::wan_ip`]): its edge forwards the tunnels' UDP
+    /// ports there to the second real node, as a gateway node's own public address.
+    pub fn wan_ip2(&self) -> IpAddr {
+        match self.wan_ip {
+            IpAddr::V4(a) => {
+                let o = a.octets();
+                IpAddr::from([o[0], o[1], o[2], 3])
+            }
+            v6 => v6,
+        }
+    }
+
     /// The second node network (`198.19.<node_net + 128>.0/24`), where every second real node sits when
     /// the lab was started with `--second-subnet`; its router is the cluster's host namespace too (`.1`).
     pub fn second_network(&self) -> IpNet {

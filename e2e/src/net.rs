@@ -109,10 +109,9 @@ pub fn create(lab: &LabLayout) -> Result<()> {
         )?;
         ipn(&wan, &["link", "set", &wif, "mtu", &mtu])?;
         let (gw4, gw6) = c.wan_gateways();
-        ipn(
-            &host,
-            &["addr", "add", &format!("{}/24", c.wan_ip), "dev", HOST_WAN_IF],
-        )?;
+        for a in [c.wan_ip, c.wan_ip2()] {
+            ipn(&host, &["addr", "add", &format!("{a}/24"), "dev", HOST_WAN_IF])?;
+        }
         ipn(
             &host,
             &[
@@ -217,6 +216,18 @@ pub fn create_node_network(lab: &LabLayout, c: &ClusterLayout) -> Result<()> {
         ])
         .with_context(|| format!("routing the second node network {second} from the control plane"))?;
     }
+    // the second real node is a gateway node with a public address of its own too (the second WAN address)
+    let second_gateway = if c.real_nodes > 1 {
+        format!(
+            "  iifname \"{HOST_WAN_IF}\" ip daddr {} udp dport {}-{} dnat to {}\n",
+            c.wan_ip2(),
+            EDGE_GATEWAY_PORTS.0,
+            EDGE_GATEWAY_PORTS.1,
+            c.real_node_ip(1)
+        )
+    } else {
+        String::new()
+    };
     let masquerade: String = c
         .node_networks()
         .iter()
@@ -230,7 +241,7 @@ pub fn create_node_network(lab: &LabLayout, c: &ClusterLayout) -> Result<()> {
     nft_in(
         &host,
         &format!(
-            "table ip ferry-lab-edge {{\n chain pre {{\n  type nat hook prerouting priority -100;\n  iifname \"{wan}\" tcp dport {api} dnat to {cp}:{api}\n  iifname \"{wan}\" tcp dport {broker} dnat to {node}:{node_port}\n  iifname \"{wan}\" udp dport {wg_lo}-{wg_hi} dnat to {node}\n }}\n chain post {{\n  type nat hook postrouting priority 100;\n{masquerade}  oifname \"{bridge}\" ip daddr {cp} tcp dport {api} masquerade\n }}\n}}\n",
+            "table ip ferry-lab-edge {{\n chain pre {{\n  type nat hook prerouting priority -100;\n  iifname \"{wan}\" tcp dport {api} dnat to {cp}:{api}\n  iifname \"{wan}\" tcp dport {broker} dnat to {node}:{node_port}\n  iifname \"{wan}\" ip daddr {wan_ip} udp dport {wg_lo}-{wg_hi} dnat to {node}\n{second_gateway} }}\n chain post {{\n  type nat hook postrouting priority 100;\n{masquerade}  oifname \"{bridge}\" ip daddr {cp} tcp dport {api} masquerade\n }}\n}}\n",
             wan = HOST_WAN_IF,
             api = crate::layout::APISERVER_FRONT_PORT,
             cp = c.control_plane_ip(),
@@ -239,6 +250,7 @@ pub fn create_node_network(lab: &LabLayout, c: &ClusterLayout) -> Result<()> {
             node_port = EDGE_BROKER_NODE_PORT,
             wg_lo = EDGE_GATEWAY_PORTS.0,
             wg_hi = EDGE_GATEWAY_PORTS.1,
+            wan_ip = c.wan_ip,
             bridge = NODE_BRIDGE,
         ),
     )?;

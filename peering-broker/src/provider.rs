@@ -402,6 +402,15 @@ impl Provider {
                 (e, _) => e.clone(),
             },
             tunnel_slot: slot,
+            standby_gateway_endpoints: self
+                .network
+                .standby_gateway_endpoints
+                .iter()
+                .filter_map(|e| match slot {
+                    Some(s) => crate::wireguard::link_endpoint(e, s),
+                    None => Some(e.clone()),
+                })
+                .collect(),
         })
     }
 

@@ -144,6 +144,7 @@ mod tests {
                 client,
                 failures: Mutex::new(HashMap::new()),
                 network: crate::wire::LocalNetwork {
+                    standby_gateway_endpoints: vec![],
                     pod_cidrs: vec!["10.244.0.0/16".into()],
                     service_cidrs: vec![],
                     wireguard_public_key: String::new(),

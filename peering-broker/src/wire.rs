@@ -148,7 +148,14 @@ pub struct PeeringResponse {
     /// The tunnel link of this peering (slot of `169.254.64.0/18`): provider `.1`, consumer `.2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel_slot: Option<u32>,
+    /// Where the provider's other gateway replicas listen for this peering (`host:port`, at most
+    /// [`MAX_STANDBY_ENDPOINTS`]): the consumer's gateway tries them while the active one does not answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub standby_gateway_endpoints: Vec<String>,
 }
+
+/// Most standby gateway endpoints a peer may announce.
+pub const MAX_STANDBY_ENDPOINTS: usize = 4;
 
 /// What a cluster tells its peer about its network in the handshake.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -161,6 +168,8 @@ pub struct LocalNetwork {
     pub wireguard_public_key: String,
     /// The gateway's endpoint, when peers can reach it (`host:port`).
     pub gateway_endpoint: Option<String>,
+    /// The other gateway replicas' endpoints (`host:port`), for a failover of the provider's gateway.
+    pub standby_gateway_endpoints: Vec<String>,
 }
 
 impl LocalNetwork {

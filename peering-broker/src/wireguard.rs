@@ -126,6 +126,7 @@ pub fn peer_network(
             tunnel_address: None,
             peer_tunnel_address: None,
             listen_port: None,
+            peer_standby_endpoints: vec![],
         },
     )
 }

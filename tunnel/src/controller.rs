@@ -83,6 +83,21 @@ pub fn config_for(spec: &PeerNetworkSpec, opts: &ServeOptions, key_file: &str) -
             invalid!("spec.peerEndpoint {e:?} is not IP:port; fix: start the provider's agent with --gateway-endpoint <IP>:<port> and peer again")
         })?),
     };
+    if spec.peer_standby_endpoints.len() > 4 {
+        return Err(invalid!(
+            "spec.peerStandbyEndpoints has {} entries, more than 4; fix: peer again (the provider announces at most 4)",
+            spec.peer_standby_endpoints.len()
+        ));
+    }
+    let peer_standby_endpoints = spec
+        .peer_standby_endpoints
+        .iter()
+        .map(|e| {
+            e.parse::<SocketAddr>().map_err(|_| {
+                invalid!("spec.peerStandbyEndpoints has {e:?}, not IP:port; fix: start the provider's agent with --standby-gateway-endpoint <IP>:<port> and peer again")
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok(GatewayConfig {
         peer: spec.cluster_id.clone(),
         interface: None,
@@ -94,6 +109,7 @@ pub fn config_for(spec: &PeerNetworkSpec, opts: &ServeOptions, key_file: &str) -
         listen_port,
         peer_public_key: spec.peer_public_key.clone(),
         peer_endpoint,
+        peer_standby_endpoints,
         peer_underlay: None,
         local_tunnel_addr: tunnel,
         remote_tunnel_addr,
@@ -555,6 +571,7 @@ mod tests {
             tunnel_address: Some("169.254.64.6/30".into()),
             peer_tunnel_address: Some("169.254.64.5".into()),
             listen_port: Some(51822),
+            peer_standby_endpoints: vec![],
         }
     }
 
@@ -618,6 +635,22 @@ mod tests {
         let mut s = spec();
         s.peer_endpoint = None;
         assert_eq!(config_for(&s, &opts(), "/k").unwrap().peer_endpoint, None);
+        let mut s = spec();
+        s.peer_standby_endpoints = vec!["198.18.2.3:51822".into()];
+        let c = config_for(&s, &opts(), "/k").unwrap();
+        assert_eq!(
+            c.dial_endpoints(),
+            [
+                "198.18.2.2:51822".parse().unwrap(),
+                "198.18.2.3:51822".parse().unwrap()
+            ]
+        );
+        s.peer_standby_endpoints = vec!["gw2.example:51822".into()];
+        let e = config_for(&s, &opts(), "/k").unwrap_err().to_string();
+        assert!(
+            e.contains("spec.peerStandbyEndpoints") && e.contains("--standby-gateway-endpoint"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub struct GatewayConfig {
     /// Peer's WireGuard endpoint; absent on the side that waits (the provider, by default).
     #[serde(default)]
     pub peer_endpoint: Option<SocketAddr>,
+    /// The peer's standby gateway replicas' endpoints: dialled in turn after `peerEndpoint` while the
+    /// peer does not answer ([`crate::health::redial`]).
+    #[serde(default)]
+    pub peer_standby_endpoints: Vec<SocketAddr>,
     /// The peer's underlay address for probes (default: the endpoint's address).
     #[serde(default)]
     pub peer_underlay: Option<IpAddr>,
@@ -337,6 +341,32 @@ impl GatewayConfig {
     }
 }
 
+impl GatewayConfig {
+    /// The peer's endpoints this side dials, in order (none when it only waits to be dialled).
+    pub fn dial_endpoints(&self) -> Vec<SocketAddr> {
+        self.peer_endpoint
+            .into_iter()
+            .chain(self.peer_standby_endpoints.iter().copied())
+            .collect()
+    }
+
+    /// WireGuard's settings for `spec`, dialling `endpoint`.
+    fn wg_settings(&self, spec: &GatewaySpec, endpoint: Option<SocketAddr>) -> WgSettings {
+        WgSettings {
+            private_key_file: self.private_key_file.clone(),
+            listen_port: self.listen_port,
+            peer_public_key: self.peer_public_key.clone(),
+            peer_endpoint: endpoint,
+            allowed_ips: spec
+                .remaps
+                .keys()
+                .map(|n| n.to_string())
+                .chain([IpNet::from(spec.remote_tunnel_addr).to_string()])
+                .collect(),
+        }
+    }
+}
+
 /// Applies a prepared peering: interface, WireGuard, plan. Undoes everything if any step fails.
 pub fn bring_up(cfg: &GatewayConfig, p: &Prepared) -> Result<apply::Backend> {
     let plan = p.spec.plan()?;
@@ -345,23 +375,7 @@ pub fn bring_up(cfg: &GatewayConfig, p: &Prepared) -> Result<apply::Backend> {
     cfg.write_journal(&plan.teardown)?;
     let result = (|| {
         let backend = apply::create_interface(&p.spec.interface)?;
-        let allowed: Vec<String> = p
-            .spec
-            .remaps
-            .keys()
-            .map(|n| n.to_string())
-            .chain([IpNet::from(p.spec.remote_tunnel_addr).to_string()])
-            .collect();
-        apply::configure_wireguard(
-            &p.spec.interface,
-            &WgSettings {
-                private_key_file: cfg.private_key_file.clone(),
-                listen_port: cfg.listen_port,
-                peer_public_key: cfg.peer_public_key.clone(),
-                peer_endpoint: cfg.peer_endpoint,
-                allowed_ips: allowed,
-            },
-        )?;
+        apply::configure_wireguard(&p.spec.interface, &cfg.wg_settings(&p.spec, cfg.peer_endpoint))?;
         apply::apply(&plan)?;
         cfg.save_remaps(&p.spec)?;
         Ok(backend)
@@ -500,6 +514,20 @@ async fn watch(
         ..Default::default()
     };
     let mut tick = tokio::time::interval(crate::health::HEARTBEAT);
+    // looking for the peer's active gateway runs beside the heartbeats, which wait for their answers
+    let (answered_tx, answered_rx) = tokio::sync::watch::channel(None);
+    let endpoints = cfg.dial_endpoints();
+    let seeker = (!endpoints.is_empty()).then(|| {
+        let settings = cfg.wg_settings(&spec, None);
+        tokio::spawn(seek_peer(
+            cfg.peer.clone(),
+            spec.interface.clone(),
+            settings,
+            endpoints,
+            up,
+            answered_rx,
+        ))
+    });
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -530,6 +558,7 @@ async fn watch(
                 let rtt = crate::probe::heartbeat(&hb_sock, peer, Duration::from_millis(450)).await;
                 let (h, effects) = step(health, Observed::Heartbeat { now: up.elapsed(), rtt });
                 health = h;
+                answered_tx.send_replace(health.last_ok);
                 for effect in effects {
                     match effect {
                         Effect::Changed { connected } => info!(peer = cfg.peer, connected, "tunnel health changed"),
@@ -559,6 +588,9 @@ async fn watch(
         }
     }
     tunnel_responder.abort();
+    if let Some(t) = seeker {
+        t.abort();
+    }
     if let Some(t) = pmtud {
         t.abort();
     }
@@ -566,6 +598,60 @@ async fn watch(
         m.abort();
     }
     Ok(())
+}
+
+/// While the tunnel is silent ([`crate::health::seeking`]), every [`crate::health::SEEK_EVERY`]: probes the
+/// peer's endpoints and dials the one whose responder answers ([`crate::health::redial`]) with a fresh
+/// handshake. `last_ok`: when the tunnel last answered (time since `up`), from the heartbeats.
+async fn seek_peer(
+    peer: String,
+    interface: String,
+    mut settings: WgSettings,
+    endpoints: Vec<SocketAddr>,
+    up: Instant,
+    last_ok: tokio::sync::watch::Receiver<Option<Duration>>,
+) {
+    let mut seek = tokio::time::interval(crate::health::SEEK_EVERY);
+    seek.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut dialled, mut last_redial) = (0usize, None);
+    loop {
+        seek.tick().await;
+        let now = up.elapsed();
+        let ok = *last_ok.borrow();
+        if !crate::health::seeking(ok, last_redial, now) {
+            continue;
+        }
+        let answered = answering(&endpoints).await;
+        let Some(next) = crate::health::redial(&answered, dialled) else {
+            continue;
+        };
+        // logged once per silence, or when it moves to another endpoint
+        if next != dialled || last_redial.is_none_or(|r| ok.is_some_and(|o| o > r)) {
+            info!(peer, endpoint = %endpoints[next], "no answer through the tunnel for {:?}: dialling the peer's active gateway", crate::health::REDIAL_AFTER);
+        }
+        settings.peer_endpoint = Some(endpoints[next]);
+        if let Err(e) = apply::configure_wireguard(&interface, &settings) {
+            warn!(peer, "dialling {}: {e}", endpoints[next]);
+        }
+        dialled = next;
+        last_redial = Some(up.elapsed());
+    }
+}
+
+/// Which of the peer's endpoints answer at their underlay responder (port + 1) within 150 ms, probed at
+/// once.
+async fn answering(endpoints: &[SocketAddr]) -> Vec<bool> {
+    let probes = endpoints.iter().map(|e| async move {
+        let target = SocketAddr::new(e.ip(), e.port().wrapping_add(1));
+        let bind = if e.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+        match tokio::net::UdpSocket::bind(bind).await {
+            Ok(sock) => crate::probe::heartbeat(&sock, target, Duration::from_millis(150))
+                .await
+                .is_some(),
+            Err(_) => false,
+        }
+    });
+    futures::future::join_all(probes).await
 }
 
 /// Writes a status: metrics, the controller's channel, the status file (atomically).

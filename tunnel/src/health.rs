@@ -13,6 +13,31 @@ use serde::{Deserialize, Serialize};
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
 /// A tunnel with no answered heartbeat for this long is `NotConnected` (3 heartbeats).
 pub const DEAD_AFTER: Duration = Duration::from_millis(1500);
+/// A side that dials (it has the peer's endpoints) and has heard nothing through the tunnel for this
+/// long looks for the peer's active gateway: it probes the underlay responder (port + 1) of each of the
+/// peer's endpoints — only the active replica runs one — and dials the one that answers with a fresh
+/// handshake (the new active is a new process that knows no session), every heartbeat until the tunnel
+/// answers again.
+pub const REDIAL_AFTER: Duration = Duration::from_millis(1000);
+/// How often a silent side probes the peer's endpoints (and at most dials again).
+pub const SEEK_EVERY: Duration = Duration::from_millis(250);
+
+/// Whether this side is looking for the peer now (pure): silent for [`REDIAL_AFTER`] (counted from the
+/// start when it never answered) and not dialled again within the last heartbeat (a handshake takes a
+/// round trip; the next heartbeat tells). Times are since the tunnel came up.
+pub fn seeking(last_ok: Option<Duration>, last_redial: Option<Duration>, now: Duration) -> bool {
+    now.saturating_sub(last_ok.unwrap_or_default()) >= REDIAL_AFTER
+        && !last_redial.is_some_and(|r| now.saturating_sub(r) < HEARTBEAT)
+}
+
+/// Which endpoint to dial (pure), given which ones' responders answered just now: the first answering
+/// one after `current` (a standby that took over), else `current` itself if it answers (the same
+/// address, a new process), else none (the path is down: nothing to gain from dialling).
+pub fn redial(answered: &[bool], current: usize) -> Option<usize> {
+    let n = answered.len();
+    (1..=n).map(|k| (current + k) % n).find(|&i| answered[i])
+}
+
 /// The host (WireGuard counters, rules intact) is checked every this many heartbeats: it spawns
 /// processes, so not on every 500 ms tick.
 pub const CHECK_EVERY: u64 = 4;
@@ -243,5 +268,28 @@ mod tests {
         let (h, e) = beat(h, 1000, None);
         assert!(h.status.connected && !e.contains(&Effect::Changed { connected: false }));
         assert_eq!(h.status.last_heartbeat_age_ms, Some(0));
+    }
+
+    #[test]
+    fn a_dialling_side_looks_for_the_peers_active_gateway_while_it_hears_nothing() {
+        let ms = Duration::from_millis;
+        // answered 400 ms ago: not looking
+        assert!(!seeking(Some(ms(5000)), None, ms(5400)));
+        // a second of silence: looking, then at most once per heartbeat
+        assert!(seeking(Some(ms(5000)), None, ms(6000)));
+        assert!(!seeking(Some(ms(5000)), Some(ms(6000)), ms(6200)));
+        assert!(seeking(Some(ms(5000)), Some(ms(6000)), ms(6500)));
+        // never answered yet: counted from the start
+        assert!(!seeking(None, None, ms(900)));
+        assert!(seeking(None, None, ms(1000)));
+        // the standby that took over answers: dial it; back to the first when only it answers
+        assert_eq!(redial(&[false, true], 0), Some(1));
+        assert_eq!(redial(&[true, false], 1), Some(0));
+        // another endpoint is preferred over the current one, which is taken when alone
+        assert_eq!(redial(&[true, true, false], 0), Some(1));
+        assert_eq!(redial(&[true, false], 0), Some(0));
+        // nobody answers (the path is down): nothing to dial; no endpoints: never
+        assert_eq!(redial(&[false, false], 0), None);
+        assert_eq!(redial(&[], 0), None);
     }
 }

@@ -219,10 +219,13 @@ enum BenchCmd {
         runs: u32,
     },
     /// The active gateway lost under traffic (its process SIGKILLed, or its node cut from the network),
-    /// with two gateway replicas in c1; installs and peers ferry first if it is not; needs `up
+    /// with two gateway replicas on one side; installs and peers ferry first if it is not; needs `up
     /// --real-nodes 2`; one JSON line per run with gap_seconds (longest gap of a 10 ms UDP probe),
     /// tcp_survived, the takeover time and the active replicas in order.
     Failover {
+        /// Whose gateway: c1's (the consumer) or c2's (the provider).
+        #[arg(long, value_enum, default_value_t = ferry_e2e::failover::Side::Consumer)]
+        side: ferry_e2e::failover::Side,
         /// How the active is lost.
         #[arg(long, value_enum, default_value_t = ferry_e2e::failover::Loss::Kill)]
         loss: ferry_e2e::failover::Loss,
@@ -498,11 +501,11 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&r)?);
         }
         Cmd::Bench {
-            what: BenchCmd::Failover { loss, runs },
+            what: BenchCmd::Failover { side, loss, runs },
         } => {
             lab::require_root("ferry-lab bench failover")?;
             let lab = lab::Lab::load(&cli.root, &cli.name)?;
-            for r in ferry_e2e::failover::bench(&lab, &exe, loss, runs).await? {
+            for r in ferry_e2e::failover::bench(&lab, &exe, side, loss, runs).await? {
                 println!("{}", serde_json::to_string(&r)?);
             }
         }
