@@ -27,7 +27,7 @@ pub const SEEK_EVERY: Duration = Duration::from_millis(250);
 /// round trip; the next heartbeat tells). Times are since the tunnel came up.
 pub fn seeking(last_ok: Option<Duration>, last_redial: Option<Duration>, now: Duration) -> bool {
     now.saturating_sub(last_ok.unwrap_or_default()) >= REDIAL_AFTER
-        && !last_redial.is_some_and(|r| now.saturating_sub(r) < HEARTBEAT)
+        && last_redial.is_none_or(|r| now.saturating_sub(r) >= HEARTBEAT)
 }
 
 /// Which endpoint to dial (pure), given which ones' responders answered just now: the first answering
