@@ -9,7 +9,7 @@
 //! named the new active, every change of the active replica during the run (one change: no flapping),
 //! and a new flow after the old active is back.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -186,18 +186,6 @@ fn pod(name: &str, node: &str, marker: &str) -> Result<Pod> {
     }))?)
 }
 
-async fn running_ip(api: &Api<Pod>, name: &str) -> Result<IpAddr> {
-    let p = tokio::time::timeout(
-        Duration::from_secs(90),
-        kube::runtime::wait::await_condition(api.clone(), name, kube::runtime::conditions::is_pod_running()),
-    )
-    .await
-    .with_context(|| format!("pod {NS}/{name} not Running after 90s"))??;
-    Ok(p.and_then(|p| p.status?.pod_ip)
-        .with_context(|| format!("pod {NS}/{name} Running without an IP"))?
-        .parse()?)
-}
-
 fn marker(lab: &Lab, what: &str) -> String {
     format!("ferry-failover-{}-{what}", lab.layout.name)
 }
@@ -208,7 +196,7 @@ pub async fn workload(lab: &Lab, exe: &Path) -> Result<Servers> {
     let (k1, k2) = (lab.client(c1).await?, lab.client(c2).await?);
     crate::lab::fresh_namespace(&k1, NS).await;
     crate::lab::fresh_namespace(&k2, NS).await;
-    let (p1, p2): (Api<Pod>, Api<Pod>) = (Api::namespaced(k1.clone(), NS), Api::namespaced(k2, NS));
+    let (p1, p2): (Api<Pod>, Api<Pod>) = (Api::namespaced(k1.clone(), NS), Api::namespaced(k2.clone(), NS));
     for i in 0..2 {
         let (server, client) = (format!("server{i}"), format!("client{i}"));
         p2.create(
@@ -222,16 +210,17 @@ pub async fn workload(lab: &Lab, exe: &Path) -> Result<Servers> {
         )
         .await?;
     }
-    let remaps = ferry_tunnel::remaps::reported(&Api::<PeerNetwork>::all(k1).get("provider-c2").await?)
-        .context("c1's PeerNetwork reports no remaps")?;
+    let remaps =
+        ferry_tunnel::remaps::reported(&Api::<PeerNetwork>::all(k1.clone()).get("provider-c2").await?)
+            .context("c1's PeerNetwork reports no remaps")?;
     let mut servers = Servers {
         to: [SocketAddr::from(([0, 0, 0, 0], 0)); 2],
         procs: Vec::new(),
     };
     for i in 0..2 {
-        running_ip(&p1, &format!("client{i}")).await?;
+        crate::lab::running_pod_ip(&k1, NS, &format!("client{i}")).await?;
         let server = format!("server{i}");
-        let ip = running_ip(&p2, &server).await?;
+        let ip = crate::lab::running_pod_ip(&k2, NS, &server).await?;
         let pid = pid_of(&format!("/m/{}", marker(lab, &server))).context("a server pod's process")?;
         servers.procs.push(
             std::process::Command::new("nsenter")

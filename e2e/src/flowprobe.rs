@@ -78,31 +78,59 @@ pub fn longest_gap(start: Instant, answers: &[Instant], end: Instant) -> (Durati
 /// Probes `to` for `seconds` (UDP every `interval`, and the TCP stream), then waits up to 10 s for the
 /// last TCP bytes to come back.
 pub async fn run(to: SocketAddr, seconds: f64, interval: Duration) -> Result<Flow> {
+    run_with(to, seconds, interval, CHUNK).await
+}
+
+/// [`run`] with TCP writes of `chunk` bytes. The TCP writer is a task of its own: a stalled stream (its
+/// send buffer full while TCP backs off) must not hold up the UDP probes, or the UDP gap would measure
+/// TCP's retransmission timer rather than the path.
+async fn run_with(to: SocketAddr, seconds: f64, interval: Duration, chunk: usize) -> Result<Flow> {
     let udp = tokio::net::UdpSocket::bind(("0.0.0.0", 0)).await?;
     udp.connect(to).await?;
-    let mut tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(to))
+    let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(to))
         .await
         .with_context(|| format!("connecting to {to}: no answer in 5s"))?
         .with_context(|| format!("connecting to {to}"))?;
     tcp.set_nodelay(true)?;
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(seconds);
-    let (mut rd, mut wr) = tcp.split();
+    let drain_until = end + Duration::from_secs(10);
+    let (mut rd, mut wr) = tcp.into_split();
+    let mut writer = tokio::spawn(async move {
+        let bytes = vec![b'f'; chunk];
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut written = 0u64;
+        loop {
+            tick.tick().await;
+            if Instant::now() >= end {
+                return (written, None);
+            }
+            match wr.write_all(&bytes).await {
+                Ok(()) => written += chunk as u64,
+                Err(e) => return (written, Some(format!("write: {e}"))),
+            }
+        }
+    });
     let mut flow = Flow::default();
     let mut answers = Vec::new();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let (mut written, mut echoed) = (0u64, 0u64);
+    // (bytes written, its error) once the writer is done
+    let mut wrote: Option<(u64, Option<String>)> = None;
+    let mut echoed = 0u64;
     let mut last_echo = start;
     let mut stall = Duration::ZERO;
     let mut ubuf = [0u8; 64];
     let mut tbuf = [0u8; 4096];
-    let chunk = [b'f'; CHUNK];
-    let mut error: Option<String> = None;
+    let mut read_error: Option<String> = None;
     let mut sending = true;
-    let drain_until = end + Duration::from_secs(10);
     loop {
-        if !sending && (echoed >= written || error.is_some() || Instant::now() >= drain_until) {
+        let write_error = wrote.as_ref().and_then(|w| w.1.clone());
+        if let Some((written, _)) = &wrote
+            && !sending
+            && (echoed >= *written || write_error.is_some() || read_error.is_some())
+        {
             break;
         }
         tokio::select! {
@@ -113,12 +141,6 @@ pub async fn run(to: SocketAddr, seconds: f64, interval: Duration) -> Result<Flo
                 }
                 flow.udp_sent += 1;
                 let _ = udp.send(&flow.udp_sent.to_be_bytes()).await;
-                if error.is_none() {
-                    match wr.write_all(&chunk).await {
-                        Ok(()) => written += CHUNK as u64,
-                        Err(e) => error = Some(format!("write: {e}")),
-                    }
-                }
             }
             r = udp.recv(&mut ubuf), if sending => {
                 if r.is_ok() {
@@ -126,24 +148,33 @@ pub async fn run(to: SocketAddr, seconds: f64, interval: Duration) -> Result<Flo
                     answers.push(Instant::now());
                 }
             }
-            r = rd.read(&mut tbuf), if error.is_none() => match r {
-                Ok(0) => error = Some("closed by the peer".into()),
+            r = rd.read(&mut tbuf), if read_error.is_none() => match r {
+                Ok(0) => read_error = Some("closed by the peer".into()),
                 Ok(n) => {
                     let now = Instant::now();
                     stall = stall.max(now - last_echo);
                     last_echo = now;
                     echoed += n as u64;
                 }
-                Err(e) => error = Some(format!("read: {e}")),
+                Err(e) => read_error = Some(format!("read: {e}")),
             },
-            _ = tokio::time::sleep_until(drain_until), if !sending => {}
+            w = &mut writer, if wrote.is_none() => {
+                wrote = Some(w.unwrap_or_else(|e| (0, Some(format!("the writer: {e}")))));
+            }
+            _ = tokio::time::sleep_until(drain_until) => break,
         }
     }
+    if wrote.is_none() {
+        writer.abort();
+    }
+    let (written, write_error) =
+        wrote.unwrap_or((echoed, Some("a write still blocked 10s after the end".into())));
     let (gap, at) = longest_gap(start, &answers, end);
     flow.gap_seconds = round3(gap.as_secs_f64());
     flow.gap_at_seconds = round3(at.as_secs_f64());
     flow.tcp_stall_seconds = round3(stall.as_secs_f64());
     flow.tcp_bytes = echoed;
+    let mut error = write_error.or(read_error);
     if error.is_none() && echoed < written {
         error = Some(format!("{} of {written} bytes never echoed", written - echoed));
     }
@@ -204,5 +235,39 @@ mod tests {
         .await
         .unwrap_err();
         assert!(format!("{e:#}").contains("connecting to"), "{e:#}");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_tcp_stream_does_not_hold_up_the_udp_probes() {
+        // the UDP echo answers, the TCP peer accepts and never reads: the stream's buffers fill and its
+        // writes block, as in an outage while TCP backs off
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = udp.local_addr().unwrap().port();
+        let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+                let _ = udp.send_to(&buf[..n], from).await;
+            }
+        });
+        tokio::spawn(async move {
+            let (_held, _) = tcp.accept().await.unwrap();
+            std::future::pending::<()>().await
+        });
+        let f = tokio::time::timeout(
+            Duration::from_secs(20),
+            run_with(
+                format!("127.0.0.1:{port}").parse().unwrap(),
+                1.0,
+                Duration::from_millis(2),
+                1 << 20,
+            ),
+        )
+        .await
+        .expect("the probe ends even when the stream never drains")
+        .unwrap();
+        assert!(f.udp_answered > 100, "{f:?}");
+        assert!(f.gap_seconds < 0.3, "the UDP probes went on: {f:?}");
+        assert!(!f.tcp_survived && f.tcp_error.is_some(), "{f:?}");
     }
 }

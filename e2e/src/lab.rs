@@ -656,6 +656,22 @@ where
     }
 }
 
+/// The IP of pod `ns/name` once it is Running (watched, up to 90 s).
+pub async fn running_pod_ip(c: &Client, ns: &str, name: &str) -> Result<IpAddr> {
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(c.clone(), ns);
+    let p = tokio::time::timeout(
+        Duration::from_secs(90),
+        kube::runtime::wait::await_condition(api, name, kube::runtime::conditions::is_pod_running()),
+    )
+    .await
+    .with_context(|| format!("pod {ns}/{name} not Running after 90s"))??;
+    let ip = p
+        .and_then(|p| p.status?.pod_ip)
+        .with_context(|| format!("pod {ns}/{name} Running without an IP"))?;
+    ip.parse()
+        .with_context(|| format!("pod {ns}/{name}: status.podIP {ip:?} is not an address"))
+}
+
 /// Namespace `ns` on `c`, new (an old one deleted and awaited first), with its default ServiceAccount and
 /// that account's token.
 pub async fn fresh_namespace(c: &Client, ns: &str) {

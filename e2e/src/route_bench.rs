@@ -92,17 +92,6 @@ fn pod_on(name: &str, node: &str, script: String) -> Result<Pod> {
     }))?)
 }
 
-async fn running(api: &Api<Pod>, name: &str) -> Result<String> {
-    let p = tokio::time::timeout(
-        Duration::from_secs(90),
-        kube::runtime::wait::await_condition(api.clone(), name, kube::runtime::conditions::is_pod_running()),
-    )
-    .await
-    .with_context(|| format!("pod {NS}/{name} not Running after 90s"))??;
-    p.and_then(|p| p.status?.pod_ip)
-        .with_context(|| format!("pod {NS}/{name} Running without an IP"))
-}
-
 /// Runs the benchmark (see the module doc).
 pub async fn run(lab: &Lab, exe: &std::path::Path, mb: u32, runs: u32) -> Result<RouteBench> {
     if lab.layout.clusters.len() < 2 || lab.layout.clusters.iter().any(|c| c.real_nodes < 2) {
@@ -114,7 +103,7 @@ pub async fn run(lab: &Lab, exe: &std::path::Path, mb: u32, runs: u32) -> Result
     let (k1, k2) = (lab.client(c1).await?, lab.client(c2).await?);
     crate::lab::fresh_namespace(&k1, NS).await;
     crate::lab::fresh_namespace(&k2, NS).await;
-    let (p1, p2): (Api<Pod>, Api<Pod>) = (Api::namespaced(k1.clone(), NS), Api::namespaced(k2, NS));
+    let (p1, p2): (Api<Pod>, Api<Pod>) = (Api::namespaced(k1.clone(), NS), Api::namespaced(k2.clone(), NS));
     p2.create(
         &PostParams::default(),
         &pod_on(
@@ -132,9 +121,9 @@ pub async fn run(lab: &Lab, exe: &std::path::Path, mb: u32, runs: u32) -> Result
         )
         .await?;
     }
-    let server_ip: std::net::IpAddr = running(&p2, "server").await?.parse()?;
+    let server_ip = crate::lab::running_pod_ip(&k2, NS, "server").await?;
     for i in 0..clients.len() {
-        running(&p1, &format!("client{i}")).await?;
+        crate::lab::running_pod_ip(&k1, NS, &format!("client{i}")).await?;
     }
     let remaps =
         ferry_tunnel::remaps::reported(&Api::<ferry_crds::PeerNetwork>::all(k1).get("provider-c2").await?)

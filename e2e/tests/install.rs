@@ -615,10 +615,9 @@ async fn gateway_failover(lab: &ferry_e2e::lab::Lab) {
             "{what}: takeover {}s",
             r.takeover_seconds
         );
-        // the consumer's failover keeps the gap under 3 s; the provider's, where c1's gateway has to find and
-        // dial c2's standby endpoint, measured 2.05 s towards c2's first node and 3.7 s towards its second
-        // (the node on the other subnet; why is still open, issue 19)
-        let budget = if side == Side::Consumer { 3.0 } else { 4.5 };
+        // the UDP probe's longest gap (the path, not TCP's retransmission timer: the TCP stream's stall
+        // follows its exponential backoff, 2.05 s or 3.7 s for the same path, and is only reported)
+        let budget = 3.0;
         assert!(
             r.gap_seconds <= budget,
             "{what}: probe gap {}s > {budget}s",

@@ -193,6 +193,17 @@ impl GatewayConfig {
         }
     }
 
+    /// Where the probes for `endpoint` go (its underlay responder): the configured underlay address and
+    /// probe port for the configured endpoint, else the endpoint's address and port + 1.
+    fn probe_target(&self, endpoint: SocketAddr) -> SocketAddr {
+        let ip = match self.peer_underlay {
+            Some(u) if Some(endpoint) == self.peer_endpoint => u,
+            _ => endpoint.ip(),
+        };
+        let port = self.probe_port.unwrap_or(endpoint.port().saturating_add(1));
+        SocketAddr::new(ip, port)
+    }
+
     fn peer_underlay(&self) -> Option<IpAddr> {
         self.peer_underlay.or(self.peer_endpoint.map(|e| e.ip()))
     }
@@ -501,12 +512,17 @@ async fn watch(
     let up = Instant::now();
     let mut spec = spec.clone();
     let (pmtu_tx, mut pmtu_rx) = tokio::sync::mpsc::channel::<(u32, u32)>(4);
+    // the path MTU is followed to the endpoint dialled now (the seeker moves it)
+    let (target_tx, target_rx) = tokio::sync::watch::channel(None);
     let pmtud = match (cfg.follows_path_mtu(), cfg.probe_range()) {
-        (true, Some((target, lo, hi))) => Some(tokio::spawn(follow_path_mtu(
-            target,
-            crate::pmtud::Pmtud::confirmed(lo, hi, status.path_mtu),
-            pmtu_tx,
-        ))),
+        (true, Some((target, lo, hi))) => {
+            target_tx.send_replace(Some(target));
+            Some(tokio::spawn(follow_path_mtu(
+                target_rx,
+                crate::pmtud::Pmtud::confirmed(lo, hi, status.path_mtu),
+                pmtu_tx,
+            )))
+        }
         _ => None,
     };
     let mut health = Health {
@@ -519,13 +535,15 @@ async fn watch(
     let endpoints = cfg.dial_endpoints();
     let seeker = (!endpoints.is_empty()).then(|| {
         let settings = cfg.wg_settings(&spec, None);
+        let targets = endpoints.iter().map(|e| cfg.probe_target(*e)).collect();
         tokio::spawn(seek_peer(
             cfg.peer.clone(),
             spec.interface.clone(),
             settings,
-            endpoints,
+            (endpoints, targets),
             up,
             answered_rx,
+            target_tx,
         ))
     });
     loop {
@@ -602,14 +620,17 @@ async fn watch(
 
 /// While the tunnel is silent ([`crate::health::seeking`]), every [`crate::health::SEEK_EVERY`]: probes the
 /// peer's endpoints and dials the one whose responder answers ([`crate::health::redial`]) with a fresh
-/// handshake. `last_ok`: when the tunnel last answered (time since `up`), from the heartbeats.
+/// handshake. `last_ok`: when the tunnel last answered (time since `up`), from the heartbeats. Each
+/// endpoint comes with its responder's address (`targets`); the one dialled is sent on `dialled_target`
+/// (the path MTU follower probes it).
 async fn seek_peer(
     peer: String,
     interface: String,
     mut settings: WgSettings,
-    endpoints: Vec<SocketAddr>,
+    (endpoints, targets): (Vec<SocketAddr>, Vec<SocketAddr>),
     up: Instant,
     last_ok: tokio::sync::watch::Receiver<Option<Duration>>,
+    dialled_target: tokio::sync::watch::Sender<Option<SocketAddr>>,
 ) {
     let mut seek = tokio::time::interval(crate::health::SEEK_EVERY);
     seek.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -621,7 +642,7 @@ async fn seek_peer(
         if !crate::health::seeking(ok, last_redial, now) {
             continue;
         }
-        let answered = answering(&endpoints).await;
+        let answered = answering(&targets).await;
         let Some(next) = crate::health::redial(&answered, dialled) else {
             continue;
         };
@@ -633,17 +654,26 @@ async fn seek_peer(
         if let Err(e) = apply::configure_wireguard(&interface, &settings) {
             warn!(peer, "dialling {}: {e}", endpoints[next]);
         }
+        if next != dialled {
+            dialled_target.send_if_modified(|t| {
+                // only where the path MTU is followed at all
+                let moved = t.is_some() && *t != Some(targets[next]);
+                if moved {
+                    *t = Some(targets[next]);
+                }
+                moved
+            });
+        }
         dialled = next;
         last_redial = Some(up.elapsed());
     }
 }
 
-/// Which of the peer's endpoints answer at their underlay responder (port + 1) within 150 ms, probed at
+/// Which of the peer's endpoints answer at their underlay responders (`targets`) within 150 ms, probed at
 /// once.
-async fn answering(endpoints: &[SocketAddr]) -> Vec<bool> {
-    let probes = endpoints.iter().map(|e| async move {
-        let target = SocketAddr::new(e.ip(), e.port().wrapping_add(1));
-        let bind = if e.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+async fn answering(targets: &[SocketAddr]) -> Vec<bool> {
+    let probes = targets.iter().map(|&target| async move {
+        let bind = if target.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
         match tokio::net::UdpSocket::bind(bind).await {
             Ok(sock) => crate::probe::heartbeat(&sock, target, Duration::from_millis(150))
                 .await
@@ -672,34 +702,60 @@ fn report_status(
         .with_context(|| format!("writing {}", cfg.status_file().display()))
 }
 
-/// Keeps probing the path MTU to `target` ([`crate::pmtud`]) and sends each change (from, to) on `changes`,
-/// until the task is aborted or the receiver is gone.
+/// Keeps probing the path MTU to the target `target` holds ([`crate::pmtud`]) and sends each change
+/// (from, to) on `changes`, until the task is aborted or the receiver is gone. When the target moves (the
+/// peer's gateway failed over), the new path is searched at once ([`crate::pmtud::Pmtud::new_path`]).
 async fn follow_path_mtu(
-    target: SocketAddr,
+    mut target: tokio::sync::watch::Receiver<Option<SocketAddr>>,
     mut m: crate::pmtud::Pmtud,
     changes: tokio::sync::mpsc::Sender<(u32, u32)>,
 ) {
-    let sock = match crate::probe::mtu_socket(target).await {
-        Ok(s) => s,
-        Err(e) => {
-            warn!("path MTU probes to {target}: {e}; the path MTU is not followed");
+    // the target can move while a seeker holds its sender (a side that dials)
+    let mut movable = true;
+    'path: loop {
+        let Some(to) = *target.borrow_and_update() else {
             return;
-        }
-    };
-    loop {
-        let (size, wait) = m.next();
-        tokio::time::sleep(wait).await;
-        let answered = crate::probe::mtu_probe(&sock, target, size).await;
-        match m.observe(answered) {
-            crate::pmtud::Outcome::Settled { from: Some(from), to }
-                if changes.send((from, to)).await.is_err() =>
-            {
-                return;
+        };
+        let sock = match crate::probe::mtu_socket(to).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!("path MTU probes to {to}: {e}; the path MTU is not followed there");
+                None
             }
-            crate::pmtud::Outcome::NoAnswer { kept } => {
-                tracing::debug!(?kept, "no answer to path MTU probes from {target}");
+        };
+        loop {
+            let (size, wait) = m.next();
+            let answered = tokio::select! {
+                moved = target.changed(), if movable => {
+                    if moved.is_err() {
+                        movable = false;
+                        continue;
+                    }
+                    if let Some(t) = *target.borrow() {
+                        info!("path MTU: the peer's gateway moved; now probing the path to {t}");
+                    }
+                    m.new_path();
+                    continue 'path;
+                }
+                answered = async {
+                    tokio::time::sleep(wait).await;
+                    match &sock {
+                        Some(sock) => crate::probe::mtu_probe(sock, to, size).await,
+                        None => std::future::pending().await,
+                    }
+                } => answered,
+            };
+            match m.observe(answered) {
+                crate::pmtud::Outcome::Settled { from: Some(from), to }
+                    if changes.send((from, to)).await.is_err() =>
+                {
+                    return;
+                }
+                crate::pmtud::Outcome::NoAnswer { kept } => {
+                    tracing::debug!(?kept, "no answer to path MTU probes from {to}");
+                }
+                _ => {}
             }
-            _ => {}
         }
     }
 }
@@ -733,6 +789,18 @@ mod tests {
         assert_eq!((c.probe_port(), c.peer_probe_port()), (51821, 52821));
         assert_eq!(cfg(None, None).peer_probe_port(), 51821);
         assert_eq!(cfg(Some("198.18.2.2:52820"), Some(7000)).peer_probe_port(), 7000);
+        // each endpoint's responder, for the seeker and the path MTU follower: the configured underlay
+        // address belongs to the configured endpoint only; a standby's is its own address
+        let mut c = cfg(Some("198.18.2.2:52820"), None);
+        c.peer_underlay = Some("10.1.0.2".parse().unwrap());
+        let standby: SocketAddr = "198.18.2.3:52830".parse().unwrap();
+        assert_eq!(
+            c.probe_target(c.peer_endpoint.unwrap()),
+            "10.1.0.2:52821".parse().unwrap()
+        );
+        assert_eq!(c.probe_target(standby), "198.18.2.3:52831".parse().unwrap());
+        c.probe_port = Some(7000);
+        assert_eq!(c.probe_target(standby), "198.18.2.3:7000".parse().unwrap());
     }
 
     #[test]

@@ -90,6 +90,15 @@ impl Pmtud {
         }
     }
 
+    /// The probes go to another endpoint (the peer's gateway moved): search its path afresh, keeping the
+    /// known path MTU meanwhile; only a different one is reported (a path that is the same, or down, is
+    /// not a change).
+    pub fn new_path(&mut self) {
+        self.phase = Phase::CheckLow { was: self.pmtu() };
+        self.misses = 0;
+        self.since_raise = Duration::ZERO;
+    }
+
     /// The path MTU found, if a search has ended.
     pub fn pmtu(&self) -> Option<u32> {
         match self.phase {
@@ -278,6 +287,31 @@ mod tests {
             assert_eq!(m.observe(true), Outcome::Pending);
         }
         assert_eq!(m.pmtu(), Some(1400));
+    }
+
+    #[test]
+    fn a_new_path_is_searched_at_once_and_only_a_different_mtu_is_reported() {
+        let mut m = Pmtud::confirmed(576, 1500, 1500);
+        // the same MTU on the new path: searched (no pause), nothing reported, confirming again
+        m.new_path();
+        assert_eq!(m.next(), (576, Duration::ZERO));
+        assert_eq!(run(&mut m, Some(1500), 50), (Outcome::Pending, 50));
+        assert_eq!((m.pmtu(), m.searching()), (Some(1500), false));
+        // a narrower new path: found without waiting for three lost confirmations first
+        m.new_path();
+        let (o, probes) = run(&mut m, Some(1420), 200);
+        assert_eq!(
+            o,
+            Outcome::Settled {
+                from: Some(1500),
+                to: 1420
+            }
+        );
+        assert!(probes <= 1 + 3 + 10 * 3, "{probes}");
+        // a new path that does not answer keeps the MTU
+        m.new_path();
+        assert_eq!(run(&mut m, None, 10).0, Outcome::NoAnswer { kept: Some(1420) });
+        assert_eq!(m.pmtu(), Some(1420));
     }
 
     #[test]
