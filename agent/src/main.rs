@@ -93,6 +93,14 @@ struct Args {
     /// This replica's identity in the election (the chart passes the pod name).
     #[arg(long, env = "FERRY_LEADER_ID")]
     leader_id: Option<String>,
+    /// Port of the kubelet API of this cluster's virtual nodes (`kubectl logs` on offloaded pods), on
+    /// `--node-ip`; 0: off. Not 10250: under hostNetwork that is the node's own kubelet.
+    #[arg(long, env = "FERRY_KUBELET_PORT", default_value_t = 10260)]
+    kubelet_port: u16,
+    /// The address the apiserver reaches this agent at (the node's, under hostNetwork; the chart passes
+    /// status.hostIP): the virtual nodes' InternalIP. Unset: no kubelet API.
+    #[arg(long, env = "FERRY_NODE_IP")]
+    node_ip: Option<std::net::IpAddr>,
 }
 
 /// The Lease the agent's replicas elect their leader with, and how long it lasts unrenewed (the
@@ -250,6 +258,45 @@ async fn run(a: Args) -> Result<()> {
         .with_context(|| format!("--listen {}", a.listen))?;
     let local_cidrs = a.pod_cidrs.clone();
     let client = p.client.clone();
+    // the kubelet API of the virtual nodes: where the apiserver dials for `kubectl logs` on their pods
+    let kubelet = match (a.node_ip, a.kubelet_port) {
+        (Some(ip), port) if port != 0 => {
+            let at = std::net::SocketAddr::new(ip, port);
+            let l = server::listen(&at.to_string())
+                .await
+                .with_context(|| format!("--kubelet-port {port} on --node-ip {ip}"))?;
+            Some((ferry_virtual_kubelet::kubelet_server::KubeletApi::new(at), l))
+        }
+        _ => {
+            tracing::warn!(
+                "no --node-ip (FERRY_NODE_IP): the virtual nodes serve no kubelet API, so kubectl logs on offloaded pods fails"
+            );
+            None
+        }
+    };
+    let kubelet_api = kubelet.as_ref().map(|(k, _)| k.clone());
+    let kubelet_server = async {
+        match kubelet {
+            Some((k, l)) => loop {
+                // the rest of the agent does not depend on it: a failure is reported and retried
+                if let Err(e) = ferry_virtual_kubelet::kubelet_server::serve(
+                    client.clone(),
+                    k.clone(),
+                    format!("ferry-{}", id.cluster_id),
+                    &l,
+                    limits.clone(),
+                )
+                .await
+                {
+                    tracing::error!(
+                        "the kubelet API of the virtual nodes (kubectl logs on offloaded pods): {e}; retrying in 30s"
+                    );
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            },
+            None => std::future::pending::<Result<()>>().await,
+        }
+    };
     let webhook = async {
         if a.webhook_listen.is_empty() {
             return std::future::pending::<Result<()>>().await;
@@ -319,7 +366,8 @@ async fn run(a: Args) -> Result<()> {
         _ = ferry_plumbing::telemetry::shutdown_signal() => return Ok(()),
         _ = ferry_peering_broker::reconciler::run(client.clone(), network.clone()) => anyhow::bail!("the ForeignCluster reconciler stopped"),
         _ = ferry_peering_broker::offloading::run(client.clone()) => anyhow::bail!("the NamespaceOffloading reconciler stopped"),
-        _ = ferry_virtual_kubelet::supervisor::run(client.clone(), id.cluster_id.clone(), local_cidrs) => anyhow::bail!("the virtual kubelet supervisor stopped"),
+        r = kubelet_server => r?,
+        _ = ferry_virtual_kubelet::supervisor::run(client.clone(), id.cluster_id.clone(), local_cidrs, kubelet_api) => anyhow::bail!("the virtual kubelet supervisor stopped"),
         _ = ferry_virtual_kubelet::provider::run(client.clone()) => anyhow::bail!("the ShadowPod controller stopped"),
         _ = ferry_peering_broker::consumer::run_renewals(client.clone(), a.renew_after_seconds) => anyhow::bail!("the identity renewal loop stopped"),
         _ = mcs_peers_cache => anyhow::bail!("the peerings cache stopped"),

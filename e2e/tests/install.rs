@@ -404,6 +404,10 @@ async fn ferryctl_install_runs_every_component_as_a_pod_refuses_bad_values_and_u
     // from the other nodes to the gateway node is the route agent's (issue 19).
     tunnel_through_the_installed_gateways(&lab, &kc).await;
 
+    // the virtual node's kubelet API (issue 16): kubectl logs through c1's apiserver on a pod that runs in
+    // a container on c2's real node; the API's certificate from the cluster's signer; 401/403
+    kubelet_api_of_the_virtual_node(&lab, &kc).await;
+
     // HA gateway (issue 19): both real nodes of each cluster labelled, two replicas, one active by Lease;
     // the active lost under a 10 ms UDP probe and a TCP stream between a c1 pod and a c2 pod (off the lost
     // node), by SIGKILL of its process and by cutting its node's network, on the consumer's side (the
@@ -987,5 +991,237 @@ async fn tunnel_through_the_installed_gateways(lab: &ferry_e2e::lab::Lab, kc1: &
         let _ = Api::<Namespace>::all((*k).clone())
             .delete(ns, &Default::default())
             .await;
+    }
+}
+
+fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// `curl` of the kubelet API at `url`: (HTTP status, body). `ca`: verify the server with it (else
+/// `-k`); `token`: a bearer token.
+fn curl(url: &str, ca: Option<&std::path::Path>, token: Option<&str>) -> (u16, String) {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"]);
+    match ca {
+        Some(ca) => c.arg("--cacert").arg(ca),
+        None => c.arg("-k"),
+    };
+    if let Some(t) = token {
+        c.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = c.arg(url).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let (body, code) = text.trim_end().rsplit_once('\n').unwrap_or(("", text.trim()));
+    (code.trim().parse().unwrap_or(0), body.trim().to_string())
+}
+
+async fn kubelet_api_of_the_virtual_node(lab: &ferry_e2e::lab::Lab, kc1: &std::path::Path) {
+    let c1 = &lab.layout.clusters[0];
+    let k1 = lab.client(c1).await.unwrap();
+    // the node says where its kubelet API is: the active agent's node address, the chart's port
+    let node = Api::<Node>::all(k1.clone())
+        .get("ferry-provider-c2")
+        .await
+        .unwrap();
+    let st = node.status.unwrap();
+    let ip = st
+        .addresses
+        .unwrap_or_default()
+        .into_iter()
+        .find(|a| a.type_ == "InternalIP")
+        .expect("the virtual node has an InternalIP")
+        .address;
+    let port = st.daemon_endpoints.unwrap().kubelet_endpoint.unwrap().port;
+    assert_eq!(port, 10260, "the chart's agent.kubeletPort");
+    assert!(
+        (0..c1.real_nodes).any(|k| c1.real_node_ip(k).to_string() == ip),
+        "the InternalIP {ip} is one of c1's real nodes (the agent runs on the node's network)"
+    );
+    // a pod with two containers, one logging 10 lines a second, offloaded to c2's real node
+    let web: Api<Pod> = Api::namespaced(k1.clone(), "web");
+    let talker: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "talker"},
+        "spec": {"nodeName": "ferry-provider-c2", "terminationGracePeriodSeconds": 1,
+            "tolerations": [{"key": "virtual-node.ferry.dev/not-allowed", "operator": "Exists"}],
+            "containers": [
+                {"name": "a", "image": ferry_e2e::image::WORKLOAD_IMAGE, "imagePullPolicy": "Never",
+                 "command": ["sh", "-c", "i=0; while true; do echo \"a line $i\"; i=$((i+1)); sleep 0.1; done"]},
+                {"name": "b", "image": ferry_e2e::image::WORKLOAD_IMAGE, "imagePullPolicy": "Never",
+                 "command": ["sh", "-c", "echo b-says-hello; exec sleep 100000"]}]}
+    }))
+    .unwrap();
+    web.create(&Default::default(), &talker).await.unwrap();
+    running(&web, "talker").await;
+    // `logs -f` for 60 s, read as the lines come, while the rest is checked
+    let mut follow = Command::new("kubectl")
+        .env("KUBECONFIG", kc1)
+        .args(["logs", "-f", "-n", "web", "talker", "-c", "a", "--tail=1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let stdout = follow.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .map(|l| (started.elapsed(), l))
+            .collect::<Vec<_>>()
+    });
+    // plain, a second container, --tail, --since, --timestamps
+    let t0 = Instant::now();
+    let (ok, out, err) = kubectl(kc1, &["logs", "-n", "web", "talker", "-c", "a"]);
+    let first = t0.elapsed();
+    assert!(ok && out.starts_with("a line 0\n"), "kubectl logs: {out}{err}");
+    let (ok, out, err) = kubectl(kc1, &["logs", "-n", "web", "talker", "-c", "b"]);
+    assert!(ok && out == "b-says-hello\n", "kubectl logs -c b: {out}{err}");
+    let (ok, out, err) = kubectl(kc1, &["logs", "-n", "web", "talker", "-c", "a", "--tail=3"]);
+    assert!(
+        ok && out.lines().count() == 3 && out.lines().all(|l| l.starts_with("a line ")),
+        "--tail=3: {out}{err}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, all, _) = kubectl(kc1, &["logs", "-n", "web", "talker", "-c", "a"]);
+    let (ok, out, err) = kubectl(kc1, &["logs", "-n", "web", "talker", "-c", "a", "--since=1s"]);
+    let n = out.lines().count();
+    assert!(
+        ok && n >= 3 && n * 2 < all.lines().count(),
+        "--since=1s: {n} of {} lines; {err}",
+        all.lines().count()
+    );
+    let (ok, out, err) = kubectl(
+        kc1,
+        &[
+            "logs",
+            "-n",
+            "web",
+            "talker",
+            "-c",
+            "a",
+            "--tail=1",
+            "--timestamps",
+        ],
+    );
+    let stamp = out.split_whitespace().next().unwrap_or_default();
+    assert!(
+        ok && chrono::DateTime::parse_from_rfc3339(stamp).is_ok(),
+        "--timestamps: {out}{err}"
+    );
+    // a container that is not there: the provider's error comes back as kubectl prints it
+    let (ok, _, err) = kubectl(kc1, &["logs", "-n", "web", "talker", "-c", "nope"]);
+    assert!(!ok && err.contains("nope"), "kubectl logs -c nope: {err}");
+    // straight to the kubelet API: its certificate chains to c1's CA with the node address as its SAN
+    // (no -k), an anonymous caller is 401, a ServiceAccount without nodes/proxy 403
+    let ca = kc1.parent().unwrap().join("pki/ca.crt");
+    let base = format!("https://{ip}:{port}");
+    assert_eq!(
+        curl(&format!("{base}/healthz"), Some(&ca), None),
+        (200, "ok".to_string())
+    );
+    let logs_url = format!("{base}/containerLogs/web/talker/a?tailLines=1");
+    let (code, body) = curl(&logs_url, Some(&ca), None);
+    assert_eq!(code, 401, "anonymous: {body}");
+    let sa = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(k1.clone(), "web")
+        .get("default")
+        .await
+        .unwrap();
+    let secret = sa.secrets.unwrap()[0].name.clone().unwrap();
+    let token = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(k1.clone(), "web")
+        .get(&secret)
+        .await
+        .unwrap()
+        .data
+        .unwrap()["token"]
+        .0
+        .clone();
+    let (code, body) = curl(&logs_url, Some(&ca), Some(&String::from_utf8(token).unwrap()));
+    assert!(
+        code == 403
+            && body.contains("system:serviceaccount:web:default")
+            && body.contains("subresource=proxy"),
+        "a ServiceAccount without nodes/proxy: {code} {body}"
+    );
+    // log throughput: 5 MB of log fetched through c1's apiserver and the virtual node's kubelet API, and
+    // from c2's own apiserver and kubelet, side by side
+    let big: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "big"},
+        "spec": {"nodeName": "ferry-provider-c2", "terminationGracePeriodSeconds": 1,
+            "tolerations": [{"key": "virtual-node.ferry.dev/not-allowed", "operator": "Exists"}],
+            "containers": [{"name": "c", "image": ferry_e2e::image::WORKLOAD_IMAGE, "imagePullPolicy": "Never",
+                "command": ["sh", "-c", "l=0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789; i=0; while [ $i -lt 50000 ]; do echo $l; i=$((i+1)); done; echo done; exec sleep 100000"]}]}
+    }))
+    .unwrap();
+    web.create(&Default::default(), &big).await.unwrap();
+    running(&web, "big").await;
+    ferry_e2e::lab::eventually("the 5 MB log written", 60, || async {
+        let (_, out, _) = kubectl(kc1, &["logs", "-n", "web", "big", "--tail=1"]);
+        Ok(out.trim() == "done")
+    })
+    .await;
+    let kc2 = kc1
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("c2/admin.kubeconfig");
+    let remote_ns = "web-consumer-c1";
+    let (mut via, mut direct) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let t = Instant::now();
+        let (ok, out, err) = kubectl(kc1, &["logs", "-n", "web", "big"]);
+        assert!(ok && out.len() > 5_000_000, "{} bytes; {err}", out.len());
+        via.push(out.len() as f64 / t.elapsed().as_secs_f64() / 1e6);
+        let t = Instant::now();
+        let (ok, out, err) = kubectl(&kc2, &["logs", "-n", remote_ns, "big"]);
+        assert!(
+            ok && out.len() > 5_000_000,
+            "c2 {remote_ns}/big: {} bytes; {err}",
+            out.len()
+        );
+        direct.push(out.len() as f64 / t.elapsed().as_secs_f64() / 1e6);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (v, d) = (median(&mut via), median(&mut direct));
+    eprintln!(
+        "kubelet API: first kubectl logs in {:.2}s; logs throughput {v:.1} MB/s through the virtual node vs {d:.1} MB/s from c2 directly (ratio {:.2})",
+        first.as_secs_f64(),
+        v / d
+    );
+    // the follow went on for 60 s, lines arriving all along
+    tokio::time::sleep(Duration::from_secs(60).saturating_sub(started.elapsed())).await;
+    let _ = follow.kill();
+    let lines = reader.join().unwrap();
+    let arrivals: Vec<f64> = lines.iter().map(|(t, _)| t.as_secs_f64()).collect();
+    let gap = arrivals
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(arrivals.first().copied().unwrap_or(60.0), f64::max);
+    assert!(
+        lines.len() > 300 && arrivals.last().is_some_and(|t| *t > 55.0) && gap < 5.0,
+        "kubectl logs -f: {} lines, the last at {:?}s, longest gap {gap:.1}s",
+        lines.len(),
+        arrivals.last()
+    );
+    eprintln!(
+        "kubectl logs -f on the offloaded pod: {} lines over 60s, longest gap {gap:.2}s",
+        lines.len()
+    );
+    for name in ["talker", "big"] {
+        let _ = web.delete(name, &Default::default()).await;
     }
 }

@@ -157,6 +157,23 @@ pub fn validate(v: &Value) -> Result<(), ChartError> {
             return Err(bad(key, &p.to_string(), "not a port", "1 to 65535"));
         }
     }
+    let kp = v["agent"]["kubeletPort"].as_i64().unwrap_or(-1);
+    if !(0..=65535).contains(&kp) {
+        return Err(bad(
+            "agent.kubeletPort",
+            &kp.to_string(),
+            "not a port",
+            "1 to 65535, or 0 for no kubelet API (kubectl logs on offloaded pods then fails)",
+        ));
+    }
+    if kp == 10250 && v["agent"]["hostNetwork"].as_bool().unwrap_or(true) {
+        return Err(bad(
+            "agent.kubeletPort",
+            "10250",
+            "the node's own kubelet listens there (the agent runs on the node's network)",
+            "another port, such as the default 10260",
+        ));
+    }
     let np = v["agent"]["brokerNodePort"].as_i64().unwrap_or(0);
     if np != 0 && !(30000..=32767).contains(&np) {
         return Err(bad(
@@ -790,6 +807,22 @@ mod tests {
                     "agent.brokerServiceType=Ingress",
                 ],
                 "agent.brokerServiceType",
+            ),
+            (
+                vec![
+                    "podCIDRs=10.244.0.0/16",
+                    "serviceCIDRs=10.96.0.0/16",
+                    "agent.kubeletPort=10250",
+                ],
+                "agent.kubeletPort",
+            ),
+            (
+                vec![
+                    "podCIDRs=10.244.0.0/16",
+                    "serviceCIDRs=10.96.0.0/16",
+                    "agent.kubeletPort=70000",
+                ],
+                "agent.kubeletPort",
             ),
             (
                 vec![

@@ -38,8 +38,7 @@ use crate::remote::track_namespaces;
 use crate::{Error, VirtualNodeIdentity, api_err};
 
 /// Runs the virtual kubelet of one peering until the task is dropped.
-pub async fn run(peer: Peer) -> Result<(), Error> {
-    let peer = Arc::new(peer);
+pub async fn run(peer: Arc<Peer>) -> Result<(), Error> {
     ensure_node(&peer).await?;
     let node = peer.node_name();
     let (offloadings, ow) = reflector::store::<NamespaceOffloading>();

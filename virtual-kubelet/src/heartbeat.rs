@@ -132,7 +132,7 @@ pub async fn heartbeat(peer: Arc<Peer>) {
         if last.as_ref() == Some(&state) && !beat {
             continue;
         }
-        let mut patch = node_status(&state, &now(), &peer.version);
+        let mut patch = node_status(&state, &now(), &peer.version, peer.kubelet_endpoint);
         match nodes.get_opt(&name).await {
             Ok(Some(old)) => {
                 keep_transition_times(&mut patch, &old);

@@ -8,6 +8,8 @@
 pub mod admission;
 pub mod consumer;
 pub mod heartbeat;
+pub mod kubelet_api;
+pub mod kubelet_server;
 pub mod node;
 pub mod objects;
 pub mod peer;

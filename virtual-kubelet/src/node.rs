@@ -74,7 +74,9 @@ fn condition(kind: &str, status: bool, reason: &str, message: &str, now: &str) -
 ///
 /// `lastTransitionTime` is set to `now` here; the caller keeps the old one when a condition's status did
 /// not change ([`keep_transition_times`]).
-pub fn node_status(o: &Observed, now: &str, version: &str) -> Value {
+/// `kubelet`: where the kubelet API for the virtual nodes is reached (its `InternalIP` and daemon
+/// endpoint; the apiserver dials it for `kubectl logs`), if it runs.
+pub fn node_status(o: &Observed, now: &str, version: &str, kubelet: Option<std::net::SocketAddr>) -> Value {
     let (cap_cpu, cap_mem, cap_pods) = o.granted.to_quantities();
     let (cpu, mem, pods) = o.available.to_quantities();
     let mut conditions = vec![
@@ -129,7 +131,16 @@ pub fn node_status(o: &Observed, now: &str, version: &str) -> Value {
             )
         });
     }
+    let (addresses, port) = match kubelet {
+        Some(k) => (
+            json!([{ "type": "InternalIP", "address": k.ip().to_string() }]),
+            k.port(),
+        ),
+        None => (json!([]), 0),
+    };
     json!({ "status": {
+        "addresses": addresses,
+        "daemonEndpoints": { "kubeletEndpoint": { "Port": port } },
         "capacity": { "cpu": cap_cpu, "memory": cap_mem, "pods": cap_pods },
         "allocatable": { "cpu": cpu, "memory": mem, "pods": pods },
         "conditions": conditions,
@@ -216,7 +227,7 @@ mod tests {
 
     #[test]
     fn capacity_is_the_grant_and_allocatable_what_is_free() {
-        let s = node_status(&observed(), "2026-01-01T00:00:00Z", "v");
+        let s = node_status(&observed(), "2026-01-01T00:00:00Z", "v", None);
         assert_eq!(s["status"]["capacity"]["cpu"], "8000m");
         assert_eq!(s["status"]["capacity"]["pods"], "110");
         assert_eq!(s["status"]["allocatable"]["cpu"], "6000m");
@@ -225,9 +236,22 @@ mod tests {
     }
 
     #[test]
+    fn the_kubelet_api_is_the_nodes_internal_ip_and_daemon_endpoint() {
+        let s = node_status(&observed(), "t", "v", Some("198.19.97.10:10260".parse().unwrap()));
+        assert_eq!(
+            s["status"]["addresses"],
+            json!([{ "type": "InternalIP", "address": "198.19.97.10" }])
+        );
+        assert_eq!(s["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"], 10260);
+        // without it: no address (the apiserver then says so instead of dialling a wrong one)
+        let s = node_status(&observed(), "t", "v", None);
+        assert_eq!(s["status"]["addresses"], json!([]));
+    }
+
+    #[test]
     fn ready_follows_livez_and_network_unavailable_follows_the_tunnel() {
         let mut o = observed();
-        let s = node_status(&o, "t", "v");
+        let s = node_status(&o, "t", "v", None);
         assert_eq!(s["status"]["conditions"][0]["status"], "True");
         assert!(
             !s["status"]["conditions"]
@@ -238,7 +262,7 @@ mod tests {
         );
         o.livez = Err("GET https://x/livez: timed out after 1s".into());
         o.network = Some(false);
-        let s = node_status(&o, "t", "v");
+        let s = node_status(&o, "t", "v", None);
         assert_eq!(s["status"]["conditions"][0]["status"], "False");
         assert_eq!(s["status"]["conditions"][0]["reason"], "ProviderUnreachable");
         assert!(
@@ -256,10 +280,10 @@ mod tests {
 
     #[test]
     fn an_unchanged_condition_keeps_its_transition_time() {
-        let first = node_status(&observed(), "2026-01-01T00:00:00Z", "v");
+        let first = node_status(&observed(), "2026-01-01T00:00:00Z", "v", None);
         let old: Node = serde_json::from_value(json!({"metadata": {}, "status": first["status"]})).unwrap();
         let mut o = observed();
-        let mut same = node_status(&o, "2026-01-01T00:01:00Z", "v");
+        let mut same = node_status(&o, "2026-01-01T00:01:00Z", "v", None);
         keep_transition_times(&mut same, &old);
         assert_eq!(
             same["status"]["conditions"][0]["lastTransitionTime"],
@@ -270,7 +294,7 @@ mod tests {
             "2026-01-01T00:01:00Z"
         );
         o.livez = Err("down".into());
-        let mut changed = node_status(&o, "2026-01-01T00:02:00Z", "v");
+        let mut changed = node_status(&o, "2026-01-01T00:02:00Z", "v", None);
         keep_transition_times(&mut changed, &old);
         assert_eq!(
             changed["status"]["conditions"][0]["lastTransitionTime"],

@@ -27,6 +27,9 @@ pub struct Peer {
     pub remote: Client,
     /// Version string shown as the node's kubelet version.
     pub version: String,
+    /// Where this cluster's kubelet API for virtual nodes is reached (the node's `InternalIP` and
+    /// daemon endpoint), if it runs.
+    pub kubelet_endpoint: Option<std::net::SocketAddr>,
 }
 
 impl Peer {

@@ -67,6 +67,18 @@ fn mapped(offloadings: &Store<NamespaceOffloading>, provider: &str, local_ns: &s
         .find_map(|o| o.status.as_ref()?.remote_namespaces.get(provider).cloned())
 }
 
+/// The provider namespace `local_ns` is offloaded to, read now (for the kubelet API, outside the
+/// controller's stores).
+pub(crate) async fn remote_namespace_of(peer: &crate::peer::Peer, local_ns: &str) -> Option<String> {
+    Api::<NamespaceOffloading>::namespaced(peer.local.clone(), local_ns)
+        .list(&Default::default())
+        .await
+        .ok()?
+        .items
+        .iter()
+        .find_map(|o| o.status.as_ref()?.remote_namespaces.get(&peer.provider).cloned())
+}
+
 impl PodReflector {
     pub(crate) async fn event(&self, pod: &Pod, kind: EventType, reason: &str, note: String) {
         let ev = Event {

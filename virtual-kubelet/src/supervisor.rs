@@ -5,6 +5,7 @@
 //! virtual nodes of peerings that went away while the agent was down are removed too.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use ferry_crds::identity::{self, SYSTEM_NAMESPACE, text};
 use ferry_crds::{ForeignCluster, PeerNetwork};
@@ -128,7 +129,12 @@ async fn virtual_nodes(local: &Client) -> Result<Vec<String>, Error> {
 pub const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Supervises the virtual kubelets of this (consumer) cluster until the task is dropped.
-pub async fn run(client: Client, consumer: String, local_cidrs: Vec<IpNet>) {
+pub async fn run(
+    client: Client,
+    consumer: String,
+    local_cidrs: Vec<IpNet>,
+    kubelet: Option<Arc<crate::kubelet_server::KubeletApi>>,
+) {
     use ferry_plumbing::triggers::store_with_changes;
     let (fcs, fc_changes) = store_with_changes(
         Api::<ForeignCluster>::all(client.clone()),
@@ -211,6 +217,7 @@ pub async fn run(client: Client, consumer: String, local_cidrs: Vec<IpNet>) {
                 &client,
                 &consumer,
                 &local_cidrs,
+                kubelet.clone(),
                 p,
                 &s,
                 pn.as_deref(),
@@ -241,6 +248,7 @@ async fn start_one(
     client: &Client,
     consumer: &str,
     local_cidrs: &[IpNet],
+    kubelet: Option<Arc<crate::kubelet_server::KubeletApi>>,
     provider: &str,
     s: &Secret,
     pn: Option<&PeerNetwork>,
@@ -270,9 +278,13 @@ async fn start_one(
         local: client.clone(),
         remote,
         version: format!("ferry-{}", env!("CARGO_PKG_VERSION")),
+        kubelet_endpoint: kubelet.as_ref().map(|k| k.endpoint),
     };
     info!(provider, ?remaps, "starting the virtual kubelet");
     let task = tokio::spawn(async move {
+        let peer = Arc::new(peer);
+        // its pods' logs are served while it runs
+        let _served = kubelet.map(|k| k.register(peer.clone()));
         if let Err(e) = crate::consumer::run(peer).await {
             warn!("virtual kubelet: {e}");
         }

@@ -67,6 +67,19 @@ pub struct RemoteTarget {
     pub namespace: String,
 }
 
+/// Whether `remote` is `local`'s twin on the provider: it carries `local`'s UID as its origin (a pod of the
+/// same name that is not, is not).
+pub fn is_twin_of(remote: &Pod, local: &Pod) -> bool {
+    let uid = local.metadata.uid.as_deref().unwrap_or_default();
+    !uid.is_empty()
+        && remote
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(ORIGIN_UID_LABEL))
+            .is_some_and(|v| v == uid)
+}
+
 /// Every reason a pod cannot be offloaded (empty: it can).
 pub fn refusals(spec: &PodSpec) -> Vec<Refusal> {
     let mut out = Vec::new();
@@ -406,8 +419,16 @@ mod tests {
 
     #[test]
     fn scheduling_constraints_and_the_token_volume_stay_behind_origin_labels_go_along() {
-        let r = to_remote(&pod(json!({})), &target()).unwrap();
+        let local = pod(json!({}));
+        let r = to_remote(&local, &target()).unwrap();
         assert_eq!(r.metadata.namespace.as_deref(), Some("shop-consumer-c1"));
+        // the twin is found by the origin UID (the kubelet API's logs), a namesake is not one
+        assert!(is_twin_of(&r, &local));
+        let mut other = local.clone();
+        other.metadata.uid = Some("u-2".into());
+        assert!(!is_twin_of(&r, &other));
+        other.metadata.uid = None;
+        assert!(!is_twin_of(&r, &other));
         let labels = r.metadata.labels.unwrap();
         assert_eq!(labels["app"], "web");
         assert_eq!(labels[ORIGIN_CLUSTER_LABEL], "consumer-c1");
