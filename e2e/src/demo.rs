@@ -323,7 +323,7 @@ async fn tunnel_between_real_pods(lab: &Lab, ferryctl: &std::path::Path) -> Resu
     let server = pod(
         "server",
         format!(
-            "mkdir -p /www && head -c 10000000 /dev/urandom > /www/big && md5sum /www/big > /www/big.md5 && exec httpd -f -p {WEB_PORT} -h /www"
+            "mkdir -p /www && head -c 10000000 /dev/urandom > /www/big && md5sum /www/big > /www/big.md5 && exec httpd -f -vv -p {WEB_PORT} -h /www"
         ),
         json!({"nodeName": "ferry-provider-c2",
                "tolerations": [{"key": "virtual-node.ferry.dev/not-allowed", "operator": "Exists"}]}),
@@ -389,6 +389,21 @@ async fn tunnel_between_real_pods(lab: &Lab, ferryctl: &std::path::Path) -> Resu
         "   $ kubectl --context {} -n {NS} exec client -- sh -c '{fetch}'\n     {sum}  -\n     {sum}  /www/big   (10 MB and the server's md5sum, in {secs:.2}s)",
         c1.id
     );
+    // the offloaded server's log, in c1, through the virtual node's kubelet API (its container runs on c2)
+    let (ok, out, err) = kubectl(lab, c1, &["-n", NS, "logs", "server", "--tail=4"]);
+    anyhow::ensure!(
+        ok && out.contains("/big"),
+        "kubectl -n {NS} logs server (offloaded, through the virtual node's kubelet API): {}{}",
+        out.trim(),
+        err.trim()
+    );
+    println!(
+        "   $ kubectl --context {} -n {NS} logs server --tail=4   (the offloaded pod's log, served by the virtual node)",
+        c1.id
+    );
+    for l in out.lines() {
+        println!("     {l}");
+    }
     Ok(format!(
         "tunnel: {} pod fetched 10 MB from the offloaded pod at {server_ip} (remapped: identical pod CIDRs) through the installed gateways, md5 intact",
         c1.id

@@ -1067,7 +1067,7 @@ async fn kubelet_api_of_the_virtual_node(lab: &ferry_e2e::lab::Lab, kc1: &std::p
         .env("KUBECONFIG", kc1)
         .args(["logs", "-f", "-n", "web", "talker", "-c", "a", "--tail=1"])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
         .spawn()
         .unwrap();
     let started = Instant::now();
@@ -1205,6 +1205,7 @@ async fn kubelet_api_of_the_virtual_node(lab: &ferry_e2e::lab::Lab, kc1: &std::p
     // the follow went on for 60 s, lines arriving all along
     tokio::time::sleep(Duration::from_secs(60).saturating_sub(started.elapsed())).await;
     let _ = follow.kill();
+    let _ = follow.wait();
     let lines = reader.join().unwrap();
     let arrivals: Vec<f64> = lines.iter().map(|(t, _)| t.as_secs_f64()).collect();
     let gap = arrivals

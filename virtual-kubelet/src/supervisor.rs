@@ -213,18 +213,13 @@ pub async fn run(
                 continue;
             };
             let pn = pns.get(&ObjectRef::new(p));
-            match start_one(
-                &client,
-                &consumer,
-                &local_cidrs,
-                kubelet.clone(),
-                p,
-                &s,
-                pn.as_deref(),
-                exited_tx.clone(),
-            )
-            .await
-            {
+            let here = Here {
+                client: &client,
+                consumer: &consumer,
+                local_cidrs: &local_cidrs,
+                kubelet: kubelet.clone(),
+            };
+            match start_one(here, p, &s, pn.as_deref(), exited_tx.clone()).await {
                 Ok((task, r)) => {
                     running.insert(p.clone(), (task, r));
                 }
@@ -244,16 +239,28 @@ pub async fn run(
     }
 }
 
-async fn start_one(
-    client: &Client,
-    consumer: &str,
-    local_cidrs: &[IpNet],
+/// This cluster, as every virtual kubelet started here shares it.
+struct Here<'a> {
+    client: &'a Client,
+    consumer: &'a str,
+    local_cidrs: &'a [IpNet],
+    /// The kubelet API that serves the virtual nodes, if it runs.
     kubelet: Option<Arc<crate::kubelet_server::KubeletApi>>,
+}
+
+async fn start_one(
+    here: Here<'_>,
     provider: &str,
     s: &Secret,
     pn: Option<&PeerNetwork>,
     exited: mpsc::UnboundedSender<()>,
 ) -> Result<(tokio::task::JoinHandle<()>, Running), Error> {
+    let Here {
+        client,
+        consumer,
+        local_cidrs,
+        kubelet,
+    } = here;
     let get = |k: &str| text(s, k).unwrap_or_default();
     let kc = kube::config::Kubeconfig::from_yaml(&get(identity::KUBECONFIG))
         .map_err(|e| Error::NotYet(format!("identity of {provider}: {e}")))?;
