@@ -494,21 +494,7 @@ fn is_dns_label(s: &str) -> bool {
 
 /// Validity (not before, not after; unix seconds) and subject CN of a PEM certificate.
 pub fn cert_validity(pem: &str) -> Option<(i64, i64, String)> {
-    use x509_parser::prelude::FromDer;
-    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
-    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&pem.contents).ok()?;
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_string();
-    Some((
-        cert.validity().not_before.timestamp(),
-        cert.validity().not_after.timestamp(),
-        cn,
-    ))
+    ferry_plumbing::certs::pem_validity(pem)
 }
 
 /// When a certificate valid from `not_before` to `not_after`, stored here at `stored_at`, is due for

@@ -146,13 +146,7 @@ pub fn router(p: Arc<Provider>) -> Router {
 }
 
 fn cn_of(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    cert.subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()
-        .map(str::to_string)
+    ferry_plumbing::certs::subject(der).map(|s| s.cn)
 }
 
 pub use ferry_plumbing::listen::{

@@ -1,6 +1,6 @@
 //! What every ferry binary shares, and nothing else: building a client ([`client`]), finding the version
 //! of an API a cluster serves ([`discovery`]), writing status conditions with one timestamp format and one
-//! `lastTransitionTime` rule ([`conditions`]), errors that name the failed step ([`context`]), flag value parsers that refuse bad input up front ([`flags`]), the plain-HTTP admin server with `/metrics`, `/healthz` and
+//! `lastTransitionTime` rule ([`conditions`]), reading certificates ([`certs`]), errors that name the failed step ([`context`]), flag value parsers that refuse bad input up front ([`flags`]), the plain-HTTP admin server with `/metrics`, `/healthz` and
 //! `/readyz` ([`admin`]), listening with connection limits where peers reach ([`listen`]), tracing set-up ([`telemetry`]), reflector stores whose changes trigger a
 //! reconcile ([`triggers`]), and, behind the `fixtures` feature, builders and a mocked apiserver for
 //! controller tests ([`fixtures`]).
@@ -8,6 +8,7 @@
 //! It sits just above `ferry-crds`; every other ferry crate may use it, it uses none of them.
 
 pub mod admin;
+pub mod certs;
 pub mod client;
 pub mod conditions;
 pub mod context;

@@ -202,13 +202,9 @@ async fn approve_and_wait(
 
 /// The first certificate's `notAfter`.
 fn not_after(chain_pem: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    use x509_parser::prelude::FromDer;
-    let (_, pem) = x509_parser::pem::parse_x509_pem(chain_pem.as_bytes())
-        .map_err(|e| format!("the signed certificate: {e}"))?;
-    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&pem.contents)
-        .map_err(|e| format!("the signed certificate: {e}"))?;
-    chrono::DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)
-        .ok_or_else(|| "the signed certificate: notAfter out of range".into())
+    ferry_plumbing::certs::pem_validity(chain_pem)
+        .and_then(|(_, na, _)| chrono::DateTime::from_timestamp(na, 0))
+        .ok_or_else(|| "the signed certificate does not parse".into())
 }
 
 /// The certificate the listener presents, swapped on renewal.
@@ -351,21 +347,10 @@ async fn accept_loop(
 
 /// The caller a verified client certificate names: CN the user, each O a group.
 fn caller_of_cert(der: &[u8]) -> Option<Caller> {
-    use x509_parser::prelude::FromDer;
-    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
-    let user = cert
-        .subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_string();
-    let groups = cert
-        .subject()
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(str::to_string))
-        .collect();
-    Some(Caller { user, groups })
+    ferry_plumbing::certs::subject(der).map(|s| Caller {
+        user: s.cn,
+        groups: s.organizations,
+    })
 }
 
 async fn authenticate(
@@ -581,25 +566,6 @@ fn provider_error(provider: &str, e: kube::Error) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_client_certificate_names_the_user_and_its_groups() {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::default();
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, "kube-apiserver-kubelet-client");
-        p.distinguished_name
-            .push(rcgen::DnType::OrganizationName, "system:masters");
-        let cert = p.self_signed(&key).unwrap();
-        assert_eq!(
-            caller_of_cert(cert.der()),
-            Some(Caller {
-                user: "kube-apiserver-kubelet-client".into(),
-                groups: vec!["system:masters".into()]
-            })
-        );
-        assert_eq!(caller_of_cert(b"not a certificate"), None);
-    }
 
     #[test]
     fn csr_names_are_valid_object_names() {
