@@ -1057,7 +1057,10 @@ async fn kubelet_api_of_the_virtual_node(lab: &ferry_e2e::lab::Lab, kc1: &std::p
                 {"name": "a", "image": ferry_e2e::image::WORKLOAD_IMAGE, "imagePullPolicy": "Never",
                  "command": ["sh", "-c", "i=0; while true; do echo \"a line $i\"; i=$((i+1)); sleep 0.1; done"]},
                 {"name": "b", "image": ferry_e2e::image::WORKLOAD_IMAGE, "imagePullPolicy": "Never",
-                 "command": ["sh", "-c", "echo b-says-hello; exec sleep 100000"]}]}
+                 "command": ["sh", "-c", "echo b-says-hello; exec sleep 100000"]},
+                // exits after a second: its previous run's log is `--previous`
+                {"name": "r", "image": ferry_e2e::image::WORKLOAD_IMAGE, "imagePullPolicy": "Never",
+                 "command": ["sh", "-c", "echo run-at-$(cut -d' ' -f1 /proc/uptime); sleep 1; exit 3"]}]}
     }))
     .unwrap();
     web.create(&Default::default(), &talker).await.unwrap();
@@ -1119,6 +1122,21 @@ async fn kubelet_api_of_the_virtual_node(lab: &ferry_e2e::lab::Lab, kc1: &std::p
         ok && chrono::DateTime::parse_from_rfc3339(stamp).is_ok(),
         "--timestamps: {out}{err}"
     );
+    let (ok, out, err) = kubectl(
+        kc1,
+        &["logs", "-n", "web", "talker", "-c", "a", "--limit-bytes=5"],
+    );
+    assert!(ok && out == "a lin", "--limit-bytes=5: {out:?}{err}");
+    // the previous run of a container that restarted
+    ferry_e2e::lab::eventually(
+        "kubectl logs --previous of the restarted container",
+        60,
+        || async {
+            let (ok, out, _) = kubectl(kc1, &["logs", "-n", "web", "talker", "-c", "r", "--previous"]);
+            Ok(ok && out.starts_with("run-at-") && out.lines().count() == 1)
+        },
+    )
+    .await;
     // a container that is not there: the provider's error comes back as kubectl prints it
     let (ok, _, err) = kubectl(kc1, &["logs", "-n", "web", "talker", "-c", "nope"]);
     assert!(!ok && err.contains("nope"), "kubectl logs -c nope: {err}");
