@@ -49,22 +49,25 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    /// The namespace's offloading: from the cache, else from the apiserver.
+    /// The namespace's offloading: from the cache, else from the apiserver. One being deleted counts as
+    /// none (`ferryctl unoffload`: pods recreated from then on stay local).
     async fn offloading(&self, ns: &str) -> Option<NamespaceOffloading> {
+        let live = |o: &NamespaceOffloading| o.metadata.deletion_timestamp.is_none();
         let cached = self
             .offloadings
             .state()
             .iter()
             .find(|o| o.namespace().as_deref() == Some(ns))
             .map(|o| (**o).clone());
-        if cached.is_some() {
-            return cached;
+        if let Some(o) = cached {
+            return live(&o).then_some(o);
         }
         let api: Api<NamespaceOffloading> = Api::namespaced(self.client.clone(), ns);
         api.list(&ListParams::default())
             .await
             .ok()
             .and_then(|l| l.items.into_iter().next())
+            .filter(live)
     }
 }
 

@@ -564,6 +564,72 @@ async fn pods_fill_local_nodes_then_run_on_the_provider_with_status_ips_and_dele
         .await;
     }
 
+    // unoffload: a pod on the virtual node that no controller recreates makes ferryctl refuse, changing
+    // nothing; with --force the namespace comes home: the pods on the virtual node are deleted (a
+    // Deployment's are recreated here, Pending: they may only run on type=virtual-node, which no longer
+    // tolerates them), the NamespaceOffloading and the provider namespace go
+    let mut away = deployment("away", 2, None, true);
+    away.spec
+        .as_mut()
+        .unwrap()
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .node_selector = Some([("type".to_string(), "virtual-node".to_string())].into());
+    deploys.create(&PostParams::default(), &away).await.unwrap();
+    wait("2 away pods Running on the virtual node", 60, || async {
+        let p = pods(c1, ns, "away").await;
+        Ok(p.len() == 2 && p.iter().all(|p| phase(p) == "Running" && node_of(p) == VNODE))
+    })
+    .await;
+    let before: Vec<String> = pods(c1, ns, "away").await.iter().map(|p| p.name_any()).collect();
+    let pods1: Api<Pod> = Api::namespaced(c1.clone(), ns);
+    pods1
+        .create(&PostParams::default(), &forced_pod("lonely", json!({})))
+        .await
+        .unwrap();
+    let offloadings: Api<ferry_crds::NamespaceOffloading> = Api::namespaced(c1.clone(), ns);
+    let (ok, out, err) = ferryctl(&s.kubeconfig(0), &["unoffload", "namespace", ns]);
+    assert!(
+        !ok && err.contains("burst/lonely") && err.contains("--force") && err.contains("nothing was changed"),
+        "{out}{err}"
+    );
+    assert!(offloadings.get_opt("offloading").await.unwrap().is_some());
+    let (ok, out, err) = ferryctl(&s.kubeconfig(0), &["unoffload", "namespace", ns, "--force"]);
+    assert!(
+        ok && out.contains("provider namespaces deleted: burst-consumer-c1 on provider-c2"),
+        "{out}{err}"
+    );
+    assert!(offloadings.get_opt("offloading").await.unwrap().is_none());
+    let labels = Api::<Namespace>::all(c1.clone())
+        .get(ns)
+        .await
+        .unwrap()
+        .metadata
+        .labels
+        .unwrap_or_default();
+    assert!(!labels.contains_key("ferry.dev/offloaded"), "{labels:?}");
+    wait("the provider namespace burst-consumer-c1 gone", 60, || async {
+        Ok(Api::<Namespace>::all(c2.clone())
+            .get_opt("burst-consumer-c1")
+            .await?
+            .is_none())
+    })
+    .await;
+    wait(
+        "the away pods recreated here, off the virtual node",
+        30,
+        || async {
+            let p = pods(c1, ns, "away").await;
+            Ok(p.len() == 2
+                && p.iter()
+                    .all(|p| node_of(p) != VNODE && !before.contains(&p.name_any())))
+        },
+    )
+    .await;
+    assert!(pods1.get_opt("lonely").await.unwrap().is_none());
+
     for n in [ns, "plain", "remote-only"] {
         let _ = Api::<Namespace>::all(c1.clone())
             .delete(n, &DeleteParams::default())

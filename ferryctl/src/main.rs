@@ -85,6 +85,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: OffloadCmd,
     },
+    /// Stop offloading resources to providers.
+    Unoffload {
+        #[command(subcommand)]
+        cmd: UnoffloadCmd,
+    },
     /// Tunnel MTU and TCP MSS for an encapsulation stack, each term explained.
     Mtu {
         /// Underlay MTU.
@@ -141,6 +146,22 @@ enum OffloadCmd {
         selectors: Vec<String>,
         /// How long to wait for every provider to answer.
         #[arg(long, default_value = "30s")]
+        timeout: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UnoffloadCmd {
+    /// Bring a namespace home: its pods on virtual nodes are deleted so their controllers recreate them
+    /// on local nodes, its NamespaceOffloading goes, and with it the provider namespaces.
+    Namespace {
+        /// The namespace.
+        namespace: String,
+        /// Also delete pods on virtual nodes that no controller recreates (they are lost).
+        #[arg(long)]
+        force: bool,
+        /// How long to wait for the provider namespaces to go.
+        #[arg(long, default_value = "60s")]
         timeout: String,
     },
 }
@@ -393,6 +414,34 @@ async fn run(cli: Cli) -> Result<()> {
             let v = status::gather(&c, namespace).await?;
             print(cli.output, &v, || status::table(&v))?;
         }
+        Cmd::Unoffload {
+            cmd:
+                UnoffloadCmd::Namespace {
+                    namespace,
+                    force,
+                    timeout,
+                },
+        } => {
+            let c = client(&cli).await?;
+            let timeout = std::time::Duration::from_secs(parse_ttl(timeout)?);
+            let (moved, remote) = unoffload_namespace(&c, namespace, *force, timeout).await?;
+            println!(
+                "namespace {namespace} is local again: {} pods moved off virtual nodes (their controllers recreate them here){}",
+                moved.len(),
+                if remote.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; provider namespaces deleted: {}",
+                        remote
+                            .iter()
+                            .map(|(p, n)| format!("{n} on {p}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            );
+        }
         Cmd::Offload {
             cmd:
                 OffloadCmd::Namespace {
@@ -492,6 +541,147 @@ async fn run(cli: Cli) -> Result<()> {
 /// kubectl-style age of a unix timestamp: 42s, 7m, 3h, 5d.
 /// Creates (or updates) the namespace's `NamespaceOffloading` and waits until every peered provider has
 /// a namespace for it; fails with the provider's refusal, or after `timeout`.
+/// Waits until the pod webhook no longer sends new pods of `ns` to virtual nodes: a server-side dry run
+/// of a pod (it goes through the admission webhooks, creates nothing) comes back without the virtual node
+/// toleration. The webhook follows the NamespaceOffloading by watch, so this takes milliseconds; it is
+/// asked every 100 ms for at most 10 s, as that propagation has nothing to watch.
+async fn steering_stopped(pods: &Api<k8s_openapi::api::core::v1::Pod>, ns: &str) -> Result<()> {
+    let probe: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "ferryctl-unoffload-probe"},
+        "spec": {"containers": [{"name": "c", "image": "ferryctl-unoffload-probe"}]}
+    }))?;
+    let dry = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let steered = pods
+            .create(&dry, &probe)
+            .await
+            .with_context(|| format!("a dry-run pod in {ns}"))?;
+        let tolerated = steered
+            .spec
+            .and_then(|s| s.tolerations)
+            .unwrap_or_default()
+            .iter()
+            .any(|t| t.key.as_deref() == Some(ferry_virtual_kubelet::VIRTUAL_NODE_TAINT));
+        if !tolerated {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the pod webhook still sends new pods of {ns} to virtual nodes 10 s after its NamespaceOffloading was deleted; fix: is ferry-agent running?"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// `ferryctl unoffload namespace`: refuses first (nothing changed) when a pod on a virtual node has no
+/// controller to recreate it and `force` is not given; then deletes the NamespaceOffloading (the webhook
+/// stops sending new pods to virtual nodes, the agent's finalizer deletes the provider namespaces and the
+/// label), deletes the pods on virtual nodes (their controllers recreate them locally), and waits, by
+/// watch, until they and the NamespaceOffloading are gone. Returns the pods moved and the provider namespaces (provider → name).
+async fn unoffload_namespace(
+    c: &kube::Client,
+    ns: &str,
+    force: bool,
+    timeout: std::time::Duration,
+) -> Result<(Vec<String>, std::collections::BTreeMap<String, String>)> {
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    use kube::ResourceExt;
+    let api: Api<ferry_crds::NamespaceOffloading> = Api::namespaced(c.clone(), ns);
+    let Some(no) = api.get_opt("offloading").await? else {
+        anyhow::bail!(
+            "namespace {ns:?} is not offloaded (no NamespaceOffloading {ns}/offloading); fix: ferryctl offload namespace {ns} first, or nothing to do"
+        );
+    };
+    let remote = no
+        .status
+        .as_ref()
+        .map(|s| s.remote_namespaces.clone())
+        .unwrap_or_default();
+    let virtual_nodes: std::collections::BTreeSet<String> = Api::<Node>::all(c.clone())
+        .list(&kube::api::ListParams::default().labels(&format!(
+            "{}={}",
+            ferry_virtual_kubelet::VIRTUAL_NODE_LABEL.0,
+            ferry_virtual_kubelet::VIRTUAL_NODE_LABEL.1
+        )))
+        .await?
+        .items
+        .iter()
+        .map(|n| n.name_any())
+        .collect();
+    let pods = Api::<Pod>::namespaced(c.clone(), ns);
+    let away: Vec<Pod> = pods
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .is_some_and(|n| virtual_nodes.contains(n))
+        })
+        .collect();
+    let bare: Vec<String> = away
+        .iter()
+        .filter(|p| p.owner_references().is_empty())
+        .map(|p| format!("{ns}/{}", p.name_any()))
+        .collect();
+    anyhow::ensure!(
+        force || bare.is_empty(),
+        "{} pods on virtual nodes have no controller and would be lost ({}); nothing was changed; fix: delete or move them, or ferryctl unoffload namespace {ns} --force",
+        bare.len(),
+        bare.join(", ")
+    );
+    // first the NamespaceOffloading goes (its finalizer holds it while the agent deletes the provider
+    // namespaces): from then on the pod webhook sends no new pod to a virtual node
+    api.delete("offloading", &Default::default())
+        .await
+        .with_context(|| format!("deleting NamespaceOffloading {ns}/offloading"))?;
+    steering_stopped(&pods, ns).await?;
+    // then the pods on virtual nodes: their controllers recreate them here
+    let mut moved = Vec::new();
+    for p in &away {
+        match pods.delete(&p.name_any(), &Default::default()).await {
+            Ok(_) => moved.push(p.name_any()),
+            Err(kube::Error::Api(e)) if e.code == 404 => moved.push(p.name_any()),
+            Err(e) => return Err(e).with_context(|| format!("deleting pod {ns}/{}", p.name_any())),
+        }
+    }
+    for p in &away {
+        let (name, uid) = (p.name_any(), p.uid().unwrap_or_default());
+        tokio::time::timeout(
+            timeout,
+            kube::runtime::wait::await_condition(pods.clone(), &name, kube::runtime::conditions::is_deleted(&uid)),
+        )
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "pod {ns}/{name} still terminating after {timeout:?}: the virtual kubelet confirms deletions on its node; fix: is ferry-agent running? (kubectl -n ferry-system logs -l app=ferry-agent)"
+            )
+        })??;
+    }
+    eprintln!(
+        "ferryctl unoffload: waiting for the agent to delete the provider namespaces ({})",
+        remote.values().cloned().collect::<Vec<_>>().join(", ")
+    );
+    let uid = no.uid().unwrap_or_default();
+    tokio::time::timeout(
+        timeout,
+        kube::runtime::wait::await_condition(api.clone(), "offloading", kube::runtime::conditions::is_deleted(&uid)),
+    )
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "NamespaceOffloading {ns}/offloading still there after {timeout:?}: its finalizer is the agent's, which deletes the provider namespaces first; fix: is ferry-agent running? (kubectl -n ferry-system logs -l app=ferry-agent)"
+        )
+    })??;
+    Ok((moved, remote))
+}
+
 async fn offload_namespace(
     c: &kube::Client,
     ns: &str,
