@@ -101,14 +101,16 @@ async fn run_with(to: SocketAddr, seconds: f64, interval: Duration, chunk: usize
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut written = 0u64;
+        // the write half comes back with the result: dropping it here would send a FIN, the echo server
+        // would close, and that EOF could be read before the last echo is counted
         loop {
             tick.tick().await;
             if Instant::now() >= end {
-                return (written, None);
+                return (written, None, wr);
             }
             match wr.write_all(&bytes).await {
                 Ok(()) => written += chunk as u64,
-                Err(e) => return (written, Some(format!("write: {e}"))),
+                Err(e) => return (written, Some(format!("write: {e}")), wr),
             }
         }
     });
@@ -116,8 +118,9 @@ async fn run_with(to: SocketAddr, seconds: f64, interval: Duration, chunk: usize
     let mut answers = Vec::new();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    // (bytes written, its error) once the writer is done
+    // (bytes written, its error) once the writer is done; its write half is kept open until the end
     let mut wrote: Option<(u64, Option<String>)> = None;
+    let mut write_half = None;
     let mut echoed = 0u64;
     let mut last_echo = start;
     let mut stall = Duration::ZERO;
@@ -159,7 +162,13 @@ async fn run_with(to: SocketAddr, seconds: f64, interval: Duration, chunk: usize
                 Err(e) => read_error = Some(format!("read: {e}")),
             },
             w = &mut writer, if wrote.is_none() => {
-                wrote = Some(w.unwrap_or_else(|e| (0, Some(format!("the writer: {e}")))));
+                wrote = Some(match w {
+                    Ok((n, e, half)) => {
+                        write_half = Some(half);
+                        (n, e)
+                    }
+                    Err(e) => (0, Some(format!("the writer: {e}"))),
+                });
             }
             _ = tokio::time::sleep_until(drain_until) => break,
         }
@@ -167,6 +176,7 @@ async fn run_with(to: SocketAddr, seconds: f64, interval: Duration, chunk: usize
     if wrote.is_none() {
         writer.abort();
     }
+    drop(write_half);
     let (written, write_error) =
         wrote.unwrap_or((echoed, Some("a write still blocked 10s after the end".into())));
     let (gap, at) = longest_gap(start, &answers, end);
