@@ -15,6 +15,10 @@ pub struct Subject {
 /// The subject of a DER certificate (`None`: not a certificate, or no CN).
 pub fn subject(der: &[u8]) -> Option<Subject> {
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    subject_of(&cert)
+}
+
+fn subject_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<Subject> {
     let cn = cert
         .subject()
         .iter_common_name()
@@ -34,17 +38,10 @@ pub fn subject(der: &[u8]) -> Option<Subject> {
 pub fn pem_validity(pem: &str) -> Option<(i64, i64, String)> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&pem.contents).ok()?;
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_string();
     Some((
         cert.validity().not_before.timestamp(),
         cert.validity().not_after.timestamp(),
-        cn,
+        subject_of(&cert)?.cn,
     ))
 }
 
