@@ -29,7 +29,7 @@ pub const FERRY_TOOLS: &[&str] = &["/usr/sbin/ip", "/usr/sbin/nft"];
 pub const APPLETS: &[&str] = &[
     "sh", "ash", "cat", "echo", "env", "hostname", "httpd", "id", "ls", "mkdir", "nc", "nslookup", "ping",
     "ps", "rm", "sleep", "tail", "true", "false", "wget", "date", "grep", "head", "touch", "test", "ip",
-    "timeout", "md5sum",
+    "timeout", "md5sum", "tar", "sha256sum", "wc", "dd", "cut", "tty", "stat",
 ];
 
 /// One entry of a layer.

@@ -14,6 +14,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 
+#[path = "install/streams.rs"]
+mod streams;
+
 const LAB: &str = "tinst";
 
 fn ferry_lab(args: &[&str]) -> (bool, String) {
@@ -1220,6 +1223,8 @@ async fn kubelet_api_of_the_virtual_node(lab: &ferry_e2e::lab::Lab, kc1: &std::p
         first.as_secs_f64(),
         v / d
     );
+    // exec, cp, attach, port-forward (while the follow goes on)
+    streams::exec_attach_cp_port_forward(&k1, kc1, &kc2).await;
     // the follow went on for 60 s, lines arriving all along
     tokio::time::sleep(Duration::from_secs(60).saturating_sub(started.elapsed())).await;
     let _ = follow.kill();

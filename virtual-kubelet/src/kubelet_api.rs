@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+use crate::kubelet_stream::{StreamKind, StreamTarget};
+
 /// A request to the kubelet API, as its path and method say.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -20,11 +22,8 @@ pub enum Request {
         /// The container.
         container: String,
     },
-    /// `GET|POST /exec|attach|portForward/{namespace}/{pod}[/{container}]`: not served yet.
-    Stream {
-        /// `exec`, `attach` or `portForward`.
-        kind: String,
-    },
+    /// `GET|POST /exec|attach/{namespace}/{pod}[/{uid}]/{container}`, `/portForward/{namespace}/{pod}[/{uid}]`.
+    Stream(StreamTarget),
     /// `/healthz`.
     Healthz,
     /// Anything else.
@@ -61,11 +60,54 @@ pub fn parse(path: &str) -> Result<Request, BadRequest> {
                 container: container.to_string(),
             })
         }
-        [kind @ ("exec" | "attach" | "portForward"), ..] => Ok(Request::Stream {
-            kind: kind.to_string(),
-        }),
+        [kind @ ("exec" | "attach" | "portForward"), rest @ ..] => stream(kind, rest).map(Request::Stream),
         _ => Ok(Request::Other),
     }
+}
+
+/// The target of `exec`, `attach` (namespace, pod, optional UID, container) or `portForward` (namespace,
+/// pod, optional UID), each part checked.
+fn stream(kind: &str, segs: &[&str]) -> Result<StreamTarget, BadRequest> {
+    let kind = match kind {
+        "exec" => StreamKind::Exec,
+        "attach" => StreamKind::Attach,
+        _ => StreamKind::PortForward,
+    };
+    let (ns, pod, uid, container) = match (kind, segs) {
+        (StreamKind::PortForward, [ns, pod]) => (ns, pod, None, None),
+        (StreamKind::PortForward, [ns, pod, uid]) => (ns, pod, Some(uid), None),
+        (StreamKind::PortForward, _) => {
+            return Err(BadRequest(
+                "portForward: expected /portForward/{namespace}/{pod}[/{uid}]".into(),
+            ));
+        }
+        (_, [ns, pod, c]) => (ns, pod, None, Some(c)),
+        (_, [ns, pod, uid, c]) => (ns, pod, Some(uid), Some(c)),
+        _ => {
+            return Err(BadRequest(format!(
+                "{kind}: expected /{kind}/{{namespace}}/{{pod}}[/{{uid}}]/{{container}}"
+            )));
+        }
+    };
+    let mut named = vec![("namespace", ns), ("pod", pod)];
+    named.extend(container.map(|c| ("container", c)));
+    for (what, v) in named {
+        if !is_name(v) {
+            return Err(BadRequest(format!("{kind}: the {what} {v:?} is not a valid name")));
+        }
+    }
+    if let Some(u) = uid
+        && !(u.len() <= 64 && u.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+    {
+        return Err(BadRequest(format!("{kind}: the pod UID {u:?} is not a UID")));
+    }
+    Ok(StreamTarget {
+        kind,
+        namespace: ns.to_string(),
+        pod: pod.to_string(),
+        uid: uid.map(|u| u.to_string()),
+        container: container.map(|c| c.to_string()),
+    })
 }
 
 /// A DNS-1123 subdomain (what namespace, pod and container names are), at most 253 characters.
@@ -203,7 +245,7 @@ impl LogQuery {
 }
 
 /// `%XX` and `+` decoding of a query value (invalid escapes stay as they are).
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -246,10 +288,35 @@ mod tests {
             }
         );
         assert_eq!(parse("/healthz").unwrap(), Request::Healthz);
+        let exec = |uid: Option<&str>| {
+            Request::Stream(StreamTarget {
+                kind: StreamKind::Exec,
+                namespace: "shop".into(),
+                pod: "web-1".into(),
+                uid: uid.map(str::to_string),
+                container: Some("app".into()),
+            })
+        };
+        assert_eq!(parse("/exec/shop/web-1/app").unwrap(), exec(None));
         assert_eq!(
-            parse("/exec/shop/web-1/app").unwrap(),
-            Request::Stream { kind: "exec".into() }
+            parse("/exec/shop/web-1/6a2f-09/app").unwrap(),
+            exec(Some("6a2f-09"))
         );
+        let Request::Stream(pf) = parse("/portForward/shop/web-1").unwrap() else {
+            panic!("portForward")
+        };
+        assert_eq!((pf.kind, pf.container), (StreamKind::PortForward, None));
+        for (bad, says) in [
+            ("/exec/shop/web-1", "exec: expected"),
+            ("/attach/shop/web-1/a/b/c", "attach: expected"),
+            ("/portForward/shop/web-1/u/x", "portForward: expected"),
+            ("/exec/shop/web-1/zz!/app", "exec: the pod UID"),
+            ("/exec/shop/../app", "exec: the pod"),
+            ("/attach/shop/web-1/App", "attach: the container"),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.0.starts_with(says), "{bad}: {e}");
+        }
         assert_eq!(parse("/pods").unwrap(), Request::Other);
         assert_eq!(parse("/containerLogs/shop/web-1").unwrap(), Request::Other);
         for bad in [

@@ -14,8 +14,11 @@
 //! - **`containerLogs`** are the provider's `pods/log` of the pod's remote twin, streamed as they come
 //!   (`follow` has no timeout: the connection has no lifetime cap here).
 //!
-//! Not yet (issue 16): `exec`, `attach`, `portForward` (answered 501), `/stats/summary`,
-//! `/metrics/resource`.
+//! - **`exec`, `attach`, `portForward`** are the provider's `pods/exec|attach|portforward` of the twin,
+//!   asked with the same protocol switch (SPDY/3.1 or WebSocket; [`crate::kubelet_stream`] checks both
+//!   ways), then the two connections are joined byte for byte.
+//!
+//! Not yet (issue 16): `/stats/summary`, `/metrics/resource`.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -38,6 +41,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tracing::{debug, info, warn};
 
 use crate::kubelet_api::{self, LogQuery, Request};
+use crate::kubelet_stream::{self, StreamOptions, StreamTarget};
+use ferry_plumbing::listen::ConnSlot;
+use hyper_util::rt::TokioIo;
 use crate::peer::Peer;
 
 /// The kubelet API's shared state: where it is reached, and the peerings whose virtual nodes it serves.
@@ -316,7 +322,7 @@ async fn accept_loop(
         let (tcp, peer, slot) = accept_admitted(listener, &tracker, &limits).await;
         let (acceptor, client, api, limits) = (acceptor.clone(), client.clone(), api.clone(), limits.clone());
         tokio::spawn(async move {
-            let _slot = slot;
+            let slot = Arc::new(slot);
             let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => return debug!(%peer, "kubelet API TLS handshake: {e}"),
@@ -329,14 +335,15 @@ async fn accept_loop(
                 .and_then(|c| c.first())
                 .and_then(|c| caller_of_cert(c.as_ref()));
             let svc = hyper::service::service_fn(move |req| {
-                let (client, api, cert_caller) = (client.clone(), api.clone(), cert_caller.clone());
-                async move { Ok::<_, std::convert::Infallible>(handle(&client, &api, cert_caller, req).await) }
+                let (client, api, cert_caller, hold) =
+                    (client.clone(), api.clone(), cert_caller.clone(), slot.clone());
+                async move { Ok::<_, std::convert::Infallible>(handle(&client, &api, cert_caller, hold, req).await) }
             });
             // no lifetime cap: `logs -f` streams as long as the client wants it
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(limits.idle_timeout)
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .serve_connection(TokioIo::new(tls), svc)
                 .with_upgrades();
             if let Err(e) = conn.await {
                 debug!(%peer, "kubelet API connection: {e}");
@@ -425,6 +432,7 @@ async fn handle(
     client: &Client,
     api: &KubeletApi,
     cert: Option<Caller>,
+    hold: Arc<ConnSlot>,
     req: HttpRequest<hyper::body::Incoming>,
 ) -> Response<Body> {
     let path = req.uri().path().to_string();
@@ -441,12 +449,14 @@ async fn handle(
     let (verb, subresource) = kubelet_api::authorization(req.method().as_str(), &path);
     // the node a request is about: the pod's (a pod on none of these virtual nodes is not found, but
     // only after the caller is authorized for some node here, so nothing leaks)
-    let (pod, node) = match &parsed {
-        Request::ContainerLogs { namespace, pod, .. } => {
-            let p = Api::<Pod>::namespaced(client.clone(), namespace)
-                .get_opt(pod)
-                .await;
-            let p = match p {
+    let about = match &parsed {
+        Request::ContainerLogs { namespace, pod, .. } => Some((namespace, pod)),
+        Request::Stream(t) => Some((&t.namespace, &t.pod)),
+        _ => None,
+    };
+    let (pod, node) = match about {
+        Some((namespace, pod)) => {
+            let p = match Api::<Pod>::namespaced(client.clone(), namespace).get_opt(pod).await {
                 Ok(p) => p,
                 Err(e) => {
                     return text(
@@ -458,7 +468,7 @@ async fn handle(
             let node = p.as_ref().and_then(|p| p.spec.as_ref()?.node_name.clone());
             (p, node.filter(|n| api.peer(n).is_some()))
         }
-        _ => (None, None),
+        None => (None, None),
     };
     let node = node
         .or_else(|| api.peers.read().ok()?.keys().next().cloned())
@@ -476,58 +486,68 @@ async fn handle(
         }
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
-    match parsed {
-        Request::ContainerLogs {
-            namespace,
-            pod: name,
-            container,
-        } => {
-            let query = match LogQuery::parse(req.uri().query().unwrap_or("")) {
-                Ok(q) => q,
-                Err(e) => return text(StatusCode::BAD_REQUEST, e.0),
-            };
-            match (pod, api.peer(&node)) {
-                (Some(pod), Some(peer)) => logs(&peer, &pod, &container, &query).await,
-                _ => text(
-                    StatusCode::NOT_FOUND,
-                    format!("pod {namespace}/{name} is not on a ferry virtual node served here"),
-                ),
+    let found = match (pod, api.peer(&node), about) {
+        (Some(pod), Some(peer), _) => Some((pod, peer)),
+        (_, _, Some((namespace, name))) => {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("pod {namespace}/{name} is not on a ferry virtual node served here"),
+            );
+        }
+        _ => None,
+    };
+    match (parsed, found) {
+        (Request::ContainerLogs { container, .. }, Some((pod, peer))) => {
+            match LogQuery::parse(req.uri().query().unwrap_or("")) {
+                Ok(q) => logs(&peer, &pod, &container, &q).await,
+                Err(e) => text(StatusCode::BAD_REQUEST, e.0),
             }
         }
-        Request::Stream { kind } => text(
-            StatusCode::NOT_IMPLEMENTED,
-            format!("{kind} on an offloaded pod is not implemented yet (ferry issue 16); logs are"),
-        ),
-        Request::Healthz | Request::Other => text(
+        (Request::Stream(target), Some((pod, peer))) => {
+            if target.uid.as_ref().is_some_and(|u| pod.metadata.uid.as_ref() != Some(u)) {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    format!("pod {}/{} has another UID now", target.namespace, target.pod),
+                );
+            }
+            stream(&peer, &pod, target, hold, req).await
+        }
+        _ => text(
             StatusCode::NOT_FOUND,
             format!("{path}: not served by a ferry virtual node"),
         ),
     }
 }
 
-/// The provider's log of `pod`'s remote twin, streamed.
-async fn logs(peer: &Peer, pod: &Pod, container: &str, q: &LogQuery) -> Response<Body> {
+/// The remote twin of `pod` (its namespace there), or the answer saying why there is none.
+async fn twin(peer: &Peer, pod: &Pod) -> Result<Api<Pod>, Response<Body>> {
     let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
     let Some(remote_ns) = crate::pods::remote_namespace_of(peer, &ns).await else {
-        return text(
+        return Err(text(
             StatusCode::NOT_FOUND,
             format!("namespace {ns} is not offloaded to {}", peer.provider),
-        );
+        ));
     };
     let remote: Api<Pod> = Api::namespaced(peer.remote.clone(), &remote_ns);
     // the twin must be this pod's (its origin UID), not a namesake
     match remote.get_opt(&name).await {
-        Ok(Some(r)) if crate::translate::is_twin_of(&r, pod) => {}
-        Ok(_) => {
-            return text(
-                StatusCode::NOT_FOUND,
-                format!("pod {ns}/{name} has no running twin on {} yet", peer.provider),
-            );
-        }
-        Err(e) => return provider_error(&peer.provider, e),
+        Ok(Some(r)) if crate::translate::is_twin_of(&r, pod) => Ok(remote),
+        Ok(_) => Err(text(
+            StatusCode::NOT_FOUND,
+            format!("pod {ns}/{name} has no running twin on {} yet", peer.provider),
+        )),
+        Err(e) => Err(provider_error(&peer.provider, e)),
     }
+}
+
+/// The provider's log of `pod`'s remote twin, streamed.
+async fn logs(peer: &Peer, pod: &Pod, container: &str, q: &LogQuery) -> Response<Body> {
+    let remote = match twin(peer, pod).await {
+        Ok(r) => r,
+        Err(answer) => return answer,
+    };
     let params = q.to_params(container, chrono::Utc::now());
-    match remote.log_stream(&name, &params).await {
+    match remote.log_stream(&pod.name_any(), &params).await {
         Ok(reader) => {
             use futures::{AsyncReadExt, StreamExt};
             let stream = futures::stream::unfold(reader, |mut r| async move {
@@ -550,6 +570,84 @@ async fn logs(peer: &Peer, pod: &Pod, container: &str, q: &LogQuery) -> Response
         }
         Err(e) => provider_error(&peer.provider, e),
     }
+}
+
+/// `exec`, `attach`, `portForward`: the same request to the provider's `pods/…` of the twin, with the
+/// protocol switch the apiserver asked for; when the provider switches, both connections are joined byte
+/// for byte until either side ends (no time limit: a shell may sit idle). The join holds this connection's
+/// place among the listener's connections.
+async fn stream(
+    peer: &Peer,
+    pod: &Pod,
+    target: StreamTarget,
+    hold: Arc<ConnSlot>,
+    mut req: HttpRequest<hyper::body::Incoming>,
+) -> Response<Body> {
+    let options = match StreamOptions::parse(target.kind, req.uri().query().unwrap_or("")) {
+        Ok(o) => o,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.0),
+    };
+    let upgrade = match kubelet_stream::upgrade_request(req.headers()) {
+        Ok(u) => u,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.0),
+    };
+    let remote = match twin(peer, pod).await {
+        Ok(r) => r,
+        Err(answer) => return answer,
+    };
+    let uri = target.provider_uri(remote.namespace().unwrap_or_default(), &options);
+    let mut ask = http::Request::post(&uri);
+    for (k, v) in &upgrade.forward {
+        ask = ask.header(k, v);
+    }
+    let ask = ask.body(kube::client::Body::empty()).expect("a valid request");
+    let answer = match peer.remote.send(ask).await {
+        Ok(a) => a,
+        Err(e) => return provider_error(&peer.provider, e),
+    };
+    if answer.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let status = answer.status().as_u16();
+        let body = http_body_util::Limited::new(answer.into_body(), kubelet_stream::MAX_REFUSAL_BYTES)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let (code, status) = kubelet_stream::provider_refusal(&peer.provider, status, &body);
+        return Response::builder()
+            .status(code)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(status.to_string())).map_err(|e| match e {}).boxed_unsync())
+            .expect("static response");
+    }
+    let headers = match kubelet_stream::upgrade_answer(&upgrade, answer.headers()) {
+        Ok(h) => h,
+        Err(e) => {
+            warn!(provider = %peer.provider, "kubelet API {}: {e}", target.kind);
+            return text(StatusCode::BAD_GATEWAY, format!("provider {}: {e}", peer.provider));
+        }
+    };
+    let theirs = hyper::upgrade::on(answer);
+    let ours = hyper::upgrade::on(&mut req);
+    let what = format!("{} {}/{}", target.kind, target.namespace, target.pod);
+    tokio::spawn(async move {
+        let _hold = hold;
+        match tokio::join!(ours, theirs) {
+            (Ok(ours), Ok(theirs)) => {
+                let (mut a, mut b) = (TokioIo::new(ours), TokioIo::new(theirs));
+                match tokio::io::copy_bidirectional(&mut a, &mut b).await {
+                    Ok((up, down)) => debug!("kubelet API {what}: {up} bytes up, {down} down"),
+                    Err(e) => debug!("kubelet API {what}: ended: {e}"),
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => debug!("kubelet API {what}: the upgrade failed: {e}"),
+        }
+    });
+    let mut ok = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
+    for (k, v) in headers {
+        ok = ok.header(k, v);
+    }
+    ok.body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed_unsync())
+        .expect("static response")
 }
 
 /// The provider's refusal, as the status and message kubectl then prints.
