@@ -252,6 +252,7 @@ async fn run(a: Args) -> Result<()> {
         pod_cidrs: strings(&a.pod_cidrs),
         network: network.clone(),
         mcs: Default::default(),
+        stats: Default::default(),
     });
     let listener = server::listen(&a.listen)
         .await
@@ -265,7 +266,31 @@ async fn run(a: Args) -> Result<()> {
             let l = server::listen(&at.to_string())
                 .await
                 .with_context(|| format!("--kubelet-port {port} on --node-ip {ip}"))?;
-            Some((ferry_virtual_kubelet::kubelet_server::KubeletApi::new(at), l))
+            // the offloaded pods' figures: each provider's broker, asked as the tenant
+            let stats: ferry_virtual_kubelet::kubelet_server::StatsFetch = std::sync::Arc::new(|identity| {
+                Box::pin(async move {
+                    let (status, body) = ferry_peering_broker::consumer::call_broker_limited(
+                        &identity,
+                        "GET",
+                        "/v1/stats",
+                        None,
+                        ferry_peering_broker::tls::MAX_STATS_RESPONSE,
+                    )
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+                    if status != 200 {
+                        return Err(format!(
+                            "the broker answered GET /v1/stats with {status}: {}",
+                            String::from_utf8_lossy(&body).chars().take(300).collect::<String>()
+                        ));
+                    }
+                    serde_json::from_slice(&body).map_err(|e| format!("the broker's figures: {e}"))
+                })
+            });
+            Some((
+                ferry_virtual_kubelet::kubelet_server::KubeletApi::new(at, Some(stats)),
+                l,
+            ))
         }
         _ => {
             tracing::warn!(

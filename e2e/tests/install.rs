@@ -14,6 +14,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 
+#[path = "install/stats.rs"]
+mod stats;
 #[path = "install/streams.rs"]
 mod streams;
 
@@ -1167,7 +1169,8 @@ async fn kubelet_api_of_the_virtual_node(lab: &ferry_e2e::lab::Lab, kc1: &std::p
         .unwrap()["token"]
         .0
         .clone();
-    let (code, body) = curl(&logs_url, Some(&ca), Some(&String::from_utf8(token).unwrap()));
+    let token = String::from_utf8(token).unwrap();
+    let (code, body) = curl(&logs_url, Some(&ca), Some(&token));
     assert!(
         code == 403
             && body.contains("system:serviceaccount:web:default")
@@ -1225,6 +1228,7 @@ async fn kubelet_api_of_the_virtual_node(lab: &ferry_e2e::lab::Lab, kc1: &std::p
     );
     // exec, cp, attach, port-forward (while the follow goes on)
     streams::exec_attach_cp_port_forward(&k1, kc1, &kc2).await;
+    stats::summary_and_resource_metrics(kc1, &kc2, &token, &base).await;
     // the follow went on for 60 s, lines arriving all along
     tokio::time::sleep(Duration::from_secs(60).saturating_sub(started.elapsed())).await;
     let _ = follow.kill();

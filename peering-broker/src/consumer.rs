@@ -660,9 +660,20 @@ pub async fn call_broker(
     path: &str,
     body: Option<&[u8]>,
 ) -> Result<(u16, Vec<u8>)> {
+    call_broker_limited(identity, method, path, body, crate::tls::MAX_RESPONSE).await
+}
+
+/// [`call_broker`] reading at most `limit` bytes of the answer.
+pub async fn call_broker_limited(
+    identity: &Secret,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    limit: u64,
+) -> Result<(u16, Vec<u8>)> {
     let get = |k: &str| crate::identity::text(identity, k).unwrap_or_default();
     let (url, pin, cert, key) = (get("brokerURL"), get("tlsPin"), get("tls.crt"), get("tls.key"));
-    crate::tls::request(
+    crate::tls::request_limited(
         &url,
         &pin,
         method,
@@ -672,6 +683,7 @@ pub async fn call_broker(
             cert: &cert,
             key: &key,
         }),
+        limit,
     )
     .await
 }

@@ -25,6 +25,7 @@ pub mod offloading;
 pub mod provider;
 pub mod reconciler;
 pub mod server;
+pub mod stats;
 pub mod tls;
 pub mod token;
 pub mod wire;

@@ -55,6 +55,8 @@ pub struct Provider {
     pub network: crate::wire::LocalNetwork,
     /// Multi-cluster services: what this cluster and its peers export.
     pub mcs: std::sync::Arc<ferry_mcs::Exchange>,
+    /// The kubelets' figures of the tenants' pods.
+    pub stats: std::sync::Arc<crate::stats::StatsCache>,
 }
 
 fn internal(e: impl std::fmt::Display) -> BrokerError {
@@ -530,6 +532,19 @@ impl Provider {
         }
         let certificate = self.sign_csr(&tenant.spec.cluster_id, &req.csr).await?;
         Ok(RenewResponse { certificate })
+    }
+
+    /// `GET /v1/stats`: the usage of the tenant's pods here (kubelet figures at most
+    /// [`crate::stats::STATS_TTL`] old).
+    pub async fn stats(
+        &self,
+        client_cn: Option<&str>,
+    ) -> Result<ferry_virtual_kubelet::kubelet_stats::TenantStats, BrokerError> {
+        let tenant = self.tenant_of(client_cn).await?;
+        self.stats
+            .tenant(&self.client, &tenant.spec.cluster_id)
+            .await
+            .map_err(BrokerError::Internal)
     }
 
     /// `POST /v1/exports`: a tenant's exports in, this cluster's out.

@@ -128,6 +128,14 @@ async fn exports(
     .await
 }
 
+async fn stats(State(p): State<Arc<Provider>>, Extension(cn): Extension<ClientCn>) -> Result<Response, BrokerError> {
+    let s = p
+        .stats(cn.0.as_deref())
+        .await
+        .inspect_err(|e| warn!(reason = e.reason(), "stats refused: {e}"))?;
+    Ok(Json(s).into_response())
+}
+
 /// The routes.
 pub fn router(p: Arc<Provider>) -> Router {
     Router::new()
@@ -137,6 +145,7 @@ pub fn router(p: Arc<Provider>) -> Router {
         .route("/v1/namespaces/{name}", delete(unoffload))
         .route("/v1/exports", post(exports))
         .route("/v1/identity", post(renew))
+        .route("/v1/stats", get(stats))
         .route(
             "/v1/openapi.json",
             get(|| async { ([("content-type", "application/json")], OPENAPI) }),

@@ -111,6 +111,8 @@ pub struct ClientCert<'a> {
 
 /// The largest answer read from a broker (anything longer is refused, not buffered).
 pub const MAX_RESPONSE: u64 = 1024 * 1024;
+/// The largest answer of `GET /v1/stats` (a tenant's figures: some 400 bytes a pod).
+pub const MAX_STATS_RESPONSE: u64 = 16 * 1024 * 1024;
 /// How long one call to a broker may take, connection and TLS included.
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -125,9 +127,22 @@ pub async fn request(
     body: Option<&[u8]>,
     client: Option<ClientCert<'_>>,
 ) -> crate::Result<(u16, Vec<u8>)> {
+    request_limited(url, pin, method, path, body, client, MAX_RESPONSE).await
+}
+
+/// [`request`] reading at most `limit` bytes of the answer.
+pub async fn request_limited(
+    url: &str,
+    pin: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    client: Option<ClientCert<'_>>,
+    limit: u64,
+) -> crate::Result<(u16, Vec<u8>)> {
     tokio::time::timeout(
         REQUEST_TIMEOUT,
-        request_unbounded_in_time(url, pin, method, path, body, client),
+        request_unbounded_in_time(url, pin, method, path, body, client, limit),
     )
     .await
     .map_err(|_| {
@@ -145,6 +160,7 @@ async fn request_unbounded_in_time(
     path: &str,
     body: Option<&[u8]>,
     client: Option<ClientCert<'_>>,
+    limit: u64,
 ) -> crate::Result<(u16, Vec<u8>)> {
     use ferry_plumbing::context::Context;
     let hostport = url
@@ -188,9 +204,9 @@ async fn request_unbounded_in_time(
     tls.flush().await?;
     let mut resp = Vec::new();
     // a server that closes without close_notify is fine once the body is in
-    let _ = (&mut tls).take(MAX_RESPONSE + 1).read_to_end(&mut resp).await;
-    if resp.len() as u64 > MAX_RESPONSE {
-        bail!("the broker at {hostport} answered with more than {MAX_RESPONSE} bytes");
+    let _ = (&mut tls).take(limit + 1).read_to_end(&mut resp).await;
+    if resp.len() as u64 > limit {
+        bail!("the broker at {hostport} answered with more than {limit} bytes");
     }
     let split = resp
         .windows(4)

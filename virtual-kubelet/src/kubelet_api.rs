@@ -24,6 +24,10 @@ pub enum Request {
     },
     /// `GET|POST /exec|attach/{namespace}/{pod}[/{uid}]/{container}`, `/portForward/{namespace}/{pod}[/{uid}]`.
     Stream(StreamTarget),
+    /// `GET /stats/summary`.
+    StatsSummary,
+    /// `GET /metrics/resource`.
+    MetricsResource,
     /// `/healthz`.
     Healthz,
     /// Anything else.
@@ -46,6 +50,8 @@ pub fn parse(path: &str) -> Result<Request, BadRequest> {
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segs.as_slice() {
         ["healthz"] => Ok(Request::Healthz),
+        ["stats", "summary"] => Ok(Request::StatsSummary),
+        ["metrics", "resource"] => Ok(Request::MetricsResource),
         ["containerLogs", ns, pod, container] => {
             for (what, v) in [("namespace", ns), ("pod", pod), ("container", container)] {
                 if !is_name(v) {
@@ -288,6 +294,8 @@ mod tests {
             }
         );
         assert_eq!(parse("/healthz").unwrap(), Request::Healthz);
+        assert_eq!(parse("/stats/summary").unwrap(), Request::StatsSummary);
+        assert_eq!(parse("/metrics/resource").unwrap(), Request::MetricsResource);
         let exec = |uid: Option<&str>| {
             Request::Stream(StreamTarget {
                 kind: StreamKind::Exec,

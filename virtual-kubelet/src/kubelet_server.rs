@@ -18,7 +18,9 @@
 //!   asked with the same protocol switch (SPDY/3.1 or WebSocket; [`crate::kubelet_stream`] checks both
 //!   ways), then the two connections are joined byte for byte.
 //!
-//! Not yet (issue 16): `/stats/summary`, `/metrics/resource`.
+//! - **`/stats/summary`, `/metrics/resource`**: the virtual nodes' pods with their twins' CPU and memory,
+//!   which the provider's broker serves the tenant (`GET /v1/stats`), cached for [`STATS_TTL`];
+//!   [`crate::kubelet_stats`] matches them to this cluster's pods.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -41,16 +43,37 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tracing::{debug, info, warn};
 
 use crate::kubelet_api::{self, LogQuery, Request};
+use crate::kubelet_stats::{self, Offloaded, PodRef, Summary, TenantStats};
+use ferry_crds::NamespaceOffloading;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ListParams;
 use crate::kubelet_stream::{self, StreamOptions, StreamTarget};
 use ferry_plumbing::listen::ConnSlot;
 use hyper_util::rt::TokioIo;
 use crate::peer::Peer;
 
+/// Fetches a provider's figures of this tenant's pods (its broker's `GET /v1/stats`, as the tenant whose
+/// identity the Secret holds).
+pub type StatsFetch =
+    Arc<dyn Fn(Secret) -> futures::future::BoxFuture<'static, Result<TenantStats, String>> + Send + Sync>;
+
+/// How long a provider's figures are served before they are fetched again.
+pub const STATS_TTL: Duration = Duration::from_secs(10);
+
+/// One virtual node served: its peering, and the identity its provider's broker knows the tenant by.
+struct Served {
+    peer: Arc<Peer>,
+    identity: Secret,
+}
+
 /// The kubelet API's shared state: where it is reached, and the peerings whose virtual nodes it serves.
 pub struct KubeletApi {
     /// The address and port the virtual nodes report (the apiserver dials them).
     pub endpoint: SocketAddr,
-    peers: RwLock<BTreeMap<String, Arc<Peer>>>,
+    peers: RwLock<BTreeMap<String, Served>>,
+    stats: Option<StatsFetch>,
+    /// Each provider's last figures and when they came.
+    fetched: tokio::sync::Mutex<BTreeMap<String, (std::time::Instant, Arc<TenantStats>)>>,
 }
 
 /// A virtual node served while this lives.
@@ -68,19 +91,22 @@ impl Drop for Registered {
 }
 
 impl KubeletApi {
-    /// Serves no node yet.
-    pub fn new(endpoint: SocketAddr) -> Arc<Self> {
+    /// Serves no node yet; `stats` fetches a provider's figures (without it, `/stats/summary` has no pods).
+    pub fn new(endpoint: SocketAddr, stats: Option<StatsFetch>) -> Arc<Self> {
         Arc::new(Self {
             endpoint,
             peers: RwLock::new(BTreeMap::new()),
+            stats,
+            fetched: Default::default(),
         })
     }
 
-    /// Serves `peer`'s virtual node until the guard is dropped.
-    pub fn register(self: &Arc<Self>, peer: Arc<Peer>) -> Registered {
+    /// Serves `peer`'s virtual node until the guard is dropped; `identity` is the tenant's identity
+    /// Secret for its provider.
+    pub fn register(self: &Arc<Self>, peer: Arc<Peer>, identity: Secret) -> Registered {
         let node = peer.node_name();
         if let Ok(mut p) = self.peers.write() {
-            p.insert(node.clone(), peer);
+            p.insert(node.clone(), Served { peer, identity });
         }
         Registered {
             api: self.clone(),
@@ -89,7 +115,92 @@ impl KubeletApi {
     }
 
     fn peer(&self, node: &str) -> Option<Arc<Peer>> {
-        self.peers.read().ok()?.get(node).cloned()
+        Some(self.peers.read().ok()?.get(node)?.peer.clone())
+    }
+
+    /// `provider`'s figures, fetched at most once per [`STATS_TTL`] (scrapes in between cost no call).
+    async fn provider_stats(&self, provider: &str, identity: &Secret) -> Result<Arc<TenantStats>, String> {
+        let Some(fetch) = &self.stats else {
+            return Err("no broker client: figures are not fetched".into());
+        };
+        let mut fetched = self.fetched.lock().await;
+        if let Some((at, s)) = fetched.get(provider)
+            && at.elapsed() < STATS_TTL
+        {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(fetch(identity.clone()).await?);
+        fetched.insert(provider.to_string(), (std::time::Instant::now(), s.clone()));
+        Ok(s)
+    }
+
+    /// The summary of the virtual nodes served here: their pods (one list of the pods on each node, one
+    /// of the `NamespaceOffloading`s) with their providers' figures. The listener is shared by every
+    /// virtual node and a request does not say which node it is for: with several, the summary has all
+    /// their pods under the first node's name. `true` with it when a provider's figures were missing.
+    async fn summary(&self, client: &Client) -> (Summary, bool) {
+        let served: Vec<(String, Arc<Peer>, Secret)> = match self.peers.read() {
+            Ok(p) => p
+                .iter()
+                .map(|(n, s)| (n.clone(), s.peer.clone(), s.identity.clone()))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let offloadings = Api::<NamespaceOffloading>::all(client.clone())
+            .list(&Default::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        let (mut pods, mut failed) = (Vec::new(), false);
+        for (node, peer, identity) in &served {
+            let remote_ns = |ns: &str| {
+                offloadings
+                    .iter()
+                    .filter(|o| o.namespace().as_deref() == Some(ns))
+                    .find_map(|o| o.status.as_ref()?.remote_namespaces.get(&peer.provider).cloned())
+            };
+            let here = match Api::<Pod>::all(client.clone())
+                .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+                .await
+            {
+                Ok(l) => l.items,
+                Err(e) => {
+                    warn!(node, "kubelet API stats: listing the node's pods: {e}");
+                    failed = true;
+                    continue;
+                }
+            };
+            let offloaded: Vec<Offloaded> = here
+                .iter()
+                .filter_map(|p| {
+                    let ns = p.namespace()?;
+                    Some(Offloaded {
+                        pod: PodRef {
+                            name: p.name_any(),
+                            namespace: ns.clone(),
+                            uid: p.metadata.uid.clone()?,
+                        },
+                        containers: p
+                            .spec
+                            .as_ref()?
+                            .containers
+                            .iter()
+                            .map(|c| c.name.clone())
+                            .collect(),
+                        remote_namespace: remote_ns(&ns)?,
+                    })
+                })
+                .collect();
+            match self.provider_stats(&peer.provider, identity).await {
+                Ok(s) => pods.extend(kubelet_stats::pods_of(&offloaded, &s)),
+                Err(e) => {
+                    warn!(provider = %peer.provider, "kubelet API stats: {e}");
+                    failed = true;
+                }
+            }
+        }
+        let node = served.first().map(|s| s.0.as_str()).unwrap_or_default();
+        (kubelet_stats::summary(node, pods), failed)
     }
 }
 
@@ -502,6 +613,24 @@ async fn handle(
                 Ok(q) => logs(&peer, &pod, &container, &q).await,
                 Err(e) => text(StatusCode::BAD_REQUEST, e.0),
             }
+        }
+        (Request::StatsSummary, _) => {
+            let (summary, _) = api.summary(client).await;
+            let body = serde_json::to_vec(&summary).unwrap_or_default();
+            Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed_unsync())
+                .expect("static response")
+        }
+        (Request::MetricsResource, _) => {
+            let (summary, failed) = api.summary(client).await;
+            let body = kubelet_stats::resource_metrics(&summary, failed);
+            Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "text/plain; version=0.0.4")
+                .body(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed_unsync())
+                .expect("static response")
         }
         (Request::Stream(target), Some((pod, peer))) => {
             if target.uid.as_ref().is_some_and(|u| pod.metadata.uid.as_ref() != Some(u)) {

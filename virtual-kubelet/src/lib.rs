@@ -10,6 +10,7 @@ pub mod consumer;
 pub mod heartbeat;
 pub mod kubelet_api;
 pub mod kubelet_server;
+pub mod kubelet_stats;
 pub mod kubelet_stream;
 pub mod node;
 pub mod objects;

@@ -288,10 +288,11 @@ async fn start_one(
         kubelet_endpoint: kubelet.as_ref().map(|k| k.endpoint),
     };
     info!(provider, ?remaps, "starting the virtual kubelet");
+    let identity = s.clone();
     let task = tokio::spawn(async move {
         let peer = Arc::new(peer);
-        // its pods' logs are served while it runs
-        let _served = kubelet.map(|k| k.register(peer.clone()));
+        // its pods' logs, streams and figures are served while it runs
+        let _served = kubelet.map(|k| k.register(peer.clone(), identity));
         if let Err(e) = crate::consumer::run(peer).await {
             warn!("virtual kubelet: {e}");
         }
