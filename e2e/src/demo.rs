@@ -358,8 +358,7 @@ async fn tunnel_between_real_pods(lab: &Lab, ferryctl: &std::path::Path) -> Resu
         c2.id, c1.id, c1.id
     );
     let url = format!("http://{server_ip}:{WEB_PORT}/big");
-    // the server writes its 10 MB and their md5sum before it serves: ask until it answers. (The checksum
-    // comes over HTTP too: `kubectl exec` into an offloaded pod is issue 16.)
+    // the server writes its 10 MB and their md5sum before it serves: ask until it answers
     let deadline = Instant::now() + Duration::from_secs(30);
     let fetch = format!("timeout 20 wget -q -O- {url} | md5sum && timeout 5 wget -q -O- {url}.md5");
     let (sum, secs) = loop {
@@ -404,10 +403,122 @@ async fn tunnel_between_real_pods(lab: &Lab, ferryctl: &std::path::Path) -> Resu
     for l in out.lines() {
         println!("     {l}");
     }
+    kubelet_streams(lab, c1, NS, &sum, &fetch)?;
     Ok(format!(
-        "tunnel: {} pod fetched 10 MB from the offloaded pod at {server_ip} (remapped: identical pod CIDRs) through the installed gateways, md5 intact",
+        "tunnel: {} pod fetched 10 MB from the offloaded pod at {server_ip} (remapped: identical pod CIDRs) through the installed gateways, md5 intact; logs -f, exec and port-forward on it through the virtual node",
         c1.id
     ))
+}
+
+/// `kubectl logs -f`, `exec` and `port-forward` on the offloaded `server` (its container on c2's real
+/// node), in c1, through the virtual node's kubelet API; `sum` is the md5 the client fetched.
+fn kubelet_streams(
+    lab: &Lab,
+    c1: &crate::layout::ClusterLayout,
+    ns: &str,
+    sum: &str,
+    fetch: &str,
+) -> Result<()> {
+    use std::io::{BufRead, Read, Write};
+    use std::process::{Command, Stdio};
+    let kubeconfig = lab.paths.kubeconfig(c1);
+    let spawn = |args: &[&str]| {
+        Command::new("kubectl")
+            .env("KUBECONFIG", &kubeconfig)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("kubectl {}", args.join(" ")))
+    };
+    // logs -f: the request the client makes next arrives in the followed log
+    let mut follow = spawn(&["-n", ns, "logs", "-f", "server", "--tail=0"])?;
+    let out = follow.stdout.take().context("kubectl logs -f: no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = kubectl(lab, c1, &["-n", ns, "exec", "client", "--", "sh", "-c", fetch]);
+    let mut lines = Vec::new();
+    while let Ok(l) = rx.recv_timeout(Duration::from_secs(5)) {
+        let done = l.contains("/big.md5");
+        lines.push(l);
+        if done {
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    anyhow::ensure!(
+        lines.iter().any(|l| l.contains("/big")),
+        "kubectl -n {ns} logs -f server: the client's request did not arrive in 5s ({lines:?})"
+    );
+    println!("   $ kubectl --context {} -n {ns} logs -f server --tail=0   (while the client fetches again)", c1.id);
+    for l in &lines {
+        println!("     {l}");
+    }
+    // exec: the server's own checksum, computed in its container on c2
+    let (ok, out, err) = kubectl(lab, c1, &["-n", ns, "exec", "server", "--", "md5sum", "/www/big"]);
+    anyhow::ensure!(
+        ok && out.starts_with(sum),
+        "kubectl -n {ns} exec server -- md5sum /www/big: {}{} (the client fetched {sum})",
+        out.trim(),
+        err.trim()
+    );
+    println!(
+        "   $ kubectl --context {} -n {ns} exec server -- md5sum /www/big   (runs in the offloaded pod's container)\n     {}",
+        c1.id,
+        out.trim()
+    );
+    // port-forward: the same 10 MB from this machine, through c1's apiserver
+    let mut pf = spawn(&["-n", ns, "port-forward", "pod/server", &format!(":{WEB_PORT}")])?;
+    let mut first = String::new();
+    std::io::BufReader::new(pf.stdout.as_mut().context("kubectl port-forward: no stdout")?)
+        .read_line(&mut first)?;
+    let port: Option<u16> = first
+        .split_whitespace()
+        .nth(2)
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok());
+    let fetched = port.context("kubectl port-forward printed no local port").and_then(|port| {
+        let t0 = Instant::now();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        write!(s, "GET /big HTTP/1.0\r\nHost: server\r\n\r\n")?;
+        let mut all = Vec::new();
+        s.read_to_end(&mut all)?;
+        let at = all.windows(4).position(|w| w == b"\r\n\r\n").context("no HTTP answer")?;
+        Ok((all.split_off(at + 4), t0.elapsed().as_secs_f64(), port))
+    });
+    let _ = pf.kill();
+    let _ = pf.wait();
+    let (body, secs, port) = fetched.with_context(|| format!("kubectl -n {ns} port-forward pod/server"))?;
+    let md5 = Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().expect("piped").write_all(&body)?;
+            c.wait_with_output()
+        })?;
+    let got = String::from_utf8_lossy(&md5.stdout);
+    anyhow::ensure!(
+        got.starts_with(sum),
+        "10 MB through kubectl port-forward: md5 {}, the server's is {sum}",
+        got.trim()
+    );
+    println!(
+        "   $ kubectl --context {} -n {ns} port-forward pod/server :{WEB_PORT}   (local port {port}; GET /big)\n     {} bytes in {secs:.2}s, md5 {}",
+        c1.id,
+        body.len(),
+        got.split_whitespace().next().unwrap_or_default()
+    );
+    Ok(())
 }
 
 /// Offloads namespace `burst` from c1 to c2 and scales a Deployment of 1-CPU pods past c1's local capacity:

@@ -725,7 +725,16 @@ async fn stream(
         Err(answer) => return answer,
     };
     let uri = target.provider_uri(remote.namespace().unwrap_or_default(), &options);
-    let mut ask = http::Request::post(&uri);
+    // the method as asked: a WebSocket handshake is a GET, SPDY's usually a POST (the provider authorizes
+    // `get` or `create` on the subresource, as the consumer's apiserver did)
+    let method = req.method().clone();
+    if method != http::Method::GET && method != http::Method::POST {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{}: {method} is not a streaming request (GET or POST)", target.kind),
+        );
+    }
+    let mut ask = http::Request::builder().method(method).uri(&uri);
     for (k, v) in &upgrade.forward {
         ask = ask.header(k, v);
     }

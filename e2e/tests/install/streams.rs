@@ -49,6 +49,8 @@ pub async fn exec_attach_cp_port_forward(k1: &kube::Client, kc1: &Path, kc2: &Pa
         !ok && out == "out\n" && err.contains("err") && code == Some(7),
         "exec: {out:?} {err:?} exit {code:?}"
     );
+    // the same over a WebSocket (what apiservers from 1.29 on speak to kubectl, and may pass to a kubelet)
+    websocket_exec(k1).await;
     // a TTY (`-it`, under a pseudo-terminal from `script`): the shell sees a terminal, its exit code
     // comes back
     let tty = Command::new("script")
@@ -206,6 +208,78 @@ pub async fn exec_attach_cp_port_forward(k1: &kube::Client, kc1: &Path, kc2: &Pa
         rates[0] / rates[1]
     );
     let _ = web.delete("shell", &Default::default()).await;
+}
+
+/// An exec of `web/shell` over a WebSocket (`v4.channel.k8s.io`) through c1's apiserver, which passes the
+/// upgrade to the virtual node's kubelet API, which passes it to c2's apiserver: stdout, stderr and the
+/// exit code come back on their channels.
+async fn websocket_exec(k1: &kube::Client) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let key = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        std::process::id().to_be_bytes().repeat(4),
+    );
+    let req = http::Request::get(
+        "/api/v1/namespaces/web/pods/shell/exec?container=sh&stdout=true&stderr=true&command=sh&command=-c&command=echo%20ws-out%3B%20echo%20ws-err%20%3E%262%3B%20exit%203",
+    )
+    .header("connection", "Upgrade")
+    .header("upgrade", "websocket")
+    .header("sec-websocket-version", "13")
+    .header("sec-websocket-key", &key)
+    .header("sec-websocket-protocol", "v4.channel.k8s.io")
+    .body(kube::client::Body::empty())
+    .unwrap();
+    let res = k1.send(req).await.unwrap();
+    assert_eq!(res.status(), 101, "the WebSocket exec was not switched: {:?}", res.headers());
+    assert_eq!(
+        res.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()),
+        Some("v4.channel.k8s.io")
+    );
+    assert!(res.headers().contains_key("sec-websocket-accept"));
+    let mut io = hyper_util::rt::TokioIo::new(hyper::upgrade::on(res).await.unwrap());
+    // server frames: unmasked; binary data frames start with their channel (1 stdout, 2 stderr, 3 error)
+    let mut channels: [Vec<u8>; 4] = Default::default();
+    let read = async {
+        loop {
+            let mut head = [0u8; 2];
+            if io.read_exact(&mut head).await.is_err() {
+                break;
+            }
+            let len = match head[1] & 0x7f {
+                126 => io.read_u16().await.unwrap() as usize,
+                127 => io.read_u64().await.unwrap() as usize,
+                n => n as usize,
+            };
+            let mut payload = vec![0u8; len];
+            io.read_exact(&mut payload).await.unwrap();
+            match head[0] & 0x0f {
+                0x8 => {
+                    // close: answer it (masked, empty), and the exchange is over
+                    let _ = io.write_all(&[0x88, 0x80, 0, 0, 0, 0]).await;
+                    break;
+                }
+                0x1 | 0x2 if !payload.is_empty() && (payload[0] as usize) < channels.len() => {
+                    channels[payload[0] as usize].extend_from_slice(&payload[1..]);
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("the WebSocket exec did not end within 30s");
+    let text = |c: usize| String::from_utf8_lossy(&channels[c]).to_string();
+    assert_eq!((text(1).as_str(), text(2).as_str()), ("ws-out\n", "ws-err\n"));
+    let status: serde_json::Value = serde_json::from_slice(&channels[3]).unwrap_or_default();
+    assert_eq!(
+        (
+            status["reason"].as_str(),
+            status["details"]["causes"][0]["message"].as_str()
+        ),
+        (Some("NonZeroExitCode"), Some("3")),
+        "the error channel: {}",
+        text(3)
+    );
 }
 
 /// The exit code of `kubectl exec` of `cmd` in the pod `web/shell`.
