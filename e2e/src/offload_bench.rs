@@ -4,7 +4,15 @@
 //! scheduler, and its status comes back. Both are timed to all N Ready as each cluster's Deployment
 //! reports it. Real ferry-agents (processes) on both clusters; the provider gets in-process hollow bench
 //! nodes for the pods. Prints the consumer agent's peak RSS (the virtual kubelet runs in it).
+//!
+//! Fair by default: each cluster's processes (control plane, nodes and their children, its ferry-agent)
+//! run on their own CPU set, as two machines would, in the direct and the offloaded runs alike (c1 on the
+//! first half of the CPUs, c2 and this process, which hosts c2's hollow bench nodes, on the second);
+//! `--unpinned` lets them share. Direct and offloaded runs alternate, `--runs` of each; `ratio` is the
+//! median of the pairs' ratios. Each apiserver's own request and watch counters give the API writes and
+//! watch events per pod on each side.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -20,6 +28,35 @@ use crate::bench::{bench_nodes, drain, start_bench_nodes};
 use crate::lab::Lab;
 use crate::workload::{deployment, wait_ready};
 
+/// One direct run and the offloaded run after it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Pair {
+    /// Seconds to N Ready, created directly on the provider.
+    pub direct_seconds: f64,
+    /// Seconds to N Ready, created in the consumer and offloaded.
+    pub offloaded_seconds: f64,
+    /// offloaded / direct.
+    pub ratio: f64,
+    /// CPU seconds the lab's processes (both clusters: etcd, apiserver, controller-manager, scheduler, nodes)
+    /// spent in the direct run.
+    pub direct_control_plane_cpu_seconds: f64,
+    /// The same in the offloaded run.
+    pub offloaded_control_plane_cpu_seconds: f64,
+    /// CPU seconds both ferry-agents spent in the offloaded run.
+    pub offloaded_agents_cpu_seconds: f64,
+}
+
+/// A ferry-agent's figures over the whole benchmark.
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentFigures {
+    /// CPU seconds used during the offloaded runs.
+    pub cpu_seconds: f64,
+    /// Peak resident memory, MiB.
+    pub peak_rss_mib: f64,
+    /// Resident memory at the end, MiB.
+    pub rss_mib: f64,
+}
+
 /// The result line.
 #[derive(Debug, Serialize)]
 pub struct OffloadBench {
@@ -27,23 +64,91 @@ pub struct OffloadBench {
     pub bench: &'static str,
     /// Replicas.
     pub pods: u32,
-    /// Seconds to N Ready, created directly on the provider.
+    /// Whether each cluster ran on its own CPU set.
+    pub pinned: bool,
+    /// The CPU sets (`c1`, `c2`) when pinned.
+    pub cpu_sets: BTreeMap<String, String>,
+    /// Each pair of runs, in order.
+    pub runs: Vec<Pair>,
+    /// Median seconds to N Ready, direct.
     pub direct_seconds: f64,
-    /// Seconds to N Ready, created in the consumer and offloaded.
+    /// Median seconds to N Ready, offloaded.
     pub offloaded_seconds: f64,
-    /// offloaded / direct.
+    /// The median of the pairs' ratios (offloaded / direct).
     pub ratio: f64,
+    /// Median control-plane CPU seconds offloaded / direct (both control planes do the work: about 2 at
+    /// best).
+    pub work_amplification: f64,
     /// Peak resident memory of the consumer's ferry-agent (virtual kubelet included), MiB.
     pub virtual_kubelet_peak_rss_mib: f64,
-    /// Its resident memory once all N are Ready, MiB.
+    /// Its resident memory at the end, MiB.
     pub virtual_kubelet_rss_mib: f64,
-    /// CPU seconds the lab's control planes (both clusters: etcd, apiserver, controller-manager, scheduler,
-    /// lab kubelets) spent in (a).
-    pub direct_control_plane_cpu_seconds: f64,
-    /// The same in (b).
-    pub offloaded_control_plane_cpu_seconds: f64,
-    /// CPU seconds both ferry-agents spent in (b).
-    pub offloaded_agents_cpu_seconds: f64,
+    /// The consumer's agent.
+    pub consumer_agent: AgentFigures,
+    /// The provider's agent.
+    pub provider_agent: AgentFigures,
+    /// API writes per pod (POST, PUT, PATCH, DELETE, APPLY by resource), as each apiserver counted them in
+    /// the last pair: `direct c2`, `offloaded c1`, `offloaded c2`.
+    pub writes_per_pod: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Watch events sent per pod by kind, the same way.
+    pub watch_events_per_pod: BTreeMap<String, BTreeMap<String, f64>>,
+}
+
+/// The median of `v` (the mean of the middle two for an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// From an apiserver's `/metrics`: writes by resource (`apiserver_request_total`, the write verbs) and
+/// watch events by kind (`apiserver_watch_events_total`).
+pub fn api_counters(metrics: &str) -> (BTreeMap<String, f64>, BTreeMap<String, f64>) {
+    let (mut writes, mut events) = (BTreeMap::new(), BTreeMap::new());
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let label = |k: &str| {
+            let at = series.find(&format!("{k}=\""))? + k.len() + 2;
+            series[at..].split('"').next()
+        };
+        if series.starts_with("apiserver_request_total{") {
+            if !matches!(label("verb"), Some("POST" | "PUT" | "PATCH" | "DELETE" | "APPLY")) {
+                continue;
+            }
+            let mut r = label("resource").unwrap_or_default().to_string();
+            if let Some(sub) = label("subresource").filter(|s| !s.is_empty()) {
+                r = format!("{r}/{sub}");
+            }
+            *writes.entry(r).or_insert(0.0) += value;
+        } else if series.starts_with("apiserver_watch_events_total{") {
+            let kind = label("kind").unwrap_or_default().to_string();
+            *events.entry(kind).or_insert(0.0) += value;
+        }
+    }
+    (writes, events)
+}
+
+/// `after - before`, per pod, leaving out what did not change.
+fn per_pod(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, pods: u32) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(k, a)| (k.clone(), (a - before.get(k).copied().unwrap_or(0.0)) / f64::from(pods.max(1))))
+        .filter(|(_, d)| *d > 0.0)
+        .map(|(k, d)| (k, (d * 100.0).round() / 100.0))
+        .collect()
+}
+
+async fn scrape(c: &Client) -> (BTreeMap<String, f64>, BTreeMap<String, f64>) {
+    let req = http::Request::get("/metrics").body(Vec::new()).expect("a request");
+    api_counters(&c.request_text(req).await.unwrap_or_default())
 }
 
 /// CPU seconds (user + system) a process has used so far.
@@ -121,14 +226,64 @@ async fn until_empty(client: &Client, ns: &str, timeout: Duration) {
     }
 }
 
+/// How the benchmark runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Replicas.
+    pub pods: u32,
+    /// Pairs of runs.
+    pub runs: u32,
+    /// Each cluster on its own CPU set.
+    pub pinned: bool,
+}
+
+/// The CPU sets of c1 and c2: the first and the second half of this machine's CPUs.
+fn cpu_sets() -> Result<(Vec<usize>, Vec<usize>)> {
+    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    anyhow::ensure!(
+        n >= 2,
+        "a pinned benchmark needs 2 CPUs or more (this machine has {n}); fix: --unpinned"
+    );
+    Ok(((0..n / 2).collect(), (n / 2..n).collect()))
+}
+
+fn cpu_list(cpus: &[usize]) -> String {
+    cpus.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// Pins each cluster's processes (by the lab's pid table: `c1-…`, `c2-…`, and everything below them), the
+/// extra PIDs given for each, to its CPU set; `None`: every CPU for all.
+fn pin_clusters(lab: &Lab, sets: Option<&(Vec<usize>, Vec<usize>)>, extra: [&[u32]; 2]) -> Result<()> {
+    let all: Vec<usize> = (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect();
+    let tracked = crate::procs::ProcessTable::new(lab.paths.pids())?.list();
+    for (i, c) in lab.layout.clusters.iter().take(2).enumerate() {
+        let mut pids: Vec<u32> = tracked
+            .iter()
+            .filter(|t| t.alive() && t.name.starts_with(&format!("{}-", c.id)))
+            .map(|t| t.pid)
+            .collect();
+        pids.extend(extra[i]);
+        let cpus = match sets {
+            Some(s) if i == 0 => &s.0,
+            Some(s) => &s.1,
+            None => &all,
+        };
+        crate::procs::pin(&pids, cpus)?;
+    }
+    Ok(())
+}
+
 /// Runs the benchmark.
-pub async fn run(lab: &Lab, count: u32, exe: &std::path::Path) -> Result<OffloadBench> {
+pub async fn run(lab: &Lab, o: Options, exe: &std::path::Path) -> Result<OffloadBench> {
     let (c1l, c2l) = (lab.layout.clusters[0].clone(), lab.layout.clusters[1].clone());
     let (c1, c2) = (lab.client(&c1l).await?, lab.client(&c2l).await?);
-    let nodes = bench_nodes(&c2l, count)?;
+    let sets = if o.pinned { Some(cpu_sets()?) } else { None };
+    let nodes = bench_nodes(&c2l, o.pods)?;
     let task = start_bench_nodes(lab, &c2l, &c2, &nodes, exe).await?;
     let stamp = chrono::Utc::now().format("%H%M%S").to_string();
-    let result = measure(lab, &c1, &c2, count, &stamp).await;
+    let result = measure(lab, &c1, &c2, o, sets.as_ref(), &stamp).await;
+    // the lab as it was: every process on every CPU
+    let _ = pin_clusters(lab, None, [&[], &[std::process::id()]]);
     let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(c2.clone());
     for n in &nodes {
         let _ = api.delete(&n.name, &DeleteParams::default()).await;
@@ -137,57 +292,11 @@ pub async fn run(lab: &Lab, count: u32, exe: &std::path::Path) -> Result<Offload
     result
 }
 
-async fn measure(lab: &Lab, c1: &Client, c2: &Client, count: u32, stamp: &str) -> Result<OffloadBench> {
-    let timeout = Duration::from_secs(120 + u64::from(count) / 20);
-    // (a) directly on the provider
-    let direct_ns = format!("bench-direct-{stamp}");
-    namespace(c2, &direct_ns).await?;
-    let deps: Api<Deployment> = Api::namespaced(c2.clone(), &direct_ns);
-    eprintln!("[bench] (a) {count} pods directly on the provider");
-    let cpu0 = control_plane_cpu(lab);
-    deps.create(&PostParams::default(), &deployment("pods", count, "", true, None))
-        .await?;
-    let direct = wait_ready(&deps, "pods", count, timeout).await;
-    let direct_cpu = control_plane_cpu(lab) - cpu0;
-    drain(c2, &direct_ns).await;
-    let direct = direct?;
-    until_empty(c2, &direct_ns, timeout).await;
-
-    // (b) in the consumer, offloaded
-    let quota = (count * 2).to_string();
-    let consumer = agents::start(lab, 0, &[])?;
-    let provider = agents::start(
-        lab,
-        1,
-        &[
-            "--quota-pods",
-            &quota,
-            "--quota-cpu",
-            "100000",
-            "--quota-memory",
-            "1Pi",
-        ],
-    )?;
-    let k1 = lab.paths.kubeconfig(&lab.layout.clusters[0]);
-    let _ = agents::ferryctl(&k1, &["unpeer", "provider-c2"]);
-    agents::peer(
-        lab,
-        &["--pods", &count.to_string(), "--cpu", "100000", "--memory", "1Pi"],
-    )?;
-    let ns = format!("bench-offload-{stamp}");
-    namespace(c1, &ns).await?;
-    let (ok, out, err) = agents::ferryctl(
-        &k1,
-        &["offload", "namespace", &ns, "--strategy", "Remote", "-o", "json"],
-    );
-    anyhow::ensure!(ok, "ferryctl offload namespace: {err}");
-    let remote_ns = serde_json::from_str::<std::collections::BTreeMap<String, String>>(&out)?
-        .remove("provider-c2")
-        .context("no provider namespace")?;
-    // the virtual node's allocatable follows the provider's free capacity: wait until it counts the bench
-    // nodes, so (b) does not start against a smaller node than (a) had
+/// Waits until the virtual node's allocatable counts `count` pods (it follows the provider's free
+/// capacity), so an offloaded run does not start against a smaller node than the direct one had.
+async fn until_allocatable(c1: &Client, count: u32) -> Result<()> {
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c1.clone());
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let pods = nodes.get_opt("ferry-provider-c2").await?.and_then(|n| {
             n.status?
@@ -196,7 +305,7 @@ async fn measure(lab: &Lab, c1: &Client, c2: &Client, count: u32, stamp: &str) -
                 .map(|q| ferry_virtual_kubelet::quantity::parse(&q.0).unwrap_or(0) / 1000)
         });
         if pods.is_some_and(|p| p >= i128::from(count)) {
-            break;
+            return Ok(());
         }
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
@@ -204,33 +313,170 @@ async fn measure(lab: &Lab, c1: &Client, c2: &Client, count: u32, stamp: &str) -
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let deps: Api<Deployment> = Api::namespaced(c1.clone(), &ns);
-    eprintln!("[bench] (b) {count} pods in the consumer, offloaded");
-    let (cpu1, agents0) = (
-        control_plane_cpu(lab),
-        cpu_seconds(consumer.pid()) + cpu_seconds(provider.pid()),
-    );
-    deps.create(&PostParams::default(), &deployment("pods", count, "", true, None))
-        .await?;
-    let offloaded = wait_ready(&deps, "pods", count, timeout).await;
-    let offloaded_cpu = control_plane_cpu(lab) - cpu1;
-    let agents_cpu = cpu_seconds(consumer.pid()) + cpu_seconds(provider.pid()) - agents0;
-    let rss = rss_mib(consumer.pid(), "VmHWM:");
-    let rss_now = rss_mib(consumer.pid(), "VmRSS:");
-    drain(c1, &ns).await;
-    until_empty(c2, &remote_ns, timeout).await;
+}
+
+async fn measure(
+    lab: &Lab,
+    c1: &Client,
+    c2: &Client,
+    o: Options,
+    sets: Option<&(Vec<usize>, Vec<usize>)>,
+    stamp: &str,
+) -> Result<OffloadBench> {
+    let count = o.pods;
+    let timeout = Duration::from_secs(120 + u64::from(count) / 20);
+    let quota = (count * 2).to_string();
+    let consumer = agents::start(lab, 0, &[])?;
+    let provider = agents::start(
+        lab,
+        1,
+        &["--quota-pods", &quota, "--quota-cpu", "100000", "--quota-memory", "1Pi"],
+    )?;
+    pin_clusters(lab, sets, [&[consumer.pid()], &[provider.pid(), std::process::id()]])?;
+    if let Some((a, b)) = sets {
+        eprintln!(
+            "[bench] pinned: c1 (control plane, nodes, agent) on CPUs {}, c2 (control plane, nodes, agent, hollow bench nodes) on CPUs {}",
+            cpu_list(a),
+            cpu_list(b)
+        );
+    } else {
+        eprintln!("[bench] unpinned: both clusters share every CPU");
+    }
+    let k1 = lab.paths.kubeconfig(&lab.layout.clusters[0]);
     let _ = agents::ferryctl(&k1, &["unpeer", "provider-c2"]);
-    let offloaded = offloaded?;
+    agents::peer(
+        lab,
+        &["--pods", &count.to_string(), "--cpu", "100000", "--memory", "1Pi"],
+    )?;
+    let (mut pairs, mut agents_cpu) = (Vec::new(), (0.0, 0.0));
+    let (mut writes, mut events) = (BTreeMap::new(), BTreeMap::new());
+    for run in 0..o.runs {
+        // (a) directly on the provider
+        let direct_ns = format!("bench-direct-{stamp}-{run}");
+        namespace(c2, &direct_ns).await?;
+        let deps: Api<Deployment> = Api::namespaced(c2.clone(), &direct_ns);
+        eprintln!("[bench] run {}/{}: (a) {count} pods directly on the provider", run + 1, o.runs);
+        let (cpu0, api2) = (control_plane_cpu(lab), scrape(c2).await);
+        deps.create(&PostParams::default(), &deployment("pods", count, "", true, None))
+            .await?;
+        let direct = wait_ready(&deps, "pods", count, timeout).await;
+        let direct_cpu = control_plane_cpu(lab) - cpu0;
+        let after2 = scrape(c2).await;
+        drain(c2, &direct_ns).await;
+        let direct = direct?;
+        until_empty(c2, &direct_ns, timeout).await;
+        let _ = Api::<Namespace>::all(c2.clone())
+            .delete(&direct_ns, &DeleteParams::default())
+            .await;
+
+        // (b) in the consumer, offloaded
+        let ns = format!("bench-offload-{stamp}-{run}");
+        namespace(c1, &ns).await?;
+        let (ok, out, err) = agents::ferryctl(
+            &k1,
+            &["offload", "namespace", &ns, "--strategy", "Remote", "-o", "json"],
+        );
+        anyhow::ensure!(ok, "ferryctl offload namespace: {err}");
+        let remote_ns = serde_json::from_str::<BTreeMap<String, String>>(&out)?
+            .remove("provider-c2")
+            .context("no provider namespace")?;
+        until_allocatable(c1, count).await?;
+        let deps: Api<Deployment> = Api::namespaced(c1.clone(), &ns);
+        eprintln!("[bench] run {}/{}: (b) {count} pods in the consumer, offloaded", run + 1, o.runs);
+        let (cpu1, a1, a2) = (
+            control_plane_cpu(lab),
+            cpu_seconds(consumer.pid()),
+            cpu_seconds(provider.pid()),
+        );
+        let (b1, b2) = (scrape(c1).await, scrape(c2).await);
+        deps.create(&PostParams::default(), &deployment("pods", count, "", true, None))
+            .await?;
+        let offloaded = wait_ready(&deps, "pods", count, timeout).await;
+        let offloaded_cpu = control_plane_cpu(lab) - cpu1;
+        let (d1, d2) = (cpu_seconds(consumer.pid()) - a1, cpu_seconds(provider.pid()) - a2);
+        agents_cpu = (agents_cpu.0 + d1, agents_cpu.1 + d2);
+        let (e1, e2) = (scrape(c1).await, scrape(c2).await);
+        drain(c1, &ns).await;
+        until_empty(c2, &remote_ns, timeout).await;
+        let _ = agents::ferryctl(&k1, &["unoffload", "namespace", &ns, "--force"]);
+        let offloaded = offloaded?;
+        writes = BTreeMap::from([
+            ("direct c2".to_string(), per_pod(&api2.0, &after2.0, count)),
+            ("offloaded c1".to_string(), per_pod(&b1.0, &e1.0, count)),
+            ("offloaded c2".to_string(), per_pod(&b2.0, &e2.0, count)),
+        ]);
+        events = BTreeMap::from([
+            ("direct c2".to_string(), per_pod(&api2.1, &after2.1, count)),
+            ("offloaded c1".to_string(), per_pod(&b1.1, &e1.1, count)),
+            ("offloaded c2".to_string(), per_pod(&b2.1, &e2.1, count)),
+        ]);
+        let pair = Pair {
+            direct_seconds: direct,
+            offloaded_seconds: offloaded,
+            ratio: offloaded / direct,
+            direct_control_plane_cpu_seconds: direct_cpu,
+            offloaded_control_plane_cpu_seconds: offloaded_cpu,
+            offloaded_agents_cpu_seconds: d1 + d2,
+        };
+        eprintln!("[bench] run {}: {}", run + 1, serde_json::to_string(&pair)?);
+        pairs.push(pair);
+    }
+    let figures = |pid: u32, cpu: f64| -> Result<AgentFigures> {
+        Ok(AgentFigures {
+            cpu_seconds: cpu,
+            peak_rss_mib: rss_mib(pid, "VmHWM:")?,
+            rss_mib: rss_mib(pid, "VmRSS:")?,
+        })
+    };
+    let consumer_agent = figures(consumer.pid(), agents_cpu.0)?;
+    let provider_agent = figures(provider.pid(), agents_cpu.1)?;
+    let _ = agents::ferryctl(&k1, &["unpeer", "provider-c2"]);
+    let med = |f: fn(&Pair) -> f64| median(pairs.iter().map(f).collect());
+    let cpu_sets = sets
+        .map(|(a, b)| BTreeMap::from([("c1".to_string(), cpu_list(a)), ("c2".to_string(), cpu_list(b))]))
+        .unwrap_or_default();
     Ok(OffloadBench {
         bench: "offload",
         pods: count,
-        direct_seconds: direct,
-        offloaded_seconds: offloaded,
-        ratio: offloaded / direct,
-        virtual_kubelet_peak_rss_mib: rss?,
-        virtual_kubelet_rss_mib: rss_now?,
-        direct_control_plane_cpu_seconds: direct_cpu,
-        offloaded_control_plane_cpu_seconds: offloaded_cpu,
-        offloaded_agents_cpu_seconds: agents_cpu,
+        pinned: sets.is_some(),
+        cpu_sets,
+        direct_seconds: med(|p| p.direct_seconds),
+        offloaded_seconds: med(|p| p.offloaded_seconds),
+        ratio: med(|p| p.ratio),
+        work_amplification: med(|p| p.offloaded_control_plane_cpu_seconds)
+            / med(|p| p.direct_control_plane_cpu_seconds).max(1e-9),
+        virtual_kubelet_peak_rss_mib: consumer_agent.peak_rss_mib,
+        virtual_kubelet_rss_mib: consumer_agent.rss_mib,
+        consumer_agent,
+        provider_agent,
+        writes_per_pod: writes,
+        watch_events_per_pod: events,
+        runs: pairs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_api_counters() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        let m = r#"# HELP apiserver_request_total x
+apiserver_request_total{code="201",component="apiserver",group="",resource="pods",scope="namespace",subresource="",verb="POST",version="v1"} 10
+apiserver_request_total{code="200",component="apiserver",group="",resource="pods",scope="namespace",subresource="status",verb="PATCH",version="v1"} 7
+apiserver_request_total{code="200",component="apiserver",group="",resource="pods",scope="namespace",subresource="",verb="LIST",version="v1"} 99
+apiserver_request_total{code="201",component="apiserver",group="",resource="pods",scope="namespace",subresource="",verb="POST",version="v1"} 2
+apiserver_watch_events_total{group="",kind="Pod",version="v1"} 40
+"#;
+        let (w, e) = api_counters(m);
+        assert_eq!(w.get("pods"), Some(&12.0));
+        assert_eq!(w.get("pods/status"), Some(&7.0));
+        assert_eq!(w.len(), 2, "reads are not writes: {w:?}");
+        assert_eq!(e.get("Pod"), Some(&40.0));
+        let after = BTreeMap::from([("pods".to_string(), 32.0), ("leases".to_string(), 1.0)]);
+        let before = BTreeMap::from([("pods".to_string(), 12.0), ("leases".to_string(), 1.0)]);
+        assert_eq!(per_pod(&before, &after, 10), BTreeMap::from([("pods".to_string(), 2.0)]));
+    }
 }

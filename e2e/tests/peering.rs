@@ -482,7 +482,7 @@ async fn every_bad_request_is_refused_with_a_json_reason_and_creates_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn bench_peer_prints_seconds_to_authenticated() {
+async fn bench_peer_prints_seconds_to_authenticated_and_to_a_ready_virtual_node() {
     let _g = SERIAL.lock().await;
     let lab = lab();
     let (_agent, _) = start_agent(&lab);
@@ -492,7 +492,8 @@ async fn bench_peer_prints_seconds_to_authenticated() {
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     let secs = v["seconds_to_authenticated"].as_f64().unwrap();
-    assert!(secs > 0.0);
+    let ready = v["ready_seconds"].as_f64().unwrap();
+    assert!(secs > 0.0 && ready >= secs, "{v}");
     eprintln!("bench peer: {v}");
     let (ok, _, err) = ferryctl(&c1, &["unpeer", "provider-c2"]);
     assert!(ok, "{err}");

@@ -108,7 +108,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Benchmarks: `peer` (seconds from peer to Authenticated); `tunnel`, `route`, `failover`, `pods`, `offload`, `dns` run `ferry-lab bench` on the lab.
+    /// Benchmarks: `peer` (seconds from peer to Authenticated and to the virtual node Ready); `tunnel`, `route`, `failover`, `pods`, `offload`, `dns` run `ferry-lab bench` on the lab.
     Bench {
         /// What to measure.
         what: String,
@@ -514,9 +514,23 @@ async fn run(cli: Cli) -> Result<()> {
             let start = Instant::now();
             let provider = consumer::request_peering(&c, token, None, Resources::default()).await?;
             let p = consumer::wait_authenticated(&c, &provider, std::time::Duration::from_secs(60)).await?;
+            let authenticated = start.elapsed().as_secs_f64();
+            // usable: the virtual node Ready (the scheduler places pods on it from then on)
+            let node = ferry_virtual_kubelet::VirtualNodeIdentity::for_provider(&p.provider).node_name;
+            let ready = kube::runtime::wait::await_condition(
+                kube::Api::<k8s_openapi::api::core::v1::Node>::all(c.clone()),
+                &node,
+                |n: Option<&k8s_openapi::api::core::v1::Node>| {
+                    n.and_then(|n| n.status.as_ref()?.conditions.as_ref())
+                        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                },
+            );
+            tokio::time::timeout(std::time::Duration::from_secs(60), ready)
+                .await
+                .with_context(|| format!("the virtual node {node} not Ready 60s after peering"))??;
             println!(
                 "{}",
-                serde_json::json!({ "bench": "peer", "provider": p.provider, "seconds_to_authenticated": start.elapsed().as_secs_f64() })
+                serde_json::json!({ "bench": "peer", "provider": p.provider, "seconds_to_authenticated": authenticated, "ready_seconds": start.elapsed().as_secs_f64() })
             );
         }
         Cmd::Bench { what, args } => {

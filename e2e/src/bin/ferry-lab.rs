@@ -182,12 +182,19 @@ enum BenchCmd {
         #[arg(long, default_value = "c1")]
         cluster: String,
     },
-    /// The same N-replica Deployment directly on the provider vs offloaded from the consumer; last line JSON
-    /// with both times, ratio = offloaded/direct and the virtual kubelet's peak RSS.
+    /// The same N-replica Deployment directly on the provider vs offloaded from the consumer, alternating,
+    /// each cluster on its own CPU set; last line JSON with the pairs, ratio = median offloaded/direct, the
+    /// work amplification, both agents' CPU and peak RSS, API writes and watch events per pod.
     Offload {
         /// Replicas.
         #[arg(long, default_value_t = 1000)]
         pods: u32,
+        /// Pairs of runs (direct, then offloaded).
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// Let both clusters share every CPU (by default each has its own half, as two machines would).
+        #[arg(long)]
+        unpinned: bool,
     },
     /// ferry-dns queries per second and latency on loopback, answered and refused; last line JSON.
     Dns {
@@ -461,10 +468,15 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&r)?);
         }
         Cmd::Bench {
-            what: BenchCmd::Offload { pods },
+            what: BenchCmd::Offload { pods, runs, unpinned },
         } => {
             let lab = lab::Lab::load(&cli.root, &cli.name)?;
-            let r = ferry_e2e::offload_bench::run(&lab, pods, &exe).await?;
+            let o = ferry_e2e::offload_bench::Options {
+                pods,
+                runs: runs.max(1),
+                pinned: !unpinned,
+            };
+            let r = ferry_e2e::offload_bench::run(&lab, o, &exe).await?;
             println!("{}", serde_json::to_string(&r)?);
         }
         Cmd::Bench {

@@ -21,7 +21,11 @@ pub async fn summary_and_resource_metrics(kc1: &Path, kc2: &Path, token: &str, b
     ferry_e2e::lab::eventually("the offloaded pod in the virtual node's /stats/summary", 60, || {
         let s: Value = serde_json::from_str(&raw(kc1, &format!("/api/v1/nodes/{node}/proxy/stats/summary")))
             .unwrap_or_default();
-        let found = pod(&s, "web", "talker").is_some();
+        // a kubelet measures a new pod within its housekeeping period (10-15 s): until then no figures
+        let found = pod(&s, "web", "talker").is_some_and(|p| {
+            p["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap_or(0) > 0
+                && p["memory"]["workingSetBytes"].as_u64().unwrap_or(0) > 0
+        });
         summary = s;
         async move { Ok(found) }
     })
