@@ -315,6 +315,9 @@ impl ShadowPodReconciler {
         let uid = sp.uid().unwrap_or_default();
         match existing {
             Some(p) if p.owner_references().iter().any(|o| o.uid == uid) => {
+                // the pod is in the store, which counts it from now on: its reservation ends here (else a
+                // pod deleted before any later admission looked would hold its share of the grant forever)
+                ctx.release(&sp);
                 if needs_replacement(&p) && p.metadata.deletion_timestamp.is_none() {
                     info!(pod = name, "provider pod failed; replacing it");
                     pods.delete(&name, &DeleteParams::default().grace_period(0))
@@ -847,6 +850,39 @@ mod tests {
             assert!(
                 sent.iter().all(|r| !r.uri.contains("/pods")),
                 "no pod was created"
+            );
+        }
+
+        #[tokio::test]
+        async fn a_reservation_ends_once_the_pod_is_in_the_store() {
+            // a burst's last pods are created after the last admission looked at the store: their
+            // reservations must end when their pods are seen, not only at a later admission (the pods may be
+            // gone by then, and the reservation would hold the grant forever)
+            let (client, mock) = MockApi::new();
+            let pod: Pod = object(json!({
+                "metadata": {"name": "a", "namespace": NS,
+                    "ownerReferences": [{"apiVersion": "ferry.dev/v1alpha1", "kind": "ShadowPod", "name": "a", "uid": "u-a"}]},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+                "status": {"phase": "Running"}
+            }));
+            let ctx = provider(client, "1", true, vec![pod]);
+            ctx.in_flight
+                .lock()
+                .unwrap()
+                .entry("c1".into())
+                .or_default()
+                .insert(format!("{NS}/a"), Amounts::default());
+            let sent = mock.run(vec![]);
+            let mut sp = shadow("a", "600m").as_ref().clone();
+            sp.metadata.uid = Some("u-a".into());
+            let action = ShadowPodReconciler::reconcile(Arc::new(sp), ctx.clone())
+                .await
+                .unwrap();
+            assert_eq!(action, Action::await_change());
+            assert!(sent.await.unwrap().is_empty());
+            assert!(
+                ctx.in_flight.lock().unwrap().get("c1").is_none_or(|f| f.is_empty()),
+                "the reservation outlived the pod's arrival in the store"
             );
         }
 
