@@ -281,7 +281,10 @@ async fn run(a: Args) -> Result<()> {
                     if status != 200 {
                         return Err(format!(
                             "the broker answered GET /v1/stats with {status}: {}",
-                            String::from_utf8_lossy(&body).chars().take(300).collect::<String>()
+                            String::from_utf8_lossy(&body)
+                                .chars()
+                                .take(300)
+                                .collect::<String>()
                         ));
                     }
                     serde_json::from_slice(&body).map_err(|e| format!("the broker's figures: {e}"))

@@ -458,7 +458,10 @@ fn kubelet_streams(
         lines.iter().any(|l| l.contains("/big")),
         "kubectl -n {ns} logs -f server: the client's request did not arrive in 5s ({lines:?})"
     );
-    println!("   $ kubectl --context {} -n {ns} logs -f server --tail=0   (while the client fetches again)", c1.id);
+    println!(
+        "   $ kubectl --context {} -n {ns} logs -f server --tail=0   (while the client fetches again)",
+        c1.id
+    );
     for l in &lines {
         println!("     {l}");
     }
@@ -485,16 +488,21 @@ fn kubelet_streams(
         .nth(2)
         .and_then(|a| a.rsplit(':').next())
         .and_then(|p| p.parse().ok());
-    let fetched = port.context("kubectl port-forward printed no local port").and_then(|port| {
-        let t0 = Instant::now();
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        write!(s, "GET /big HTTP/1.0\r\nHost: server\r\n\r\n")?;
-        let mut all = Vec::new();
-        s.read_to_end(&mut all)?;
-        let at = all.windows(4).position(|w| w == b"\r\n\r\n").context("no HTTP answer")?;
-        Ok((all.split_off(at + 4), t0.elapsed().as_secs_f64(), port))
-    });
+    let fetched = port
+        .context("kubectl port-forward printed no local port")
+        .and_then(|port| {
+            let t0 = Instant::now();
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            write!(s, "GET /big HTTP/1.0\r\nHost: server\r\n\r\n")?;
+            let mut all = Vec::new();
+            s.read_to_end(&mut all)?;
+            let at = all
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .context("no HTTP answer")?;
+            Ok((all.split_off(at + 4), t0.elapsed().as_secs_f64(), port))
+        });
     let _ = pf.kill();
     let _ = pf.wait();
     let (body, secs, port) = fetched.with_context(|| format!("kubectl -n {ns} port-forward pod/server"))?;

@@ -101,7 +101,11 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// From an apiserver's `/metrics`: writes by resource (`apiserver_request_total`, the write verbs) and
@@ -137,17 +141,28 @@ pub fn api_counters(metrics: &str) -> (BTreeMap<String, f64>, BTreeMap<String, f
 }
 
 /// `after - before`, per pod, leaving out what did not change.
-fn per_pod(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, pods: u32) -> BTreeMap<String, f64> {
+fn per_pod(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    pods: u32,
+) -> BTreeMap<String, f64> {
     after
         .iter()
-        .map(|(k, a)| (k.clone(), (a - before.get(k).copied().unwrap_or(0.0)) / f64::from(pods.max(1))))
-        .filter(|(_, d)| *d > 0.0)
+        .map(|(k, a)| {
+            (
+                k.clone(),
+                (a - before.get(k).copied().unwrap_or(0.0)) / f64::from(pods.max(1)),
+            )
+        })
         .map(|(k, d)| (k, (d * 100.0).round() / 100.0))
+        .filter(|(_, d)| *d > 0.0)
         .collect()
 }
 
 async fn scrape(c: &Client) -> (BTreeMap<String, f64>, BTreeMap<String, f64>) {
-    let req = http::Request::get("/metrics").body(Vec::new()).expect("a request");
+    let req = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("a request");
     api_counters(&c.request_text(req).await.unwrap_or_default())
 }
 
@@ -330,9 +345,20 @@ async fn measure(
     let provider = agents::start(
         lab,
         1,
-        &["--quota-pods", &quota, "--quota-cpu", "100000", "--quota-memory", "1Pi"],
+        &[
+            "--quota-pods",
+            &quota,
+            "--quota-cpu",
+            "100000",
+            "--quota-memory",
+            "1Pi",
+        ],
     )?;
-    pin_clusters(lab, sets, [&[consumer.pid()], &[provider.pid(), std::process::id()]])?;
+    pin_clusters(
+        lab,
+        sets,
+        [&[consumer.pid()], &[provider.pid(), std::process::id()]],
+    )?;
     if let Some((a, b)) = sets {
         eprintln!(
             "[bench] pinned: c1 (control plane, nodes, agent) on CPUs {}, c2 (control plane, nodes, agent, hollow bench nodes) on CPUs {}",
@@ -355,7 +381,11 @@ async fn measure(
         let direct_ns = format!("bench-direct-{stamp}-{run}");
         namespace(c2, &direct_ns).await?;
         let deps: Api<Deployment> = Api::namespaced(c2.clone(), &direct_ns);
-        eprintln!("[bench] run {}/{}: (a) {count} pods directly on the provider", run + 1, o.runs);
+        eprintln!(
+            "[bench] run {}/{}: (a) {count} pods directly on the provider",
+            run + 1,
+            o.runs
+        );
         let (cpu0, api2) = (control_plane_cpu(lab), scrape(c2).await);
         deps.create(&PostParams::default(), &deployment("pods", count, "", true, None))
             .await?;
@@ -382,7 +412,11 @@ async fn measure(
             .context("no provider namespace")?;
         until_allocatable(c1, count).await?;
         let deps: Api<Deployment> = Api::namespaced(c1.clone(), &ns);
-        eprintln!("[bench] run {}/{}: (b) {count} pods in the consumer, offloaded", run + 1, o.runs);
+        eprintln!(
+            "[bench] run {}/{}: (b) {count} pods in the consumer, offloaded",
+            run + 1,
+            o.runs
+        );
         let (cpu1, a1, a2) = (
             control_plane_cpu(lab),
             cpu_seconds(consumer.pid()),
@@ -477,6 +511,9 @@ apiserver_watch_events_total{group="",kind="Pod",version="v1"} 40
         assert_eq!(e.get("Pod"), Some(&40.0));
         let after = BTreeMap::from([("pods".to_string(), 32.0), ("leases".to_string(), 1.0)]);
         let before = BTreeMap::from([("pods".to_string(), 12.0), ("leases".to_string(), 1.0)]);
-        assert_eq!(per_pod(&before, &after, 10), BTreeMap::from([("pods".to_string(), 2.0)]));
+        assert_eq!(
+            per_pod(&before, &after, 10),
+            BTreeMap::from([("pods".to_string(), 2.0)])
+        );
     }
 }

@@ -163,6 +163,63 @@ pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
     bail!("{what} not ready after {}s", timeout.as_secs())
 }
 
+/// `pids` and every process below them (by parent PID, from `/proc`).
+pub fn with_descendants(pids: &[u32]) -> Vec<u32> {
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')?
+                    .1
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse::<u32>()
+                    .ok()
+            });
+        if let Some(ppid) = ppid {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    let (mut out, mut todo) = (Vec::new(), pids.to_vec());
+    while let Some(p) = todo.pop() {
+        if !out.contains(&p) {
+            out.push(p);
+            todo.extend(children.get(&p).into_iter().flatten());
+        }
+    }
+    out
+}
+
+/// Runs every thread of `pids` (and of the processes below them) on `cpus` only; the threads and
+/// processes they start later inherit it. Returns how many threads were pinned.
+pub fn pin(pids: &[u32], cpus: &[usize]) -> Result<usize> {
+    let mut set = nix::sched::CpuSet::new();
+    for c in cpus {
+        set.set(*c).with_context(|| format!("CPU {c}"))?;
+    }
+    let mut n = 0;
+    for pid in with_descendants(pids) {
+        for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            // a thread that ended meanwhile is no error
+            if nix::sched::sched_setaffinity(Pid::from_raw(tid), &set).is_ok() {
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,50 +260,4 @@ mod tests {
         v.sort_by_key(|n| stop_rank(n));
         assert_eq!(v, ["c1-kubelet", "c1-scheduler", "c1-apiserver", "c1-etcd"]);
     }
-}
-
-/// `pids` and every process below them (by parent PID, from `/proc`).
-pub fn with_descendants(pids: &[u32]) -> Vec<u32> {
-    let mut children: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| s.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<u32>().ok());
-        if let Some(ppid) = ppid {
-            children.entry(ppid).or_default().push(pid);
-        }
-    }
-    let (mut out, mut todo) = (Vec::new(), pids.to_vec());
-    while let Some(p) = todo.pop() {
-        if !out.contains(&p) {
-            out.push(p);
-            todo.extend(children.get(&p).into_iter().flatten());
-        }
-    }
-    out
-}
-
-/// Runs every thread of `pids` (and of the processes below them) on `cpus` only; the threads and
-/// processes they start later inherit it. Returns how many threads were pinned.
-pub fn pin(pids: &[u32], cpus: &[usize]) -> Result<usize> {
-    let mut set = nix::sched::CpuSet::new();
-    for c in cpus {
-        set.set(*c).with_context(|| format!("CPU {c}"))?;
-    }
-    let mut n = 0;
-    for pid in with_descendants(pids) {
-        for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
-            let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-                continue;
-            };
-            // a thread that ended meanwhile is no error
-            if nix::sched::sched_setaffinity(Pid::from_raw(tid), &set).is_ok() {
-                n += 1;
-            }
-        }
-    }
-    Ok(n)
 }

@@ -894,11 +894,17 @@ async fn bench_offload_prints_both_times_the_ratio_and_the_rss_as_its_last_line(
     );
     assert_eq!(v["pinned"], true, "{last}");
     assert!(v["work_amplification"].as_f64().unwrap() > 0.0, "{last}");
-    assert!(v["provider_agent"]["peak_rss_mib"].as_f64().unwrap() > 1.0, "{last}");
+    assert!(
+        v["provider_agent"]["peak_rss_mib"].as_f64().unwrap() > 1.0,
+        "{last}"
+    );
     // the apiservers counted the pods' writes on each side
     for side in ["direct c2", "offloaded c1", "offloaded c2"] {
         let pods_writes = v["writes_per_pod"][side]["pods"].as_f64().unwrap_or(0.0);
-        assert!(pods_writes >= 1.0, "{side}: {pods_writes} pod writes per pod: {last}");
+        assert!(
+            pods_writes >= 1.0,
+            "{side}: {pods_writes} pod writes per pod: {last}"
+        );
     }
     assert!(
         v["virtual_kubelet_peak_rss_mib"].as_f64().unwrap() > 1.0,

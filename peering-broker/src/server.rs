@@ -128,7 +128,10 @@ async fn exports(
     .await
 }
 
-async fn stats(State(p): State<Arc<Provider>>, Extension(cn): Extension<ClientCn>) -> Result<Response, BrokerError> {
+async fn stats(
+    State(p): State<Arc<Provider>>,
+    Extension(cn): Extension<ClientCn>,
+) -> Result<Response, BrokerError> {
     let s = p
         .stats(cn.0.as_deref())
         .await

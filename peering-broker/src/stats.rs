@@ -106,7 +106,11 @@ async fn round(client: &Client) -> Result<Round, String> {
             got.ok()
         }
     });
-    let summaries = futures::future::join_all(reads).await.into_iter().flatten().collect();
+    let summaries = futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     Ok(Round {
         at: Instant::now(),
         summaries: Arc::new(summaries),

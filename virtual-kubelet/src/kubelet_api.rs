@@ -99,7 +99,9 @@ fn stream(kind: &str, segs: &[&str]) -> Result<StreamTarget, BadRequest> {
     named.extend(container.map(|c| ("container", c)));
     for (what, v) in named {
         if !is_name(v) {
-            return Err(BadRequest(format!("{kind}: the {what} {v:?} is not a valid name")));
+            return Err(BadRequest(format!(
+                "{kind}: the {what} {v:?} is not a valid name"
+            )));
         }
     }
     if let Some(u) = uid

@@ -44,13 +44,13 @@ use tracing::{debug, info, warn};
 
 use crate::kubelet_api::{self, LogQuery, Request};
 use crate::kubelet_stats::{self, Offloaded, PodRef, Summary, TenantStats};
-use ferry_crds::NamespaceOffloading;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::ListParams;
 use crate::kubelet_stream::{self, StreamOptions, StreamTarget};
+use crate::peer::Peer;
+use ferry_crds::NamespaceOffloading;
 use ferry_plumbing::listen::ConnSlot;
 use hyper_util::rt::TokioIo;
-use crate::peer::Peer;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ListParams;
 
 /// Fetches a provider's figures of this tenant's pods (its broker's `GET /v1/stats`, as the tenant whose
 /// identity the Secret holds).
@@ -448,7 +448,9 @@ async fn accept_loop(
             let svc = hyper::service::service_fn(move |req| {
                 let (client, api, cert_caller, hold) =
                     (client.clone(), api.clone(), cert_caller.clone(), slot.clone());
-                async move { Ok::<_, std::convert::Infallible>(handle(&client, &api, cert_caller, hold, req).await) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(handle(&client, &api, cert_caller, hold, req).await)
+                }
             });
             // no lifetime cap: `logs -f` streams as long as the client wants it
             let conn = hyper::server::conn::http1::Builder::new()
@@ -567,7 +569,10 @@ async fn handle(
     };
     let (pod, node) = match about {
         Some((namespace, pod)) => {
-            let p = match Api::<Pod>::namespaced(client.clone(), namespace).get_opt(pod).await {
+            let p = match Api::<Pod>::namespaced(client.clone(), namespace)
+                .get_opt(pod)
+                .await
+            {
                 Ok(p) => p,
                 Err(e) => {
                     return text(
@@ -620,7 +625,11 @@ async fn handle(
             Response::builder()
                 .status(StatusCode::OK)
                 .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed_unsync())
+                .body(
+                    Full::new(Bytes::from(body))
+                        .map_err(|e| match e {})
+                        .boxed_unsync(),
+                )
                 .expect("static response")
         }
         (Request::MetricsResource, _) => {
@@ -629,11 +638,19 @@ async fn handle(
             Response::builder()
                 .status(StatusCode::OK)
                 .header("content-type", "text/plain; version=0.0.4")
-                .body(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed_unsync())
+                .body(
+                    Full::new(Bytes::from(body))
+                        .map_err(|e| match e {})
+                        .boxed_unsync(),
+                )
                 .expect("static response")
         }
         (Request::Stream(target), Some((pod, peer))) => {
-            if target.uid.as_ref().is_some_and(|u| pod.metadata.uid.as_ref() != Some(u)) {
+            if target
+                .uid
+                .as_ref()
+                .is_some_and(|u| pod.metadata.uid.as_ref() != Some(u))
+            {
                 return text(
                     StatusCode::NOT_FOUND,
                     format!("pod {}/{} has another UID now", target.namespace, target.pod),
@@ -731,7 +748,10 @@ async fn stream(
     if method != http::Method::GET && method != http::Method::POST {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
-            format!("{}: {method} is not a streaming request (GET or POST)", target.kind),
+            format!(
+                "{}: {method} is not a streaming request (GET or POST)",
+                target.kind
+            ),
         );
     }
     let mut ask = http::Request::builder().method(method).uri(&uri);
@@ -754,14 +774,21 @@ async fn stream(
         return Response::builder()
             .status(code)
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(status.to_string())).map_err(|e| match e {}).boxed_unsync())
+            .body(
+                Full::new(Bytes::from(status.to_string()))
+                    .map_err(|e| match e {})
+                    .boxed_unsync(),
+            )
             .expect("static response");
     }
     let headers = match kubelet_stream::upgrade_answer(&upgrade, answer.headers()) {
         Ok(h) => h,
         Err(e) => {
             warn!(provider = %peer.provider, "kubelet API {}: {e}", target.kind);
-            return text(StatusCode::BAD_GATEWAY, format!("provider {}: {e}", peer.provider));
+            return text(
+                StatusCode::BAD_GATEWAY,
+                format!("provider {}: {e}", peer.provider),
+            );
         }
     };
     let theirs = hyper::upgrade::on(answer);

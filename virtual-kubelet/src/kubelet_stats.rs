@@ -227,19 +227,30 @@ pub fn pods_of(pods: &[Offloaded], remote: &TenantStats) -> Vec<PodStats> {
 /// measured).
 pub fn summary(node: &str, pods: Vec<PodStats>) -> Summary {
     let latest = |times: Vec<&String>| times.into_iter().max().cloned();
-    let node_cpu = latest(pods.iter().filter_map(|p| p.cpu.as_ref().map(|c| &c.time)).collect()).map(|time| Cpu {
+    let node_cpu = latest(
+        pods.iter()
+            .filter_map(|p| p.cpu.as_ref().map(|c| &c.time))
+            .collect(),
+    )
+    .map(|time| Cpu {
         time,
         usage_nano_cores: Some(sum(pods.iter().filter_map(|p| p.cpu.as_ref()?.usage_nano_cores))),
-        usage_core_nano_seconds: Some(sum(
-            pods.iter().filter_map(|p| p.cpu.as_ref()?.usage_core_nano_seconds),
-        )),
+        usage_core_nano_seconds: Some(sum(pods
+            .iter()
+            .filter_map(|p| p.cpu.as_ref()?.usage_core_nano_seconds))),
     });
-    let node_memory =
-        latest(pods.iter().filter_map(|p| p.memory.as_ref().map(|m| &m.time)).collect()).map(|time| Memory {
-            time,
-            working_set_bytes: Some(sum(pods.iter().filter_map(|p| p.memory.as_ref()?.working_set_bytes))),
-            usage_bytes: Some(sum(pods.iter().filter_map(|p| p.memory.as_ref()?.usage_bytes))),
-        });
+    let node_memory = latest(
+        pods.iter()
+            .filter_map(|p| p.memory.as_ref().map(|m| &m.time))
+            .collect(),
+    )
+    .map(|time| Memory {
+        time,
+        working_set_bytes: Some(sum(pods
+            .iter()
+            .filter_map(|p| p.memory.as_ref()?.working_set_bytes))),
+        usage_bytes: Some(sum(pods.iter().filter_map(|p| p.memory.as_ref()?.usage_bytes))),
+    });
     Summary {
         node: NodeStats {
             node_name: node.to_string(),
@@ -506,7 +517,11 @@ mod tests {
         let mut bad = remote_pod("shop-consumer-c1", "web", &["app"], 1);
         bad.start_time = Some("yesterday".into());
         bad.cpu.as_mut().unwrap().time = "<script>".into();
-        let s = node_summary("n", &[offloaded("web", &["app"])], &TenantStats { pods: vec![bad] });
+        let s = node_summary(
+            "n",
+            &[offloaded("web", &["app"])],
+            &TenantStats { pods: vec![bad] },
+        );
         assert!(s.pods[0].start_time.is_none() && s.pods[0].cpu.is_none());
         assert!(s.pods[0].memory.is_some());
     }
@@ -521,8 +536,12 @@ mod tests {
         let at = millis(T).unwrap();
         for line in [
             "# TYPE container_cpu_usage_seconds_total counter".to_string(),
-            format!("container_cpu_usage_seconds_total{{container=\"app\",namespace=\"shop\",pod=\"web\"}} 2 {at}"),
-            format!("container_memory_working_set_bytes{{container=\"app\",namespace=\"shop\",pod=\"web\"}} 20000000 {at}"),
+            format!(
+                "container_cpu_usage_seconds_total{{container=\"app\",namespace=\"shop\",pod=\"web\"}} 2 {at}"
+            ),
+            format!(
+                "container_memory_working_set_bytes{{container=\"app\",namespace=\"shop\",pod=\"web\"}} 20000000 {at}"
+            ),
             format!("pod_cpu_usage_seconds_total{{namespace=\"shop\",pod=\"web\"}} 2 {at}"),
             format!("node_memory_working_set_bytes 20000000 {at}"),
             "scrape_error 0".to_string(),

@@ -129,9 +129,10 @@ impl StreamOptions {
                 "error" => o.stderr = flag()?,
                 "tty" => o.tty = flag()?,
                 "port" if kind == StreamKind::PortForward => {
-                    let p = v.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
-                        Refused(format!("port={v:?}: expected a port number, 1 to 65535"))
-                    })?;
+                    let p =
+                        v.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                            Refused(format!("port={v:?}: expected a port number, 1 to 65535"))
+                        })?;
                     if o.ports.len() >= MAX_PORTS {
                         return Err(Refused(format!("port: more than {MAX_PORTS} ports")));
                     }
@@ -147,7 +148,9 @@ impl StreamOptions {
             });
         }
         if kind == StreamKind::Exec && o.command.is_empty() {
-            return Err(Refused("command: exec needs a command (kubectl exec POD -- CMD)".into()));
+            return Err(Refused(
+                "command: exec needs a command (kubectl exec POD -- CMD)".into(),
+            ));
         }
         if o.tty && o.stderr {
             // as a kubelet does: a TTY has one output
@@ -169,7 +172,12 @@ impl StreamTarget {
         if let Some(c) = &self.container {
             q.push(("container", c.clone()));
         }
-        for (key, on) in [("stdin", o.stdin), ("stdout", o.stdout), ("stderr", o.stderr), ("tty", o.tty)] {
+        for (key, on) in [
+            ("stdin", o.stdin),
+            ("stdout", o.stdout),
+            ("stderr", o.stderr),
+            ("tty", o.tty),
+        ] {
             if on {
                 q.push((key, "true".into()));
             }
@@ -232,10 +240,12 @@ fn is_token(s: &str) -> bool {
 fn values(h: &HeaderMap, name: &str) -> Result<Vec<String>, Refused> {
     let mut out = Vec::new();
     for v in h.get_all(name) {
-        let v = v
-            .to_str()
-            .map_err(|_| Refused(format!("{name}: not ASCII")))?;
-        out.extend(v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()));
+        let v = v.to_str().map_err(|_| Refused(format!("{name}: not ASCII")))?;
+        out.extend(
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
+        );
     }
     Ok(out)
 }
@@ -328,7 +338,9 @@ pub fn upgrade_answer(asked: &Upgrade, h: &HeaderMap) -> Result<Vec<(HeaderName,
         match values(h, name).map_err(|e| e.0)?.as_slice() {
             [] => Ok(None),
             [v] if offered.contains(v) => Ok(Some(HeaderValue::from_str(v).expect("an offered token"))),
-            other => Err(format!("the provider chose {name} {other:?}, not one of {offered:?}")),
+            other => Err(format!(
+                "the provider chose {name} {other:?}, not one of {offered:?}"
+            )),
         }
     };
     if let Some(v) = one_of("x-stream-protocol-version", &asked.versions)? {
@@ -371,7 +383,11 @@ pub fn provider_refusal(provider: &str, status: u16, body: &[u8]) -> (StatusCode
             .map(str::to_string)
     };
     let message = field("message").unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
-    let message: String = message.chars().filter(|c| !c.is_control()).take(MAX_MESSAGE_CHARS).collect();
+    let message: String = message
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_MESSAGE_CHARS)
+        .collect();
     let reason = field("reason")
         .filter(|r| r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric()))
         .unwrap_or_else(|| "InternalError".into());
@@ -484,7 +500,10 @@ mod tests {
         ]);
         let u = upgrade_request(&h).unwrap();
         assert_eq!(u.protocol, "SPDY/3.1");
-        assert_eq!(u.versions, ["v4.channel.k8s.io", "v3.channel.k8s.io", "channel.k8s.io"]);
+        assert_eq!(
+            u.versions,
+            ["v4.channel.k8s.io", "v3.channel.k8s.io", "channel.k8s.io"]
+        );
         // only the upgrade goes on: never the caller's credentials
         assert!(u.forward.iter().all(|(k, _)| k != "authorization"));
         assert_eq!(u.forward.len(), 5);
@@ -495,9 +514,19 @@ mod tests {
             ("x-stream-protocol-version", "v4.channel.k8s.io"),
         ]);
         let a = upgrade_answer(&u, &ok).unwrap();
-        assert!(a.iter().any(|(k, v)| k == "x-stream-protocol-version" && v == "v4.channel.k8s.io"));
-        let other = headers(&[("upgrade", "SPDY/3.1"), ("x-stream-protocol-version", "v5.channel.k8s.io")]);
-        assert!(upgrade_answer(&u, &other).unwrap_err().contains("v5.channel.k8s.io"));
+        assert!(
+            a.iter()
+                .any(|(k, v)| k == "x-stream-protocol-version" && v == "v4.channel.k8s.io")
+        );
+        let other = headers(&[
+            ("upgrade", "SPDY/3.1"),
+            ("x-stream-protocol-version", "v5.channel.k8s.io"),
+        ]);
+        assert!(
+            upgrade_answer(&u, &other)
+                .unwrap_err()
+                .contains("v5.channel.k8s.io")
+        );
         let ws = headers(&[("upgrade", "websocket")]);
         assert!(upgrade_answer(&u, &ws).unwrap_err().contains("SPDY/3.1"));
     }
@@ -521,7 +550,12 @@ mod tests {
         let no_accept = headers(&[("upgrade", "websocket")]);
         assert!(upgrade_answer(&u, &no_accept).is_err());
         let no_key = headers(&[("upgrade", "websocket"), ("sec-websocket-version", "13")]);
-        assert!(upgrade_request(&no_key).unwrap_err().0.starts_with("sec-websocket-key"));
+        assert!(
+            upgrade_request(&no_key)
+                .unwrap_err()
+                .0
+                .starts_with("sec-websocket-key")
+        );
     }
 
     #[test]
@@ -529,11 +563,17 @@ mod tests {
         let none = upgrade_request(&headers(&[])).unwrap_err();
         assert!(none.0.contains("SPDY/3.1 or websocket"), "{none}");
         assert!(upgrade_request(&headers(&[("upgrade", "h2c")])).is_err());
-        let bad = headers(&[("upgrade", "SPDY/3.1"), ("x-stream-protocol-version", "v4 channel")]);
+        let bad = headers(&[
+            ("upgrade", "SPDY/3.1"),
+            ("x-stream-protocol-version", "v4 channel"),
+        ]);
         assert!(upgrade_request(&bad).is_err());
         let many = headers(&[
             ("upgrade", "SPDY/3.1"),
-            ("x-stream-protocol-version", &vec!["v"; MAX_PROTOCOLS + 1].join(",")),
+            (
+                "x-stream-protocol-version",
+                &vec!["v"; MAX_PROTOCOLS + 1].join(","),
+            ),
         ]);
         assert!(upgrade_request(&many).unwrap_err().0.contains("more than"));
     }
@@ -543,7 +583,10 @@ mod tests {
         let body = br#"{"kind":"Status","status":"Failure","message":"container nope is not valid for pod web-1","reason":"BadRequest","code":400,"details":{"x":"y"}}"#;
         let (code, s) = provider_refusal("c2", 400, body);
         assert_eq!(code, StatusCode::BAD_REQUEST);
-        assert_eq!(s["message"], "provider c2: container nope is not valid for pod web-1");
+        assert_eq!(
+            s["message"],
+            "provider c2: container nope is not valid for pod web-1"
+        );
         assert_eq!(s["reason"], "BadRequest");
         assert!(s.get("details").is_none());
         // not a Status, a success code, control characters, a huge message

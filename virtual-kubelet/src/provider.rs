@@ -881,7 +881,11 @@ mod tests {
             assert_eq!(action, Action::await_change());
             assert!(sent.await.unwrap().is_empty());
             assert!(
-                ctx.in_flight.lock().unwrap().get("c1").is_none_or(|f| f.is_empty()),
+                ctx.in_flight
+                    .lock()
+                    .unwrap()
+                    .get("c1")
+                    .is_none_or(|f| f.is_empty()),
                 "the reservation outlived the pod's arrival in the store"
             );
         }

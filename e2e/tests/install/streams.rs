@@ -73,14 +73,20 @@ pub async fn exec_attach_cp_port_forward(k1: &kube::Client, kc1: &Path, kc2: &Pa
     // stdin piped in
     let mut piped = Command::new("kubectl")
         .env("KUBECONFIG", kc1)
-        .args(["exec", "-i", "-n", "web", "shell", "-c", "sh", "--", "sh", "-c", "wc -c"])
+        .args([
+            "exec", "-i", "-n", "web", "shell", "-c", "sh", "--", "sh", "-c", "wc -c",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     piped.stdin.take().unwrap().write_all(&[b'x'; 100_000]).unwrap();
     let o = piped.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "100000", "exec -i with 100000 bytes");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "100000",
+        "exec -i with 100000 bytes"
+    );
     // a container that is not there: the provider's refusal, as kubectl prints it
     let (ok, _, err) = kubectl(kc1, &["exec", "-n", "web", "shell", "-c", "nope", "--", "true"]);
     assert!(!ok && err.contains("nope"), "exec -c nope: {err}");
@@ -89,7 +95,9 @@ pub async fn exec_attach_cp_port_forward(k1: &kube::Client, kc1: &Path, kc2: &Pa
     let dir = std::env::temp_dir().join(format!("ferry-cp-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let up = dir.join("up.bin");
-    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     std::fs::write(&up, &data).unwrap();
     let (ok, _, err) = kubectl(
         kc1,
@@ -98,14 +106,20 @@ pub async fn exec_attach_cp_port_forward(k1: &kube::Client, kc1: &Path, kc2: &Pa
     assert!(ok, "kubectl cp to the pod: {err}");
     let (ok, out, err) = exec(&["sha256sum", "/tmp/up.bin"]);
     let local_sum = hex::encode(sha2::Sha256::digest(&data));
-    assert!(ok && out.starts_with(&local_sum), "the copied file's sum: {out} {err} (local {local_sum})");
+    assert!(
+        ok && out.starts_with(&local_sum),
+        "the copied file's sum: {out} {err} (local {local_sum})"
+    );
     let down = dir.join("down.bin");
     let (ok, _, err) = kubectl(
         kc1,
         &["cp", "web/shell:/tmp/up.bin", down.to_str().unwrap(), "-c", "sh"],
     );
     assert!(ok, "kubectl cp from the pod: {err}");
-    assert!(std::fs::read(&down).unwrap() == data, "the file copied back differs");
+    assert!(
+        std::fs::read(&down).unwrap() == data,
+        "the file copied back differs"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 
     // attach: a line sent to the container's stdin comes back from its stdout
@@ -165,7 +179,20 @@ pub async fn exec_attach_cp_port_forward(k1: &kube::Client, kc1: &Path, kc2: &Pa
     );
 
     // port-forward: 10 MB, checksummed, through c1 and on c2 directly
-    let (_, sum, _) = kubectl(kc1, &["exec", "-n", "web", "shell", "-c", "srv", "--", "cat", "/tmp/www/sum"]);
+    let (_, sum, _) = kubectl(
+        kc1,
+        &[
+            "exec",
+            "-n",
+            "web",
+            "shell",
+            "-c",
+            "srv",
+            "--",
+            "cat",
+            "/tmp/www/sum",
+        ],
+    );
     let sum = sum.trim().to_string();
     assert_eq!(sum.len(), 64, "the server's checksum: {sum:?}");
     let mut rates = Vec::new();
@@ -230,9 +257,16 @@ async fn websocket_exec(k1: &kube::Client) {
     .body(kube::client::Body::empty())
     .unwrap();
     let res = k1.send(req).await.unwrap();
-    assert_eq!(res.status(), 101, "the WebSocket exec was not switched: {:?}", res.headers());
     assert_eq!(
-        res.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()),
+        res.status(),
+        101,
+        "the WebSocket exec was not switched: {:?}",
+        res.headers()
+    );
+    assert_eq!(
+        res.headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
         Some("v4.channel.k8s.io")
     );
     assert!(res.headers().contains_key("sec-websocket-accept"));
