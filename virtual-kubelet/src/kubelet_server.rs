@@ -206,14 +206,19 @@ impl KubeletApi {
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
+/// A whole answer: `status`, its content type, `body`.
+fn whole(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(body.into()).map_err(|e| match e {}).boxed_unsync())
+        .expect("static response")
+}
+
 fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
     let mut msg = msg.into();
     msg.push('\n');
-    Response::builder()
-        .status(status)
-        .header("content-type", "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from(msg)).map_err(|e| match e {}).boxed_unsync())
-        .expect("static response")
+    whole(status, "text/plain; charset=utf-8", msg)
 }
 
 /// Who is asking (a verified client certificate or a reviewed token).
@@ -622,28 +627,12 @@ async fn handle(
         (Request::StatsSummary, _) => {
             let (summary, _) = api.summary(client).await;
             let body = serde_json::to_vec(&summary).unwrap_or_default();
-            Response::builder()
-                .status(StatusCode::OK)
-                .header("content-type", "application/json")
-                .body(
-                    Full::new(Bytes::from(body))
-                        .map_err(|e| match e {})
-                        .boxed_unsync(),
-                )
-                .expect("static response")
+            whole(StatusCode::OK, "application/json", body)
         }
         (Request::MetricsResource, _) => {
             let (summary, failed) = api.summary(client).await;
             let body = kubelet_stats::resource_metrics(&summary, failed);
-            Response::builder()
-                .status(StatusCode::OK)
-                .header("content-type", "text/plain; version=0.0.4")
-                .body(
-                    Full::new(Bytes::from(body))
-                        .map_err(|e| match e {})
-                        .boxed_unsync(),
-                )
-                .expect("static response")
+            whole(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
         (Request::Stream(target), Some((pod, peer))) => {
             if target
@@ -771,15 +760,7 @@ async fn stream(
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         let (code, status) = kubelet_stream::provider_refusal(&peer.provider, status, &body);
-        return Response::builder()
-            .status(code)
-            .header("content-type", "application/json")
-            .body(
-                Full::new(Bytes::from(status.to_string()))
-                    .map_err(|e| match e {})
-                    .boxed_unsync(),
-            )
-            .expect("static response");
+        return whole(code, "application/json", status.to_string());
     }
     let headers = match kubelet_stream::upgrade_answer(&upgrade, answer.headers()) {
         Ok(h) => h,
