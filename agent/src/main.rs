@@ -150,8 +150,18 @@ impl Args {
     }
 }
 
+/// With `--features dhat-heap`: every allocation is recorded (see `main`).
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 #[tokio::main]
 async fn main() {
+    // the heap profile is written when this is dropped: on a clean return (SIGTERM), not on exit(1)
+    #[cfg(feature = "dhat-heap")]
+    let _profile = dhat::Profiler::builder()
+        .file_name(std::env::var_os("FERRY_DHAT_FILE").unwrap_or_else(|| "dhat-heap.json".into()))
+        .build();
     ferry_plumbing::telemetry::init();
     if let Err(e) = run(Args::parse()).await {
         eprintln!("ferry-agent: {}", ferry_plumbing::context::report(e.as_ref()));

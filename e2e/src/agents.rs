@@ -24,6 +24,23 @@ impl Agent {
         self.child.id()
     }
 
+    /// Stops it as Kubernetes would: SIGTERM, then SIGKILL after `grace` (a heap profile, when the agent
+    /// was built with `dhat-heap`, is written on the graceful way out).
+    pub fn stop(&mut self, grace: Duration) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill();
+    }
+
     /// Kills it now (SIGKILL: no graceful shutdown, as a crash or OOM kill would).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -177,9 +177,52 @@ pub struct TunnelBench {
     pub bare_wan_gbps: f64,
     /// ferry / plain WireGuard: the median of each run's ratio (neighbouring measurements).
     pub ratio: f64,
+    /// Gbit/s in each second of the median run (by ratio), ferry (for `--plot`; not in the JSON).
+    #[serde(skip)]
+    pub ferry_trace: Vec<(f64, f64)>,
+    /// The same, plain WireGuard.
+    #[serde(skip)]
+    pub plain_trace: Vec<(f64, f64)>,
 }
 
-fn iperf(client_ns: &str, server_ns: &str, bind: &str, target: &str, seconds: u32) -> Result<f64> {
+/// One iperf3 run: Gbit/s received, and Gbit/s in each interval `(end second, Gbit/s)`.
+struct Iperf {
+    gbps: f64,
+    intervals: Vec<(f64, f64)>,
+}
+
+/// From iperf3's JSON (`-J`): the received rate and each interval's rate.
+fn iperf_result(v: &serde_json::Value) -> Option<Iperf> {
+    let gbps = v["end"]["sum_received"]["bits_per_second"].as_f64()? / 1e9;
+    let intervals = v["intervals"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| Some((i["sum"]["end"].as_f64()?, i["sum"]["bits_per_second"].as_f64()? / 1e9)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Iperf { gbps, intervals })
+}
+
+/// `--plot`: throughput per second in the median run, ferry vs plain WireGuard.
+pub fn tunnel_chart(b: &TunnelBench) -> crate::plot::Chart {
+    let line = |name: &str, t: &[(f64, f64)]| crate::plot::Series {
+        name: name.to_string(),
+        points: std::iter::once((0.0, 0.0)).chain(t.iter().copied()).collect(),
+    };
+    crate::plot::Chart {
+        title: format!("pod to pod through the tunnel (median run, ratio {:.2})", b.ratio),
+        x_label: "seconds".into(),
+        y_label: "Gbit/s".into(),
+        series: vec![
+            line("ferry (WireGuard + NAT + MSS clamp)", &b.ferry_trace),
+            line("plain WireGuard", &b.plain_trace),
+        ],
+    }
+}
+
+fn iperf(client_ns: &str, server_ns: &str, bind: &str, target: &str, seconds: u32) -> Result<Iperf> {
     iperf_from(client_ns, server_ns, bind, target, None, seconds)
 }
 
@@ -192,7 +235,7 @@ fn iperf_from(
     target: &str,
     client_bind: Option<&str>,
     seconds: u32,
-) -> Result<f64> {
+) -> Result<Iperf> {
     let mut server = std::process::Command::new("ip")
         .args([
             "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", bind, "-p", "5201",
@@ -223,10 +266,7 @@ fn iperf_from(
     let _ = server.kill();
     let _ = server.wait();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .map(|b| b / 1e9)
-        .with_context(|| format!("iperf3 {client_ns} -> {target}: {}", v["error"]))
+    iperf_result(&v).with_context(|| format!("iperf3 {client_ns} -> {target}: {}", v["error"]))
 }
 
 /// `ferry-lab bench tunnel`: the three measured side by side, each `seconds` long.
@@ -256,10 +296,12 @@ pub async fn tunnel(lab: &Lab, seconds: u32, runs: u32) -> Result<TunnelBench> {
         &cb.wan_ip.to_string(),
         &cb.wan_ip.to_string(),
         seconds,
-    )?;
+    )?
+    .gbps;
     // ferry and plain WireGuard alternate, run by run, so that both see the same machine load; each
     // run's ratio compares two neighbouring measurements, and the figures are medians
     let (mut ferry_runs, mut plain_runs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut traces = Vec::new();
     for run_no in 1..=runs {
         let pair = tokio::task::block_in_place(|| {
             GatewayPair::start(lab, &PairOptions::default(), Duration::from_secs(30))
@@ -278,6 +320,7 @@ pub async fn tunnel(lab: &Lab, seconds: u32, runs: u32) -> Result<TunnelBench> {
         let f = iperf(&pa.netns, &pb.netns, &pb.ip, &b_seen.to_string(), seconds);
         pair.stop();
         let f = f?;
+        let f_trace = f.intervals.clone();
         eprintln!(
             "[bench] run {run_no}/{runs} plain WireGuard: the same two pods, extra addresses 172.31.1.2 -> 172.31.2.2, MTU {mtu}, no NAT"
         );
@@ -294,14 +337,16 @@ pub async fn tunnel(lab: &Lab, seconds: u32, runs: u32) -> Result<TunnelBench> {
         });
         plain_wireguard_down(&host_a, &host_b, &pa, &pb);
         let p = p?;
-        eprintln!(
-            "[bench] run {run_no}/{runs}: ferry {f:.3} / plain {p:.3} Gbit/s = {:.3}",
-            f / p
-        );
+        let p_trace = p.intervals.clone();
+        let (f, p, ratio) = (f.gbps, p.gbps, f.gbps / p.gbps);
+        eprintln!("[bench] run {run_no}/{runs}: ferry {f:.3} / plain {p:.3} Gbit/s = {ratio:.3}");
         ferry_runs.push(f);
         plain_runs.push(p);
-        ratios.push(f / p);
+        ratios.push(ratio);
+        traces.push((ratio, f_trace, p_trace));
     }
+    traces.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (_, ferry_trace, plain_trace) = traces.swap_remove(traces.len() / 2);
     Ok(TunnelBench {
         bench: "tunnel",
         seconds,
@@ -310,6 +355,8 @@ pub async fn tunnel(lab: &Lab, seconds: u32, runs: u32) -> Result<TunnelBench> {
         plain_wireguard_gbps: median(plain_runs),
         bare_wan_gbps: bare,
         ratio: median(ratios),
+        ferry_trace,
+        plain_trace,
     })
 }
 
@@ -466,4 +513,25 @@ fn plain_wireguard_up(
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iperf_json_gives_the_rate_and_each_second() {
+        let v = serde_json::json!({
+            "intervals": [
+                {"sum": {"start": 0.0, "end": 1.0, "bits_per_second": 4.0e8}},
+                {"sum": {"start": 1.0, "end": 2.0, "bits_per_second": 6.0e8}},
+                {"streams": []}
+            ],
+            "end": {"sum_received": {"bits_per_second": 5.0e8}}
+        });
+        let r = iperf_result(&v).unwrap();
+        assert!((r.gbps - 0.5).abs() < 1e-9);
+        assert_eq!(r.intervals, vec![(1.0, 0.4), (2.0, 0.6)]);
+        assert!(iperf_result(&serde_json::json!({"error": "unable to connect"})).is_none());
+    }
 }

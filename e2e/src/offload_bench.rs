@@ -26,7 +26,7 @@ use serde_json::json;
 use crate::agents;
 use crate::bench::{bench_nodes, drain, start_bench_nodes};
 use crate::lab::Lab;
-use crate::workload::{deployment, wait_ready};
+use crate::workload::{deployment, wait_ready_traced};
 
 /// One direct run and the offloaded run after it.
 #[derive(Clone, Debug, Serialize)]
@@ -44,6 +44,12 @@ pub struct Pair {
     pub offloaded_control_plane_cpu_seconds: f64,
     /// CPU seconds both ferry-agents spent in the offloaded run.
     pub offloaded_agents_cpu_seconds: f64,
+    /// Pods Ready over time `(seconds, pods)`, direct (for `--plot`; not in the JSON).
+    #[serde(skip)]
+    pub direct_trace: Vec<(f64, f64)>,
+    /// The same, offloaded.
+    #[serde(skip)]
+    pub offloaded_trace: Vec<(f64, f64)>,
 }
 
 /// A ferry-agent's figures over the whole benchmark.
@@ -83,6 +89,9 @@ pub struct OffloadBench {
     pub virtual_kubelet_peak_rss_mib: f64,
     /// Its resident memory at the end, MiB.
     pub virtual_kubelet_rss_mib: f64,
+    /// Its resident memory with N pods offloaded and Ready minus before the first offloaded run, per pod
+    /// (median over the runs): what each offloaded pod costs the virtual kubelet, bytes.
+    pub virtual_kubelet_bytes_per_pod: f64,
     /// The consumer's agent.
     pub consumer_agent: AgentFigures,
     /// The provider's agent.
@@ -341,7 +350,7 @@ async fn measure(
     let count = o.pods;
     let timeout = Duration::from_secs(120 + u64::from(count) / 20);
     let quota = (count * 2).to_string();
-    let consumer = agents::start(lab, 0, &[])?;
+    let mut consumer = agents::start(lab, 0, &[])?;
     let provider = agents::start(
         lab,
         1,
@@ -375,6 +384,8 @@ async fn measure(
         &["--pods", &count.to_string(), "--cpu", "100000", "--memory", "1Pi"],
     )?;
     let (mut pairs, mut agents_cpu) = (Vec::new(), (0.0, 0.0));
+    // the consumer agent's memory with nothing offloaded yet, and with N pods offloaded in each run
+    let (mut idle_rss, mut rss_per_pod) = (None, Vec::new());
     let (mut writes, mut events) = (BTreeMap::new(), BTreeMap::new());
     for run in 0..o.runs {
         // (a) directly on the provider
@@ -389,11 +400,11 @@ async fn measure(
         let (cpu0, api2) = (control_plane_cpu(lab), scrape(c2).await);
         deps.create(&PostParams::default(), &deployment("pods", count, "", true, None))
             .await?;
-        let direct = wait_ready(&deps, "pods", count, timeout).await;
+        let direct = wait_ready_traced(&deps, "pods", count, timeout).await;
         let direct_cpu = control_plane_cpu(lab) - cpu0;
         let after2 = scrape(c2).await;
         drain(c2, &direct_ns).await;
-        let direct = direct?;
+        let (direct, direct_trace) = direct?;
         until_empty(c2, &direct_ns, timeout).await;
         let _ = Api::<Namespace>::all(c2.clone())
             .delete(&direct_ns, &DeleteParams::default())
@@ -423,9 +434,12 @@ async fn measure(
             cpu_seconds(provider.pid()),
         );
         let (b1, b2) = (scrape(c1).await, scrape(c2).await);
+        let idle = *idle_rss.get_or_insert(rss_mib(consumer.pid(), "VmRSS:")?);
         deps.create(&PostParams::default(), &deployment("pods", count, "", true, None))
             .await?;
-        let offloaded = wait_ready(&deps, "pods", count, timeout).await;
+        let offloaded = wait_ready_traced(&deps, "pods", count, timeout).await;
+        let loaded = rss_mib(consumer.pid(), "VmRSS:")?;
+        rss_per_pod.push((loaded - idle).max(0.0) * 1024.0 * 1024.0 / f64::from(count.max(1)));
         let offloaded_cpu = control_plane_cpu(lab) - cpu1;
         let (d1, d2) = (cpu_seconds(consumer.pid()) - a1, cpu_seconds(provider.pid()) - a2);
         agents_cpu = (agents_cpu.0 + d1, agents_cpu.1 + d2);
@@ -433,7 +447,7 @@ async fn measure(
         drain(c1, &ns).await;
         until_empty(c2, &remote_ns, timeout).await;
         let _ = agents::ferryctl(&k1, &["unoffload", "namespace", &ns, "--force"]);
-        let offloaded = offloaded?;
+        let (offloaded, offloaded_trace) = offloaded?;
         writes = BTreeMap::from([
             ("direct c2".to_string(), per_pod(&api2.0, &after2.0, count)),
             ("offloaded c1".to_string(), per_pod(&b1.0, &e1.0, count)),
@@ -451,6 +465,8 @@ async fn measure(
             direct_control_plane_cpu_seconds: direct_cpu,
             offloaded_control_plane_cpu_seconds: offloaded_cpu,
             offloaded_agents_cpu_seconds: d1 + d2,
+            direct_trace,
+            offloaded_trace,
         };
         eprintln!("[bench] run {}: {}", run + 1, serde_json::to_string(&pair)?);
         pairs.push(pair);
@@ -465,6 +481,8 @@ async fn measure(
     let consumer_agent = figures(consumer.pid(), agents_cpu.0)?;
     let provider_agent = figures(provider.pid(), agents_cpu.1)?;
     let _ = agents::ferryctl(&k1, &["unpeer", "provider-c2"]);
+    // gracefully: an agent built with `dhat-heap` writes its heap profile on the way out
+    consumer.stop(Duration::from_secs(30));
     let med = |f: fn(&Pair) -> f64| median(pairs.iter().map(f).collect());
     let cpu_sets = sets
         .map(|(a, b)| BTreeMap::from([("c1".to_string(), cpu_list(a)), ("c2".to_string(), cpu_list(b))]))
@@ -481,12 +499,43 @@ async fn measure(
             / med(|p| p.direct_control_plane_cpu_seconds).max(1e-9),
         virtual_kubelet_peak_rss_mib: consumer_agent.peak_rss_mib,
         virtual_kubelet_rss_mib: consumer_agent.rss_mib,
+        virtual_kubelet_bytes_per_pod: median(rss_per_pod).round(),
         consumer_agent,
         provider_agent,
         writes_per_pod: writes,
         watch_events_per_pod: events,
         runs: pairs,
     })
+}
+
+/// The pair whose ratio is the median one (the lower middle of an even count).
+pub fn median_pair(pairs: &[Pair]) -> Option<&Pair> {
+    let mut order: Vec<&Pair> = pairs.iter().collect();
+    order.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
+    order.get(order.len().saturating_sub(1) / 2).copied()
+}
+
+/// `--plot`: pods Ready over time in the median pair, direct vs offloaded.
+pub fn chart(b: &OffloadBench) -> crate::plot::Chart {
+    let pair = median_pair(&b.runs);
+    let line = |name: &str, trace: Option<&Vec<(f64, f64)>>| crate::plot::Series {
+        name: name.to_string(),
+        points: crate::plot::steps(trace.map(Vec::as_slice).unwrap_or_default()),
+    };
+    crate::plot::Chart {
+        title: format!(
+            "{} pods Ready over time ({}; median pair, ratio {:.2})",
+            b.pods,
+            if b.pinned { "each cluster on its own CPUs" } else { "unpinned" },
+            pair.map(|p| p.ratio).unwrap_or_default()
+        ),
+        x_label: "seconds since the Deployment was created".into(),
+        y_label: "pods Ready".into(),
+        series: vec![
+            line("direct on the provider", pair.map(|p| &p.direct_trace)),
+            line("offloaded from the consumer", pair.map(|p| &p.offloaded_trace)),
+        ],
+    }
 }
 
 #[cfg(test)]
@@ -509,6 +558,20 @@ apiserver_watch_events_total{group="",kind="Pod",version="v1"} 40
         assert_eq!(w.get("pods/status"), Some(&7.0));
         assert_eq!(w.len(), 2, "reads are not writes: {w:?}");
         assert_eq!(e.get("Pod"), Some(&40.0));
+        let pair = |ratio: f64| Pair {
+            direct_seconds: 1.0,
+            offloaded_seconds: ratio,
+            ratio,
+            direct_control_plane_cpu_seconds: 0.0,
+            offloaded_control_plane_cpu_seconds: 0.0,
+            offloaded_agents_cpu_seconds: 0.0,
+            direct_trace: vec![(0.0, 0.0), (1.0, 10.0)],
+            offloaded_trace: vec![(0.0, 0.0), (ratio, 10.0)],
+        };
+        let pairs = [pair(3.0), pair(1.5), pair(2.0)];
+        assert_eq!(median_pair(&pairs).map(|p| p.ratio), Some(2.0));
+        assert_eq!(median_pair(&pairs[..2]).map(|p| p.ratio), Some(1.5));
+        assert!(median_pair(&[]).is_none());
         let after = BTreeMap::from([("pods".to_string(), 32.0), ("leases".to_string(), 1.0)]);
         let before = BTreeMap::from([("pods".to_string(), 12.0), ("leases".to_string(), 1.0)]);
         assert_eq!(

@@ -138,19 +138,32 @@ pub fn deployment(name: &str, replicas: u32, pool: &str, hollow: bool, echo_port
 
 /// Waits until a Deployment has `replicas` ready replicas, printing progress; returns seconds waited.
 pub async fn wait_ready(api: &Api<Deployment>, name: &str, replicas: u32, timeout: Duration) -> Result<f64> {
+    Ok(wait_ready_traced(api, name, replicas, timeout).await?.0)
+}
+
+/// [`wait_ready`], also returning the trace `(seconds, ready)` of every change the polls saw (from
+/// `(0, 0)` to the moment all are Ready), for a plot.
+pub async fn wait_ready_traced(
+    api: &Api<Deployment>,
+    name: &str,
+    replicas: u32,
+    timeout: Duration,
+) -> Result<(f64, Vec<(f64, f64)>)> {
     let start = Instant::now();
     let mut last_print = Instant::now();
+    let mut trace = vec![(0.0, 0.0)];
     loop {
         let d = api.get(name).await?;
         let ready = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) as u32;
+        let t = start.elapsed().as_secs_f64();
+        if trace.last().is_some_and(|(_, r)| *r != f64::from(ready)) {
+            trace.push((t, f64::from(ready)));
+        }
         if ready >= replicas {
-            return Ok(start.elapsed().as_secs_f64());
+            return Ok((t, trace));
         }
         if last_print.elapsed() > Duration::from_secs(2) {
-            eprintln!(
-                "[bench] {name}: {ready}/{replicas} ready after {:.1}s",
-                start.elapsed().as_secs_f64()
-            );
+            eprintln!("[bench] {name}: {ready}/{replicas} ready after {t:.1}s");
             last_print = Instant::now();
         }
         if start.elapsed() > timeout {

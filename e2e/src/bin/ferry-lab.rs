@@ -58,6 +58,15 @@ enum Cmd {
         #[command(subcommand)]
         what: BenchCmd,
     },
+    /// Summarize a dhat heap profile (ferry-agent built with --features dhat-heap): the heap at its peak
+    /// and end, and the allocation sites that held the most at the peak; JSON.
+    Heap {
+        /// The profile (the agent's FERRY_DHAT_FILE).
+        file: std::path::PathBuf,
+        /// How many sites to list.
+        #[arg(long, default_value_t = 15)]
+        top: usize,
+    },
     /// Run a command inside a pod's network namespace: ferry-lab exec --cluster c1 NS/POD -- CMD...
     Exec {
         /// Cluster.
@@ -195,6 +204,9 @@ enum BenchCmd {
         /// Let both clusters share every CPU (by default each has its own half, as two machines would).
         #[arg(long)]
         unpinned: bool,
+        /// Also draw pods Ready over time (direct vs offloaded, the median pair) into this SVG file.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<std::path::PathBuf>,
     },
     /// ferry-dns queries per second and latency on loopback, answered and refused; last line JSON.
     Dns {
@@ -248,6 +260,9 @@ enum BenchCmd {
         /// Runs per path (each figure is the median).
         #[arg(long, default_value_t = 3)]
         runs: u32,
+        /// Also draw throughput per second (ferry vs plain WireGuard, the median run) into this SVG file.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<std::path::PathBuf>,
     },
 }
 
@@ -468,7 +483,13 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&r)?);
         }
         Cmd::Bench {
-            what: BenchCmd::Offload { pods, runs, unpinned },
+            what:
+                BenchCmd::Offload {
+                    pods,
+                    runs,
+                    unpinned,
+                    plot,
+                },
         } => {
             let lab = lab::Lab::load(&cli.root, &cli.name)?;
             let o = ferry_e2e::offload_bench::Options {
@@ -477,6 +498,10 @@ async fn run(cli: Cli) -> Result<()> {
                 pinned: !unpinned,
             };
             let r = ferry_e2e::offload_bench::run(&lab, o, &exe).await?;
+            if let Some(path) = plot {
+                ferry_e2e::plot::write(&path, &ferry_e2e::offload_bench::chart(&r))?;
+                eprintln!("[bench] plot: {}", path.display());
+            }
             println!("{}", serde_json::to_string(&r)?);
         }
         Cmd::Bench {
@@ -538,12 +563,27 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&f)?);
         }
         Cmd::Bench {
-            what: BenchCmd::Tunnel { seconds, runs },
+            what: BenchCmd::Tunnel {
+                seconds,
+                runs,
+                plot,
+            },
         } => {
             lab::require_root("ferry-lab bench tunnel")?;
             let lab = lab::Lab::load(&cli.root, &cli.name)?;
             let r = bench::tunnel(&lab, seconds, runs).await?;
+            if let Some(path) = plot {
+                ferry_e2e::plot::write(&path, &bench::tunnel_chart(&r))?;
+                eprintln!("[bench] plot: {}", path.display());
+            }
             println!("{}", serde_json::to_string(&r)?);
+        }
+        Cmd::Heap { file, top } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{}: not JSON", file.display()))?;
+            let s = ferry_e2e::heap::summarize(&v, top).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            println!("{}", serde_json::to_string_pretty(&s)?);
         }
         Cmd::Exec {
             cluster,
