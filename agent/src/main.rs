@@ -369,8 +369,15 @@ async fn run(a: Args) -> Result<()> {
             .await
             .context("registering the pod webhook")?;
         tracing::info!(%url, "pod admission webhook registered");
+        // the webhook's callers are this cluster's apiservers, a few addresses that open hundreds of
+        // connections in a burst of pod creations (a ReplicaSet's slow start): the per-source cap that
+        // protects the peer-facing broker would make them fail pod creations, so only the total is capped
+        let webhook_limits = server::Limits {
+            max_per_source: limits.max_connections,
+            ..limits.clone()
+        };
         tokio::select! {
-            r = server::serve_router(wl, tls, app, limits.clone()) => r?,
+            r = server::serve_router(wl, tls, app, webhook_limits) => r?,
             _ = cache => {},
         }
         Ok(())

@@ -5,9 +5,10 @@
 //! [`ferry_virtual_kubelet::admission::decide`]; this module only finds the pod's `NamespaceOffloading`
 //! and speaks AdmissionReview.
 //!
-//! No race when a namespace and its pods are created together: the offloading is looked up in a watch
-//! cache and, on a miss, with a direct GET, so a `NamespaceOffloading` created a moment before the pod is
-//! always seen.
+//! Only pods of namespaces labelled offloaded reach the webhook, so ferry costs every other pod creation
+//! nothing. No race when an offloading and its pods are created together: the offloading is looked up in
+//! a watch cache and, on a miss, with a direct GET, so a `NamespaceOffloading` created a moment before the
+//! pod is always seen.
 
 use std::sync::Arc;
 
@@ -29,7 +30,8 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
-use kube::runtime::reflector::{self, Store, reflector};
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -46,6 +48,10 @@ pub struct Webhook {
     pub client: Client,
     /// Watch cache of `NamespaceOffloading`.
     pub offloadings: Store<NamespaceOffloading>,
+    /// Watch cache of the tenant namespaces (labelled [`TENANT_LABEL`]; metadata only).
+    pub tenant_namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// Watch cache of `Tenant`s.
+    pub tenants: Store<Tenant>,
 }
 
 impl Webhook {
@@ -158,28 +164,42 @@ async fn validate_tenant_pod(State(w): State<Arc<Webhook>>, body: axum::body::By
 }
 
 impl Webhook {
-    /// The tenant owning namespace `ns` and its policy (`None`: no tenant's namespace).
+    /// The tenant owning namespace `ns` and its policy (`None`: no tenant's namespace). From the watch
+    /// caches, so a burst of pods costs the apiserver no reads; a namespace or Tenant the caches have not
+    /// seen yet (created a moment ago) is read directly.
     async fn tenant_policy(&self, ns: &str) -> Result<Option<(String, TenantPolicy)>, kube::Error> {
-        let Some(n) = Api::<Namespace>::all(self.client.clone()).get_opt(ns).await? else {
-            return Ok(None);
-        };
-        let Some(tenant) = n.labels().get(TENANT_LABEL).cloned() else {
-            return Ok(None);
+        let cached = self
+            .tenant_namespaces
+            .get(&ObjectRef::new(ns))
+            .and_then(|n| n.labels().get(TENANT_LABEL).cloned());
+        let tenant = match cached {
+            Some(t) => t,
+            None => {
+                let Some(n) = Api::<Namespace>::all(self.client.clone()).get_opt(ns).await? else {
+                    return Ok(None);
+                };
+                let Some(t) = n.labels().get(TENANT_LABEL).cloned() else {
+                    return Ok(None);
+                };
+                t
+            }
         };
         // a tenant namespace whose Tenant is gone gets the default (safe) policy
-        let policy = Api::<Tenant>::all(self.client.clone())
-            .get_opt(&tenant)
-            .await?
-            .map(|t| t.spec.policy)
-            .unwrap_or_default();
-        Ok(Some((tenant, policy)))
+        let policy = match self.tenants.get(&ObjectRef::new(&tenant)) {
+            Some(t) => Some(t.spec.policy.clone()),
+            None => Api::<Tenant>::all(self.client.clone())
+                .get_opt(&tenant)
+                .await?
+                .map(|t| t.spec.policy),
+        };
+        Ok(Some((tenant, policy.unwrap_or_default())))
     }
 }
 
 /// The webhook's routes, with the `NamespaceOffloading` watch that feeds its cache running beside.
 pub fn router(client: Client) -> (Router, impl std::future::Future<Output = ()>) {
     let (offloadings, writer) = reflector::store();
-    let watch = reflector(
+    let offloading_watch = reflector(
         writer,
         watcher(
             Api::<NamespaceOffloading>::all(client.clone()),
@@ -188,47 +208,68 @@ pub fn router(client: Client) -> (Router, impl std::future::Future<Output = ()>)
     )
     .default_backoff()
     .for_each(|_| async {});
-    let w = Arc::new(Webhook { client, offloadings });
+    let (tenant_namespaces, writer) = reflector::store();
+    let namespace_watch = reflector(
+        writer,
+        watcher(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            watcher::Config::default().labels(TENANT_LABEL),
+        )
+        .modify(|n| n.metadata.managed_fields = None),
+    )
+    .default_backoff()
+    .for_each(|_| async {});
+    let (tenants, writer) = reflector::store();
+    let tenant_watch = reflector(
+        writer,
+        watcher(Api::<Tenant>::all(client.clone()), watcher::Config::default())
+            .modify(|t| t.metadata.managed_fields = None),
+    )
+    .default_backoff()
+    .for_each(|_| async {});
+    let w = Arc::new(Webhook {
+        client,
+        offloadings,
+        tenant_namespaces,
+        tenants,
+    });
+    let watches = async move {
+        tokio::join!(offloading_watch, namespace_watch, tenant_watch);
+    };
     (
         Router::new()
             .route("/mutate-pods", post(mutate))
             .route("/validate-tenant-pods", post(validate_tenant_pod))
             .with_state(w),
-        watch,
+        watches,
     )
 }
 
 /// Registers the webhook at `url` with the serving certificate as its CA bundle (server-side apply, so a
-/// restart with a new certificate updates it). Two entries:
-/// - namespaces labelled [`OFFLOADED_LABEL`]: `failurePolicy: Fail`, so a pod is never created there
-///   without its offloading (while the agent restarts, the ReplicaSet retries);
-/// - every other namespace: `Ignore`, and the webhook looks the offloading up itself; this covers a
-///   `NamespaceOffloading` created a moment before its pods, before the label is set.
+/// restart with a new certificate updates it, and an entry an older agent registered is removed). One
+/// entry, for namespaces labelled [`OFFLOADED_LABEL`] only, with `failurePolicy: Fail`, so a pod is never
+/// created there without its offloading (while the agent restarts, the ReplicaSet retries). No other
+/// namespace's pods wait for ferry: `ferryctl offload` labels the namespace before it creates the
+/// `NamespaceOffloading`, and the offloading controller labels one created otherwise.
 pub async fn register(client: &Client, url: &str, cert_pem: &str) -> kube::Result<()> {
     let api: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
         Api::all(client.clone());
-    let hook = |name: &str, op: &str, policy: &str| {
-        json!({
-            "name": name,
+    let body = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": WEBHOOK_NAME},
+        "webhooks": [{
+            "name": "offloaded.pods.ferry.dev",
             "clientConfig": {
                 "url": format!("{}/mutate-pods", url.trim_end_matches('/')),
                 "caBundle": base64::engine::general_purpose::STANDARD.encode(cert_pem),
             },
-            "namespaceSelector": {"matchExpressions": [{"key": OFFLOADED_LABEL, "operator": op}]},
+            "namespaceSelector": {"matchExpressions": [{"key": OFFLOADED_LABEL, "operator": "Exists"}]},
             "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}],
-            "failurePolicy": policy,
+            "failurePolicy": "Fail",
             "sideEffects": "None",
             "admissionReviewVersions": ["v1"],
             "timeoutSeconds": 5,
-        })
-    };
-    let body = json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": WEBHOOK_NAME},
-        "webhooks": [
-            hook("offloaded.pods.ferry.dev", "Exists", "Fail"),
-            hook("pods.ferry.dev", "DoesNotExist", "Ignore"),
-        ],
+        }],
     });
     api.patch(
         WEBHOOK_NAME,

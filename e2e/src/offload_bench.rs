@@ -44,6 +44,11 @@ pub struct Pair {
     pub offloaded_control_plane_cpu_seconds: f64,
     /// CPU seconds both ferry-agents spent in the offloaded run.
     pub offloaded_agents_cpu_seconds: f64,
+    /// CPU seconds by process in the direct run (`c2-apiserver`, …; `c2-hollow-nodes`: the bench's
+    /// in-process nodes).
+    pub direct_cpu_by_process: BTreeMap<String, f64>,
+    /// The same in the offloaded run, both agents included.
+    pub offloaded_cpu_by_process: BTreeMap<String, f64>,
     /// Pods Ready over time `(seconds, pods)`, direct (for `--plot`; not in the JSON).
     #[serde(skip)]
     pub direct_trace: Vec<(f64, f64)>,
@@ -99,6 +104,8 @@ pub struct OffloadBench {
     /// API writes per pod (POST, PUT, PATCH, DELETE, APPLY by resource), as each apiserver counted them in
     /// the last pair: `direct c2`, `offloaded c1`, `offloaded c2`.
     pub writes_per_pod: BTreeMap<String, BTreeMap<String, f64>>,
+    /// API reads (GET, LIST by resource) per pod, the same way.
+    pub reads_per_pod: BTreeMap<String, BTreeMap<String, f64>>,
     /// Watch events sent per pod by kind, the same way.
     pub watch_events_per_pod: BTreeMap<String, BTreeMap<String, f64>>,
 }
@@ -117,10 +124,21 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// From an apiserver's `/metrics`: writes by resource (`apiserver_request_total`, the write verbs) and
-/// watch events by kind (`apiserver_watch_events_total`).
-pub fn api_counters(metrics: &str) -> (BTreeMap<String, f64>, BTreeMap<String, f64>) {
-    let (mut writes, mut events) = (BTreeMap::new(), BTreeMap::new());
+/// An apiserver's request and watch counters.
+#[derive(Debug, Default)]
+pub struct ApiCounters {
+    /// Writes (POST, PUT, PATCH, DELETE, APPLY) by resource (`pods`, `pods/status`, …).
+    pub writes: BTreeMap<String, f64>,
+    /// Reads (GET, LIST) by resource; watches, which last, are not counted here.
+    pub reads: BTreeMap<String, f64>,
+    /// Watch events sent, by kind.
+    pub events: BTreeMap<String, f64>,
+}
+
+/// From an apiserver's `/metrics`: writes and reads by resource (`apiserver_request_total`) and watch
+/// events by kind (`apiserver_watch_events_total`).
+pub fn api_counters(metrics: &str) -> ApiCounters {
+    let mut c = ApiCounters::default();
     for line in metrics.lines().filter(|l| !l.starts_with('#')) {
         let Some((series, value)) = line.rsplit_once(' ') else {
             continue;
@@ -133,20 +151,34 @@ pub fn api_counters(metrics: &str) -> (BTreeMap<String, f64>, BTreeMap<String, f
             series[at..].split('"').next()
         };
         if series.starts_with("apiserver_request_total{") {
-            if !matches!(label("verb"), Some("POST" | "PUT" | "PATCH" | "DELETE" | "APPLY")) {
-                continue;
-            }
+            let to = match label("verb") {
+                Some("POST" | "PUT" | "PATCH" | "DELETE" | "APPLY") => &mut c.writes,
+                Some("GET" | "LIST") => &mut c.reads,
+                _ => continue,
+            };
             let mut r = label("resource").unwrap_or_default().to_string();
             if let Some(sub) = label("subresource").filter(|s| !s.is_empty()) {
                 r = format!("{r}/{sub}");
             }
-            *writes.entry(r).or_insert(0.0) += value;
+            *to.entry(r).or_insert(0.0) += value;
         } else if series.starts_with("apiserver_watch_events_total{") {
             let kind = label("kind").unwrap_or_default().to_string();
-            *events.entry(kind).or_insert(0.0) += value;
+            *c.events.entry(kind).or_insert(0.0) += value;
         }
     }
-    (writes, events)
+    c
+}
+
+/// `after - before` per pod for each side, as `what` picks the counters.
+fn per_pod_table(
+    sides: [(&str, &ApiCounters, &ApiCounters); 3],
+    what: fn(&ApiCounters) -> &BTreeMap<String, f64>,
+    pods: u32,
+) -> BTreeMap<String, BTreeMap<String, f64>> {
+    sides
+        .iter()
+        .map(|(side, before, after)| (side.to_string(), per_pod(what(before), what(after), pods)))
+        .collect()
 }
 
 /// `after - before`, per pod, leaving out what did not change.
@@ -168,7 +200,7 @@ fn per_pod(
         .collect()
 }
 
-async fn scrape(c: &Client) -> (BTreeMap<String, f64>, BTreeMap<String, f64>) {
+async fn scrape(c: &Client) -> ApiCounters {
     let req = http::Request::get("/metrics")
         .body(Vec::new())
         .expect("a request");
@@ -194,17 +226,31 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(14) + ticks(15)) / 100.0
 }
 
-/// CPU seconds of every process the lab started (its pid table) so far.
-fn control_plane_cpu(lab: &Lab) -> f64 {
+/// CPU seconds so far of every process the lab started (its pid table), by name (`c1-etcd`, …).
+fn cpu_by_process(lab: &Lab) -> BTreeMap<String, f64> {
     crate::procs::ProcessTable::new(lab.paths.pids())
         .map(|t| {
             t.list()
                 .iter()
                 .filter(|p| p.alive())
-                .map(|p| cpu_seconds(p.pid))
-                .sum()
+                .map(|p| (p.name.clone(), cpu_seconds(p.pid)))
+                .collect()
         })
-        .unwrap_or(0.0)
+        .unwrap_or_default()
+}
+
+/// `after - before` by name, to 0.1 s, leaving out what stayed under 0.05 s.
+fn cpu_spent(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(k, a)| (k.clone(), a - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d >= 0.05)
+        .map(|(k, d)| (k, tenth(d)))
+        .collect()
+}
+
+fn tenth(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
 }
 
 /// `VmHWM` (peak) or `VmRSS` (now) of a process, MiB.
@@ -248,6 +294,13 @@ async fn until_empty(client: &Client, ns: &str, timeout: Duration) {
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
+}
+
+/// Waits until namespace `ns` is gone (everything in it deleted).
+async fn until_gone(client: &Client, ns: &str, timeout: Duration) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let gone = kube::runtime::wait::await_condition(api, ns, |n: Option<&Namespace>| n.is_none());
+    let _ = tokio::time::timeout(timeout, gone).await;
 }
 
 /// How the benchmark runs.
@@ -386,7 +439,7 @@ async fn measure(
     let (mut pairs, mut agents_cpu) = (Vec::new(), (0.0, 0.0));
     // the consumer agent's memory with nothing offloaded yet, and with N pods offloaded in each run
     let (mut idle_rss, mut rss_per_pod) = (None, Vec::new());
-    let (mut writes, mut events) = (BTreeMap::new(), BTreeMap::new());
+    let (mut writes, mut reads, mut events) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     for run in 0..o.runs {
         // (a) directly on the provider
         let direct_ns = format!("bench-direct-{stamp}-{run}");
@@ -397,11 +450,14 @@ async fn measure(
             run + 1,
             o.runs
         );
-        let (cpu0, api2) = (control_plane_cpu(lab), scrape(c2).await);
+        let (cpu0, api2) = (cpu_by_process(lab), scrape(c2).await);
+        let bench0 = cpu_seconds(std::process::id());
         deps.create(&PostParams::default(), &deployment("pods", count, "", true, None))
             .await?;
         let direct = wait_ready_traced(&deps, "pods", count, timeout).await;
-        let direct_cpu = control_plane_cpu(lab) - cpu0;
+        let mut direct_by = cpu_spent(&cpu0, &cpu_by_process(lab));
+        let direct_cpu = direct_by.values().sum();
+        direct_by.insert("c2-hollow-nodes".into(), tenth(cpu_seconds(std::process::id()) - bench0));
         let after2 = scrape(c2).await;
         drain(c2, &direct_ns).await;
         let (direct, direct_trace) = direct?;
@@ -428,10 +484,11 @@ async fn measure(
             run + 1,
             o.runs
         );
-        let (cpu1, a1, a2) = (
-            control_plane_cpu(lab),
+        let (cpu1, a1, a2, bench1) = (
+            cpu_by_process(lab),
             cpu_seconds(consumer.pid()),
             cpu_seconds(provider.pid()),
+            cpu_seconds(std::process::id()),
         );
         let (b1, b2) = (scrape(c1).await, scrape(c2).await);
         let idle = *idle_rss.get_or_insert(rss_mib(consumer.pid(), "VmRSS:")?);
@@ -440,24 +497,30 @@ async fn measure(
         let offloaded = wait_ready_traced(&deps, "pods", count, timeout).await;
         let loaded = rss_mib(consumer.pid(), "VmRSS:")?;
         rss_per_pod.push((loaded - idle).max(0.0) * 1024.0 * 1024.0 / f64::from(count.max(1)));
-        let offloaded_cpu = control_plane_cpu(lab) - cpu1;
+        let mut offloaded_by = cpu_spent(&cpu1, &cpu_by_process(lab));
+        let offloaded_cpu = offloaded_by.values().sum();
         let (d1, d2) = (cpu_seconds(consumer.pid()) - a1, cpu_seconds(provider.pid()) - a2);
+        offloaded_by.extend([
+            ("c1-ferry-agent".to_string(), tenth(d1)),
+            ("c2-ferry-agent".to_string(), tenth(d2)),
+            ("c2-hollow-nodes".to_string(), tenth(cpu_seconds(std::process::id()) - bench1)),
+        ]);
         agents_cpu = (agents_cpu.0 + d1, agents_cpu.1 + d2);
         let (e1, e2) = (scrape(c1).await, scrape(c2).await);
         drain(c1, &ns).await;
         until_empty(c2, &remote_ns, timeout).await;
         let _ = agents::ferryctl(&k1, &["unoffload", "namespace", &ns, "--force"]);
+        // the next direct run starts on a quiet provider: the offloaded namespace and its ShadowPods gone
+        until_gone(c2, &remote_ns, timeout).await;
         let (offloaded, offloaded_trace) = offloaded?;
-        writes = BTreeMap::from([
-            ("direct c2".to_string(), per_pod(&api2.0, &after2.0, count)),
-            ("offloaded c1".to_string(), per_pod(&b1.0, &e1.0, count)),
-            ("offloaded c2".to_string(), per_pod(&b2.0, &e2.0, count)),
-        ]);
-        events = BTreeMap::from([
-            ("direct c2".to_string(), per_pod(&api2.1, &after2.1, count)),
-            ("offloaded c1".to_string(), per_pod(&b1.1, &e1.1, count)),
-            ("offloaded c2".to_string(), per_pod(&b2.1, &e2.1, count)),
-        ]);
+        let sides = [
+            ("direct c2", &api2, &after2),
+            ("offloaded c1", &b1, &e1),
+            ("offloaded c2", &b2, &e2),
+        ];
+        writes = per_pod_table(sides, |c| &c.writes, count);
+        reads = per_pod_table(sides, |c| &c.reads, count);
+        events = per_pod_table(sides, |c| &c.events, count);
         let pair = Pair {
             direct_seconds: direct,
             offloaded_seconds: offloaded,
@@ -467,6 +530,8 @@ async fn measure(
             offloaded_agents_cpu_seconds: d1 + d2,
             direct_trace,
             offloaded_trace,
+            direct_cpu_by_process: direct_by,
+            offloaded_cpu_by_process: offloaded_by,
         };
         eprintln!("[bench] run {}: {}", run + 1, serde_json::to_string(&pair)?);
         pairs.push(pair);
@@ -503,6 +568,7 @@ async fn measure(
         consumer_agent,
         provider_agent,
         writes_per_pod: writes,
+        reads_per_pod: reads,
         watch_events_per_pod: events,
         runs: pairs,
     })
@@ -553,10 +619,12 @@ apiserver_request_total{code="200",component="apiserver",group="",resource="pods
 apiserver_request_total{code="201",component="apiserver",group="",resource="pods",scope="namespace",subresource="",verb="POST",version="v1"} 2
 apiserver_watch_events_total{group="",kind="Pod",version="v1"} 40
 "#;
-        let (w, e) = api_counters(m);
+        let c = api_counters(m);
+        let (w, e) = (&c.writes, &c.events);
         assert_eq!(w.get("pods"), Some(&12.0));
         assert_eq!(w.get("pods/status"), Some(&7.0));
         assert_eq!(w.len(), 2, "reads are not writes: {w:?}");
+        assert_eq!(c.reads, BTreeMap::from([("pods".to_string(), 99.0)]));
         assert_eq!(e.get("Pod"), Some(&40.0));
         let pair = |ratio: f64| Pair {
             direct_seconds: 1.0,
@@ -565,6 +633,8 @@ apiserver_watch_events_total{group="",kind="Pod",version="v1"} 40
             direct_control_plane_cpu_seconds: 0.0,
             offloaded_control_plane_cpu_seconds: 0.0,
             offloaded_agents_cpu_seconds: 0.0,
+            direct_cpu_by_process: BTreeMap::new(),
+            offloaded_cpu_by_process: BTreeMap::new(),
             direct_trace: vec![(0.0, 0.0), (1.0, 10.0)],
             offloaded_trace: vec![(0.0, 0.0), (ratio, 10.0)],
         };

@@ -719,6 +719,9 @@ async fn offload_namespace(
         peers > 0,
         "this cluster has no peers; fix: ferryctl peer --token … first"
     );
+    // the label first: from then on every pod created here goes through the webhook (which refuses,
+    // rather than misses, pods while the agent is down), so none created after the offloading is missed
+    ferry_peering_broker::offloading::label_namespace(c, ns, true).await?;
     let api: Api<ferry_crds::NamespaceOffloading> = Api::namespaced(c.clone(), ns);
     let no = ferry_crds::NamespaceOffloading::new("offloading", spec);
     api.patch(
@@ -728,8 +731,6 @@ async fn offload_namespace(
     )
     .await
     .with_context(|| format!("creating NamespaceOffloading {ns}/offloading"))?;
-    // the webhook then refuses (rather than misses) pods here while the agent is down
-    ferry_peering_broker::offloading::label_namespace(c, ns, true).await?;
     // by watch: the agent's NamespaceOffloading controller marks it Ready once every provider answered
     let offloaded = |no: Option<&ferry_crds::NamespaceOffloading>| {
         no.and_then(|n| n.status.as_ref()).is_some_and(|st| {
