@@ -33,7 +33,7 @@ use crate::heartbeat::ensure_node;
 pub use crate::heartbeat::{heartbeat, livez, remove_node};
 pub use crate::peer::Peer;
 pub use crate::pods::{PodReflector, RemoteNamespace};
-use crate::reflect::slim_status;
+use crate::reflect::{PodView, slim_status};
 use crate::remote::track_namespaces;
 use crate::{Error, VirtualNodeIdentity, api_err};
 
@@ -57,19 +57,18 @@ pub async fn run(peer: Arc<Peer>) -> Result<(), Error> {
         async { Ok(()) }
     });
     // the controller's own cache of the pods on the node, without managed fields
-    let (local_pods, lw) = reflector::store::<Pod>();
+    let (local_pods, lw) = reflector::store::<PodView>();
     let local_watch = reflector(
         lw,
         watcher(
-            Api::<Pod>::all(peer.local.clone()),
+            Api::<PodView>::all(peer.local.clone()),
             watcher::Config::default().fields(&format!("spec.nodeName={node}")),
         )
         .modify(|p| {
             // what reconciles read: metadata (owners, deletion) and the status fields the reflection owns;
-            // the spec is fetched on creation
+            // the spec is never parsed here, it is read on creation
             p.metadata.managed_fields = None;
             p.metadata.annotations = None;
-            p.spec = None;
             if let Some(s) = p.status.as_mut() {
                 slim_status(s);
             }

@@ -19,7 +19,7 @@ use serde_json::json;
 use tracing::{debug, warn};
 
 use crate::peer::{Peer, now};
-use crate::reflect::{self, Effect, LocalPod, Peering, Remote, Shadow};
+use crate::reflect::{self, Effect, LocalPod, Peering, PodView, Remote, Shadow};
 use crate::translate::{
     ORIGIN_CLUSTER_LABEL, ORIGIN_UID_LABEL, Refusal, RemoteTarget, to_local_status, to_remote,
 };
@@ -32,8 +32,8 @@ pub struct RemoteNamespace {
     pub name: String,
     /// ShadowPods there (metadata only: the consumer pod's UID is a label).
     pub shadows: Store<PartialObjectMeta<ShadowPod>>,
-    /// Pods there (of this consumer).
-    pub pods: Store<Pod>,
+    /// Pods there (of this consumer; metadata and status).
+    pub pods: Store<PodView>,
     pub(crate) task: tokio::task::JoinHandle<()>,
 }
 
@@ -47,15 +47,15 @@ impl Drop for RemoteNamespace {
 pub struct PodReflector {
     /// The peering.
     pub peer: Arc<Peer>,
-    /// Local pods bound to the virtual node (the controller's own store).
-    pub local_pods: Store<Pod>,
+    /// Local pods bound to the virtual node (the controller's own store; metadata and status).
+    pub local_pods: Store<PodView>,
     /// `NamespaceOffloading` objects of this cluster.
     pub offloadings: Store<NamespaceOffloading>,
     /// Local namespace → its provider side.
     pub remote: Mutex<HashMap<String, Arc<RemoteNamespace>>>,
     /// Events on local pods.
     pub recorder: Recorder,
-    pub(crate) triggers: mpsc::UnboundedSender<ObjectRef<Pod>>,
+    pub(crate) triggers: mpsc::UnboundedSender<ObjectRef<PodView>>,
 }
 
 /// The provider namespace `local_ns` maps to, per its `NamespaceOffloading`.
@@ -80,7 +80,7 @@ pub(crate) async fn remote_namespace_of(peer: &crate::peer::Peer, local_ns: &str
 }
 
 impl PodReflector {
-    pub(crate) async fn event(&self, pod: &Pod, kind: EventType, reason: &str, note: String) {
+    pub(crate) async fn event(&self, pod: &PodView, kind: EventType, reason: &str, note: String) {
         let ev = Event {
             type_: kind,
             reason: reason.into(),
@@ -95,7 +95,7 @@ impl PodReflector {
 
     /// Keeps the pod Pending with `reason`, with an event saying why ([`reflect::refuse`] decides
     /// whether the pod already says so).
-    async fn refuse(&self, pod: &Pod, reason: &str, message: String) -> Result<(), Error> {
+    async fn refuse(&self, pod: &PodView, reason: &str, message: String) -> Result<(), Error> {
         self.event(pod, EventType::Warning, reason, message.clone()).await;
         let pods: Api<Pod> = Api::namespaced(self.peer.local.clone(), &pod.namespace().unwrap_or_default());
         let status = json!({"status": {"phase": "Pending", "reason": reason, "message": message, "conditions": [
@@ -118,7 +118,7 @@ impl PodReflector {
 
     /// One reconcile of one local pod bound to the virtual node: observe, [`reflect::decide`], carry out.
     #[tracing::instrument(skip_all, fields(pod = %pod.name_any(), ns = pod.namespace().unwrap_or_default()))]
-    pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Self>) -> Result<Action, Error> {
+    pub async fn reconcile(pod: Arc<PodView>, ctx: Arc<Self>) -> Result<Action, Error> {
         let ns = pod.namespace().unwrap_or_default();
         let name = pod.name_any();
         let uid = pod.uid().unwrap_or_default();
@@ -176,7 +176,7 @@ impl PodReflector {
     /// Carries `effects` out in order; the first failure stops the rest (the reconcile is retried).
     async fn carry_out(
         &self,
-        pod: &Pod,
+        pod: &PodView,
         rns: Option<&str>,
         shadow: Option<&PartialObjectMeta<ShadowPod>>,
         effects: Vec<Effect>,
@@ -229,7 +229,7 @@ impl PodReflector {
     /// pod went, or the translation refused it and the pod says so).
     async fn create_shadow(
         &self,
-        pod: &Pod,
+        pod: &PodView,
         local: &Api<Pod>,
         shadows: &Api<ShadowPod>,
         rns: &str,
@@ -294,7 +294,7 @@ impl PodReflector {
     }
 
     /// After a failed reconcile: retry; the cause is logged.
-    pub fn error_policy(_pod: Arc<Pod>, e: &Error, _ctx: Arc<Self>) -> Action {
+    pub fn error_policy(_pod: Arc<PodView>, e: &Error, _ctx: Arc<Self>) -> Action {
         match e {
             Error::NotYet(m) => {
                 debug!("{m}");

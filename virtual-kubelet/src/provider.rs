@@ -53,6 +53,88 @@ pub struct ShadowPodReconciler {
     /// Pods created but not yet in the pod store, per tenant (so concurrent reconciles cannot together
     /// exceed a grant).
     in_flight: std::sync::Mutex<HashMap<String, HashMap<String, Amounts>>>,
+    /// What each tenant's pods hold (fed by the pod watch; shared with it).
+    pub ledger: Arc<std::sync::Mutex<Ledger>>,
+}
+
+/// What each tenant's pods hold, kept up to date from the pod watch's events (one pod's change costs one
+/// update), so admitting a pod never walks every pod of the cluster: at 10,000 pods that walk (a key and a
+/// quantity parse per pod, per admission) made the provider's agent quadratic.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    /// `ns/name` → (tenant, what the pod holds).
+    pods: HashMap<String, (String, Amounts)>,
+    /// Tenant → the sum of its pods' holdings.
+    totals: HashMap<String, Amounts>,
+    /// While the watch relists: the ledger being rebuilt (the current one answers until it is done).
+    relisting: Option<Box<Ledger>>,
+}
+
+impl Ledger {
+    /// The ledger of these pods.
+    pub fn of(pods: &[Arc<Pod>]) -> Self {
+        let mut l = Self::default();
+        for p in pods {
+            l.apply(p);
+        }
+        l
+    }
+
+    fn key(p: &Pod) -> String {
+        format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())
+    }
+
+    fn remove_key(&mut self, key: &str) {
+        if let Some((tenant, held)) = self.pods.remove(key)
+            && let Some(t) = self.totals.get_mut(&tenant)
+        {
+            t.cpu -= held.cpu;
+            t.memory -= held.memory;
+            t.pods -= held.pods;
+        }
+    }
+
+    /// A pod as it is now: a tenant's pod (labelled with its origin) holds its requests until it ends.
+    fn apply(&mut self, p: &Pod) {
+        let key = Self::key(p);
+        self.remove_key(&key);
+        let Some(tenant) = p.labels().get(ORIGIN_CLUSTER_LABEL) else {
+            return;
+        };
+        let held = if holds_resources(p) {
+            Amounts::of_pod(p)
+        } else {
+            Amounts::default()
+        };
+        let t = self.totals.entry(tenant.clone()).or_default();
+        *t = t.plus(held);
+        self.pods.insert(key, (tenant.clone(), held));
+    }
+
+    /// One event of the pod watch.
+    pub fn on_event(&mut self, ev: &watcher::Event<Pod>) {
+        match ev {
+            watcher::Event::Apply(p) => self.apply(p),
+            watcher::Event::Delete(p) => self.remove_key(&Self::key(p)),
+            watcher::Event::Init => self.relisting = Some(Box::default()),
+            watcher::Event::InitApply(p) => self.relisting.get_or_insert_with(Box::default).apply(p),
+            watcher::Event::InitDone => {
+                if let Some(fresh) = self.relisting.take() {
+                    *self = *fresh;
+                }
+            }
+        }
+    }
+
+    /// What `tenant`'s pods hold.
+    pub fn used(&self, tenant: &str) -> Amounts {
+        self.totals.get(tenant).copied().unwrap_or_default()
+    }
+
+    /// Whether the pod `ns/name` is counted.
+    pub fn counts(&self, key: &str) -> bool {
+        self.pods.contains_key(key)
+    }
 }
 
 /// Whether a pod ended in a way the provider's controller heals (evicted, or failed while it should run
@@ -121,6 +203,8 @@ impl ShadowPodReconciler {
                 instance: None,
             },
         );
+        // what the store holds now (its events feed the ledger from then on: see `run`)
+        let ledger = Arc::new(std::sync::Mutex::new(Ledger::of(&pods.state())));
         Self {
             client,
             pods,
@@ -129,26 +213,21 @@ impl ShadowPodReconciler {
             slices,
             recorder,
             in_flight: Default::default(),
+            ledger,
         }
     }
 
-    /// What the tenant's pods hold now (pods in the store plus those created a moment ago), forgetting
-    /// in-flight pods the store has caught up with.
+    /// What the tenant's pods hold now (pods the watch has seen plus those created a moment ago),
+    /// forgetting in-flight pods the watch has caught up with.
     fn tenant_usage(&self, tenant: &str) -> Amounts {
-        let mut used = Amounts::default();
-        let mut seen = std::collections::HashSet::new();
-        for p in self.pods.state() {
-            if p.labels().get(ORIGIN_CLUSTER_LABEL).map(String::as_str) == Some(tenant) {
-                seen.insert(format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()));
-                if holds_resources(&p) {
-                    used = used.plus(Amounts::of_pod(&p));
-                }
-            }
-        }
+        let Ok(ledger) = self.ledger.lock() else {
+            return Amounts::default();
+        };
+        let mut used = ledger.used(tenant);
         if let Ok(mut m) = self.in_flight.lock()
             && let Some(f) = m.get_mut(tenant)
         {
-            f.retain(|k, _| !seen.contains(k));
+            f.retain(|k, _| !ledger.counts(k));
             used = f.values().fold(used, |a, b| a.plus(*b));
         }
         used
@@ -415,10 +494,18 @@ pub async fn run(client: Client) {
     info!("this cluster is a provider: ShadowPod controller and slice availability starting");
     let (pods, writer) = reflector::store();
     let (pod_tx, pod_changes) = futures::channel::mpsc::unbounded::<()>();
+    // each pod event updates the tenants' ledger once (admission reads the ledger, never every pod)
+    let ledger = Arc::new(std::sync::Mutex::new(Ledger::default()));
+    let feed = ledger.clone();
     let pod_events = reflector(
         writer,
         watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-            .modify(|p| p.metadata.managed_fields = None),
+            .modify(|p| p.metadata.managed_fields = None)
+            .inspect(move |ev| {
+                if let (Ok(ev), Ok(mut l)) = (ev, feed.lock()) {
+                    l.on_event(ev);
+                }
+            }),
     )
     .default_backoff()
     .touched_objects()
@@ -444,13 +531,15 @@ pub async fn run(client: Client) {
     );
     let (nodes, node_changes) =
         store_with_changes(Api::<Node>::all(client.clone()), watcher::Config::default());
-    let ctx = Arc::new(ShadowPodReconciler::new(
+    let mut reconciler = ShadowPodReconciler::new(
         client.clone(),
         pods.clone(),
         namespaces,
         tenant_store.clone(),
         slices,
-    ));
+    );
+    reconciler.ledger = ledger;
+    let ctx = Arc::new(reconciler);
     let controller = Controller::new(Api::<ShadowPod>::all(client.clone()), watcher::Config::default())
         .owns_stream(pod_events)
         .with_config(kube::runtime::controller::Config::default().concurrency(32))
@@ -599,6 +688,49 @@ impl Availability {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tenant_pod(name: &str, tenant: Option<&str>, cpu: &str, phase: &str) -> Pod {
+        let mut labels = serde_json::Map::new();
+        if let Some(t) = tenant {
+            labels.insert(ORIGIN_CLUSTER_LABEL.into(), t.into());
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "ns", "labels": labels},
+            "spec": {"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": cpu}}}]},
+            "status": {"phase": phase}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_ledger_follows_the_watch_one_pod_at_a_time() {
+        let mut l = Ledger::default();
+        l.on_event(&watcher::Event::Apply(tenant_pod("a", Some("c1"), "500m", "Running")));
+        l.on_event(&watcher::Event::Apply(tenant_pod("b", Some("c1"), "250m", "Pending")));
+        l.on_event(&watcher::Event::Apply(tenant_pod("x", Some("c2"), "1", "Running")));
+        l.on_event(&watcher::Event::Apply(tenant_pod("local", None, "8", "Running")));
+        assert_eq!(l.used("c1").cpu, 750);
+        assert_eq!((l.used("c1").pods, l.used("c2").cpu), (2000, 1000));
+        assert!(l.counts("ns/a") && !l.counts("ns/local"), "pods of no tenant are not counted");
+        // a change replaces what the pod held; an ended pod holds nothing but is still seen
+        l.on_event(&watcher::Event::Apply(tenant_pod("a", Some("c1"), "100m", "Running")));
+        assert_eq!(l.used("c1").cpu, 350);
+        l.on_event(&watcher::Event::Apply(tenant_pod("b", Some("c1"), "250m", "Succeeded")));
+        assert_eq!((l.used("c1").cpu, l.used("c1").pods), (100, 1000));
+        assert!(l.counts("ns/b"));
+        l.on_event(&watcher::Event::Delete(tenant_pod("a", Some("c1"), "100m", "Running")));
+        assert_eq!(l.used("c1"), Amounts::default());
+        // a relist: the old figures answer until it is done, then only what was listed counts
+        l.on_event(&watcher::Event::Init);
+        l.on_event(&watcher::Event::InitApply(tenant_pod("y", Some("c2"), "2", "Running")));
+        assert_eq!(l.used("c2").cpu, 1000, "mid-relist: still the old ledger");
+        l.on_event(&watcher::Event::InitDone);
+        assert_eq!(l.used("c2").cpu, 2000);
+        assert!(!l.counts("ns/x") && !l.counts("ns/b"), "pods gone while the watch was down are forgotten");
+        // built from a store's contents, the same sums
+        let pods = vec![Arc::new(tenant_pod("p", Some("c1"), "300m", "Running")), Arc::new(tenant_pod("q", Some("c1"), "200m", "Running"))];
+        assert_eq!(Ledger::of(&pods).used("c1").cpu, 500);
+    }
 
     fn pod(v: serde_json::Value) -> Pod {
         serde_json::from_value(v).unwrap()

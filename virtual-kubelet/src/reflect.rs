@@ -195,6 +195,38 @@ pub fn owned_fields(s: &PodStatus) -> serde_json::Value {
     })
 }
 
+/// A pod as the reflection caches it: metadata and status, and no spec. A watch into a store of these never
+/// parses a pod's spec (serde skips the field) nor keeps it: the spec is most of a pod's bytes, and
+/// `k8s_openapi`'s `Pod` keeps room for every spec field even when the spec is dropped. The spec of a pod
+/// to offload is read once, when its `ShadowPod` is created.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct PodView {
+    /// The pod's metadata.
+    pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    /// The pod's status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<PodStatus>,
+}
+
+impl k8s_openapi::Resource for PodView {
+    const API_VERSION: &'static str = "v1";
+    const GROUP: &'static str = "";
+    const KIND: &'static str = "Pod";
+    const VERSION: &'static str = "v1";
+    const URL_PATH_SEGMENT: &'static str = "pods";
+    type Scope = k8s_openapi::NamespaceResourceScope;
+}
+
+impl k8s_openapi::Metadata for PodView {
+    type Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    fn metadata(&self) -> &Self::Ty {
+        &self.metadata
+    }
+    fn metadata_mut(&mut self) -> &mut Self::Ty {
+        &mut self.metadata
+    }
+}
+
 /// Keeps only what [`owned_fields`] compares (a local pod's cached status is never written back).
 pub fn slim_status(s: &mut PodStatus) {
     s.host_ip = None;
@@ -229,6 +261,26 @@ pub fn slim_status(s: &mut PodStatus) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pod_view_reads_metadata_and_status_and_skips_the_spec() {
+        let watched = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "n", "uid": "u-1", "labels": {"app": "a"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["sleep", "3600"]}]},
+            "status": {"phase": "Running", "podIP": "10.244.0.9"}
+        });
+        let v: PodView = serde_json::from_value(watched).unwrap();
+        assert_eq!(v.metadata.uid.as_deref(), Some("u-1"));
+        assert_eq!(v.status.as_ref().and_then(|s| s.pod_ip.as_deref()), Some("10.244.0.9"));
+        // the same kind, version and path as a Pod: an Api<PodView> lists and watches pods
+        use kube::Resource;
+        assert_eq!(PodView::kind(&()), "Pod");
+        assert_eq!(PodView::url_path(&(), Some("n")), k8s_openapi::api::core::v1::Pod::url_path(&(), Some("n")));
+        // nothing of the spec is kept: a view is far smaller than the Pod it came from
+        assert!(std::mem::size_of::<PodView>() * 2 < std::mem::size_of::<k8s_openapi::api::core::v1::Pod>());
+        assert!(!serde_json::to_string(&v).unwrap().contains("busybox"));
+    }
 
     const P: Peering<'static> = Peering {
         provider: "p1",

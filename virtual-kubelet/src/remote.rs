@@ -19,6 +19,7 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
 use crate::pods::{PodReflector, RemoteNamespace, delete_shadow, pending};
+use crate::reflect::PodView;
 use crate::translate::{ORIGIN_CLUSTER_LABEL, ORIGIN_UID_LABEL};
 
 /// Starts the provider-side reflectors of one offloaded namespace, plus ConfigMap/Secret copying and
@@ -27,9 +28,9 @@ fn watch_remote(ctx: &Arc<PodReflector>, local_ns: String, rns: String) -> Remot
     let peer = ctx.peer.clone();
     let sel = format!("{ORIGIN_CLUSTER_LABEL}={}", peer.consumer);
     let (shadows, sw) = reflector::store::<PartialObjectMeta<ShadowPod>>();
-    let (pods, pw) = reflector::store::<Pod>();
+    let (pods, pw) = reflector::store::<PodView>();
     let cfg = watcher::Config::default().labels(&sel);
-    let trigger = |tx: mpsc::UnboundedSender<ObjectRef<Pod>>, local_ns: String| {
+    let trigger = |tx: mpsc::UnboundedSender<ObjectRef<PodView>>, local_ns: String| {
         move |name: String| {
             let _ = tx.unbounded_send(ObjectRef::new(&name).within(&local_ns));
         }
@@ -57,14 +58,13 @@ fn watch_remote(ctx: &Arc<PodReflector>, local_ns: String, rns: String) -> Remot
         }
     });
     let t2 = trigger(ctx.triggers.clone(), local_ns.clone());
-    // only the status is read back: the spec and managed fields are not kept
+    // only the status is read back: the spec is never parsed, managed fields are not kept
     let pod_watch = reflector(
         pw,
-        watcher(Api::<Pod>::namespaced(peer.remote.clone(), &rns), cfg).modify(|p| {
+        watcher(Api::<PodView>::namespaced(peer.remote.clone(), &rns), cfg).modify(|p| {
             p.metadata.managed_fields = None;
             p.metadata.annotations = None;
             p.metadata.owner_references = None;
-            p.spec = None;
         }),
     )
     .default_backoff()
