@@ -198,7 +198,12 @@ fn iperf_result(v: &serde_json::Value) -> Option<Iperf> {
         .as_array()
         .map(|a| {
             a.iter()
-                .filter_map(|i| Some((i["sum"]["end"].as_f64()?, i["sum"]["bits_per_second"].as_f64()? / 1e9)))
+                .filter_map(|i| {
+                    Some((
+                        i["sum"]["end"].as_f64()?,
+                        i["sum"]["bits_per_second"].as_f64()? / 1e9,
+                    ))
+                })
                 .collect()
         })
         .unwrap_or_default();

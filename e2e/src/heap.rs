@@ -72,8 +72,16 @@ pub fn summarize(profile: &Value, top: usize) -> Result<HeapSummary, String> {
                 bytes_at_peak: n(pp, "gb"),
                 blocks_at_peak: n(pp, "gbk"),
                 bytes_at_end: n(pp, "eb"),
-                ferry_frame: fs.iter().find(|f| f.starts_with("ferry_") || f.starts_with("<ferry_")).cloned(),
-                frame: fs.iter().find(below_alloc).or(fs.first()).cloned().unwrap_or_default(),
+                ferry_frame: fs
+                    .iter()
+                    .find(|f| f.starts_with("ferry_") || f.starts_with("<ferry_"))
+                    .cloned(),
+                frame: fs
+                    .iter()
+                    .find(below_alloc)
+                    .or(fs.first())
+                    .cloned()
+                    .unwrap_or_default(),
             }
         })
         .collect();
@@ -83,7 +91,7 @@ pub fn summarize(profile: &Value, top: usize) -> Result<HeapSummary, String> {
         sum(|s| s.blocks_at_peak, &sites),
         sum(|s| s.bytes_at_end, &sites),
     );
-    sites.sort_by(|a, b| b.bytes_at_peak.cmp(&a.bytes_at_peak));
+    sites.sort_by_key(|s| std::cmp::Reverse(s.bytes_at_peak));
     sites.truncate(top);
     Ok(HeapSummary {
         bytes_at_peak,
@@ -115,11 +123,18 @@ mod tests {
             ]
         });
         let s = summarize(&p, 1).unwrap();
-        assert_eq!((s.bytes_at_peak, s.blocks_at_peak, s.bytes_at_end), (4100, 41, 3000));
+        assert_eq!(
+            (s.bytes_at_peak, s.blocks_at_peak, s.bytes_at_end),
+            (4100, 41, 3000)
+        );
         assert_eq!(s.top.len(), 1, "cut to the top 1");
         assert_eq!(s.top[0].bytes_at_peak, 4000);
         assert_eq!(s.top[0].ferry_frame, None);
-        assert!(s.top[0].frame.starts_with("kube_runtime::reflector"), "{:?}", s.top[0]);
+        assert!(
+            s.top[0].frame.starts_with("kube_runtime::reflector"),
+            "{:?}",
+            s.top[0]
+        );
         let all = summarize(&p, 10).unwrap();
         assert_eq!(
             all.top[1].ferry_frame.as_deref(),

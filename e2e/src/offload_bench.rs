@@ -457,7 +457,10 @@ async fn measure(
         let direct = wait_ready_traced(&deps, "pods", count, timeout).await;
         let mut direct_by = cpu_spent(&cpu0, &cpu_by_process(lab));
         let direct_cpu = direct_by.values().sum();
-        direct_by.insert("c2-hollow-nodes".into(), tenth(cpu_seconds(std::process::id()) - bench0));
+        direct_by.insert(
+            "c2-hollow-nodes".into(),
+            tenth(cpu_seconds(std::process::id()) - bench0),
+        );
         let after2 = scrape(c2).await;
         drain(c2, &direct_ns).await;
         let (direct, direct_trace) = direct?;
@@ -503,7 +506,10 @@ async fn measure(
         offloaded_by.extend([
             ("c1-ferry-agent".to_string(), tenth(d1)),
             ("c2-ferry-agent".to_string(), tenth(d2)),
-            ("c2-hollow-nodes".to_string(), tenth(cpu_seconds(std::process::id()) - bench1)),
+            (
+                "c2-hollow-nodes".to_string(),
+                tenth(cpu_seconds(std::process::id()) - bench1),
+            ),
         ]);
         agents_cpu = (agents_cpu.0 + d1, agents_cpu.1 + d2);
         let (e1, e2) = (scrape(c1).await, scrape(c2).await);
@@ -592,7 +598,11 @@ pub fn chart(b: &OffloadBench) -> crate::plot::Chart {
         title: format!(
             "{} pods Ready over time ({}; median pair, ratio {:.2})",
             b.pods,
-            if b.pinned { "each cluster on its own CPUs" } else { "unpinned" },
+            if b.pinned {
+                "each cluster on its own CPUs"
+            } else {
+                "unpinned"
+            },
             pair.map(|p| p.ratio).unwrap_or_default()
         ),
         x_label: "seconds since the Deployment was created".into(),

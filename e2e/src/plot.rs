@@ -126,7 +126,10 @@ mod tests {
 
     #[test]
     fn ranges_hold_every_point_and_never_collapse() {
-        let s = |p: Vec<(f64, f64)>| Series { name: "a".into(), points: p };
+        let s = |p: Vec<(f64, f64)>| Series {
+            name: "a".into(),
+            points: p,
+        };
         assert_eq!(ranges(&[]), (1.0, 1.0));
         let (x, y) = ranges(&[s(vec![(0.0, 0.0), (10.0, 100.0)]), s(vec![(20.0, 50.0)])]);
         assert!((x - 21.0).abs() < 1e-9 && (y - 105.0).abs() < 1e-9, "{x} {y}");
@@ -135,8 +138,14 @@ mod tests {
     #[test]
     fn the_svg_has_one_line_per_series_and_the_labels() {
         let doc = svg(&chart(vec![
-            Series { name: "direct".into(), points: vec![(0.0, 0.0), (5.0, 1000.0)] },
-            Series { name: "offloaded".into(), points: vec![(0.0, 0.0), (7.0, 1000.0)] },
+            Series {
+                name: "direct".into(),
+                points: vec![(0.0, 0.0), (5.0, 1000.0)],
+            },
+            Series {
+                name: "offloaded".into(),
+                points: vec![(0.0, 0.0), (7.0, 1000.0)],
+            },
         ]))
         .unwrap();
         assert!(doc.starts_with("<svg"), "{}", &doc[..doc.len().min(200)]);
@@ -144,8 +153,14 @@ mod tests {
             assert!(doc.contains(text), "no {text:?} in the SVG");
         }
         // the two data lines, each in its own colour
-        assert!(doc.contains("rgb(31,119,180)") || doc.contains("#1F77B4"), "first colour missing");
-        assert!(doc.contains("rgb(214,39,40)") || doc.contains("#D62728"), "second colour missing");
+        assert!(
+            doc.contains("rgb(31,119,180)") || doc.contains("#1F77B4"),
+            "first colour missing"
+        );
+        assert!(
+            doc.contains("rgb(214,39,40)") || doc.contains("#D62728"),
+            "second colour missing"
+        );
         assert!(doc.matches("<polyline").count() >= 2, "{doc}");
     }
 

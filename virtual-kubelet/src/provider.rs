@@ -705,30 +705,74 @@ mod tests {
     #[test]
     fn the_ledger_follows_the_watch_one_pod_at_a_time() {
         let mut l = Ledger::default();
-        l.on_event(&watcher::Event::Apply(tenant_pod("a", Some("c1"), "500m", "Running")));
-        l.on_event(&watcher::Event::Apply(tenant_pod("b", Some("c1"), "250m", "Pending")));
-        l.on_event(&watcher::Event::Apply(tenant_pod("x", Some("c2"), "1", "Running")));
+        l.on_event(&watcher::Event::Apply(tenant_pod(
+            "a",
+            Some("c1"),
+            "500m",
+            "Running",
+        )));
+        l.on_event(&watcher::Event::Apply(tenant_pod(
+            "b",
+            Some("c1"),
+            "250m",
+            "Pending",
+        )));
+        l.on_event(&watcher::Event::Apply(tenant_pod(
+            "x",
+            Some("c2"),
+            "1",
+            "Running",
+        )));
         l.on_event(&watcher::Event::Apply(tenant_pod("local", None, "8", "Running")));
         assert_eq!(l.used("c1").cpu, 750);
         assert_eq!((l.used("c1").pods, l.used("c2").cpu), (2000, 1000));
-        assert!(l.counts("ns/a") && !l.counts("ns/local"), "pods of no tenant are not counted");
+        assert!(
+            l.counts("ns/a") && !l.counts("ns/local"),
+            "pods of no tenant are not counted"
+        );
         // a change replaces what the pod held; an ended pod holds nothing but is still seen
-        l.on_event(&watcher::Event::Apply(tenant_pod("a", Some("c1"), "100m", "Running")));
+        l.on_event(&watcher::Event::Apply(tenant_pod(
+            "a",
+            Some("c1"),
+            "100m",
+            "Running",
+        )));
         assert_eq!(l.used("c1").cpu, 350);
-        l.on_event(&watcher::Event::Apply(tenant_pod("b", Some("c1"), "250m", "Succeeded")));
+        l.on_event(&watcher::Event::Apply(tenant_pod(
+            "b",
+            Some("c1"),
+            "250m",
+            "Succeeded",
+        )));
         assert_eq!((l.used("c1").cpu, l.used("c1").pods), (100, 1000));
         assert!(l.counts("ns/b"));
-        l.on_event(&watcher::Event::Delete(tenant_pod("a", Some("c1"), "100m", "Running")));
+        l.on_event(&watcher::Event::Delete(tenant_pod(
+            "a",
+            Some("c1"),
+            "100m",
+            "Running",
+        )));
         assert_eq!(l.used("c1"), Amounts::default());
         // a relist: the old figures answer until it is done, then only what was listed counts
         l.on_event(&watcher::Event::Init);
-        l.on_event(&watcher::Event::InitApply(tenant_pod("y", Some("c2"), "2", "Running")));
+        l.on_event(&watcher::Event::InitApply(tenant_pod(
+            "y",
+            Some("c2"),
+            "2",
+            "Running",
+        )));
         assert_eq!(l.used("c2").cpu, 1000, "mid-relist: still the old ledger");
         l.on_event(&watcher::Event::InitDone);
         assert_eq!(l.used("c2").cpu, 2000);
-        assert!(!l.counts("ns/x") && !l.counts("ns/b"), "pods gone while the watch was down are forgotten");
+        assert!(
+            !l.counts("ns/x") && !l.counts("ns/b"),
+            "pods gone while the watch was down are forgotten"
+        );
         // built from a store's contents, the same sums
-        let pods = vec![Arc::new(tenant_pod("p", Some("c1"), "300m", "Running")), Arc::new(tenant_pod("q", Some("c1"), "200m", "Running"))];
+        let pods = vec![
+            Arc::new(tenant_pod("p", Some("c1"), "300m", "Running")),
+            Arc::new(tenant_pod("q", Some("c1"), "200m", "Running")),
+        ];
         assert_eq!(Ledger::of(&pods).used("c1").cpu, 500);
     }
 

@@ -272,11 +272,17 @@ mod tests {
         });
         let v: PodView = serde_json::from_value(watched).unwrap();
         assert_eq!(v.metadata.uid.as_deref(), Some("u-1"));
-        assert_eq!(v.status.as_ref().and_then(|s| s.pod_ip.as_deref()), Some("10.244.0.9"));
+        assert_eq!(
+            v.status.as_ref().and_then(|s| s.pod_ip.as_deref()),
+            Some("10.244.0.9")
+        );
         // the same kind, version and path as a Pod: an Api<PodView> lists and watches pods
         use kube::Resource;
         assert_eq!(PodView::kind(&()), "Pod");
-        assert_eq!(PodView::url_path(&(), Some("n")), k8s_openapi::api::core::v1::Pod::url_path(&(), Some("n")));
+        assert_eq!(
+            PodView::url_path(&(), Some("n")),
+            k8s_openapi::api::core::v1::Pod::url_path(&(), Some("n"))
+        );
         // nothing of the spec is kept: a view is far smaller than the Pod it came from
         assert!(std::mem::size_of::<PodView>() * 2 < std::mem::size_of::<k8s_openapi::api::core::v1::Pod>());
         assert!(!serde_json::to_string(&v).unwrap().contains("busybox"));

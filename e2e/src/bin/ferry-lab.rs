@@ -563,11 +563,7 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&f)?);
         }
         Cmd::Bench {
-            what: BenchCmd::Tunnel {
-                seconds,
-                runs,
-                plot,
-            },
+            what: BenchCmd::Tunnel { seconds, runs, plot },
         } => {
             lab::require_root("ferry-lab bench tunnel")?;
             let lab = lab::Lab::load(&cli.root, &cli.name)?;
@@ -579,10 +575,12 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&r)?);
         }
         Cmd::Heap { file, top } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let v: serde_json::Value =
                 serde_json::from_str(&text).with_context(|| format!("{}: not JSON", file.display()))?;
-            let s = ferry_e2e::heap::summarize(&v, top).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let s = ferry_e2e::heap::summarize(&v, top)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             println!("{}", serde_json::to_string_pretty(&s)?);
         }
         Cmd::Exec {
