@@ -25,14 +25,13 @@ use ferry_peering_broker::offloading::OFFLOADED_LABEL;
 use ferry_virtual_kubelet::TENANT_LABEL;
 use ferry_virtual_kubelet::admission::{Decision, decide};
 use ferry_virtual_kubelet::policy::{Stage, check};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::DynamicObject;
 use kube::core::PartialObjectMeta;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
-use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tracing::warn;
@@ -196,37 +195,19 @@ impl Webhook {
     }
 }
 
-/// The webhook's routes, with the `NamespaceOffloading` watch that feeds its cache running beside.
+/// The webhook's routes, with the watches that feed its caches (offloadings, tenant namespaces, Tenants)
+/// running beside.
 pub fn router(client: Client) -> (Router, impl std::future::Future<Output = ()>) {
-    let (offloadings, writer) = reflector::store();
-    let offloading_watch = reflector(
-        writer,
-        watcher(
-            Api::<NamespaceOffloading>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .for_each(|_| async {});
-    let (tenant_namespaces, writer) = reflector::store();
-    let namespace_watch = reflector(
-        writer,
-        watcher(
-            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-            watcher::Config::default().labels(TENANT_LABEL),
-        )
-        .modify(|n| n.metadata.managed_fields = None),
-    )
-    .default_backoff()
-    .for_each(|_| async {});
-    let (tenants, writer) = reflector::store();
-    let tenant_watch = reflector(
-        writer,
-        watcher(Api::<Tenant>::all(client.clone()), watcher::Config::default())
-            .modify(|t| t.metadata.managed_fields = None),
-    )
-    .default_backoff()
-    .for_each(|_| async {});
+    use ferry_plumbing::triggers::store;
+    let (offloadings, offloading_watch) = store(
+        Api::<NamespaceOffloading>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let (tenant_namespaces, namespace_watch) = store(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        watcher::Config::default().labels(TENANT_LABEL),
+    );
+    let (tenants, tenant_watch) = store(Api::<Tenant>::all(client.clone()), watcher::Config::default());
     let w = Arc::new(Webhook {
         client,
         offloadings,

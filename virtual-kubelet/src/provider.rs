@@ -53,8 +53,8 @@ pub struct ShadowPodReconciler {
     /// Pods created but not yet in the pod store, per tenant (so concurrent reconciles cannot together
     /// exceed a grant).
     in_flight: std::sync::Mutex<HashMap<String, HashMap<String, Amounts>>>,
-    /// What each tenant's pods hold (fed by the pod watch; shared with it).
-    pub ledger: Arc<std::sync::Mutex<Ledger>>,
+    /// What each tenant's pods hold (fed by the pod watch that also fills `pods`).
+    ledger: Arc<std::sync::Mutex<Ledger>>,
 }
 
 /// What each tenant's pods hold, kept up to date from the pod watch's events (one pod's change costs one
@@ -188,13 +188,14 @@ pub fn fits(granted: Amounts, used: Amounts, need: Amounts) -> Result<(), String
 }
 
 impl ShadowPodReconciler {
-    /// The reconciler's context over the given stores.
+    /// The reconciler's context over the given stores and the ledger the pod watch keeps.
     pub fn new(
         client: Client,
         pods: Store<Pod>,
         namespaces: Store<Namespace>,
         tenants: Store<Tenant>,
         slices: Store<ResourceSlice>,
+        ledger: Arc<std::sync::Mutex<Ledger>>,
     ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
@@ -203,8 +204,6 @@ impl ShadowPodReconciler {
                 instance: None,
             },
         );
-        // what the store holds now (its events feed the ledger from then on: see `run`)
-        let ledger = Arc::new(std::sync::Mutex::new(Ledger::of(&pods.state())));
         Self {
             client,
             pods,
@@ -531,15 +530,14 @@ pub async fn run(client: Client) {
     );
     let (nodes, node_changes) =
         store_with_changes(Api::<Node>::all(client.clone()), watcher::Config::default());
-    let mut reconciler = ShadowPodReconciler::new(
+    let ctx = Arc::new(ShadowPodReconciler::new(
         client.clone(),
         pods.clone(),
         namespaces,
         tenant_store.clone(),
         slices,
-    );
-    reconciler.ledger = ledger;
-    let ctx = Arc::new(reconciler);
+        ledger,
+    ));
     let controller = Controller::new(Api::<ShadowPod>::all(client.clone()), watcher::Config::default())
         .owns_stream(pod_events)
         .with_config(kube::runtime::controller::Config::default().concurrency(32))
@@ -927,12 +925,16 @@ mod tests {
                 "spec": {"providerClusterID": "p1", "consumerClusterID": "c1", "resources": {}},
                 "status": {"granted": {"cpu": cpu, "memory": "64Gi", "pods": "100"}},
             }));
+            let pods = filled(pods);
+            // the ledger the pod watch would have built from the same pods
+            let ledger = Arc::new(std::sync::Mutex::new(Ledger::of(&pods.state())));
             Arc::new(ShadowPodReconciler::new(
                 client,
-                filled(pods),
+                pods,
                 filled(nss),
                 filled(vec![tenant]),
                 filled(vec![slice]),
+                ledger,
             ))
         }
 
