@@ -360,7 +360,67 @@ pub struct PeerNetworkStatus {
     /// The active replica's identity on the gateway Lease (`<node>_<instance>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_replica: Option<String>,
+    /// What the active gateway measured on its node (read by `ferryctl doctor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnostics: Option<PeerNetworkDiagnostics>,
     /// Conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// The datapath facts the active gateway measures on its node every 2 s: what only that node can see
+/// (WireGuard's handshake, its nftables rules, conntrack, DF probes through the tunnel).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerNetworkDiagnostics {
+    /// When these were measured (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_at: Option<String>,
+    /// This side's WireGuard public key (the peer's `peerPublicKey` must equal it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// Seconds since WireGuard's last completed handshake (it rekeys every 2 minutes; none: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshake_age_seconds: Option<u64>,
+    /// Heartbeats through the tunnel lost among the last 20 (10 s), in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_percent: Option<f64>,
+    /// Times the gateway found its nftables rules (NAT, MSS clamp) removed and applied them again.
+    #[serde(default)]
+    pub rules_removed: u64,
+    /// The last time it found them removed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rules_removed: Option<String>,
+    /// The MSS clamp is part of the rules.
+    #[serde(default)]
+    pub mss_clamp: bool,
+    /// DF probes through the tunnel at the tunnel MTU and at the clamped MSS's packet size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub df_probe: Option<DfProbe>,
+    /// `nf_conntrack_count` on the gateway's node (absent: conntrack not loaded there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrack_count: Option<u64>,
+    /// `nf_conntrack_max` on the gateway's node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrack_max: Option<u64>,
+    /// `net.ipv4.ip_local_port_range` on the gateway's node, e.g. `32768-60999`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_ports: Option<String>,
+}
+
+/// DF probes sent through the tunnel to the peer gateway's responder: a full-size packet that is lost while
+/// a small one passes is an MTU blackhole, found even where ICMP is filtered. With the MSS clamp, a full TCP
+/// segment (MSS + 40 bytes of IPv4 and TCP headers) is exactly the tunnel MTU, so the first probe is also
+/// the MSS-sized one.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DfProbe {
+    /// The probe at the tunnel MTU (whole IP packet, bytes).
+    pub mtu_bytes: u32,
+    /// It was answered.
+    pub mtu_answered: bool,
+    /// The probe at 1280 bytes (the least any IPv6 path carries).
+    pub floor_bytes: u32,
+    /// It was answered.
+    pub floor_answered: bool,
 }

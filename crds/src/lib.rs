@@ -15,9 +15,9 @@ pub mod mcs;
 
 pub use foreign_cluster::{ForeignCluster, ForeignClusterSpec, ForeignClusterStatus, PeeringRole};
 pub use kinds::{
-    NamespaceOffloading, NamespaceOffloadingSpec, PeerNetwork, PeerNetworkSpec, PeerNetworkStatus,
-    ResourceSlice, ResourceSliceSpec, ResourceSliceStatus, ShadowPod, ShadowPodSpec, Tenant, TenantSpec,
-    VirtualNode, VirtualNodeSpec,
+    DfProbe, NamespaceOffloading, NamespaceOffloadingSpec, PeerNetwork, PeerNetworkDiagnostics,
+    PeerNetworkSpec, PeerNetworkStatus, ResourceSlice, ResourceSliceSpec, ResourceSliceStatus, ShadowPod,
+    ShadowPodSpec, Tenant, TenantSpec, VirtualNode, VirtualNodeSpec,
 };
 
 /// The API group of every ferry kind.

@@ -452,7 +452,9 @@ pub fn load_nft(ruleset: &str) -> Result<()> {
 
 /// Whether the peering's nftables table is still in place (someone may delete it).
 pub fn intact(spec: &GatewaySpec) -> bool {
-    run("nft", &["list", "table", "inet", &spec.nft_table()]).is_ok()
+    // the table, and in it the MSS clamp when the plan has one (a rule deleted alone is found too)
+    run("nft", &["list", "table", "inet", &spec.nft_table()])
+        .is_ok_and(|listing| !spec.mss_clamp || listing.contains("maxseg size set"))
 }
 
 /// Carries out the spec's teardown ([`GatewaySpec::teardown`]): nft table, then the interface with its
@@ -470,18 +472,51 @@ pub fn teardown(ops: &[Op]) {
     }
 }
 
-/// The interface's peer: (seconds since the last handshake, bytes received, bytes sent), through
-/// wireguard-control.
-pub fn wg_counters(dev: &str) -> Option<(u64, u64, u64)> {
+/// What WireGuard tells about the interface and its peer, through wireguard-control.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WgState {
+    /// Seconds since the last completed handshake (`None`: never).
+    pub handshake_age: Option<u64>,
+    /// Bytes received from the peer.
+    pub rx: u64,
+    /// Bytes sent to it.
+    pub tx: u64,
+    /// The interface's own public key (base64).
+    pub public_key: Option<String>,
+}
+
+/// Reads the interface's [`WgState`]; `None` when the device does not answer or has no peer.
+pub fn wg_state(dev: &str) -> Option<WgState> {
     let name: wireguard_control::InterfaceName = dev.parse().ok()?;
     let d = wireguard_control::Device::get(&name, backend_of(dev)).ok()?;
     let p = d.peers.first()?;
-    let age = p
-        .stats
-        .last_handshake_time
-        .and_then(|t| t.elapsed().ok())
-        .map_or(u64::MAX, |e| e.as_secs());
-    Some((age, p.stats.rx_bytes, p.stats.tx_bytes))
+    Some(WgState {
+        handshake_age: p
+            .stats
+            .last_handshake_time
+            .and_then(|t| t.elapsed().ok())
+            .map(|e| e.as_secs()),
+        rx: p.stats.rx_bytes,
+        tx: p.stats.tx_bytes,
+        public_key: d.public_key.map(|k| k.to_base64()),
+    })
+}
+
+/// `nf_conntrack_count` and `nf_conntrack_max` of this network namespace (`None`: conntrack not loaded).
+pub fn conntrack() -> (Option<u64>, Option<u64>) {
+    let read = |f: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/netfilter/{f}"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    };
+    (read("nf_conntrack_count"), read("nf_conntrack_max"))
+}
+
+/// `net.ipv4.ip_local_port_range` as `low-high`.
+pub fn ephemeral_ports() -> Option<String> {
+    let s = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = s.split_whitespace();
+    Some(format!("{}-{}", it.next()?, it.next()?))
 }
 
 #[cfg(test)]

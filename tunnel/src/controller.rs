@@ -162,6 +162,7 @@ pub fn status_patch(s: &GatewayStatus, since: &str, at: &ActiveAt) -> serde_json
         "lastMTUChange": s.last_mtu_change,
         "rxBytes": s.rx_bytes,
         "txBytes": s.tx_bytes,
+        "diagnostics": diagnostics(&s.diagnostics),
         "conditions": [{
             "type": "TunnelConnected",
             "status": if s.connected { "True" } else { "False" },
@@ -174,6 +175,35 @@ pub fn status_patch(s: &GatewayStatus, since: &str, at: &ActiveAt) -> serde_json
         st.extend(f);
     }
     patch
+}
+
+/// The diagnostics as a merge patch: a fact not measured this time is written as `null`, so that no old
+/// value stays behind.
+fn diagnostics(d: &ferry_crds::PeerNetworkDiagnostics) -> serde_json::Value {
+    let mut v = serde_json::to_value(d).expect("diagnostics serialise");
+    if let serde_json::Value::Object(m) = &mut v {
+        for key in [
+            "checkedAt",
+            "publicKey",
+            "handshakeAgeSeconds",
+            "lossPercent",
+            "lastRulesRemoved",
+            "dfProbe",
+            "conntrackCount",
+            "conntrackMax",
+            "ephemeralPorts",
+        ] {
+            m.entry(key).or_insert(serde_json::Value::Null);
+        }
+        if let Some(l) = m
+            .get_mut("lossPercent")
+            .and_then(|l| l.as_f64())
+            .map(|l| (l * 10.0).round() / 10.0)
+        {
+            m.insert("lossPercent".into(), json!(l));
+        }
+    }
+    v
 }
 
 /// The Event a status calls for: the path MTU changed since the status that had `seen` changes. A core/v1
@@ -665,6 +695,12 @@ mod tests {
             rx_bytes: 7,
             tx_bytes: 9,
             backend: "userspace".into(),
+            diagnostics: ferry_crds::PeerNetworkDiagnostics {
+                handshake_age_seconds: Some(40),
+                loss_percent: Some(100.0 / 3.0),
+                rules_removed: 2,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let at = ActiveAt {
@@ -689,6 +725,14 @@ mod tests {
         );
         let st: ferry_crds::PeerNetworkStatus = serde_json::from_value(p["status"].clone()).unwrap();
         assert_eq!((st.tx_bytes, st.mtu_changes, st.last_mtu_change), (9, 0, None));
+        // the diagnostics: measured facts, rounded loss, and null for what was not measured (merge patch)
+        let d = &p["status"]["diagnostics"];
+        assert_eq!(d["handshakeAgeSeconds"], 40);
+        assert_eq!(d["lossPercent"], 33.3);
+        assert_eq!(d["rulesRemoved"], 2);
+        assert!(d["dfProbe"].is_null() && d["conntrackMax"].is_null(), "{d}");
+        let d = st.diagnostics.unwrap();
+        assert_eq!((d.rules_removed, d.df_probe), (2, None));
     }
 
     #[test]

@@ -464,22 +464,65 @@ pub async fn run_until(
     result
 }
 
-/// Reads WireGuard's counters and checks the rules, off the async threads and bounded: a WireGuard
-/// device that does not answer its UAPI must not stall the heartbeats or SIGTERM handling.
-async fn check_host(spec: &GatewaySpec) -> Observed {
+/// Reads WireGuard's state and checks the rules, conntrack and the port range, off the async threads and
+/// bounded: a WireGuard device that does not answer its UAPI must not stall the heartbeats or SIGTERM
+/// handling. While the tunnel is connected (`probe`), DF probes go through it at the same time.
+async fn check_host(spec: &GatewaySpec, probe: bool) -> Observed {
     let (dev, s2) = (spec.interface.clone(), spec.clone());
-    let checked = tokio::time::timeout(
+    let blocking = tokio::time::timeout(
         Duration::from_secs(1),
-        tokio::task::spawn_blocking(move || (apply::wg_counters(&dev), apply::intact(&s2))),
-    )
-    .await;
+        tokio::task::spawn_blocking(move || {
+            (
+                apply::wg_state(&dev),
+                apply::intact(&s2),
+                apply::conntrack(),
+                apply::ephemeral_ports(),
+            )
+        }),
+    );
+    let probes = async {
+        match probe {
+            true => df_probe(spec).await,
+            false => None,
+        }
+    };
+    let (checked, df_probe) = tokio::join!(blocking, probes);
     match checked {
-        Ok(Ok((counters, intact))) => Observed::HostCheck {
-            counters: counters.map(|(_, rx, tx)| (rx, tx)),
+        Ok(Ok((wg, intact, conntrack, ephemeral_ports))) => Observed::HostCheck {
+            counters: wg.as_ref().map(|w| (w.rx, w.tx)),
             intact,
+            facts: crate::health::HostFacts {
+                at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                handshake_age: wg.as_ref().and_then(|w| w.handshake_age),
+                df_probe,
+                conntrack,
+                ephemeral_ports,
+                public_key: wg.and_then(|w| w.public_key),
+            },
         },
         _ => Observed::HostCheckTimedOut,
     }
+}
+
+/// DF probes through the tunnel to the peer's responder: one at the tunnel MTU (tried twice, so that one
+/// lost packet is not taken for a blackhole) and one at 1280 bytes.
+async fn df_probe(spec: &GatewaySpec) -> Option<ferry_crds::DfProbe> {
+    let peer = SocketAddr::new(spec.remote_tunnel_addr, crate::probe::TUNNEL_PROBE_PORT);
+    let sock = crate::probe::mtu_socket(peer).await.ok()?;
+    let floor = spec.tunnel_mtu.min(1280);
+    let mut mtu_answered = false;
+    for _ in 0..2 {
+        mtu_answered = crate::probe::mtu_probe(&sock, peer, spec.tunnel_mtu).await;
+        if mtu_answered {
+            break;
+        }
+    }
+    Some(ferry_crds::DfProbe {
+        mtu_bytes: spec.tunnel_mtu,
+        mtu_answered,
+        floor_bytes: floor,
+        floor_answered: crate::probe::mtu_probe(&sock, peer, floor).await,
+    })
 }
 
 async fn watch(
@@ -581,7 +624,7 @@ async fn watch(
                     match effect {
                         Effect::Changed { connected } => info!(peer = cfg.peer, connected, "tunnel health changed"),
                         Effect::CheckHost => {
-                            let observed = check_host(&spec).await;
+                            let observed = check_host(&spec, health.status.connected).await;
                             let (h, more) = step(health, observed);
                             health = h;
                             for e in more {

@@ -49,6 +49,8 @@ pub struct Health {
     pub last_ok: Option<Duration>,
     /// Heartbeats sent.
     pub ticks: u64,
+    /// The last [`LOSS_WINDOW`] heartbeats, newest in bit 0: 1 = not answered in time.
+    pub lost: u32,
     /// What is reported: [`step`] keeps its health fields (connected, phase, latency, heartbeat age,
     /// counters, re-applies); the gateway sets the rest (MTUs, remaps, backend) once at tunnel-up.
     pub status: GatewayStatus,
@@ -88,6 +90,29 @@ pub struct GatewayStatus {
     /// The last such change, worded for the operator, with its time.
     #[serde(default)]
     pub last_mtu_change: Option<String>,
+    /// What `ferryctl doctor` reads: handshake age, loss, rules removed, DF probes, conntrack, ports.
+    #[serde(default)]
+    pub diagnostics: ferry_crds::PeerNetworkDiagnostics,
+}
+
+/// How many of the latest heartbeats the loss is counted over (10 s).
+pub const LOSS_WINDOW: u32 = 20;
+
+/// What a host check measured besides the counters and the rules, each `None` when it could not be read.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HostFacts {
+    /// When it was measured (RFC 3339).
+    pub at: String,
+    /// Seconds since WireGuard's last handshake.
+    pub handshake_age: Option<u64>,
+    /// The DF probes through the tunnel.
+    pub df_probe: Option<ferry_crds::DfProbe>,
+    /// `nf_conntrack_count`, `nf_conntrack_max`.
+    pub conntrack: (Option<u64>, Option<u64>),
+    /// `ip_local_port_range`, as `low-high`.
+    pub ephemeral_ports: Option<String>,
+    /// The interface's own WireGuard public key.
+    pub public_key: Option<String>,
 }
 
 /// What was observed.
@@ -106,6 +131,8 @@ pub enum Observed {
         counters: Option<(u64, u64)>,
         /// Whether the nft table and policy rules are still in place.
         intact: bool,
+        /// The rest of what was measured.
+        facts: HostFacts,
     },
     /// The host check did not answer in time (a stuck WireGuard device).
     HostCheckTimedOut,
@@ -139,6 +166,9 @@ pub fn step(mut h: Health, observed: Observed) -> (Health, Vec<Effect>) {
                 h.last_ok = Some(now);
                 s.latency_ms = Some(rtt.as_secs_f64() * 1000.0);
             }
+            h.lost = ((h.lost << 1) | u32::from(rtt.is_none())) & ((1 << LOSS_WINDOW) - 1);
+            let counted = (h.ticks + 1).min(u64::from(LOSS_WINDOW));
+            s.diagnostics.loss_percent = Some(f64::from(h.lost.count_ones()) * 100.0 / counted as f64);
             let age = h.last_ok.map(|t| now.saturating_sub(t));
             let connected = age.is_some_and(|a| a < DEAD_AFTER);
             if connected != s.connected {
@@ -153,15 +183,33 @@ pub fn step(mut h: Health, observed: Observed) -> (Health, Vec<Effect>) {
             }
             effects.push(Effect::Report);
         }
-        Observed::HostCheck { counters, intact } => {
+        Observed::HostCheck {
+            counters,
+            intact,
+            facts,
+        } => {
             if let Some((rx, tx)) = counters {
                 s.rx_bytes = rx;
                 s.tx_bytes = tx;
             }
+            let d = &mut s.diagnostics;
             if !intact {
                 s.reapplied += 1;
+                d.rules_removed += 1;
+                d.last_rules_removed = Some(facts.at.clone());
                 effects.push(Effect::Reapply);
             }
+            d.mss_clamp = s.mss_clamp;
+            d.handshake_age_seconds = facts.handshake_age;
+            if facts.df_probe.is_some() {
+                d.df_probe = facts.df_probe;
+            }
+            (d.conntrack_count, d.conntrack_max) = facts.conntrack;
+            d.ephemeral_ports = facts.ephemeral_ports;
+            if facts.public_key.is_some() {
+                d.public_key = facts.public_key;
+            }
+            d.checked_at = Some(facts.at);
         }
         Observed::HostCheckTimedOut => effects.push(Effect::CheckStuck),
     }
@@ -237,6 +285,12 @@ mod tests {
             Observed::HostCheck {
                 counters: Some((7, 9)),
                 intact: true,
+                facts: HostFacts {
+                    at: "t1".into(),
+                    handshake_age: Some(12),
+                    conntrack: (Some(90), Some(100)),
+                    ..Default::default()
+                },
             },
         );
         assert!(e.is_empty());
@@ -244,11 +298,35 @@ mod tests {
             (h.status.rx_bytes, h.status.tx_bytes, h.status.reapplied),
             (7, 9, 0)
         );
+        let d = &h.status.diagnostics;
+        assert_eq!(
+            (d.handshake_age_seconds, d.conntrack_count, d.conntrack_max),
+            (Some(12), Some(90), Some(100))
+        );
+        assert_eq!(
+            (
+                d.rules_removed,
+                d.last_rules_removed.as_deref(),
+                d.checked_at.as_deref()
+            ),
+            (0, None, Some("t1"))
+        );
+        let probe = ferry_crds::DfProbe {
+            mtu_bytes: 1440,
+            mtu_answered: false,
+            floor_bytes: 1280,
+            floor_answered: true,
+        };
         let (h, e) = step(
             h,
             Observed::HostCheck {
                 counters: None,
                 intact: false,
+                facts: HostFacts {
+                    at: "t2".into(),
+                    df_probe: Some(probe.clone()),
+                    ..Default::default()
+                },
             },
         );
         assert_eq!(e, [Effect::Reapply]);
@@ -257,9 +335,49 @@ mod tests {
             (h.status.rx_bytes, h.status.tx_bytes, h.status.reapplied),
             (7, 9, 1)
         );
+        // the removal is counted with its time, for doctor; facts not measured this time are not kept
+        let d = &h.status.diagnostics;
+        assert_eq!(
+            (d.rules_removed, d.last_rules_removed.as_deref()),
+            (1, Some("t2"))
+        );
+        assert_eq!((d.handshake_age_seconds, d.conntrack_max), (None, None));
+        assert_eq!(d.df_probe.as_ref(), Some(&probe));
+        // a check without probes (the tunnel was down) keeps the last probe's result
+        let (h, _) = step(
+            h,
+            Observed::HostCheck {
+                counters: None,
+                intact: true,
+                facts: HostFacts::default(),
+            },
+        );
+        assert_eq!(h.status.diagnostics.df_probe.as_ref(), Some(&probe));
         let (h2, e) = step(h.clone(), Observed::HostCheckTimedOut);
         assert_eq!(e, [Effect::CheckStuck]);
         assert_eq!(h2, h);
+    }
+
+    #[test]
+    fn loss_is_counted_over_the_last_twenty_heartbeats() {
+        let mut h = Health::default();
+        // 1 lost of the first 4
+        for (i, answered) in [true, false, true, true].into_iter().enumerate() {
+            h = beat(h, 500 * (i as u64 + 1), answered.then_some(1)).0;
+        }
+        assert_eq!(h.status.diagnostics.loss_percent, Some(25.0));
+        // 20 answered later, the lost one is out of the window
+        for i in 4..24 {
+            h = beat(h, 500 * (i + 1), Some(1)).0;
+        }
+        assert_eq!(h.status.diagnostics.loss_percent, Some(0.0));
+        // a cut: every one of the last 20 lost
+        for i in 24..50 {
+            h = beat(h, 500 * (i + 1), None).0;
+        }
+        assert_eq!(h.status.diagnostics.loss_percent, Some(100.0));
+        let (h, _) = beat(h, 500 * 51, Some(1));
+        assert_eq!(h.status.diagnostics.loss_percent, Some(95.0));
     }
 
     #[test]
