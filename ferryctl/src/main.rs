@@ -4,6 +4,7 @@
 
 mod chart;
 mod discover;
+mod doctor;
 mod install;
 mod status;
 
@@ -79,6 +80,25 @@ enum Cmd {
         /// Namespace ferry was installed into (where the route agents report).
         #[arg(long, default_value = "ferry-system")]
         namespace: String,
+    },
+    /// Check the known cross-cluster failures and the peering, one line per check (ok / WARN / FAIL) with
+    /// the evidence and the fix: CIDRs and their NAT, MTU (DF probes through the tunnel), DNS forwarding,
+    /// the tunnel, the gateway's conntrack and ports, certificates, clocks, the virtual node. Exit code 1
+    /// when a check fails.
+    Doctor {
+        /// Namespace ferry was installed into.
+        #[arg(long, default_value = "ferry-system")]
+        namespace: String,
+        /// Only this peer (its cluster ID).
+        #[arg(long)]
+        peer: Option<String>,
+        /// The peer cluster's kubeconfig: both sides are read, and the checks that need both ends (keys,
+        /// endpoints, the peer's CIDRs, a DNS loop, clock skew between the clusters) are made.
+        #[arg(long)]
+        peer_kubeconfig: Option<PathBuf>,
+        /// Context in the peer's kubeconfig.
+        #[arg(long)]
+        peer_context: Option<String>,
     },
     /// Offload resources to providers.
     Offload {
@@ -229,11 +249,15 @@ struct InstallArgs {
 }
 
 async fn client(cli: &Cli) -> Result<kube::Client> {
+    client_for(cli.kubeconfig.as_ref(), cli.context.clone()).await
+}
+
+async fn client_for(kubeconfig: Option<&PathBuf>, context: Option<String>) -> Result<kube::Client> {
     let opts = kube::config::KubeConfigOptions {
-        context: cli.context.clone(),
+        context,
         ..Default::default()
     };
-    let config = match &cli.kubeconfig {
+    let config = match kubeconfig {
         Some(p) => {
             kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(p)?, &opts).await?
         }
@@ -408,6 +432,56 @@ async fn run(cli: Cli) -> Result<()> {
             let c = client(&cli).await?;
             consumer::unpeer(&c, provider).await?;
             println!("unpeered from {provider}");
+        }
+        Cmd::Doctor {
+            namespace,
+            peer,
+            peer_kubeconfig,
+            peer_context,
+        } => {
+            let c = client(&cli).await?;
+            let name = |kc: Option<&PathBuf>, ctx: Option<&String>| {
+                ctx.cloned()
+                    .or_else(|| kc.and_then(|p| p.parent()?.file_name()?.to_str().map(str::to_string)))
+                    .unwrap_or_else(|| "this cluster".into())
+            };
+            let mut side = doctor::gather::side(&c, "", namespace).await?;
+            side.name = side
+                .cluster_id
+                .clone()
+                .unwrap_or_else(|| name(cli.kubeconfig.as_ref(), cli.context.as_ref()));
+            let theirs = match peer_kubeconfig {
+                Some(p) => {
+                    let pc = client_for(Some(p), peer_context.clone()).await?;
+                    let mut t = doctor::gather::side(&pc, "", namespace).await?;
+                    t.name = t
+                        .cluster_id
+                        .clone()
+                        .unwrap_or_else(|| name(Some(p), peer_context.as_ref()));
+                    Some(t)
+                }
+                None => None,
+            };
+            let mut checks = doctor::run(&side, theirs.as_ref(), peer.as_deref());
+            if let Some(t) = &theirs {
+                checks.extend(
+                    doctor::run(t, Some(&side), None)
+                        .into_iter()
+                        .filter(|c| c.check != "clock")
+                        .filter(|c| {
+                            peer.is_none() || c.subject.ends_with(side.name.as_str()) || c.check == "dns"
+                        }),
+                );
+            }
+            let failed = doctor::failed(&checks);
+            print(
+                cli.output,
+                &serde_json::json!({ "checks": checks, "failed": failed }),
+                || doctor::table(&checks),
+            )?;
+            if failed {
+                std::process::exit(1);
+            }
         }
         Cmd::Status { namespace } => {
             let c = client(&cli).await?;
