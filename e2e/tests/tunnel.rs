@@ -883,3 +883,383 @@ fn roles_swap_when_only_the_consumer_is_reachable_the_provider_dials() {
         g.stop();
     }
 }
+
+/// `ferryctl doctor -o json` against cluster `idx` (with the other cluster's kubeconfig when `both`):
+/// (exit code 0, the report).
+fn doctor(lab: &Lab, idx: usize, both: bool) -> (bool, serde_json::Value) {
+    let kc = |i: usize| lab.paths.kubeconfig(&lab.layout.clusters[i]);
+    let peer_kc = kc(1 - idx).to_string_lossy().to_string();
+    let mut args = vec!["doctor", "-o", "json"];
+    if both {
+        args.extend(["--peer-kubeconfig", &peer_kc]);
+    }
+    let (ok, out, err) = ferry_e2e::agents::ferryctl(&kc(idx), &args);
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("doctor printed no JSON ({e}): {out}\n{err}"));
+    (ok, v)
+}
+
+/// The checks of a report that are not ok, as `level check subject: evidence | fix` lines.
+fn not_ok(report: &serde_json::Value) -> Vec<String> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["level"] != "ok")
+        .map(|c| {
+            format!(
+                "{} {} {}: {} | {}",
+                c["level"], c["check"], c["subject"], c["evidence"], c["fix"]
+            )
+        })
+        .collect()
+}
+
+/// Runs doctor until check `name` fails on cluster `idx` (the gateway reports every 5 s), then returns
+/// that check; the exit code must say it failed.
+fn doctor_until_fails(lab: &Lab, idx: usize, both: bool, name: &str) -> serde_json::Value {
+    let t0 = Instant::now();
+    loop {
+        let (ok, v) = doctor(lab, idx, both);
+        if let Some(c) = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == name && c["level"] == "fail")
+        {
+            assert!(!ok, "a failed check makes the exit code non-zero: {v}");
+            assert!(c["fix"].as_str().is_some_and(|f| !f.is_empty()), "{c}");
+            return c.clone();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "doctor did not fail {name} within 20 s: {:#?}",
+            not_ok(&v)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A Corefile for cluster `idx`: `root` is where `.` goes; ferry's clusterset.local stanza beside it.
+fn corefiles(lab: &Lab, idx: usize, root: &str, clusterset: &str) {
+    let kc = lab.paths.kubeconfig(&lab.layout.clusters[idx]);
+    let cm = |name: &str, key: &str, text: String| {
+        json!({ "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "name": name, "namespace": "kube-system" }, "data": { key: text } })
+    };
+    for obj in [
+        cm(
+            "coredns",
+            "Corefile",
+            format!(
+                ".:53 {{\n    errors\n    kubernetes cluster.local in-addr.arpa ip6.arpa {{\n       pods insecure\n    }}\n    forward . {root} {{\n       max_concurrent 1000\n    }}\n    cache 30\n    loop\n}}\n"
+            ),
+        ),
+        cm(
+            "coredns-custom",
+            "clusterset.server",
+            format!("clusterset.local:53 {{\n    errors\n    cache 5\n    forward . {clusterset}\n}}\n"),
+        ),
+    ] {
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .args(["apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(obj.to_string().as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+}
+
+/// Runs `script` with bash in cluster `idx`'s host namespace (where the lab's gateway runs).
+fn in_host(lab: &Lab, idx: usize, script: &str) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.layout.host_netns(&lab.layout.clusters[idx]),
+            "bash",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `nf_conntrack_max` is one value for the whole machine: put back whatever it was.
+struct ConntrackMax(String);
+impl Drop for ConntrackMax {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/net/netfilter/nf_conntrack_max", &self.0);
+    }
+}
+
+#[test]
+fn doctor_is_ok_on_a_healthy_peering_and_fails_each_known_failure_with_its_fix() {
+    use ferry_e2e::agents;
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab();
+    let _reset = WanReset(lab.clone());
+    let _agents = [
+        agents::start(&lab, 0, &[]).unwrap(),
+        agents::start(&lab, 1, &[]).unwrap(),
+    ];
+    let _ = agents::ferryctl(
+        &lab.paths.kubeconfig(&lab.layout.clusters[0]),
+        &["unpeer", "provider-c2"],
+    );
+    let mut gateways = [
+        agents::start_gateway(&lab, 0).unwrap(),
+        agents::start_gateway(&lab, 1).unwrap(),
+    ];
+    agents::peer(&lab, &[]).unwrap();
+    // CoreDNS as an operator sets it up: `.` upstream, clusterset.local to ferry-dns (the .53 of each
+    // cluster's service CIDR, as the chart picks it)
+    corefiles(&lab, 0, "/etc/resolv.conf", "10.96.0.53");
+    corefiles(&lab, 1, "/etc/resolv.conf", "10.97.0.53");
+    wait_for(
+        "both PeerNetworks Connected and probed",
+        Duration::from_secs(40),
+        || {
+            [(0, "provider-c2"), (1, "consumer-c1")].iter().all(|(i, n)| {
+                let pn = peer_network(&lab, *i, n);
+                phase(&pn) == "Connected"
+                    && pn.is_some_and(|p| p["status"]["diagnostics"]["dfProbe"]["mtuAnswered"] == json!(true))
+            })
+        },
+    );
+
+    // healthy: every check ok, from each side, with and without the other side
+    let t0 = Instant::now();
+    let healthy = loop {
+        let reports: Vec<(bool, serde_json::Value)> = [(0, true), (1, true), (0, false)]
+            .iter()
+            .map(|(i, b)| doctor(&lab, *i, *b))
+            .collect();
+        let bad: Vec<String> = reports.iter().flat_map(|(_, v)| not_ok(v)).collect();
+        if bad.is_empty() && reports.iter().all(|(ok, _)| *ok) {
+            break reports;
+        }
+        // the virtual node turns Ready a little after the tunnel connects
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "not every check ok on the healthy lab: {bad:#?}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let both = &healthy[0].1;
+    assert_eq!(both["checks"].as_array().unwrap().len(), 13, "{both}");
+    let evidence = |v: &serde_json::Value, name: &str| -> String {
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == name)
+            .unwrap()["evidence"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let e = evidence(both, "cidr");
+    assert!(
+        e.contains("10.244.0.0/16 overlaps") && e.contains("is remapped to"),
+        "{e}"
+    );
+    let e = evidence(both, "tunnel");
+    assert!(e.contains("keys and endpoints match on both sides"), "{e}");
+    let e = evidence(both, "mtu");
+    assert!(
+        e.contains("a DF probe of 1440 B through the tunnel was answered"),
+        "{e}"
+    );
+    let kc1 = lab
+        .paths
+        .kubeconfig(&lab.layout.clusters[1])
+        .to_string_lossy()
+        .to_string();
+    let (ok, table, _) = agents::ferryctl(
+        &lab.paths.kubeconfig(&lab.layout.clusters[0]),
+        &["doctor", "--peer-kubeconfig", &kc1],
+    );
+    assert!(
+        ok && table.ends_with("13 checks: 0 failed, 0 warned\n"),
+        "{table}"
+    );
+    eprintln!("doctor on the healthy lab (also ok from c2, and from c1 alone):\n{table}");
+
+    // 1. the NAT rules of the overlap removed (something keeps flushing ferry's table): cidr fails
+    let table = "ferry_fyprovider_c2";
+    let out = in_host(
+        &lab,
+        0,
+        &format!(
+            "for i in $(seq 1 15); do nft delete table inet {table} 2>/dev/null; sleep 0.2; done; echo done"
+        ),
+    );
+    assert!(out.contains("done"), "{out}");
+    let c = doctor_until_fails(&lab, 0, false, "cidr");
+    assert!(
+        c["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("NAT and MSS-clamp rules removed"),
+        "{c}"
+    );
+    assert!(c["fix"].as_str().unwrap().contains("nft flush ruleset"), "{c}");
+    eprintln!("1. NAT rules removed: {}", c["evidence"]);
+
+    // 2. the gateway's conntrack table near full: its limit lowered and filled with UDP flows
+    let max_file = "/proc/sys/net/netfilter/nf_conntrack_max";
+    let max_before = std::fs::read_to_string(max_file).unwrap();
+    let _restore = ConntrackMax(max_before.clone());
+    let out = in_host(
+        &lab,
+        0,
+        "nft add table inet lab_ct && nft add chain inet lab_ct out '{ type filter hook output priority 0; }' && nft add rule inet lab_ct out ct state new counter; conntrack -F 2>/dev/null; cat /proc/sys/net/netfilter/nf_conntrack_count",
+    );
+    let before: u64 = out.trim().lines().last().unwrap_or("0").parse().unwrap_or(0);
+    // the limit is the machine's, each namespace counts its own entries: above the fullest namespace (real
+    // nodes' kube-proxy tracks flows too), so that only c1's gateway namespace gets near it
+    let fullest = Command::new("bash")
+        .args(["-c", "for n in $(ip netns list | cut -d' ' -f1); do ip netns exec $n cat /proc/sys/net/netfilter/nf_conntrack_count; done; cat /proc/sys/net/netfilter/nf_conntrack_count"])
+        .output()
+        .unwrap();
+    let fullest = String::from_utf8_lossy(&fullest.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    let max = fullest.max(before) + 400;
+    let fill = (max * 93).div_ceil(100).saturating_sub(before);
+    std::fs::write(max_file, max.to_string()).unwrap();
+    let wan_c2 = lab.layout.clusters[1].wan_ip.to_string();
+    let out = in_host(
+        &lab,
+        0,
+        &format!(
+            "for p in $(seq 30000 {}); do echo x > /dev/udp/{wan_c2}/$p; done; cat /proc/sys/net/netfilter/nf_conntrack_count",
+            30000 + fill
+        ),
+    );
+    eprintln!(
+        "conntrack entries in c1's gateway namespace: {before} → {}",
+        out.trim()
+    );
+    let c = doctor_until_fails(&lab, 0, false, "capacity");
+    assert!(
+        c["fix"]
+            .as_str()
+            .unwrap()
+            .contains("sysctl -w net.netfilter.nf_conntrack_max="),
+        "{c}"
+    );
+    eprintln!("2. conntrack: {}", c["evidence"]);
+    drop(_restore);
+    let _ = in_host(&lab, 0, "nft delete table inet lab_ct");
+    assert_eq!(
+        std::fs::read_to_string(max_file).unwrap().trim(),
+        max_before.trim()
+    );
+
+    // 3. CoreDNS forwarding every name to the other cluster, both ways: a loop, found with both sides
+    corefiles(&lab, 0, "10.97.0.10", "10.96.0.53");
+    corefiles(&lab, 1, "10.96.0.10", "10.97.0.53");
+    let c = doctor_until_fails(&lab, 0, true, "dns");
+    let e = c["evidence"].as_str().unwrap();
+    assert!(
+        e.starts_with("forwarding loop: consumer-c1 forwards every name"),
+        "{c}"
+    );
+    assert!(
+        c["fix"].as_str().unwrap().contains("forward . /etc/resolv.conf"),
+        "{c}"
+    );
+    eprintln!("3. DNS: {e}");
+    corefiles(&lab, 0, "/etc/resolv.conf", "10.96.0.53");
+    corefiles(&lab, 1, "/etc/resolv.conf", "10.97.0.53");
+
+    // 4. MTU blackhole: the underlay MTU pinned (the gateway no longer probes the path), a 1400-byte hop
+    // on the WAN and its ICMP "fragmentation needed" dropped: the DF probe at 1440 B is lost
+    let kc0 = lab.paths.kubeconfig(&lab.layout.clusters[0]);
+    let patch = |v: serde_json::Value| {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kc0)
+            .args([
+                "patch",
+                "peernetwork",
+                "provider-c2",
+                "--type",
+                "merge",
+                "-p",
+                &v.to_string(),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    patch(json!({ "spec": { "underlayMTU": 1500 } }));
+    hidden_hop(&lab.layout, 1400, true);
+    let c = doctor_until_fails(&lab, 0, false, "mtu");
+    let e = c["evidence"].as_str().unwrap();
+    assert!(
+        e.contains("MTU blackhole: a DF probe of 1440 B through the tunnel is lost while 1280 B passes"),
+        "{c}"
+    );
+    assert!(
+        c["fix"].as_str().unwrap().contains("remove spec.underlayMTU"),
+        "{c}"
+    );
+    eprintln!("4. MTU: {e}");
+    hidden_hop(&lab.layout, 1500, false);
+    patch(json!({ "spec": { "underlayMTU": null } }));
+
+    // 5. the WAN cut: the tunnel drops
+    cut_wan(&lab, true);
+    let c = doctor_until_fails(&lab, 0, false, "tunnel");
+    let e = c["evidence"].as_str().unwrap();
+    assert!(
+        e.contains("not connected") && e.contains("198.18.2.2:51820"),
+        "{c}"
+    );
+    eprintln!("5. WAN cut: {e}");
+    cut_wan(&lab, false);
+    wait_for("Connected again", Duration::from_secs(10), || {
+        phase(&peer_network(&lab, 0, "provider-c2")) == "Connected"
+    });
+
+    for name in ["coredns", "coredns-custom"] {
+        for i in 0..2 {
+            let _ = Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(lab.paths.kubeconfig(&lab.layout.clusters[i]))
+                .args([
+                    "-n",
+                    "kube-system",
+                    "delete",
+                    "configmap",
+                    name,
+                    "--ignore-not-found",
+                ])
+                .output();
+        }
+    }
+    unpeer_and_expect_no_tunnel(&lab);
+    for g in &mut gateways {
+        g.stop();
+    }
+}

@@ -319,7 +319,7 @@ fn cidr(side: &Side, p: &PeerFacts, their: Option<(&Side, &PeerFacts)>) -> Outco
             ago.map_or("at an unknown time".into(), |a| format!("{a} s ago"))
         );
         let fix = format!(
-            "find what rewrites nftables on node {node} (a firewalld reload, `nft flush ruleset`, an iptables-restore in nft mode) and keep it off ferry's tables (inet ferry_*)"
+            "find what rewrites nftables on {node} (a firewalld reload, `nft flush ruleset`, an iptables-restore in nft mode) and keep it off ferry's tables (inet ferry_*)"
         );
         if ago.is_none_or(|a| a <= RULES_REMOVED_RECENTLY_SECS) {
             fails.push(what);
@@ -331,9 +331,10 @@ fn cidr(side: &Side, p: &PeerFacts, their: Option<(&Side, &PeerFacts)>) -> Outco
     if !fails.is_empty() {
         return (Level::Fail, fails.join("; "), Some(fixes.join("; ")));
     }
-    let checked = d.checked_at.as_deref().map_or("never checked".into(), |_| {
-        format!("rules in place on node {node}")
-    });
+    let checked = d
+        .checked_at
+        .as_deref()
+        .map_or("never checked".into(), |_| format!("rules in place on {node}"));
     ok(match seen.is_empty() {
         true => format!(
             "no overlap: here {}, the peer {}; {checked}",
@@ -347,8 +348,8 @@ fn cidr(side: &Side, p: &PeerFacts, their: Option<(&Side, &PeerFacts)>) -> Outco
 fn gateway_node(pn: &PeerNetwork) -> String {
     pn.status
         .as_ref()
-        .and_then(|s| s.gateway_node.clone())
-        .unwrap_or_else(|| "(the gateway's)".into())
+        .and_then(|s| s.gateway_node.as_ref())
+        .map_or_else(|| "the gateway's node".into(), |n| format!("node {n}"))
 }
 
 fn mtu(p: &PeerFacts) -> Outcome {
@@ -522,17 +523,15 @@ fn tunnel(side: &Side, p: &PeerFacts, their: Option<(&Side, &PeerFacts)>) -> Out
     }
     let stale = seconds_since(side.now, d.checked_at.as_deref()).filter(|a| *a > STALE_AFTER_SECS);
     if let Some(a) = stale {
-        fails.push(format!(
-            "the active gateway (node {node}) last reported {a} s ago"
-        ));
+        fails.push(format!("the active gateway ({node}) last reported {a} s ago"));
         fixes.push(format!(
-            "the gateway stopped or lost its Lease: kubectl -n ferry-system get pods -o wide | grep gateway; its logs on node {node}"
+            "the gateway stopped or lost its Lease: kubectl -n ferry-system get pods -o wide | grep gateway; its logs on {node}"
         ));
     } else if st.phase.as_deref() != Some("Connected") {
         fails.push(format!(
             "not connected: no heartbeat answered through the tunnel (loss {}% over 10 s), last WireGuard handshake {}; peer endpoint {endpoint}",
             d.loss_percent.map_or("?".into(), |l| format!("{l:.0}")),
-            d.handshake_age_seconds.map_or("never".into(), |a| format!("{a} s ago"))
+            d.handshake_age_seconds.map_or("none completed".into(), |a| format!("{a} s ago"))
         ));
         fixes.push(format!(
             "check that UDP to {endpoint} reaches the peer's gateway (a firewall, the WAN, its node), and run ferryctl doctor on the peer"
@@ -547,10 +546,10 @@ fn tunnel(side: &Side, p: &PeerFacts, their: Option<(&Side, &PeerFacts)>) -> Out
         return (Level::Fail, fails.join("; "), Some(fixes.join("; ")));
     }
     let evidence = format!(
-        "{}, last handshake {}, loss {}% over 10 s, latency {} ms, active gateway on node {node}{}",
+        "{}, last handshake {}, loss {}% over 10 s, latency {} ms, active gateway on {node}{}",
         st.phase.as_deref().unwrap_or("?"),
         d.handshake_age_seconds
-            .map_or("never".into(), |a| format!("{a} s ago")),
+            .map_or("none completed".into(), |a| format!("{a} s ago")),
         d.loss_percent.map_or("?".into(), |l| format!("{l:.0}")),
         st.latency_ms.map_or("?".into(), |l| format!("{l:.2}")),
         if their.is_some() {
@@ -588,16 +587,16 @@ fn capacity(p: &PeerFacts) -> Outcome {
     });
     let (Some(count), Some(max)) = (d.conntrack_count, d.conntrack_max) else {
         return ok(format!(
-            "conntrack not loaded on node {node}; {ports_text}; ferry's NAT is stateless (prefix translation) and uses no ports"
+            "conntrack not loaded on {node}; {ports_text}; ferry's NAT is stateless (prefix translation) and uses no ports"
         ));
     };
     let used = count as f64 / max.max(1) as f64;
     let evidence = format!(
-        "conntrack {count}/{max} ({:.0}%) on node {node}; {ports_text}; ferry's NAT is stateless and uses no ports",
+        "conntrack {count}/{max} ({:.0}%) on {node}; {ports_text}; ferry's NAT is stateless and uses no ports",
         used * 100.0
     );
     let fix = format!(
-        "on node {node}: sysctl -w net.netfilter.nf_conntrack_max={} (and in /etc/sysctl.d/ to keep it), and look for what opens that many flows (conntrack -S, conntrack -L)",
+        "on {node}: sysctl -w net.netfilter.nf_conntrack_max={} (and in /etc/sysctl.d/ to keep it), and look for what opens that many flows (conntrack -S, conntrack -L)",
         max * 2
     );
     if used >= CONNTRACK_FAIL {
@@ -617,7 +616,7 @@ fn capacity(p: &PeerFacts) -> Outcome {
                 "{evidence}: more flows than ephemeral ports, so a masquerade to one address on this node runs out of source ports"
             ),
             Some(format!(
-                "on node {node}: sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\""
+                "on {node}: sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\""
             )),
         ),
         _ => ok(evidence),
@@ -675,15 +674,19 @@ fn peering(side: &Side, p: &PeerFacts) -> Outcome {
             }
         }
     }
-    if p.cordoned == Some(true) {
-        warns.push(format!(
-            "the Tenant of consumer {} is cordoned: its new pods are refused",
-            p.id
-        ));
-        fixes.push(format!(
-            "ferryctl uncordon tenant {} when it may run pods again",
-            p.id
-        ));
+    match p.cordoned {
+        Some(true) => {
+            warns.push(format!(
+                "the Tenant of consumer {} is cordoned: its new pods are refused",
+                p.id
+            ));
+            fixes.push(format!(
+                "when it may run pods again: kubectl patch tenant {} --type merge -p '{{\"spec\":{{\"cordoned\":false}}}}'",
+                p.id
+            ));
+        }
+        Some(false) => seen.push(format!("consumer {}'s Tenant admitted, not cordoned", p.id)),
+        None => {}
     }
     let level = if !fails.is_empty() {
         Level::Fail

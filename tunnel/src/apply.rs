@@ -490,12 +490,24 @@ pub fn wg_state(dev: &str) -> Option<WgState> {
     let name: wireguard_control::InterfaceName = dev.parse().ok()?;
     let d = wireguard_control::Device::get(&name, backend_of(dev)).ok()?;
     let p = d.peers.first()?;
-    Some(WgState {
-        handshake_age: p
+    let handshake_age = match backend_of(dev) {
+        // boringtun answers `last_handshake_time_sec` with the time *since* the handshake, not the time of
+        // it as the UAPI says, and wireguard-control leaves out a 0 (a handshake within the last second):
+        // read the value as an age, and a session that carried bytes with none as under a second old
+        wireguard_control::Backend::Userspace => p
+            .stats
+            .last_handshake_time
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|a| a.as_secs())
+            .or((p.stats.rx_bytes > 0).then_some(0)),
+        _ => p
             .stats
             .last_handshake_time
             .and_then(|t| t.elapsed().ok())
             .map(|e| e.as_secs()),
+    };
+    Some(WgState {
+        handshake_age,
         rx: p.stats.rx_bytes,
         tx: p.stats.tx_bytes,
         public_key: d.public_key.map(|k| k.to_base64()),

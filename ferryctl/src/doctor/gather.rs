@@ -66,13 +66,24 @@ pub async fn side(client: &Client, name: &str, namespace: &str) -> Result<Side> 
         .map(|l| l.items)
         .unwrap_or_default();
     let node_api: Api<Node> = Api::all(client.clone());
+    // every peer this cluster knows: its ForeignClusters (the providers it consumes from), and on a provider
+    // the consumers' Tenants and PeerNetworks
+    let mut ids: Vec<String> = fcs.iter().map(|f| f.spec.cluster_id.clone()).collect();
+    for id in tenants
+        .iter()
+        .map(|t| &t.spec.cluster_id)
+        .chain(pns.iter().map(|p| &p.spec.cluster_id))
+    {
+        if !ids.contains(id) {
+            ids.push(id.clone());
+        }
+    }
     let mut peers = Vec::new();
-    for fc in &fcs {
-        let id = fc.spec.cluster_id.clone();
-        let consumes = fc.spec.role == PeeringRole::Provider;
+    for id in ids {
+        let fc = fcs.iter().find(|f| f.spec.cluster_id == id);
+        let consumes = fc.is_some_and(|f| f.spec.role == PeeringRole::Provider);
         let conditions = fc
-            .status
-            .as_ref()
+            .and_then(|f| f.status.as_ref())
             .map(|s| {
                 s.conditions
                     .iter()
@@ -124,14 +135,10 @@ pub async fn side(client: &Client, name: &str, namespace: &str) -> Result<Side> 
                 .and_then(|pem| ferry_plumbing::certs::pem_validity(&pem))
                 .map(|(nb, na, _)| (nb, na));
         }
-        let cordoned = (fc.spec.role == PeeringRole::Consumer)
-            .then(|| {
-                tenants
-                    .iter()
-                    .find(|t| t.spec.cluster_id == id)
-                    .map(|t| t.spec.cordoned)
-            })
-            .flatten();
+        let cordoned = tenants
+            .iter()
+            .find(|t| t.spec.cluster_id == id)
+            .map(|t| t.spec.cordoned);
         peers.push(PeerFacts {
             network: pns.iter().find(|p| p.spec.cluster_id == id).cloned(),
             id,
