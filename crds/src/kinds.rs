@@ -132,6 +132,10 @@ pub struct ResourceSliceStatus {
     /// free (the virtual node's allocatable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub available: Option<ResourceAmounts>,
+    /// The provider cordoned this tenant (`ferryctl cordon tenant`): its new pods are refused, and the
+    /// consumer's virtual node takes none (`available` is zero, the node gets a `NoSchedule` taint).
+    #[serde(default)]
+    pub cordoned: bool,
 }
 
 /// A virtual node in the consumer, backed by a provider's granted slice.

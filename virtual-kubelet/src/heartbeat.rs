@@ -128,6 +128,7 @@ pub async fn heartbeat(peer: Arc<Peer>) {
             network,
             granted,
             available,
+            cordoned: st.is_some_and(|s| s.cordoned),
         };
         if last.as_ref() == Some(&state) && !beat {
             continue;
@@ -135,6 +136,28 @@ pub async fn heartbeat(peer: Arc<Peer>) {
         let mut patch = node_status(&state, &now(), &peer.version, peer.kubelet_endpoint);
         match nodes.get_opt(&name).await {
             Ok(Some(old)) => {
+                let taints = old
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.taints.clone())
+                    .unwrap_or_default();
+                if let Some(taints) = crate::node::cordon_taints(&taints, state.cordoned) {
+                    match nodes
+                        .patch(
+                            &name,
+                            &PatchParams::default(),
+                            &Patch::Merge(json!({"spec": {"taints": taints}})),
+                        )
+                        .await
+                    {
+                        Ok(_) => info!(
+                            node = name,
+                            cordoned = state.cordoned,
+                            "the provider (un)cordoned this tenant"
+                        ),
+                        Err(e) => warn!(node = name, "tainting the node: {e}"),
+                    }
+                }
                 keep_transition_times(&mut patch, &old);
                 match nodes
                     .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))

@@ -27,6 +27,32 @@ pub struct Observed {
     pub granted: Amounts,
     /// What the provider can run for this tenant now (node allocatable), within the grant.
     pub available: Amounts,
+    /// The provider cordoned this tenant (its `ResourceSlice` says so): the node gets [`CORDON_TAINT`].
+    pub cordoned: bool,
+}
+
+/// Taint the virtual node carries while the provider has cordoned this tenant (effect `NoSchedule`): no
+/// new pod is scheduled there, the pods already there keep running. A taint of its own, not
+/// `spec.unschedulable`, so that the provider's uncordon never undoes a `kubectl cordon` of the consumer.
+pub const CORDON_TAINT: &str = "virtual-node.ferry.dev/provider-cordoned";
+
+/// The node's taints with [`CORDON_TAINT`] added (`cordoned`) or removed; `None` when they already are
+/// so (pure).
+pub fn cordon_taints(taints: &[Taint], cordoned: bool) -> Option<Vec<Taint>> {
+    let has = taints.iter().any(|t| t.key == CORDON_TAINT);
+    if has == cordoned {
+        return None;
+    }
+    let mut out: Vec<Taint> = taints.iter().filter(|t| t.key != CORDON_TAINT).cloned().collect();
+    if cordoned {
+        out.push(Taint {
+            key: CORDON_TAINT.into(),
+            value: Some("true".into()),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        });
+    }
+    Some(out)
 }
 
 /// The virtual node, as first created.
@@ -201,7 +227,27 @@ mod tests {
                 memory: 8 * 1000 * (1 << 30),
                 pods: 100_000,
             },
+            cordoned: false,
         }
+    }
+
+    #[test]
+    fn a_cordon_adds_its_taint_once_and_an_uncordon_removes_only_it() {
+        let base = virtual_node(&VirtualNodeIdentity::for_provider("p1"))
+            .spec
+            .unwrap()
+            .taints
+            .unwrap();
+        assert_eq!(cordon_taints(&base, false), None);
+        let cordoned = cordon_taints(&base, true).unwrap();
+        assert_eq!(cordoned.len(), base.len() + 1);
+        let t = cordoned.last().unwrap();
+        assert_eq!((t.key.as_str(), t.effect.as_str()), (CORDON_TAINT, "NoSchedule"));
+        // the other taints (and a consumer's own, e.g. from kubectl cordon) stay, in order
+        assert_eq!(&cordoned[..base.len()], &base[..]);
+        assert_eq!(cordon_taints(&cordoned, true), None);
+        assert_eq!(cordon_taints(&cordoned, false).unwrap(), base);
+        assert_eq!(cordon_taints(&[], true).unwrap().len(), 1);
     }
 
     #[test]

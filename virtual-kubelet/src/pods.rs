@@ -136,6 +136,7 @@ impl PodReflector {
                 .as_ref()
                 .map(|_| pod.metadata.deletion_grace_period_seconds.unwrap_or(30).max(0) as u32),
             daemonset: pod.owner_references().iter().any(|o| o.kind == "DaemonSet"),
+            controlled: pod.owner_references().iter().any(|o| o.controller == Some(true)),
             status: pod.status.as_ref(),
         };
         let mapped = mapped(&ctx.offloadings, &ctx.peer.provider, &ns);
@@ -217,6 +218,21 @@ impl PodReflector {
                         .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                         .await
                         .map_err(api_err(format!("pod {ns}/{name} status")))?;
+                }
+                Effect::Evict { message } => {
+                    self.event(pod, EventType::Warning, "Evicted", message).await;
+                    let dp = DeleteParams {
+                        preconditions: Some(Preconditions {
+                            uid: Some(uid.clone()),
+                            resource_version: None,
+                        }),
+                        ..Default::default()
+                    };
+                    match local.delete(&name, &dp).await {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                        Err(e) => return Err(api_err(format!("evicting pod {ns}/{name}"))(e)),
+                    }
                 }
                 Effect::Finalize => return finalize(&local, &name, &uid).await,
                 Effect::Requeue(after) => then = Action::requeue(after),

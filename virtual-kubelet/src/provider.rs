@@ -259,7 +259,7 @@ impl ShadowPodReconciler {
             return Err(Refused {
                 reason: "Cordoned",
                 message: format!(
-                    "tenant {tenant_id} is cordoned on this provider: no new pods; fix: the provider uncordons it"
+                    "tenant {tenant_id} is cordoned on this provider: no new pods; fix: the provider uncordons it (ferryctl uncordon tenant {tenant_id})"
                 ),
             });
         }
@@ -523,7 +523,8 @@ pub async fn run(client: Client) {
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default().labels(TENANT_LABEL),
     );
-    let (tenant_store, tenant_watch) = store(Api::<Tenant>::all(client.clone()), watcher::Config::default());
+    let (tenant_store, tenant_changes) =
+        store_with_changes(Api::<Tenant>::all(client.clone()), watcher::Config::default());
     let (slices, slice_watch) = store(
         Api::<ResourceSlice>::all(client.clone()),
         watcher::Config::default(),
@@ -557,7 +558,11 @@ pub async fn run(client: Client) {
         Api::<ResourceSlice>::all(client.clone()),
         watcher::Config::default(),
     )
-    .reconcile_all_on(futures::stream::select(pod_changes, node_changes))
+    // a cordon or uncordon reaches the slices at once
+    .reconcile_all_on(futures::stream::select(
+        futures::stream::select(pod_changes, node_changes),
+        tenant_changes,
+    ))
     // a burst of pod changes becomes one pass per slice
     .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)))
     .run(
@@ -573,7 +578,6 @@ pub async fn run(client: Client) {
         _ = controller => warn!("the ShadowPod controller stopped"),
         _ = available => warn!("the availability controller stopped"),
         _ = ns_watch => warn!("the tenant namespace watch stopped"),
-        _ = tenant_watch => warn!("the tenant watch stopped"),
         _ = slice_watch => warn!("the ResourceSlice watch stopped"),
     }
 }
@@ -660,18 +664,24 @@ impl Availability {
             .and_then(|s| s.granted.as_ref())
             .map(Amounts::from_resource_amounts)
             .unwrap_or_default();
-        let avail = tenant_available(
-            granted,
-            &ctx.pods.state(),
-            &ctx.nodes.state(),
-            &tenant.spec.cluster_id,
-        );
-        if slice.status.as_ref().and_then(|s| s.available.as_ref()) != Some(&avail) {
+        let cordoned = tenant.spec.cordoned;
+        let avail = match cordoned {
+            // nothing more for a cordoned tenant: its virtual node's allocatable is zero
+            true => tenant_available(Amounts::default(), &[], &[], &tenant.spec.cluster_id),
+            false => tenant_available(
+                granted,
+                &ctx.pods.state(),
+                &ctx.nodes.state(),
+                &tenant.spec.cluster_id,
+            ),
+        };
+        let st = slice.status.as_ref();
+        if st.and_then(|s| s.available.as_ref()) != Some(&avail) || st.map(|s| s.cordoned) != Some(cordoned) {
             Api::<ResourceSlice>::namespaced(ctx.client.clone(), &ns)
                 .patch_status(
                     crate::GRANTED_SLICE,
                     &PatchParams::default(),
-                    &Patch::Merge(json!({"status": {"available": avail}})),
+                    &Patch::Merge(json!({"status": {"available": avail, "cordoned": cordoned}})),
                 )
                 .await
                 .map_err(api_err(format!(

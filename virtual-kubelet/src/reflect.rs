@@ -9,7 +9,9 @@
 //!   waits for them to go; only then is its deletion finished;
 //! - a DaemonSet's pod is refused (it belongs on local nodes);
 //! - a `ShadowPod` of the same name but another pod (a StatefulSet's predecessor) is replaced;
-//! - a `ShadowPod` the provider refused keeps the pod Pending with the provider's reason;
+//! - a `ShadowPod` the provider refused keeps the pod Pending with the provider's reason, unless the
+//!   provider cordoned the tenant and a controller owns the pod: then the pod is evicted (deleted, with
+//!   an Event) and its controller's new pod is scheduled elsewhere;
 //! - no `ShadowPod` yet: one is created;
 //! - the provider pod's status, once it has something to say, is copied onto the pod when it differs
 //!   in a field the reflection owns.
@@ -30,6 +32,8 @@ pub struct LocalPod<'a> {
     pub deleting: Option<u32>,
     /// Whether a DaemonSet owns it.
     pub daemonset: bool,
+    /// Whether a controller (ReplicaSet, StatefulSet, Job, …) owns it and recreates it when it is gone.
+    pub controlled: bool,
     /// Its status (slimmed: see [`slim_status`]).
     pub status: Option<&'a PodStatus>,
 }
@@ -82,11 +86,20 @@ pub enum Effect {
     DeleteRemotePod(u32),
     /// Merge this into the pod's status.
     PatchStatus(serde_json::Value),
+    /// Delete the pod (precondition: its UID) so that its controller makes a new one, which the scheduler
+    /// places elsewhere, and say why in an Event: the provider cordoned this tenant.
+    Evict {
+        /// Why.
+        message: String,
+    },
     /// Finish the pod's deletion (grace 0, precondition: its UID), as a kubelet does.
     Finalize,
     /// Look again after this long (without it, the next change brings the pod back).
     Requeue(Duration),
 }
+
+/// How a provider's refusal of a cordoned tenant's pod begins (`<reason>: <message>`).
+pub const CORDONED: &str = "Cordoned:";
 
 /// A `Refuse` effect, or nothing when the pod already says so (one event per refusal, not one per look).
 pub fn refuse(pod: &LocalPod<'_>, reason: &'static str, message: String) -> Option<Effect> {
@@ -144,6 +157,15 @@ pub fn decide(peering: Peering<'_>, pod: &LocalPod<'_>, remote: Option<&Remote<'
                 && remote.pod.is_none()
             {
                 let why: String = why.chars().take(1024).collect();
+                // cordoned (or drained): a pod its controller recreates goes back to it, and the virtual
+                // node, tainted while cordoned, takes none of the new ones
+                if pod.controlled && why.starts_with(CORDONED) {
+                    let message = format!(
+                        "provider {} cordoned this cluster's tenant ({why}): the pod is deleted so that its controller makes a new one, scheduled off node {}",
+                        peering.provider, peering.node
+                    );
+                    return vec![Effect::Evict { message }];
+                }
                 let message = format!("provider {} refused the pod: {why}", peering.provider);
                 return refuse(pod, "ProviderRefused", message).into_iter().collect();
             }
@@ -448,6 +470,45 @@ mod tests {
         let r = remote(Some(refused), Some(Some(running)));
         assert!(matches!(
             decide(P, &pod(None), Some(&r)).as_slice(),
+            [Effect::PatchStatus(_)]
+        ));
+    }
+
+    #[test]
+    fn a_cordoned_tenants_controlled_pod_is_evicted_and_a_bare_one_stays_pending_with_the_reason() {
+        let why = "Cordoned: tenant c1 is cordoned on this provider: no new pods";
+        let refused = Shadow {
+            refusal: Some(why),
+            ..ours()
+        };
+        let r = remote(Some(refused.clone()), None);
+        let controlled = LocalPod {
+            controlled: true,
+            ..pod(None)
+        };
+        let e = decide(P, &controlled, Some(&r));
+        let [Effect::Evict { message }] = e.as_slice() else {
+            panic!("{e:?}")
+        };
+        assert!(
+            message.contains("provider p1 cordoned") && message.contains("off node ferry-p1"),
+            "{message}"
+        );
+        // no controller would make it again: it is not deleted, it waits with the reason
+        assert_eq!(reasons(&decide(P, &pod(None), Some(&r))), ["ProviderRefused"]);
+        // other refusals of a controlled pod keep it Pending as before
+        let grant = Shadow {
+            refusal: Some("OverGrant: cpu"),
+            ..ours()
+        };
+        assert_eq!(
+            reasons(&decide(P, &controlled, Some(&remote(Some(grant), None)))),
+            ["ProviderRefused"]
+        );
+        // a pod the provider still runs is not evicted by a later cordon: only new pods are refused
+        let running = status(json!({"phase": "Running"}));
+        assert!(matches!(
+            decide(P, &controlled, Some(&remote(Some(refused), Some(Some(running))))).as_slice(),
             [Effect::PatchStatus(_)]
         ));
     }
