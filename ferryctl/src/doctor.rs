@@ -681,7 +681,7 @@ fn peering(side: &Side, p: &PeerFacts) -> Outcome {
                 p.id
             ));
             fixes.push(format!(
-                "when it may run pods again: kubectl patch tenant {} --type merge -p '{{\"spec\":{{\"cordoned\":false}}}}'",
+                "when it may run pods again: ferryctl uncordon tenant {}",
                 p.id
             ));
         }

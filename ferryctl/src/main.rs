@@ -6,7 +6,9 @@ mod chart;
 mod discover;
 mod doctor;
 mod install;
+mod progress;
 mod status;
+mod tenant;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -69,8 +71,12 @@ enum Cmd {
     },
     /// Peer this cluster (the consumer) with the provider that issued the token.
     Peer(PeerArgs),
-    /// Remove a peering: the provider's tenant, this cluster's identity and ForeignCluster.
+    /// Remove a peering: the provider's tenant, this cluster's identity and ForeignCluster; waits until the
+    /// ForeignCluster, the PeerNetwork and the virtual node are gone.
     Unpeer {
+        /// Seconds to wait for them.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
         /// Provider cluster ID.
         provider: String,
     },
@@ -99,6 +105,23 @@ enum Cmd {
         /// Context in the peer's kubeconfig.
         #[arg(long)]
         peer_context: Option<String>,
+    },
+    /// On a provider: refuse a consumer's new pods (its running pods stay); its virtual node takes no more.
+    Cordon {
+        #[command(subcommand)]
+        cmd: TenantCmd,
+    },
+    /// On a provider: accept a cordoned consumer's new pods again.
+    Uncordon {
+        #[command(subcommand)]
+        cmd: TenantCmd,
+    },
+    /// On a provider: cordon a consumer and move its pods off this cluster (the consumer's controllers
+    /// recreate them elsewhere; a pod none recreates stays Pending there, with the reason). Waits until
+    /// none is left.
+    Drain {
+        #[command(subcommand)]
+        cmd: DrainCmd,
     },
     /// Offload resources to providers.
     Offload {
@@ -145,6 +168,27 @@ enum TokenCmd {
         /// How long the token is valid, e.g. 30m, 1h, 2d.
         #[arg(long, default_value = "1h")]
         ttl: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCmd {
+    /// A consumer's tenancy here.
+    Tenant {
+        /// The consumer's cluster ID (the Tenant's name: kubectl get tenants).
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DrainCmd {
+    /// A consumer's tenancy here.
+    Tenant {
+        /// The consumer's cluster ID (the Tenant's name: kubectl get tenants).
+        id: String,
+        /// Seconds to wait for its pods to be gone.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
     },
 }
 
@@ -264,6 +308,58 @@ async fn client_for(kubeconfig: Option<&PathBuf>, context: Option<String>) -> Re
         None => kube::Config::from_kubeconfig(&opts).await?,
     };
     Ok(kube::Client::try_from(config)?)
+}
+
+/// After unpeer: waits (with progress) until the ForeignCluster, the PeerNetwork and the virtual node of
+/// `provider` are gone, naming the one still there and its state.
+async fn unpeer_wait(c: &kube::Client, provider: &str, limit: std::time::Duration) -> Result<()> {
+    use k8s_openapi::api::core::v1::Node;
+    let node = ferry_virtual_kubelet::VirtualNodeIdentity::for_provider(provider).node_name;
+    let deleting = |m: &kube::api::ObjectMeta| match (&m.deletion_timestamp, &m.finalizers) {
+        (Some(_), Some(f)) if !f.is_empty() => format!("being deleted, finalizers: {}", f.join(", ")),
+        (Some(_), _) => "being deleted".to_string(),
+        (None, _) => "still there".to_string(),
+    };
+    progress::wait(
+        &format!("unpeer {provider}"),
+        limit,
+        "ForeignCluster, PeerNetwork and virtual node gone",
+        || {
+            let (c, node) = (c.clone(), node.clone());
+            async move {
+                if let Some(fc) = Api::<ferry_crds::ForeignCluster>::all(c.clone())
+                    .get_opt(provider)
+                    .await?
+                {
+                    return Ok(Some(progress::Waiting::new(
+                        format!("ForeignCluster {provider}"),
+                        deleting(&fc.metadata),
+                    )));
+                }
+                if let Some(pn) = Api::<ferry_crds::PeerNetwork>::all(c.clone())
+                    .get_opt(provider)
+                    .await?
+                {
+                    return Ok(Some(progress::Waiting::new(
+                        format!("PeerNetwork {provider}"),
+                        deleting(&pn.metadata),
+                    )));
+                }
+                if let Some(n) = Api::<Node>::all(c.clone()).get_opt(&node).await? {
+                    let pods = ferry_virtual_kubelet::consumer::pods_on_node(&c, provider)
+                        .await
+                        .unwrap_or(0);
+                    let state = format!(
+                        "{}, {pods} pod(s) bound to it; the agent removes it",
+                        deleting(&n.metadata)
+                    );
+                    return Ok(Some(progress::Waiting::new(format!("Node {node}"), state)));
+                }
+                Ok(None)
+            }
+        },
+    )
+    .await
 }
 
 /// `30m`, `1h`, `2d`, `90s` or plain seconds.
@@ -428,10 +524,34 @@ async fn run(cli: Cli) -> Result<()> {
             install::uninstall(&c, &objs, namespace, *force).await?;
             println!("ferry uninstalled: peerings, objects, namespace {namespace} and CRDs removed");
         }
-        Cmd::Unpeer { provider } => {
+        Cmd::Unpeer { provider, timeout } => {
             let c = client(&cli).await?;
             consumer::unpeer(&c, provider).await?;
+            unpeer_wait(&c, provider, std::time::Duration::from_secs(*timeout)).await?;
             println!("unpeered from {provider}");
+        }
+        Cmd::Cordon {
+            cmd: TenantCmd::Tenant { id },
+        } => {
+            let c = client(&cli).await?;
+            tenant::set_cordoned(&c, id, true).await?;
+            println!("tenant {id} cordoned: its new pods are refused, its running pods stay");
+        }
+        Cmd::Uncordon {
+            cmd: TenantCmd::Tenant { id },
+        } => {
+            let c = client(&cli).await?;
+            tenant::set_cordoned(&c, id, false).await?;
+            println!("tenant {id} uncordoned");
+        }
+        Cmd::Drain {
+            cmd: DrainCmd::Tenant { id, timeout },
+        } => {
+            let c = client(&cli).await?;
+            let n = tenant::drain(&c, id, std::time::Duration::from_secs(*timeout)).await?;
+            println!(
+                "tenant {id} drained ({n} ShadowPods deleted) and cordoned; ferryctl uncordon tenant {id} lets it back"
+            );
         }
         Cmd::Doctor {
             namespace,
