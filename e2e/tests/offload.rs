@@ -19,7 +19,15 @@ use serde_json::json;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const VNODE: &str = "ferry-provider-c2";
 /// Every namespace these tests make on the consumer.
-const TEST_NAMESPACES: [&str; 6] = ["burst", "plain", "remote-only", "restart", "outage", "pruned"];
+const TEST_NAMESPACES: [&str; 7] = [
+    "burst",
+    "plain",
+    "remote-only",
+    "restart",
+    "outage",
+    "pruned",
+    "drain",
+];
 
 struct Setup {
     lab: Lab,
@@ -998,4 +1006,243 @@ async fn a_configmap_a_secret_and_a_service_deleted_while_the_agent_was_down_lea
         .delete(ns, &DeleteParams::default())
         .await;
     s.teardown().await;
+}
+
+/// A Deployment of `replicas` hollow pods of 1 CPU (`on_virtual`: only on the virtual node).
+fn hollow_cpu(name: &str, replicas: u32, on_virtual: bool) -> Deployment {
+    let mut d = deployment(name, replicas, Some("1"), true);
+    if on_virtual {
+        d.spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .node_selector = Some([("type".to_string(), "virtual-node".to_string())].into());
+    }
+    d
+}
+
+/// The pod's status reason and message, and its PodScheduled condition's message.
+fn why(p: &Pod) -> String {
+    let st = p.status.clone().unwrap_or_default();
+    let sched = st
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "PodScheduled")
+        .and_then(|c| c.message)
+        .unwrap_or_default();
+    format!(
+        "{}: {} / {sched}",
+        st.reason.unwrap_or_default(),
+        st.message.unwrap_or_default()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cordon_refuses_new_pods_drain_moves_them_off_with_none_lost_and_uncordon_lets_them_back() {
+    let _g = SERIAL.lock().await;
+    let s = Setup::new(&[], &["--cpu", "8", "--pods", "110"]).await;
+    let (c1, c2) = (&s.c1, &s.c2);
+    let ns = "drain";
+    let rns = s.offloaded(ns, &[]).await;
+    let deploys: Api<Deployment> = Api::namespaced(c1.clone(), ns);
+    let pods1: Api<Pod> = Api::namespaced(c1.clone(), ns);
+    // the local nodes full, so that "home" (free to run anywhere) lands on the virtual node; "away" may run
+    // only there; "lonely" is a bare pod bound to it
+    let room = local_room(c1, 1000).await;
+    for d in [
+        hollow_cpu("filler", room as u32, false),
+        hollow_cpu("home", 2, false),
+        hollow_cpu("away", 2, true),
+    ] {
+        deploys.create(&PostParams::default(), &d).await.unwrap();
+        let name = d.metadata.name.clone().unwrap();
+        let n = d.spec.unwrap().replicas.unwrap() as usize;
+        wait(&format!("{name}: {n} pods Running"), 60, || {
+            all_running(c1, ns, &name, n)
+        })
+        .await;
+    }
+    pods1
+        .create(&PostParams::default(), &forced_pod("lonely", json!({})))
+        .await
+        .unwrap();
+    wait(
+        "home, away and lonely Running on the virtual node",
+        60,
+        || async {
+            let on: Vec<Pod> = pods1.list(&ListParams::default()).await?.items;
+            let on: Vec<&Pod> = on.iter().filter(|p| node_of(p) == VNODE).collect();
+            Ok(on.len() == 5 && on.iter().all(|p| phase(p) == "Running"))
+        },
+    )
+    .await;
+    let remote_pods = |c2: Client, rns: String| async move {
+        Api::<Pod>::namespaced(c2, &rns)
+            .list(&ListParams::default().labels("ferry.dev/origin-cluster=consumer-c1"))
+            .await
+            .unwrap()
+            .items
+    };
+    assert_eq!(remote_pods(c2.clone(), rns.clone()).await.len(), 5);
+
+    // cordon: the virtual node is tainted, a new pod bound to it stays Pending with the provider's
+    // reason, and the pods already running keep running
+    let (ok, out, err) = ferryctl(&s.kubeconfig(1), &["cordon", "tenant", "consumer-c1"]);
+    assert!(ok && out.contains("tenant consumer-c1 cordoned"), "{out}{err}");
+    let nodes: Api<Node> = Api::all(c1.clone());
+    wait("the virtual node tainted", 20, || async {
+        let n = nodes.get(VNODE).await?;
+        Ok(n.spec
+            .and_then(|s| s.taints)
+            .unwrap_or_default()
+            .iter()
+            .any(|t| t.key == ferry_virtual_kubelet::node::CORDON_TAINT && t.effect == "NoSchedule"))
+    })
+    .await;
+    pods1
+        .create(&PostParams::default(), &forced_pod("late", json!({})))
+        .await
+        .unwrap();
+    wait("late Pending with the provider's cordon", 30, || async {
+        let p = pods1.get("late").await?;
+        Ok(phase(&p) == "Pending" && why(&p).contains("ProviderRefused") && why(&p).contains("cordoned"))
+    })
+    .await;
+    assert_eq!(
+        remote_pods(c2.clone(), rns.clone()).await.len(),
+        5,
+        "running pods stay"
+    );
+    // (doctor fails the tunnel checks here: this test runs no gateways)
+    let (_, out, _) = ferryctl(&s.kubeconfig(1), &["doctor", "-o", "json"]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let peering = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "peering")
+        .unwrap()
+        .clone();
+    assert_eq!(peering["level"], "warn", "{peering}");
+    assert!(
+        peering["fix"]
+            .as_str()
+            .unwrap()
+            .contains("ferryctl uncordon tenant consumer-c1"),
+        "{peering}"
+    );
+
+    // drain, with room made at home first: every pod leaves the provider; "home" comes back to local
+    // nodes, "away" (virtual node only) waits Pending, the bare pods wait Pending with the reason
+    deploys
+        .patch(
+            "filler",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 0}})),
+        )
+        .await
+        .unwrap();
+    wait("filler gone", 60, || async {
+        Ok(pods(c1, ns, "filler").await.is_empty())
+    })
+    .await;
+    let home_before: BTreeSet<String> = pods(c1, ns, "home").await.iter().map(|p| p.name_any()).collect();
+    let t0 = Instant::now();
+    let (ok, out, err) = ferryctl(
+        &s.kubeconfig(1),
+        &["drain", "tenant", "consumer-c1", "--timeout", "90"],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("tenant consumer-c1 drained (6 ShadowPods deleted)"),
+        "{out}{err}"
+    );
+    // without a terminal: one progress line per change, naming what is awaited, and the end
+    assert!(err.contains("drain tenant consumer-c1: waiting for"), "{err}");
+    assert!(
+        err.contains("drain tenant consumer-c1: no pod of it runs here"),
+        "{err}"
+    );
+    eprintln!("drain took {:?}:\n{err}", t0.elapsed());
+    assert!(remote_pods(c2.clone(), rns.clone()).await.is_empty());
+    wait("home: 2 new pods Running on local nodes", 60, || async {
+        let p = pods(c1, ns, "home").await;
+        Ok(p.len() == 2
+            && p.iter().all(|p| {
+                phase(p) == "Running" && node_of(p) != VNODE && !home_before.contains(&p.name_any())
+            }))
+    })
+    .await;
+    wait(
+        "away: 2 pods Pending, kept off the cordoned virtual node",
+        60,
+        || async {
+            let p = pods(c1, ns, "away").await;
+            Ok(p.len() == 2
+                && p.iter().all(|p| {
+                    phase(p) == "Pending" && node_of(p).is_empty() && why(p).contains("provider-cordoned")
+                }))
+        },
+    )
+    .await;
+    for bare in ["lonely", "late"] {
+        let p = pods1.get(bare).await.unwrap();
+        assert!(
+            phase(&p) == "Pending" && why(&p).contains("cordoned"),
+            "{bare} is kept, Pending with the reason: {}",
+            why(&p)
+        );
+    }
+    // the four pods a controller owned were evicted, each with an Event saying why
+    let evicted: Vec<String> = Api::<Event>::namespaced(c1.clone(), ns)
+        .list(&ListParams::default().fields("reason=Evicted"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.message)
+        .collect();
+    assert!(
+        evicted.len() >= 4
+            && evicted
+                .iter()
+                .all(|m| m.contains("provider provider-c2 cordoned")),
+        "{evicted:#?}"
+    );
+
+    // uncordon: the taint goes, "away" runs on the provider again, the bare pods too
+    let (ok, out, err) = ferryctl(&s.kubeconfig(1), &["uncordon", "tenant", "consumer-c1"]);
+    assert!(ok, "{out}{err}");
+    wait(
+        "away, lonely and late Running on the provider again",
+        60,
+        || async {
+            let away = pods(c1, ns, "away").await;
+            let bare: Vec<Pod> = vec![pods1.get("lonely").await?, pods1.get("late").await?];
+            Ok(away.len() == 2
+                && away
+                    .iter()
+                    .chain(bare.iter())
+                    .all(|p| phase(p) == "Running" && node_of(p) == VNODE))
+        },
+    )
+    .await;
+    assert_eq!(remote_pods(c2.clone(), rns.clone()).await.len(), 4);
+
+    // unpeer waits, saying what it waits for, until the ForeignCluster, PeerNetwork and node are gone
+    let _ = Api::<Namespace>::all(c1.clone())
+        .delete(ns, &DeleteParams::default())
+        .await;
+    let (ok, out, err) = ferryctl(&s.kubeconfig(0), &["unpeer", "provider-c2"]);
+    assert!(ok && out.contains("unpeered from provider-c2"), "{out}{err}");
+    assert!(
+        err.contains("unpeer provider-c2: ForeignCluster, PeerNetwork and virtual node gone"),
+        "{err}"
+    );
+    assert!(nodes.get_opt(VNODE).await.unwrap().is_none());
+    drop(s.agents);
 }
