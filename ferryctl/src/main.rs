@@ -417,10 +417,38 @@ async fn run(cli: Cli) -> Result<()> {
                 pods: a.pods.clone(),
             };
             let provider = consumer::request_peering(&c, &a.token, a.cluster_id.as_deref(), res).await?;
-            eprintln!(
-                "ForeignCluster {provider} created; waiting for this cluster's ferry-agent to authenticate..."
-            );
-            let p = consumer::wait_authenticated(&c, &provider, std::time::Duration::from_secs(60)).await?;
+            let limit = std::time::Duration::from_secs(60);
+            progress::wait(&format!("peer {provider}"), limit, "Authenticated", || {
+                let (c, provider) = (c.clone(), provider.clone());
+                async move {
+                    let fc = Api::<ferry_crds::ForeignCluster>::all(c)
+                        .get_opt(&provider)
+                        .await?;
+                    let st = fc.and_then(|f| f.status).unwrap_or_default();
+                    let what = format!("ForeignCluster {provider}");
+                    Ok(match st.conditions.iter().find(|c| c.type_ == "Authenticated") {
+                        Some(c) if c.status == "True" => None,
+                        Some(c) if c.reason == "Refused" => {
+                            anyhow::bail!("{}", st.last_error.clone().unwrap_or(c.message.clone()))
+                        }
+                        Some(c) => Some(progress::Waiting::new(
+                            what,
+                            format!(
+                                "Authenticated={} ({}: {})",
+                                c.status,
+                                c.reason,
+                                st.last_error.as_deref().unwrap_or(&c.message)
+                            ),
+                        )),
+                        None => Some(progress::Waiting::new(
+                            what,
+                            "no Authenticated condition yet: is ferry-agent running on this cluster?",
+                        )),
+                    })
+                }
+            })
+            .await?;
+            let p = consumer::wait_authenticated(&c, &provider, limit).await?;
             let secs = start.elapsed().as_secs_f64();
             print(cli.output, &p, || {
                 format!(
@@ -935,26 +963,36 @@ async fn offload_namespace(
                     .any(|c| c.type_ == "Ready" && c.status == "True")
         })
     };
-    let waited = tokio::time::timeout(
+    progress::wait(
+        &format!("offload namespace {ns}"),
         timeout,
-        kube::runtime::wait::await_condition(api.clone(), "offloading", offloaded),
+        "every provider answered",
+        || {
+            let api = api.clone();
+            async move {
+                let no = api.get_opt("offloading").await?;
+                if offloaded(no.as_ref()) {
+                    return Ok(None);
+                }
+                let st = no.and_then(|n| n.status).unwrap_or_default();
+                let state = match st.conditions.iter().find(|c| c.type_ == "Ready") {
+                    Some(r) => format!("Ready={} ({}: {})", r.status, r.reason, r.message),
+                    None => "no Ready condition yet: is ferry-agent running on this cluster?".into(),
+                };
+                Ok(Some(progress::Waiting::new(
+                    format!("NamespaceOffloading {ns}/offloading"),
+                    state,
+                )))
+            }
+        },
     )
-    .await;
-    if let Ok(Ok(Some(no))) = waited {
-        return Ok(no.status.unwrap_or_default().remote_namespaces);
-    }
-    if let Ok(Err(e)) = waited {
-        anyhow::bail!("watching NamespaceOffloading {ns}/offloading: {e}");
-    }
-    // not Ready in time: say why if the agent said why
-    let st = api.get("offloading").await?.status.unwrap_or_default();
-    match st.conditions.iter().find(|c| c.type_ == "Ready") {
-        Some(r) if r.status == "False" => anyhow::bail!("{}", r.message),
-        _ => anyhow::bail!(
-            "namespace {ns} not offloaded after {}s; fix: is ferry-agent running on this cluster?",
-            timeout.as_secs()
-        ),
-    }
+    .await?;
+    Ok(api
+        .get("offloading")
+        .await?
+        .status
+        .unwrap_or_default()
+        .remote_namespaces)
 }
 
 fn age(created: i64) -> String {
