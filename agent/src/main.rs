@@ -421,16 +421,22 @@ async fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-/// `/metrics`: what the broker's servers have seen (Prometheus text; nothing yet on a standby replica).
+/// `/metrics`: the process's registry (controllers, pod reflection, broker requests; on a standby replica
+/// only what has run) and `ferry_agent_mcs_peers`, read at each scrape.
 fn metrics(cell: Arc<std::sync::OnceLock<Arc<provider::Provider>>>) -> admin::Render {
+    let peers = ferry_plumbing::metrics::prometheus_client::metrics::gauge::Gauge::<i64>::default();
+    ferry_plumbing::metrics::register(
+        "agent_mcs_peers",
+        "peers whose exports this agent holds",
+        peers.clone(),
+    );
     Arc::new(move || {
         let tenants = cell
             .get()
             .map(|p| p.mcs.remote.lock().map(|r| r.len()).unwrap_or(0))
             .unwrap_or(0);
-        format!(
-            "# HELP ferry_agent_mcs_peers peers whose exports this agent holds\n# TYPE ferry_agent_mcs_peers gauge\nferry_agent_mcs_peers {tenants}\n"
-        )
+        peers.set(tenants as i64);
+        ferry_plumbing::metrics::render()
     })
 }
 

@@ -254,6 +254,42 @@ pub type SharedZone = std::sync::Arc<std::sync::RwLock<std::sync::Arc<Zone>>>;
 /// query cannot make ferry-dns a large amplifier.
 pub const MAX_UDP_ANSWER: usize = 1232;
 
+/// What an answer says, as `ferry_dns_queries_total{result}` counts it (pure): `answered`, `nxdomain`,
+/// `refused` (another zone), `servfail`/`formerr`/`other` by the response code, `dropped` when no answer
+/// was sent (not a DNS query).
+pub fn result_of(answer: Option<&[u8]>) -> &'static str {
+    let Some(a) = answer else {
+        return "dropped";
+    };
+    match a.get(3).map(|b| b & 0x0f) {
+        Some(0) => "answered",
+        Some(1) => "formerr",
+        Some(2) => "servfail",
+        Some(3) => "nxdomain",
+        Some(5) => "refused",
+        _ => "other",
+    }
+}
+
+/// Counts one query by [`result_of`].
+fn count(answer: Option<&[u8]>) {
+    use ferry_plumbing::metrics::prometheus_client::metrics::{counter::Counter, family::Family};
+    static FAMILY: std::sync::OnceLock<Family<ferry_plumbing::metrics::Labels, Counter>> =
+        std::sync::OnceLock::new();
+    FAMILY
+        .get_or_init(|| {
+            let f = Family::default();
+            ferry_plumbing::metrics::register(
+                "dns_queries",
+                "queries by result: answered, nxdomain, refused (not clusterset.local), dropped, …",
+                f.clone(),
+            );
+            f
+        })
+        .get_or_create(&vec![("result".to_string(), result_of(answer).to_string())])
+        .inc();
+}
+
 /// Serves UDP until the socket fails (a failing receive or send is logged and retried).
 pub async fn serve_udp(sock: tokio::net::UdpSocket, zone: SharedZone) -> std::io::Result<()> {
     let mut buf = vec![0u8; 4096];
@@ -267,7 +303,9 @@ pub async fn serve_udp(sock: tokio::net::UdpSocket, zone: SharedZone) -> std::io
             }
         };
         let z = zone.read().expect("lock").clone();
-        if let Some(out) = answer(&buf[..n], &z, Some(512)) {
+        let out = answer(&buf[..n], &z, Some(512));
+        count(out.as_deref());
+        if let Some(out) = out {
             let _ = sock.send_to(&out, from).await;
         }
     }
@@ -300,7 +338,9 @@ pub async fn serve_tcp(
                     return;
                 };
                 let z = zone.read().expect("lock").clone();
-                let Some(out) = answer(&msg, &z, Some(usize::from(u16::MAX))) else {
+                let out = answer(&msg, &z, Some(usize::from(u16::MAX)));
+                count(out.as_deref());
+                let Some(out) = out else {
                     return;
                 };
                 let write = async {
@@ -479,6 +519,36 @@ mod tests {
                 RecordType::A
             )),
             ["10.0.0.5"]
+        );
+    }
+
+    #[test]
+    fn each_answer_is_counted_by_what_it_says() {
+        let raw = |name: &str| {
+            let mut m = Message::new();
+            m.set_id(1)
+                .add_query(Query::query(Name::from_str(name).unwrap(), RecordType::A));
+            answer(&m.to_vec().unwrap(), &zone(), Some(512))
+        };
+        assert_eq!(
+            result_of(raw("web.default.svc.clusterset.local.").as_deref()),
+            "answered"
+        );
+        assert_eq!(
+            result_of(raw("nope.default.svc.clusterset.local.").as_deref()),
+            "nxdomain"
+        );
+        assert_eq!(result_of(raw("example.com.").as_deref()), "refused");
+        assert_eq!(
+            result_of(answer(b"junk", &zone(), Some(512)).as_deref()),
+            "dropped"
+        );
+        count(raw("example.com.").as_deref());
+        let text = ferry_plumbing::metrics::render();
+        assert!(
+            ferry_plumbing::metrics::sample(&text, "ferry_dns_queries_total", &[("result", "refused")])
+                .is_some_and(|v| v >= 1.0),
+            "{text}"
         );
     }
 

@@ -612,7 +612,7 @@ pub async fn run_renewals(client: Client, renew_after: Option<i64>) {
     let api: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
     Controller::new(api, kube::runtime::watcher::Config::default())
         .run(
-            reconcile_renewal,
+            |s, ctx| ferry_plumbing::metrics::reconciled("identity-renewal", reconcile_renewal(s, ctx)),
             |_, e, _| {
                 tracing::warn!("renewing an identity: {e}");
                 Action::requeue(std::time::Duration::from_secs(30))

@@ -221,7 +221,7 @@ pub async fn run(client: Client) {
     )
     .reconcile_all_on(identity_changes)
     .run(
-        reconcile,
+        |no, ctx| ferry_plumbing::metrics::reconciled("namespace-offloading", reconcile(no, ctx)),
         |_, e, _| {
             warn!("{e}");
             Action::requeue(Duration::from_secs(5))

@@ -113,7 +113,11 @@ pub async fn run(client: Client, network: crate::wire::LocalNetwork) {
         network,
     });
     Controller::new(Api::<ForeignCluster>::all(client), watcher::Config::default())
-        .run(reconcile, error_policy, ctx)
+        .run(
+            |fc, ctx| ferry_plumbing::metrics::reconciled("foreign-cluster", reconcile(fc, ctx)),
+            error_policy,
+            ctx,
+        )
         .for_each(|_| async {})
         .await;
 }

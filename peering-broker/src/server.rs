@@ -154,7 +154,46 @@ pub fn router(p: Arc<Provider>) -> Router {
             get(|| async { ([("content-type", "application/json")], OPENAPI) }),
         )
         .route("/livez", get(|| async { "ok" }))
+        .route_layer(axum::middleware::from_fn(count_request))
+        .fallback(|| async {
+            requests("unmatched", StatusCode::NOT_FOUND);
+            (StatusCode::NOT_FOUND, "no such path; see GET /v1/openapi.json")
+        })
         .with_state(p)
+}
+
+/// `ferry_broker_requests_total{route,code}`: every request the broker answered, by route template (so
+/// that the label values stay bounded, whatever paths a peer sends) and status code.
+fn requests(route: &str, code: StatusCode) {
+    use ferry_plumbing::metrics::prometheus_client::metrics::{counter::Counter, family::Family};
+    static FAMILY: std::sync::OnceLock<Family<ferry_plumbing::metrics::Labels, Counter>> =
+        std::sync::OnceLock::new();
+    FAMILY
+        .get_or_init(|| {
+            let f = Family::default();
+            ferry_plumbing::metrics::register(
+                "broker_requests",
+                "requests the peering broker answered, by route and status code",
+                f.clone(),
+            );
+            f
+        })
+        .get_or_create(&vec![
+            ("route".to_string(), route.to_string()),
+            ("code".to_string(), code.as_u16().to_string()),
+        ])
+        .inc();
+}
+
+async fn count_request(
+    path: axum::extract::MatchedPath,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = format!("{} {}", req.method(), path.as_str());
+    let resp = next.run(req).await;
+    requests(&route, resp.status());
+    resp
 }
 
 fn cn_of(der: &[u8]) -> Option<String> {
@@ -239,8 +278,14 @@ async fn body_deadline(
             ))
             .await
         }
-        Ok(Err(_)) => BrokerError::TooLarge(MAX_BODY).into_response(),
-        Err(_) => (StatusCode::REQUEST_TIMEOUT, "request body not received in time").into_response(),
+        Ok(Err(_)) => {
+            requests("any", StatusCode::PAYLOAD_TOO_LARGE);
+            BrokerError::TooLarge(MAX_BODY).into_response()
+        }
+        Err(_) => {
+            requests("any", StatusCode::REQUEST_TIMEOUT);
+            (StatusCode::REQUEST_TIMEOUT, "request body not received in time").into_response()
+        }
     }
 }
 

@@ -51,7 +51,11 @@ pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 /// The answer to one request line's path: status line, content type, body. Pure.
 pub fn respond(path: &str, health: &Health, metrics: &Render) -> (&'static str, &'static str, String) {
     match path {
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics()),
+        "/metrics" => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics(),
+        ),
         "/healthz" | "/livez" => ("200 OK", "text/plain", "ok\n".into()),
         "/readyz" => match health.ready() {
             Ok(()) => ("200 OK", "text/plain", "ok\n".into()),

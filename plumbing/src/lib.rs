@@ -1,7 +1,7 @@
 //! What every ferry binary shares, and nothing else: building a client ([`client`]), finding the version
 //! of an API a cluster serves ([`discovery`]), writing status conditions with one timestamp format and one
 //! `lastTransitionTime` rule ([`conditions`]), reading certificates ([`certs`]), errors that name the failed step ([`context`]), flag value parsers that refuse bad input up front ([`flags`]), the plain-HTTP admin server with `/metrics`, `/healthz` and
-//! `/readyz` ([`admin`]), listening with connection limits where peers reach ([`listen`]), tracing set-up ([`telemetry`]), reflector stores whose changes trigger a
+//! `/readyz` ([`admin`]), the process's metrics registry and controller timing ([`metrics`]), listening with connection limits where peers reach ([`listen`]), tracing set-up ([`telemetry`]), reflector stores whose changes trigger a
 //! reconcile ([`triggers`]), and, behind the `fixtures` feature, builders and a mocked apiserver for
 //! controller tests ([`fixtures`]).
 //!
@@ -18,6 +18,7 @@ pub mod fixtures;
 pub mod flags;
 pub mod leader;
 pub mod listen;
+pub mod metrics;
 pub mod telemetry;
 pub mod triggers;
 

@@ -358,6 +358,7 @@ fn start(
             let mut since = chrono_now();
             while rx.changed().await.is_ok() {
                 let s = rx.borrow_and_update().clone();
+                crate::metrics::observe_peer(&writer_name, &s);
                 let key = (s.phase.clone(), s.remaps.clone(), s.tunnel_mtu);
                 if last.as_ref().is_some_and(|l| l.0 != key.0) {
                     since = chrono_now();
@@ -388,6 +389,7 @@ fn start(
         )
         .await;
         writer.abort();
+        crate::metrics::forget_peer(&name);
         match result {
             Ok(()) => info!(peer = name, "tunnel removed"),
             Err(e) => {
@@ -415,6 +417,7 @@ pub async fn serve(
     health: std::sync::Arc<ferry_plumbing::admin::Health>,
     role: std::sync::Arc<crate::election::Role>,
 ) -> Result<()> {
+    crate::metrics::register_gateway();
     health.register("wireguard-key", "waiting for Secret ferry-system/ferry-wireguard");
     health.register("peernetworks", "not listed yet");
     let key = key_file(&client, &opts.state_dir).await?;

@@ -119,13 +119,9 @@ impl Role {
         }
     }
 
-    /// Prometheus text: `ferry_gateway_active` (1 on the active replica) and its role changes.
-    pub fn render(&self) -> String {
-        format!(
-            "# HELP ferry_gateway_active 1 on the replica that runs the tunnels, 0 on a standby.\n# TYPE ferry_gateway_active gauge\nferry_gateway_active {}\n# HELP ferry_gateway_role_changes Times this replica became active or standby.\n# TYPE ferry_gateway_role_changes counter\nferry_gateway_role_changes_total {}\n",
-            u8::from(self.is_active()),
-            self.transitions.load(Ordering::SeqCst)
-        )
+    /// Times this replica became active or standby.
+    pub fn transitions(&self) -> u64 {
+        self.transitions.load(Ordering::SeqCst)
     }
 }
 
@@ -352,16 +348,14 @@ mod tests {
     }
 
     #[test]
-    fn the_role_counts_changes_and_renders_metrics() {
+    fn the_role_counts_changes() {
         let r = Role::default();
-        assert!(r.render().contains("ferry_gateway_active 0\n"));
+        assert!(!r.is_active() && r.transitions() == 0);
         r.set(true);
         r.set(true);
         assert!(r.is_active() && r.since().is_some());
-        let m = r.render();
-        assert!(m.contains("ferry_gateway_active 1\n"), "{m}");
-        assert!(m.contains("ferry_gateway_role_changes_total 1\n"), "{m}");
+        assert_eq!(r.transitions(), 1);
         r.set(false);
-        assert!(r.render().contains("ferry_gateway_role_changes_total 2\n"));
+        assert_eq!(r.transitions(), 2);
     }
 }

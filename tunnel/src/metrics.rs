@@ -1,10 +1,16 @@
-//! The gateway's `/metrics` (Prometheus text format, prometheus-client) and `/health`, on a plain
-//! HTTP/1.1 listener: tunnel up, heartbeat latency, bytes each way, tunnel MTU, re-applies.
+//! The gateway's metrics. [`GatewayMetrics`]: one tunnel's `/metrics` and `/health` on a listener of its
+//! own (`--metrics-addr`, port + link): tunnel up, heartbeat latency, bytes each way, tunnel MTU,
+//! re-applies. [`observe_peer`] / [`forget_peer`]: every tunnel of this gateway, labelled by peer, in the
+//! process's registry that the admin port (`--admin-listen`) serves with its health, so one scrape sees
+//! them all, and `ferry_gateway_tunnels` is there (0) when there is none.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use ferry_plumbing::metrics::Labels;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -141,9 +147,186 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<GatewayMetric
     }
 }
 
+/// Every tunnel of this gateway, by peer (the admin port's registry).
+struct Peers {
+    tunnels: Gauge,
+    connected: Family<Labels, Gauge>,
+    latency: Family<Labels, Gauge<f64, AtomicU64>>,
+    handshake_age: Family<Labels, Gauge>,
+    loss: Family<Labels, Gauge<f64, AtomicU64>>,
+    mtu: Family<Labels, Gauge>,
+    received: Family<Labels, Counter>,
+    sent: Family<Labels, Counter>,
+    rules_removed: Family<Labels, Counter>,
+    /// What the counters were last set from, by peer: WireGuard's own counters restart with a new session
+    /// (a redial), so the exported counters move by what each one grew.
+    last: std::sync::Mutex<std::collections::HashMap<String, (u64, u64, u64)>>,
+}
+
+fn peers() -> &'static Peers {
+    static P: std::sync::OnceLock<Peers> = std::sync::OnceLock::new();
+    P.get_or_init(|| {
+        let p = Peers {
+            tunnels: Gauge::default(),
+            connected: Family::default(),
+            latency: Family::default(),
+            handshake_age: Family::default(),
+            loss: Family::default(),
+            mtu: Family::default(),
+            received: Family::default(),
+            sent: Family::default(),
+            rules_removed: Family::default(),
+            last: Default::default(),
+        };
+        use ferry_plumbing::metrics::register as r;
+        r("gateway_tunnels", "tunnels this gateway runs", p.tunnels.clone());
+        r(
+            "gateway_tunnel_connected",
+            "1 while heartbeats through the peer's tunnel are answered",
+            p.connected.clone(),
+        );
+        r(
+            "gateway_tunnel_latency_seconds",
+            "last heartbeat round trip through the peer's tunnel",
+            p.latency.clone(),
+        );
+        r(
+            "gateway_tunnel_handshake_age_seconds",
+            "seconds since WireGuard's last handshake with the peer",
+            p.handshake_age.clone(),
+        );
+        r(
+            "gateway_tunnel_loss_ratio",
+            "heartbeats lost among the last 20 (10 s)",
+            p.loss.clone(),
+        );
+        r("gateway_tunnel_mtu_bytes", "the peer's tunnel MTU", p.mtu.clone());
+        r(
+            "gateway_tunnel_received_bytes",
+            "bytes received through the peer's tunnel",
+            p.received.clone(),
+        );
+        r(
+            "gateway_tunnel_sent_bytes",
+            "bytes sent through the peer's tunnel",
+            p.sent.clone(),
+        );
+        r(
+            "gateway_tunnel_rules_removed",
+            "times the peer's nftables rules were found removed and re-applied",
+            p.rules_removed.clone(),
+        );
+        p
+    })
+}
+
+fn peer_labels(peer: &str) -> Labels {
+    vec![("peer".to_string(), peer.to_string())]
+}
+
+/// Registers the gateway's metrics, so that they are served (`ferry_gateway_tunnels 0`) before any tunnel.
+pub fn register_gateway() {
+    peers();
+}
+
+/// Copies the status of `peer`'s tunnel into the admin registry.
+pub fn observe_peer(peer: &str, s: &GatewayStatus) {
+    let p = peers();
+    let l = peer_labels(peer);
+    p.connected.get_or_create(&l).set(i64::from(s.connected));
+    p.latency
+        .get_or_create(&l)
+        .set(s.latency_ms.unwrap_or(0.0) / 1000.0);
+    if let Some(a) = s.diagnostics.handshake_age_seconds {
+        p.handshake_age.get_or_create(&l).set(a as i64);
+    }
+    p.loss
+        .get_or_create(&l)
+        .set(s.diagnostics.loss_percent.unwrap_or(0.0) / 100.0);
+    p.mtu.get_or_create(&l).set(i64::from(s.tunnel_mtu));
+    let mut last = p.last.lock().expect("lock");
+    let was = last.insert(
+        peer.to_string(),
+        (s.rx_bytes, s.tx_bytes, s.diagnostics.rules_removed),
+    );
+    let (rx0, tx0, rr0) = was.unwrap_or_default();
+    let grew = |now: u64, before: u64| if now >= before { now - before } else { now };
+    p.received.get_or_create(&l).inc_by(grew(s.rx_bytes, rx0));
+    p.sent.get_or_create(&l).inc_by(grew(s.tx_bytes, tx0));
+    p.rules_removed
+        .get_or_create(&l)
+        .inc_by(grew(s.diagnostics.rules_removed, rr0));
+    p.tunnels.set(last.len() as i64);
+}
+
+/// Removes `peer`'s tunnel from the admin registry (it was taken down).
+pub fn forget_peer(peer: &str) {
+    let p = peers();
+    let l = peer_labels(peer);
+    p.connected.remove(&l);
+    p.latency.remove(&l);
+    p.handshake_age.remove(&l);
+    p.loss.remove(&l);
+    p.mtu.remove(&l);
+    p.received.remove(&l);
+    p.sent.remove(&l);
+    p.rules_removed.remove(&l);
+    let mut last = p.last.lock().expect("lock");
+    last.remove(peer);
+    p.tunnels.set(last.len() as i64);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_tunnel_is_labelled_by_peer_its_bytes_only_grow_and_it_goes_when_taken_down() {
+        register_gateway();
+        let v = |name: &str, peer: &str| {
+            ferry_plumbing::metrics::sample(&ferry_plumbing::metrics::render(), name, &[("peer", peer)])
+        };
+        let mut s = GatewayStatus {
+            connected: true,
+            latency_ms: Some(3.0),
+            rx_bytes: 1000,
+            tx_bytes: 500,
+            tunnel_mtu: 1440,
+            ..Default::default()
+        };
+        s.diagnostics.handshake_age_seconds = Some(12);
+        s.diagnostics.loss_percent = Some(10.0);
+        observe_peer("m-peer", &s);
+        assert_eq!(v("ferry_gateway_tunnel_connected", "m-peer"), Some(1.0));
+        assert_eq!(v("ferry_gateway_tunnel_latency_seconds", "m-peer"), Some(0.003));
+        assert_eq!(
+            v("ferry_gateway_tunnel_handshake_age_seconds", "m-peer"),
+            Some(12.0)
+        );
+        assert_eq!(v("ferry_gateway_tunnel_loss_ratio", "m-peer"), Some(0.1));
+        assert_eq!(
+            v("ferry_gateway_tunnel_received_bytes_total", "m-peer"),
+            Some(1000.0)
+        );
+        // a redial restarts WireGuard's counters: the exported counter keeps growing
+        s.rx_bytes = 300;
+        observe_peer("m-peer", &s);
+        assert_eq!(
+            v("ferry_gateway_tunnel_received_bytes_total", "m-peer"),
+            Some(1300.0)
+        );
+        s.rx_bytes = 400;
+        observe_peer("m-peer", &s);
+        assert_eq!(
+            v("ferry_gateway_tunnel_received_bytes_total", "m-peer"),
+            Some(1400.0)
+        );
+        assert!(
+            ferry_plumbing::metrics::render().contains("# TYPE ferry_gateway_tunnel_received_bytes counter")
+        );
+        forget_peer("m-peer");
+        assert_eq!(v("ferry_gateway_tunnel_connected", "m-peer"), None);
+    }
 
     #[test]
     fn status_becomes_metrics() {

@@ -75,6 +75,20 @@ pub async fn run(peer: Arc<Peer>) -> Result<(), Error> {
         }),
     )
     .default_backoff()
+    .inspect({
+        // a pod that leaves the node (deleted, whoever finished it) leaves the reflection's gauges
+        let provider = peer.provider.clone();
+        move |e| {
+            if let Ok(watcher::Event::Delete(p)) = e {
+                crate::metrics::observe(
+                    &provider,
+                    p.metadata.uid.as_deref().unwrap_or_default(),
+                    None,
+                    false,
+                );
+            }
+        }
+    })
     .applied_objects();
     let controller = Controller::for_stream(local_watch, local_pods)
         .with_config(kube::runtime::controller::Config::default().concurrency(64));
@@ -94,7 +108,13 @@ pub async fn run(peer: Arc<Peer>) -> Result<(), Error> {
     });
     let reflection = controller
         .reconcile_on(rx)
-        .run(PodReflector::reconcile, PodReflector::error_policy, ctx.clone())
+        .run(
+            |pod, ctx| {
+                ferry_plumbing::metrics::reconciled("pod-reflection", PodReflector::reconcile(pod, ctx))
+            },
+            PodReflector::error_policy,
+            ctx.clone(),
+        )
         .for_each(|_| async {});
     info!(node, provider = peer.provider, "virtual kubelet running");
     tokio::select! {

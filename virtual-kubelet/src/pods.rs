@@ -189,6 +189,11 @@ impl PodReflector {
         let rns = rns.unwrap_or_default();
         let shadows: Api<ShadowPod> = Api::namespaced(self.peer.remote.clone(), rns);
         let mut then = Action::await_change();
+        let st = pod.status.as_ref();
+        let phase = st.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+        let gone = effects.contains(&Effect::Finalize);
+        let behind = effects.iter().any(|e| !matches!(e, Effect::Requeue(_)));
+        crate::metrics::observe(&self.peer.provider, &uid, (!gone).then_some(phase), behind);
         for effect in effects {
             match effect {
                 Effect::Refuse { reason, message } => self.refuse(pod, reason, message).await?,
@@ -218,6 +223,13 @@ impl PodReflector {
                         .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                         .await
                         .map_err(api_err(format!("pod {ns}/{name} status")))?;
+                    let ready = st
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                    let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+                    if let Some(lag) = crate::metrics::lag_of(&patch, ready, now) {
+                        crate::metrics::lag(&self.peer.provider, lag);
+                    }
                 }
                 Effect::Evict { message } => {
                     self.event(pod, EventType::Warning, "Evicted", message).await;

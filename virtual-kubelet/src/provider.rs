@@ -543,7 +543,9 @@ pub async fn run(client: Client) {
         .owns_stream(pod_events)
         .with_config(kube::runtime::controller::Config::default().concurrency(32))
         .run(
-            ShadowPodReconciler::reconcile,
+            |sp, ctx| {
+                ferry_plumbing::metrics::reconciled("shadowpod", ShadowPodReconciler::reconcile(sp, ctx))
+            },
             ShadowPodReconciler::error_policy,
             ctx,
         )
@@ -566,7 +568,7 @@ pub async fn run(client: Client) {
     // a burst of pod changes becomes one pass per slice
     .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)))
     .run(
-        Availability::reconcile,
+        |s, ctx| ferry_plumbing::metrics::reconciled("slice-availability", Availability::reconcile(s, ctx)),
         |_, e, _| {
             warn!("slice availability: {e}");
             Action::requeue(Duration::from_secs(2))

@@ -80,11 +80,16 @@ async fn run(a: Args) -> Result<(), String> {
                     .await
                     .map_err(|e| format!("--admin-listen {addr}: {e}"))?;
                 let z = zone.clone();
+                let names =
+                    ferry_plumbing::metrics::prometheus_client::metrics::gauge::Gauge::<i64>::default();
+                ferry_plumbing::metrics::register(
+                    "dns_names",
+                    "names answered for in clusterset.local",
+                    names.clone(),
+                );
                 let render: admin::Render = Arc::new(move || {
-                    format!(
-                        "# HELP ferry_dns_names names answered for in clusterset.local\n# TYPE ferry_dns_names gauge\nferry_dns_names {}\n",
-                        z.read().expect("lock").names.len()
-                    )
+                    names.set(z.read().expect("lock").names.len() as i64);
+                    ferry_plumbing::metrics::render()
                 });
                 admin::serve(l, health.clone(), render)
                     .await

@@ -132,16 +132,16 @@ fn main() {
     }
 }
 
-/// Health (and a bare `/metrics` with `up_metric`) served at `listen`, when given.
+/// Health, and `/metrics` with `ferry_<up>` = 1 and whatever else the process registered, served at
+/// `listen`, when given.
 async fn admin(
     listen: Option<std::net::SocketAddr>,
-    up_metric: &'static str,
+    up: &'static str,
 ) -> Result<std::sync::Arc<ferry_plumbing::admin::Health>> {
-    admin_with(
-        listen,
-        std::sync::Arc::new(move || format!("# TYPE {up_metric} gauge\n{up_metric} 1\n")),
-    )
-    .await
+    let g = ferry_plumbing::metrics::prometheus_client::metrics::gauge::Gauge::<i64>::default();
+    g.set(1);
+    ferry_plumbing::metrics::register(up, "1 while the process runs", g);
+    admin_with(listen, std::sync::Arc::new(ferry_plumbing::metrics::render)).await
 }
 
 /// Health and `/metrics` as `render` writes them, served at `listen`, when given.
@@ -206,13 +206,24 @@ async fn run(cli: Cli) -> Result<()> {
             namespace,
             lease_seconds,
         } => {
+            use ferry_plumbing::metrics::prometheus_client::metrics::{counter::Counter, gauge::Gauge};
             let role = std::sync::Arc::new(ferry_tunnel::election::Role::default());
+            let (active, changes) = (Gauge::<i64>::default(), Counter::<u64>::default());
+            ferry_plumbing::metrics::register(
+                "gateway_active",
+                "1 on the replica that runs the tunnels, 0 on a standby",
+                active.clone(),
+            );
+            ferry_plumbing::metrics::register(
+                "gateway_role_changes",
+                "times this replica became active or standby",
+                changes.clone(),
+            );
             let r = role.clone();
             let render: ferry_plumbing::admin::Render = std::sync::Arc::new(move || {
-                format!(
-                    "# TYPE ferry_gateway_up gauge\nferry_gateway_up 1\n{}",
-                    r.render()
-                )
+                active.set(i64::from(r.is_active()));
+                changes.inc_by(r.transitions().saturating_sub(changes.get()));
+                ferry_plumbing::metrics::render()
             });
             let health = admin_with(admin_listen, render).await?;
             let client = client(kubeconfig).await?;
@@ -243,7 +254,7 @@ async fn run(cli: Cli) -> Result<()> {
             namespace,
             node_ip,
         } => {
-            let health = admin(admin_listen, "ferry_route_agent_up").await?;
+            let health = admin(admin_listen, "route_agent_up").await?;
             let client = client(kubeconfig).await?;
             let report_to = node_name.map(|node| ferry_tunnel::route_agent::ReportTo { node, namespace });
             Ok(ferry_tunnel::route_agent::run(client, health, report_to, node_ip).await?)

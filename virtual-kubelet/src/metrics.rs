@@ -1,0 +1,212 @@
+//! The pod reflection's metrics, per peer: `ferry_offloaded_pods{peer,phase}` (the pods on the virtual
+//! node, by phase), `ferry_reflection_queue_depth{peer}` (pods whose last reconcile still had work to do:
+//! a ShadowPod to create, a status to copy, a deletion to finish — what the reflection has not caught up
+//! with) and `ferry_reflection_lag_seconds{peer}` (from the provider pod turning Ready, by its condition's
+//! time, to the consumer pod saying so). [`PodStates`] keeps each pod's last state so the gauges move by
+//! one per change, whatever the number of pods (pure; [`observe`] feeds the process's registry).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use ferry_plumbing::metrics::prometheus_client::metrics::family::Family;
+use ferry_plumbing::metrics::prometheus_client::metrics::gauge::Gauge;
+use ferry_plumbing::metrics::prometheus_client::metrics::histogram::Histogram;
+use ferry_plumbing::metrics::{Labels, duration_buckets, register};
+
+/// A pod's state as counted: (peer, phase, behind).
+pub type PodState = (String, String, bool);
+
+/// Each pod's last counted state, by UID (pure bookkeeping).
+#[derive(Default, Debug)]
+pub struct PodStates {
+    pods: HashMap<String, PodState>,
+}
+
+/// How the gauges move for one observation: -1 for what the pod was, +1 for what it is.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Moves {
+    /// The state before, if counted.
+    pub was: Option<PodState>,
+    /// The state now, if the pod still counts.
+    pub is: Option<PodState>,
+}
+
+impl PodStates {
+    /// Records pod `uid` as `now` (`None`: gone) and says how the gauges move.
+    pub fn set(&mut self, uid: &str, now: Option<PodState>) -> Moves {
+        let was = match &now {
+            Some(s) => self.pods.insert(uid.to_string(), s.clone()),
+            None => self.pods.remove(uid),
+        };
+        if was == now {
+            return Moves { was: None, is: None };
+        }
+        Moves { was, is: now }
+    }
+}
+
+struct Reflection {
+    states: Mutex<PodStates>,
+    offloaded: Family<Labels, Gauge>,
+    depth: Family<Labels, Gauge>,
+    lag: Family<Labels, Histogram>,
+}
+
+fn reflection() -> &'static Reflection {
+    static R: OnceLock<Reflection> = OnceLock::new();
+    R.get_or_init(|| {
+        let r = Reflection {
+            states: Mutex::default(),
+            offloaded: Family::default(),
+            depth: Family::default(),
+            lag: Family::new_with_constructor(|| Histogram::new(duration_buckets())),
+        };
+        register(
+            "offloaded_pods",
+            "pods on the peer's virtual node, by phase",
+            r.offloaded.clone(),
+        );
+        register(
+            "reflection_queue_depth",
+            "pods on the peer's virtual node whose last reconcile still had work to do",
+            r.depth.clone(),
+        );
+        register(
+            "reflection_lag_seconds",
+            "from the provider pod turning Ready to the consumer pod saying so",
+            r.lag.clone(),
+        );
+        r
+    })
+}
+
+fn peer_labels(peer: &str) -> Labels {
+    vec![("peer".to_string(), peer.to_string())]
+}
+
+/// Counts pod `uid` of `peer` as in `phase` and, when `behind`, as work left (`phase` `None`: the pod is
+/// gone).
+pub fn observe(peer: &str, uid: &str, phase: Option<&str>, behind: bool) {
+    let r = reflection();
+    let now = phase.map(|p| (peer.to_string(), p.to_string(), behind));
+    let moves = r.states.lock().expect("lock").set(uid, now);
+    for (state, by) in [(moves.was, -1), (moves.is, 1)] {
+        let Some((peer, phase, behind)) = state else {
+            continue;
+        };
+        let mut labels = peer_labels(&peer);
+        labels.push(("phase".to_string(), phase));
+        r.offloaded.get_or_create(&labels).inc_by(by);
+        // touched for every peer, so the gauge exists (at 0) before anything is behind
+        let depth = r.depth.get_or_create(&peer_labels(&peer));
+        if behind {
+            depth.inc_by(by);
+        }
+    }
+}
+
+/// Records one lag of `peer`'s reflection.
+pub fn lag(peer: &str, seconds: f64) {
+    reflection()
+        .lag
+        .get_or_create(&peer_labels(peer))
+        .observe(seconds.max(0.0));
+}
+
+/// The lag a status patch shows: when it makes the pod Ready (the local pod is not yet), the seconds since
+/// the provider's Ready condition's `lastTransitionTime` (pure; `now` in unix seconds, fractional).
+pub fn lag_of(patch: &serde_json::Value, locally_ready: bool, now: f64) -> Option<f64> {
+    if locally_ready {
+        return None;
+    }
+    let ready = patch["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready" && c["status"] == "True")?;
+    let at = chrono::DateTime::parse_from_rfc3339(ready["lastTransitionTime"].as_str()?).ok()?;
+    Some(now - at.timestamp() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn st(peer: &str, phase: &str, behind: bool) -> Option<PodState> {
+        Some((peer.into(), phase.into(), behind))
+    }
+
+    #[test]
+    fn each_change_moves_the_gauges_once_and_a_repeat_not_at_all() {
+        let mut s = PodStates::default();
+        assert_eq!(
+            s.set("u1", st("p", "Pending", true)),
+            Moves {
+                was: None,
+                is: st("p", "Pending", true)
+            }
+        );
+        // the same state again: nothing moves (a reconcile that changed nothing)
+        assert_eq!(
+            s.set("u1", st("p", "Pending", true)),
+            Moves { was: None, is: None }
+        );
+        assert_eq!(
+            s.set("u1", st("p", "Running", false)),
+            Moves {
+                was: st("p", "Pending", true),
+                is: st("p", "Running", false)
+            }
+        );
+        assert_eq!(
+            s.set("u1", None),
+            Moves {
+                was: st("p", "Running", false),
+                is: None
+            }
+        );
+        // a pod never counted, gone: nothing
+        assert_eq!(s.set("u2", None), Moves { was: None, is: None });
+    }
+
+    #[test]
+    fn the_gauges_follow_pods_through_the_registry() {
+        for i in 0..3 {
+            observe("metrics-peer", &format!("m{i}"), Some("Pending"), true);
+        }
+        observe("metrics-peer", "m0", Some("Running"), false);
+        observe("metrics-peer", "m1", None, false);
+        let text = ferry_plumbing::metrics::render();
+        let v = |name: &str, labels: &[(&str, &str)]| ferry_plumbing::metrics::sample(&text, name, labels);
+        let peer = ("peer", "metrics-peer");
+        assert_eq!(
+            v("ferry_offloaded_pods", &[peer, ("phase", "Pending")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            v("ferry_offloaded_pods", &[peer, ("phase", "Running")]),
+            Some(1.0)
+        );
+        assert_eq!(v("ferry_reflection_queue_depth", &[peer]), Some(1.0));
+        lag("metrics-peer", 0.25);
+        let text = ferry_plumbing::metrics::render();
+        assert_eq!(
+            ferry_plumbing::metrics::sample(&text, "ferry_reflection_lag_seconds_count", &[peer]),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn the_lag_counts_from_the_providers_ready_transition_only_when_the_pod_becomes_ready() {
+        let patch = json!({"status": {"phase": "Running", "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-12-05T10:00:00Z"},
+            {"type": "Ready", "status": "True", "lastTransitionTime": "2026-12-05T10:00:10Z"},
+        ]}});
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-05T10:00:10Z")
+            .unwrap()
+            .timestamp() as f64;
+        assert_eq!(lag_of(&patch, false, at + 1.5), Some(1.5));
+        assert_eq!(lag_of(&patch, true, at + 1.5), None);
+        assert_eq!(lag_of(&json!({"status": {"phase": "Pending"}}), false, at), None);
+    }
+}
