@@ -528,6 +528,28 @@ fn exec(file: &str, nodes: &[Node], scope: &Scope<'_>, out: &mut String) -> Resu
     Ok(())
 }
 
+/// The `ferry_…` metric names a PromQL expression reads (pure): what the dashboard needs served.
+pub fn metric_names(expr: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("ferry_") {
+        // only at the start of a name, not inside another word
+        let starts_name = rest[..i]
+            .chars()
+            .last()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        if starts_name {
+            out.insert(tail[..end].to_string());
+        }
+        rest = &tail[end..];
+    }
+    out
+}
+
 /// Renders one template with `values` (the merged values) for `release`.
 pub fn render(file: &str, template: &str, values: &Value, release: &Release) -> Result<String, ChartError> {
     let nodes = parse(file, template)?;

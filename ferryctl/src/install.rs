@@ -31,6 +31,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         "templates/dns.yaml",
         include_str!("../../charts/ferry/templates/dns.yaml"),
     ),
+    (
+        "templates/dashboard.yaml",
+        include_str!("../../charts/ferry/templates/dashboard.yaml"),
+    ),
 ];
 /// values.yaml: every value's default.
 const VALUES: &str = include_str!("../../charts/ferry/values.yaml");
@@ -674,6 +678,7 @@ mod tests {
             "Service/ferry-broker",
             "DaemonSet/ferry-gateway",
             "Deployment/ferry-dns",
+            "ConfigMap/ferry-grafana-dashboard",
             "CustomResourceDefinition/foreignclusters.ferry.dev",
         ] {
             assert!(kinds.iter().any(|k| k == want), "{want} missing: {kinds:?}");
@@ -684,6 +689,7 @@ mod tests {
             "agent.enabled=false".into(),
             "gateway.enabled=false".into(),
             "dns.enabled=false".into(),
+            "dashboard.enabled=false".into(),
         ]);
         let objs = render(&values(&off).unwrap(), &rel()).unwrap();
         assert!(
@@ -733,6 +739,49 @@ mod tests {
             env.contains("FERRY_LEADER_ELECT_NAMESPACE") && env.contains("FERRY_LEADER_ID"),
             "{env}"
         );
+    }
+
+    #[test]
+    fn the_dashboard_is_json_whose_every_panel_queries_ferrys_metrics() {
+        let objs = render(&values(&lab_values()).unwrap(), &rel()).unwrap();
+        let cm = objs
+            .iter()
+            .find(|o| o["metadata"]["name"] == "ferry-grafana-dashboard")
+            .unwrap();
+        assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+        let names_of = |e: &str| crate::chart::metric_names(e).into_iter().collect::<Vec<_>>();
+        assert_eq!(
+            names_of("histogram_quantile(0.9, sum by (le) (rate(ferry_a_bucket[5m]))) / xferry_b + ferry_c"),
+            ["ferry_a_bucket", "ferry_c"]
+        );
+        let d: Value = serde_json::from_str(cm["data"]["ferry.json"].as_str().unwrap()).unwrap();
+        let panels = d["panels"].as_array().unwrap();
+        assert!(panels.len() >= 10);
+        let mut names = std::collections::BTreeSet::new();
+        for p in panels {
+            let targets = p["targets"].as_array().unwrap();
+            assert!(!targets.is_empty(), "{p}");
+            for t in targets {
+                let found = crate::chart::metric_names(t["expr"].as_str().unwrap());
+                assert!(!found.is_empty(), "a panel without a ferry metric: {p}");
+                names.extend(found);
+            }
+        }
+        // what the issue asks to be seen, at least
+        for want in [
+            "ferry_controller_reconciles_total",
+            "ferry_controller_reconcile_duration_seconds_bucket",
+            "ferry_reflection_queue_depth",
+            "ferry_reflection_lag_seconds_bucket",
+            "ferry_offloaded_pods",
+            "ferry_broker_requests_total",
+            "ferry_dns_queries_total",
+            "ferry_gateway_tunnel_received_bytes_total",
+            "ferry_gateway_tunnel_handshake_age_seconds",
+            "ferry_gateway_tunnel_latency_seconds",
+        ] {
+            assert!(names.contains(want), "{want} not on the dashboard: {names:?}");
+        }
     }
 
     #[test]
