@@ -102,8 +102,53 @@ pub fn command_with(lab: &Lab, idx: usize, exe: &Path, endpoint: Option<&str>) -
     cmd.args([
         "--webhook-listen",
         &format!("127.0.0.1:{}", c.ports.apiserver + 7),
+        "--admin-listen",
+        &admin_addr(lab, idx),
     ]);
     cmd
+}
+
+/// Where the agent of cluster `idx` serves `/metrics`, `/healthz` and `/readyz` (the apiserver port + 3).
+pub fn admin_addr(lab: &Lab, idx: usize) -> String {
+    format!("127.0.0.1:{}", lab.layout.clusters[idx].ports.apiserver + 3)
+}
+
+/// The gateway's admin port (`/metrics` of every tunnel, health) in the cluster's host namespace.
+pub const GATEWAY_ADMIN: &str = "127.0.0.1:9469";
+/// ferry-dns's admin port in the cluster's host namespace.
+pub const DNS_ADMIN: &str = "127.0.0.1:9472";
+
+/// `GET path` at `addr` (plain HTTP), from the host namespace of cluster `idx` when `netns` (the gateway's
+/// and ferry-dns's), else from here: (status line, body).
+pub fn http_get(lab: &Lab, idx: Option<usize>, addr: &str, path: &str) -> (String, String) {
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    let script =
+        format!("exec 3<>/dev/tcp/{host}/{port}; printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3");
+    let mut cmd = match idx {
+        Some(i) => {
+            let mut c = Command::new("ip");
+            c.args([
+                "netns",
+                "exec",
+                &lab.layout.host_netns(&lab.layout.clusters[i]),
+                "bash",
+                "-c",
+            ]);
+            c
+        }
+        None => {
+            let mut c = Command::new("bash");
+            c.arg("-c");
+            c
+        }
+    };
+    let out = cmd
+        .arg(script)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string());
+    let out = out.unwrap_or_default();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (head.lines().next().unwrap_or("").to_string(), body.to_string())
 }
 
 /// Starts the agent of cluster `idx` (log `agent-<cluster>.log` in the lab directory, appended) and waits
@@ -207,6 +252,8 @@ pub fn gateway_command(lab: &Lab, idx: usize, exe: &Path) -> Command {
             &format!("fd00:198:18:{:x}::/64", c.index),
             "--metrics-addr",
             "127.0.0.1:9470",
+            "--admin-listen",
+            GATEWAY_ADMIN,
         ]);
     cmd
 }
@@ -264,7 +311,7 @@ pub fn dns_command(lab: &Lab, idx: usize, exe: &Path) -> Command {
         .arg(exe)
         .arg("--kubeconfig")
         .arg(lab.paths.kubeconfig(c))
-        .args(["--listen", "0.0.0.0:53"]);
+        .args(["--listen", "0.0.0.0:53", "--admin-listen", DNS_ADMIN]);
     cmd
 }
 

@@ -438,3 +438,251 @@ fn other_zones_are_refused_at_once_1000_queries_none_forwarded_none_hanging() {
         "nothing forwarded: {c}"
     );
 }
+
+/// The `ferry_…` names the chart's Grafana dashboard queries (read from its template).
+fn dashboard_metrics() -> BTreeSet<String> {
+    let tpl = include_str!("../../charts/ferry/templates/dashboard.yaml");
+    let json: String = tpl
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("ferry.json: |"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("{{"))
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let d: serde_json::Value = serde_json::from_str(&json).expect("the dashboard is JSON");
+    let mut names = BTreeSet::new();
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let e = t["expr"].as_str().unwrap();
+            let mut rest = e;
+            while let Some(i) = rest.find("ferry_") {
+                let tail = &rest[i..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                names.insert(tail[..end].to_string());
+                rest = &tail[end..];
+            }
+        }
+    }
+    names
+}
+
+/// Whether `text` (a scrape) has a sample named `name`.
+fn has_sample(text: &str, name: &str) -> bool {
+    text.lines().any(|l| {
+        !l.starts_with('#') && (l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_component_serves_its_metrics_and_health_after_a_burst_and_the_dashboard_reads_only_those() {
+    use ferry_plumbing::metrics::sample;
+    let _g = SERIAL.lock().await;
+    let lab = Lab::from_env();
+    let c1 = lab.client(&lab.layout.clusters[0]).await.unwrap();
+    ferry_e2e::lab::fresh_namespace(&c1, NS).await;
+    let peered = peered(&lab);
+    // a burst of 20 hollow pods, offloaded (Remote): reflected, with status and lag
+    let ns = "t-metrics";
+    ferry_e2e::lab::fresh_namespace(&c1, ns).await;
+    let (ok, _, err) = agents::ferryctl(
+        &lab.paths.kubeconfig(&lab.layout.clusters[0]),
+        &["offload", "namespace", ns, "--strategy", "Remote"],
+    );
+    assert!(ok, "{err}");
+    let deploy: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "burst"},
+        "spec": {"replicas": 20, "selector": {"matchLabels": {"app": "burst"}},
+            "template": {"metadata": {"labels": {"app": "burst"}, "annotations": {"lab.ferry.dev/hollow": "true"}},
+                "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "image": "x"}]}}}
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(c1.clone(), ns)
+        .create(&PostParams::default(), &deploy)
+        .await
+        .unwrap();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(c1.clone(), ns);
+    ferry_e2e::lab::eventually("20 pods Running on the virtual node", 90, || async {
+        let l = pods.list(&Default::default()).await?.items;
+        Ok(l.len() == 20
+            && l.iter().all(|p| {
+                p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                    && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("ferry-provider-c2")
+            }))
+    })
+    .await;
+    // DNS: one name answered, one unknown, one of another zone
+    let ns1 = lab.layout.host_netns(&lab.layout.clusters[0]);
+    for (name, t) in [
+        ("clusterset.local.", "SOA"),
+        ("nope.t-metrics.svc.clusterset.local.", "A"),
+        ("example.com.", "A"),
+    ] {
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns1,
+                "dig",
+                "+time=1",
+                "+tries=1",
+                "@127.0.0.1",
+                name,
+                t,
+            ])
+            .output();
+    }
+
+    let scrape = |idx: Option<usize>, addr: &str| {
+        for path in ["/healthz", "/readyz"] {
+            let (status, body) = agents::http_get(&lab, idx, addr, path);
+            assert!(status.contains(" 200 "), "{addr}{path}: {status} {body}");
+        }
+        let (status, body) = agents::http_get(&lab, idx, addr, "/metrics");
+        assert!(
+            status.contains(" 200 ") && body.ends_with("# EOF\n"),
+            "{addr}/metrics: {status}\n{body}"
+        );
+        body
+    };
+    // reflection and lag come with the pods' status: eventually on the consumer's agent
+    let t0 = Instant::now();
+    let consumer = loop {
+        let m = scrape(None, &agents::admin_addr(&lab, 0));
+        let peer = ("peer", "provider-c2");
+        if sample(&m, "ferry_offloaded_pods", &[peer, ("phase", "Running")]) == Some(20.0)
+            && sample(&m, "ferry_reflection_queue_depth", &[peer]) == Some(0.0)
+        {
+            break m;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the consumer's reflection metrics:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let v = |m: &str, name: &str, labels: &[(&str, &str)]| sample(m, name, labels).unwrap_or(-1.0);
+    let ctl = |c: &'static str| [("controller", c), ("result", "ok")];
+    assert!(
+        v(
+            &consumer,
+            "ferry_controller_reconciles_total",
+            &ctl("pod-reflection")
+        ) >= 20.0,
+        "{consumer}"
+    );
+    assert!(
+        v(
+            &consumer,
+            "ferry_controller_reconciles_total",
+            &ctl("foreign-cluster")
+        ) >= 1.0,
+        "{consumer}"
+    );
+    assert!(
+        v(
+            &consumer,
+            "ferry_controller_reconcile_duration_seconds_count",
+            &[("controller", "pod-reflection")]
+        ) >= 20.0
+    );
+    let lags = v(
+        &consumer,
+        "ferry_reflection_lag_seconds_count",
+        &[("peer", "provider-c2")],
+    );
+    let lag_sum = v(
+        &consumer,
+        "ferry_reflection_lag_seconds_sum",
+        &[("peer", "provider-c2")],
+    );
+    assert!(
+        (1.0..=20.0).contains(&lags) && lag_sum >= 0.0 && lag_sum / lags < 30.0,
+        "lags {lags}, sum {lag_sum}"
+    );
+    let provider = scrape(None, &agents::admin_addr(&lab, 1));
+    assert!(
+        v(&provider, "ferry_controller_reconciles_total", &ctl("shadowpod")) >= 20.0,
+        "{provider}"
+    );
+    assert!(
+        v(
+            &provider,
+            "ferry_broker_requests_total",
+            &[("route", "POST /v1/peerings"), ("code", "200")]
+        ) >= 1.0,
+        "{provider}"
+    );
+    assert!(
+        v(
+            &provider,
+            "ferry_broker_requests_total",
+            &[("route", "POST /v1/namespaces"), ("code", "200")]
+        ) >= 1.0,
+        "{provider}"
+    );
+    let gateway = scrape(Some(0), agents::GATEWAY_ADMIN);
+    let peer = [("peer", "provider-c2")];
+    assert_eq!(v(&gateway, "ferry_gateway_tunnels", &[]), 1.0, "{gateway}");
+    assert_eq!(
+        v(&gateway, "ferry_gateway_tunnel_connected", &peer),
+        1.0,
+        "{gateway}"
+    );
+    assert!(
+        v(&gateway, "ferry_gateway_tunnel_received_bytes_total", &peer) > 0.0,
+        "{gateway}"
+    );
+    assert!(
+        v(&gateway, "ferry_gateway_tunnel_sent_bytes_total", &peer) > 0.0,
+        "{gateway}"
+    );
+    let age = v(&gateway, "ferry_gateway_tunnel_handshake_age_seconds", &peer);
+    assert!((0.0..=180.0).contains(&age), "{gateway}");
+    let latency = v(&gateway, "ferry_gateway_tunnel_latency_seconds", &peer);
+    assert!(latency > 0.0 && latency < 0.5, "{gateway}");
+    let dns = scrape(Some(0), agents::DNS_ADMIN);
+    for r in ["answered", "nxdomain", "refused"] {
+        assert!(
+            v(&dns, "ferry_dns_queries_total", &[("result", r)]) >= 1.0,
+            "{r}: {dns}"
+        );
+    }
+    // every metric the dashboard reads is served by one of the components
+    let all = [&consumer, &provider, &gateway, &dns];
+    let missing: Vec<String> = dashboard_metrics()
+        .into_iter()
+        .filter(|n| !all.iter().any(|m| has_sample(m, n)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard reads metrics nothing serves: {missing:?}"
+    );
+    eprintln!(
+        "metrics after a burst of 20: reflection lag mean {:.2} s over {lags} pods, tunnel latency {:.2} ms, handshake {age} s ago",
+        lag_sum / lags,
+        latency * 1000.0
+    );
+
+    // unpeered: the gateway has no tunnel, and says so, still live and ready
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(c1.clone())
+        .delete(ns, &DeleteParams::default())
+        .await;
+    let (ok, _, err) = agents::ferryctl(
+        &lab.paths.kubeconfig(&lab.layout.clusters[0]),
+        &["unpeer", "provider-c2"],
+    );
+    assert!(ok, "{err}");
+    let t0 = Instant::now();
+    loop {
+        let g = scrape(Some(0), agents::GATEWAY_ADMIN);
+        if v(&g, "ferry_gateway_tunnels", &[]) == 0.0 {
+            assert!(!g.contains("ferry_gateway_tunnel_connected{"), "{g}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{g}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(peered);
+}

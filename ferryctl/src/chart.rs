@@ -529,6 +529,7 @@ fn exec(file: &str, nodes: &[Node], scope: &Scope<'_>, out: &mut String) -> Resu
 }
 
 /// The `ferry_…` metric names a PromQL expression reads (pure): what the dashboard needs served.
+#[cfg(test)]
 pub fn metric_names(expr: &str) -> std::collections::BTreeSet<String> {
     let mut out = std::collections::BTreeSet::new();
     let mut rest = expr;
