@@ -144,7 +144,7 @@ async fn an_exported_service_answers_by_its_clusterset_name_across_overlapping_c
         unexport(c, "conf").await;
         let _ = id;
     }
-    let _p = tokio::task::block_in_place(|| peered(&lab));
+    let mut p = tokio::task::block_in_place(|| peered(&lab));
     let a = pods_of(&lab, "c1", NS, "echo").await.unwrap();
     let b = pods_of(&lab, "c2", NS, "echo").await.unwrap();
     let client = a[0].clone();
@@ -194,6 +194,59 @@ async fn an_exported_service_answers_by_its_clusterset_name_across_overlapping_c
             "c2's 10.244/16 pods are seen at the remap 10.0/16: {ip}"
         );
     }
+    // doctor, run on c1's host (as on a node), asks ferry-dns an imported name live and compares the
+    // answer with what the imports say; with ferry-dns stopped, the dns check fails and says what to do
+    let dns_check = |lab: &Lab| -> (bool, serde_json::Value) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &lab.layout.host_netns(&lab.layout.clusters[0])])
+            .arg(agents::bin("ferryctl"))
+            .arg("--kubeconfig")
+            .arg(lab.paths.kubeconfig(&lab.layout.clusters[0]))
+            .args(["doctor", "-o", "json", "--dns-server", "127.0.0.1:53"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "doctor printed no JSON ({e}): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        let c = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == "dns")
+            .cloned()
+            .unwrap();
+        (out.status.success(), c)
+    };
+    let (_, c) = tokio::task::block_in_place(|| dns_check(&lab));
+    let e = c["evidence"].as_str().unwrap();
+    assert_ne!(c["level"], "fail", "{c}");
+    let live = format!("live: ferry-dns at 127.0.0.1:53 answers {name}. with ");
+    assert!(e.contains(&live) && e.contains("as its imports say"), "{c}");
+    for ip in &b_ips {
+        assert!(e.contains(ip.as_str()), "the live answer has c2's {ip}: {c}");
+    }
+    eprintln!("doctor, live: {e}");
+    p._procs[2].stop();
+    let (ok, c) = tokio::task::block_in_place(|| dns_check(&lab));
+    assert!(!ok, "a failed dns check makes doctor exit non-zero: {c}");
+    assert_eq!(c["level"], "fail", "{c}");
+    assert!(
+        c["evidence"].as_str().unwrap().contains(&format!(
+            "live: ferry-dns at 127.0.0.1:53 does not answer {name}."
+        )),
+        "{c}"
+    );
+    assert!(
+        c["fix"].as_str().unwrap().contains("listens at 127.0.0.1:53"),
+        "{c}"
+    );
+    eprintln!("doctor, ferry-dns stopped: {} | {}", c["evidence"], c["fix"]);
+    p._procs[2] = tokio::task::block_in_place(|| agents::start_dns(&lab, 0)).unwrap();
+
     let si = imports.get("echo").await.unwrap();
     assert_eq!(si.spec.type_, ferry_crds::mcs::ServiceImportType::Headless);
     assert_eq!(si.spec.ports[0].port, 8080);

@@ -88,6 +88,28 @@ pub struct DnsFacts {
     pub corefiles: Vec<(String, String)>,
     /// ferry-dns's Service address, if installed.
     pub ferry_dns_ip: Option<IpAddr>,
+    /// Ready addresses behind ferry-dns's Service, if installed.
+    pub ferry_dns_ready: Option<usize>,
+    /// A live query of an exported name, when the cluster imports one.
+    pub live: Option<LiveQuery>,
+}
+
+/// One exported name asked of ferry-dns, against what the cluster's imports say it holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LiveQuery {
+    /// Where it was asked.
+    pub server: SocketAddr,
+    /// The operator named the server (`--dns-server`); else it is the Service's address, which may not
+    /// be routable from where doctor runs.
+    pub explicit: bool,
+    /// The name (`<svc>.<ns>.svc.clusterset.local.`).
+    pub name: String,
+    /// Its addresses by the ServiceImports and EndpointSlices now (sorted).
+    pub expected: Vec<IpAddr>,
+    /// The addresses answered (sorted), or why none were.
+    pub answer: Result<Vec<IpAddr>, String>,
+    /// How long the answer took.
+    pub millis: u64,
 }
 
 /// What one cluster knows about one peer.
@@ -739,16 +761,81 @@ fn clock(side: &Side, theirs: Option<&Side>) -> Check {
 }
 
 fn dns(side: &Side, theirs: Option<&Side>) -> Check {
-    let mut c = Check {
+    let (mut level, mut evidence, mut fix) = dns_outcome(side, theirs);
+    if let Some((l, e, f)) = dns_live(&side.dns) {
+        evidence = format!("{evidence}; {e}");
+        if l > level {
+            (level, fix) = (l, f);
+        } else if let (Some(a), Some(b)) = (&fix, f) {
+            fix = Some(format!("{a}; {b}"));
+        }
+    }
+    Check {
         check: "dns",
         subject: side.name.clone(),
-        level: Level::Ok,
-        evidence: String::new(),
-        fix: None,
-    };
-    let (level, evidence, fix) = dns_outcome(side, theirs);
-    (c.level, c.evidence, c.fix) = (level, evidence, fix);
-    c
+        level,
+        evidence,
+        fix,
+    }
+}
+
+/// The live half of the DNS check: is ferry-dns up, and does it answer an exported name with what the
+/// imports say? `None` when there is nothing to say (no ferry-dns Service, nothing imported).
+fn dns_live(d: &DnsFacts) -> Option<Outcome> {
+    let logs = "kubectl -n <namespace> logs deploy/ferry-dns; it must list and watch ServiceImports and EndpointSlices (the chart's ClusterRole ferry-dns)";
+    if d.ferry_dns_ready == Some(0) {
+        return Some((
+            Level::Fail,
+            "ferry-dns's Service has no ready endpoint: clusterset.local names resolve nowhere".into(),
+            Some(format!(
+                "get ferry-dns running: kubectl -n <namespace> describe pods -l app=ferry-dns; {logs}"
+            )),
+        ));
+    }
+    let q = d.live.as_ref()?;
+    let want = join(&q.expected);
+    Some(match &q.answer {
+        Ok(got) if got == &q.expected => ok(format!(
+            "live: ferry-dns at {} answers {} with {want} in {} ms, as its imports say",
+            q.server, q.name, q.millis
+        )),
+        Ok(got) => (
+            Level::Fail,
+            format!(
+                "live: ferry-dns at {} answers {} with {}, but its imports say {want}: its zone is stale",
+                q.server,
+                q.name,
+                if got.is_empty() {
+                    "no address".to_string()
+                } else {
+                    join(got)
+                }
+            ),
+            Some(format!(
+                "restart ferry-dns (kubectl -n <namespace> rollout restart deploy/ferry-dns); {logs}"
+            )),
+        ),
+        Err(why) if !q.explicit && why.starts_with("no answer") => (
+            Level::Ok,
+            format!(
+                "live query of {} not made: {why} (the Service address is not routable from here)",
+                q.name
+            ),
+            None,
+        ),
+        Err(why) => (
+            Level::Fail,
+            format!(
+                "live: ferry-dns at {} does not answer {}: {why}",
+                q.server, q.name
+            ),
+            Some(format!(
+                "check that ferry-dns runs and listens at {} (its /readyz), and that nothing filters UDP port {} on the way; {logs}",
+                q.server,
+                q.server.port()
+            )),
+        ),
+    })
 }
 
 /// Where the root zone (every name outside the cluster's own) is forwarded: the addresses that belong to

@@ -4,6 +4,7 @@
 //! checked before anything is applied: a bad `--set` changes nothing.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -434,20 +435,43 @@ async fn wait_ready(client: &Client, namespace: &str, timeout: Duration) -> Resu
     // what the chart applied in this namespace: the components to wait for
     let expected = expected_components(client, namespace).await?;
     let mut states: BTreeMap<String, (bool, String)> = BTreeMap::new();
+    // on a terminal, a spinner line names the first component not Ready yet, redrawn in place; otherwise
+    // a plain line per change of any component
+    let tty = std::io::stderr().is_terminal();
+    let mut lines = crate::progress::Lines::new("ferryctl install", tty);
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     let waited = tokio::time::timeout(timeout, async {
-        while let Some(change) = changes.next().await {
+        loop {
+            let change = tokio::select! {
+                c = changes.next() => c,
+                _ = tick.tick(), if tty => {
+                    let w = awaited(&expected, &states);
+                    if let Some(l) = lines.waiting(&w, start.elapsed()) {
+                        eprint!("{l}");
+                    }
+                    continue;
+                }
+            };
+            let Some(change) = change else { break };
             let (name, (ok, line)) = change?;
-            if states.get(&name).map(|s| &s.1) != Some(&line) {
+            if !tty && states.get(&name).map(|s| &s.1) != Some(&line) {
                 eprintln!("  {line}");
             }
             states.insert(name, (ok, line));
             if expected.iter().all(|n| states.get(n).is_some_and(|s| s.0)) {
+                if tty {
+                    eprint!("{}", lines.done("every component Ready", start.elapsed()));
+                }
                 break;
             }
         }
         Ok::<(), watcher::Error>(())
     })
     .await;
+    if tty && waited.is_err() {
+        eprintln!();
+    }
     match waited {
         Ok(r) => Ok(r?),
         Err(_) => {
@@ -466,6 +490,28 @@ async fn wait_ready(client: &Client, namespace: &str, timeout: Duration) -> Resu
                 last_event(client, namespace, &name).await
             )
         }
+    }
+}
+
+/// What the install waits for now (pure): the first expected component not Ready, with its state, and
+/// how many are.
+fn awaited(expected: &[String], states: &BTreeMap<String, (bool, String)>) -> crate::progress::Waiting {
+    let ready = expected
+        .iter()
+        .filter(|n| states.get(*n).is_some_and(|s| s.0))
+        .count();
+    match expected.iter().find(|n| !states.get(*n).is_some_and(|s| s.0)) {
+        Some(n) => {
+            let line = states
+                .get(n)
+                .map_or_else(|| format!("{n}: not seen yet"), |s| s.1.clone());
+            let (object, state) = line.split_once(": ").unwrap_or((n, &line));
+            crate::progress::Waiting::new(
+                object,
+                format!("{state} ({ready}/{} components Ready)", expected.len()),
+            )
+        }
+        None => crate::progress::Waiting::new("every component", "Ready"),
     }
 }
 
@@ -886,5 +932,40 @@ mod tests {
             let e = values(&sets).unwrap_err().to_string();
             assert!(e.contains(key) && e.contains("fix:"), "{sets:?}: {e}");
         }
+    }
+
+    #[test]
+    fn the_install_wait_names_the_first_component_not_ready_and_how_many_are() {
+        let expected = vec![
+            "ferry-agent".to_string(),
+            "ferry-dns".into(),
+            "ferry-gateway".into(),
+        ];
+        let mut st = BTreeMap::new();
+        let w = awaited(&expected, &st);
+        assert_eq!(w.object, "ferry-agent");
+        assert_eq!(w.state, "not seen yet (0/3 components Ready)");
+        st.insert(
+            "ferry-agent".to_string(),
+            (true, "Deployment ferry-agent: 1/1 ready".to_string()),
+        );
+        st.insert(
+            "ferry-dns".to_string(),
+            (false, "Deployment ferry-dns: 0/1 ready".to_string()),
+        );
+        let w = awaited(&expected, &st);
+        assert_eq!(
+            (w.object.as_str(), w.state.as_str()),
+            ("Deployment ferry-dns", "0/1 ready (1/3 components Ready)")
+        );
+        st.insert(
+            "ferry-dns".to_string(),
+            (true, "Deployment ferry-dns: 1/1 ready".to_string()),
+        );
+        st.insert(
+            "ferry-gateway".to_string(),
+            (true, "DaemonSet ferry-gateway: 2/2 ready".to_string()),
+        );
+        assert_eq!(awaited(&expected, &st).object, "every component");
     }
 }

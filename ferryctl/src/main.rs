@@ -105,6 +105,10 @@ enum Cmd {
         /// Context in the peer's kubeconfig.
         #[arg(long)]
         peer_context: Option<String>,
+        /// Where to ask ferry-dns a live question of an imported name (`IP` or `IP:PORT`); by default its
+        /// Service address, routable from a node but seldom from a laptop.
+        #[arg(long, value_parser = parse_dns_server)]
+        dns_server: Option<std::net::SocketAddr>,
     },
     /// On a provider: refuse a consumer's new pods (its running pods stay); its virtual node takes no more.
     Cordon {
@@ -586,6 +590,7 @@ async fn run(cli: Cli) -> Result<()> {
             peer,
             peer_kubeconfig,
             peer_context,
+            dns_server,
         } => {
             let c = client(&cli).await?;
             let name = |kc: Option<&PathBuf>, ctx: Option<&String>| {
@@ -593,7 +598,7 @@ async fn run(cli: Cli) -> Result<()> {
                     .or_else(|| kc.and_then(|p| p.parent()?.file_name()?.to_str().map(str::to_string)))
                     .unwrap_or_else(|| "this cluster".into())
             };
-            let mut side = doctor::gather::side(&c, "", namespace).await?;
+            let mut side = doctor::gather::side(&c, "", namespace, *dns_server).await?;
             side.name = side
                 .cluster_id
                 .clone()
@@ -601,7 +606,7 @@ async fn run(cli: Cli) -> Result<()> {
             let theirs = match peer_kubeconfig {
                 Some(p) => {
                     let pc = client_for(Some(p), peer_context.clone()).await?;
-                    let mut t = doctor::gather::side(&pc, "", namespace).await?;
+                    let mut t = doctor::gather::side(&pc, "", namespace, None).await?;
                     t.name = t
                         .cluster_id
                         .clone()
@@ -1037,4 +1042,13 @@ mod tests {
             assert!(parse_ttl(bad).unwrap_err().to_string().contains("fix:"), "{bad}");
         }
     }
+}
+
+/// `--dns-server`: `IP` (port 53) or `IP:PORT`, IPv6 as `[::1]:53`.
+fn parse_dns_server(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+        .map_err(|_| {
+            format!("{s:?} is not an address: give IP or IP:PORT, e.g. 10.96.0.53 or 127.0.0.1:5353")
+        })
 }

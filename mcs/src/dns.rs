@@ -48,6 +48,33 @@ fn label_ok(l: &str) -> bool {
 }
 
 impl Zone {
+    /// The A and AAAA addresses of `name` (absolute, lowercase), sorted.
+    pub fn addresses(&self, name: &str) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self
+            .names
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|rd| match rd {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A service's name (`<svc>.<ns>.svc.clusterset.local.`) that has addresses, the first in order:
+    /// what a live check asks for.
+    pub fn a_service_name(&self) -> Option<&str> {
+        self.names
+            .keys()
+            .filter(|n| n.split('.').count() == 6 && n.ends_with(".svc.clusterset.local."))
+            .find(|n| !self.addresses(n).is_empty())
+            .map(String::as_str)
+    }
+
     /// The records for `imports` and their EndpointSlices (JSON, any `discovery.k8s.io` version).
     pub fn build(imports: &[ServiceImport], slices: &[serde_json::Value], ttl: u32) -> Self {
         let mut z = Zone {
@@ -247,6 +274,102 @@ pub fn answer(request: &[u8], zone: &Zone, max: Option<usize>) -> Option<Vec<u8>
     }
 }
 
+/// An A and AAAA question for `name` (absolute or not), as a client sends it (pure): with id `id`, recursion
+/// desired, EDNS for 1232 bytes. `None` when `name` is not a DNS name.
+pub fn question(name: &str, qtype: RecordType, id: u16) -> Option<Vec<u8>> {
+    let mut m = Message::new();
+    m.set_id(id).set_recursion_desired(true);
+    let name = Name::from_str(name).ok()?;
+    m.add_query(hickory_proto::op::Query::query(name, qtype));
+    let mut edns = hickory_proto::op::Edns::new();
+    edns.set_max_payload(MAX_UDP_ANSWER as u16);
+    m.set_edns(edns);
+    m.to_vec().ok()
+}
+
+/// What an answer to [`question`] `id` says (pure): the addresses, or why there are none (the response
+/// code, a truncated answer, another id, not DNS). `Ok(None)` when `bytes` answer another id (a stray
+/// datagram: keep waiting).
+pub fn addresses(bytes: &[u8], id: u16) -> Result<Option<Vec<IpAddr>>, String> {
+    let m = Message::from_vec(bytes).map_err(|e| format!("not a DNS answer: {e}"))?;
+    if m.id() != id || m.message_type() != MessageType::Response {
+        return Ok(None);
+    }
+    if m.response_code() != ResponseCode::NoError {
+        return Err(m.response_code().to_string());
+    }
+    if m.truncated() {
+        return Err("truncated (TC): the answer does not fit in UDP".into());
+    }
+    let ips: Vec<IpAddr> = m
+        .answers()
+        .iter()
+        .filter_map(|r| match r.data() {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect();
+    Ok(Some(ips))
+}
+
+/// Asks `server` over UDP for `name`'s A and AAAA records, each question tried `tries` times with
+/// `timeout` each: the addresses (sorted), or why not (no answer, the response code).
+pub async fn lookup(
+    server: std::net::SocketAddr,
+    name: &str,
+    timeout: std::time::Duration,
+    tries: u32,
+) -> Result<Vec<IpAddr>, String> {
+    let bind: std::net::SocketAddr = if server.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+        .parse()
+        .expect("an address");
+    let sock = tokio::net::UdpSocket::bind(bind)
+        .await
+        .map_err(|e| format!("binding a UDP socket: {e}"))?;
+    sock.connect(server)
+        .await
+        .map_err(|e| format!("no route to {server}: {e}"))?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    for (i, qtype) in [RecordType::A, RecordType::AAAA].into_iter().enumerate() {
+        let id = (std::process::id() as u16).wrapping_add(i as u16);
+        let q = question(name, qtype, id).ok_or_else(|| format!("{name} is not a DNS name"))?;
+        let mut got = None;
+        'tries: for _ in 0..tries.max(1) {
+            sock.send(&q)
+                .await
+                .map_err(|e| format!("sending to {server}: {e}"))?;
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
+                    Err(_) => break,
+                    // ICMP port unreachable: nothing listens there
+                    Ok(Err(e)) => return Err(format!("{server}: {e}")),
+                    Ok(Ok(n)) => {
+                        if let Some(ips) = addresses(&buf[..n], id)? {
+                            got = Some(ips);
+                            break 'tries;
+                        }
+                    }
+                }
+            }
+        }
+        match got {
+            Some(ips) => out.extend(ips),
+            None => {
+                return Err(format!(
+                    "no answer from {server} in {} x {} ms",
+                    tries.max(1),
+                    timeout.as_millis()
+                ));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// The zone as the server holds it: swapped whole when imports or endpoints change.
 pub type SharedZone = std::sync::Arc<std::sync::RwLock<std::sync::Arc<Zone>>>;
 
@@ -355,6 +478,32 @@ pub async fn serve_tcp(
     }
 }
 
+/// The zone as the cluster's `ServiceImport`s and MCS EndpointSlices say it is now (one LIST of each):
+/// what a ferry-dns that is up to date answers. `ferryctl doctor` compares it with a live answer.
+pub async fn zone_now(client: &kube::Client, ttl: u32) -> Result<Zone, crate::Error> {
+    let ar = ferry_plumbing::discovery::endpoint_slice_resource(client)
+        .await
+        .ok_or_else(|| {
+            crate::Error::NotServed(
+                "discovery.k8s.io EndpointSlice is not served; fix: Kubernetes 1.17 or later".into(),
+            )
+        })?;
+    let lp = kube::api::ListParams::default();
+    let imports = kube::Api::<ServiceImport>::all(client.clone())
+        .list(&lp)
+        .await?
+        .items;
+    let slices: Vec<serde_json::Value> =
+        kube::Api::<kube::core::DynamicObject>::all_with(client.clone(), &ar)
+            .list(&lp.labels(LABEL_SERVICE_NAME))
+            .await?
+            .items
+            .iter()
+            .map(|s| serde_json::to_value(s).unwrap_or_default())
+            .collect();
+    Ok(Zone::build(&imports, &slices, ttl))
+}
+
 /// Keeps `zone` equal to the cluster's `ServiceImport`s and MCS EndpointSlices (rebuilt within 200 ms of a
 /// change).
 pub async fn watch(
@@ -442,6 +591,43 @@ mod tests {
     fn slice(svc: &str, cluster: &str, eps: serde_json::Value) -> serde_json::Value {
         json!({ "metadata": { "namespace": "default", "labels": {
             LABEL_SERVICE_NAME: svc, LABEL_SOURCE_CLUSTER: cluster } }, "endpoints": eps })
+    }
+
+    #[test]
+    fn the_zone_names_a_service_with_addresses_and_gives_them_sorted() {
+        let z = zone();
+        assert_eq!(z.a_service_name(), Some("echo.default.svc.clusterset.local."));
+        assert_eq!(
+            z.addresses("echo.default.svc.clusterset.local."),
+            vec![
+                "10.0.0.5".parse::<IpAddr>().unwrap(),
+                "10.244.0.7".parse().unwrap(),
+                "fd00::7".parse().unwrap()
+            ]
+        );
+        assert!(z.addresses("nope.default.svc.clusterset.local.").is_empty());
+        assert_eq!(Zone::default().a_service_name(), None);
+    }
+
+    #[test]
+    fn a_question_round_trips_through_the_server_and_its_answer_gives_the_addresses() {
+        let z = zone();
+        let q = question("web.default.svc.clusterset.local", RecordType::A, 7).unwrap();
+        let a = answer(&q, &z, Some(512)).unwrap();
+        assert_eq!(addresses(&a, 7), Ok(Some(vec!["10.96.0.50".parse().unwrap()])));
+        // a stray answer to another question: not this one's
+        assert_eq!(addresses(&a, 8), Ok(None));
+        let q = question("echo.default.svc.clusterset.local.", RecordType::AAAA, 9).unwrap();
+        let a = answer(&q, &z, Some(512)).unwrap();
+        assert_eq!(addresses(&a, 9), Ok(Some(vec!["fd00::7".parse().unwrap()])));
+        let q = question("gone.default.svc.clusterset.local", RecordType::A, 10).unwrap();
+        let a = answer(&q, &z, Some(512)).unwrap();
+        assert_eq!(addresses(&a, 10), Err("Non-Existent Domain".to_string()));
+        let q = question("example.com", RecordType::A, 11).unwrap();
+        let a = answer(&q, &z, Some(512)).unwrap();
+        assert_eq!(addresses(&a, 11), Err("Query Refused".to_string()));
+        assert!(addresses(b"\x00", 1).unwrap_err().starts_with("not a DNS answer"));
+        assert_eq!(question("a..b", RecordType::A, 1), None);
     }
 
     fn zone() -> Zone {

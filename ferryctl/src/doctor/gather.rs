@@ -3,20 +3,27 @@
 //! and the check that needs it says so.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use anyhow::{Context, Result};
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Node, Secret, Service};
 use kube::api::ListParams;
 use kube::{Api, Client};
 
 use ferry_crds::identity::{SYSTEM_NAMESPACE, identity_secret};
 use ferry_crds::{ForeignCluster, PeerNetwork, PeeringRole, Tenant};
 
-use super::{DnsFacts, PeerFacts, Side, VirtualNodeFacts};
+use super::{DnsFacts, LiveQuery, PeerFacts, Side, VirtualNodeFacts};
 
-/// Reads `client`'s cluster. `name`: how the report calls it; `namespace`: where ferry is installed.
-pub async fn side(client: &Client, name: &str, namespace: &str) -> Result<Side> {
+/// Reads `client`'s cluster. `name`: how the report calls it; `namespace`: where ferry is installed;
+/// `dns_server`: where to ask ferry-dns a live question (else its Service address).
+pub async fn side(
+    client: &Client,
+    name: &str,
+    namespace: &str,
+    dns_server: Option<SocketAddr>,
+) -> Result<Side> {
     let clock_skew = clock_skew(client).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
     let cluster_id = secrets
@@ -156,7 +163,7 @@ pub async fn side(client: &Client, name: &str, namespace: &str) -> Result<Side> 
         clock_skew,
         node_pod_cidrs,
         peers,
-        dns: dns(client, namespace).await,
+        dns: dns(client, namespace, dns_server).await,
     })
 }
 
@@ -166,8 +173,9 @@ fn text(s: &Secret, key: &str) -> Option<String> {
 }
 
 /// The Corefiles (`kube-system/coredns`'s `Corefile`, and every `*.server` of `coredns-custom`, where
-/// ferry's chart puts its stanza) and ferry-dns's Service address.
-async fn dns(client: &Client, namespace: &str) -> DnsFacts {
+/// ferry's chart puts its stanza), ferry-dns's Service address and ready endpoints, and a live query of
+/// one imported name at `server` (else at the Service) against what the imports say.
+async fn dns(client: &Client, namespace: &str, server: Option<SocketAddr>) -> DnsFacts {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
     let mut corefiles = Vec::new();
     if let Ok(Some(cm)) = cms.get_opt("coredns").await
@@ -188,9 +196,42 @@ async fn dns(client: &Client, namespace: &str) -> DnsFacts {
         .ok()
         .flatten()
         .and_then(|s| s.spec?.cluster_ip?.parse().ok());
+    let ferry_dns_ready = Api::<Endpoints>::namespaced(client.clone(), namespace)
+        .get_opt("ferry-dns")
+        .await
+        .ok()
+        .flatten()
+        .map(|e| {
+            e.subsets
+                .unwrap_or_default()
+                .iter()
+                .map(|s| s.addresses.as_ref().map_or(0, Vec::len))
+                .sum()
+        });
+    let mut live = None;
+    let target = server
+        .map(|s| (s, true))
+        .or(ferry_dns_ip.map(|ip| (SocketAddr::new(ip, 53), false)));
+    if let Some((server, explicit)) = target
+        && let Ok(zone) = ferry_mcs::dns::zone_now(client, 5).await
+        && let Some(name) = zone.a_service_name()
+    {
+        let t0 = std::time::Instant::now();
+        let answer = ferry_mcs::dns::lookup(server, name, std::time::Duration::from_millis(800), 2).await;
+        live = Some(LiveQuery {
+            server,
+            explicit,
+            name: name.to_string(),
+            expected: zone.addresses(name),
+            answer,
+            millis: t0.elapsed().as_millis() as u64,
+        });
+    }
     DnsFacts {
         corefiles,
         ferry_dns_ip,
+        ferry_dns_ready,
+        live,
     }
 }
 

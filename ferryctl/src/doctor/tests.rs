@@ -99,6 +99,15 @@ fn pair() -> (Side, Side) {
                 ),
             ],
             ferry_dns_ip: Some("10.96.0.53".parse().unwrap()),
+            ferry_dns_ready: Some(1),
+            live: Some(LiveQuery {
+                server: "10.96.0.53:53".parse().unwrap(),
+                explicit: false,
+                name: "echo.demo.svc.clusterset.local.".into(),
+                expected: vec!["10.0.0.5".parse().unwrap(), "10.0.1.9".parse().unwrap()],
+                answer: Ok(vec!["10.0.0.5".parse().unwrap(), "10.0.1.9".parse().unwrap()]),
+                millis: 2,
+            }),
         },
     };
     let mut c2 = c1.clone();
@@ -524,4 +533,71 @@ fn only_names_one_peer() {
             .skip(2)
             .all(|c| c.subject == "consumer-c1 → provider-c3")
     );
+}
+
+#[test]
+fn the_live_query_says_ferry_dns_answers_an_imported_name_as_the_imports_say_and_fails_each_way_it_cannot() {
+    let (c1, _) = pair();
+    let dns = |s: &Side| run(s, None, None).into_iter().find(|c| c.check == "dns").unwrap();
+    let c = dns(&c1);
+    assert_eq!(c.level, Level::Ok, "{c:?}");
+    assert!(
+        c.evidence.ends_with(
+            "; live: ferry-dns at 10.96.0.53:53 answers echo.demo.svc.clusterset.local. with 10.0.0.5, 10.0.1.9 in 2 ms, as its imports say"
+        ),
+        "{c:?}"
+    );
+
+    // a stale zone: one endpoint gone from the answer
+    let mut s = c1.clone();
+    s.dns.live.as_mut().unwrap().answer = Ok(vec!["10.0.0.5".parse().unwrap()]);
+    let c = dns(&s);
+    assert_eq!(c.level, Level::Fail);
+    assert!(c.evidence.contains("answers echo.demo.svc.clusterset.local. with 10.0.0.5, but its imports say 10.0.0.5, 10.0.1.9: its zone is stale"), "{c:?}");
+    assert!(c.fix.unwrap().contains("rollout restart deploy/ferry-dns"));
+
+    // an answer that is an error (the name unknown to it)
+    s.dns.live.as_mut().unwrap().answer = Err("Non-Existent Domain".into());
+    let c = dns(&s);
+    assert_eq!(c.level, Level::Fail);
+    assert!(
+        c.evidence
+            .contains("does not answer echo.demo.svc.clusterset.local.: Non-Existent Domain"),
+        "{c:?}"
+    );
+
+    // no answer at the Service address: from a laptop that is expected, not a failure
+    s.dns.live.as_mut().unwrap().answer = Err("no answer from 10.96.0.53:53 in 2 x 800 ms".into());
+    let c = dns(&s);
+    assert_eq!(c.level, Level::Ok, "{c:?}");
+    assert!(
+        c.evidence
+            .contains("live query of echo.demo.svc.clusterset.local. not made: no answer"),
+        "{c:?}"
+    );
+    // … but at the address the operator named, it is
+    s.dns.live.as_mut().unwrap().explicit = true;
+    let c = dns(&s);
+    assert_eq!(c.level, Level::Fail, "{c:?}");
+    assert!(c.fix.unwrap().contains("listens at 10.96.0.53:53"));
+
+    // ferry-dns with no ready pod behind its Service fails whatever the query says
+    let mut s = c1.clone();
+    s.dns.ferry_dns_ready = Some(0);
+    let c = dns(&s);
+    assert_eq!(c.level, Level::Fail);
+    assert!(c.evidence.contains("no ready endpoint"), "{c:?}");
+
+    // a config failure keeps its own fix, and the live part still reports
+    let mut s = c1.clone();
+    s.dns.corefiles[0].1 = HEALTHY_COREFILE.replace("/etc/resolv.conf", "10.97.0.10");
+    let c = dns(&s);
+    assert_eq!(c.level, Level::Fail);
+    assert!(c.evidence.contains("; live: ferry-dns at"), "{c:?}");
+    assert!(c.fix.unwrap().contains("forward . /etc/resolv.conf"));
+
+    // nothing imported, no live part
+    let mut s = c1.clone();
+    s.dns.live = None;
+    assert!(!dns(&s).evidence.contains("live"));
 }
