@@ -246,6 +246,14 @@ async fn an_exported_service_answers_by_its_clusterset_name_across_overlapping_c
     );
     eprintln!("doctor, ferry-dns stopped: {} | {}", c["evidence"], c["fix"]);
     p._procs[2] = tokio::task::block_in_place(|| agents::start_dns(&lab, 0)).unwrap();
+    // answering SOA comes before the first zone build: wait for the name again
+    tokio::task::block_in_place(|| {
+        wait_for(
+            "ferry-dns restarted with its zone",
+            Duration::from_secs(15),
+            || resolve(&client, &name).len() == 2,
+        )
+    });
 
     let si = imports.get("echo").await.unwrap();
     assert_eq!(si.spec.type_, ferry_crds::mcs::ServiceImportType::Headless);

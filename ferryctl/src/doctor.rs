@@ -88,6 +88,8 @@ pub struct DnsFacts {
     pub corefiles: Vec<(String, String)>,
     /// ferry-dns's Service address, if installed.
     pub ferry_dns_ip: Option<IpAddr>,
+    /// Where ferry is installed.
+    pub namespace: String,
     /// Ready addresses behind ferry-dns's Service, if installed.
     pub ferry_dns_ready: Option<usize>,
     /// A live query of an exported name, when the cluster imports one.
@@ -782,13 +784,20 @@ fn dns(side: &Side, theirs: Option<&Side>) -> Check {
 /// The live half of the DNS check: is ferry-dns up, and does it answer an exported name with what the
 /// imports say? `None` when there is nothing to say (no ferry-dns Service, nothing imported).
 fn dns_live(d: &DnsFacts) -> Option<Outcome> {
-    let logs = "kubectl -n <namespace> logs deploy/ferry-dns; it must list and watch ServiceImports and EndpointSlices (the chart's ClusterRole ferry-dns)";
+    let ns = if d.namespace.is_empty() {
+        "ferry-system"
+    } else {
+        &d.namespace
+    };
+    let logs = format!(
+        "kubectl -n {ns} logs deploy/ferry-dns; it must list and watch ServiceImports and EndpointSlices (the chart's ClusterRole ferry-dns)"
+    );
     if d.ferry_dns_ready == Some(0) {
         return Some((
             Level::Fail,
             "ferry-dns's Service has no ready endpoint: clusterset.local names resolve nowhere".into(),
             Some(format!(
-                "get ferry-dns running: kubectl -n <namespace> describe pods -l app=ferry-dns; {logs}"
+                "get ferry-dns running: kubectl -n {ns} describe pods -l app=ferry-dns; {logs}"
             )),
         ));
     }
@@ -812,17 +821,22 @@ fn dns_live(d: &DnsFacts) -> Option<Outcome> {
                 }
             ),
             Some(format!(
-                "restart ferry-dns (kubectl -n <namespace> rollout restart deploy/ferry-dns); {logs}"
+                "restart ferry-dns (kubectl -n {ns} rollout restart deploy/ferry-dns); {logs}"
             )),
         ),
-        Err(why) if !q.explicit && why.starts_with("no answer") => (
-            Level::Ok,
-            format!(
-                "live query of {} not made: {why} (the Service address is not routable from here)",
-                q.name
-            ),
-            None,
-        ),
+        Err(why)
+            if !q.explicit
+                && (why.starts_with("no answer") || why.starts_with(ferry_mcs::dns::NOT_FERRY_DNS)) =>
+        {
+            (
+                Level::Ok,
+                format!(
+                    "live query of {} not made: {why} (the Service address does not reach ferry-dns from here)",
+                    q.name
+                ),
+                None,
+            )
+        }
         Err(why) => (
             Level::Fail,
             format!(

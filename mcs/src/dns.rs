@@ -287,6 +287,9 @@ pub fn question(name: &str, qtype: RecordType, id: u16) -> Option<Vec<u8>> {
     m.to_vec().ok()
 }
 
+/// How [`addresses`] begins its error when something other than ferry-dns answered.
+pub const NOT_FERRY_DNS: &str = "not ferry-dns";
+
 /// What an answer to [`question`] `id` says (pure): the addresses, or why there are none (the response
 /// code, a truncated answer, another id, not DNS). `Ok(None)` when `bytes` answer another id (a stray
 /// datagram: keep waiting).
@@ -294,6 +297,14 @@ pub fn addresses(bytes: &[u8], id: u16) -> Result<Option<Vec<IpAddr>>, String> {
     let m = Message::from_vec(bytes).map_err(|e| format!("not a DNS answer: {e}"))?;
     if m.id() != id || m.message_type() != MessageType::Response {
         return Ok(None);
+    }
+    // ferry-dns is authoritative for clusterset.local and says so in every answer of its zone; a resolver
+    // on the way that answers for whatever it is asked (a transparent DNS proxy) does not
+    if !m.authoritative() {
+        return Err(format!(
+            "{NOT_FERRY_DNS}: the answer ({}) is not authoritative for {ZONE}",
+            m.response_code()
+        ));
     }
     if m.response_code() != ResponseCode::NoError {
         return Err(m.response_code().to_string());
@@ -625,8 +636,28 @@ mod tests {
         assert_eq!(addresses(&a, 10), Err("Non-Existent Domain".to_string()));
         let q = question("example.com", RecordType::A, 11).unwrap();
         let a = answer(&q, &z, Some(512)).unwrap();
-        assert_eq!(addresses(&a, 11), Err("Query Refused".to_string()));
+        // ferry-dns refuses other zones without authority: that answer is not one of its zone's
+        assert_eq!(
+            addresses(&a, 11),
+            Err(
+                "not ferry-dns: the answer (Query Refused) is not authoritative for clusterset.local."
+                    .to_string()
+            )
+        );
         assert!(addresses(b"\x00", 1).unwrap_err().starts_with("not a DNS answer"));
+        // another server's answer (a recursive resolver on the way): not ferry-dns's, whatever it says
+        let mut m =
+            Message::from_vec(&question("web.default.svc.clusterset.local", RecordType::A, 12).unwrap())
+                .unwrap();
+        m.set_message_type(MessageType::Response)
+            .set_response_code(ResponseCode::NXDomain);
+        assert_eq!(
+            addresses(&m.to_vec().unwrap(), 12),
+            Err(
+                "not ferry-dns: the answer (Non-Existent Domain) is not authoritative for clusterset.local."
+                    .to_string()
+            )
+        );
         assert_eq!(question("a..b", RecordType::A, 1), None);
     }
 

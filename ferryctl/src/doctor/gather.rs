@@ -230,6 +230,7 @@ async fn dns(client: &Client, namespace: &str, server: Option<SocketAddr>) -> Dn
     DnsFacts {
         corefiles,
         ferry_dns_ip,
+        namespace: namespace.to_string(),
         ferry_dns_ready,
         live,
     }

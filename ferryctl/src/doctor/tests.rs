@@ -99,6 +99,7 @@ fn pair() -> (Side, Side) {
                 ),
             ],
             ferry_dns_ip: Some("10.96.0.53".parse().unwrap()),
+            namespace: "ferry-system".into(),
             ferry_dns_ready: Some(1),
             live: Some(LiveQuery {
                 server: "10.96.0.53:53".parse().unwrap(),
@@ -554,7 +555,11 @@ fn the_live_query_says_ferry_dns_answers_an_imported_name_as_the_imports_say_and
     let c = dns(&s);
     assert_eq!(c.level, Level::Fail);
     assert!(c.evidence.contains("answers echo.demo.svc.clusterset.local. with 10.0.0.5, but its imports say 10.0.0.5, 10.0.1.9: its zone is stale"), "{c:?}");
-    assert!(c.fix.unwrap().contains("rollout restart deploy/ferry-dns"));
+    assert!(
+        c.fix
+            .unwrap()
+            .contains("kubectl -n ferry-system rollout restart deploy/ferry-dns")
+    );
 
     // an answer that is an error (the name unknown to it)
     s.dns.live.as_mut().unwrap().answer = Err("Non-Existent Domain".into());
@@ -575,7 +580,19 @@ fn the_live_query_says_ferry_dns_answers_an_imported_name_as_the_imports_say_and
             .contains("live query of echo.demo.svc.clusterset.local. not made: no answer"),
         "{c:?}"
     );
-    // … but at the address the operator named, it is
+    // an answer from something else on the way (a DNS proxy answering every port-53 packet): not made
+    s.dns.live.as_mut().unwrap().answer = Err(
+        "not ferry-dns: the answer (Non-Existent Domain) is not authoritative for clusterset.local.".into(),
+    );
+    let c = dns(&s);
+    assert_eq!(c.level, Level::Ok, "{c:?}");
+    assert!(c.evidence.contains("not made: not ferry-dns"), "{c:?}");
+    // … but at the address the operator named, it is a failure
+    s.dns.live.as_mut().unwrap().explicit = true;
+    assert_eq!(dns(&s).level, Level::Fail);
+    s.dns.live.as_mut().unwrap().explicit = false;
+    s.dns.live.as_mut().unwrap().answer = Err("no answer from 10.96.0.53:53 in 2 x 800 ms".into());
+    // … and so is no answer at the address the operator named
     s.dns.live.as_mut().unwrap().explicit = true;
     let c = dns(&s);
     assert_eq!(c.level, Level::Fail, "{c:?}");
