@@ -1018,6 +1018,15 @@ fn age_between(created: i64, now: i64) -> String {
     }
 }
 
+/// `--dns-server`: `IP` (port 53) or `IP:PORT`, IPv6 as `[::1]:53`.
+fn parse_dns_server(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+        .map_err(|_| {
+            format!("{s:?} is not an address: give IP or IP:PORT, e.g. 10.96.0.53 or 127.0.0.1:5353")
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1042,13 +1051,22 @@ mod tests {
             assert!(parse_ttl(bad).unwrap_err().to_string().contains("fix:"), "{bad}");
         }
     }
-}
 
-/// `--dns-server`: `IP` (port 53) or `IP:PORT`, IPv6 as `[::1]:53`.
-fn parse_dns_server(s: &str) -> Result<std::net::SocketAddr, String> {
-    s.parse()
-        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
-        .map_err(|_| {
-            format!("{s:?} is not an address: give IP or IP:PORT, e.g. 10.96.0.53 or 127.0.0.1:5353")
-        })
+    #[test]
+    fn dns_server_takes_an_address_with_or_without_a_port_and_names_the_fix() {
+        assert_eq!(
+            parse_dns_server("10.96.0.53"),
+            Ok("10.96.0.53:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse_dns_server("127.0.0.1:5353"),
+            Ok("127.0.0.1:5353".parse().unwrap())
+        );
+        assert_eq!(parse_dns_server("fd00::53"), Ok("[fd00::53]:53".parse().unwrap()));
+        assert!(
+            parse_dns_server("ferry-dns")
+                .unwrap_err()
+                .contains("give IP or IP:PORT")
+        );
+    }
 }
