@@ -933,8 +933,11 @@ fn doctor_until_fails(lab: &Lab, idx: usize, both: bool, name: &str) -> serde_js
         }
         assert!(
             t0.elapsed() < Duration::from_secs(20),
-            "doctor did not fail {name} within 20 s: {:#?}",
-            not_ok(&v)
+            "doctor did not fail {name} within 20 s: {:#?}\nthe gateway's report: {}",
+            not_ok(&v),
+            peer_network(lab, idx, if idx == 0 { "provider-c2" } else { "consumer-c1" })
+                .map(|p| p["status"]["diagnostics"].clone())
+                .unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -1129,7 +1132,7 @@ fn doctor_is_ok_on_a_healthy_peering_and_fails_each_known_failure_with_its_fix()
     let out = in_host(
         &lab,
         0,
-        "nft add table inet lab_ct && nft add chain inet lab_ct out '{ type filter hook output priority 0; }' && nft add rule inet lab_ct out ct state new counter; conntrack -F 2>/dev/null; cat /proc/sys/net/netfilter/nf_conntrack_count",
+        "nft add table inet lab_ct && nft add chain inet lab_ct out '{ type filter hook output priority 0; }' && nft add rule inet lab_ct out ct state new counter && nft add chain inet lab_ct pre '{ type filter hook prerouting priority -300; }' && nft add rule inet lab_ct pre icmp type destination-unreachable drop; conntrack -F 2>/dev/null; cat /proc/sys/net/netfilter/nf_conntrack_count",
     );
     let before: u64 = out.trim().lines().last().unwrap_or("0").parse().unwrap_or(0);
     // the limit is the machine's, each namespace counts its own entries: above the fullest namespace (real
@@ -1143,8 +1146,13 @@ fn doctor_is_ok_on_a_healthy_peering_and_fails_each_known_failure_with_its_fix()
         .filter_map(|l| l.trim().parse::<u64>().ok())
         .max()
         .unwrap_or(0);
-    let max = fullest.max(before) + 400;
-    let fill = (max * 93).div_ceil(100).saturating_sub(before);
+    // filled to 95 % (the rest for the gateway's own new flows: its status writes, its probes), with the UDP timeout of that namespace raised and the
+    // peer's "port unreachable" answers dropped before conntrack sees them (each would end its flow's
+    // entry early: about 8 % went so), so the count holds while doctor looks; the check fails at 90 %
+    let max = fullest.max(before) + 600;
+    let fill = (max * 95 / 100).saturating_sub(before);
+    let udp_timeout = in_host(&lab, 0, "cat /proc/sys/net/netfilter/nf_conntrack_udp_timeout");
+    let _ = in_host(&lab, 0, "sysctl -qw net.netfilter.nf_conntrack_udp_timeout=600");
     std::fs::write(max_file, max.to_string()).unwrap();
     let wan_c2 = lab.layout.clusters[1].wan_ip.to_string();
     let out = in_host(
@@ -1169,7 +1177,14 @@ fn doctor_is_ok_on_a_healthy_peering_and_fails_each_known_failure_with_its_fix()
     );
     eprintln!("2. conntrack: {}", c["evidence"]);
     drop(_restore);
-    let _ = in_host(&lab, 0, "nft delete table inet lab_ct");
+    let _ = in_host(
+        &lab,
+        0,
+        &format!(
+            "nft delete table inet lab_ct; conntrack -F 2>/dev/null; sysctl -qw net.netfilter.nf_conntrack_udp_timeout={}",
+            udp_timeout.trim()
+        ),
+    );
     assert_eq!(
         std::fs::read_to_string(max_file).unwrap().trim(),
         max_before.trim()
