@@ -407,21 +407,13 @@ pub fn result_of(answer: Option<&[u8]>) -> &'static str {
 
 /// Counts one query by [`result_of`].
 fn count(answer: Option<&[u8]>) {
-    use ferry_plumbing::metrics::prometheus_client::metrics::{counter::Counter, family::Family};
-    static FAMILY: std::sync::OnceLock<Family<ferry_plumbing::metrics::Labels, Counter>> =
-        std::sync::OnceLock::new();
-    FAMILY
-        .get_or_init(|| {
-            let f = Family::default();
-            ferry_plumbing::metrics::register(
-                "dns_queries",
-                "queries by result: answered, nxdomain, refused (not clusterset.local), dropped, …",
-                f.clone(),
-            );
-            f
-        })
-        .get_or_create(&vec![("result".to_string(), result_of(answer).to_string())])
-        .inc();
+    static FAMILY: ferry_plumbing::metrics::CounterCell = std::sync::OnceLock::new();
+    ferry_plumbing::metrics::count(
+        &FAMILY,
+        "dns_queries",
+        "queries by result: answered, nxdomain, refused (not clusterset.local), dropped, …",
+        &[("result", result_of(answer))],
+    );
 }
 
 /// Serves UDP until the socket fails (a failing receive or send is logged and retried).

@@ -165,24 +165,13 @@ pub fn router(p: Arc<Provider>) -> Router {
 /// `ferry_broker_requests_total{route,code}`: every request the broker answered, by route template (so
 /// that the label values stay bounded, whatever paths a peer sends) and status code.
 fn requests(route: &str, code: StatusCode) {
-    use ferry_plumbing::metrics::prometheus_client::metrics::{counter::Counter, family::Family};
-    static FAMILY: std::sync::OnceLock<Family<ferry_plumbing::metrics::Labels, Counter>> =
-        std::sync::OnceLock::new();
-    FAMILY
-        .get_or_init(|| {
-            let f = Family::default();
-            ferry_plumbing::metrics::register(
-                "broker_requests",
-                "requests the peering broker answered, by route and status code",
-                f.clone(),
-            );
-            f
-        })
-        .get_or_create(&vec![
-            ("route".to_string(), route.to_string()),
-            ("code".to_string(), code.as_u16().to_string()),
-        ])
-        .inc();
+    static FAMILY: ferry_plumbing::metrics::CounterCell = std::sync::OnceLock::new();
+    ferry_plumbing::metrics::count(
+        &FAMILY,
+        "broker_requests",
+        "requests the peering broker answered, by route and status code",
+        &[("route", route), ("code", code.as_str())],
+    );
 }
 
 async fn count_request(

@@ -29,6 +29,27 @@ pub fn register(name: &str, help: &str, metric: impl Metric) {
     registry().lock().expect("lock").register(name, help, metric);
 }
 
+/// A counter family registered on first use, held in the caller's `cell` (one `static` per metric).
+pub type CounterCell = OnceLock<
+    prometheus_client::metrics::family::Family<Labels, prometheus_client::metrics::counter::Counter>,
+>;
+
+/// Adds one to `ferry_<name>_total{labels}`, registering the family in `cell` the first time.
+pub fn count(cell: &'static CounterCell, name: &str, help: &str, labels: &[(&str, &str)]) {
+    cell.get_or_init(|| {
+        let f = prometheus_client::metrics::family::Family::default();
+        register(name, help, f.clone());
+        f
+    })
+    .get_or_create(
+        &labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+    .inc();
+}
+
 /// Every registered metric, in the Prometheus text format.
 pub fn render() -> String {
     let mut out = String::new();
