@@ -337,9 +337,18 @@ fn one_line(stderr: &str) -> &str {
 
 #[test]
 fn bad_input_gives_one_line_with_the_fix_and_leaves_nothing_behind() {
-    // a port in use
-    let holder = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = holder.local_addr().unwrap().port();
+    // a port in use: hold cluster 1's apiserver port (base + 12) of a base whose other ports (etcd's,
+    // base + 10 and + 11) are free, so the error names the apiserver and not an unrelated holder
+    let (holder, port) = (0..100)
+        .find_map(|_| {
+            let holder = TcpListener::bind("127.0.0.1:0").ok()?;
+            let port = holder.local_addr().ok()?.port();
+            let etcd_free = port > 1024
+                && TcpListener::bind(("127.0.0.1", port - 2)).is_ok()
+                && TcpListener::bind(("127.0.0.1", port - 1)).is_ok();
+            etcd_free.then_some((holder, port))
+        })
+        .expect("no ephemeral port whose two ports below are free");
     let base = (port - 12).to_string(); // cluster 1's apiserver = base + 12
     let (ok, _, err) = ferry_lab(&["--name", "tport", "up", "--clusters", "1", "--base-port", &base]);
     assert!(!ok);
