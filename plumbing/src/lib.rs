@@ -1,6 +1,6 @@
 //! What every ferry binary shares, and nothing else: building a client ([`client`]), finding the version
 //! of an API a cluster serves ([`discovery`]), writing status conditions with one timestamp format and one
-//! `lastTransitionTime` rule ([`conditions`]), reading certificates ([`certs`]), errors that name the failed step ([`context`]), flag value parsers that refuse bad input up front ([`flags`]), the plain-HTTP admin server with `/metrics`, `/healthz` and
+//! `lastTransitionTime` rule ([`conditions`]), reading certificates ([`certs`]), errors that name the failed step ([`context`]), events that join repeats into series with a bounded memory ([`events`]), flag value parsers that refuse bad input up front ([`flags`]), the plain-HTTP admin server with `/metrics`, `/healthz` and
 //! `/readyz` ([`admin`]), the process's metrics registry and controller timing ([`metrics`]), listening with connection limits where peers reach ([`listen`]), tracing set-up ([`telemetry`]), reflector stores whose changes trigger a
 //! reconcile ([`triggers`]), and, behind the `fixtures` feature, builders and a mocked apiserver for
 //! controller tests ([`fixtures`]).
@@ -13,6 +13,7 @@ pub mod client;
 pub mod conditions;
 pub mod context;
 pub mod discovery;
+pub mod events;
 #[cfg(feature = "fixtures")]
 pub mod fixtures;
 pub mod flags;

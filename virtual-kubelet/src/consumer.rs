@@ -18,13 +18,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use ferry_crds::NamespaceOffloading;
+use ferry_plumbing::events::{Recorder, Reporter};
 use futures::channel::mpsc;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::Controller;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use tracing::{info, warn};
@@ -33,7 +33,7 @@ use crate::heartbeat::ensure_node;
 pub use crate::heartbeat::{heartbeat, livez, remove_node};
 pub use crate::peer::Peer;
 pub use crate::pods::{PodReflector, RemoteNamespace};
-use crate::reflect::{PodView, slim_status};
+use crate::reflect::PodView;
 use crate::remote::track_namespaces;
 use crate::{Error, VirtualNodeIdentity, api_err};
 
@@ -65,13 +65,10 @@ pub async fn run(peer: Arc<Peer>) -> Result<(), Error> {
             watcher::Config::default().fields(&format!("spec.nodeName={node}")),
         )
         .modify(|p| {
-            // what reconciles read: metadata (owners, deletion) and the status fields the reflection owns;
-            // the spec is never parsed here, it is read on creation
-            p.metadata.managed_fields = None;
-            p.metadata.annotations = None;
-            if let Some(s) = p.status.as_mut() {
-                slim_status(s);
-            }
+            // what reconciles read: name, UID, deletion, the owners' kinds and whether one is the
+            // controller, and the status fields the reflection owns (the only ones `PodView` parses); the
+            // spec is never parsed here, it is read on creation
+            slim_local_meta(&mut p.metadata);
         }),
     )
     .default_backoff()
@@ -124,6 +121,21 @@ pub async fn run(peer: Arc<Peer>) -> Result<(), Error> {
         _ = track_namespaces(ctx.clone(), change_rx) => {},
     }
     Ok(())
+}
+
+/// Drops what the reflection never reads of a cached local pod's metadata. An owner reference keeps its
+/// kind and controller flag only ([`crate::pods`] asks "a DaemonSet's?" and "controlled?").
+pub fn slim_local_meta(m: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    m.managed_fields = None;
+    m.annotations = None;
+    m.labels = None;
+    m.generate_name = None;
+    for o in m.owner_references.iter_mut().flatten() {
+        o.api_version = String::new();
+        o.name = String::new();
+        o.uid = String::new();
+        o.block_owner_deletion = None;
+    }
 }
 
 /// How many local pods are bound to the virtual node of `provider` (for `ferryctl status`).

@@ -12,6 +12,7 @@ pub mod kubelet_api;
 pub mod kubelet_server;
 pub mod kubelet_stats;
 pub mod kubelet_stream;
+pub mod lite;
 pub mod metrics;
 pub mod node;
 pub mod objects;

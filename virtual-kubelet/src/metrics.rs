@@ -16,10 +16,12 @@ use ferry_plumbing::metrics::{Labels, duration_buckets, register};
 /// A pod's state as counted: (peer, phase, behind).
 pub type PodState = (String, String, bool);
 
-/// Each pod's last counted state, by UID (pure bookkeeping).
+/// Each pod's last counted state, by UID (pure bookkeeping). The peer and phase names are kept once, not
+/// once per pod: an entry is the UID and three small numbers.
 #[derive(Default, Debug)]
 pub struct PodStates {
-    pods: HashMap<String, PodState>,
+    pods: HashMap<Box<str>, (u32, u32, bool)>,
+    names: Vec<String>,
 }
 
 /// How the gauges move for one observation: -1 for what the pod was, +1 for what it is.
@@ -32,15 +34,32 @@ pub struct Moves {
 }
 
 impl PodStates {
+    fn id(&mut self, name: &str) -> u32 {
+        match self.names.iter().position(|n| n == name) {
+            Some(i) => i as u32,
+            None => {
+                self.names.push(name.to_string());
+                self.names.len() as u32 - 1
+            }
+        }
+    }
+
     /// Records pod `uid` as `now` (`None`: gone) and says how the gauges move.
     pub fn set(&mut self, uid: &str, now: Option<PodState>) -> Moves {
-        let was = match &now {
-            Some(s) => self.pods.insert(uid.to_string(), s.clone()),
+        let code = now
+            .as_ref()
+            .map(|(peer, phase, behind)| (self.id(peer), self.id(phase), *behind));
+        let was = match code {
+            Some(c) => self.pods.insert(uid.into(), c),
             None => self.pods.remove(uid),
         };
-        if was == now {
+        if was == code {
             return Moves { was: None, is: None };
         }
+        let was = was.map(|(peer, phase, behind)| {
+            let name = |i: u32| self.names[i as usize].clone();
+            (name(peer), name(phase), behind)
+        });
         Moves { was, is: now }
     }
 }

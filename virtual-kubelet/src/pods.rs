@@ -7,17 +7,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_crds::{NamespaceOffloading, ShadowPod, ShadowPodSpec};
+use ferry_plumbing::events::{Event, EventType, Recorder};
 use futures::channel::mpsc;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, warn};
 
+use crate::lite::{Lite, RemotePodLite, ShadowLite};
 use crate::peer::{Peer, now};
 use crate::reflect::{self, Effect, LocalPod, Peering, PodView, Remote, Shadow};
 use crate::translate::{
@@ -30,10 +30,10 @@ use crate::{Error, api_err};
 pub struct RemoteNamespace {
     /// The namespace on the provider.
     pub name: String,
-    /// ShadowPods there (metadata only: the consumer pod's UID is a label).
-    pub shadows: Store<PartialObjectMeta<ShadowPod>>,
-    /// Pods there (of this consumer; metadata and status).
-    pub pods: Store<PodView>,
+    /// ShadowPods there (watched metadata only: the consumer pod's UID is a label).
+    pub shadows: Arc<Lite<ShadowLite>>,
+    /// Pods there (of this consumer): their statuses.
+    pub pods: Arc<Lite<RemotePodLite>>,
     pub(crate) task: tokio::task::JoinHandle<()>,
 }
 
@@ -149,28 +149,26 @@ impl PodReflector {
                 "provider namespace {rns_name} not watched yet"
             )));
         };
-        if pending(rns.shadows.wait_until_ready()) || pending(rns.pods.wait_until_ready()) {
+        if !rns.shadows.ready() || !rns.pods.ready() {
             return Err(Error::NotYet(format!(
                 "provider namespace {rns_name} not synced yet"
             )));
         }
-        let key = ObjectRef::new(&name).within(&rns_name);
-        let shadow = rns.shadows.get(&key);
-        let remote_pod = rns.pods.get(&ObjectRef::new(&name).within(&rns_name));
+        let shadow = rns.shadows.get(&name);
+        let remote_pod = rns.pods.get(&name);
         let remote = Remote {
             shadow: shadow.as_ref().map(|s| Shadow {
-                origin_uid: s.labels().get(ORIGIN_UID_LABEL).map(String::as_str),
-                deleting: s.meta().deletion_timestamp.is_some(),
-                refusal: s.annotations().get(crate::REFUSAL_ANNOTATION).map(String::as_str),
+                origin_uid: s.origin_uid.as_deref(),
+                deleting: s.deleting,
+                refusal: s.refusal.as_deref(),
             }),
             pod: remote_pod.as_ref().map(|rp| {
-                rp.status
-                    .as_ref()
-                    .map(|rs| to_local_status(rs, None, |ip| ctx.peer.translate(ip)))
+                rp.status()
+                    .map(|rs| to_local_status(&rs, None, |ip| ctx.peer.translate(ip)))
             }),
         };
         let effects = reflect::decide(peering, &local, Some(&remote));
-        ctx.carry_out(&pod, Some(&rns_name), shadow.as_deref(), effects)
+        ctx.carry_out(&pod, Some(&rns_name), shadow.as_ref(), effects)
             .await
     }
 
@@ -179,7 +177,7 @@ impl PodReflector {
         &self,
         pod: &PodView,
         rns: Option<&str>,
-        shadow: Option<&PartialObjectMeta<ShadowPod>>,
+        shadow: Option<&ShadowLite>,
         effects: Vec<Effect>,
     ) -> Result<Action, Error> {
         let ns = pod.namespace().unwrap_or_default();
@@ -199,7 +197,7 @@ impl PodReflector {
                 Effect::Refuse { reason, message } => self.refuse(pod, reason, message).await?,
                 Effect::DeleteShadow => {
                     if let Some(s) = shadow {
-                        delete_shadow(&shadows, s).await?;
+                        delete_shadow(&shadows, &name, &s.uid).await?;
                     }
                 }
                 Effect::DeleteRemotePod(grace) => {
@@ -223,9 +221,7 @@ impl PodReflector {
                         .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                         .await
                         .map_err(api_err(format!("pod {ns}/{name} status")))?;
-                    let ready = st
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                    let ready = st.is_some_and(reflect::OwnedStatus::ready);
                     let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
                     if let Some(lag) = crate::metrics::lag_of(&patch, ready, now) {
                         crate::metrics::lag(&self.peer.provider, lag);
@@ -341,21 +337,19 @@ pub(crate) fn pending(ready: impl std::future::Future) -> bool {
     futures::FutureExt::now_or_never(ready).is_none()
 }
 
-pub(crate) async fn delete_shadow(
-    shadows: &Api<ShadowPod>,
-    s: &PartialObjectMeta<ShadowPod>,
-) -> Result<(), Error> {
+/// Deletes ShadowPod `name` if it is still the one of UID `uid`.
+pub(crate) async fn delete_shadow(shadows: &Api<ShadowPod>, name: &str, uid: &str) -> Result<(), Error> {
     let dp = DeleteParams {
         preconditions: Some(Preconditions {
-            uid: s.uid(),
+            uid: Some(uid.to_string()),
             resource_version: None,
         }),
         ..DeleteParams::background()
     };
-    match shadows.delete(&s.name_any(), &dp).await {
+    match shadows.delete(name, &dp).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-        Err(e) => Err(api_err(format!("deleting ShadowPod {}", s.name_any()))(e)),
+        Err(e) => Err(api_err(format!("deleting ShadowPod {name}"))(e)),
     }
 }
 

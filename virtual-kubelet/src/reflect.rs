@@ -34,8 +34,8 @@ pub struct LocalPod<'a> {
     pub daemonset: bool,
     /// Whether a controller (ReplicaSet, StatefulSet, Job, …) owns it and recreates it when it is gone.
     pub controlled: bool,
-    /// Its status (slimmed: see [`slim_status`]).
-    pub status: Option<&'a PodStatus>,
+    /// The status fields the reflection owns.
+    pub status: Option<&'a OwnedStatus>,
 }
 
 /// The `ShadowPod` of the pod's name in the provider namespace.
@@ -183,7 +183,7 @@ pub fn decide(peering: Peering<'_>, pod: &LocalPod<'_>, remote: Option<&Remote<'
 /// The status patch that brings `have` to `want` (the provider pod's status in this cluster's view), or
 /// `None` when nothing the reflection owns differs or the provider pod is merely Pending with nothing to
 /// say yet. Fields the provider no longer reports are cleared, not left stale.
-pub fn status_patch(want: &PodStatus, have: Option<&PodStatus>) -> Option<serde_json::Value> {
+pub fn status_patch(want: &PodStatus, have: Option<&OwnedStatus>) -> Option<serde_json::Value> {
     let unschedulable = want
         .conditions
         .iter()
@@ -193,8 +193,8 @@ pub fn status_patch(want: &PodStatus, have: Option<&PodStatus>) -> Option<serde_
         || want.reason.is_some()
         || want.message.is_some()
         || unschedulable;
-    let empty = PodStatus::default();
-    if !news || owned_fields(want) == owned_fields(have.unwrap_or(&empty)) {
+    let empty = OwnedStatus::default();
+    if !news || OwnedStatus::of(want) == *have.unwrap_or(&empty) {
         return None;
     }
     let mut patch = json!({"status": want});
@@ -206,31 +206,161 @@ pub fn status_patch(want: &PodStatus, have: Option<&PodStatus>) -> Option<serde_
     Some(patch)
 }
 
-/// The status fields the reflection owns, for comparison (so an unchanged status is not written again).
-pub fn owned_fields(s: &PodStatus) -> serde_json::Value {
-    json!({
-        "phase": s.phase, "podIP": s.pod_ip, "podIPs": s.pod_ips, "reason": s.reason, "message": s.message,
-        "conditions": s.conditions.iter().flatten().map(|c| (&c.type_, &c.status, &c.reason)).collect::<Vec<_>>(),
-        "containerStatuses": s.container_statuses.iter().flatten()
-            .map(|c| (&c.name, c.ready, c.restart_count, c.state.as_ref().map(|s| (s.running.is_some(), s.terminated.is_some()))))
-            .collect::<Vec<_>>(),
-    })
+/// The status fields the reflection owns, and all a cached local pod keeps of its status: what a status
+/// patch compares (so an unchanged status is not written again). It deserializes from a pod status and
+/// never allocates for the fields it does not keep (serde skips them): the cached local pods cost a few
+/// hundred bytes of status each instead of a `PodStatus` with its conditions and container statuses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnedStatus {
+    /// `phase`.
+    #[serde(default)]
+    pub phase: Option<String>,
+    /// `podIP`.
+    #[serde(default, rename = "podIP")]
+    pub pod_ip: Option<String>,
+    /// `podIPs[].ip`.
+    #[serde(default, rename = "podIPs", deserialize_with = "ips")]
+    pub pod_ips: Vec<String>,
+    /// `reason`.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// `message`.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// `conditions[]`: type, status and reason.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub conditions: Vec<OwnedCondition>,
+    /// `containerStatuses[]`: name, ready, restarts and whether running or terminated.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub container_statuses: Vec<OwnedContainer>,
 }
 
-/// A pod as the reflection caches it: metadata and status, and no spec. A watch into a store of these never
-/// parses a pod's spec (serde skips the field) nor keeps it: the spec is most of a pod's bytes, and
-/// `k8s_openapi`'s `Pod` keeps room for every spec field even when the spec is dropped. The spec of a pod
-/// to offload is read once, when its `ShadowPod` is created.
-#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
-pub struct PodView {
-    /// The pod's metadata.
+/// A pod condition as [`OwnedStatus`] keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct OwnedCondition {
+    /// `type`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `status`.
+    pub status: String,
+    /// `reason`.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A container status as [`OwnedStatus`] keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnedContainer {
+    /// `name`.
+    pub name: String,
+    /// `ready`.
+    #[serde(default)]
+    pub ready: bool,
+    /// `restartCount`.
+    #[serde(default)]
+    pub restart_count: i32,
+    /// Whether `state.running` / `state.terminated` are set.
+    #[serde(default)]
+    pub state: OwnedState,
+}
+
+/// Which container state is set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct OwnedState {
+    /// `state.running` is set.
+    #[serde(default, deserialize_with = "present")]
+    pub running: bool,
+    /// `state.terminated` is set.
+    #[serde(default, deserialize_with = "present")]
+    pub terminated: bool,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    use serde::Deserialize;
+    Ok(Option::<serde::de::IgnoredAny>::deserialize(d)?.is_some())
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(
+    d: D,
+) -> Result<Vec<T>, D::Error> {
+    use serde::Deserialize;
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+}
+
+fn ips<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    struct Ip {
+        ip: String,
+    }
+    Ok(null_as_empty::<D, Ip>(d)?.into_iter().map(|i| i.ip).collect())
+}
+
+impl OwnedStatus {
+    /// The owned fields of a full status.
+    pub fn of(s: &PodStatus) -> Self {
+        Self {
+            phase: s.phase.clone(),
+            pod_ip: s.pod_ip.clone(),
+            pod_ips: s.pod_ips.iter().flatten().map(|p| p.ip.clone()).collect(),
+            reason: s.reason.clone(),
+            message: s.message.clone(),
+            conditions: s
+                .conditions
+                .iter()
+                .flatten()
+                .map(|c| OwnedCondition {
+                    type_: c.type_.clone(),
+                    status: c.status.clone(),
+                    reason: c.reason.clone(),
+                })
+                .collect(),
+            container_statuses: s
+                .container_statuses
+                .iter()
+                .flatten()
+                .map(|c| OwnedContainer {
+                    name: c.name.clone(),
+                    ready: c.ready,
+                    restart_count: c.restart_count,
+                    state: OwnedState {
+                        running: c.state.as_ref().is_some_and(|s| s.running.is_some()),
+                        terminated: c.state.as_ref().is_some_and(|s| s.terminated.is_some()),
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether the pod's `Ready` condition is `True`.
+    pub fn ready(&self) -> bool {
+        self.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    }
+}
+
+/// A pod as a reflection cache holds it: metadata and a status of type `S`, and no spec. A watch into a
+/// store of these never parses a pod's spec (serde skips the field) nor keeps it: the spec is most of a
+/// pod's bytes, and `k8s_openapi`'s `Pod` keeps room for every spec field even when the spec is dropped.
+/// The spec of a pod to offload is read once, when its `ShadowPod` is created.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+pub struct View<S> {
+    /// The pod's metadata (what each watch keeps of it: see where it is started).
     pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     /// The pod's status.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<PodStatus>,
+    #[serde(default)]
+    pub status: Option<S>,
 }
 
-impl k8s_openapi::Resource for PodView {
+/// A local pod on the virtual node: its status is what the reflection owns.
+pub type PodView = View<OwnedStatus>;
+
+/// A provider pod: its whole status, which comes back to the local pod.
+pub type RemotePodView = View<PodStatus>;
+
+impl<S> k8s_openapi::Resource for View<S> {
     const API_VERSION: &'static str = "v1";
     const GROUP: &'static str = "";
     const KIND: &'static str = "Pod";
@@ -239,7 +369,7 @@ impl k8s_openapi::Resource for PodView {
     type Scope = k8s_openapi::NamespaceResourceScope;
 }
 
-impl k8s_openapi::Metadata for PodView {
+impl<S> k8s_openapi::Metadata for View<S> {
     type Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     fn metadata(&self) -> &Self::Ty {
         &self.metadata
@@ -249,35 +379,14 @@ impl k8s_openapi::Metadata for PodView {
     }
 }
 
-/// Keeps only what [`owned_fields`] compares (a local pod's cached status is never written back).
-pub fn slim_status(s: &mut PodStatus) {
+/// Drops the fields of a provider pod's status that [`crate::translate::to_local_status`] does not copy.
+pub fn slim_remote_status(s: &mut PodStatus) {
     s.host_ip = None;
     s.host_ips = None;
-    s.start_time = None;
-    s.qos_class = None;
     s.nominated_node_name = None;
-    s.init_container_statuses = None;
     s.ephemeral_container_statuses = None;
-    for c in s.conditions.iter_mut().flatten() {
-        c.message = None;
-        c.last_probe_time = None;
-        c.last_transition_time = None;
-    }
-    for c in s.container_statuses.iter_mut().flatten() {
-        c.image = String::new();
-        c.image_id = String::new();
-        c.container_id = None;
-        c.last_state = None;
-        c.allocated_resources = None;
-        c.resources = None;
-        c.volume_mounts = None;
-        if let Some(st) = c.state.as_mut() {
-            st.waiting = None;
-            if let Some(r) = st.running.as_mut() {
-                r.started_at = None;
-            }
-        }
-    }
+    s.resize = None;
+    s.resource_claim_statuses = None;
 }
 
 #[cfg(test)]
@@ -307,7 +416,6 @@ mod tests {
         );
         // nothing of the spec is kept: a view is far smaller than the Pod it came from
         assert!(std::mem::size_of::<PodView>() * 2 < std::mem::size_of::<k8s_openapi::api::core::v1::Pod>());
-        assert!(!serde_json::to_string(&v).unwrap().contains("busybox"));
     }
 
     const P: Peering<'static> = Peering {
@@ -319,7 +427,7 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
-    fn pod<'a>(status: Option<&'a PodStatus>) -> LocalPod<'a> {
+    fn pod<'a>(status: Option<&'a OwnedStatus>) -> LocalPod<'a> {
         LocalPod {
             namespace: "app",
             uid: "u1",
@@ -359,7 +467,7 @@ mod tests {
         assert!(message.contains("ferryctl offload namespace app") && message.contains("ferry-p1"));
         // already says so: no second event, no second write
         let st = status(json!({"phase": "Pending", "reason": "NamespaceNotOffloaded"}));
-        assert_eq!(decide(P, &pod(Some(&st)), None), vec![]);
+        assert_eq!(decide(P, &pod(Some(&OwnedStatus::of(&st))), None), vec![]);
     }
 
     #[test]
@@ -528,7 +636,10 @@ mod tests {
             "cleared"
         );
         // the same status again: no write
-        assert_eq!(decide(P, &pod(Some(&running)), Some(&r)), vec![]);
+        assert_eq!(
+            decide(P, &pod(Some(&OwnedStatus::of(&running))), Some(&r)),
+            vec![]
+        );
         // Pending with nothing to say: no write; unschedulable: written
         let pending = status(json!({"phase": "Pending"}));
         let r = remote(Some(ours()), Some(Some(pending)));
@@ -543,28 +654,44 @@ mod tests {
     }
 
     #[test]
-    fn slimming_a_cached_status_keeps_every_field_the_comparison_reads() {
-        let st = status(json!({
-            "phase": "Running", "podIP": "10.0.0.7", "podIPs": [{"ip": "10.0.0.7"}], "hostIP": "10.0.0.1",
-            "startTime": "2026-01-01T00:00:00Z", "qosClass": "BestEffort",
+    fn a_cached_status_keeps_every_field_the_comparison_reads_and_nothing_else() {
+        let full = json!({
+            "phase": "Running", "podIP": "10.0.0.7", "podIPs": [{"ip": "10.0.0.7"}, {"ip": "fd00::7"}],
+            "hostIP": "10.0.0.1", "startTime": "2026-01-01T00:00:00Z", "qosClass": "BestEffort",
             "conditions": [{"type": "Ready", "status": "True", "reason": "R", "message": "m",
                             "lastTransitionTime": "2026-01-01T00:00:00Z"}],
             "containerStatuses": [{"name": "c", "ready": true, "restartCount": 2, "image": "nginx", "imageID": "sha",
                                    "containerID": "x://1", "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]
-        }));
-        let mut slim = st.clone();
-        slim_status(&mut slim);
-        assert_eq!(owned_fields(&slim), owned_fields(&st));
-        assert!(slim.host_ip.is_none() && slim.start_time.is_none());
-        assert_eq!(slim.container_statuses.as_ref().unwrap()[0].image, "");
+        });
+        // read from the wire, the cache keeps exactly what the comparison of a full status reads
+        let cached: OwnedStatus = serde_json::from_value(full.clone()).unwrap();
+        let st = status(full);
+        assert_eq!(cached, OwnedStatus::of(&st));
+        assert_eq!(cached.pod_ips, ["10.0.0.7", "fd00::7"]);
+        assert!(cached.ready());
+        assert_eq!(
+            cached.container_statuses[0].state,
+            OwnedState {
+                running: true,
+                terminated: false
+            }
+        );
+        // an unchanged pod is not written again
+        assert_eq!(status_patch(&st, Some(&cached)), None);
+        // each owned field is still seen
         let mut changed = st.clone();
         changed.container_statuses.as_mut().unwrap()[0].restart_count = 3;
-        assert_ne!(
-            owned_fields(&slim),
-            owned_fields(&changed),
-            "a restart is still seen"
-        );
-        // and a slimmed cache compares equal to the full status: no write for an unchanged pod
-        assert_eq!(status_patch(&st, Some(&slim)), None);
+        assert!(status_patch(&changed, Some(&cached)).is_some(), "a restart");
+        let mut changed = st.clone();
+        changed.conditions.as_mut().unwrap()[0].status = "False".into();
+        assert!(status_patch(&changed, Some(&cached)).is_some(), "not Ready");
+        let mut changed = st.clone();
+        changed.container_statuses.as_mut().unwrap()[0].state = Some(Default::default());
+        assert!(status_patch(&changed, Some(&cached)).is_some(), "stopped");
+        // nulls read as empty; a status from an older apiserver without lists reads too
+        let sparse: OwnedStatus =
+            serde_json::from_value(json!({"phase": "Pending", "conditions": null, "podIPs": null})).unwrap();
+        assert_eq!(sparse.phase.as_deref(), Some("Pending"));
+        assert!(sparse.conditions.is_empty() && sparse.pod_ips.is_empty() && !sparse.ready());
     }
 }

@@ -13,13 +13,14 @@ use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::{self, ObjectRef, reflector};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
+use crate::lite::{Lite, RemotePodLite, ShadowLite};
 use crate::pods::{PodReflector, RemoteNamespace, delete_shadow, pending};
-use crate::reflect::PodView;
+use crate::reflect::{PodView, RemotePodView, slim_remote_status};
 use crate::translate::{ORIGIN_CLUSTER_LABEL, ORIGIN_UID_LABEL};
 
 /// Starts the provider-side reflectors of one offloaded namespace, plus ConfigMap/Secret copying and
@@ -27,8 +28,8 @@ use crate::translate::{ORIGIN_CLUSTER_LABEL, ORIGIN_UID_LABEL};
 fn watch_remote(ctx: &Arc<PodReflector>, local_ns: String, rns: String) -> RemoteNamespace {
     let peer = ctx.peer.clone();
     let sel = format!("{ORIGIN_CLUSTER_LABEL}={}", peer.consumer);
-    let (shadows, sw) = reflector::store::<PartialObjectMeta<ShadowPod>>();
-    let (pods, pw) = reflector::store::<PodView>();
+    let shadows = Arc::new(Lite::<ShadowLite>::default());
+    let pods = Arc::new(Lite::<RemotePodLite>::default());
     let cfg = watcher::Config::default().labels(&sel);
     let trigger = |tx: mpsc::UnboundedSender<ObjectRef<PodView>>, local_ns: String| {
         move |name: String| {
@@ -36,45 +37,51 @@ fn watch_remote(ctx: &Arc<PodReflector>, local_ns: String, rns: String) -> Remot
         }
     };
     let t1 = trigger(ctx.triggers.clone(), local_ns.clone());
-    let ctx1 = ctx.clone();
-    let ns1 = local_ns.clone();
-    let shadow_watch = reflector(
-        sw,
-        watcher(
-            Api::<PartialObjectMeta<ShadowPod>>::namespaced(peer.remote.clone(), &rns),
-            cfg.clone(),
-        )
-        .modify(|s| s.metadata.managed_fields = None),
+    let (ctx1, ns1, store1) = (ctx.clone(), local_ns.clone(), shadows.clone());
+    let shadow_watch = watcher(
+        Api::<PartialObjectMeta<ShadowPod>>::namespaced(peer.remote.clone(), &rns),
+        cfg.clone(),
     )
     .default_backoff()
-    .touched_objects()
-    .for_each(move |s| {
+    .for_each(move |ev| {
         let (t1, ctx1, ns1) = (t1.clone(), ctx1.clone(), ns1.clone());
+        let touched = ev.ok().and_then(|ev| {
+            store1.apply(&ev, ShadowLite::of);
+            match ev {
+                watcher::Event::Apply(s) | watcher::Event::InitApply(s) | watcher::Event::Delete(s) => {
+                    Some(s)
+                }
+                _ => None,
+            }
+        });
         async move {
-            if let Ok(s) = s {
+            if let Some(s) = touched {
                 t1(s.name_any());
                 orphan_check(&ctx1, &ns1, &s).await;
             }
         }
     });
     let t2 = trigger(ctx.triggers.clone(), local_ns.clone());
-    // only the status is read back: the spec is never parsed, managed fields are not kept
-    let pod_watch = reflector(
-        pw,
-        watcher(Api::<PodView>::namespaced(peer.remote.clone(), &rns), cfg).modify(|p| {
-            p.metadata.managed_fields = None;
-            p.metadata.annotations = None;
-            p.metadata.owner_references = None;
-        }),
-    )
-    .default_backoff()
-    .touched_objects()
-    .for_each(move |p| {
-        if let Ok(p) = p {
-            t2(p.name_any());
-        }
-        async {}
-    });
+    let store2 = pods.clone();
+    // only the status is read back: the spec is never parsed, and the store keeps the status packed
+    let pod_watch = watcher(Api::<RemotePodView>::namespaced(peer.remote.clone(), &rns), cfg)
+        .default_backoff()
+        .for_each(move |ev| {
+            if let Ok(mut ev) = ev {
+                if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = &mut ev
+                    && let Some(s) = p.status.as_mut()
+                {
+                    slim_remote_status(s);
+                }
+                store2.apply(&ev, RemotePodLite::of);
+                if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) | watcher::Event::Delete(p) =
+                    ev
+                {
+                    t2(p.name_any());
+                }
+            }
+            async {}
+        });
     let copies = crate::objects::copy_config(peer.clone(), local_ns.clone(), rns.clone());
     let services = crate::objects::reflect_services(ctx.clone(), local_ns.clone(), rns.clone());
     let events = reflect_events(ctx.clone(), local_ns.clone(), rns.clone());
@@ -118,7 +125,7 @@ async fn orphan_check(ctx: &Arc<PodReflector>, local_ns: &str, s: &PartialObject
         );
         let shadows: Api<ShadowPod> =
             Api::namespaced(ctx.peer.remote.clone(), &s.namespace().unwrap_or_default());
-        if let Err(e) = delete_shadow(&shadows, s).await {
+        if let Err(e) = delete_shadow(&shadows, &s.name_any(), s.uid().as_deref().unwrap_or_default()).await {
             warn!("{e}");
         }
     }
