@@ -37,6 +37,9 @@ use crate::reflect::PodView;
 use crate::remote::track_namespaces;
 use crate::{Error, VirtualNodeIdentity, api_err};
 
+/// Pod reconciles at once.
+pub const RECONCILES: u16 = 16;
+
 /// Runs the virtual kubelet of one peering until the task is dropped.
 pub async fn run(peer: Arc<Peer>) -> Result<(), Error> {
     ensure_node(&peer).await?;
@@ -87,8 +90,10 @@ pub async fn run(peer: Arc<Peer>) -> Result<(), Error> {
         }
     })
     .applied_objects();
+    // 16 reconciles at once keep up with any burst the apiservers take (each is a few requests on
+    // connections of their own); 64 held four times the connections and their buffers for no more pods/s
     let controller = Controller::for_stream(local_watch, local_pods)
-        .with_config(kube::runtime::controller::Config::default().concurrency(64));
+        .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILES));
     let ctx = Arc::new(PodReflector {
         peer: peer.clone(),
         local_pods: controller.store(),
