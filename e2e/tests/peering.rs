@@ -548,3 +548,68 @@ async fn a_down_broker_is_retried_with_backoff_reported_by_endpoint_and_peering_
         .await
         .unwrap();
 }
+
+/// `plumbing::events::Recorder` on a real apiserver (1.20, events.k8s.io/v1): a repeat becomes the first
+/// event's series (count 2, then 3), another reason is another Event, and a series whose Event was deleted
+/// starts anew.
+#[tokio::test]
+async fn the_event_recorder_joins_repeats_into_a_series_on_a_real_apiserver() {
+    use ferry_plumbing::events::{Event, EventType, Recorder, Reporter};
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::api::events::v1::Event as K8sEvent;
+    use kube::Resource;
+    let _g = SERIAL.lock().await;
+    let lab = lab();
+    let client = lab.client(&lab.layout.clusters[0]).await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let name = format!("recorder-{}", std::process::id());
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    let cm = cms.create(&PostParams::default(), &cm).await.unwrap();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "ferry-e2e".into(),
+            instance: None,
+        },
+    );
+    let ev = |reason: &str| Event {
+        type_: EventType::Normal,
+        reason: reason.into(),
+        note: Some("n".into()),
+        action: "Test".into(),
+        secondary: None,
+    };
+    let reference = cm.object_ref(&());
+    let events: Api<K8sEvent> = Api::namespaced(client.clone(), "default");
+    let mine = || async {
+        let mut l: Vec<K8sEvent> = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str()))
+            .collect();
+        l.sort_by_key(|e| e.reason.clone());
+        l
+    };
+    for _ in 0..3 {
+        recorder.publish(&ev("Repeated"), &reference).await.unwrap();
+    }
+    recorder.publish(&ev("Other"), &reference).await.unwrap();
+    let l = mine().await;
+    assert_eq!(l.len(), 2, "{l:?}");
+    assert_eq!(l[1].reason.as_deref(), Some("Repeated"));
+    assert_eq!(l[1].series.as_ref().map(|s| s.count), Some(3), "{:?}", l[1]);
+    assert!(l[0].series.is_none());
+    // the series' Event deleted: the next repeat creates a new one
+    events
+        .delete(l[1].metadata.name.as_deref().unwrap(), &Default::default())
+        .await
+        .unwrap();
+    recorder.publish(&ev("Repeated"), &reference).await.unwrap();
+    let l = mine().await;
+    assert_eq!(l.len(), 2, "{l:?}");
+    assert!(l[1].series.is_none(), "a new Event, not a series: {:?}", l[1]);
+    cms.delete(&name, &Default::default()).await.unwrap();
+}
