@@ -242,7 +242,6 @@ async fn start(lab: &Lab, opts: &UpOptions) -> Result<()> {
             format!("--service-account-private-key-file={}", p("sa.key")),
             format!("--root-ca-file={}", p("ca.crt")),
             "--leader-elect=false".into(),
-            "--port=0".into(),
             "--secure-port=0".into(),
             "--use-service-account-credentials=false".into(),
             "--kube-api-qps=1000".into(),
@@ -251,6 +250,7 @@ async fn start(lab: &Lab, opts: &UpOptions) -> Result<()> {
             "--concurrent-deployment-syncs=10".into(),
             "--v=1".into(),
         ]);
+        cm.args(kcm_port(c));
         table.spawn(
             &format!("{}-controllermanager", c.id),
             cm,
@@ -424,6 +424,23 @@ fn check_alive(table: &ProcessTable, name: &str, log: &Path) -> Result<()> {
         bail!("{name} exited; its log ({}):\n  {}", log.display(), log_tail(log));
     }
     Ok(())
+}
+
+/// kube-controller-manager's insecure port: none, unless `FERRY_LAB_KCM_PROFILE_PORT=P` asks for one on
+/// 127.0.0.1 (cluster N's at P+N-1) to read its Go profiles while diagnosing (`go tool pprof
+/// http://127.0.0.1:P/debug/pprof/profile`): Debian's binary is stripped, but Go's own profiles carry the
+/// function names.
+fn kcm_port(c: &ClusterLayout) -> Vec<String> {
+    match std::env::var("FERRY_LAB_KCM_PROFILE_PORT")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+    {
+        Some(p) => vec![
+            format!("--port={}", p + c.index - 1),
+            "--address=127.0.0.1".into(),
+        ],
+        None => vec!["--port=0".into()],
+    }
 }
 
 async fn wait_apiserver(lab: &Lab, c: &ClusterLayout, table: &ProcessTable) -> Result<()> {

@@ -17,11 +17,19 @@ use ferry_plumbing::metrics::{Labels, duration_buckets, register};
 pub type PodState = (String, String, bool);
 
 /// Each pod's last counted state, by UID (pure bookkeeping). The peer and phase names are kept once, not
-/// once per pod: an entry is the UID and three small numbers.
+/// once per pod: an entry is the UID, three small numbers and the Ready transition last timed.
 #[derive(Default, Debug)]
 pub struct PodStates {
-    pods: HashMap<Box<str>, (u32, u32, bool)>,
+    pods: HashMap<Box<str>, Entry>,
     names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// (peer, phase, behind), the names as indices into `names`.
+    state: (u32, u32, bool),
+    /// The provider's Ready `lastTransitionTime` (unix seconds) whose lag was recorded.
+    timed: Option<i64>,
 }
 
 /// How the gauges move for one observation: -1 for what the pod was, +1 for what it is.
@@ -50,8 +58,14 @@ impl PodStates {
             .as_ref()
             .map(|(peer, phase, behind)| (self.id(peer), self.id(phase), *behind));
         let was = match code {
-            Some(c) => self.pods.insert(uid.into(), c),
-            None => self.pods.remove(uid),
+            Some(state) => match self.pods.get_mut(uid) {
+                Some(e) => Some(std::mem::replace(&mut e.state, state)),
+                None => {
+                    self.pods.insert(uid.into(), Entry { state, timed: None });
+                    None
+                }
+            },
+            None => self.pods.remove(uid).map(|e| e.state),
         };
         if was == code {
             return Moves { was: None, is: None };
@@ -61,6 +75,19 @@ impl PodStates {
             (name(peer), name(phase), behind)
         });
         Moves { was, is: now }
+    }
+
+    /// Whether the Ready transition at `at` (unix seconds) of pod `uid` is timed for the first time (and
+    /// marks it): a second patch of the same transition, from a cache not yet showing the first, is not a
+    /// second lag. A pod not counted (gone) is not timed.
+    pub fn first_timing(&mut self, uid: &str, at: i64) -> bool {
+        match self.pods.get_mut(uid) {
+            Some(e) if e.timed != Some(at) => {
+                e.timed = Some(at);
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -124,17 +151,19 @@ pub fn observe(peer: &str, uid: &str, phase: Option<&str>, behind: bool) {
     }
 }
 
-/// Records one lag of `peer`'s reflection.
-pub fn lag(peer: &str, seconds: f64) {
-    reflection()
-        .lag
-        .get_or_create(&peer_labels(peer))
-        .observe(seconds.max(0.0));
+/// Records the lag of pod `uid` of `peer` turning Ready, `lag` as [`lag_of`] gives it: once per
+/// transition (see [`PodStates::first_timing`]).
+pub fn lag(peer: &str, uid: &str, (at, seconds): (i64, f64)) {
+    let r = reflection();
+    if r.states.lock().expect("lock").first_timing(uid, at) {
+        r.lag.get_or_create(&peer_labels(peer)).observe(seconds.max(0.0));
+    }
 }
 
-/// The lag a status patch shows: when it makes the pod Ready (the local pod is not yet), the seconds since
-/// the provider's Ready condition's `lastTransitionTime` (pure; `now` in unix seconds, fractional).
-pub fn lag_of(patch: &serde_json::Value, locally_ready: bool, now: f64) -> Option<f64> {
+/// The lag a status patch shows: when it makes the pod Ready (the local pod is not yet), the provider's
+/// Ready condition's `lastTransitionTime` (unix seconds) and the seconds since (pure; `now` in unix
+/// seconds, fractional).
+pub fn lag_of(patch: &serde_json::Value, locally_ready: bool, now: f64) -> Option<(i64, f64)> {
     if locally_ready {
         return None;
     }
@@ -143,7 +172,7 @@ pub fn lag_of(patch: &serde_json::Value, locally_ready: bool, now: f64) -> Optio
         .iter()
         .find(|c| c["type"] == "Ready" && c["status"] == "True")?;
     let at = chrono::DateTime::parse_from_rfc3339(ready["lastTransitionTime"].as_str()?).ok()?;
-    Some(now - at.timestamp() as f64)
+    Some((at.timestamp(), now - at.timestamp() as f64))
 }
 
 #[cfg(test)]
@@ -189,6 +218,23 @@ mod tests {
     }
 
     #[test]
+    fn a_ready_transition_is_timed_once_and_a_new_one_again() {
+        let mut s = PodStates::default();
+        assert!(!s.first_timing("u1", 10), "a pod not counted");
+        s.set("u1", st("p", "Running", false));
+        assert!(s.first_timing("u1", 10));
+        assert!(!s.first_timing("u1", 10), "the same transition, patched twice");
+        // the state moving keeps the mark; a later transition (the container restarted) is timed
+        s.set("u1", st("p", "Running", true));
+        assert!(!s.first_timing("u1", 10));
+        assert!(s.first_timing("u1", 30));
+        // gone and back (the same UID cannot, but the store must not remember it): timed anew
+        s.set("u1", None);
+        s.set("u1", st("p", "Running", false));
+        assert!(s.first_timing("u1", 30));
+    }
+
+    #[test]
     fn the_gauges_follow_pods_through_the_registry() {
         for i in 0..3 {
             observe("metrics-peer", &format!("m{i}"), Some("Pending"), true);
@@ -207,12 +253,14 @@ mod tests {
             Some(1.0)
         );
         assert_eq!(v("ferry_reflection_queue_depth", &[peer]), Some(1.0));
-        lag("metrics-peer", 0.25);
+        lag("metrics-peer", "m0", (100, 0.25));
+        // the same transition patched again (a stale cache), and a pod not counted: not timed
+        lag("metrics-peer", "m0", (100, 0.5));
+        lag("metrics-peer", "m1", (100, 0.5));
         let text = ferry_plumbing::metrics::render();
-        assert_eq!(
-            ferry_plumbing::metrics::sample(&text, "ferry_reflection_lag_seconds_count", &[peer]),
-            Some(1.0)
-        );
+        let v = |name: &str| ferry_plumbing::metrics::sample(&text, name, &[peer]);
+        assert_eq!(v("ferry_reflection_lag_seconds_count"), Some(1.0));
+        assert_eq!(v("ferry_reflection_lag_seconds_sum"), Some(0.25));
     }
 
     #[test]
@@ -224,7 +272,7 @@ mod tests {
         let at = chrono::DateTime::parse_from_rfc3339("2026-12-05T10:00:10Z")
             .unwrap()
             .timestamp() as f64;
-        assert_eq!(lag_of(&patch, false, at + 1.5), Some(1.5));
+        assert_eq!(lag_of(&patch, false, at + 1.5), Some((at as i64, 1.5)));
         assert_eq!(lag_of(&patch, true, at + 1.5), None);
         assert_eq!(lag_of(&json!({"status": {"phase": "Pending"}}), false, at), None);
     }

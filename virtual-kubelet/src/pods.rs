@@ -224,7 +224,7 @@ impl PodReflector {
                     let ready = st.is_some_and(reflect::OwnedStatus::ready);
                     let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
                     if let Some(lag) = crate::metrics::lag_of(&patch, ready, now) {
-                        crate::metrics::lag(&self.peer.provider, lag);
+                        crate::metrics::lag(&self.peer.provider, &uid, lag);
                     }
                 }
                 Effect::Evict { message } => {
