@@ -219,7 +219,7 @@ async fn start(lab: &Lab, opts: &UpOptions) -> Result<()> {
             ),
             "--max-requests-inflight=1000".into(),
             "--max-mutating-requests-inflight=500".into(),
-            "--profiling=false".into(),
+            format!("--profiling={}", profile_port().is_some()),
             "--v=1".into(),
         ]);
         progress(&format!(
@@ -426,15 +426,19 @@ fn check_alive(table: &ProcessTable, name: &str, log: &Path) -> Result<()> {
     Ok(())
 }
 
-/// kube-controller-manager's insecure port: none, unless `FERRY_LAB_KCM_PROFILE_PORT=P` asks for one on
-/// 127.0.0.1 (cluster N's at P+N-1) to read its Go profiles while diagnosing (`go tool pprof
-/// http://127.0.0.1:P/debug/pprof/profile`): Debian's binary is stripped, but Go's own profiles carry the
-/// function names.
-fn kcm_port(c: &ClusterLayout) -> Vec<String> {
-    match std::env::var("FERRY_LAB_KCM_PROFILE_PORT")
+/// `FERRY_LAB_PROFILE_PORT=P`: the port base for the control planes' Go profiles while diagnosing, if set.
+fn profile_port() -> Option<u32> {
+    std::env::var("FERRY_LAB_PROFILE_PORT")
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
-    {
+}
+
+/// kube-controller-manager's insecure port: none, unless `FERRY_LAB_PROFILE_PORT=P` asks for one on
+/// 127.0.0.1 (cluster N's at P+N-1) to read its Go profiles while diagnosing (`go tool pprof
+/// http://127.0.0.1:P/debug/pprof/profile`): Debian's binary is stripped, but Go's own profiles carry the
+/// function names. The same variable turns the apiservers' `/debug/pprof` on (admin kubeconfig).
+fn kcm_port(c: &ClusterLayout) -> Vec<String> {
+    match profile_port() {
         Some(p) => vec![
             format!("--port={}", p + c.index - 1),
             "--address=127.0.0.1".into(),

@@ -10,7 +10,7 @@ use ferry_crds::{NamespaceOffloading, ShadowPod, ShadowPodSpec};
 use ferry_plumbing::events::{Event, EventType, Recorder};
 use futures::channel::mpsc;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, GetParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
@@ -261,14 +261,10 @@ impl PodReflector {
         let name = pod.name_any();
         let uid = pod.uid().unwrap_or_default();
         // the cache keeps no specs (memory at 10,000 pods): read the whole pod once, to send it
-        let Some(full) = local
-            .get_opt(&name)
-            .await
-            .map_err(api_err(format!(
-                "reading pod {}/{name}",
-                pod.namespace().unwrap_or_default()
-            )))?
-            .filter(|p| p.uid().as_deref() == Some(&uid))
+        let Some(full) = read_pod(local, &name, &uid).await.map_err(api_err(format!(
+            "reading pod {}/{name}",
+            pod.namespace().unwrap_or_default()
+        )))?
         else {
             return Ok(false);
         };
@@ -368,4 +364,19 @@ async fn finalize(local: &Api<Pod>, name: &str, uid: &str) -> Result<Action, Err
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(Action::await_change()),
         Err(e) => Err(api_err(format!("finishing the deletion of pod {name}"))(e)),
     }
+}
+
+/// The pod `name` with `uid`, whole: first from the apiserver's watch cache (`resourceVersion=0`: no etcd
+/// read; the pod is read when it is first sent, and its spec is all but immutable), and only when that
+/// cache does not have it yet (another apiserver's watch fed ours), a quorum read. `None`: the pod is gone
+/// or replaced.
+async fn read_pod(local: &Api<Pod>, name: &str, uid: &str) -> kube::Result<Option<Pod>> {
+    let ours = |p: &Pod| p.uid().as_deref() == Some(uid);
+    match local.get_with(name, &GetParams::any()).await {
+        Ok(p) if ours(&p) => return Ok(Some(p)),
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e),
+    }
+    Ok(local.get_opt(name).await?.filter(ours))
 }
