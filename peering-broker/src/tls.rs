@@ -199,19 +199,24 @@ async fn request_unbounded_in_time(
         "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    tls.write_all(head.as_bytes()).await?;
-    tls.write_all(body).await?;
-    tls.flush().await?;
+    // a server may answer before it has read the whole body (413) and close: its answer wins over the
+    // broken pipe, which is only the error when no answer came
+    let sent = async {
+        tls.write_all(head.as_bytes()).await?;
+        tls.write_all(body).await?;
+        tls.flush().await
+    }
+    .await;
     let mut resp = Vec::new();
     // a server that closes without close_notify is fine once the body is in
     let _ = (&mut tls).take(limit + 1).read_to_end(&mut resp).await;
     if resp.len() as u64 > limit {
         bail!("the broker at {hostport} answered with more than {limit} bytes");
     }
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .with_context(|| format!("no HTTP response from {hostport}"))?;
+    let Some(split) = resp.windows(4).position(|w| w == b"\r\n\r\n") else {
+        sent.with_context(|| format!("sending the request to {hostport}"))?;
+        bail!("no HTTP response from {hostport}");
+    };
     let status: u16 = String::from_utf8_lossy(&resp[..split])
         .split_whitespace()
         .nth(1)
