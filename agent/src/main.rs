@@ -101,6 +101,11 @@ struct Args {
     /// status.hostIP): the virtual nodes' InternalIP. Unset: no kubelet API.
     #[arg(long, env = "FERRY_NODE_IP")]
     node_ip: Option<std::net::IpAddr>,
+    /// Milliseconds the offloaded pods' status patches gather before they go out together (a pod's first
+    /// after a quiet spell goes at once); 0: each at once. Fewer, larger bursts of pod updates let the
+    /// controllers of this cluster merge their syncs.
+    #[arg(long, env = "FERRY_STATUS_TICK_MS", default_value_t = ferry_virtual_kubelet::status_writer::TICK.as_millis() as u64)]
+    status_tick_ms: u64,
 }
 
 /// The Lease the agent's replicas elect their leader with, and how long it lasts unrenewed (the
@@ -412,7 +417,7 @@ async fn run(a: Args) -> Result<()> {
         _ = ferry_peering_broker::reconciler::run(client.clone(), network.clone()) => anyhow::bail!("the ForeignCluster reconciler stopped"),
         _ = ferry_peering_broker::offloading::run(client.clone()) => anyhow::bail!("the NamespaceOffloading reconciler stopped"),
         r = kubelet_server => r?,
-        _ = ferry_virtual_kubelet::supervisor::run(client.clone(), id.cluster_id.clone(), local_cidrs, kubelet_api) => anyhow::bail!("the virtual kubelet supervisor stopped"),
+        _ = ferry_virtual_kubelet::supervisor::run(client.clone(), id.cluster_id.clone(), local_cidrs, kubelet_api, std::time::Duration::from_millis(a.status_tick_ms)) => anyhow::bail!("the virtual kubelet supervisor stopped"),
         _ = ferry_virtual_kubelet::provider::run(client.clone()) => anyhow::bail!("the ShadowPod controller stopped"),
         _ = ferry_peering_broker::consumer::run_renewals(client.clone(), a.renew_after_seconds) => anyhow::bail!("the identity renewal loop stopped"),
         _ = mcs_peers_cache => anyhow::bail!("the peerings cache stopped"),

@@ -92,6 +92,9 @@ pub async fn run(peer: Arc<Peer>) -> Result<(), Error> {
     .applied_objects();
     // 64 reconciles at once held four times the connections and their buffers of 16 (10 MiB at 10,000
     // pods) for the same pace at 10,000 pods; at 1,000 the pace with 16 is to be measured apart (README)
+    // status patches go out in ticks (zero: each at once, from its reconcile)
+    let (statuses, status_rx) = mpsc::unbounded();
+    let writer = crate::status_writer::run(peer.clone(), status_rx, peer.status_tick, tx.clone());
     let controller = Controller::for_stream(local_watch, local_pods)
         .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILES));
     let ctx = Arc::new(PodReflector {
@@ -107,6 +110,7 @@ pub async fn run(peer: Arc<Peer>) -> Result<(), Error> {
             },
         ),
         triggers: tx,
+        statuses: (!peer.status_tick.is_zero()).then_some(statuses),
     });
     let reflection = controller
         .reconcile_on(rx)
@@ -122,6 +126,7 @@ pub async fn run(peer: Arc<Peer>) -> Result<(), Error> {
     tokio::select! {
         _ = heartbeat(peer.clone()) => {},
         _ = reflection => warn!("pod reflection stopped"),
+        _ = writer => warn!("status writer stopped"),
         _ = offloading_watch => warn!("NamespaceOffloading watch stopped"),
         _ = track_namespaces(ctx.clone(), change_rx) => {},
     }

@@ -23,6 +23,7 @@ pub mod provider;
 pub mod quantity;
 pub mod reflect;
 pub mod remote;
+pub mod status_writer;
 pub mod supervisor;
 pub mod translate;
 

@@ -2,7 +2,8 @@
 //! node, by phase), `ferry_reflection_queue_depth{peer}` (pods whose last reconcile still had work to do:
 //! a ShadowPod to create, a status to copy, a deletion to finish — what the reflection has not caught up
 //! with) and `ferry_reflection_lag_seconds{peer}` (from the provider pod turning Ready, by its condition's
-//! time, to the consumer pod saying so). [`PodStates`] keeps each pod's last state so the gauges move by
+//! time, to the consumer pod saying so) and `ferry_status_patch_batch_size{peer}` (status patches sent in
+//! one tick, [`crate::status_writer`]). [`PodStates`] keeps each pod's last state so the gauges move by
 //! one per change, whatever the number of pods (pure; [`observe`] feeds the process's registry).
 
 use std::collections::HashMap;
@@ -10,7 +11,7 @@ use std::sync::{Mutex, OnceLock};
 
 use ferry_plumbing::metrics::prometheus_client::metrics::family::Family;
 use ferry_plumbing::metrics::prometheus_client::metrics::gauge::Gauge;
-use ferry_plumbing::metrics::prometheus_client::metrics::histogram::Histogram;
+use ferry_plumbing::metrics::prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use ferry_plumbing::metrics::{Labels, duration_buckets, register};
 
 /// A pod's state as counted: (peer, phase, behind).
@@ -96,6 +97,7 @@ struct Reflection {
     offloaded: Family<Labels, Gauge>,
     depth: Family<Labels, Gauge>,
     lag: Family<Labels, Histogram>,
+    batches: Family<Labels, Histogram>,
 }
 
 fn reflection() -> &'static Reflection {
@@ -106,6 +108,7 @@ fn reflection() -> &'static Reflection {
             offloaded: Family::default(),
             depth: Family::default(),
             lag: Family::new_with_constructor(|| Histogram::new(duration_buckets())),
+            batches: Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 2.0, 12))),
         };
         register(
             "offloaded_pods",
@@ -121,6 +124,11 @@ fn reflection() -> &'static Reflection {
             "reflection_lag_seconds",
             "from the provider pod turning Ready to the consumer pod saying so",
             r.lag.clone(),
+        );
+        register(
+            "status_patch_batch_size",
+            "status patches of the peer's pods sent in one tick",
+            r.batches.clone(),
         );
         r
     })
@@ -149,6 +157,14 @@ pub fn observe(peer: &str, uid: &str, phase: Option<&str>, behind: bool) {
             depth.inc_by(by);
         }
     }
+}
+
+/// Records one tick's batch of `size` status patches of `peer`'s pods.
+pub fn status_batch(peer: &str, size: usize) {
+    reflection()
+        .batches
+        .get_or_create(&peer_labels(peer))
+        .observe(size as f64);
 }
 
 /// Records the lag of pod `uid` of `peer` turning Ready, `lag` as [`lag_of`] gives it: once per

@@ -30,6 +30,9 @@ pub struct Peer {
     /// Where this cluster's kubelet API for virtual nodes is reached (the node's `InternalIP` and
     /// daemon endpoint), if it runs.
     pub kubelet_endpoint: Option<std::net::SocketAddr>,
+    /// How long the local pods' status patches gather before they are sent together (zero: each at once);
+    /// see [`crate::status_writer`].
+    pub status_tick: std::time::Duration,
 }
 
 impl Peer {

@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 use crate::lite::{Lite, RemotePodLite, ShadowLite};
 use crate::peer::{Peer, now};
 use crate::reflect::{self, Effect, LocalPod, Peering, PodView, Remote, Shadow};
+use crate::status_writer::{self, StatusPatch};
 use crate::translate::{
     ORIGIN_CLUSTER_LABEL, ORIGIN_UID_LABEL, Refusal, RemoteTarget, to_local_status, to_remote,
 };
@@ -56,6 +57,9 @@ pub struct PodReflector {
     /// Events on local pods.
     pub recorder: Recorder,
     pub(crate) triggers: mpsc::UnboundedSender<ObjectRef<PodView>>,
+    /// Where status patches wait for their tick ([`crate::status_writer`]); `None`: each is sent from its
+    /// reconcile.
+    pub(crate) statuses: Option<mpsc::UnboundedSender<StatusPatch>>,
 }
 
 /// The provider namespace `local_ns` maps to, per its `NamespaceOffloading`.
@@ -217,14 +221,21 @@ impl PodReflector {
                     }
                 }
                 Effect::PatchStatus(patch) => {
-                    local
-                        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                        .await
-                        .map_err(api_err(format!("pod {ns}/{name} status")))?;
-                    let ready = st.is_some_and(reflect::OwnedStatus::ready);
-                    let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
-                    if let Some(lag) = crate::metrics::lag_of(&patch, ready, now) {
-                        crate::metrics::lag(&self.peer.provider, &uid, lag);
+                    let p = StatusPatch {
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                        uid: uid.clone(),
+                        patch,
+                        locally_ready: st.is_some_and(reflect::OwnedStatus::ready),
+                    };
+                    // the last effect (`decide` puts it last): it may wait for its tick; a failure there
+                    // brings the pod back here
+                    let queued = match &self.statuses {
+                        Some(tx) => tx.unbounded_send(p).map_err(|e| e.into_inner()),
+                        None => Err(p),
+                    };
+                    if let Err(p) = queued {
+                        status_writer::write(&self.peer, &p).await?;
                     }
                 }
                 Effect::Evict { message } => {

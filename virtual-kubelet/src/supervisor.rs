@@ -134,6 +134,7 @@ pub async fn run(
     consumer: String,
     local_cidrs: Vec<IpNet>,
     kubelet: Option<Arc<crate::kubelet_server::KubeletApi>>,
+    status_tick: std::time::Duration,
 ) {
     use ferry_plumbing::triggers::store_with_changes;
     let (fcs, fc_changes) = store_with_changes(
@@ -218,6 +219,7 @@ pub async fn run(
                 consumer: &consumer,
                 local_cidrs: &local_cidrs,
                 kubelet: kubelet.clone(),
+                status_tick,
             };
             match start_one(here, p, &s, pn.as_deref(), exited_tx.clone()).await {
                 Ok((task, r)) => {
@@ -246,6 +248,8 @@ struct Here<'a> {
     local_cidrs: &'a [IpNet],
     /// The kubelet API that serves the virtual nodes, if it runs.
     kubelet: Option<Arc<crate::kubelet_server::KubeletApi>>,
+    /// See [`Peer::status_tick`].
+    status_tick: std::time::Duration,
 }
 
 async fn start_one(
@@ -260,6 +264,7 @@ async fn start_one(
         consumer,
         local_cidrs,
         kubelet,
+        status_tick,
     } = here;
     let get = |k: &str| text(s, k).unwrap_or_default();
     let kc = kube::config::Kubeconfig::from_yaml(&get(identity::KUBECONFIG))
@@ -286,6 +291,7 @@ async fn start_one(
         remote,
         version: format!("ferry-{}", env!("CARGO_PKG_VERSION")),
         kubelet_endpoint: kubelet.as_ref().map(|k| k.endpoint),
+        status_tick,
     };
     info!(provider, ?remaps, "starting the virtual kubelet");
     let identity = s.clone();
