@@ -94,7 +94,17 @@ pub async fn run(peer: Arc<Peer>) -> Result<(), Error> {
     // pods) for the same pace at 10,000 pods; at 1,000 the pace with 16 is to be measured apart (README)
     // status patches go out in ticks (zero: each at once, from its reconcile)
     let (statuses, status_rx) = mpsc::unbounded();
-    let writer = crate::status_writer::run(peer.clone(), status_rx, peer.status_tick, tx.clone());
+    let writer = {
+        let (peer, retry) = (peer.clone(), tx.clone());
+        async move {
+            if peer.status_tick.is_zero() {
+                // no writer: each reconcile sends its own patch (its sender is dropped below, so the
+                // writer would end at once and take the virtual kubelet with it)
+                return std::future::pending().await;
+            }
+            crate::status_writer::run(peer.clone(), status_rx, peer.status_tick, retry).await
+        }
+    };
     let controller = Controller::for_stream(local_watch, local_pods)
         .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILES));
     let ctx = Arc::new(PodReflector {
