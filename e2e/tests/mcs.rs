@@ -662,6 +662,21 @@ async fn every_component_serves_its_metrics_and_health_after_a_burst_and_the_das
         (1.0..=20.0).contains(&lags) && lag_sum >= 0.0 && lag_sum / lags < 30.0,
         "lags {lags}, sum {lag_sum}"
     );
+    // the statuses went out through the writer's ticks: every Running pod's patch among them
+    let patches = v(
+        &consumer,
+        "ferry_status_patch_batch_size_sum",
+        &[("peer", "provider-c2")],
+    );
+    let ticks = v(
+        &consumer,
+        "ferry_status_patch_batch_size_count",
+        &[("peer", "provider-c2")],
+    );
+    assert!(
+        patches >= 20.0 && (1.0..=patches).contains(&ticks),
+        "status patches {patches} in {ticks} ticks"
+    );
     let provider = scrape(None, &agents::admin_addr(&lab, 1));
     assert!(
         v(&provider, "ferry_controller_reconciles_total", &ctl("shadowpod")) >= 20.0,

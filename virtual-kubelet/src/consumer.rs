@@ -93,18 +93,8 @@ pub async fn run(peer: Arc<Peer>) -> Result<(), Error> {
     // 64 reconciles at once held four times the connections and their buffers of 16 (10 MiB at 10,000
     // pods) for the same pace at 10,000 pods; at 1,000 the pace with 16 is to be measured apart (README)
     // status patches go out in ticks (zero: each at once, from its reconcile)
-    let (statuses, status_rx) = mpsc::unbounded();
-    let writer = {
-        let (peer, retry) = (peer.clone(), tx.clone());
-        async move {
-            if peer.status_tick.is_zero() {
-                // no writer: each reconcile sends its own patch (its sender is dropped below, so the
-                // writer would end at once and take the virtual kubelet with it)
-                return std::future::pending().await;
-            }
-            crate::status_writer::run(peer.clone(), status_rx, peer.status_tick, retry).await
-        }
-    };
+    let (statuses, status_rx) = crate::status_writer::Statuses::new(peer.status_tick);
+    let writer = crate::status_writer::run(peer.clone(), statuses.clone(), status_rx, tx.clone());
     let controller = Controller::for_stream(local_watch, local_pods)
         .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILES));
     let ctx = Arc::new(PodReflector {
@@ -120,7 +110,7 @@ pub async fn run(peer: Arc<Peer>) -> Result<(), Error> {
             },
         ),
         triggers: tx,
-        statuses: (!peer.status_tick.is_zero()).then_some(statuses),
+        statuses,
     });
     let reflection = controller
         .reconcile_on(rx)

@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 use crate::lite::{Lite, RemotePodLite, ShadowLite};
 use crate::peer::{Peer, now};
 use crate::reflect::{self, Effect, LocalPod, Peering, PodView, Remote, Shadow};
-use crate::status_writer::{self, StatusPatch};
+use crate::status_writer::{self, StatusPatch, Statuses};
 use crate::translate::{
     ORIGIN_CLUSTER_LABEL, ORIGIN_UID_LABEL, Refusal, RemoteTarget, to_local_status, to_remote,
 };
@@ -57,9 +57,8 @@ pub struct PodReflector {
     /// Events on local pods.
     pub recorder: Recorder,
     pub(crate) triggers: mpsc::UnboundedSender<ObjectRef<PodView>>,
-    /// Where status patches wait for their tick ([`crate::status_writer`]); `None`: each is sent from its
-    /// reconcile.
-    pub(crate) statuses: Option<mpsc::UnboundedSender<StatusPatch>>,
+    /// Where status patches wait for their tick ([`crate::status_writer`]).
+    pub(crate) statuses: Arc<Statuses>,
 }
 
 /// The provider namespace `local_ns` maps to, per its `NamespaceOffloading`.
@@ -228,13 +227,9 @@ impl PodReflector {
                         patch,
                         locally_ready: st.is_some_and(reflect::OwnedStatus::ready),
                     };
-                    // the last effect (`decide` puts it last): it may wait for its tick; a failure there
-                    // brings the pod back here
-                    let queued = match &self.statuses {
-                        Some(tx) => tx.unbounded_send(p).map_err(|e| e.into_inner()),
-                        None => Err(p),
-                    };
-                    if let Err(p) = queued {
+                    // the last effect (`decide` puts it last): it may wait for its tick; one that failed
+                    // there comes back here and is sent now
+                    if let Some(p) = self.statuses.queue(p) {
                         status_writer::write(&self.peer, &p).await?;
                     }
                 }

@@ -11,12 +11,13 @@
 //! A tick after a quiet spell starts at once: one pod's status is not delayed; under a stream of them each
 //! waits at most one [`TICK`]. A pod has at most one waiting patch (a newer one replaces it: both were
 //! computed from the pod's cached status, and the newer is the whole difference to the newer provider
-//! status). A patch names the pod's UID, so it never lands on a new pod of the same name; one that fails
-//! otherwise brings the pod back to a reconcile, which computes it anew.
+//! status). A patch names the pod's UID, so it never lands on a new pod of the same name. One that fails
+//! otherwise brings the pod back to a reconcile at once, which computes it anew and sends it itself, so a
+//! failure there goes through the controller's error backoff (no retry timer here).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::channel::mpsc;
@@ -32,9 +33,6 @@ use crate::reflect::PodView;
 
 /// The longest a status patch waits for its tick, under a stream of them.
 pub const TICK: Duration = Duration::from_millis(250);
-
-/// How long after a failed patch its pod is reconciled again.
-const RETRY: Duration = Duration::from_secs(1);
 
 /// Patches sent at once within a tick.
 const CONCURRENCY: usize = crate::consumer::RECONCILES as usize;
@@ -63,6 +61,53 @@ impl StatusPatch {
             o.insert("metadata".into(), serde_json::json!({ "uid": self.uid }));
         }
         body
+    }
+}
+
+/// Where the reflection hands its status patches (shared by its reconciles and the writer).
+#[derive(Debug)]
+pub struct Statuses {
+    /// To the writer; `None` when ticks are off.
+    tx: Option<mpsc::UnboundedSender<StatusPatch>>,
+    /// Pods (namespace, name) whose last patch failed in a tick: the next is sent by the reconcile.
+    failed: Mutex<HashSet<(String, String)>>,
+}
+
+impl Statuses {
+    /// The queue and the writer's end of it, for ticks of `tick` (zero: off, no writer's end).
+    pub fn new(tick: Duration) -> (Arc<Self>, Option<mpsc::UnboundedReceiver<StatusPatch>>) {
+        let (tx, rx) = if tick.is_zero() {
+            (None, None)
+        } else {
+            let (tx, rx) = mpsc::unbounded();
+            (Some(tx), Some(rx))
+        };
+        let me = Self {
+            tx,
+            failed: Mutex::default(),
+        };
+        (Arc::new(me), rx)
+    }
+
+    /// Queues `p` for its tick, or gives it back to be sent at once by the caller: ticks are off, the
+    /// writer is gone, or the pod's last patch failed in a tick (the caller's error then takes the
+    /// reconcile's backoff).
+    pub fn queue(&self, p: StatusPatch) -> Option<StatusPatch> {
+        let key = (p.namespace.clone(), p.name.clone());
+        if self.failed.lock().expect("lock").remove(&key) {
+            return Some(p);
+        }
+        match &self.tx {
+            Some(tx) => tx.unbounded_send(p).err().map(|e| e.into_inner()),
+            None => Some(p),
+        }
+    }
+
+    fn failed(&self, p: &StatusPatch) {
+        self.failed
+            .lock()
+            .expect("lock")
+            .insert((p.namespace.clone(), p.name.clone()));
     }
 }
 
@@ -144,35 +189,35 @@ where
     }
 }
 
-/// The writer of one peering's local pod statuses: runs [`batches`] over the reflection's patches until
-/// they end. A patch that fails (not because the pod went or was replaced) sends its pod to `retry` after
-/// [`RETRY`].
+/// The writer of one peering's local pod statuses: runs [`batches`] over the reflection's patches (`rx`
+/// from [`Statuses::new`]) for as long as the virtual kubelet runs; with ticks off (`rx` `None`) there is
+/// nothing to write, and it waits. A patch that fails (not because the pod went or was replaced) marks its
+/// pod in `statuses` and sends it to `retry`, the reflection's trigger.
 pub async fn run(
     peer: Arc<Peer>,
-    rx: mpsc::UnboundedReceiver<StatusPatch>,
-    tick: Duration,
+    statuses: Arc<Statuses>,
+    rx: Option<mpsc::UnboundedReceiver<StatusPatch>>,
     retry: mpsc::UnboundedSender<ObjectRef<PodView>>,
 ) {
-    batches(rx, tick, |batch| {
-        let peer = peer.clone();
-        let retry = retry.clone();
+    let Some(rx) = rx else {
+        return std::future::pending().await;
+    };
+    batches(rx, peer.status_tick, |batch| {
+        let (peer, statuses, retry) = (peer.clone(), statuses.clone(), retry.clone());
         async move {
             crate::metrics::status_batch(&peer.provider, batch.len());
             stream::iter(batch)
                 .for_each_concurrent(CONCURRENCY, |p| {
-                    let peer = peer.clone();
-                    let retry = retry.clone();
+                    let (peer, statuses, retry) = (peer.clone(), statuses.clone(), retry.clone());
                     async move {
                         if let Err(e) = write(&peer, &p).await {
                             warn!(
                                 pod = p.name,
                                 ns = p.namespace,
-                                "status patch failed (pod reconciled again in {RETRY:?}): {e}"
+                                "status patch failed (its reconcile sends it again): {e}"
                             );
-                            tokio::spawn(async move {
-                                tokio::time::sleep(RETRY).await;
-                                let _ = retry.unbounded_send(ObjectRef::new(&p.name).within(&p.namespace));
-                            });
+                            statuses.failed(&p);
+                            let _ = retry.unbounded_send(ObjectRef::new(&p.name).within(&p.namespace));
                         }
                     }
                 })
@@ -257,6 +302,26 @@ mod tests {
         b.put(patch("a", "Running"));
         b.put(other);
         assert_eq!(b.len(), 2);
+    }
+
+    #[test]
+    fn a_patch_is_queued_unless_ticks_are_off_or_its_pods_last_one_failed() {
+        let (off, none) = Statuses::new(Duration::ZERO);
+        assert!(none.is_none());
+        assert_eq!(off.queue(patch("a", "Running")), Some(patch("a", "Running")));
+
+        let (on, rx) = Statuses::new(TICK);
+        let mut rx = rx.expect("a writer's end");
+        assert_eq!(on.queue(patch("a", "Running")), None);
+        assert_eq!(rx.try_recv().ok(), Some(patch("a", "Running")));
+        // failed in a tick: the next is the reconcile's to send, and only the next
+        on.failed(&patch("a", "Running"));
+        assert_eq!(on.queue(patch("a", "Ready")), Some(patch("a", "Ready")));
+        assert_eq!(on.queue(patch("a", "Ready")), None);
+        assert_eq!(on.queue(patch("b", "Running")), None);
+        // the writer gone: sent at once
+        drop(rx);
+        assert_eq!(on.queue(patch("c", "Running")), Some(patch("c", "Running")));
     }
 
     #[test]
