@@ -102,10 +102,15 @@ struct Args {
     #[arg(long, env = "FERRY_NODE_IP")]
     node_ip: Option<std::net::IpAddr>,
     /// Milliseconds the offloaded pods' status patches gather before they go out together (a pod's first
-    /// after a quiet spell goes at once); 0: each at once. Fewer, larger bursts of pod updates let the
-    /// controllers of this cluster merge their syncs.
-    #[arg(long, env = "FERRY_STATUS_TICK_MS", default_value_t = ferry_virtual_kubelet::status_writer::TICK.as_millis() as u64)]
+    /// after a quiet spell goes at once); 0: each at once, from its reconcile. Fewer, larger bursts of pod
+    /// updates let the controllers of this cluster merge their syncs (less of their CPU), at up to a tick
+    /// of latency on each status (250 ms: the README's A/B).
+    #[arg(long, env = "FERRY_STATUS_TICK_MS", default_value_t = 0)]
     status_tick_ms: u64,
+    /// Offloaded pods reconciled at once by each virtual kubelet; each holds a connection and its buffers
+    /// to both clusters.
+    #[arg(long, env = "FERRY_POD_RECONCILES", default_value_t = ferry_virtual_kubelet::consumer::RECONCILES, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pod_reconciles: u16,
 }
 
 /// The Lease the agent's replicas elect their leader with, and how long it lasts unrenewed (the
@@ -144,6 +149,13 @@ fn strings(cidrs: &[IpNet]) -> Vec<String> {
 }
 
 impl Args {
+    fn pace(&self) -> ferry_virtual_kubelet::peer::Pace {
+        ferry_virtual_kubelet::peer::Pace {
+            status_tick: std::time::Duration::from_millis(self.status_tick_ms),
+            reconciles: self.pod_reconciles,
+        }
+    }
+
     fn limits(&self) -> server::Limits {
         server::Limits {
             max_connections: self.max_connections,
@@ -163,12 +175,18 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 #[tokio::main]
 async fn main() {
     // the heap profile is written when this is dropped: on a clean return (SIGTERM), not on exit(1)
+    let args = Args::parse();
+    // `{cluster}` in the file name: each agent of a lab writes its own
     #[cfg(feature = "dhat-heap")]
     let _profile = dhat::Profiler::builder()
-        .file_name(std::env::var_os("FERRY_DHAT_FILE").unwrap_or_else(|| "dhat-heap.json".into()))
+        .file_name(
+            std::env::var("FERRY_DHAT_FILE")
+                .unwrap_or_else(|_| "dhat-heap.json".into())
+                .replace("{cluster}", args.cluster_id.as_deref().unwrap_or("unnamed")),
+        )
         .build();
     ferry_plumbing::telemetry::init();
-    if let Err(e) = run(Args::parse()).await {
+    if let Err(e) = run(args).await {
         eprintln!("ferry-agent: {}", ferry_plumbing::context::report(e.as_ref()));
         std::process::exit(1);
     }
@@ -185,6 +203,7 @@ fn host_of(listen: &str) -> String {
 async fn run(a: Args) -> Result<()> {
     server::raise_fd_limit();
     let limits = a.limits();
+    let pace = a.pace();
     let (server, ca_pem) = match &a.kubeconfig {
         Some(k) => {
             ferry_plumbing::client::server_and_ca(k).map_err(|e| anyhow::anyhow!("--kubeconfig: {e}"))?
@@ -417,7 +436,7 @@ async fn run(a: Args) -> Result<()> {
         _ = ferry_peering_broker::reconciler::run(client.clone(), network.clone()) => anyhow::bail!("the ForeignCluster reconciler stopped"),
         _ = ferry_peering_broker::offloading::run(client.clone()) => anyhow::bail!("the NamespaceOffloading reconciler stopped"),
         r = kubelet_server => r?,
-        _ = ferry_virtual_kubelet::supervisor::run(client.clone(), id.cluster_id.clone(), local_cidrs, kubelet_api, std::time::Duration::from_millis(a.status_tick_ms)) => anyhow::bail!("the virtual kubelet supervisor stopped"),
+        _ = ferry_virtual_kubelet::supervisor::run(client.clone(), id.cluster_id.clone(), local_cidrs, kubelet_api, pace) => anyhow::bail!("the virtual kubelet supervisor stopped"),
         _ = ferry_virtual_kubelet::provider::run(client.clone()) => anyhow::bail!("the ShadowPod controller stopped"),
         _ = ferry_peering_broker::consumer::run_renewals(client.clone(), a.renew_after_seconds) => anyhow::bail!("the identity renewal loop stopped"),
         _ = mcs_peers_cache => anyhow::bail!("the peerings cache stopped"),

@@ -99,8 +99,10 @@ impl Drop for Peered {
 }
 
 fn peered(lab: &Lab) -> Peered {
+    // the consumer sends its pods' statuses in ticks (off by default): the metrics test below sees them
+    // go through the writer, where the other e2e tests run the default, each patch from its reconcile
     let ags = vec![
-        agents::start(lab, 0, &[]).unwrap(),
+        agents::start(lab, 0, &["--status-tick-ms", "250"]).unwrap(),
         agents::start(lab, 1, &[]).unwrap(),
     ];
     let _ = agents::ferryctl(
@@ -662,7 +664,8 @@ async fn every_component_serves_its_metrics_and_health_after_a_burst_and_the_das
         (1.0..=20.0).contains(&lags) && lag_sum >= 0.0 && lag_sum / lags < 30.0,
         "lags {lags}, sum {lag_sum}"
     );
-    // the statuses went out through the writer's ticks: every Running pod's patch among them
+    // the statuses went out through the writer's ticks (`--status-tick-ms 250` above): every Running
+    // pod's patch among them
     let patches = v(
         &consumer,
         "ferry_status_patch_batch_size_sum",

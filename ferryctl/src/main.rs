@@ -17,6 +17,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use ferry_peering_broker::{consumer, identity, token, wire::Resources};
 use ferry_tunnel::mtu::MtuPlan;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 
@@ -324,10 +325,16 @@ async fn unpeer_wait(c: &kube::Client, provider: &str, limit: std::time::Duratio
         (Some(_), _) => "being deleted".to_string(),
         (None, _) => "still there".to_string(),
     };
+    let wake = futures::stream::select_all([
+        progress::changes_of(Api::<ferry_crds::ForeignCluster>::all(c.clone()), provider).boxed(),
+        progress::changes_of(Api::<ferry_crds::PeerNetwork>::all(c.clone()), provider).boxed(),
+        progress::changes_of(Api::<Node>::all(c.clone()), &node).boxed(),
+    ]);
     progress::wait(
         &format!("unpeer {provider}"),
         limit,
         "ForeignCluster, PeerNetwork and virtual node gone",
+        wake,
         || {
             let (c, node) = (c.clone(), node.clone());
             async move {
@@ -422,7 +429,8 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let provider = consumer::request_peering(&c, &a.token, a.cluster_id.as_deref(), res).await?;
             let limit = std::time::Duration::from_secs(60);
-            progress::wait(&format!("peer {provider}"), limit, "Authenticated", || {
+            let wake = progress::changes_of(Api::<ferry_crds::ForeignCluster>::all(c.clone()), &provider);
+            progress::wait(&format!("peer {provider}"), limit, "Authenticated", wake, || {
                 let (c, provider) = (c.clone(), provider.clone());
                 async move {
                     let fc = Api::<ferry_crds::ForeignCluster>::all(c)
@@ -972,6 +980,7 @@ async fn offload_namespace(
         &format!("offload namespace {ns}"),
         timeout,
         "every provider answered",
+        progress::changes_of(api.clone(), "offloading"),
         || {
             let api = api.clone();
             async move {

@@ -1,16 +1,23 @@
 //! Progress of a wait, on stderr: on a terminal one line rewritten in place with a spinner, the object
 //! waited for, its state and the seconds so far; otherwise (CI, a pipe) one plain line each time the state
 //! changes. A wait that runs out names the object and its last state. [`Lines`] decides what is printed
-//! (pure); [`wait`] polls and prints.
+//! (pure); [`wait`] looks again on each change a watch reports, and prints.
 
 use std::future::Future;
 use std::io::IsTerminal;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use anyhow::{Result, bail};
+use futures::{Stream, StreamExt};
+use kube::runtime::{WatchStreamExt, watcher};
 
-/// How often a wait looks again.
-pub const POLL: Duration = Duration::from_millis(500);
+/// How often a wait looks again without a change seen by its watch (a floor, in case the watch is stuck).
+pub const FALLBACK: Duration = Duration::from_secs(5);
+
+/// How often a terminal's line is redrawn (and a wait without a watch looks again).
+pub const SPIN: Duration = Duration::from_millis(500);
 
 const SPINNER: [char; 4] = ['|', '/', '-', '\\'];
 
@@ -90,26 +97,33 @@ impl Lines {
     }
 }
 
-/// Polls `check` every [`POLL`] until it returns `Ok(None)` (done) or `limit` passes, showing what it
-/// waits for on stderr; `done` is said at the end. `check` returns what is still awaited.
-pub async fn wait<F, Fut>(what: &str, limit: Duration, done: &str, mut check: F) -> Result<()>
+/// Runs `check` until it returns `Ok(None)` (done) or `limit` passes, showing what it waits for on
+/// stderr; `done` is said at the end. `check` returns what is still awaited. It runs at the start, again
+/// whenever `wake` yields (a watch of the objects it reads: only a change of them can end the wait; the
+/// items ready at once count as one), and every [`FALLBACK`] in case a watch is stuck. On a terminal the
+/// line's spinner and seconds are redrawn every [`SPIN`] in between.
+pub async fn wait<F, Fut, W>(what: &str, limit: Duration, done: &str, wake: W, mut check: F) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<Waiting>>>,
+    W: Stream<Item = ()>,
 {
     let mut lines = Lines::new(what, std::io::stderr().is_terminal());
     let start = Instant::now();
+    let deadline = start + limit;
+    let wake = wake.ready_chunks(1024).fuse();
+    futures::pin_mut!(wake);
+    let mut watching = true;
     loop {
-        match check().await? {
+        let w = match check().await? {
             None => {
                 eprint!("{}", lines.done(done, start.elapsed()));
                 return Ok(());
             }
-            Some(w) => {
-                if let Some(l) = lines.waiting(&w, start.elapsed()) {
-                    eprint!("{l}");
-                }
-            }
+            Some(w) => w,
+        };
+        if let Some(l) = lines.waiting(&w, start.elapsed()) {
+            eprint!("{l}");
         }
         if start.elapsed() >= limit {
             if lines.tty {
@@ -117,8 +131,45 @@ where
             }
             bail!(lines.timed_out(limit));
         }
-        tokio::time::sleep(POLL).await;
+        let next = deadline.min(Instant::now() + if watching { FALLBACK } else { SPIN });
+        loop {
+            tokio::select! {
+                woke = wake.next(), if watching => {
+                    // a watch that ended leaves the wait to look every SPIN
+                    watching = woke.is_some();
+                    break;
+                }
+                _ = tokio::time::sleep_until(next) => break,
+                _ = tokio::time::sleep(SPIN), if lines.tty => {
+                    if let Some(l) = lines.waiting(&w, start.elapsed()) {
+                        eprint!("{l}");
+                    }
+                }
+            }
+        }
     }
+}
+
+/// A wake-up for [`wait`] on every change of the objects of `api` that `cfg` selects (a watch, its
+/// errors backed off; an error wakes too, so the check reports what it sees).
+pub fn changes<K>(api: kube::Api<K>, cfg: watcher::Config) -> impl Stream<Item = ()> + Send
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    watcher(api, cfg).default_backoff().map(|_| ())
+}
+
+/// [`changes`] of the one object of `api` named `name`.
+pub fn changes_of<K>(api: kube::Api<K>, name: &str) -> impl Stream<Item = ()> + Send
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    changes(
+        api,
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+    )
 }
 
 #[cfg(test)]
@@ -178,25 +229,81 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn wait_returns_when_nothing_is_awaited_and_fails_naming_it_after_the_limit() {
         let mut left = 2;
-        wait("t", s(10), "done", || {
+        wait("t", s(10), "done", futures::stream::repeat(()), || {
             left -= 1;
             let w = (left > 0).then(|| Waiting::new("x", format!("{left} left")));
             async move { Ok(w) }
         })
         .await
         .unwrap();
-        let e = wait("t", Duration::from_millis(10), "done", || async {
-            Ok(Some(Waiting::new("Node n", "NotReady")))
-        })
+        let e = wait(
+            "t",
+            Duration::from_millis(10),
+            "done",
+            futures::stream::pending(),
+            || async { Ok(Some(Waiting::new("Node n", "NotReady"))) },
+        )
         .await
         .unwrap_err()
         .to_string();
         assert_eq!(
             e,
             "t: gave up after 0 s waiting for Node n; its last state: NotReady"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_seen_by_the_watch_ends_the_wait_at_once_and_without_one_it_looks_every_fallback() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        // the object turns ready at 1.2 s and its watch says so: the wait ends then, not at the fallback
+        let ready = std::sync::Arc::new(AtomicBool::new(false));
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let flip = ready.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            flip.store(true, Ordering::SeqCst);
+            // three events at once are one look
+            for _ in 0..3 {
+                tx.unbounded_send(()).unwrap();
+            }
+        });
+        let looks = AtomicUsize::new(0);
+        let start = Instant::now();
+        wait("t", s(60), "done", rx, || {
+            looks.fetch_add(1, Ordering::SeqCst);
+            let w = (!ready.load(Ordering::SeqCst)).then(|| Waiting::new("x", "not yet"));
+            async move { Ok(w) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(1200));
+        assert_eq!(looks.load(Ordering::SeqCst), 2);
+        // no change seen: looks at 0, 5, 10 and at the limit, 12 s
+        let looks = AtomicUsize::new(0);
+        let start = Instant::now();
+        let e = wait("t", s(12), "done", futures::stream::pending(), || {
+            looks.fetch_add(1, Ordering::SeqCst);
+            async { Ok(Some(Waiting::new("x", "not yet"))) }
+        })
+        .await;
+        assert!(e.is_err());
+        assert_eq!(start.elapsed(), s(12));
+        assert_eq!(looks.load(Ordering::SeqCst), 4);
+        // a watch that ended: the wait looks every SPIN
+        let looks = AtomicUsize::new(0);
+        let e = wait("t", s(2), "done", futures::stream::empty(), || {
+            looks.fetch_add(1, Ordering::SeqCst);
+            async { Ok(Some(Waiting::new("x", "not yet"))) }
+        })
+        .await;
+        assert!(e.is_err());
+        assert_eq!(
+            looks.load(Ordering::SeqCst),
+            6,
+            "at 0, once more when the watch ended, at 0.5, 1, 1.5 and 2"
         );
     }
 }

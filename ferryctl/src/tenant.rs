@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ferry_crds::{ShadowPod, Tenant};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
@@ -75,40 +76,53 @@ pub async fn drain(client: &Client, id: &str, limit: Duration) -> Result<usize> 
     }
     let label = format!("{}={id}", ferry_virtual_kubelet::translate::ORIGIN_CLUSTER_LABEL);
     let what = format!("drain tenant {id}");
-    progress::wait(&what, limit, "no pod of it runs here, tenant cordoned", || {
-        let (client, nss, label) = (client.clone(), nss.clone(), label.clone());
-        async move {
-            let mut left = Vec::new();
-            for ns in &nss {
-                let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-                for p in pods.list(&ListParams::default().labels(&label)).await?.items {
-                    let phase = p
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.phase.clone())
-                        .unwrap_or_default();
-                    let state = if p.metadata.deletion_timestamp.is_some() {
-                        format!("{phase}, terminating")
-                    } else {
-                        phase
-                    };
-                    left.push(format!("{ns}/{} ({state})", p.name_any()));
+    let wake = futures::stream::select_all(nss.iter().map(|ns| {
+        progress::changes(
+            Api::<Pod>::namespaced(client.clone(), ns),
+            kube::runtime::watcher::Config::default().labels(&label),
+        )
+        .boxed()
+    }));
+    progress::wait(
+        &what,
+        limit,
+        "no pod of it runs here, tenant cordoned",
+        wake,
+        || {
+            let (client, nss, label) = (client.clone(), nss.clone(), label.clone());
+            async move {
+                let mut left = Vec::new();
+                for ns in &nss {
+                    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+                    for p in pods.list(&ListParams::default().labels(&label)).await?.items {
+                        let phase = p
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.phase.clone())
+                            .unwrap_or_default();
+                        let state = if p.metadata.deletion_timestamp.is_some() {
+                            format!("{phase}, terminating")
+                        } else {
+                            phase
+                        };
+                        left.push(format!("{ns}/{} ({state})", p.name_any()));
+                    }
                 }
+                Ok((!left.is_empty()).then(|| {
+                    let shown: Vec<&str> = left.iter().take(3).map(String::as_str).collect();
+                    let more = if left.len() > 3 {
+                        format!(", and {} more", left.len() - 3)
+                    } else {
+                        String::new()
+                    };
+                    Waiting::new(
+                        format!("{} pod(s) of tenant {id}", left.len()),
+                        format!("{}{more}", shown.join(", ")),
+                    )
+                }))
             }
-            Ok((!left.is_empty()).then(|| {
-                let shown: Vec<&str> = left.iter().take(3).map(String::as_str).collect();
-                let more = if left.len() > 3 {
-                    format!(", and {} more", left.len() - 3)
-                } else {
-                    String::new()
-                };
-                Waiting::new(
-                    format!("{} pod(s) of tenant {id}", left.len()),
-                    format!("{}{more}", shown.join(", ")),
-                )
-            }))
-        }
-    })
+        },
+    )
     .await?;
     Ok(deleted)
 }

@@ -30,9 +30,30 @@ pub struct Peer {
     /// Where this cluster's kubelet API for virtual nodes is reached (the node's `InternalIP` and
     /// daemon endpoint), if it runs.
     pub kubelet_endpoint: Option<std::net::SocketAddr>,
-    /// How long the local pods' status patches gather before they are sent together (zero: each at once);
-    /// see [`crate::status_writer`].
+    /// How fast its pods are reflected.
+    pub pace: Pace,
+}
+
+/// How fast a virtual kubelet reflects its pods: what an operator trades between the pace of a burst,
+/// the load on this cluster's control plane and the agent's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pace {
+    /// How long the local pods' status patches gather before they are sent together (zero: each at once
+    /// from its reconcile); see [`crate::status_writer`].
     pub status_tick: std::time::Duration,
+    /// Pod reconciles at once (and status patches of a tick in flight at once); each holds a connection
+    /// and its buffers on both sides.
+    pub reconciles: u16,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Self {
+            // each patch from its reconcile; see crate::status_writer::TICK
+            status_tick: std::time::Duration::ZERO,
+            reconciles: crate::consumer::RECONCILES,
+        }
+    }
 }
 
 impl Peer {

@@ -4,12 +4,13 @@
 //! controller-manager, and each of those syncs lists and matches every pod of the namespace. In a direct
 //! burst the pods turn Ready while the ReplicaSet is still creating them; in an offloaded burst their
 //! statuses come back from the provider over the rest of the burst, a few at a time, and each few cost
-//! another O(pods) sync: quadratic in the burst (README, "Profiles of the control planes"). So the
-//! reflection does not patch at once: a patch waits for the next tick, where all waiting patches go out
-//! together and the controllers' queues merge their wake-ups into one sync.
+//! another O(pods) sync: quadratic in the burst (README, "Profiles of the control planes"). With ticks on
+//! (`--status-tick-ms`; off by default, see [`TICK`] for why) the reflection does not patch at once: a
+//! patch waits for the next tick, where all waiting patches go out together and the controllers' queues
+//! merge their wake-ups into one sync.
 //!
 //! A tick after a quiet spell starts at once: one pod's status is not delayed; under a stream of them each
-//! waits at most one [`TICK`]. A pod has at most one waiting patch (a newer one replaces it: both were
+//! waits at most one tick. A pod has at most one waiting patch (a newer one replaces it: both were
 //! computed from the pod's cached status, and the newer is the whole difference to the newer provider
 //! status). A patch names the pod's UID, so it never lands on a new pod of the same name. One that fails
 //! otherwise brings the pod back to a reconcile at once, which computes it anew and sends it itself, so a
@@ -31,11 +32,10 @@ use tracing::{debug, warn};
 use crate::peer::Peer;
 use crate::reflect::PodView;
 
-/// The longest a status patch waits for its tick, under a stream of them.
+/// A tick, as the README's A/B measured it: under a stream of patches, the longest one waits. Ticks are
+/// off unless the agent is given one (`--status-tick-ms`): they cut the consumer's controller-manager
+/// work, but did not make a burst faster (README, "Profiles of the control planes").
 pub const TICK: Duration = Duration::from_millis(250);
-
-/// Patches sent at once within a tick.
-const CONCURRENCY: usize = crate::consumer::RECONCILES as usize;
 
 /// One local pod's status patch.
 #[derive(Clone, Debug, PartialEq)]
@@ -202,12 +202,13 @@ pub async fn run(
     let Some(rx) = rx else {
         return std::future::pending().await;
     };
-    batches(rx, peer.status_tick, |batch| {
+    let concurrency = usize::from(peer.pace.reconciles.max(1));
+    batches(rx, peer.pace.status_tick, |batch| {
         let (peer, statuses, retry) = (peer.clone(), statuses.clone(), retry.clone());
         async move {
             crate::metrics::status_batch(&peer.provider, batch.len());
             stream::iter(batch)
-                .for_each_concurrent(CONCURRENCY, |p| {
+                .for_each_concurrent(concurrency, |p| {
                     let (peer, statuses, retry) = (peer.clone(), statuses.clone(), retry.clone());
                     async move {
                         if let Err(e) = write(&peer, &p).await {

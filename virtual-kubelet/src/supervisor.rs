@@ -134,7 +134,7 @@ pub async fn run(
     consumer: String,
     local_cidrs: Vec<IpNet>,
     kubelet: Option<Arc<crate::kubelet_server::KubeletApi>>,
-    status_tick: std::time::Duration,
+    pace: crate::peer::Pace,
 ) {
     use ferry_plumbing::triggers::store_with_changes;
     let (fcs, fc_changes) = store_with_changes(
@@ -219,7 +219,7 @@ pub async fn run(
                 consumer: &consumer,
                 local_cidrs: &local_cidrs,
                 kubelet: kubelet.clone(),
-                status_tick,
+                pace,
             };
             match start_one(here, p, &s, pn.as_deref(), exited_tx.clone()).await {
                 Ok((task, r)) => {
@@ -248,8 +248,8 @@ struct Here<'a> {
     local_cidrs: &'a [IpNet],
     /// The kubelet API that serves the virtual nodes, if it runs.
     kubelet: Option<Arc<crate::kubelet_server::KubeletApi>>,
-    /// See [`Peer::status_tick`].
-    status_tick: std::time::Duration,
+    /// See [`Peer::pace`].
+    pace: crate::peer::Pace,
 }
 
 async fn start_one(
@@ -264,7 +264,7 @@ async fn start_one(
         consumer,
         local_cidrs,
         kubelet,
-        status_tick,
+        pace,
     } = here;
     let get = |k: &str| text(s, k).unwrap_or_default();
     let kc = kube::config::Kubeconfig::from_yaml(&get(identity::KUBECONFIG))
@@ -291,7 +291,7 @@ async fn start_one(
         remote,
         version: format!("ferry-{}", env!("CARGO_PKG_VERSION")),
         kubelet_endpoint: kubelet.as_ref().map(|k| k.endpoint),
-        status_tick,
+        pace,
     };
     info!(provider, ?remaps, "starting the virtual kubelet");
     let identity = s.clone();
