@@ -99,8 +99,8 @@ impl Drop for Peered {
 }
 
 fn peered(lab: &Lab) -> Peered {
-    // the consumer sends its pods' statuses in ticks (off by default): the metrics test below sees them
-    // go through the writer, where the other e2e tests run the default, each patch from its reconcile
+    // the consumer sends its pods' statuses in ticks (the default, said here because the metrics test
+    // below counts them going through the writer)
     let ags = vec![
         agents::start(lab, 0, &["--status-tick-ms", "250"]).unwrap(),
         agents::start(lab, 1, &[]).unwrap(),

@@ -49,8 +49,7 @@ pub struct Pace {
 impl Default for Pace {
     fn default() -> Self {
         Self {
-            // each patch from its reconcile; see crate::status_writer::TICK
-            status_tick: std::time::Duration::ZERO,
+            status_tick: crate::status_writer::TICK,
             reconciles: crate::consumer::RECONCILES,
         }
     }

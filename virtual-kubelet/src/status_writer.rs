@@ -5,7 +5,7 @@
 //! burst the pods turn Ready while the ReplicaSet is still creating them; in an offloaded burst their
 //! statuses come back from the provider over the rest of the burst, a few at a time, and each few cost
 //! another O(pods) sync: quadratic in the burst (README, "Profiles of the control planes"). With ticks on
-//! (`--status-tick-ms`; off by default, see [`TICK`] for why) the reflection does not patch at once: a
+//! (`--status-tick-ms`, by default [`TICK`]) the reflection does not patch at once: a
 //! patch waits for the next tick, where all waiting patches go out together and the controllers' queues
 //! merge their wake-ups into one sync.
 //!
@@ -32,9 +32,9 @@ use tracing::{debug, warn};
 use crate::peer::Peer;
 use crate::reflect::PodView;
 
-/// A tick, as the README's A/B measured it: under a stream of patches, the longest one waits. Ticks are
-/// off unless the agent is given one (`--status-tick-ms`): they cut the consumer's controller-manager
-/// work, but did not make a burst faster (README, "Profiles of the control planes").
+/// The default tick: under a stream of patches, the longest one waits (`--status-tick-ms`; 0 turns ticks
+/// off). In the README's A/B, 250 ms made a 10,000-pod burst 26 % faster and 1,000-pod bursts 8–12 %
+/// slower (README, "Profiles of the control planes").
 pub const TICK: Duration = Duration::from_millis(250);
 
 /// One local pod's status patch.
