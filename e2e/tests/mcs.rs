@@ -650,32 +650,18 @@ async fn every_component_serves_its_metrics_and_health_after_a_burst_and_the_das
             &[("controller", "pod-reflection")]
         ) >= 20.0
     );
-    let lags = v(
-        &consumer,
-        "ferry_reflection_lag_seconds_count",
-        &[("peer", "provider-c2")],
-    );
-    let lag_sum = v(
-        &consumer,
-        "ferry_reflection_lag_seconds_sum",
-        &[("peer", "provider-c2")],
-    );
+    // the consumer's figures for its one peer
+    let of_peer = |name: &str| v(&consumer, name, &[("peer", "provider-c2")]);
+    let lags = of_peer("ferry_reflection_lag_seconds_count");
+    let lag_sum = of_peer("ferry_reflection_lag_seconds_sum");
     assert!(
         (1.0..=20.0).contains(&lags) && lag_sum >= 0.0 && lag_sum / lags < 30.0,
         "lags {lags}, sum {lag_sum}"
     );
     // the statuses went out through the writer's ticks (`--status-tick-ms 250` above): every Running
     // pod's patch among them
-    let patches = v(
-        &consumer,
-        "ferry_status_patch_batch_size_sum",
-        &[("peer", "provider-c2")],
-    );
-    let ticks = v(
-        &consumer,
-        "ferry_status_patch_batch_size_count",
-        &[("peer", "provider-c2")],
-    );
+    let patches = of_peer("ferry_status_patch_batch_size_sum");
+    let ticks = of_peer("ferry_status_patch_batch_size_count");
     assert!(
         patches >= 20.0 && (1.0..=patches).contains(&ticks),
         "status patches {patches} in {ticks} ticks"

@@ -329,6 +329,12 @@ async fn unpeer_wait(c: &kube::Client, provider: &str, limit: std::time::Duratio
         progress::changes_of(Api::<ferry_crds::ForeignCluster>::all(c.clone()), provider).boxed(),
         progress::changes_of(Api::<ferry_crds::PeerNetwork>::all(c.clone()), provider).boxed(),
         progress::changes_of(Api::<Node>::all(c.clone()), &node).boxed(),
+        // the state names how many pods are still bound to the node
+        progress::changes(
+            Api::<k8s_openapi::api::core::v1::Pod>::all(c.clone()),
+            kube::runtime::watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+        )
+        .boxed(),
     ]);
     progress::wait(
         &format!("unpeer {provider}"),

@@ -13,10 +13,7 @@ use anyhow::{Result, bail};
 use futures::{Stream, StreamExt};
 use kube::runtime::{WatchStreamExt, watcher};
 
-/// How often a wait looks again without a change seen by its watch (a floor, in case the watch is stuck).
-pub const FALLBACK: Duration = Duration::from_secs(5);
-
-/// How often a terminal's line is redrawn (and a wait without a watch looks again).
+/// How often a terminal's line is redrawn.
 pub const SPIN: Duration = Duration::from_millis(500);
 
 const SPINNER: [char; 4] = ['|', '/', '-', '\\'];
@@ -98,10 +95,10 @@ impl Lines {
 }
 
 /// Runs `check` until it returns `Ok(None)` (done) or `limit` passes, showing what it waits for on
-/// stderr; `done` is said at the end. `check` returns what is still awaited. It runs at the start, again
-/// whenever `wake` yields (a watch of the objects it reads: only a change of them can end the wait; the
-/// items ready at once count as one), and every [`FALLBACK`] in case a watch is stuck. On a terminal the
-/// line's spinner and seconds are redrawn every [`SPIN`] in between.
+/// stderr; `done` is said at the end. `check` returns what is still awaited. It runs at the start and
+/// again whenever `wake` yields: a watch of every object it reads ([`changes`]), so that only a change
+/// can end the wait (the items ready at once count as one). No timer looks again; a watch that ends is an
+/// error. On a terminal the line's spinner and seconds are redrawn every [`SPIN`] (no API call).
 pub async fn wait<F, Fut, W>(what: &str, limit: Duration, done: &str, wake: W, mut check: F) -> Result<()>
 where
     F: FnMut() -> Fut,
@@ -111,9 +108,8 @@ where
     let mut lines = Lines::new(what, std::io::stderr().is_terminal());
     let start = Instant::now();
     let deadline = start + limit;
-    let wake = wake.ready_chunks(1024).fuse();
+    let wake = wake.ready_chunks(1024);
     futures::pin_mut!(wake);
-    let mut watching = true;
     loop {
         let w = match check().await? {
             None => {
@@ -131,15 +127,16 @@ where
             }
             bail!(lines.timed_out(limit));
         }
-        let next = deadline.min(Instant::now() + if watching { FALLBACK } else { SPIN });
         loop {
             tokio::select! {
-                woke = wake.next(), if watching => {
-                    // a watch that ended leaves the wait to look every SPIN
-                    watching = woke.is_some();
+                woke = wake.next() => {
+                    if woke.is_none() {
+                        bail!("{what}: the watch of {} ended", w.object);
+                    }
                     break;
                 }
-                _ = tokio::time::sleep_until(next) => break,
+                // the last look, which reports the state the wait ran out in
+                _ = tokio::time::sleep_until(deadline) => break,
                 _ = tokio::time::sleep(SPIN), if lines.tty => {
                     if let Some(l) = lines.waiting(&w, start.elapsed()) {
                         eprint!("{l}");
@@ -256,9 +253,9 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_change_seen_by_the_watch_ends_the_wait_at_once_and_without_one_it_looks_every_fallback() {
+    async fn a_change_seen_by_the_watch_ends_the_wait_at_once_and_nothing_else_looks_again() {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-        // the object turns ready at 1.2 s and its watch says so: the wait ends then, not at the fallback
+        // the object turns ready at 1.2 s and its watch says so: the wait ends then
         let ready = std::sync::Arc::new(AtomicBool::new(false));
         let (tx, rx) = futures::channel::mpsc::unbounded();
         let flip = ready.clone();
@@ -281,7 +278,7 @@ mod tests {
         .unwrap();
         assert_eq!(start.elapsed(), Duration::from_millis(1200));
         assert_eq!(looks.load(Ordering::SeqCst), 2);
-        // no change seen: looks at 0, 5, 10 and at the limit, 12 s
+        // no change seen: one look at the start and one at the limit, none between
         let looks = AtomicUsize::new(0);
         let start = Instant::now();
         let e = wait("t", s(12), "done", futures::stream::pending(), || {
@@ -291,19 +288,16 @@ mod tests {
         .await;
         assert!(e.is_err());
         assert_eq!(start.elapsed(), s(12));
-        assert_eq!(looks.load(Ordering::SeqCst), 4);
-        // a watch that ended: the wait looks every SPIN
-        let looks = AtomicUsize::new(0);
-        let e = wait("t", s(2), "done", futures::stream::empty(), || {
-            looks.fetch_add(1, Ordering::SeqCst);
-            async { Ok(Some(Waiting::new("x", "not yet"))) }
+        assert_eq!(looks.load(Ordering::SeqCst), 2);
+        // a watch that ended is an error naming what was awaited, not a silent wait to the limit
+        let start = Instant::now();
+        let e = wait("t", s(60), "done", futures::stream::empty(), || async {
+            Ok(Some(Waiting::new("Node n", "NotReady")))
         })
-        .await;
-        assert!(e.is_err());
-        assert_eq!(
-            looks.load(Ordering::SeqCst),
-            6,
-            "at 0, once more when the watch ended, at 0.5, 1, 1.5 and 2"
-        );
+        .await
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e, "t: the watch of Node n ended");
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 }
