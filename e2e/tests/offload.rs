@@ -684,11 +684,23 @@ async fn a_virtual_kubelet_killed_while_creating_200_pods_leaves_every_pod_runni
         "the kill came too late to prove anything ({at_kill} ShadowPods)"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    s.agents[0] = agents::start(&s.lab, 0, &[]).unwrap();
+    // restarted with status ticks off: each reconcile patches its pod's status itself (the path a small
+    // cluster may choose, `--status-tick-ms 0`), and no patch goes through the writer's ticks
+    s.agents[0] = agents::start(&s.lab, 0, &["--status-tick-ms", "0"]).unwrap();
     wait("200 consumer pods Running", 180, || {
         all_running(&c1, ns, "many", 200)
     })
     .await;
+    let (status, m) = agents::http_get(&s.lab, None, &agents::admin_addr(&s.lab, 0), "/metrics");
+    assert!(status.contains(" 200 "), "{status}");
+    let peer = [("peer", "provider-c2")];
+    let lags = ferry_plumbing::metrics::sample(&m, "ferry_reflection_lag_seconds_count", &peer);
+    let ticks = ferry_plumbing::metrics::sample(&m, "ferry_status_patch_batch_size_count", &peer);
+    // the pods created after the kill turned Ready through the restarted agent's patches
+    assert!(
+        lags.is_some_and(|n| n >= 1.0) && ticks.unwrap_or(0.0) == 0.0,
+        "ticks off: Ready patches {lags:?}, ticks {ticks:?}\n{m}"
+    );
 
     let local = pods(&c1, ns, "many").await;
     assert!(

@@ -572,9 +572,16 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Unpeer { provider, timeout } => {
             let c = client(&cli).await?;
-            consumer::unpeer(&c, provider).await?;
+            let terminating = consumer::unpeer(&c, provider).await?;
             unpeer_wait(&c, provider, std::time::Duration::from_secs(*timeout)).await?;
-            println!("unpeered from {provider}");
+            if terminating.is_empty() {
+                println!("unpeered from {provider}: it has released the tenant");
+            } else {
+                println!(
+                    "unpeered from {provider}; it is still removing the namespaces {} (peering with it again waits for them)",
+                    terminating.join(", ")
+                );
+            }
         }
         Cmd::Cordon {
             cmd: TenantCmd::Tenant { id },

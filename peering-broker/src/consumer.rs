@@ -689,8 +689,9 @@ pub async fn call_broker_limited(
 }
 
 /// Unpeers from `provider`: the broker removes the tenant (mTLS with the identity), then the local
-/// Secret and `ForeignCluster` go.
-pub async fn unpeer(client: &Client, provider: &str) -> Result<()> {
+/// Secret and `ForeignCluster` go. Returns the tenant's namespaces the provider still had terminating
+/// when it answered (it waits up to 20 s for them; a new peering waits for them too).
+pub async fn unpeer(client: &Client, provider: &str) -> Result<Vec<String>> {
     let me = ensure_identity(client, None).await?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
     let s = secrets
@@ -713,6 +714,14 @@ pub async fn unpeer(client: &Client, provider: &str) -> Result<()> {
             String::from_utf8_lossy(&body)
         );
     }
+    // the names are the provider's word: shown, never acted on
+    let terminating: Vec<String> = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| {
+            let names = v.get("terminating")?.as_array()?.iter();
+            Some(names.filter_map(|n| n.as_str()).take(16).map(|n| n.chars().take(63).collect()).collect())
+        })
+        .unwrap_or_default();
     secrets
         .delete(&identity_secret(provider), &DeleteParams::default())
         .await?;
@@ -722,7 +731,7 @@ pub async fn unpeer(client: &Client, provider: &str) -> Result<()> {
     let _ = Api::<ForeignCluster>::all(client.clone())
         .delete(provider, &DeleteParams::default())
         .await;
-    Ok(())
+    Ok(terminating)
 }
 
 #[cfg(test)]

@@ -643,14 +643,26 @@ impl Provider {
         Ok(())
     }
 
-    /// `DELETE /v1/peerings/{id}`: the client certificate must be that consumer's current identity.
-    pub async fn release(&self, consumer: &str, client_cn: Option<&str>) -> Result<(), BrokerError> {
+    /// `DELETE /v1/peerings/{id}`: the client certificate must be that consumer's current identity. The
+    /// answer waits, at most [`RELEASE_WAIT`], until the tenant's namespaces are gone, and names those
+    /// still terminating: the namespace controller starts on a deleted namespace only 5 s after its
+    /// deletion, and a new peering of the same consumer waits for them, so an unpeer that returns when
+    /// they are gone leaves the next peering nothing to wait for.
+    pub async fn release(&self, consumer: &str, client_cn: Option<&str>) -> Result<Vec<String>, BrokerError> {
         let tenant = self.tenant_of(client_cn).await?;
         if tenant.spec.cluster_id != consumer {
             return Err(BrokerError::Forbidden(client_cn.unwrap_or_default().to_string()));
         }
         self.remove(consumer, None).await;
-        Ok(())
+        let nss: Api<Namespace> = Api::all(self.client.clone());
+        let lp = kube::api::ListParams::default().labels(&format!("{TENANT_LABEL}={consumer}"));
+        let watch = kube::runtime::watcher(
+            nss.clone(),
+            kube::runtime::watcher::Config::default().labels(&format!("{TENANT_LABEL}={consumer}")),
+        );
+        let _ = tokio::time::timeout(RELEASE_WAIT, all_gone(watch)).await;
+        let left = nss.list_metadata(&lp).await.map_err(internal)?;
+        Ok(left.into_iter().map(|n| n.name_any()).collect())
     }
 
     /// Removes a tenant's objects (all of them, or only those in `only`). Its RoleBindings go first, so its
@@ -702,6 +714,57 @@ impl Provider {
     }
 }
 
+/// How long `DELETE /v1/peerings/{id}` waits for the tenant's namespaces to be gone (below the
+/// consumer's request timeout, [`crate::tls::REQUEST_TIMEOUT`]).
+pub const RELEASE_WAIT: Duration = Duration::from_secs(20);
+
+/// The names a watch shows (pure): unknown until its first listing is complete.
+#[derive(Debug, Default)]
+struct Watched {
+    listed: Option<std::collections::BTreeSet<String>>,
+    listing: std::collections::BTreeSet<String>,
+}
+
+impl Watched {
+    fn see<K: kube::Resource>(&mut self, e: &kube::runtime::watcher::Event<K>) {
+        use kube::runtime::watcher::Event;
+        match e {
+            Event::Init => self.listing.clear(),
+            Event::InitApply(o) => {
+                self.listing.insert(o.name_any());
+            }
+            Event::InitDone => self.listed = Some(std::mem::take(&mut self.listing)),
+            Event::Apply(o) => {
+                self.listed.get_or_insert_default().insert(o.name_any());
+            }
+            Event::Delete(o) => {
+                self.listed.get_or_insert_default().remove(&o.name_any());
+            }
+        }
+    }
+
+    /// Whether the watch has listed and shows nothing.
+    fn empty(&self) -> bool {
+        self.listed.as_ref().is_some_and(|n| n.is_empty())
+    }
+}
+
+/// Ends when the objects `events` (one watch) shows are all gone, or when the watch ends or fails (the
+/// caller then lists).
+async fn all_gone<K: kube::Resource>(
+    events: impl futures::Stream<Item = kube::runtime::watcher::Result<kube::runtime::watcher::Event<K>>>,
+) {
+    use futures::StreamExt;
+    let mut seen = Watched::default();
+    futures::pin_mut!(events);
+    while let Some(Ok(e)) = events.next().await {
+        seen.see(&e);
+        if seen.empty() {
+            return;
+        }
+    }
+}
+
 /// What one admission created (and so may remove on failure).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Created {
@@ -714,6 +777,59 @@ pub struct Created {
 #[cfg(test)]
 mod tests {
     use super::*;
+    type E = kube::runtime::watcher::Event<Namespace>;
+
+    fn ns(name: &str) -> Namespace {
+        let mut n = Namespace::default();
+        n.metadata.name = Some(name.into());
+        n
+    }
+
+    #[test]
+    fn a_watch_is_empty_only_once_listed_and_when_every_listed_or_added_name_is_deleted() {
+        let mut w = Watched::default();
+        assert!(!w.empty(), "nothing listed yet: unknown, not empty");
+        w.see(&E::Init);
+        w.see(&E::InitApply(ns("a")));
+        assert!(!w.empty(), "listing not complete");
+        w.see(&E::InitApply(ns("b")));
+        w.see(&E::InitDone);
+        assert!(!w.empty());
+        w.see(&E::Delete(ns("a")));
+        w.see(&E::Apply(ns("c")));
+        w.see(&E::Delete(ns("b")));
+        assert!(!w.empty(), "c was added");
+        w.see(&E::Delete(ns("c")));
+        assert!(w.empty());
+        // a relist that finds one again
+        w.see(&E::Init);
+        w.see(&E::InitApply(ns("a")));
+        assert!(w.empty(), "the last complete listing stands until the new one is done");
+        w.see(&E::InitDone);
+        assert!(!w.empty());
+        let mut none = Watched::default();
+        none.see(&E::Init);
+        none.see(&E::InitDone);
+        assert!(none.empty(), "a listing of nothing");
+    }
+
+    #[tokio::test]
+    async fn all_gone_ends_on_the_last_delete_or_when_the_watch_ends() {
+        let events = |es: Vec<E>| futures::stream::iter(es.into_iter().map(Ok));
+        let listed = vec![E::Init, E::InitApply(ns("t")), E::InitDone];
+        // never gone: all_gone waits for more (here: pending after the events)
+        let pending = futures::StreamExt::chain(events(listed.clone()), futures::stream::pending());
+        let waited = tokio::time::timeout(Duration::from_millis(50), all_gone(pending)).await;
+        assert!(waited.is_err(), "ended with a namespace still there");
+        let mut gone = listed;
+        gone.push(E::Delete(ns("t")));
+        let then = futures::StreamExt::chain(events(gone), futures::stream::pending());
+        tokio::time::timeout(Duration::from_millis(50), all_gone(then))
+            .await
+            .expect("ends on the delete");
+        // a watch that ends: all_gone ends (the caller lists what is left)
+        all_gone(events(vec![E::Init])).await;
+    }
 
     fn csr(cn: &str, org: Option<&str>) -> String {
         let key = rcgen::KeyPair::generate().unwrap();

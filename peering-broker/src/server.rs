@@ -60,9 +60,9 @@ async fn remove(
     Path(id): Path<String>,
     Extension(cn): Extension<ClientCn>,
 ) -> Result<Response, BrokerError> {
-    p.release(&id, cn.0.as_deref()).await?;
-    info!(consumer = id, "tenant removed");
-    Ok(Json(serde_json::json!({ "removed": id })).into_response())
+    let terminating = p.release(&id, cn.0.as_deref()).await?;
+    info!(consumer = id, ?terminating, "tenant removed");
+    Ok(Json(serde_json::json!({ "removed": id, "terminating": terminating })).into_response())
 }
 
 /// A tenant's call (mTLS): its body read within the limits, `op` run for the client certificate's CN, a
