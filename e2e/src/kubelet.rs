@@ -83,8 +83,10 @@ pub enum Observed {
         terminating: bool,
         /// `status.podIP`, if any (adopted after a kubelet restart).
         status_ip: Option<IpAddr>,
-        /// Status already says Running with the IP we gave it.
-        reported_running: bool,
+        /// Status already says Running and Ready with the IP we gave it. Not Ready again when someone else
+        /// wrote it (the node lifecycle controller marks every pod of a node that missed its heartbeats not
+        /// Ready): like a real kubelet's status manager, the node reports its pod as it is once more.
+        reported_ready: bool,
     },
     /// Deleted from the API (or no longer ours).
     Gone,
@@ -121,12 +123,12 @@ pub fn step(known: Option<&PodRecord>, observed: &Observed) -> Vec<Effect> {
         (
             Some(rec),
             Observed::Bound {
-                reported_running,
+                reported_ready,
                 status_ip,
                 ..
             },
         ) => {
-            if *reported_running && *status_ip == Some(rec.ip) {
+            if *reported_ready && *status_ip == Some(rec.ip) {
                 vec![]
             } else {
                 vec![Effect::ReportRunning]
@@ -151,10 +153,13 @@ fn observe(pod: &Pod, ours: &HashSet<String>) -> Observed {
         .and_then(|s| s.pod_ip.as_ref())
         .and_then(|s| s.parse().ok());
     let running = status.and_then(|s| s.phase.as_deref()) == Some("Running");
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
     Observed::Bound {
         terminating: pod.metadata.deletion_timestamp.is_some(),
         status_ip,
-        reported_running: running,
+        reported_ready: running && ready,
     }
 }
 
@@ -665,7 +670,7 @@ mod tests {
         Observed::Bound {
             terminating,
             status_ip: ip.map(|s| s.parse().unwrap()),
-            reported_running: running,
+            reported_ready: running,
         }
     }
 
@@ -685,6 +690,25 @@ mod tests {
             Effect::Start {
                 ip_hint: Some("10.244.0.9".parse().unwrap())
             }
+        );
+    }
+
+    #[test]
+    fn a_pod_marked_not_ready_by_the_node_controller_is_reported_ready_again() {
+        let mut pod: Pod = serde_json::from_value(json!({
+            "metadata": { "name": "p", "namespace": "n", "uid": "u" },
+            "spec": { "nodeName": "lab-node-1", "containers": [{ "name": "c" }] },
+            "status": { "phase": "Running", "podIP": "10.244.0.5", "conditions": [
+                { "type": "Ready", "status": "True" }, { "type": "ContainersReady", "status": "True" } ] }
+        }))
+        .unwrap();
+        let ours: HashSet<String> = ["lab-node-1".to_string()].into();
+        assert!(step(Some(&rec()), &observe(&pod, &ours)).is_empty());
+        // what kube-controller-manager writes after the node missed its heartbeats
+        pod.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status = "False".into();
+        assert_eq!(
+            step(Some(&rec()), &observe(&pod, &ours)),
+            vec![Effect::ReportRunning]
         );
     }
 

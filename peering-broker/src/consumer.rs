@@ -719,7 +719,13 @@ pub async fn unpeer(client: &Client, provider: &str) -> Result<Vec<String>> {
         .ok()
         .and_then(|v| {
             let names = v.get("terminating")?.as_array()?.iter();
-            Some(names.filter_map(|n| n.as_str()).take(16).map(|n| n.chars().take(63).collect()).collect())
+            Some(
+                names
+                    .filter_map(|n| n.as_str())
+                    .take(16)
+                    .map(|n| n.chars().take(63).collect())
+                    .collect(),
+            )
         })
         .unwrap_or_default();
     secrets

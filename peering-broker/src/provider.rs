@@ -804,7 +804,10 @@ mod tests {
         // a relist that finds one again
         w.see(&E::Init);
         w.see(&E::InitApply(ns("a")));
-        assert!(w.empty(), "the last complete listing stands until the new one is done");
+        assert!(
+            w.empty(),
+            "the last complete listing stands until the new one is done"
+        );
         w.see(&E::InitDone);
         assert!(!w.empty());
         let mut none = Watched::default();
