@@ -655,10 +655,11 @@ impl Provider {
         }
         self.remove(consumer, None).await;
         let nss: Api<Namespace> = Api::all(self.client.clone());
-        let lp = kube::api::ListParams::default().labels(&format!("{TENANT_LABEL}={consumer}"));
+        let selector = format!("{TENANT_LABEL}={consumer}");
+        let lp = kube::api::ListParams::default().labels(&selector);
         let watch = kube::runtime::watcher(
             nss.clone(),
-            kube::runtime::watcher::Config::default().labels(&format!("{TENANT_LABEL}={consumer}")),
+            kube::runtime::watcher::Config::default().labels(&selector),
         );
         let _ = tokio::time::timeout(RELEASE_WAIT, all_gone(watch)).await;
         let left = nss.list_metadata(&lp).await.map_err(internal)?;
@@ -718,48 +719,18 @@ impl Provider {
 /// consumer's request timeout, [`crate::tls::REQUEST_TIMEOUT`]).
 pub const RELEASE_WAIT: Duration = Duration::from_secs(20);
 
-/// The names a watch shows (pure): unknown until its first listing is complete.
-#[derive(Debug, Default)]
-struct Watched {
-    listed: Option<std::collections::BTreeSet<String>>,
-    listing: std::collections::BTreeSet<String>,
-}
-
-impl Watched {
-    fn see<K: kube::Resource>(&mut self, e: &kube::runtime::watcher::Event<K>) {
-        use kube::runtime::watcher::Event;
-        match e {
-            Event::Init => self.listing.clear(),
-            Event::InitApply(o) => {
-                self.listing.insert(o.name_any());
-            }
-            Event::InitDone => self.listed = Some(std::mem::take(&mut self.listing)),
-            Event::Apply(o) => {
-                self.listed.get_or_insert_default().insert(o.name_any());
-            }
-            Event::Delete(o) => {
-                self.listed.get_or_insert_default().remove(&o.name_any());
-            }
-        }
-    }
-
-    /// Whether the watch has listed and shows nothing.
-    fn empty(&self) -> bool {
-        self.listed.as_ref().is_some_and(|n| n.is_empty())
-    }
-}
-
 /// Ends when the objects `events` (one watch) shows are all gone, or when the watch ends or fails (the
 /// caller then lists).
-async fn all_gone<K: kube::Resource>(
+async fn all_gone<K: kube::Resource + ResourceExt>(
     events: impl futures::Stream<Item = kube::runtime::watcher::Result<kube::runtime::watcher::Event<K>>>,
 ) {
     use futures::StreamExt;
-    let mut seen = Watched::default();
+    // the names the watch shows, as the consumer's lite stores keep them (ready once listed)
+    let seen = ferry_virtual_kubelet::lite::Lite::<()>::default();
     futures::pin_mut!(events);
     while let Some(Ok(e)) = events.next().await {
-        seen.see(&e);
-        if seen.empty() {
+        seen.apply(&e, |_| ());
+        if seen.ready() && seen.is_empty() {
             return;
         }
     }
@@ -787,33 +758,34 @@ mod tests {
 
     #[test]
     fn a_watch_is_empty_only_once_listed_and_when_every_listed_or_added_name_is_deleted() {
-        let mut w = Watched::default();
-        assert!(!w.empty(), "nothing listed yet: unknown, not empty");
-        w.see(&E::Init);
-        w.see(&E::InitApply(ns("a")));
-        assert!(!w.empty(), "listing not complete");
-        w.see(&E::InitApply(ns("b")));
-        w.see(&E::InitDone);
-        assert!(!w.empty());
-        w.see(&E::Delete(ns("a")));
-        w.see(&E::Apply(ns("c")));
-        w.see(&E::Delete(ns("b")));
-        assert!(!w.empty(), "c was added");
-        w.see(&E::Delete(ns("c")));
-        assert!(w.empty());
+        let w = ferry_virtual_kubelet::lite::Lite::<()>::default();
+        let empty = |w: &ferry_virtual_kubelet::lite::Lite<()>| w.ready() && w.is_empty();
+        assert!(!empty(&w), "nothing listed yet: unknown, not empty");
+        w.apply(&E::Init, |_| ());
+        w.apply(&E::InitApply(ns("a")), |_| ());
+        assert!(!empty(&w), "listing not complete");
+        w.apply(&E::InitApply(ns("b")), |_| ());
+        w.apply(&E::InitDone, |_| ());
+        assert!(!empty(&w));
+        w.apply(&E::Delete(ns("a")), |_| ());
+        w.apply(&E::Apply(ns("c")), |_| ());
+        w.apply(&E::Delete(ns("b")), |_| ());
+        assert!(!empty(&w), "c was added");
+        w.apply(&E::Delete(ns("c")), |_| ());
+        assert!(empty(&w));
         // a relist that finds one again
-        w.see(&E::Init);
-        w.see(&E::InitApply(ns("a")));
+        w.apply(&E::Init, |_| ());
+        w.apply(&E::InitApply(ns("a")), |_| ());
         assert!(
-            w.empty(),
+            empty(&w),
             "the last complete listing stands until the new one is done"
         );
-        w.see(&E::InitDone);
-        assert!(!w.empty());
-        let mut none = Watched::default();
-        none.see(&E::Init);
-        none.see(&E::InitDone);
-        assert!(none.empty(), "a listing of nothing");
+        w.apply(&E::InitDone, |_| ());
+        assert!(!empty(&w));
+        let none = ferry_virtual_kubelet::lite::Lite::<()>::default();
+        none.apply(&E::Init, |_| ());
+        none.apply(&E::InitDone, |_| ());
+        assert!(empty(&none), "a listing of nothing");
     }
 
     #[tokio::test]
