@@ -426,6 +426,11 @@ impl ShadowPodReconciler {
                         "tenant namespaces and grants not synced yet".into(),
                     ));
                 }
+                if ctx.terminating(&ns) {
+                    // the namespace's deletion takes the ShadowPod too; its pod would only be refused: 30,000
+                    // ShadowPods retrying that every 2 s kept the apiserver from deleting the namespace
+                    return Ok(Action::await_change());
+                }
                 let pod = match ctx.admit(&sp, &uid) {
                     Ok(p) => p,
                     Err(r) => {
@@ -445,6 +450,13 @@ impl ShadowPodReconciler {
                     }
                     // the store lags behind a pod created a moment ago: the next event settles it
                     Err(kube::Error::Api(e)) if e.code == 409 => Ok(Action::requeue(Duration::from_secs(2))),
+                    // refused by this cluster's admission (the namespace terminating before the store
+                    // shows it, a ResourceQuota): not for a retry in 2 s
+                    Err(kube::Error::Api(e)) if e.code == 403 => {
+                        ctx.release(&sp);
+                        warn!(pod = name, ns, "creating the pod was refused (again in {REFUSED_AGAIN:?}): {}", e.message);
+                        Ok(Action::requeue(REFUSED_AGAIN))
+                    }
                     Err(e) => {
                         ctx.release(&sp);
                         Err(api_err(format!("creating pod {ns}/{name}"))(e))
@@ -452,6 +464,13 @@ impl ShadowPodReconciler {
                 }
             }
         }
+    }
+
+    /// Whether tenant namespace `ns` is being deleted.
+    fn terminating(&self, ns: &str) -> bool {
+        self.namespaces
+            .get(&ObjectRef::new(ns))
+            .is_some_and(|n| n.metadata.deletion_timestamp.is_some())
     }
 
     fn namespaces_and_tenants_synced(&self) -> bool {
@@ -471,6 +490,9 @@ impl ShadowPodReconciler {
         }
     }
 }
+
+/// When a pod this cluster's admission refused (403) is tried again.
+pub const REFUSED_AGAIN: Duration = Duration::from_secs(30);
 
 /// The ShadowPod's conditions with `Admitted` set (its transition time kept while its status stays).
 fn admitted(sp: &ShadowPod, ok: bool, reason: &str, message: &str) -> Vec<serde_json::Value> {
@@ -971,6 +993,45 @@ mod tests {
 
         fn shadow_path(name: &str) -> String {
             format!("/apis/ferry.dev/v1alpha1/namespaces/{NS}/shadowpods/{name}")
+        }
+
+        #[tokio::test]
+        async fn a_shadowpod_of_a_terminating_namespace_makes_no_request_and_waits() {
+            let (client, mock) = MockApi::new();
+            let ctx = provider(client, "2", true, vec![]);
+            let mut ns = namespace(NS, &[(TENANT_LABEL, "c1")]);
+            ns.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ));
+            let ctx = Arc::new(ShadowPodReconciler::new(
+                ctx.client.clone(),
+                ctx.pods.clone(),
+                filled(vec![ns]),
+                ctx.tenants.clone(),
+                ctx.slices.clone(),
+                ctx.ledger.clone(),
+            ));
+            let sent = mock.run(vec![]);
+            let action = ShadowPodReconciler::reconcile(shadow("web-1", "500m"), ctx.clone())
+                .await
+                .unwrap();
+            assert_eq!(action, Action::await_change());
+            drop(ctx);
+            assert!(sent.await.unwrap().is_empty(), "no create, no refusal written");
+        }
+
+        #[tokio::test]
+        async fn a_pod_refused_by_admission_is_tried_again_in_thirty_seconds_not_two() {
+            let (client, mock) = MockApi::new();
+            let ctx = provider(client, "2", true, vec![]);
+            let sent = mock.run(vec![Expect::status("POST", pods_path(), 403, "Forbidden")]);
+            let action = ShadowPodReconciler::reconcile(shadow("web-1", "500m"), ctx.clone())
+                .await
+                .unwrap();
+            assert_eq!(action, Action::requeue(REFUSED_AGAIN));
+            assert_eq!(sent.await.unwrap().len(), 1);
+            // its reservation ended: the whole grant is free again for the next
+            assert_eq!(ctx.tenant_usage("c1"), Amounts::default());
         }
 
         #[tokio::test]
