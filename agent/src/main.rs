@@ -105,7 +105,6 @@ struct Args {
     /// after a quiet spell goes at once); 0: each at once, from its reconcile. Fewer, larger bursts of pod
     /// updates let the controllers of this cluster merge their syncs (less of their CPU), at up to a tick
     /// of latency on each status under a stream (README: 26 % faster at 10,000 pods, 8–12 % slower at 1,000).
-    /// A virtual node holding many pods ticks longer: 100 µs per pod, up to 2 s.
     #[arg(long, env = "FERRY_STATUS_TICK_MS", default_value_t = ferry_virtual_kubelet::status_writer::TICK.as_millis() as u64)]
     status_tick_ms: u64,
     /// Offloaded pods reconciled at once by each virtual kubelet; each holds a connection and its buffers

@@ -92,18 +92,11 @@ pub async fn run(peer: Arc<Peer>) -> Result<(), Error> {
     .applied_objects();
     // 64 reconciles at once held four times the connections and their buffers of 16 (10 MiB at 10,000
     // pods, 7 MiB at 1,000) for the same pace at both sizes (README); the agent's --pod-reconciles
+    // status patches go out in ticks when the agent is given one (zero: each at once, from its reconcile)
+    let (statuses, status_rx) = crate::status_writer::Statuses::new(peer.pace.status_tick);
+    let writer = crate::status_writer::run(peer.clone(), statuses.clone(), status_rx, tx.clone());
     let controller = Controller::for_stream(local_watch, local_pods)
         .with_config(kube::runtime::controller::Config::default().concurrency(peer.pace.reconciles.max(1)));
-    // status patches go out in ticks when the agent is given one (zero: each at once, from its
-    // reconcile), longer as the node holds more pods
-    let (statuses, status_rx) = crate::status_writer::Statuses::new(peer.pace.status_tick);
-    let writer = crate::status_writer::run(
-        peer.clone(),
-        statuses.clone(),
-        status_rx,
-        tx.clone(),
-        controller.store(),
-    );
     let ctx = Arc::new(PodReflector {
         peer: peer.clone(),
         local_pods: controller.store(),

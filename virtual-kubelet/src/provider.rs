@@ -454,7 +454,10 @@ impl ShadowPodReconciler {
                     // shows it, a ResourceQuota): not for a retry in 2 s
                     Err(kube::Error::Api(e)) if e.code == 403 => {
                         ctx.release(&sp);
-                        warn!(pod = name, ns, "creating the pod was refused (again in {REFUSED_AGAIN:?}): {}", e.message);
+                        warn!(
+                            pod = name,
+                            ns, "creating the pod was refused (again in {REFUSED_AGAIN:?}): {}", e.message
+                        );
                         Ok(Action::requeue(REFUSED_AGAIN))
                     }
                     Err(e) => {

@@ -9,12 +9,6 @@
 //! patch waits for the next tick, where all waiting patches go out together and the controllers' queues
 //! merge their wake-ups into one sync.
 //!
-//! The tick grows with the pods on the virtual node ([`tick_for`]): each status moment costs those
-//! controllers a sync over all the owner's pods, so with a tick that stays the same a burst of N pods costs
-//! N/tick such syncs over up to N pods each, and with one that grows with N their number stays about the
-//! same whatever N, and their work linear in it. At 100 µs per pod the tick stays 250 ms up to 2,500 pods,
-//! and is 1 s at 10,000 (at most [`MAX_TICK`]), next to bursts of minutes.
-//!
 //! A tick after a quiet spell starts at once: one pod's status is not delayed; under a stream of them each
 //! waits at most one tick. A pod has at most one waiting patch (a newer one replaces it: both were
 //! computed from the pod's cached status, and the newer is the whole difference to the newer provider
@@ -31,7 +25,7 @@ use futures::channel::mpsc;
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -42,22 +36,6 @@ use crate::reflect::PodView;
 /// off). In the README's A/B, 250 ms made a 10,000-pod burst 26 % faster and 1,000-pod bursts 8–12 %
 /// slower (README, "Profiles of the control planes").
 pub const TICK: Duration = Duration::from_millis(250);
-
-/// How much a tick grows per pod on the virtual node (see the module's documentation).
-pub const TICK_PER_POD: Duration = Duration::from_micros(100);
-
-/// The longest the tick grows to by itself (an operator's longer `--status-tick-ms` stands).
-pub const MAX_TICK: Duration = Duration::from_secs(2);
-
-/// The tick of a virtual node holding `pods` pods, `base` being the operator's (`--status-tick-ms`;
-/// zero: off, whatever the pods) (pure).
-pub fn tick_for(base: Duration, pods: usize) -> Duration {
-    if base.is_zero() {
-        return base;
-    }
-    let grown = TICK_PER_POD.saturating_mul(u32::try_from(pods).unwrap_or(u32::MAX));
-    base.max(grown.min(MAX_TICK))
-}
 
 /// One local pod's status patch.
 #[derive(Clone, Debug, PartialEq)]
@@ -170,14 +148,11 @@ pub fn tick_at(last: Option<Instant>, now: Instant, tick: Duration) -> Instant {
     }
 }
 
-/// Gathers patches from `rx` into ticks (each as long as `tick` says when it starts) and hands each tick's batch to `send`, awaiting it
+/// Gathers patches from `rx` into ticks of `tick` and hands each tick's batch to `send`, awaiting it
 /// before the next tick starts (a slow apiserver slows the ticks, not the reflection's memory: a pod keeps
 /// one waiting patch). Ends when `rx` ends, after sending what it holds.
-pub async fn batches<F, Fut>(
-    mut rx: mpsc::UnboundedReceiver<StatusPatch>,
-    mut tick: impl FnMut() -> Duration,
-    mut send: F,
-) where
+pub async fn batches<F, Fut>(mut rx: mpsc::UnboundedReceiver<StatusPatch>, tick: Duration, mut send: F)
+where
     F: FnMut(Vec<StatusPatch>) -> Fut,
     Fut: Future<Output = ()>,
 {
@@ -189,7 +164,7 @@ pub async fn batches<F, Fut>(
             Some(p) => batch.put(p),
             None => break,
         }
-        let at = tick_at(last, Instant::now(), tick());
+        let at = tick_at(last, Instant::now(), tick);
         let until = tokio::time::sleep_until(at);
         tokio::pin!(until);
         loop {
@@ -215,8 +190,7 @@ pub async fn batches<F, Fut>(
 }
 
 /// The writer of one peering's local pod statuses: runs [`batches`] over the reflection's patches (`rx`
-/// from [`Statuses::new`]) for as long as the virtual kubelet runs, its ticks as [`tick_for`] gives them
-/// for the pods in `pods` (the reflection's store of the node's pods); with ticks off (`rx` `None`) there is
+/// from [`Statuses::new`]) for as long as the virtual kubelet runs; with ticks off (`rx` `None`) there is
 /// nothing to write, and it waits. A patch that fails (not because the pod went or was replaced) marks its
 /// pod in `statuses` and sends it to `retry`, the reflection's trigger.
 pub async fn run(
@@ -224,15 +198,12 @@ pub async fn run(
     statuses: Arc<Statuses>,
     rx: Option<mpsc::UnboundedReceiver<StatusPatch>>,
     retry: mpsc::UnboundedSender<ObjectRef<PodView>>,
-    pods: Store<PodView>,
 ) {
     let Some(rx) = rx else {
         return std::future::pending().await;
     };
     let concurrency = usize::from(peer.pace.reconciles.max(1));
-    let base = peer.pace.status_tick;
-    let tick = move || tick_for(base, pods.len());
-    batches(rx, tick, |batch| {
+    batches(rx, peer.pace.status_tick, |batch| {
         let (peer, statuses, retry) = (peer.clone(), statuses.clone(), retry.clone());
         async move {
             crate::metrics::status_batch(&peer.provider, batch.len());
@@ -367,52 +338,6 @@ mod tests {
         assert_eq!(tick_at(Some(t0), later, tick), later);
     }
 
-    #[test]
-    fn the_tick_grows_with_the_pods_on_the_node_up_to_its_bound_and_never_below_the_operators() {
-        assert_eq!(tick_for(TICK, 0), TICK);
-        assert_eq!(tick_for(TICK, 2_500), TICK);
-        assert_eq!(tick_for(TICK, 2_501), Duration::from_micros(250_100));
-        assert_eq!(tick_for(TICK, 10_000), Duration::from_secs(1));
-        assert_eq!(tick_for(TICK, 30_000), MAX_TICK);
-        assert_eq!(tick_for(TICK, usize::MAX), MAX_TICK);
-        // the operator's longer tick stands; off stays off
-        assert_eq!(tick_for(Duration::from_secs(5), 30_000), Duration::from_secs(5));
-        assert_eq!(tick_for(Duration::ZERO, 30_000), Duration::ZERO);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn each_tick_is_as_long_as_the_node_holds_pods_when_it_starts() {
-        let start = Instant::now();
-        let sent: Arc<Mutex<Vec<u64>>> = Arc::default();
-        let pods = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (tx, rx) = mpsc::unbounded();
-        let (log, held) = (sent.clone(), pods.clone());
-        let writer = tokio::spawn(batches(
-            rx,
-            move || tick_for(TICK, held.load(std::sync::atomic::Ordering::SeqCst)),
-            move |_| {
-                log.lock().unwrap().push(start.elapsed().as_millis() as u64);
-                async {}
-            },
-        ));
-        let at = |ms: u64| tokio::time::sleep_until(start + Duration::from_millis(ms));
-        tx.unbounded_send(patch("a", "Running")).unwrap();
-        at(10).await;
-        // 10,000 pods on the node: the next tick is 1 s after the last
-        pods.store(10_000, std::sync::atomic::Ordering::SeqCst);
-        tx.unbounded_send(patch("b", "Running")).unwrap();
-        at(1100).await;
-        // back to a few: 250 ms after the last again, d joining c
-        pods.store(10, std::sync::atomic::Ordering::SeqCst);
-        tx.unbounded_send(patch("c", "Running")).unwrap();
-        at(1200).await;
-        tx.unbounded_send(patch("d", "Running")).unwrap();
-        at(1500).await;
-        drop(tx);
-        writer.await.unwrap();
-        assert_eq!(*sent.lock().unwrap(), vec![0, 1000, 1250]);
-    }
-
     /// A batch as sent: milliseconds after the start, and its pods' `name=phase`, sorted.
     type Sent = (u64, Vec<String>);
 
@@ -422,7 +347,7 @@ mod tests {
         let sent: Arc<Mutex<Vec<Sent>>> = Arc::default();
         let (tx, rx) = mpsc::unbounded();
         let log = sent.clone();
-        let writer = tokio::spawn(batches(rx, || TICK, move |batch| {
+        let writer = tokio::spawn(batches(rx, TICK, move |batch| {
             let mut names: Vec<String> = batch
                 .into_iter()
                 .map(|p| {
@@ -479,7 +404,7 @@ mod tests {
         tx.unbounded_send(patch("a", "Running")).unwrap();
         tx.unbounded_send(patch("b", "Running")).unwrap();
         drop(tx);
-        batches(rx, || TICK, move |batch| {
+        batches(rx, TICK, move |batch| {
             log.lock().unwrap().push(batch.len());
             async {}
         })
