@@ -450,16 +450,6 @@ impl ShadowPodReconciler {
                     }
                     // the store lags behind a pod created a moment ago: the next event settles it
                     Err(kube::Error::Api(e)) if e.code == 409 => Ok(Action::requeue(Duration::from_secs(2))),
-                    // refused by this cluster's admission (the namespace terminating before the store
-                    // shows it, a ResourceQuota): not for a retry in 2 s
-                    Err(kube::Error::Api(e)) if e.code == 403 => {
-                        ctx.release(&sp);
-                        warn!(
-                            pod = name,
-                            ns, "creating the pod was refused (again in {REFUSED_AGAIN:?}): {}", e.message
-                        );
-                        Ok(Action::requeue(REFUSED_AGAIN))
-                    }
                     Err(e) => {
                         ctx.release(&sp);
                         Err(api_err(format!("creating pod {ns}/{name}"))(e))
@@ -489,6 +479,12 @@ impl ShadowPodReconciler {
         warn!("{e}");
         match e {
             Error::Template(..) => Action::requeue(Duration::from_secs(300)),
+            // refused by this cluster's admission (a namespace terminating before the store shows it, a
+            // ResourceQuota): not for a retry in 2 s
+            Error::Api {
+                source: kube::Error::Api(e),
+                ..
+            } if e.code == 403 => Action::requeue(REFUSED_AGAIN),
             Error::Api { .. } | Error::NotYet(_) => Action::requeue(Duration::from_secs(2)),
         }
     }
@@ -1028,9 +1024,11 @@ mod tests {
             let (client, mock) = MockApi::new();
             let ctx = provider(client, "2", true, vec![]);
             let sent = mock.run(vec![Expect::status("POST", pods_path(), 403, "Forbidden")]);
-            let action = ShadowPodReconciler::reconcile(shadow("web-1", "500m"), ctx.clone())
+            let sp = shadow("web-1", "500m");
+            let err = ShadowPodReconciler::reconcile(sp.clone(), ctx.clone())
                 .await
-                .unwrap();
+                .unwrap_err();
+            let action = ShadowPodReconciler::error_policy(sp, &err, ctx.clone());
             assert_eq!(action, Action::requeue(REFUSED_AGAIN));
             assert_eq!(sent.await.unwrap().len(), 1);
             // its reservation ended: the whole grant is free again for the next
