@@ -20,6 +20,7 @@ pub mod peer;
 pub mod pods;
 pub mod policy;
 pub mod provider;
+pub mod provider_pod;
 pub mod quantity;
 pub mod reflect;
 pub mod remote;

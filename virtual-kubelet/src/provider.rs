@@ -32,6 +32,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::policy::{Owner, build_pod};
+use crate::provider_pod::{ProviderPod, slim_meta};
 use crate::quantity::{Amounts, available};
 use crate::translate::ORIGIN_CLUSTER_LABEL;
 use crate::{Error, REFUSAL_ANNOTATION, TENANT_LABEL, api_err};
@@ -40,8 +41,8 @@ use crate::{Error, REFUSAL_ANNOTATION, TENANT_LABEL, api_err};
 pub struct ShadowPodReconciler {
     /// The provider's client.
     pub client: Client,
-    /// Every pod of the provider (shared with the availability loop).
-    pub pods: Store<Pod>,
+    /// Every pod of the provider, slim (shared with the availability loop).
+    pub pods: Store<ProviderPod>,
     /// Tenant namespaces (those labelled with [`TENANT_LABEL`] by the provider).
     pub namespaces: Store<Namespace>,
     /// Tenants: their policy and whether they are cordoned.
@@ -72,7 +73,7 @@ pub struct Ledger {
 
 impl Ledger {
     /// The ledger of these pods.
-    pub fn of(pods: &[Arc<Pod>]) -> Self {
+    pub fn of(pods: &[Arc<ProviderPod>]) -> Self {
         let mut l = Self::default();
         for p in pods {
             l.apply(p);
@@ -80,7 +81,7 @@ impl Ledger {
         l
     }
 
-    fn key(p: &Pod) -> String {
+    fn key(p: &ProviderPod) -> String {
         format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())
     }
 
@@ -95,24 +96,24 @@ impl Ledger {
     }
 
     /// A pod as it is now: a tenant's pod (labelled with its origin) holds its requests until it ends.
-    fn apply(&mut self, p: &Pod) {
+    fn apply(&mut self, p: &ProviderPod) {
         let key = Self::key(p);
         self.remove_key(&key);
-        let Some(tenant) = p.labels().get(ORIGIN_CLUSTER_LABEL) else {
+        let Some(tenant) = p.tenant() else {
             return;
         };
-        let held = if holds_resources(p) {
-            Amounts::of_pod(p)
-        } else {
+        let held = if p.ended() {
             Amounts::default()
+        } else {
+            p.spec.requests
         };
-        let t = self.totals.entry(tenant.clone()).or_default();
+        let t = self.totals.entry(tenant.to_string()).or_default();
         *t = t.plus(held);
-        self.pods.insert(key, (tenant.clone(), held));
+        self.pods.insert(key, (tenant.to_string(), held));
     }
 
     /// One event of the pod watch.
-    pub fn on_event(&mut self, ev: &watcher::Event<Pod>) {
+    pub fn on_event(&mut self, ev: &watcher::Event<ProviderPod>) {
         match ev {
             watcher::Event::Apply(p) => self.apply(p),
             watcher::Event::Delete(p) => self.remove_key(&Self::key(p)),
@@ -139,20 +140,8 @@ impl Ledger {
 
 /// Whether a pod ended in a way the provider's controller heals (evicted, or failed while it should run
 /// forever).
-fn needs_replacement(p: &Pod) -> bool {
-    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-    let always = p
-        .spec
-        .as_ref()
-        .and_then(|s| s.restart_policy.as_deref())
-        .is_none_or(|r| r == "Always");
-    phase == Some("Failed") && always
-}
-
-/// Whether a pod still counts against its tenant's grant (it has not ended).
-fn holds_resources(p: &Pod) -> bool {
-    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-    !matches!(phase, Some("Succeeded" | "Failed"))
+fn needs_replacement(p: &ProviderPod) -> bool {
+    p.phase() == Some("Failed") && p.spec.restarts_always
 }
 
 /// Why a `ShadowPod` gets no pod (yet).
@@ -191,7 +180,7 @@ impl ShadowPodReconciler {
     /// The reconciler's context over the given stores and the ledger the pod watch keeps.
     pub fn new(
         client: Client,
-        pods: Store<Pod>,
+        pods: Store<ProviderPod>,
         namespaces: Store<Namespace>,
         tenants: Store<Tenant>,
         slices: Store<ResourceSlice>,
@@ -512,20 +501,24 @@ pub async fn run(client: Client) {
     use ferry_plumbing::triggers::{first_object, store, store_with_changes};
     first_object(Api::<Tenant>::all(client.clone()), watcher::Config::default()).await;
     info!("this cluster is a provider: ShadowPod controller and slice availability starting");
-    let (pods, writer) = reflector::store();
+    let (pods, writer) = reflector::store::<ProviderPod>();
     let (pod_tx, pod_changes) = futures::channel::mpsc::unbounded::<()>();
     // each pod event updates the tenants' ledger once (admission reads the ledger, never every pod)
     let ledger = Arc::new(std::sync::Mutex::new(Ledger::default()));
     let feed = ledger.clone();
     let pod_events = reflector(
         writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-            .modify(|p| p.metadata.managed_fields = None)
-            .inspect(move |ev| {
-                if let (Ok(ev), Ok(mut l)) = (ev, feed.lock()) {
-                    l.on_event(ev);
-                }
-            }),
+        // each pod kept slim: its spec's requests summed as it is parsed, metadata only what is read
+        watcher(
+            Api::<ProviderPod>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .modify(|p| slim_meta(&mut p.metadata))
+        .inspect(move |ev| {
+            if let (Ok(ev), Ok(mut l)) = (ev, feed.lock()) {
+                l.on_event(ev);
+            }
+        }),
     )
     .default_backoff()
     .touched_objects()
@@ -560,7 +553,17 @@ pub async fn run(client: Client) {
         slices,
         ledger,
     ));
-    let controller = Controller::new(Api::<ShadowPod>::all(client.clone()), watcher::Config::default())
+    // the ShadowPods, without their managed fields (a tree of every field of the template, in two entries
+    // once the provider has written a status: kept for nobody)
+    let (shadows, shadow_writer) = reflector::store::<ShadowPod>();
+    let shadow_events = reflector(
+        shadow_writer,
+        watcher(Api::<ShadowPod>::all(client.clone()), watcher::Config::default())
+            .modify(|s| s.metadata.managed_fields = None),
+    )
+    .default_backoff()
+    .applied_objects();
+    let controller = Controller::for_stream(shadow_events, shadows)
         .owns_stream(pod_events)
         .with_config(kube::runtime::controller::Config::default().concurrency(32))
         .run(
@@ -605,10 +608,8 @@ pub async fn run(client: Client) {
     }
 }
 
-fn running_on_a_node(p: &Pod) -> bool {
-    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-    p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
-        && !matches!(phase, Some("Succeeded" | "Failed"))
+fn running_on_a_node(p: &ProviderPod) -> bool {
+    p.spec.node_name.is_some() && !p.ended()
 }
 
 fn schedulable(n: &Node) -> bool {
@@ -623,7 +624,7 @@ fn schedulable(n: &Node) -> bool {
 /// provider's schedulable nodes have free (pure).
 pub fn tenant_available(
     granted: Amounts,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<ProviderPod>],
     nodes: &[Arc<Node>],
     consumer: &str,
 ) -> ResourceAmounts {
@@ -634,13 +635,11 @@ pub fn tenant_available(
     let used = pods
         .iter()
         .filter(|p| running_on_a_node(p))
-        .fold(Amounts::default(), |a, p| a.plus(Amounts::of_pod(p)));
+        .fold(Amounts::default(), |a, p| a.plus(p.spec.requests));
     let tenant_used = pods
         .iter()
-        .filter(|p| {
-            running_on_a_node(p) && p.labels().get(ORIGIN_CLUSTER_LABEL).map(String::as_str) == Some(consumer)
-        })
-        .fold(Amounts::default(), |a, p| a.plus(Amounts::of_pod(p)));
+        .filter(|p| running_on_a_node(p) && p.tenant() == Some(consumer))
+        .fold(Amounts::default(), |a, p| a.plus(p.spec.requests));
     let (cpu, memory, pods_q) = available(granted, tenant_used, capacity.minus(used)).to_quantities();
     ResourceAmounts {
         cpu: Some(cpu),
@@ -654,7 +653,7 @@ pub fn tenant_available(
 /// pod or node change (debounced), written only when it changes.
 pub struct Availability {
     client: Client,
-    pods: Store<Pod>,
+    pods: Store<ProviderPod>,
     nodes: Store<Node>,
     tenants: Store<Tenant>,
 }
@@ -720,7 +719,7 @@ impl Availability {
 mod tests {
     use super::*;
 
-    fn tenant_pod(name: &str, tenant: Option<&str>, cpu: &str, phase: &str) -> Pod {
+    fn tenant_pod(name: &str, tenant: Option<&str>, cpu: &str, phase: &str) -> ProviderPod {
         let mut labels = serde_json::Map::new();
         if let Some(t) = tenant {
             labels.insert(ORIGIN_CLUSTER_LABEL.into(), t.into());
@@ -807,7 +806,7 @@ mod tests {
         assert_eq!(Ledger::of(&pods).used("c1").cpu, 500);
     }
 
-    fn pod(v: serde_json::Value) -> Pod {
+    fn pod(v: serde_json::Value) -> ProviderPod {
         serde_json::from_value(v).unwrap()
     }
 
@@ -841,8 +840,8 @@ mod tests {
     #[test]
     fn ended_pods_hold_nothing() {
         let p = |phase: &str| pod(json!({"spec": {"containers": []}, "status": {"phase": phase}}));
-        assert!(holds_resources(&p("Pending")) && holds_resources(&p("Running")));
-        assert!(!holds_resources(&p("Succeeded")) && !holds_resources(&p("Failed")));
+        assert!(!p("Pending").ended() && !p("Running").ended());
+        assert!(p("Succeeded").ended() && p("Failed").ended());
     }
 
     #[test]
@@ -882,7 +881,7 @@ mod tests {
                 .unwrap(),
             )
         };
-        let on_node = |owner: Option<&str>, cpu: &str, node: Option<&str>| -> Arc<Pod> {
+        let on_node = |owner: Option<&str>, cpu: &str, node: Option<&str>| -> Arc<ProviderPod> {
             let labels = owner.map_or(json!({}), |o| json!({ORIGIN_CLUSTER_LABEL: o}));
             Arc::new(pod(json!({"metadata": {"labels": labels},
                 "spec": {"nodeName": node, "containers": [{"name": "c", "resources": {"requests": {"cpu": cpu}}}]},
@@ -941,7 +940,12 @@ mod tests {
         }
 
         /// A provider with tenant `c1` (namespace [`NS`], grant of `cpu` CPUs) and the pods `pods`.
-        fn provider(client: Client, cpu: &str, tenant_ns: bool, pods: Vec<Pod>) -> Arc<ShadowPodReconciler> {
+        fn provider(
+            client: Client,
+            cpu: &str,
+            tenant_ns: bool,
+            pods: Vec<ProviderPod>,
+        ) -> Arc<ShadowPodReconciler> {
             let nss = if tenant_ns {
                 vec![namespace(NS, &[(TENANT_LABEL, "c1")])]
             } else {
@@ -1111,7 +1115,7 @@ mod tests {
             // reservations must end when their pods are seen, not only at a later admission (the pods may be
             // gone by then, and the reservation would hold the grant forever)
             let (client, mock) = MockApi::new();
-            let pod: Pod = object(json!({
+            let pod: ProviderPod = object(json!({
                 "metadata": {"name": "a", "namespace": NS,
                     "ownerReferences": [{"apiVersion": "ferry.dev/v1alpha1", "kind": "ShadowPod", "name": "a", "uid": "u-a"}]},
                 "spec": {"containers": [{"name": "c", "image": "busybox"}]},
@@ -1194,7 +1198,7 @@ mod tests {
         #[tokio::test]
         async fn an_existing_pod_of_the_shadowpod_is_adopted_without_a_call() {
             let (client, mock) = MockApi::new();
-            let mine: Pod = object(json!({
+            let mine: ProviderPod = object(json!({
                 "metadata": {"name": "web-1", "namespace": NS, "labels": {ORIGIN_CLUSTER_LABEL: "c1"},
                     "ownerReferences": [{"apiVersion": "ferry.dev/v1alpha1", "kind": "ShadowPod",
                         "name": "web-1", "uid": "uid-web-1", "controller": true}]},

@@ -131,12 +131,26 @@ impl Amounts {
         let Some(spec) = &p.spec else {
             return Self::default();
         };
-        let req = |c: &k8s_openapi::api::core::v1::Container| {
-            Self::from_map(c.resources.as_ref().and_then(|r| r.requests.as_ref()))
-        };
-        let mut sum = spec.containers.iter().map(req).fold(Self::default(), Self::plus);
-        for init in spec.init_containers.iter().flatten() {
-            sum = sum.max(req(init));
+        fn req(c: &k8s_openapi::api::core::v1::Container) -> Option<&BTreeMap<String, Quantity>> {
+            c.resources.as_ref()?.requests.as_ref()
+        }
+        Self::of_requests(
+            spec.containers.iter().map(req),
+            spec.init_containers.iter().flatten().map(req),
+        )
+    }
+
+    /// What a pod of these containers' and init containers' requests takes on a node (see [`Self::of_pod`]).
+    pub fn of_requests<'a>(
+        containers: impl IntoIterator<Item = Option<&'a BTreeMap<String, Quantity>>>,
+        init_containers: impl IntoIterator<Item = Option<&'a BTreeMap<String, Quantity>>>,
+    ) -> Self {
+        let mut sum = containers
+            .into_iter()
+            .map(Self::from_map)
+            .fold(Self::default(), Self::plus);
+        for init in init_containers {
+            sum = sum.max(Self::from_map(init));
         }
         sum.pods = 1000;
         sum
