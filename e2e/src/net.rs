@@ -465,6 +465,10 @@ const WAN_TABLE: &str = "ferrylab_wan";
 /// Applies WAN settings.
 pub fn set_wan(lab: &LabLayout, s: &WanSettings) -> Result<()> {
     let wan = lab.wan_netns();
+    // "fragmentation needed" is dropped before a path narrows, so that none slips through in between
+    if s.drop_frag_needed == Some(true) {
+        drop_frag_needed(&wan, true)?;
+    }
     for c in &lab.clusters {
         let host = lab.host_netns(c);
         let wif = wan_if(c);
@@ -493,17 +497,31 @@ pub fn set_wan(lab: &LabLayout, s: &WanSettings) -> Result<()> {
             );
         }
     }
-    if let Some(drop) = s.drop_frag_needed {
-        let _ = run(
-            "ip",
-            &["netns", "exec", &wan, "nft", "delete", "table", "inet", WAN_TABLE],
-        );
-        if drop {
-            let rules = format!(
-                "table inet {WAN_TABLE} {{\n  chain icmp_out {{ type filter hook output priority 0; policy accept;\n    icmp type destination-unreachable icmp code frag-needed counter drop\n    icmpv6 type packet-too-big counter drop\n  }}\n  chain icmp_forward {{ type filter hook forward priority 0; policy accept;\n    icmp type destination-unreachable icmp code frag-needed counter drop\n    icmpv6 type packet-too-big counter drop\n  }}\n}}\n"
-            );
-            nft_in(&wan, &rules)?;
+    if s.drop_frag_needed == Some(false) {
+        drop_frag_needed(&wan, false)?;
+    }
+    if s.link_mtu.is_some() || s.bottleneck_mtu.is_some() {
+        // the path MTUs the hosts learned before belong to the old path: a test starts from what it set
+        for c in &lab.clusters {
+            let host = lab.host_netns(c);
+            ipn(&host, &["-4", "route", "flush", "cache"])?;
+            ipn(&host, &["-6", "route", "flush", "cache"])?;
         }
+    }
+    Ok(())
+}
+
+/// Drops (or lets through again) the WAN's ICMP "fragmentation needed" / ICMPv6 "packet too big".
+fn drop_frag_needed(wan: &str, drop: bool) -> Result<()> {
+    let _ = run(
+        "ip",
+        &["netns", "exec", wan, "nft", "delete", "table", "inet", WAN_TABLE],
+    );
+    if drop {
+        let rules = format!(
+            "table inet {WAN_TABLE} {{\n  chain icmp_out {{ type filter hook output priority 0; policy accept;\n    icmp type destination-unreachable icmp code frag-needed counter drop\n    icmpv6 type packet-too-big counter drop\n  }}\n  chain icmp_forward {{ type filter hook forward priority 0; policy accept;\n    icmp type destination-unreachable icmp code frag-needed counter drop\n    icmpv6 type packet-too-big counter drop\n  }}\n}}\n"
+        );
+        nft_in(wan, &rules)?;
     }
     Ok(())
 }

@@ -51,9 +51,40 @@ pub struct Health {
     pub ticks: u64,
     /// The last [`LOSS_WINDOW`] heartbeats, newest in bit 0: 1 = not answered in time.
     pub lost: u32,
+    /// WireGuard's byte counters as read, and what earlier peers of this tunnel had counted.
+    pub counters: Counters,
     /// What is reported: [`step`] keeps its health fields (connected, phase, latency, heartbeat age,
     /// counters, re-applies); the gateway sets the rest (MTUs, remaps, backend) once at tunnel-up.
     pub status: GatewayStatus,
+}
+
+/// The tunnel's byte counters, kept monotonic: a re-dial ([`redial`]) replaces WireGuard's peer, and the
+/// device counts that peer's bytes from 0 again. A read lower than the one before (either counter) means
+/// a new peer, whose counts are added to what the earlier ones had counted at their last read (the bytes
+/// since that read, at most [`CHECK_EVERY`] heartbeats' worth, are not counted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// (rx, tx) counted by the peers before the current one.
+    earlier: (u64, u64),
+    /// (rx, tx) of the current peer at the last read.
+    last: (u64, u64),
+}
+
+impl Counters {
+    /// Takes a read of WireGuard's (rx, tx) and returns the tunnel's (rx, tx) since it came up.
+    pub fn observe(&mut self, (rx, tx): (u64, u64)) -> (u64, u64) {
+        if rx < self.last.0 || tx < self.last.1 {
+            self.earlier = (
+                self.earlier.0.saturating_add(self.last.0),
+                self.earlier.1.saturating_add(self.last.1),
+            );
+        }
+        self.last = (rx, tx);
+        (
+            self.earlier.0.saturating_add(rx),
+            self.earlier.1.saturating_add(tx),
+        )
+    }
 }
 
 /// What the gateway reports (the `PeerNetwork` status).
@@ -188,9 +219,8 @@ pub fn step(mut h: Health, observed: Observed) -> (Health, Vec<Effect>) {
             intact,
             facts,
         } => {
-            if let Some((rx, tx)) = counters {
-                s.rx_bytes = rx;
-                s.tx_bytes = tx;
+            if let Some(read) = counters {
+                (s.rx_bytes, s.tx_bytes) = h.counters.observe(read);
             }
             let d = &mut s.diagnostics;
             if !intact {
@@ -276,6 +306,41 @@ mod tests {
         }
         assert_eq!(checks, 3);
         assert_eq!(h.ticks, 12);
+    }
+
+    #[test]
+    fn byte_counters_stay_monotonic_when_a_redial_replaces_the_peer() {
+        let check = |h: Health, rx: u64, tx: u64| {
+            let observed = Observed::HostCheck {
+                counters: Some((rx, tx)),
+                intact: true,
+                facts: HostFacts::default(),
+            };
+            step(h, observed).0
+        };
+        let h = check(Health::default(), 700, 10_000_000);
+        assert_eq!((h.status.rx_bytes, h.status.tx_bytes), (700, 10_000_000));
+        let h = check(h, 900, 10_000_500);
+        assert_eq!((h.status.rx_bytes, h.status.tx_bytes), (900, 10_000_500));
+        // the peer was replaced: the device counts from 0 again, the status goes on from where it was
+        let h = check(h, 40, 60);
+        assert_eq!((h.status.rx_bytes, h.status.tx_bytes), (940, 10_000_560));
+        let h = check(h, 100, 160);
+        assert_eq!((h.status.rx_bytes, h.status.tx_bytes), (1_000, 10_000_660));
+        // one counter lower is a new peer too (the other may have grown past its old value already)
+        let h = check(h, 5, 20_000);
+        assert_eq!((h.status.rx_bytes, h.status.tx_bytes), (1_005, 10_020_660));
+        // a read that did not answer changes nothing
+        let (h2, _) = step(
+            h.clone(),
+            Observed::HostCheck {
+                counters: None,
+                intact: true,
+                facts: HostFacts::default(),
+            },
+        );
+        assert_eq!((h2.status.rx_bytes, h2.status.tx_bytes), (1_005, 10_020_660));
+        assert_eq!(h2.counters, h.counters);
     }
 
     #[test]
