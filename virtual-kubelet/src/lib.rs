@@ -5,6 +5,32 @@
 //! peering: node, lease, pod reflection) and [`provider`] (the `ShadowPod` controller and slice
 //! availability).
 
+/// `Resource` (a core/v1 Pod) and `Metadata` for a slim pod type with a `metadata: ObjectMeta` field, so
+/// that kube's `Api` lists and watches pods into it: `core_pod_resource!(T)`, or `core_pod_resource!(T<S>; S)`
+/// for a type generic over `S`.
+macro_rules! core_pod_resource {
+    ($t:ty $(; $g:ident)?) => {
+        impl$(<$g>)? k8s_openapi::Resource for $t {
+            const API_VERSION: &'static str = "v1";
+            const GROUP: &'static str = "";
+            const KIND: &'static str = "Pod";
+            const VERSION: &'static str = "v1";
+            const URL_PATH_SEGMENT: &'static str = "pods";
+            type Scope = k8s_openapi::NamespaceResourceScope;
+        }
+
+        impl$(<$g>)? k8s_openapi::Metadata for $t {
+            type Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+            fn metadata(&self) -> &Self::Ty {
+                &self.metadata
+            }
+            fn metadata_mut(&mut self) -> &mut Self::Ty {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
 pub mod admission;
 pub mod consumer;
 pub mod heartbeat;

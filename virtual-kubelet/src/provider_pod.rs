@@ -157,24 +157,7 @@ pub fn slim_meta(m: &mut ObjectMeta) {
     };
 }
 
-impl k8s_openapi::Resource for ProviderPod {
-    const API_VERSION: &'static str = "v1";
-    const GROUP: &'static str = "";
-    const KIND: &'static str = "Pod";
-    const VERSION: &'static str = "v1";
-    const URL_PATH_SEGMENT: &'static str = "pods";
-    type Scope = k8s_openapi::NamespaceResourceScope;
-}
-
-impl k8s_openapi::Metadata for ProviderPod {
-    type Ty = ObjectMeta;
-    fn metadata(&self) -> &Self::Ty {
-        &self.metadata
-    }
-    fn metadata_mut(&mut self) -> &mut Self::Ty {
-        &mut self.metadata
-    }
-}
+core_pod_resource!(ProviderPod);
 
 #[cfg(test)]
 mod tests {

@@ -360,24 +360,7 @@ pub type PodView = View<OwnedStatus>;
 /// A provider pod: its whole status, which comes back to the local pod.
 pub type RemotePodView = View<PodStatus>;
 
-impl<S> k8s_openapi::Resource for View<S> {
-    const API_VERSION: &'static str = "v1";
-    const GROUP: &'static str = "";
-    const KIND: &'static str = "Pod";
-    const VERSION: &'static str = "v1";
-    const URL_PATH_SEGMENT: &'static str = "pods";
-    type Scope = k8s_openapi::NamespaceResourceScope;
-}
-
-impl<S> k8s_openapi::Metadata for View<S> {
-    type Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    fn metadata(&self) -> &Self::Ty {
-        &self.metadata
-    }
-    fn metadata_mut(&mut self) -> &mut Self::Ty {
-        &mut self.metadata
-    }
-}
+core_pod_resource!(View<S>; S);
 
 /// Drops the fields of a provider pod's status that [`crate::translate::to_local_status`] does not copy.
 pub fn slim_remote_status(s: &mut PodStatus) {
