@@ -414,7 +414,8 @@ fn wait_port(port: u16, timeout: Duration, log: &Path, what: &str, cid: &str) ->
             log.display(),
             log_tail(log)
         )
-    })
+    })?;
+    Ok(())
 }
 
 fn check_alive(table: &ProcessTable, name: &str, log: &Path) -> Result<()> {

@@ -151,12 +151,13 @@ fn stop_rank(name: &str) -> u8 {
     }
 }
 
-/// Waits until `check` returns true, or fails with `what` after `timeout`.
-pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Result<()> {
-    let deadline = Instant::now() + timeout;
+/// Waits until `check` returns true (how long it took), or fails with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Result<Duration> {
+    let t0 = Instant::now();
+    let deadline = t0 + timeout;
     while Instant::now() < deadline {
         if check() {
-            return Ok(());
+            return Ok(t0.elapsed());
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -587,19 +587,7 @@ fn phase(pn: &Option<serde_json::Value>) -> String {
 
 #[track_caller]
 fn wait_for(what: &str, limit: Duration, ok: impl FnMut() -> bool) -> Duration {
-    wait_for_or(what, limit, ok).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// [`wait_for`] that says what it waited for instead of failing, so that the caller can show what it saw.
-fn wait_for_or(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Result<Duration, String> {
-    let t0 = Instant::now();
-    while !ok() {
-        if t0.elapsed() >= limit {
-            return Err(format!("{what}: not within {limit:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(t0.elapsed())
+    ferry_e2e::procs::wait_until(what, limit, ok).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The virtual node's NetworkUnavailable condition status ("True"/"False"/"").
@@ -708,13 +696,14 @@ fn peering_builds_the_tunnel_from_peer_networks_reports_health_and_unpeer_remove
     // the counters reach the status (written every 5 s; three writes' time, as a loaded CI machine once
     // missed 8 s)
     let mut last = serde_json::Value::Null;
-    let counted = wait_for_or("txBytes > 10 MB in the status", Duration::from_secs(15), || {
-        last = peer_network(&lab, 0, "provider-c2").unwrap()["status"].clone();
-        last["txBytes"].as_u64().unwrap_or(0) > 10_000_000
-    });
+    let counted =
+        ferry_e2e::procs::wait_until("txBytes > 10 MB in the status", Duration::from_secs(15), || {
+            last = peer_network(&lab, 0, "provider-c2").unwrap()["status"].clone();
+            last["txBytes"].as_u64().unwrap_or(0) > 10_000_000
+        });
     match counted {
         Ok(t) => eprintln!("txBytes > 10 MB in the status after {t:?}"),
-        Err(e) => panic!("{e}; the status: {last}"),
+        Err(e) => panic!("{e:#}; the status: {last}"),
     }
     // that later write kept the condition's transition time: the tunnel has stayed connected since
     let since = &pn1["status"]["conditions"][0]["lastTransitionTime"];
