@@ -678,11 +678,27 @@ async fn seek_peer(
     let mut seek = tokio::time::interval(crate::health::SEEK_EVERY);
     seek.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut dialled, mut last_redial) = (0usize, None);
+    let mut rx_seen = None;
     loop {
         seek.tick().await;
         let now = up.elapsed();
         let ok = *last_ok.borrow();
         if !crate::health::seeking(ok, last_redial, now) {
+            rx_seen = None;
+            continue;
+        }
+        // bytes still arriving (data, or the peer's keepalive every second): the peer is there and only
+        // the heartbeats are late behind the tunnel's own traffic; a re-dial would replace the peer in the
+        // middle of it. Dial when the device received nothing for one more seek.
+        let iface = interface.clone();
+        let rx = tokio::task::spawn_blocking(move || apply::wg_state(&iface).map(|w| w.rx))
+            .await
+            .ok()
+            .flatten();
+        // (a device that does not answer is taken as quiet: dial as before)
+        let quiet = rx.is_none() || (rx_seen.is_some() && rx <= rx_seen);
+        rx_seen = rx;
+        if !quiet {
             continue;
         }
         let answered = answering(&targets).await;
