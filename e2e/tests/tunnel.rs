@@ -53,6 +53,32 @@ fn cut_wan(lab: &Lab, down: bool) {
     .unwrap();
 }
 
+/// Blocks (`true`) or unblocks WireGuard's UDP port (51820) in the WAN, both ways. The underlay probe
+/// responders (port + 1) stay reachable, so a dialling gateway hears nothing through the tunnel while the
+/// peer's responder answers: it dials again.
+fn block_wireguard(layout: &ferry_e2e::layout::LabLayout, block: bool) {
+    let script = if block {
+        "table inet ferry-test-wg {\n chain forward {\n  type filter hook forward priority -10;\n  \
+         udp dport 51820 drop\n  udp sport 51820 drop\n }\n}\n"
+    } else {
+        "delete table inet ferry-test-wg\n"
+    };
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", &layout.wan_netns(), "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut nft.stdin.take().unwrap(), script.as_bytes()).unwrap();
+    let out = nft.wait_with_output().unwrap();
+    assert!(
+        out.status.success() || !block,
+        "nft: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// One echo pod in each of the lab's first two clusters.
 fn echo_pods(lab: &Lab, ns: &str) -> (PodView, PodView) {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -72,6 +98,7 @@ fn echo_pods(lab: &Lab, ns: &str) -> (PodView, PodView) {
 struct WanReset(Lab);
 impl Drop for WanReset {
     fn drop(&mut self) {
+        block_wireguard(&self.0.layout, false);
         let _ = net::set_wan(
             &self.0.layout,
             &WanSettings {
@@ -750,6 +777,60 @@ fn peering_builds_the_tunnel_from_peer_networks_reports_health_and_unpeer_remove
     let r = echo_from_pod(&exe(), &a, SocketAddr::new(b_seen, 8080), 100_000).unwrap();
     assert_eq!(r["ok"], json!(true), "{r}");
     eprintln!("WAN cut: NotConnected in the status after {detected:?}; Connected {back:?} after restore");
+
+    // WireGuard's port blocked while the provider's responder answers: the consumer's gateway dials again,
+    // which replaces WireGuard's peer (whose counters start from 0). The status's counters do not go back,
+    // and the tunnel carries traffic again once the port opens.
+    let tx_before = peer_network(&lab, 0, "provider-c2").unwrap()["status"]["txBytes"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(tx_before > 10_000_000, "{tx_before}");
+    let log = lab
+        .paths
+        .dir
+        .join(format!("gateway-{}.log", lab.layout.clusters[0].id));
+    let dials = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("dialling the peer's active gateway")
+            .count()
+    };
+    let dials_before = dials();
+    block_wireguard(&lab.layout, true);
+    let redialled = wait_for(
+        "the consumer's gateway dials the provider again",
+        Duration::from_secs(10),
+        || dials() > dials_before,
+    );
+    block_wireguard(&lab.layout, false);
+    let reconnected = wait_for(
+        "PeerNetwork Connected after the re-dial",
+        Duration::from_secs(5),
+        || phase(&peer_network(&lab, 0, "provider-c2")) == "Connected",
+    );
+    let r = echo_from_pod(&exe(), &a, SocketAddr::new(b_seen, 8080), 1_000_000).unwrap();
+    assert_eq!(r["ok"], json!(true), "after the re-dial: {r}");
+    let mut lowest = u64::MAX;
+    let counted = ferry_e2e::procs::wait_until(
+        "txBytes counts the 1 MB after the re-dial on top of the earlier bytes",
+        Duration::from_secs(15),
+        || {
+            let tx = peer_network(&lab, 0, "provider-c2").unwrap()["status"]["txBytes"]
+                .as_u64()
+                .unwrap_or(0);
+            lowest = lowest.min(tx);
+            tx >= tx_before + 1_000_000
+        },
+    );
+    assert!(
+        counted.is_ok() && lowest >= tx_before,
+        "txBytes went from {tx_before} down to {lowest} after the re-dial: {counted:?}"
+    );
+    eprintln!(
+        "WireGuard port blocked: re-dial after {redialled:?}, Connected {reconnected:?} after the port opened, \
+         txBytes {tx_before} -> >= {} (lowest seen {lowest})",
+        tx_before + 1_000_000
+    );
 
     // the path shrinks under the running tunnel: the PeerNetwork status follows, with a PathMTUChanged Event
     hidden_hop(&lab.layout, 1400, true);

@@ -687,18 +687,15 @@ async fn seek_peer(
             rx_seen = None;
             continue;
         }
-        // bytes still arriving (data, or the peer's keepalive every second): the peer is there and only
-        // the heartbeats are late behind the tunnel's own traffic; a re-dial would replace the peer in the
-        // middle of it. Dial when the device received nothing for one more seek.
+        // no re-dial while bytes still arrive: see health::still_hearing
         let iface = interface.clone();
         let rx = tokio::task::spawn_blocking(move || apply::wg_state(&iface).map(|w| w.rx))
             .await
             .ok()
             .flatten();
-        // (a device that does not answer is taken as quiet: dial as before)
-        let quiet = rx.is_none() || (rx_seen.is_some() && rx <= rx_seen);
+        let hearing = crate::health::still_hearing(rx_seen, rx);
         rx_seen = rx;
-        if !quiet {
+        if hearing {
             continue;
         }
         let answered = answering(&targets).await;

@@ -30,6 +30,21 @@ pub fn seeking(last_ok: Option<Duration>, last_redial: Option<Duration>, now: Du
         && last_redial.is_none_or(|r| now.saturating_sub(r) >= HEARTBEAT)
 }
 
+/// Whether a seeking side still hears its peer (pure), from WireGuard's rx counter read at this seek
+/// (`now`) and at the one before (`before`; `None` at the first seek of a silence): bytes still arrive
+/// (data, or the peer's 1 s keepalive), so the peer is there and only the heartbeats are late behind the
+/// tunnel's own traffic. A re-dial then would replace the peer in the middle of that traffic (a new
+/// handshake, the device's counters from 0), so it waits. The first seek only takes the reading; a device
+/// that does not answer counts as quiet (dial, as without the counter). A lower reading than before is a
+/// replaced peer, not bytes: quiet.
+pub fn still_hearing(before: Option<u64>, now: Option<u64>) -> bool {
+    match (before, now) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(b), Some(n)) => n > b,
+    }
+}
+
 /// Which endpoint to dial (pure), given which ones' responders answered just now: the first answering
 /// one after `current` (a standby that took over), else `current` itself if it answers (the same
 /// address, a new process), else none (the path is down: nothing to gain from dialling).
@@ -465,6 +480,17 @@ mod tests {
         // never answered yet: counted from the start
         assert!(!seeking(None, None, ms(900)));
         assert!(seeking(None, None, ms(1000)));
+        // bytes still arrive while the heartbeats are late: no re-dial; it comes one seek after they stop
+        assert!(still_hearing(None, Some(0)), "the first seek only reads");
+        assert!(still_hearing(Some(1_000), Some(1_148)));
+        assert!(!still_hearing(Some(1_148), Some(1_148)));
+        assert!(
+            !still_hearing(Some(1_148), Some(32)),
+            "a replaced peer is not traffic"
+        );
+        // a device that does not answer: dial, as without the counter
+        assert!(!still_hearing(None, None));
+        assert!(!still_hearing(Some(5), None));
         // the standby that took over answers: dial it; back to the first when only it answers
         assert_eq!(redial(&[false, true], 0), Some(1));
         assert_eq!(redial(&[true, false], 1), Some(0));
