@@ -49,6 +49,11 @@ pub struct Pair {
     pub direct_cpu_by_process: BTreeMap<String, f64>,
     /// The same in the offloaded run, both agents included.
     pub offloaded_cpu_by_process: BTreeMap<String, f64>,
+    /// Seconds from deleting the direct Deployment and its pods (grace 0) until the provider holds none of
+    /// them (`null`: not within the run's timeout).
+    pub direct_teardown_seconds: Option<f64>,
+    /// The same for the offloaded pods, deleted in the consumer: until the provider holds none of them.
+    pub offloaded_teardown_seconds: Option<f64>,
     /// Pods Ready over time `(seconds, pods)`, direct (for `--plot`; not in the JSON).
     #[serde(skip)]
     pub direct_trace: Vec<(f64, f64)>,
@@ -284,16 +289,18 @@ async fn namespace(client: &Client, ns: &str) -> Result<()> {
     Ok(())
 }
 
-/// Waits until namespace `ns` has no pods left.
-async fn until_empty(client: &Client, ns: &str, timeout: Duration) {
+/// Waits until namespace `ns` has no pods left; the seconds since `from` when it had none (`None`: not
+/// within `timeout`).
+async fn until_empty(client: &Client, ns: &str, from: std::time::Instant, timeout: Duration) -> Option<f64> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let deadline = std::time::Instant::now() + timeout;
     while std::time::Instant::now() < deadline {
         match pods.list_metadata(&ListParams::default().limit(1)).await {
-            Ok(l) if l.items.is_empty() => return,
-            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            Ok(l) if l.items.is_empty() => return Some(tenth(from.elapsed().as_secs_f64())),
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
+    None
 }
 
 /// Waits until namespace `ns` is gone (everything in it deleted).
@@ -462,9 +469,10 @@ async fn measure(
             tenth(cpu_seconds(std::process::id()) - bench0),
         );
         let after2 = scrape(c2).await;
+        let t = std::time::Instant::now();
         drain(c2, &direct_ns).await;
         let (direct, direct_trace) = direct?;
-        until_empty(c2, &direct_ns, timeout).await;
+        let direct_teardown = until_empty(c2, &direct_ns, t, timeout).await;
         let _ = Api::<Namespace>::all(c2.clone())
             .delete(&direct_ns, &DeleteParams::default())
             .await;
@@ -513,8 +521,9 @@ async fn measure(
         ]);
         agents_cpu = (agents_cpu.0 + d1, agents_cpu.1 + d2);
         let (e1, e2) = (scrape(c1).await, scrape(c2).await);
+        let t = std::time::Instant::now();
         drain(c1, &ns).await;
-        until_empty(c2, &remote_ns, timeout).await;
+        let offloaded_teardown = until_empty(c2, &remote_ns, t, timeout).await;
         let _ = agents::ferryctl(&k1, &["unoffload", "namespace", &ns, "--force"]);
         // the next direct run starts on a quiet provider: the offloaded namespace and its ShadowPods gone
         until_gone(c2, &remote_ns, timeout).await;
@@ -534,6 +543,8 @@ async fn measure(
             direct_control_plane_cpu_seconds: direct_cpu,
             offloaded_control_plane_cpu_seconds: offloaded_cpu,
             offloaded_agents_cpu_seconds: d1 + d2,
+            direct_teardown_seconds: direct_teardown,
+            offloaded_teardown_seconds: offloaded_teardown,
             direct_trace,
             offloaded_trace,
             direct_cpu_by_process: direct_by,
@@ -643,6 +654,8 @@ apiserver_watch_events_total{group="",kind="Pod",version="v1"} 40
             direct_control_plane_cpu_seconds: 0.0,
             offloaded_control_plane_cpu_seconds: 0.0,
             offloaded_agents_cpu_seconds: 0.0,
+            direct_teardown_seconds: Some(0.5),
+            offloaded_teardown_seconds: None,
             direct_cpu_by_process: BTreeMap::new(),
             offloaded_cpu_by_process: BTreeMap::new(),
             direct_trace: vec![(0.0, 0.0), (1.0, 10.0)],

@@ -401,6 +401,39 @@ async fn pods_fill_local_nodes_then_run_on_the_provider_with_status_ips_and_dele
     .await;
     wait("replacement Running", 60, || all_running(c1, ns, "web", 10)).await;
 
+    // a forced deletion (grace 0) deletes on the provider too. The pod leaves the consumer's apiserver at
+    // once: its watch shows it terminating for an instant, then deleted. At this size its reconcile usually
+    // runs in between; in a burst of deletions the reconciles come after the pods left the store, and the
+    // delete event does it (`remote::deleted_locally`; the bench's offloaded teardown shows that)
+    let forced = pods(c1, ns, "web")
+        .await
+        .into_iter()
+        .find(|p| node_of(p) == VNODE)
+        .unwrap()
+        .name_any();
+    let t = Instant::now();
+    Api::<Pod>::namespaced(c1.clone(), ns)
+        .delete(
+            &forced,
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    wait(
+        "provider pod and ShadowPod of a force-deleted pod deleted",
+        30,
+        || async { Ok(rpods.get_opt(&forced).await?.is_none() && !shadow_exists(c2, &forced).await) },
+    )
+    .await;
+    eprintln!(
+        "force-deleted consumer pod: its provider pod and ShadowPod gone in {:?}",
+        t.elapsed()
+    );
+    wait("replacement Running", 60, || all_running(c1, ns, "web", 10)).await;
+
     // deleting on the provider is healed by the provider's ShadowPod controller
     let survivor = pods(c1, ns, "web")
         .await
@@ -907,6 +940,12 @@ async fn bench_offload_prints_both_times_the_ratio_and_the_rss_as_its_last_line(
     // two pairs, alternating; the ratio is the median of theirs, with each cluster on its own CPUs
     let runs = v["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2, "{last}");
+    // each run's pods were gone from the provider within the run's timeout, after both kinds of burst
+    for r in runs {
+        for k in ["direct_teardown_seconds", "offloaded_teardown_seconds"] {
+            assert!(r[k].as_f64().is_some_and(|t| t > 0.0), "{k}: {last}");
+        }
+    }
     let ratios: Vec<f64> = runs.iter().map(|r| r["ratio"].as_f64().unwrap()).collect();
     assert!(
         (v["ratio"].as_f64().unwrap() - (ratios[0] + ratios[1]) / 2.0).abs() < 1e-9,

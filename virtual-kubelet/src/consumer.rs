@@ -22,11 +22,11 @@ use ferry_plumbing::events::{Recorder, Reporter};
 use futures::channel::mpsc;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
-use kube::Client;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{self, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
 use crate::heartbeat::ensure_node;
@@ -61,6 +61,8 @@ pub async fn run(peer: Arc<Peer>) -> Result<(), Error> {
     });
     // the controller's own cache of the pods on the node, without managed fields
     let (local_pods, lw) = reflector::store::<PodView>();
+    // pods the watch saw deleted: (namespace, name, UID), for their ShadowPods (`remote::deleted_locally`)
+    let (deleted_tx, deleted_rx) = mpsc::unbounded::<(String, String, String)>();
     let local_watch = reflector(
         lw,
         watcher(
@@ -76,16 +78,14 @@ pub async fn run(peer: Arc<Peer>) -> Result<(), Error> {
     )
     .default_backoff()
     .inspect({
-        // a pod that leaves the node (deleted, whoever finished it) leaves the reflection's gauges
+        // a pod that leaves the node (deleted, whoever finished it) leaves the reflection's gauges, and
+        // its ShadowPod if one is left (a forced deletion)
         let provider = peer.provider.clone();
         move |e| {
             if let Ok(watcher::Event::Delete(p)) = e {
-                crate::metrics::observe(
-                    &provider,
-                    p.metadata.uid.as_deref().unwrap_or_default(),
-                    None,
-                    false,
-                );
+                let uid = p.metadata.uid.clone().unwrap_or_default();
+                crate::metrics::observe(&provider, &uid, None, false);
+                let _ = deleted_tx.unbounded_send((p.namespace().unwrap_or_default(), p.name_any(), uid));
             }
         }
     })
@@ -122,10 +122,16 @@ pub async fn run(peer: Arc<Peer>) -> Result<(), Error> {
             ctx.clone(),
         )
         .for_each(|_| async {});
+    let deleted =
+        deleted_rx.for_each_concurrent(usize::from(peer.pace.reconciles.max(1)), |(ns, name, uid)| {
+            let ctx = ctx.clone();
+            async move { crate::remote::deleted_locally(&ctx, &ns, &name, &uid).await }
+        });
     info!(node, provider = peer.provider, "virtual kubelet running");
     tokio::select! {
         _ = heartbeat(peer.clone()) => {},
         _ = reflection => warn!("pod reflection stopped"),
+        _ = deleted => warn!("deleted pods' stream stopped"),
         _ = writer => warn!("status writer stopped"),
         _ = offloading_watch => warn!("NamespaceOffloading watch stopped"),
         _ = track_namespaces(ctx.clone(), change_rx) => {},

@@ -115,7 +115,7 @@ impl PodReflector {
         Ok(())
     }
 
-    fn remote_ns(&self, local_ns: &str) -> Option<Arc<RemoteNamespace>> {
+    pub(crate) fn remote_ns(&self, local_ns: &str) -> Option<Arc<RemoteNamespace>> {
         self.remote.lock().ok()?.get(local_ns).cloned()
     }
 

@@ -180,6 +180,14 @@ pub fn decide(peering: Peering<'_>, pod: &LocalPod<'_>, remote: Option<&Remote<'
     effects
 }
 
+/// Whether a local pod that the watch saw deleted (UID `gone_uid`: a UID never comes back) leaves a
+/// `ShadowPod` to delete: its own (made for that UID), not already being deleted. A deletion that went
+/// through the pod's reconciles (a grace period) has left none by then; a forced one (grace 0) never
+/// showed the pod terminating, so nothing else would delete it.
+pub fn shadow_outlives(gone_uid: &str, shadow: Option<&Shadow<'_>>) -> bool {
+    shadow.is_some_and(|s| s.origin_uid == Some(gone_uid) && !s.deleting)
+}
+
 /// The status patch that brings `have` to `want` (the provider pod's status in this cluster's view), or
 /// `None` when nothing the reflection owns differs or the provider pod is merely Pending with nothing to
 /// say yet. Fields the provider no longer reports are cleared, not left stale.
@@ -399,6 +407,26 @@ mod tests {
         );
         // nothing of the spec is kept: a view is far smaller than the Pod it came from
         assert!(std::mem::size_of::<PodView>() * 2 < std::mem::size_of::<k8s_openapi::api::core::v1::Pod>());
+    }
+
+    #[test]
+    fn a_pod_deleted_by_force_leaves_only_its_own_live_shadowpod_to_delete() {
+        let live = |origin| Shadow {
+            origin_uid: Some(origin),
+            ..Default::default()
+        };
+        assert!(shadow_outlives("u1", Some(&live("u1"))));
+        // a later pod's of the same name (a StatefulSet's successor) stays
+        assert!(!shadow_outlives("u1", Some(&live("u2"))));
+        // the reconciles already deleted it, or there is none
+        let deleting = Shadow {
+            deleting: true,
+            ..live("u1")
+        };
+        assert!(!shadow_outlives("u1", Some(&deleting)));
+        assert!(!shadow_outlives("u1", None));
+        // one without an origin label is not known to be this pod's
+        assert!(!shadow_outlives("u1", Some(&Shadow::default())));
     }
 
     const P: Peering<'static> = Peering {

@@ -131,6 +131,36 @@ async fn orphan_check(ctx: &Arc<PodReflector>, local_ns: &str, s: &PartialObject
     }
 }
 
+/// A local pod that the watch saw deleted (UID `uid`): its ShadowPod goes too, when the store still holds
+/// it ([`crate::reflect::shadow_outlives`]). A watch's delete event is certain, so no GET confirms it, as
+/// [`orphan_check`] needs for a pod merely missing from a cache. A failed deletion is left to
+/// [`orphan_check`] (the next relist of the provider's ShadowPods, as after the provider was away).
+pub(crate) async fn deleted_locally(ctx: &PodReflector, local_ns: &str, name: &str, uid: &str) {
+    let Some(rns) = ctx.remote_ns(local_ns) else {
+        return;
+    };
+    let Some(s) = rns.shadows.get(name) else {
+        return;
+    };
+    let seen = crate::reflect::Shadow {
+        origin_uid: s.origin_uid.as_deref(),
+        deleting: s.deleting,
+        refusal: None,
+    };
+    if !crate::reflect::shadow_outlives(uid, Some(&seen)) {
+        return;
+    }
+    info!(
+        pod = name,
+        ns = local_ns,
+        "local pod deleted without a grace period; deleting its ShadowPod"
+    );
+    let shadows: Api<ShadowPod> = Api::namespaced(ctx.peer.remote.clone(), &rns.name);
+    if let Err(e) = delete_shadow(&shadows, name, &s.uid).await {
+        warn!("{e}");
+    }
+}
+
 /// Events about provider pods, published on the local pod ("Scheduled" stays behind: here the pod was
 /// scheduled to the virtual node). Only events that happen while running; old ones are not replayed.
 async fn reflect_events(ctx: Arc<PodReflector>, local_ns: String, rns: String) {
