@@ -182,8 +182,9 @@ pub fn decide(peering: Peering<'_>, pod: &LocalPod<'_>, remote: Option<&Remote<'
 
 /// Whether a local pod that the watch saw deleted (UID `gone_uid`: a UID never comes back) leaves a
 /// `ShadowPod` to delete: its own (made for that UID), not already being deleted. A deletion that went
-/// through the pod's reconciles (a grace period) has left none by then; a forced one (grace 0) never
-/// showed the pod terminating, so nothing else would delete it.
+/// through the pod's reconciles (a grace period) has left none by then. A forced one (grace 0) shows the
+/// pod terminating only for an instant: in a burst its reconcile runs after the pod left the cache and
+/// does nothing, so this is what deletes it.
 pub fn shadow_outlives(gone_uid: &str, shadow: Option<&Shadow<'_>>) -> bool {
     shadow.is_some_and(|s| s.origin_uid == Some(gone_uid) && !s.deleting)
 }
