@@ -415,13 +415,20 @@ pub async fn once(lab: &Lab, exe: &Path, servers: &Servers, side: Side, loss: Lo
         })?;
     let returned_seconds = lost_at.elapsed().as_secs_f64();
     // a new flow while the old active stands by; nothing may move meanwhile
-    let after_return = finish(probe(lab, exe, k_client, to, 5.0)?).await?;
+    let after_return = finish(probe(lab, exe, k_client, to, 5.0)?).await;
     while let Ok((_, _, replica)) = changes_rx.try_recv() {
         if order.last() != Some(&replica) {
             order.push(replica);
         }
     }
     watch.abort();
+    let after_return = match after_return {
+        Ok(f) => f,
+        Err(e) => bail!(
+            "a new flow after the lost replica returned: {e:#}\n{}",
+            after_return_failed(lab, exe, (k_client, to), &order, &during).await
+        ),
+    };
     let round = |v: f64| (v * 1000.0).round() / 1000.0;
     Ok(Failover {
         loss,
@@ -437,6 +444,60 @@ pub async fn once(lab: &Lab, exe: &Path, servers: &Servers, side: Side, loss: Lo
         after_return,
         during,
     })
+}
+
+/// What is worth knowing when a new flow failed after the return: who was active when, the loss's own
+/// flow, the client node's routes, whether a second flow 5 s later gets through, and the last lines of
+/// every gateway and route agent of both clusters.
+async fn after_return_failed(
+    lab: &Lab,
+    exe: &Path,
+    (k_client, to): (u32, SocketAddr),
+    order: &[String],
+    during: &Flow,
+) -> String {
+    let client_cluster = &lab.layout.clusters[0];
+    let ns = crate::layout::real_node_netns(&lab.layout.name, &client_cluster.id, k_client);
+    let routes = std::process::Command::new("ip")
+        .args(["-n", &ns, "route"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let again = match probe(lab, exe, k_client, to, 2.0) {
+        Ok(p) => match finish(p).await {
+            Ok(f) => format!("got through (gap {} s)", f.gap_seconds),
+            Err(e) => format!("failed too: {e:#}"),
+        },
+        Err(e) => format!("not started: {e:#}"),
+    };
+    let mut text = format!(
+        "active replicas in order {order:?}; during the loss: gap {} s, TCP survived {}; routes on the client's node {}:\n{routes}a second new flow 5 s later {again}\n",
+        during.gap_seconds,
+        during.tcp_survived,
+        client_cluster.real_node_name(k_client)
+    );
+    for c in &lab.layout.clusters[..2] {
+        let Ok(k) = lab.client(c).await else { continue };
+        let pods: Api<Pod> = Api::namespaced(k, "ferry-system");
+        let Ok(list) = pods.list(&Default::default()).await else {
+            continue;
+        };
+        for p in list.items {
+            let name = p.metadata.name.unwrap_or_default();
+            if !(name.starts_with("ferry-gateway") || name.starts_with("ferry-route-agent")) {
+                continue;
+            }
+            let node = p.spec.and_then(|s| s.node_name).unwrap_or_default();
+            let lp = kube::api::LogParams {
+                tail_lines: Some(25),
+                ..Default::default()
+            };
+            let log = pods.logs(&name, &lp).await.unwrap_or_else(|e| e.to_string());
+            text.push_str(&format!("--- {} {name} on {node}:\n{log}", c.id));
+        }
+    }
+    text
 }
 
 /// The gateway's admin port (the chart's `gateway.adminPort`).

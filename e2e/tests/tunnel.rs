@@ -201,6 +201,39 @@ fn overlapping_pod_cidrs_talk_through_the_tunnel_with_nat_both_ways() {
     let r = echo_from_pod(&exe(), &a, SocketAddr::new(b_seen_by_a, 8080), 100_000).unwrap();
     assert_eq!(r["ok"], json!(true));
 
+    // its route into the tunnel is taken away (deleted, or replaced by one via another node): put back too
+    let view: ipnet::IpNet = pair.status(0).unwrap()["remaps"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|v| v.as_str()?.parse().ok())
+        .find(|v: &ipnet::IpNet| v.contains(&b_seen_by_a))
+        .expect("a remap view holds the peer pod's address");
+    let view = view.to_string();
+    ferry_e2e::procs::run(
+        "ip",
+        &[
+            "-n",
+            &pair.netns[0],
+            "route",
+            "del",
+            &view,
+            "dev",
+            &pair.interfaces[0],
+        ],
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pair.status(0).unwrap()["reapplied"].as_u64().unwrap_or(0) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the tunnel's route not put back within 5s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = echo_from_pod(&exe(), &a, SocketAddr::new(b_seen_by_a, 8080), 100_000).unwrap();
+    assert_eq!(r["ok"], json!(true));
+
     // unpeer (SIGTERM): nothing is left on either side
     let (netns, ifs) = (pair.netns.clone(), pair.interfaces.clone());
     pair.stop();

@@ -39,7 +39,7 @@ pub fn local_addrs() -> Result<Vec<ipnet::IpNet>> {
 }
 
 /// ferry's node routes now in the main table ([`crate::routes::ROUTE_PROTO`]), both families.
-pub fn node_routes() -> Result<Vec<crate::routes::NodeRoute>> {
+pub fn node_routes() -> Result<Vec<(crate::routes::NodeRoute, u32)>> {
     let proto = crate::routes::ROUTE_PROTO.to_string();
     let mut all = Vec::new();
     for fam in ["-4", "-6"] {
@@ -56,10 +56,13 @@ pub fn node_routes() -> Result<Vec<crate::routes::NodeRoute>> {
 pub fn sync_node_routes(want: &[crate::routes::NodeRoute]) -> Result<usize> {
     let (set, del) = crate::routes::diff(want, &node_routes()?);
     let proto = crate::routes::ROUTE_PROTO.to_string();
+    let metric = crate::routes::ROUTE_METRIC.to_string();
     let mut first_err = None;
     for r in &set {
         let (dst, via) = (r.dst.to_string(), r.via.to_string());
-        let mut args = vec!["route", "replace", &dst, "via", &via, "proto", &proto];
+        let mut args = vec![
+            "route", "replace", &dst, "via", &via, "proto", &proto, "metric", &metric,
+        ];
         if r.overlay {
             // the gateway node is no neighbour on the overlay's L2 but its derived MAC is (see sync_overlay)
             args.extend(["dev", crate::routes::OVERLAY_DEV, "onlink"]);
@@ -68,8 +71,9 @@ pub fn sync_node_routes(want: &[crate::routes::NodeRoute]) -> Result<usize> {
             first_err.get_or_insert(e);
         }
     }
-    for d in &del {
-        if let Err(e) = run("ip", &["route", "del", &d.to_string(), "proto", &proto]) {
+    for (dst, m) in &del {
+        let (dst, m) = (dst.to_string(), m.to_string());
+        if let Err(e) = run("ip", &["route", "del", &dst, "proto", &proto, "metric", &m]) {
             first_err.get_or_insert(e);
         }
     }
@@ -450,11 +454,20 @@ pub fn load_nft(ruleset: &str) -> Result<()> {
     Ok(())
 }
 
-/// Whether the peering's nftables table is still in place (someone may delete it).
+/// Whether the peering's nftables table and its routes into the tunnel are still in place (someone may
+/// delete them, or replace a route with one via another node).
 pub fn intact(spec: &GatewaySpec) -> bool {
     // the table, and in it the MSS clamp when the plan has one (a rule deleted alone is found too)
-    run("nft", &["list", "table", "inet", &spec.nft_table()])
-        .is_ok_and(|listing| !spec.mss_clamp || listing.contains("maxseg size set"))
+    let table = run("nft", &["list", "table", "inet", &spec.nft_table()])
+        .is_ok_and(|listing| !spec.mss_clamp || listing.contains("maxseg size set"));
+    table && {
+        let dev = spec.interface.as_str();
+        let mut listing = run("ip", &["-4", "route", "show", "dev", dev]).unwrap_or_default();
+        if spec.remaps.values().any(|v| v.addr().is_ipv6()) {
+            listing.push_str(&run("ip", &["-6", "route", "show", "dev", dev]).unwrap_or_default());
+        }
+        spec.routes_listed(&listing)
+    }
 }
 
 /// Carries out the spec's teardown ([`GatewaySpec::teardown`]): nft table, then the interface with its

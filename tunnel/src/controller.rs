@@ -259,6 +259,62 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// `body` (a merge patch) with `metadata.resourceVersion` set to `rv`: a precondition, the apiserver
+/// refuses the patch (409) when the object changed since that version. Without `rv`, as it is.
+pub fn fenced(body: &serde_json::Value, rv: Option<&str>) -> serde_json::Value {
+    let mut b = body.clone();
+    if let (Some(rv), serde_json::Value::Object(m)) = (rv, &mut b) {
+        m.insert("metadata".into(), json!({ "resourceVersion": rv }));
+    }
+    b
+}
+
+/// The active replica's status writes for one tunnel, fenced: every write after the first carries the
+/// resourceVersion its last write produced ([`fenced`]). A deposed active's write that arrives late (a
+/// PATCH held in a cut network's TCP buffers and delivered once the cut ends, after the standby took
+/// over and wrote) is refused, instead of naming the old gateway again and sending every route agent
+/// back to it. A writer refused reads the object and writes again, once: a live writer belongs to the
+/// active replica (one that steps down stops its tunnels and their writers).
+struct StatusWriter {
+    api: Api<PeerNetwork>,
+    name: String,
+    rv: Option<String>,
+}
+
+impl StatusWriter {
+    async fn write(&mut self, body: &serde_json::Value) {
+        for attempt in 0..2 {
+            let patch = fenced(body, self.rv.as_deref());
+            match self
+                .api
+                .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(pn) => {
+                    self.rv = pn.metadata.resource_version;
+                    return;
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 && attempt == 0 => {
+                    match self.api.get_opt(&self.name).await {
+                        Ok(Some(pn)) => self.rv = pn.metadata.resource_version,
+                        Ok(None) => return,
+                        Err(e) => {
+                            warn!(peer = self.name, "reading PeerNetwork after a conflict: {e}");
+                            return;
+                        }
+                    }
+                }
+                // gone (unpeered) is fine; anything else is worth a line
+                Err(kube::Error::Api(e)) if e.code == 404 => return,
+                Err(e) => {
+                    warn!(peer = self.name, "writing PeerNetwork status: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
 async fn patch_status(api: &Api<PeerNetwork>, name: &str, body: &serde_json::Value) {
     if let Err(e) = api
         .patch_status(name, &PatchParams::default(), &Patch::Merge(body))
@@ -347,9 +403,14 @@ fn start(
             .node
             .as_ref()
             .map_or_else(|| "ferry-gateway".to_string(), |n| n.0.clone());
+        let mut status = StatusWriter {
+            api: api.clone(),
+            name: name.clone(),
+            rv: None,
+        };
         // the route agents move their routes here while the tunnel comes up
         if at.node.is_some() {
-            patch_status(&api, &name, &json!({ "status": at.fields() })).await;
+            status.write(&json!({ "status": at.fields() })).await;
         }
         let writer = tokio::spawn(async move {
             let mut last: Option<(String, std::collections::BTreeMap<String, String>, u32)> = None;
@@ -364,7 +425,7 @@ fn start(
                     since = chrono_now();
                 }
                 if last.as_ref() != Some(&key) || last_write.elapsed() >= Duration::from_secs(5) {
-                    patch_status(&writer_api, &writer_name, &status_patch(&s, &since, &at)).await;
+                    status.write(&status_patch(&s, &since, &at)).await;
                     last = Some(key);
                     last_write = Instant::now();
                 }
@@ -592,6 +653,66 @@ fn take_over(cfg: &mut GatewayConfig, pn: &PeerNetwork) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fenced_patch_carries_the_version_and_keeps_the_body() {
+        let body = json!({"status": {"gatewayNode": "real-node-1", "phase": "Connected"}});
+        assert_eq!(fenced(&body, None), body);
+        let f = fenced(&body, Some("42"));
+        assert_eq!(f["metadata"], json!({"resourceVersion": "42"}));
+        assert_eq!(f["status"], body["status"]);
+    }
+
+    /// The status writer against a mocked apiserver: the first write is unconditional, each later one
+    /// names the version the last one produced; refused, it reads the object and tries once more.
+    #[tokio::test]
+    async fn status_writes_are_fenced_by_the_version_the_last_one_wrote_and_a_refused_one_rereads_once() {
+        use ferry_plumbing::fixtures::{Expect, MockApi};
+        const PATH: &str = "/apis/ferry.dev/v1alpha1/peernetworks/provider-c2";
+        let pn = |rv: &str| {
+            json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "PeerNetwork",
+                   "metadata": {"name": "provider-c2", "resourceVersion": rv},
+                   "spec": serde_json::to_value(spec()).unwrap()})
+        };
+        let status = format!("{PATH}/status");
+        let (client, mock) = MockApi::new();
+        let sent = mock.run(vec![
+            Expect::ok("PATCH", &status, pn("5")),
+            // someone wrote meanwhile (a late write of a deposed active, say): read again, write again
+            Expect::status("PATCH", &status, 409, "Conflict"),
+            Expect::ok("GET", PATH, pn("9")),
+            Expect::ok("PATCH", &status, pn("10")),
+            // refused twice: given up until the next status
+            Expect::status("PATCH", &status, 409, "Conflict"),
+            Expect::ok("GET", PATH, pn("11")),
+            Expect::status("PATCH", &status, 409, "Conflict"),
+            Expect::ok("PATCH", &status, pn("12")),
+        ]);
+        let mut w = StatusWriter {
+            api: Api::all(client),
+            name: "provider-c2".into(),
+            rv: None,
+        };
+        let body = json!({"status": {"phase": "Connected"}});
+        for _ in 0..4 {
+            w.write(&body).await;
+        }
+        let sent = sent.await.unwrap();
+        let versions: Vec<Option<&str>> = sent
+            .iter()
+            .filter(|s| s.method == "PATCH")
+            .map(|s| s.body["metadata"]["resourceVersion"].as_str())
+            .collect();
+        assert_eq!(
+            versions,
+            [None, Some("5"), Some("9"), Some("10"), Some("11"), Some("11")]
+        );
+        assert!(
+            sent.iter()
+                .all(|s| s.method != "PATCH" || s.body["status"] == body["status"])
+        );
+        assert_eq!(w.rv.as_deref(), Some("12"));
+    }
 
     fn spec() -> PeerNetworkSpec {
         PeerNetworkSpec {

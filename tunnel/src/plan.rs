@@ -151,6 +151,17 @@ impl GatewaySpec {
         self.remaps.keys().any(|n| n.addr().is_ipv6())
     }
 
+    /// Whether every route the plan puts into the tunnel (each remap's local view) is in `listing`, the
+    /// output of `ip [-6] route show dev <interface>` (pure). A route replaced from elsewhere (another
+    /// next hop for the same prefix and metric) is missing from that listing too.
+    pub fn routes_listed(&self, listing: &str) -> bool {
+        let listed: Vec<IpNet> = listing
+            .lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect();
+        self.remaps.values().all(|v| listed.contains(v))
+    }
+
     /// Name of this peering's nftables table.
     pub fn nft_table(&self) -> String {
         format!("ferry_{}", self.interface.replace('-', "_"))
@@ -321,6 +332,20 @@ mod tests {
                 (n("10.97.0.0/16"), n("10.97.0.0/16")),
             ]),
         }
+    }
+
+    #[test]
+    fn the_tunnel_routes_are_found_in_the_devices_route_listing_or_missed() {
+        let s = spec();
+        assert!(s.routes_listed("10.0.0.0/16 scope link \n10.97.0.0/16 scope link \n"));
+        // one gone (replaced by a route via another node, or deleted): not intact
+        assert!(!s.routes_listed("10.97.0.0/16 scope link \n"));
+        assert!(!s.routes_listed(""));
+        // IPv6 lines carry a metric; an address is not a prefix of the plan
+        let mut v6 = spec();
+        v6.remaps = BTreeMap::from([(n("fd00:10:244::/64"), n("fd66:0:1::/64"))]);
+        assert!(v6.routes_listed("fd66:0:1::/64 metric 1024 pref medium\n"));
+        assert!(!v6.routes_listed("fd66:0:1::1 metric 1024 pref medium\n"));
     }
 
     #[test]

@@ -29,6 +29,12 @@ use ipnet::IpNet;
 /// The routing protocol number of ferry's routes (`ip route … proto 102`; 0–4 and the numbers in
 /// `/etc/iproute2/rt_protos` are taken by the kernel and routing daemons, 102 by nothing common).
 pub const ROUTE_PROTO: u8 = 102;
+/// The metric of ferry's node routes: above the gateway's own routes into its tunnel (the kernel's
+/// defaults, 0 for IPv4 and 1024 for IPv6). A route agent whose view is stale for a moment (the active
+/// gateway moved to its node, and the status it read still names the old one) adds its route beside the
+/// tunnel's, never in place of it (`ip route replace` replaces only a route of the same metric), and the
+/// tunnel's route, the lower metric, keeps carrying the traffic.
+pub const ROUTE_METRIC: u32 = 2048;
 
 /// What one `PeerNetwork` tells the route agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -242,39 +248,52 @@ pub fn node_state(
     }
 }
 
-/// What to change: routes to add or replace (absent or with another next hop) and destinations to delete
-/// (ferry's routes no longer wanted).
-pub fn diff(want: &[NodeRoute], have: &[NodeRoute]) -> (Vec<NodeRoute>, Vec<IpNet>) {
-    let set: Vec<NodeRoute> = want.iter().filter(|r| !have.contains(r)).copied().collect();
-    let del: Vec<IpNet> = have
+/// What to change: routes to add or replace (absent, with another next hop, or with another metric than
+/// [`ROUTE_METRIC`]) and ferry's routes to delete, by destination and metric (no longer wanted, or left
+/// with another metric: the new one is added first).
+pub fn diff(want: &[NodeRoute], have: &[(NodeRoute, u32)]) -> (Vec<NodeRoute>, Vec<(IpNet, u32)>) {
+    let set: Vec<NodeRoute> = want
         .iter()
-        .filter(|h| !want.iter().any(|w| w.dst == h.dst))
-        .map(|h| h.dst)
+        .filter(|r| !have.contains(&(**r, ROUTE_METRIC)))
+        .copied()
+        .collect();
+    let del: Vec<(IpNet, u32)> = have
+        .iter()
+        .filter(|(h, metric)| *metric != ROUTE_METRIC || !want.iter().any(|w| w.dst == h.dst))
+        .map(|(h, metric)| (h.dst, *metric))
         .collect();
     (set, del)
 }
 
-/// Parses `ip [-6] route show proto 102` lines (`10.0.0.0/16 via 198.19.247.10 dev eth0 …`); lines that
-/// are not a prefix via a next hop are skipped.
-pub fn parse_routes(text: &str) -> Vec<NodeRoute> {
+/// Parses `ip [-6] route show proto 102` lines (`10.0.0.0/16 via 198.19.247.10 dev eth0 … metric 2048`)
+/// into each route and its metric (0 when not shown, as `ip` leaves out IPv4's 0); lines that are not a
+/// prefix via a next hop are skipped.
+pub fn parse_routes(text: &str) -> Vec<(NodeRoute, u32)> {
     text.lines()
         .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            let dst = w.next()?;
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let dst = words.first()?;
             let dst: IpNet = if dst.contains('/') {
                 dst.parse().ok()?
             } else {
                 IpNet::from(dst.parse::<IpAddr>().ok()?)
             };
-            let mut w = w.skip_while(|t| *t != "via");
-            w.next()?;
-            let via = w.next()?.parse().ok()?;
-            let dev = w.skip_while(|t| *t != "dev").nth(1);
-            Some(NodeRoute {
-                dst,
-                via,
-                overlay: dev == Some(OVERLAY_DEV),
-            })
+            let after = |key: &str| {
+                words
+                    .iter()
+                    .position(|t| *t == key)
+                    .and_then(|i| words.get(i + 1))
+            };
+            let via = after("via")?.parse().ok()?;
+            let metric = after("metric").and_then(|m| m.parse().ok()).unwrap_or(0);
+            Some((
+                NodeRoute {
+                    dst,
+                    via,
+                    overlay: after("dev") == Some(&OVERLAY_DEV),
+                },
+                metric,
+            ))
         })
         .collect()
 }
@@ -483,36 +502,44 @@ mod tests {
             route("10.0.0.0/16", "198.19.247.12"),
             route("10.97.0.0/16", "198.19.247.12"),
         ];
+        let ours = |r: NodeRoute| (r, ROUTE_METRIC);
         let have = [
-            route("10.0.0.0/16", "198.19.247.10"),
-            route("10.97.0.0/16", "198.19.247.12"),
-            route("10.1.0.0/16", "198.19.247.10"),
+            ours(route("10.0.0.0/16", "198.19.247.10")),
+            ours(route("10.97.0.0/16", "198.19.247.12")),
+            ours(route("10.1.0.0/16", "198.19.247.10")),
         ];
         let (set, del) = diff(&want, &have);
         assert_eq!(set, [want[0]]);
-        assert_eq!(del, [n("10.1.0.0/16")]);
-        assert_eq!(diff(&want, &want), (vec![], vec![]));
+        assert_eq!(del, [(n("10.1.0.0/16"), ROUTE_METRIC)]);
+        assert_eq!(diff(&want, &want.map(ours)), (vec![], vec![]));
+        // a route of ferry's with another metric (an agent before ROUTE_METRIC) is put at ours, then the
+        // other deleted by its own metric: the gateway's tunnel route, at the kernel's default, never is
+        let old = [(want[0], 0), ours(want[1])];
+        assert_eq!(diff(&want, &old), (vec![want[0]], vec![(want[0].dst, 0)]));
     }
 
     #[test]
     fn ip_route_and_ip_addr_output_parse() {
-        let routes = "10.0.0.0/16 via 198.19.247.10 dev eth0 proto 102 \n10.97.0.0/16 via 198.19.247.10 dev eth0 proto 102\nfd66::/64 via fe80::1 dev eth0 proto 102 metric 1024 pref medium\n10.9.9.9 via 198.19.247.10 dev eth0\nblackhole 10.5.0.0/16 proto 102\n";
+        let routes = "10.0.0.0/16 via 198.19.247.10 dev eth0 proto 102 metric 2048 \n10.97.0.0/16 via 198.19.247.10 dev eth0 proto 102\nfd66::/64 via fe80::1 dev eth0 proto 102 metric 1024 pref medium\n10.9.9.9 via 198.19.247.10 dev eth0\nblackhole 10.5.0.0/16 proto 102\n";
         assert_eq!(
             parse_routes(routes),
             [
-                route("10.0.0.0/16", "198.19.247.10"),
-                route("10.97.0.0/16", "198.19.247.10"),
-                route("fd66::/64", "fe80::1"),
-                route("10.9.9.9/32", "198.19.247.10"),
+                (route("10.0.0.0/16", "198.19.247.10"), ROUTE_METRIC),
+                (route("10.97.0.0/16", "198.19.247.10"), 0),
+                (route("fd66::/64", "fe80::1"), 1024),
+                (route("10.9.9.9/32", "198.19.247.10"), 0),
             ]
         );
-        let over = parse_routes("10.0.0.0/16 via 198.19.97.10 dev ferry-vx proto 102 onlink \n");
+        let over = parse_routes("10.0.0.0/16 via 198.19.97.10 dev ferry-vx proto 102 metric 2048 onlink \n");
         assert_eq!(
             over,
-            [NodeRoute {
-                overlay: true,
-                ..route("10.0.0.0/16", "198.19.97.10")
-            }]
+            [(
+                NodeRoute {
+                    overlay: true,
+                    ..route("10.0.0.0/16", "198.19.97.10")
+                },
+                ROUTE_METRIC
+            )]
         );
         let addrs = "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever\n2: eth0    inet 198.19.247.11/24 brd 198.19.247.255 scope global eth0\\ \n2: eth0    inet6 fe80::1/64 scope link \\ \n";
         assert_eq!(
