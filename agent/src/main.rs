@@ -77,6 +77,10 @@ struct Args {
     /// Connections held at once from one source address.
     #[arg(long, env = "FERRY_MAX_CONNECTIONS_PER_SOURCE", default_value_t = server::DEFAULT_MAX_PER_SOURCE)]
     max_connections_per_source: usize,
+    /// Connections the pod webhook serves at once; more wait in the accept queue until one ends (a burst
+    /// of pod creations opens one per review in flight, each holding its TLS and HTTP buffers).
+    #[arg(long, env = "FERRY_WEBHOOK_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    webhook_connections: u16,
     /// Seconds a connection may sit idle (or take to send a request's headers or body) before it is closed.
     #[arg(long, env = "FERRY_IDLE_TIMEOUT_SECONDS", default_value_t = server::DEFAULT_IDLE_TIMEOUT.as_secs())]
     idle_timeout_seconds: u64,
@@ -395,9 +399,12 @@ async fn run(a: Args) -> Result<()> {
         tracing::info!(%url, "pod admission webhook registered");
         // the webhook's callers are this cluster's apiservers, a few addresses that open hundreds of
         // connections in a burst of pod creations (a ReplicaSet's slow start): the per-source cap that
-        // protects the peer-facing broker would make them fail pod creations, so only the total is capped
+        // protects the peer-facing broker would make them fail pod creations, so only the total is capped,
+        // and a connection past it waits for one to end instead of being closed
         let webhook_limits = server::Limits {
-            max_per_source: limits.max_connections,
+            max_connections: usize::from(a.webhook_connections),
+            max_per_source: usize::from(a.webhook_connections),
+            when_full: server::WhenFull::Wait,
             ..limits.clone()
         };
         tokio::select! {

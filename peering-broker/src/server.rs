@@ -191,7 +191,7 @@ fn cn_of(der: &[u8]) -> Option<String> {
 
 pub use ferry_plumbing::listen::{
     ConnSlot, ConnTracker, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_LIFETIME, DEFAULT_MAX_PER_SOURCE, Limits, accept_admitted, listen, raise_fd_limit,
+    DEFAULT_MAX_LIFETIME, DEFAULT_MAX_PER_SOURCE, Limits, WhenFull, accept_admitted, listen, raise_fd_limit,
 };
 
 /// Serves until the listener fails.

@@ -25,6 +25,20 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// The longest a connection lives; then it is closed gracefully after its request in flight.
     pub max_lifetime: Duration,
+    /// What becomes of a connection past `max_connections`.
+    pub when_full: WhenFull,
+}
+
+/// What becomes of a connection past [`Limits::max_connections`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Closed at once (a server facing peers: a flood is refused, not queued).
+    #[default]
+    Close,
+    /// Left in the kernel's accept queue until a held connection ends (the pod webhook: its callers are
+    /// this cluster's apiservers, whose reviews must wait rather than fail, and each connection held costs
+    /// its TLS and HTTP buffers).
+    Wait,
 }
 
 impl Default for Limits {
@@ -35,6 +49,7 @@ impl Default for Limits {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_lifetime: DEFAULT_MAX_LIFETIME,
+            when_full: WhenFull::Close,
         }
     }
 }
@@ -58,6 +73,8 @@ pub struct ConnTracker {
     per_source: Mutex<HashMap<IpAddr, usize>>,
     /// Connections closed at once because a limit was reached.
     pub refused: AtomicU64,
+    /// Told each time a held connection ends.
+    freed: tokio::sync::Notify,
 }
 
 /// One admitted connection's place in a [`ConnTracker`].
@@ -100,6 +117,7 @@ impl Drop for ConnSlot {
             }
         }
         self.tracker.total.fetch_sub(1, Ordering::Relaxed);
+        self.tracker.freed.notify_one();
     }
 }
 
@@ -113,6 +131,12 @@ pub async fn accept_admitted(
 ) -> (TcpStream, SocketAddr, ConnSlot) {
     let mut last_warning: Option<std::time::Instant> = None;
     loop {
+        if limits.when_full == WhenFull::Wait {
+            // a connection ending stores its notice if no one waits yet: none is missed
+            while tracker.held() >= limits.max_connections {
+                tracker.freed.notified().await;
+            }
+        }
         match listener.accept().await {
             Ok((tcp, peer)) => match tracker.admit(peer.ip(), limits) {
                 Some(slot) => return (tcp, peer, slot),
@@ -185,5 +209,58 @@ mod tests {
             "a slot comes back when its connection ends"
         );
         assert_eq!(t.refused.load(Ordering::Relaxed), 2);
+    }
+
+    /// Past the cap, a waiting server leaves the next connection in the accept queue (its client gets no
+    /// answer yet, and no close) and takes it as soon as a held one ends.
+    #[tokio::test]
+    async fn a_waiting_server_takes_a_connection_past_the_cap_only_when_one_ends() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            max_connections: 1,
+            max_per_source: 1,
+            when_full: WhenFull::Wait,
+            ..Default::default()
+        };
+        let tracker = Arc::new(ConnTracker::default());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let server = tokio::spawn({
+            let tracker = tracker.clone();
+            async move {
+                loop {
+                    let (mut tcp, _, slot) = accept_admitted(&listener, &tracker, &limits).await;
+                    // greets, then holds the connection (and its slot) until told to let it go
+                    tcp.write_all(b"hi").await.unwrap();
+                    tx.send((tcp, slot)).unwrap();
+                }
+            }
+        });
+        let greeted = |mut c: tokio::net::TcpStream| async move {
+            let mut b = [0u8; 2];
+            tokio::time::timeout(Duration::from_millis(300), c.read_exact(&mut b))
+                .await
+                .map(|r| r.is_ok())
+                .unwrap_or(false)
+        };
+        let first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(greeted(first).await, "the first connection is taken");
+        let held = rx.recv().await.unwrap();
+        let second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut second_r, mut second_w) = second.into_split();
+        let mut b = [0u8; 2];
+        let early = tokio::time::timeout(Duration::from_millis(300), second_r.read_exact(&mut b)).await;
+        assert!(
+            early.is_err(),
+            "past the cap: left waiting, neither greeted nor closed"
+        );
+        assert_eq!(tracker.refused.load(Ordering::Relaxed), 0);
+        drop(held);
+        let later = tokio::time::timeout(Duration::from_secs(2), second_r.read_exact(&mut b)).await;
+        assert!(matches!(later, Ok(Ok(_))), "taken once the held one ended");
+        assert_eq!(&b, b"hi");
+        second_w.shutdown().await.ok();
+        server.abort();
     }
 }
