@@ -458,11 +458,7 @@ async fn after_return_failed(
 ) -> String {
     let client_cluster = &lab.layout.clusters[0];
     let ns = crate::layout::real_node_netns(&lab.layout.name, &client_cluster.id, k_client);
-    let routes = std::process::Command::new("ip")
-        .args(["-n", &ns, "route"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
+    let routes = crate::procs::run("ip", &["-n", &ns, "route"]).unwrap_or_else(|e| format!("{e:#}\n"));
     tokio::time::sleep(Duration::from_secs(5)).await;
     let again = match probe(lab, exe, k_client, to, 2.0) {
         Ok(p) => match finish(p).await {
