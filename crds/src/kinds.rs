@@ -8,7 +8,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{ObjectRef, ResourceAmounts, preserve_unknown_object};
+use crate::common::{ObjectRef, PackedJson, ResourceAmounts, preserve_unknown_object};
 
 /// A consumer admitted by this (provider) cluster.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -254,7 +254,7 @@ pub struct ShadowPodSpec {
     pub consumer_pod_uid: String,
     /// The pod template (metadata and spec), translated for the provider.
     #[schemars(schema_with = "preserve_unknown_object")]
-    pub template: serde_json::Value,
+    pub template: PackedJson,
 }
 
 /// ShadowPod status.

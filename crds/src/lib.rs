@@ -13,6 +13,7 @@ pub mod identity;
 pub mod kinds;
 pub mod mcs;
 
+pub use common::PackedJson;
 pub use foreign_cluster::{ForeignCluster, ForeignClusterSpec, ForeignClusterStatus, PeeringRole};
 pub use kinds::{
     DfProbe, NamespaceOffloading, NamespaceOffloadingSpec, PeerNetwork, PeerNetworkDiagnostics,

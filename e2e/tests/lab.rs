@@ -604,7 +604,7 @@ fn bench_pods_prints_json_as_its_last_line() {
 
 #[tokio::test]
 async fn every_ferry_crd_installs_on_the_lab_apiserver_and_serves_objects_and_status() {
-    use ferry_crds::common::{ObjectRef, ResourceAmounts};
+    use ferry_crds::common::{ObjectRef, PackedJson, ResourceAmounts};
     use ferry_crds::kinds::*;
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     let lab = lab();
@@ -728,14 +728,21 @@ async fn every_ferry_crd_installs_on_the_lab_apiserver_and_serves_objects_and_st
                 ShadowPodSpec {
                     consumer_cluster_id: "c".into(),
                     consumer_pod_uid: "u".into(),
-                    template: template.clone(),
+                    template: PackedJson::from(&template),
                 },
             ),
         )
         .await
         .unwrap();
     assert_eq!(
-        shadows.get("sp1").await.unwrap().spec.template,
+        shadows
+            .get("sp1")
+            .await
+            .unwrap()
+            .spec
+            .template
+            .parse::<serde_json::Value>()
+            .unwrap(),
         template,
         "the embedded pod template is kept whole"
     );

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_crds::{NamespaceOffloading, ShadowPod, ShadowPodSpec};
+use ferry_crds::{NamespaceOffloading, PackedJson, ShadowPod, ShadowPodSpec};
 use ferry_plumbing::events::{Event, EventType, Recorder};
 use futures::channel::mpsc;
 use k8s_openapi::api::core::v1::Pod;
@@ -299,7 +299,7 @@ impl PodReflector {
             ShadowPodSpec {
                 consumer_cluster_id: self.peer.consumer.clone(),
                 consumer_pod_uid: uid.clone(),
-                template: serde_json::to_value(&remote).unwrap_or_default(),
+                template: PackedJson::of(&remote).unwrap_or_default(),
             },
         );
         sp.metadata.namespace = Some(rns.to_string());

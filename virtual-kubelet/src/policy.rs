@@ -371,13 +371,9 @@ pub struct Owner<'a> {
     pub owner_reference: OwnerReference,
 }
 
-/// The pod the provider runs for a `ShadowPod` template, or every reason it may not run.
-pub fn build_pod(
-    template: &serde_json::Value,
-    owner: &Owner<'_>,
-    policy: &TenantPolicy,
-) -> Result<Pod, Vec<Violation>> {
-    let pod: Pod = serde_json::from_value(template.clone()).map_err(|e| {
+/// The pod the provider runs for a `ShadowPod` template (its JSON text), or every reason it may not run.
+pub fn build_pod(template: &str, owner: &Owner<'_>, policy: &TenantPolicy) -> Result<Pod, Vec<Violation>> {
+    let pod: Pod = serde_json::from_str(template).map_err(|e| {
         vec![v(
             "spec.template",
             format!("is not a pod: {e}; fix: send a Pod's metadata and spec"),
@@ -470,7 +466,7 @@ mod tests {
     }
 
     fn fields(t: serde_json::Value) -> Vec<String> {
-        build_pod(&t, &owner(), &TenantPolicy::default())
+        build_pod(&t.to_string(), &owner(), &TenantPolicy::default())
             .unwrap_err()
             .into_iter()
             .map(|v| v.field)
@@ -479,7 +475,12 @@ mod tests {
 
     #[test]
     fn a_plain_pod_is_built_with_what_the_provider_owns() {
-        let p = build_pod(&template(json!({})), &owner(), &TenantPolicy::default()).unwrap();
+        let p = build_pod(
+            &template(json!({})).to_string(),
+            &owner(),
+            &TenantPolicy::default(),
+        )
+        .unwrap();
         assert_eq!(p.metadata.name.as_deref(), Some("web-1"));
         assert_eq!(
             p.metadata.namespace.as_deref(),
@@ -502,7 +503,7 @@ mod tests {
         t["metadata"]["labels"][ORIGIN_CLUSTER_LABEL] = json!("another-tenant");
         t["metadata"]["labels"]["ferry.dev/tenant"] = json!("another-tenant");
         t["metadata"]["annotations"] = json!({"ferry.dev/refusal": "x", "team": "a"});
-        let p = build_pod(&t, &owner(), &TenantPolicy::default()).unwrap();
+        let p = build_pod(&t.to_string(), &owner(), &TenantPolicy::default()).unwrap();
         let labels = p.metadata.labels.unwrap();
         assert_eq!(labels[ORIGIN_CLUSTER_LABEL], "consumer-c1");
         assert!(!labels.contains_key("ferry.dev/tenant"));
@@ -520,7 +521,10 @@ mod tests {
         };
         let t = template(json!({"nodeSelector": {"kubernetes.io/hostname": "master-0"},
             "affinity": {"nodeAffinity": {}}, "runtimeClassName": "gvisor"}));
-        let s = build_pod(&t, &owner(), &policy).unwrap().spec.unwrap();
+        let s = build_pod(&t.to_string(), &owner(), &policy)
+            .unwrap()
+            .spec
+            .unwrap();
         assert_eq!(s.node_selector.unwrap()["pool"], "tenants");
         assert!(s.affinity.is_none());
         assert_eq!(s.runtime_class_name.as_deref(), Some("gvisor"));
@@ -538,8 +542,8 @@ mod tests {
         };
         // the consumer's tolerations never pass (the template refuses them); the built pod has the policy's
         let sent = template(json!({"tolerations": [{"operator": "Exists"}]}));
-        assert!(build_pod(&sent, &owner(), &policy).is_err());
-        let s = build_pod(&template(json!({})), &owner(), &policy)
+        assert!(build_pod(&sent.to_string(), &owner(), &policy).is_err());
+        let s = build_pod(&template(json!({})).to_string(), &owner(), &policy)
             .unwrap()
             .spec
             .unwrap();
@@ -633,7 +637,7 @@ mod tests {
             allowed_volume_types: vec!["csi".into()],
             ..Default::default()
         };
-        assert!(build_pod(&t, &owner(), &policy).is_ok());
+        assert!(build_pod(&t.to_string(), &owner(), &policy).is_ok());
     }
 
     #[test]
@@ -641,7 +645,7 @@ mod tests {
         let t = template(
             json!({"hostNetwork": true, "volumes": [{"name": "n", "nfs": {"server": "s", "path": "/"}}]}),
         );
-        for viol in build_pod(&t, &owner(), &TenantPolicy::default()).unwrap_err() {
+        for viol in build_pod(&t.to_string(), &owner(), &TenantPolicy::default()).unwrap_err() {
             assert!(viol.to_string().contains("fix:"), "{viol}");
         }
     }
@@ -655,7 +659,7 @@ mod tests {
             json!({}),
         ] {
             assert!(
-                build_pod(&bad, &owner(), &TenantPolicy::default()).is_err(),
+                build_pod(&bad.to_string(), &owner(), &TenantPolicy::default()).is_err(),
                 "{bad}"
             );
         }

@@ -266,7 +266,7 @@ impl ShadowPodReconciler {
                 block_owner_deletion: Some(true),
             },
         };
-        let pod = build_pod(&sp.spec.template, &owner, &tenant.spec.policy).map_err(|v| Refused {
+        let pod = build_pod(sp.spec.template.as_str(), &owner, &tenant.spec.policy).map_err(|v| Refused {
             reason: "PolicyViolation",
             message: v.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
         })?;
@@ -554,7 +554,8 @@ pub async fn run(client: Client) {
         ledger,
     ));
     // the ShadowPods, without their managed fields (a tree of every field of the template, in two entries
-    // once the provider has written a status: kept for nobody)
+    // once the provider has written a status: kept for nobody); each template is kept as its JSON text
+    // (`PackedJson`), parsed only when its pod is built
     let (shadows, shadow_writer) = reflector::store::<ShadowPod>();
     let shadow_events = reflector(
         shadow_writer,
