@@ -429,6 +429,14 @@ pub async fn once(lab: &Lab, exe: &Path, servers: &Servers, side: Side, loss: Lo
             after_return_failed(lab, exe, (k_client, to), &order, &during).await
         ),
     };
+    if order.len() > 2 {
+        // it flapped (the e2e fails on the count): the gateways' own lines say who stepped down and why
+        eprintln!(
+            "the active gateway replica changed {} times: {}",
+            order.len() - 1,
+            after_return_failed(lab, exe, (k_client, to), &order, &during).await
+        );
+    }
     let round = |v: f64| (v * 1000.0).round() / 1000.0;
     Ok(Failover {
         loss,
@@ -446,7 +454,8 @@ pub async fn once(lab: &Lab, exe: &Path, servers: &Servers, side: Side, loss: Lo
     })
 }
 
-/// What is worth knowing when a new flow failed after the return: who was active when, the loss's own
+/// What is worth knowing when a new flow failed after the return, or the active replica moved more than
+/// once: who was active when, the loss's own
 /// flow, the client node's routes, whether a second flow 5 s later gets through, and the last lines of
 /// every gateway and route agent of both clusters.
 async fn after_return_failed(

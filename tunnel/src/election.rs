@@ -2,7 +2,8 @@
 //! WireGuard key in its state dir, the `PeerNetwork`s watched — but only the holder of the Lease
 //! `ferry-gateway` in ferry's namespace runs tunnels. [`step`] is the rule (pure); [`run`] drives it with a
 //! watch on that one Lease and a timer: the active renews every quarter of the Lease's duration and steps
-//! down once it has not renewed for three quarters (a replica cut from the apiserver stops its tunnels
+//! down once it has not renewed for three quarters, counted from when its last renewal began (a renewal
+//! may wait that long for its answer: [`attempt_budget`]) (a replica cut from the apiserver stops its tunnels
 //! before anyone may take over: never two active); a standby wakes at the Lease's expiry as last seen
 //! (every renewal reaches it by the watch, so it never polls) and takes it. Identities are
 //! `<node>_<instance>`, new for every start: a restarted replica does not mistake its previous life's Lease
@@ -90,6 +91,20 @@ pub fn step(
     }
 }
 
+/// How long one write of the Lease may wait for its answer. An active replica's renewal may take until it
+/// must step down (three quarters of a duration after its last renewal began): an apiserver that answers
+/// in 0.8 s under load keeps the active one active, where a fixed quarter of the duration (0.5 s) gave
+/// up on every such answer and stepped it down, and a standby took over from a healthy active. A
+/// standby's take may take as long: what it holds is counted from the take's start.
+pub fn attempt_budget(active: bool, since_renewal: Duration, duration: Duration) -> Duration {
+    let deadline = duration * 3 / 4;
+    if active {
+        deadline.saturating_sub(since_renewal)
+    } else {
+        deadline
+    }
+}
+
 /// This replica's role, for `/metrics` and the status the active writes.
 #[derive(Debug, Default)]
 pub struct Role {
@@ -158,14 +173,19 @@ pub async fn run(client: Client, e: Election, role: Arc<Role>, active: tokio::sy
                     // a watch event (our own renewal coming back): the timer says when to renew
                     continue;
                 }
+                // the Lease will say it was renewed about now (the body is written before the request
+                // goes): counting from here, not from the answer, a slow renewal that lands still steps
+                // this replica down before a standby may take over, so it may take until that deadline
+                let start = tokio::time::Instant::now();
+                let budget = attempt_budget(is_active, renewed.elapsed(), e.duration);
                 let held = tokio::time::timeout(
-                    attempt,
+                    budget,
                     leader::try_hold_from(&api, seen.clone(), &e.lease, &e.me, e.duration),
                 )
                 .await;
                 match held {
                     Ok(Ok(true)) => {
-                        renewed = tokio::time::Instant::now();
+                        renewed = start;
                         if !is_active {
                             is_active = true;
                             waiting_logged = false;
@@ -189,7 +209,7 @@ pub async fn run(client: Client, e: Election, role: Arc<Role>, active: tokio::sy
                         wake = tokio::time::Instant::now() + attempt / 2;
                     }
                     Err(_) => {
-                        warn!(lease = e.lease, "gateway Lease: no answer within {attempt:?}");
+                        warn!(lease = e.lease, "gateway Lease: no answer within {budget:?}");
                         wake = tokio::time::Instant::now();
                     }
                 }
@@ -236,6 +256,25 @@ pub async fn release(client: Client, e: &Election) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_renewal_may_wait_for_its_answer_until_the_step_down_deadline_and_no_longer() {
+        let d = Duration::from_secs(2);
+        let ms = Duration::from_millis;
+        // renewing on time (a quarter after the last): a whole second for the answer, not 0.5 s
+        assert_eq!(attempt_budget(true, ms(500), d), ms(1000));
+        assert_eq!(attempt_budget(true, ms(1400), d), ms(100));
+        // the deadline itself: nothing left (the rule steps down first)
+        assert_eq!(attempt_budget(true, ms(1500), d), Duration::ZERO);
+        assert_eq!(attempt_budget(true, ms(3000), d), Duration::ZERO);
+        // a standby taking the Lease: three quarters, counted from its own start
+        assert_eq!(attempt_budget(false, ms(9000), d), ms(1500));
+        // never past the step-down, which is a quarter before a standby may take over
+        for since in (0..2000).step_by(100) {
+            let b = attempt_budget(true, ms(since), d);
+            assert!(ms(since) + b <= d * 3 / 4 || b.is_zero(), "{since} ms: {b:?}");
+        }
+    }
 
     fn t(ms: i64) -> DateTime<Utc> {
         DateTime::from_timestamp_millis(1_800_000_000_000 + ms).unwrap()
