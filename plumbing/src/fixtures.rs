@@ -88,6 +88,16 @@ impl MockApi {
     /// Answers `script` in order and returns what was sent. Panics (failing the test) on a request that
     /// is not the next one expected, or when the next one does not come within 5 s.
     pub fn run(self, script: Vec<Expect>) -> tokio::task::JoinHandle<Vec<Sent>> {
+        self.serve(script, false)
+    }
+
+    /// [`MockApi::run`], and then no other request: once the script is answered it waits for every
+    /// client to be dropped, and panics on a request that comes first.
+    pub fn run_exactly(self, script: Vec<Expect>) -> tokio::task::JoinHandle<Vec<Sent>> {
+        self.serve(script, true)
+    }
+
+    fn serve(self, script: Vec<Expect>, exactly: bool) -> tokio::task::JoinHandle<Vec<Sent>> {
         let mut handle = self.handle;
         tokio::spawn(async move {
             let mut sent = Vec::new();
@@ -125,6 +135,13 @@ impl MockApi {
                     .body(Body::from(serde_json::to_vec(&answer).expect("json")))
                     .expect("response");
                 reply.send_response(resp);
+            }
+            if exactly && let Some((req, _)) = handle.next_request().await {
+                panic!(
+                    "a request after the script: {} {}; sent: {sent:#?}",
+                    req.method(),
+                    req.uri()
+                );
             }
             sent
         })

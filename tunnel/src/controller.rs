@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::{Context, Result};
@@ -273,17 +274,32 @@ pub fn fenced(body: &serde_json::Value, rv: Option<&str>) -> serde_json::Value {
 /// resourceVersion its last write produced ([`fenced`]). A deposed active's write that arrives late (a
 /// PATCH held in a cut network's TCP buffers and delivered once the cut ends, after the standby took
 /// over and wrote) is refused, instead of naming the old gateway again and sending every route agent
-/// back to it. A writer refused reads the object and writes again, once: a live writer belongs to the
-/// active replica (one that steps down stops its tunnels and their writers).
+/// back to it. A writer refused reads the object and writes again, once, unless what it read names
+/// another replica ([`deposed`]). A tunnel being stopped writes nothing more (`quiet`): a replica that
+/// steps down takes seconds to tear its tunnel down, and its "not connected" written meanwhile named it
+/// the active gateway again (make test's install e2e saw the status swing back and forth after a cut).
 struct StatusWriter {
     api: Api<PeerNetwork>,
     name: String,
     rv: Option<String>,
+    /// This replica's identity on the gateway Lease (none without an election).
+    me: Option<String>,
+    /// Set when the tunnel is told to stop.
+    quiet: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Whether `pn`'s status names an active replica other than `me`: this replica's status writes are over.
+pub fn deposed(pn: &PeerNetwork, me: Option<&str>) -> bool {
+    let named = pn.status.as_ref().and_then(|s| s.gateway_replica.as_deref());
+    matches!((named, me), (Some(named), Some(me)) if named != me)
 }
 
 impl StatusWriter {
     async fn write(&mut self, body: &serde_json::Value) {
         for attempt in 0..2 {
+            if self.quiet.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
             let patch = fenced(body, self.rv.as_deref());
             match self
                 .api
@@ -296,6 +312,13 @@ impl StatusWriter {
                 }
                 Err(kube::Error::Api(e)) if e.code == 409 && attempt == 0 => {
                     match self.api.get_opt(&self.name).await {
+                        Ok(Some(pn)) if deposed(&pn, self.me.as_deref()) => {
+                            warn!(
+                                peer = self.name,
+                                "the PeerNetwork names another active gateway replica: not writing its status"
+                            );
+                            return;
+                        }
                         Ok(Some(pn)) => self.rv = pn.metadata.resource_version,
                         Ok(None) => return,
                         Err(e) => {
@@ -403,10 +426,13 @@ fn start(
             .node
             .as_ref()
             .map_or_else(|| "ferry-gateway".to_string(), |n| n.0.clone());
+        let quiet = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut status = StatusWriter {
             api: api.clone(),
             name: name.clone(),
             rv: None,
+            me: at.replica.clone(),
+            quiet: quiet.clone(),
         };
         // the route agents move their routes here while the tunnel comes up
         if at.node.is_some() {
@@ -441,10 +467,15 @@ fn start(
             }
         });
         info!(peer = name, "starting the tunnel");
+        let told = quiet.clone();
         let result = crate::gateway::run_until(
             cfg,
             async {
                 let _ = stopped.await;
+                let quiet = told;
+                // told to stop (stepping down, or the PeerNetwork changed): the teardown's statuses are
+                // not the active gateway's to write
+                quiet.store(true, std::sync::atomic::Ordering::SeqCst);
             },
             Some(tx),
         )
@@ -455,7 +486,9 @@ fn start(
             Ok(()) => info!(peer = name, "tunnel removed"),
             Err(e) => {
                 warn!(peer = name, "tunnel failed: {e:#}");
-                patch_status(&api, &name, &invalid_patch(&format!("{e:#}"))).await;
+                if !quiet.load(std::sync::atomic::Ordering::SeqCst) {
+                    patch_status(&api, &name, &invalid_patch(&format!("{e:#}"))).await;
+                }
             }
         }
     });
@@ -692,6 +725,8 @@ mod tests {
             api: Api::all(client),
             name: "provider-c2".into(),
             rv: None,
+            me: Some("real-node-1_7-0000abcd".into()),
+            quiet: Default::default(),
         };
         let body = json!({"status": {"phase": "Connected"}});
         for _ in 0..4 {
@@ -712,6 +747,52 @@ mod tests {
                 .all(|s| s.method != "PATCH" || s.body["status"] == body["status"])
         );
         assert_eq!(w.rv.as_deref(), Some("12"));
+    }
+
+    /// A refused writer whose re-read names another active replica writes no more (it was deposed: its
+    /// write would name it again); one whose tunnel is being stopped writes nothing at all.
+    #[tokio::test]
+    async fn a_deposed_or_stopping_writer_leaves_the_status_to_the_active_replica() {
+        use ferry_plumbing::fixtures::{Expect, MockApi};
+        const PATH: &str = "/apis/ferry.dev/v1alpha1/peernetworks/provider-c2";
+        let status = format!("{PATH}/status");
+        let (client, mock) = MockApi::new();
+        let taken_over = json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "PeerNetwork",
+            "metadata": {"name": "provider-c2", "resourceVersion": "9"},
+            "spec": serde_json::to_value(spec()).unwrap(),
+            "status": {"gatewayReplica": "real-node-2_8-0000beef"}});
+        let sent = mock.run_exactly(vec![
+            Expect::status("PATCH", &status, 409, "Conflict"),
+            Expect::ok("GET", PATH, taken_over.clone()),
+        ]);
+        let quiet = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut w = StatusWriter {
+            api: Api::all(client),
+            name: "provider-c2".into(),
+            rv: Some("5".into()),
+            me: Some("real-node-1_7-0000abcd".into()),
+            quiet: quiet.clone(),
+        };
+        w.write(&json!({"status": {"phase": "NotConnected"}})).await;
+        quiet.store(true, std::sync::atomic::Ordering::SeqCst);
+        w.write(&json!({"status": {"phase": "NotConnected"}})).await;
+        drop(w);
+        let sent = sent.await.unwrap();
+        let methods: Vec<&str> = sent.iter().map(|s| s.method.as_str()).collect();
+        assert_eq!(
+            methods,
+            ["PATCH", "GET"],
+            "no write after the re-read, none once quiet"
+        );
+        // the rule itself
+        let pn: PeerNetwork = serde_json::from_value(taken_over).unwrap();
+        assert!(deposed(&pn, Some("real-node-1_7-0000abcd")));
+        assert!(!deposed(&pn, Some("real-node-2_8-0000beef")));
+        assert!(!deposed(&pn, None), "no election: nobody to defer to");
+        let unnamed: PeerNetwork = serde_json::from_value(json!({"metadata": {"name": "p"},
+            "spec": serde_json::to_value(spec()).unwrap()}))
+        .unwrap();
+        assert!(!deposed(&unnamed, Some("real-node-1_7-0000abcd")));
     }
 
     fn spec() -> PeerNetworkSpec {
