@@ -426,7 +426,7 @@ pub async fn once(lab: &Lab, exe: &Path, servers: &Servers, side: Side, loss: Lo
         Ok(f) => f,
         Err(e) => bail!(
             "a new flow after the lost replica returned: {e:#}\n{}",
-            after_return_failed(lab, exe, (k_client, to), &order, &during).await
+            failure_report(lab, exe, (k_client, to), &order, &during).await
         ),
     };
     if order.len() > 2 {
@@ -434,7 +434,7 @@ pub async fn once(lab: &Lab, exe: &Path, servers: &Servers, side: Side, loss: Lo
         eprintln!(
             "the active gateway replica changed {} times: {}",
             order.len() - 1,
-            after_return_failed(lab, exe, (k_client, to), &order, &during).await
+            failure_report(lab, exe, (k_client, to), &order, &during).await
         );
     }
     let round = |v: f64| (v * 1000.0).round() / 1000.0;
@@ -455,10 +455,9 @@ pub async fn once(lab: &Lab, exe: &Path, servers: &Servers, side: Side, loss: Lo
 }
 
 /// What is worth knowing when a new flow failed after the return, or the active replica moved more than
-/// once: who was active when, the loss's own
-/// flow, the client node's routes, whether a second flow 5 s later gets through, and the last lines of
-/// every gateway and route agent of both clusters.
-async fn after_return_failed(
+/// once: who was active when, the loss's own flow, the client node's routes, whether a second flow 5 s
+/// later gets through, and the last lines of every gateway and route agent of both clusters.
+async fn failure_report(
     lab: &Lab,
     exe: &Path,
     (k_client, to): (u32, SocketAddr),

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::{Context, Result};
@@ -285,7 +286,7 @@ struct StatusWriter {
     /// This replica's identity on the gateway Lease (none without an election).
     me: Option<String>,
     /// Set when the tunnel is told to stop.
-    quiet: Arc<std::sync::atomic::AtomicBool>,
+    quiet: Arc<AtomicBool>,
 }
 
 /// Whether `pn`'s status names an active replica other than `me`: this replica's status writes are over.
@@ -297,7 +298,7 @@ pub fn deposed(pn: &PeerNetwork, me: Option<&str>) -> bool {
 impl StatusWriter {
     async fn write(&mut self, body: &serde_json::Value) {
         for attempt in 0..2 {
-            if self.quiet.load(std::sync::atomic::Ordering::SeqCst) {
+            if self.quiet.load(Ordering::SeqCst) {
                 return;
             }
             let patch = fenced(body, self.rv.as_deref());
@@ -426,7 +427,7 @@ fn start(
             .node
             .as_ref()
             .map_or_else(|| "ferry-gateway".to_string(), |n| n.0.clone());
-        let quiet = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let quiet = Arc::new(AtomicBool::new(false));
         let mut status = StatusWriter {
             api: api.clone(),
             name: name.clone(),
@@ -472,10 +473,9 @@ fn start(
             cfg,
             async {
                 let _ = stopped.await;
-                let quiet = told;
                 // told to stop (stepping down, or the PeerNetwork changed): the teardown's statuses are
                 // not the active gateway's to write
-                quiet.store(true, std::sync::atomic::Ordering::SeqCst);
+                told.store(true, Ordering::SeqCst);
             },
             Some(tx),
         )
@@ -486,7 +486,7 @@ fn start(
             Ok(()) => info!(peer = name, "tunnel removed"),
             Err(e) => {
                 warn!(peer = name, "tunnel failed: {e:#}");
-                if !quiet.load(std::sync::atomic::Ordering::SeqCst) {
+                if !quiet.load(Ordering::SeqCst) {
                     patch_status(&api, &name, &invalid_patch(&format!("{e:#}"))).await;
                 }
             }
@@ -765,7 +765,7 @@ mod tests {
             Expect::status("PATCH", &status, 409, "Conflict"),
             Expect::ok("GET", PATH, taken_over.clone()),
         ]);
-        let quiet = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let quiet = Arc::new(AtomicBool::new(false));
         let mut w = StatusWriter {
             api: Api::all(client),
             name: "provider-c2".into(),
@@ -774,7 +774,7 @@ mod tests {
             quiet: quiet.clone(),
         };
         w.write(&json!({"status": {"phase": "NotConnected"}})).await;
-        quiet.store(true, std::sync::atomic::Ordering::SeqCst);
+        quiet.store(true, Ordering::SeqCst);
         w.write(&json!({"status": {"phase": "NotConnected"}})).await;
         drop(w);
         let sent = sent.await.unwrap();

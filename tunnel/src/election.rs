@@ -2,9 +2,9 @@
 //! WireGuard key in its state dir, the `PeerNetwork`s watched — but only the holder of the Lease
 //! `ferry-gateway` in ferry's namespace runs tunnels. [`step`] is the rule (pure); [`run`] drives it with a
 //! watch on that one Lease and a timer: the active renews every quarter of the Lease's duration and steps
-//! down once it has not renewed for three quarters, counted from when its last renewal began (a renewal
-//! may wait that long for its answer: [`attempt_budget`]) (a replica cut from the apiserver stops its tunnels
-//! before anyone may take over: never two active); a standby wakes at the Lease's expiry as last seen
+//! down once it has not renewed for three quarters, counted from when its last renewal began, however
+//! long that renewal waited for its answer ([`attempt_budget`]): a replica cut from the apiserver stops
+//! its tunnels before anyone may take over, never two active; a standby wakes at the Lease's expiry as last seen
 //! (every renewal reaches it by the watch, so it never polls) and takes it. Identities are
 //! `<node>_<instance>`, new for every start: a restarted replica does not mistake its previous life's Lease
 //! for its own, so it waits like any standby (no flapping back).
@@ -77,7 +77,7 @@ pub fn step(
     (since_renewal, since_start): (Duration, Duration),
     duration: Duration,
 ) -> Step {
-    if active && since_renewal >= duration * 3 / 4 {
+    if active && since_renewal >= step_down_after(duration) {
         return Step::StepDown;
     }
     let young = since_start < duration && lease.is_some_and(|l| !l.holder.is_empty());
@@ -91,13 +91,19 @@ pub fn step(
     }
 }
 
+/// How long after its last renewal began an active replica steps down: three quarters of the Lease's
+/// duration, a quarter before a standby may take over ([`step`] and [`attempt_budget`] share it).
+pub fn step_down_after(duration: Duration) -> Duration {
+    duration * 3 / 4
+}
+
 /// How long one write of the Lease may wait for its answer. An active replica's renewal may take until it
 /// must step down (three quarters of a duration after its last renewal began): an apiserver that answers
 /// in 0.8 s under load keeps the active one active, where a fixed quarter of the duration (0.5 s) gave
 /// up on every such answer and stepped it down, and a standby took over from a healthy active. A
 /// standby's take may take as long: what it holds is counted from the take's start.
 pub fn attempt_budget(active: bool, since_renewal: Duration, duration: Duration) -> Duration {
-    let deadline = duration * 3 / 4;
+    let deadline = step_down_after(duration);
     if active {
         deadline.saturating_sub(since_renewal)
     } else {
