@@ -335,24 +335,37 @@ fn cpu_list(cpus: &[usize]) -> String {
     cpus.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",")
 }
 
-/// Pins each cluster's processes (by the lab's pid table: `c1-…`, `c2-…`, and everything below them), the
-/// extra PIDs given for each, to its CPU set; `None`: every CPU for all.
+/// Pins each cluster's processes (by the lab's pid table: `c1-…`, `c2-…`, and everything below them) and
+/// the extra PIDs given for each (those alone: the bench's own process, which hosts c2's hollow nodes, is
+/// the parent of both agents) to its CPU set, and checks where the extra ones run; `None`: every CPU for
+/// all.
 fn pin_clusters(lab: &Lab, sets: Option<&(Vec<usize>, Vec<usize>)>, extra: [&[u32]; 2]) -> Result<()> {
     let all: Vec<usize> = (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect();
     let tracked = crate::procs::ProcessTable::new(lab.paths.pids())?.list();
+    let cpus = |i: usize| match sets {
+        Some(s) if i == 0 => &s.0,
+        Some(s) => &s.1,
+        None => &all,
+    };
     for (i, c) in lab.layout.clusters.iter().take(2).enumerate() {
-        let mut pids: Vec<u32> = tracked
+        let pids: Vec<u32> = tracked
             .iter()
             .filter(|t| t.alive() && t.name.starts_with(&format!("{}-", c.id)))
             .map(|t| t.pid)
             .collect();
-        pids.extend(extra[i]);
-        let cpus = match sets {
-            Some(s) if i == 0 => &s.0,
-            Some(s) => &s.1,
-            None => &all,
-        };
-        crate::procs::pin(&pids, cpus)?;
+        crate::procs::pin(&pids, cpus(i))?;
+        crate::procs::pin_only(extra[i], cpus(i))?;
+    }
+    for (i, pids) in extra.iter().enumerate() {
+        for p in *pids {
+            let now = crate::procs::affinity(*p);
+            anyhow::ensure!(
+                now == *cpus(i),
+                "process {p} runs on CPUs {now:?}, not on cluster {}'s {:?}",
+                i + 1,
+                cpus(i)
+            );
+        }
     }
     Ok(())
 }

@@ -195,15 +195,22 @@ pub fn with_descendants(pids: &[u32]) -> Vec<u32> {
     out
 }
 
-/// Runs every thread of `pids` (and of the processes below them) on `cpus` only; the threads and
+/// Runs every thread of `pids` and of the processes below them on `cpus` only; the threads and
 /// processes they start later inherit it. Returns how many threads were pinned.
 pub fn pin(pids: &[u32], cpus: &[usize]) -> Result<usize> {
+    pin_only(&with_descendants(pids), cpus)
+}
+
+/// Runs every thread of `pids`, and of no other process, on `cpus` only (a process whose children
+/// belong elsewhere, as the bench's own, whose agents are its children). Returns how many threads were
+/// pinned.
+pub fn pin_only(pids: &[u32], cpus: &[usize]) -> Result<usize> {
     let mut set = nix::sched::CpuSet::new();
     for c in cpus {
         set.set(*c).with_context(|| format!("CPU {c}"))?;
     }
     let mut n = 0;
-    for pid in with_descendants(pids) {
+    for pid in pids {
         for t in std::fs::read_dir(format!("/proc/{pid}/task"))
             .into_iter()
             .flatten()
@@ -219,6 +226,24 @@ pub fn pin(pids: &[u32], cpus: &[usize]) -> Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// The CPUs each thread of `pid` may run on, their union (empty when the process is gone).
+pub fn affinity(pid: u32) -> Vec<usize> {
+    let mut cpus = std::collections::BTreeSet::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Ok(set) = nix::sched::sched_getaffinity(Pid::from_raw(tid)) {
+            cpus.extend((0..nix::sched::CpuSet::count()).filter(|c| set.is_set(*c).unwrap_or(false)));
+        }
+    }
+    cpus.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -260,5 +285,35 @@ mod tests {
         let mut v = ["c1-etcd", "c1-apiserver", "c1-kubelet", "c1-scheduler"];
         v.sort_by_key(|n| stop_rank(n));
         assert_eq!(v, ["c1-kubelet", "c1-scheduler", "c1-apiserver", "c1-etcd"]);
+    }
+
+    #[test]
+    fn pin_takes_the_processes_below_and_pin_only_does_not() {
+        // the child keeps the CPUs this test may use, which must hold 0 and 1 to tell the cases apart
+        let mine = affinity(std::process::id());
+        if !(mine.contains(&0) && mine.contains(&1)) {
+            eprintln!("this test runs on CPUs {mine:?}: nothing to tell apart");
+            return;
+        }
+        let mut parent = Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let child = || {
+            with_descendants(&[parent.id()])
+                .into_iter()
+                .find(|p| *p != parent.id())
+        };
+        wait_until("the child", Duration::from_secs(5), || child().is_some()).unwrap();
+        let kid = child().unwrap();
+        // the bench's bug: pinning a process with its descendants took the agents it had started
+        assert!(pin_only(&[parent.id()], &[0]).unwrap() >= 1);
+        assert_eq!(affinity(parent.id()), vec![0]);
+        assert_eq!(affinity(kid), mine, "pin_only moved a child");
+        assert!(pin(&[parent.id()], &[1]).unwrap() >= 2);
+        assert_eq!((affinity(parent.id()), affinity(kid)), (vec![1], vec![1]));
+        let _ = kill(Pid::from_raw(kid as i32), Signal::SIGKILL);
+        let _ = parent.kill();
+        let _ = parent.wait();
     }
 }
