@@ -310,6 +310,40 @@ async fn until_gone(client: &Client, ns: &str, timeout: Duration) {
     let _ = tokio::time::timeout(timeout, gone).await;
 }
 
+/// Deletes what an interrupted bench left (its namespaces, `bench-direct-…` on the provider and
+/// `bench-offload-…` on the consumer, their pods at once) and waits until they are gone: their pods would
+/// hold the bench nodes' capacity, and the next direct run would wait for it forever.
+async fn clear_leftovers(c1: &Client, c2: &Client, k1: &std::path::Path, timeout: Duration) -> Result<()> {
+    for (client, prefix) in [(c1, "bench-offload-"), (c2, "bench-direct-")] {
+        let names: Vec<String> = Api::<Namespace>::all(client.clone())
+            .list_metadata(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        for ns in &names {
+            eprintln!("[bench] deleting namespace {ns}, left by an interrupted run");
+            drain(client, ns).await;
+            if prefix == "bench-offload-" {
+                let _ = agents::ferryctl(k1, &["unoffload", "namespace", ns, "--force"]);
+            }
+        }
+        for ns in &names {
+            until_gone(client, ns, timeout).await;
+            let left = Api::<Namespace>::all(client.clone()).get_opt(ns).await?;
+            anyhow::ensure!(
+                left.is_none(),
+                "namespace {ns}, left by an interrupted run, is still there after {}s; fix: delete it \
+                 (and its pods, with --grace-period=0 --force) before the next run",
+                timeout.as_secs()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// How the benchmark runs.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
@@ -451,6 +485,7 @@ async fn measure(
         eprintln!("[bench] unpinned: both clusters share every CPU");
     }
     let k1 = lab.paths.kubeconfig(&lab.layout.clusters[0]);
+    clear_leftovers(c1, c2, &k1, timeout).await?;
     let _ = agents::ferryctl(&k1, &["unpeer", "provider-c2"]);
     agents::peer(
         lab,
