@@ -210,38 +210,30 @@ pub fn pin_only(pids: &[u32], cpus: &[usize]) -> Result<usize> {
         set.set(*c).with_context(|| format!("CPU {c}"))?;
     }
     let mut n = 0;
-    for pid in pids {
-        for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-                continue;
-            };
-            // a thread that ended meanwhile is no error
-            if nix::sched::sched_setaffinity(Pid::from_raw(tid), &set).is_ok() {
-                n += 1;
-            }
+    for tid in pids.iter().flat_map(|p| threads(*p)) {
+        // a thread that ended meanwhile is no error
+        if nix::sched::sched_setaffinity(tid, &set).is_ok() {
+            n += 1;
         }
     }
     Ok(n)
 }
 
-/// The CPUs each thread of `pid` may run on, their union (empty when the process is gone).
-pub fn affinity(pid: u32) -> Vec<usize> {
-    let mut cpus = std::collections::BTreeSet::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+/// The threads of process `pid` (none when it is gone).
+fn threads(pid: u32) -> impl Iterator<Item = Pid> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
         .into_iter()
         .flatten()
         .flatten()
-    {
-        let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        if let Ok(set) = nix::sched::sched_getaffinity(Pid::from_raw(tid)) {
-            cpus.extend((0..nix::sched::CpuSet::count()).filter(|c| set.is_set(*c).unwrap_or(false)));
-        }
+        .filter_map(|t| t.file_name().to_str()?.parse::<i32>().ok())
+        .map(Pid::from_raw)
+}
+
+/// The CPUs each thread of `pid` may run on, their union (empty when the process is gone).
+pub fn affinity(pid: u32) -> Vec<usize> {
+    let mut cpus = std::collections::BTreeSet::new();
+    for set in threads(pid).filter_map(|t| nix::sched::sched_getaffinity(t).ok()) {
+        cpus.extend((0..nix::sched::CpuSet::count()).filter(|c| set.is_set(*c).unwrap_or(false)));
     }
     cpus.into_iter().collect()
 }
