@@ -1241,12 +1241,16 @@ async fn cordon_refuses_new_pods_drain_moves_them_off_with_none_lost_and_uncordo
     )
     .await;
     for bare in ["lonely", "late"] {
-        let p = pods1.get(bare).await.unwrap();
-        assert!(
-            phase(&p) == "Pending" && why(&p).contains("cordoned"),
-            "{bare} is kept, Pending with the reason: {}",
-            why(&p)
-        );
+        // its status comes back through the reflection (a tick later, under load later still)
+        wait(
+            &format!("{bare} is kept, Pending with the reason"),
+            30,
+            || async {
+                let p = pods1.get(bare).await?;
+                Ok(phase(&p) == "Pending" && why(&p).contains("cordoned"))
+            },
+        )
+        .await;
     }
     // the four pods a controller owned were evicted, each with an Event saying why
     let evicted: Vec<String> = Api::<Event>::namespaced(c1.clone(), ns)
